@@ -1,0 +1,54 @@
+import path from 'node:path';
+import { applyEnvOverrides, configFilePath, loadConfigFile, type AppConfig } from './config';
+import { FailureType, RestoreError } from './domain/errors';
+import { labDir, readLabState, type LabState } from './lab/lab';
+
+/** The lab's endpoints as a config: what `npm start` and the tests run against. */
+export function labConfig(lab: LabState): AppConfig {
+  if (!lab.temporal || !lab.vsphere) {
+    throw new RestoreError(
+      FailureType.Configuration,
+      'no vmrestore.config.json (or VMRESTORE_CONFIG) and the local lab is not running: run `vmrestore lab up`, or write a config file (see README "Configuration")',
+    );
+  }
+  const v = lab.vsphere;
+  return {
+    temporal: { address: lab.temporal.address, namespace: lab.temporal.namespace, taskQueue: 'vmrestore', uiUrl: lab.temporal.ui },
+    repository: { path: path.join(labDir(), 'repository') },
+    vsphere: {
+      defaultProfile: 'lab',
+      profiles: {
+        lab: {
+          url: v.url,
+          username: v.username,
+          passwordFile: v.passwordFile,
+          thumbprint: v.thumbprint,
+          datacenter: v.datacenter,
+          datastore: v.datastore,
+        },
+      },
+    },
+    proxies: [
+      {
+        name: 'lab-proxy',
+        vmName: v.proxyVmName,
+        transports: ['direct-san', 'direct-nas', 'hotadd', 'nbd'],
+        // In the lab every path to a datastore ends in vcsim's folder for it.
+        nasMounts: v.datastorePaths,
+        sanMounts: v.datastorePaths,
+        hotaddDevices: v.datastorePaths,
+        profile: 'lab',
+      },
+    ],
+    restore: { diskConcurrency: 2, readConcurrency: 4, checkpointBytes: 16 * 1024 * 1024 },
+    fromLab: true,
+    source: path.join(labDir(), 'lab.json'),
+  };
+}
+
+/** Config file (plus env overrides) when present, else the running lab. */
+export function loadAppConfig(env: NodeJS.ProcessEnv = process.env): AppConfig {
+  const file = configFilePath(env);
+  if (file) return applyEnvOverrides(loadConfigFile(file), env);
+  return applyEnvOverrides(labConfig(readLabState()), env);
+}

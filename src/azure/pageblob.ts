@@ -1,0 +1,595 @@
+/**
+ * Upload of a raw disk image to an Azure page blob as a fixed VHD: the hot path of a restore to Azure.
+ *
+ * The blob is created at its final size (virtual size rounded to 1 MiB, plus the 512-byte footer), so
+ * every page nobody writes reads back as zeros. That lets us skip zero data entirely: only 512-byte
+ * sectors that hold a non-zero byte are sent, coalesced into Put Page calls of at most 4 MiB, with a
+ * bounded number in flight. The footer goes last, so a blob without a valid footer is never mistaken
+ * for a finished upload.
+ */
+import { createHash } from 'node:crypto';
+import type { PageBlobClient } from '@azure/storage-blob';
+import { FailureType, RestoreError } from '../domain/errors';
+import {
+  AZURE_LIMITS,
+  SECTOR_SIZE,
+  VHD_FOOTER_SIZE,
+  buildFixedVhdFooter,
+  footerProblems,
+  formatUuid,
+  parseVhdFooter,
+  uuidFromRestoreId,
+  vhdVirtualSize,
+  type VhdFooter,
+} from './vhd';
+
+/** One block of the source disk. `data: null` means the block is known to be all zeros. */
+export interface UploadBlock {
+  offset: number;
+  length: number;
+  /**
+   * The block's bytes. The uploader keeps a view of this buffer until the write carrying it has
+   * completed, so a producer must not reuse or mutate it after yielding.
+   */
+  data: Buffer | null;
+}
+
+export interface UploadProgress {
+  /** Everything below this offset is durably in the blob (or is zero); resume from here. */
+  contiguousOffset: number;
+  /** Payload bytes of completed Put Page calls. */
+  bytesSent: number;
+  /** Completed Put Page calls. */
+  pagesSent: number;
+  /** Source bytes at or above the resume point that were zero and so never sent. */
+  zeroBytesSkipped: number;
+}
+
+export type PageChecksum = 'md5' | 'none';
+
+/** The PageBlobClient calls the uploader makes; a wrapper (for metrics or tests) can stand in. */
+export type UploadPageBlobClient = Pick<PageBlobClient, 'url' | 'getProperties' | 'create' | 'uploadPages'>;
+
+export interface UploadFixedVhdOptions {
+  blobClient: UploadPageBlobClient;
+  /** Source disk capacity in bytes; the VHD virtual size is this rounded up to 1 MiB. */
+  capacityBytes: number;
+  /**
+   * The source disk as contiguous blocks in ascending order that together cover [0, capacity)
+   * (a resumed upload may start at any block boundary at or below resumeFromOffset). Offsets are
+   * 512-aligned; only the last block may end at an unaligned capacity.
+   */
+  blocks: AsyncIterable<UploadBlock> | Iterable<UploadBlock>;
+  /** Seeds the footer UUID, so every attempt of the same restore writes the same footer. */
+  restoreId: string;
+  /** Distinguishes the disks of one restore in the footer UUID. */
+  diskIndex?: number;
+  /** A contiguousOffset reported by an earlier attempt; the existing blob is kept and extended. */
+  resumeFromOffset?: number;
+  /** Largest Put Page payload; at most Azure's 4 MiB. */
+  maxPageWriteBytes?: number;
+  /** Put Page calls in flight. Memory held is about (concurrency + 1) × maxPageWriteBytes. */
+  concurrency?: number;
+  /**
+   * Per-write integrity check sent with each Put Page. The SDK also offers
+   * transactionalContentCrc64, but Azure's CRC-64 is not in Node's crypto and Azurite ignores it,
+   * so MD5 is the checksum the service verifies for us.
+   */
+  checksum?: PageChecksum;
+  /** Timestamp written into the footer; pass a fixed value for byte-identical retries. */
+  footerTimestamp?: Date;
+  onProgress?: (p: UploadProgress) => void;
+  signal?: AbortSignal;
+}
+
+export interface UploadFixedVhdResult {
+  blobSize: number;
+  virtualSize: number;
+  /** Payload bytes sent in this attempt, footer included. */
+  bytesSent: number;
+  zeroBytesSkipped: number;
+  /** Put Page calls made in this attempt, footer included. */
+  pageWrites: number;
+  footer: Buffer;
+  /** Offset the upload actually started from (0 when the blob had to be created afresh). */
+  resumedFrom: number;
+  /** Whether this attempt created (or re-created) the blob. */
+  created: boolean;
+}
+
+/** The destination blob exists with a size other than the VHD's; we never resize or clobber it. */
+export class BlobSizeMismatchError extends RestoreError {
+  constructor(
+    readonly blobUrl: string,
+    readonly expectedSize: number,
+    readonly actualSize: number,
+  ) {
+    super(
+      FailureType.AlreadyExists,
+      `page blob ${stripQuery(blobUrl)} already exists with size ${actualSize}, expected ${expectedSize} ` +
+        `for this disk; delete it or choose another blob name`,
+    );
+    this.name = 'BlobSizeMismatchError';
+  }
+}
+
+/** Metadata key that ties a blob to the restore disk that created it. */
+export const VHD_UUID_METADATA_KEY = 'vmrestorediskuuid';
+
+const DEFAULT_MAX_PAGE_WRITE = AZURE_LIMITS.putPageMaxBytes;
+const DEFAULT_CONCURRENCY = 8;
+/** Minimum advance through zero regions between progress callbacks when nothing completes. */
+const ZERO_PROGRESS_STRIDE = 256 * 1024 * 1024;
+/** Zero regions are first tested in chunks of this size, then sector by sector. */
+const ZERO_SCAN_CHUNK = 64 * 1024;
+const ZERO = Buffer.alloc(Math.max(AZURE_LIMITS.putPageMaxBytes, ZERO_SCAN_CHUNK));
+
+function stripQuery(url: string): string {
+  const q = url.indexOf('?');
+  return q < 0 ? url : url.slice(0, q);
+}
+
+function limitError(message: string): RestoreError {
+  return new RestoreError(FailureType.AzureLimit, message);
+}
+
+function inputError(message: string): RestoreError {
+  return new RestoreError(FailureType.InvalidRequest, message);
+}
+
+/**
+ * Checks a Put Page against Azure's rules before it leaves the process. Azurite accepts oversized,
+ * straddling writes that Azure refuses, so this is the only place those bugs would be caught in tests.
+ */
+export function assertPageWrite(offset: number, length: number, blobSize: number): void {
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length <= 0) {
+    throw limitError(`page write at ${offset} of ${length} bytes is not a valid range`);
+  }
+  if (length > AZURE_LIMITS.putPageMaxBytes) {
+    throw limitError(`page write of ${length} bytes at ${offset} exceeds Azure's Put Page maximum of 4 MiB`);
+  }
+  if (offset % SECTOR_SIZE !== 0 || length % SECTOR_SIZE !== 0) {
+    throw limitError(`page write at ${offset} of ${length} bytes is not 512-byte aligned`);
+  }
+  if (offset + length > blobSize) {
+    throw limitError(`page write [${offset}, ${offset + length}) runs past the blob end ${blobSize}`);
+  }
+}
+
+function isSectorZero(d: Buffer, i: number, end: number): boolean {
+  if (d[i] !== 0 || d[end - 1] !== 0) return false;
+  return d.subarray(i, end).equals(ZERO.subarray(0, end - i));
+}
+
+/**
+ * Calls `onRun(start, end)` (relative, end exclusive) for each maximal run of sectors in d[from, to)
+ * that holds a non-zero byte. `from` is sector-aligned; `to` may end in a partial sector.
+ */
+function forEachNonZeroRun(d: Buffer, from: number, to: number, onRun: (s: number, e: number) => void): void {
+  let runStart = -1;
+  let i = from;
+  while (i < to) {
+    if (runStart < 0 && i + ZERO_SCAN_CHUNK <= to && d[i] === 0) {
+      if (d.subarray(i, i + ZERO_SCAN_CHUNK).equals(ZERO.subarray(0, ZERO_SCAN_CHUNK))) {
+        i += ZERO_SCAN_CHUNK;
+        continue;
+      }
+    }
+    const end = Math.min(i + SECTOR_SIZE, to);
+    if (isSectorZero(d, i, end)) {
+      if (runStart >= 0) {
+        onRun(runStart, i);
+        runStart = -1;
+      }
+    } else if (runStart < 0) {
+      runStart = i;
+    }
+    i = end;
+  }
+  if (runStart >= 0) onRun(runStart, to);
+}
+
+interface PendingRun {
+  start: number;
+  length: number;
+  pieces: Buffer[];
+}
+
+interface WriteEntry {
+  start: number;
+  done: boolean;
+}
+
+function linkAbort(signal: AbortSignal | undefined): AbortController {
+  const ac = new AbortController();
+  if (signal) {
+    if (signal.aborted) ac.abort(signal.reason);
+    else signal.addEventListener('abort', () => ac.abort(signal.reason), { once: true });
+  }
+  return ac;
+}
+
+function abortReason(signal: AbortSignal): unknown {
+  return signal.reason ?? new DOMException('The upload was aborted', 'AbortError');
+}
+
+async function getBlobProps(
+  client: UploadPageBlobClient,
+  signal: AbortSignal,
+): Promise<{ size: number; blobType?: string; metadata: Record<string, string> } | null> {
+  try {
+    const p = await client.getProperties({ abortSignal: signal });
+    return { size: p.contentLength ?? 0, blobType: p.blobType, metadata: p.metadata ?? {} };
+  } catch (err) {
+    if ((err as { statusCode?: number }).statusCode === 404) return null;
+    throw err;
+  }
+}
+
+/**
+ * Uploads a disk image as a fixed VHD page blob. See UploadFixedVhdOptions for the input contract.
+ * Progress reports a contiguousOffset that a caller can persist (for example as Temporal heartbeat
+ * details) and pass back as resumeFromOffset; a resumed attempt re-sends at most the writes that
+ * were in flight when the previous one stopped.
+ */
+export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<UploadFixedVhdResult> {
+  const { blobClient, capacityBytes, restoreId } = opts;
+  const maxWrite = opts.maxPageWriteBytes ?? DEFAULT_MAX_PAGE_WRITE;
+  const concurrency = opts.concurrency ?? DEFAULT_CONCURRENCY;
+  const checksum = opts.checksum ?? 'md5';
+
+  const virtualSize = vhdVirtualSize(capacityBytes);
+  const blobSize = virtualSize + VHD_FOOTER_SIZE;
+  if (blobSize > AZURE_LIMITS.pageBlobMaxBytes) {
+    throw limitError(
+      `disk of ${capacityBytes} bytes needs a ${blobSize}-byte page blob, over Azure's 8 TiB page blob maximum`,
+    );
+  }
+  if (!Number.isSafeInteger(maxWrite) || maxWrite < SECTOR_SIZE || maxWrite % SECTOR_SIZE !== 0) {
+    throw limitError(`maxPageWriteBytes ${maxWrite} must be a positive multiple of 512`);
+  }
+  if (maxWrite > AZURE_LIMITS.putPageMaxBytes) {
+    throw limitError(`maxPageWriteBytes ${maxWrite} exceeds Azure's Put Page maximum of 4 MiB`);
+  }
+  if (!Number.isSafeInteger(concurrency) || concurrency < 1) {
+    throw inputError(`concurrency must be a positive integer, got ${concurrency}`);
+  }
+  const requestedResume = opts.resumeFromOffset ?? 0;
+  if (!Number.isSafeInteger(requestedResume) || requestedResume < 0 || requestedResume > blobSize) {
+    throw inputError(`resumeFromOffset ${requestedResume} is outside the blob [0, ${blobSize}]`);
+  }
+
+  const uuid = uuidFromRestoreId(restoreId, opts.diskIndex);
+  const uuidText = formatUuid(uuid);
+  const footer = buildFixedVhdFooter({ currentSize: virtualSize, uuid, timestamp: opts.footerTimestamp });
+
+  const ac = linkAbort(opts.signal);
+  const signal = ac.signal;
+  const throwIfAborted = (): void => {
+    if (opts.signal?.aborted) throw abortReason(opts.signal);
+    if (signal.aborted) throw abortReason(signal);
+  };
+  throwIfAborted();
+
+  // Data at or above the resume point is re-sent; align down so a partial last sector is re-sent whole.
+  let start = Math.min(requestedResume - (requestedResume % SECTOR_SIZE), virtualSize);
+  let created = false;
+  const existing = await getBlobProps(blobClient, signal);
+  if (existing) {
+    if (existing.blobType && existing.blobType !== 'PageBlob') {
+      throw new RestoreError(
+        FailureType.AlreadyExists,
+        `blob ${stripQuery(blobClient.url)} already exists as a ${existing.blobType}, not a page blob`,
+      );
+    }
+    if (existing.size !== blobSize) {
+      throw new BlobSizeMismatchError(blobClient.url, blobSize, existing.size);
+    }
+    const owner = existing.metadata[VHD_UUID_METADATA_KEY];
+    if (owner !== undefined && owner !== uuidText) {
+      throw new RestoreError(
+        FailureType.AlreadyExists,
+        `page blob ${stripQuery(blobClient.url)} belongs to another restore (disk uuid ${owner}, ours ${uuidText})`,
+      );
+    }
+  }
+  if (!existing || start === 0) {
+    // (Re)creating zeroes the whole blob, which is what makes skipping zero ranges correct.
+    await blobClient.create(blobSize, { abortSignal: signal, metadata: { [VHD_UUID_METADATA_KEY]: uuidText } });
+    created = true;
+    start = 0;
+  }
+
+  let bytesSent = 0;
+  let pagesSent = 0;
+  let scanPos = start;
+  let coveredInput = 0;
+  let pending = null as PendingRun | null;
+  const order: WriteEntry[] = [];
+  const inflight = new Set<Promise<void>>();
+  let firstError: unknown = undefined;
+  let lastReported = -1;
+
+  const contiguousOffset = (): number => {
+    while (order.length > 0 && order[0].done) order.shift();
+    if (order.length > 0) return order[0].start;
+    if (pending) return pending.start;
+    return scanPos;
+  };
+  const zeroBytesSkipped = (): number =>
+    Math.max(0, Math.min(scanPos, capacityBytes) - Math.min(start, capacityBytes) - coveredInput);
+  const report = (force: boolean): void => {
+    if (!opts.onProgress) return;
+    const c = contiguousOffset();
+    if (!force && c === lastReported) return;
+    lastReported = c;
+    opts.onProgress({ contiguousOffset: c, bytesSent, pagesSent, zeroBytesSkipped: zeroBytesSkipped() });
+  };
+
+  const sendPage = async (offset: number, body: Buffer): Promise<void> => {
+    assertPageWrite(offset, body.length, blobSize);
+    if (body.length > maxWrite) throw limitError(`page write of ${body.length} bytes exceeds maxPageWriteBytes ${maxWrite}`);
+    const md5 = checksum === 'md5' ? createHash('md5').update(body).digest() : undefined;
+    await blobClient.uploadPages(body, offset, body.length, {
+      abortSignal: signal,
+      transactionalContentMD5: md5,
+    });
+  };
+
+  const dispatch = async (run: PendingRun): Promise<void> => {
+    const entry: WriteEntry = { start: run.start, done: false };
+    order.push(entry);
+    while (inflight.size >= concurrency) await Promise.race(inflight);
+    if (firstError !== undefined) throw firstError;
+    throwIfAborted();
+    const body = run.pieces.length === 1 ? run.pieces[0] : Buffer.concat(run.pieces, run.length);
+    const p: Promise<void> = sendPage(run.start, body).then(
+      () => {
+        entry.done = true;
+        bytesSent += body.length;
+        pagesSent += 1;
+        try {
+          report(true);
+        } catch (err) {
+          firstError ??= err;
+          ac.abort(err);
+        }
+      },
+      (err: unknown) => {
+        firstError ??= err;
+        ac.abort(err);
+      },
+    );
+    const tracked = p.finally(() => inflight.delete(tracked));
+    inflight.add(tracked);
+  };
+
+  const flush = async (): Promise<void> => {
+    if (!pending) return;
+    const run = pending;
+    pending = null;
+    await dispatch(run);
+  };
+
+  /** Queues source bytes [absStart, absStart + piece.length) for writing; piece is sector-aligned. */
+  const appendData = async (absStart: number, piece: Buffer): Promise<void> => {
+    let at = absStart;
+    let rest = piece;
+    while (rest.length > 0) {
+      if (pending && pending.start + pending.length !== at) await flush();
+      if (pending && pending.length === maxWrite) await flush();
+      if (!pending) pending = { start: at, length: 0, pieces: [] };
+      const take = Math.min(rest.length, maxWrite - pending.length);
+      pending.pieces.push(rest.subarray(0, take));
+      pending.length += take;
+      at += take;
+      rest = rest.subarray(take);
+    }
+  };
+
+  try {
+    let expected: number | undefined;
+    let lastZeroReport = start;
+    const startedBelowCapacity = start < capacityBytes;
+    for await (const block of opts.blocks) {
+      if (firstError !== undefined) throw firstError;
+      throwIfAborted();
+      const { offset, length, data } = block;
+      if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length <= 0) {
+        throw inputError(`block at ${offset} of ${length} bytes is not a valid range`);
+      }
+      if (expected === undefined) {
+        if (offset > start) throw inputError(`first block starts at ${offset}, after the resume point ${start}`);
+      } else if (offset !== expected) {
+        throw inputError(`block at ${offset} does not follow the previous block, which ended at ${expected}`);
+      }
+      const end = offset + length;
+      if (end > capacityBytes) throw inputError(`block [${offset}, ${end}) runs past the disk capacity ${capacityBytes}`);
+      if (offset % SECTOR_SIZE !== 0 || (length % SECTOR_SIZE !== 0 && end !== capacityBytes)) {
+        throw inputError(`block [${offset}, ${end}) is not 512-byte aligned`);
+      }
+      if (data !== null && data.length !== length) {
+        throw inputError(`block at ${offset} declares ${length} bytes but carries ${data.length}`);
+      }
+      expected = end;
+      if (end <= start) continue;
+
+      const from = Math.max(offset, start);
+      if (data !== null) {
+        const runs: [number, number][] = [];
+        forEachNonZeroRun(data, from - offset, length, (s, e) => runs.push([s, e]));
+        for (const [s, e] of runs) {
+          const alignedEnd = e - ((e - s) % SECTOR_SIZE);
+          if (alignedEnd > s) await appendData(offset + s, data.subarray(s, alignedEnd));
+          if (alignedEnd < e) {
+            // The disk ends mid-sector: send that sector padded with zeros.
+            const last = Buffer.alloc(SECTOR_SIZE);
+            data.copy(last, 0, alignedEnd, e);
+            await appendData(offset + alignedEnd, last);
+          }
+          coveredInput += e - s;
+        }
+      }
+      scanPos = end;
+      if (pending && pending.start + pending.length < scanPos) await flush();
+      if (opts.onProgress && contiguousOffset() - lastZeroReport >= ZERO_PROGRESS_STRIDE) {
+        lastZeroReport = contiguousOffset();
+        report(false);
+      }
+    }
+    // A short input would otherwise leave silent zeros in the disk, so the blocks must reach capacity.
+    if (expected === undefined ? startedBelowCapacity : expected !== capacityBytes) {
+      throw inputError(`input ended at ${expected ?? 'the first block'}, before the disk capacity ${capacityBytes}`);
+    }
+    await flush();
+    await Promise.all(inflight);
+    if (firstError !== undefined) throw firstError;
+    throwIfAborted();
+    // Between capacity and the rounded virtual size nothing is written: the blob is zero there.
+    scanPos = Math.max(scanPos, virtualSize);
+    report(false);
+
+    await sendPage(virtualSize, footer);
+    bytesSent += footer.length;
+    pagesSent += 1;
+    scanPos = blobSize;
+    report(true);
+  } catch (err) {
+    ac.abort(err);
+    await Promise.allSettled(inflight);
+    if (opts.signal?.aborted) throw abortReason(opts.signal);
+    throw firstError ?? err;
+  }
+
+  return {
+    blobSize,
+    virtualSize,
+    bytesSent,
+    zeroBytesSkipped: zeroBytesSkipped(),
+    pageWrites: pagesSent,
+    footer,
+    resumedFrom: start,
+    created,
+  };
+}
+
+/** A page range as listPageRanges reports it: inclusive byte offsets. */
+export interface PageRange {
+  start: number;
+  end: number;
+}
+
+export interface VerifyUploadedVhdOptions {
+  capacityBytes: number;
+  /**
+   * Where the source has data. When given, every page range must lie inside these (no zero data was
+   * written) and every one of them must be covered (nothing was lost). Compared at 512-byte granularity.
+   */
+  expectedNonZeroRanges?: { offset: number; length: number }[];
+  signal?: AbortSignal;
+}
+
+export interface VerifyUploadedVhdResult {
+  ok: boolean;
+  problems: string[];
+  /** Written ranges, merged where adjacent. */
+  pageRanges: PageRange[];
+  footer: VhdFooter | null;
+}
+
+function mergeRanges(ranges: PageRange[]): PageRange[] {
+  const sorted = [...ranges].sort((a, b) => a.start - b.start);
+  const out: PageRange[] = [];
+  for (const r of sorted) {
+    const last = out[out.length - 1];
+    if (last && r.start <= last.end + 1) last.end = Math.max(last.end, r.end);
+    else out.push({ start: r.start, end: r.end });
+  }
+  return out;
+}
+
+/** Parts of `a` not covered by `b`; both sorted, merged, inclusive. */
+function subtractRanges(a: PageRange[], b: PageRange[]): PageRange[] {
+  const out: PageRange[] = [];
+  let j = 0;
+  for (const r of a) {
+    let cur = r.start;
+    while (j < b.length && b[j].end < cur) j++;
+    let k = j;
+    while (cur <= r.end) {
+      if (k >= b.length || b[k].start > r.end) {
+        out.push({ start: cur, end: r.end });
+        break;
+      }
+      if (b[k].start > cur) out.push({ start: cur, end: b[k].start - 1 });
+      cur = Math.max(cur, b[k].end + 1);
+      k++;
+    }
+  }
+  return out;
+}
+
+function describe(ranges: PageRange[], max = 5): string {
+  const shown = ranges.slice(0, max).map((r) => `[${r.start}, ${r.end + 1})`);
+  return shown.join(', ') + (ranges.length > max ? ` and ${ranges.length - max} more` : '');
+}
+
+/**
+ * Checks an uploaded VHD blob: size N MiB + 512, a valid fixed footer of the right size, nothing
+ * written in the zero tail, and (optionally) written ranges matching the source's non-zero ranges.
+ * Uses listPageRanges, whose ranges are inclusive; the deprecated getPageRanges is off by one.
+ */
+export async function verifyUploadedVhd(
+  blobClient: PageBlobClient,
+  opts: VerifyUploadedVhdOptions,
+): Promise<VerifyUploadedVhdResult> {
+  const problems: string[] = [];
+  const virtualSize = vhdVirtualSize(opts.capacityBytes);
+  const blobSize = virtualSize + VHD_FOOTER_SIZE;
+  const signal = opts.signal;
+
+  const props = await blobClient.getProperties({ abortSignal: signal });
+  const size = props.contentLength ?? 0;
+  if (props.blobType && props.blobType !== 'PageBlob') problems.push(`blob type is ${props.blobType}, not PageBlob`);
+  if (size !== blobSize) problems.push(`blob size ${size} != expected ${blobSize} (${virtualSize} + 512)`);
+  if (size % (1024 * 1024) !== VHD_FOOTER_SIZE) problems.push(`blob size ${size} is not N MiB + 512`);
+
+  let footer: VhdFooter | null = null;
+  if (size >= VHD_FOOTER_SIZE) {
+    const tail = await blobClient.downloadToBuffer(size - VHD_FOOTER_SIZE, VHD_FOOTER_SIZE, { abortSignal: signal });
+    footer = parseVhdFooter(tail);
+    problems.push(...footerProblems(footer, virtualSize));
+  }
+
+  const raw: PageRange[] = [];
+  for await (const r of blobClient.listPageRanges(0, undefined, { abortSignal: signal })) {
+    raw.push({ start: r.start, end: r.end });
+  }
+  const pageRanges = mergeRanges(raw);
+
+  const footerRange: PageRange = { start: virtualSize, end: blobSize - 1 };
+  if (subtractRanges([footerRange], pageRanges).length > 0) problems.push('the footer page was never written');
+  const dataRanges = subtractRanges(pageRanges, [footerRange]);
+  const dataEnd = Math.ceil(opts.capacityBytes / SECTOR_SIZE) * SECTOR_SIZE;
+  if (dataEnd < virtualSize) {
+    const inTail = subtractRanges(dataRanges, [{ start: 0, end: dataEnd - 1 }]);
+    if (inTail.length > 0) problems.push(`pages written past the disk capacity, in the zero tail: ${describe(inTail)}`);
+  }
+
+  if (opts.expectedNonZeroRanges) {
+    const expected = mergeRanges(
+      opts.expectedNonZeroRanges
+        .filter((r) => r.length > 0)
+        .map((r) => ({
+          start: r.offset - (r.offset % SECTOR_SIZE),
+          end: Math.ceil((r.offset + r.length) / SECTOR_SIZE) * SECTOR_SIZE - 1,
+        })),
+    );
+    const missing = subtractRanges(expected, dataRanges);
+    if (missing.length > 0) problems.push(`source data ranges not written: ${describe(missing)}`);
+    const extra = subtractRanges(dataRanges, expected);
+    if (extra.length > 0) problems.push(`pages written where the source is zero: ${describe(extra)}`);
+  }
+
+  return { ok: problems.length === 0, problems, pageRanges, footer };
+}

@@ -1,0 +1,272 @@
+import { parseArgs } from 'node:util';
+import { loadAppConfig } from './app-config';
+import { FailureType, RestoreError } from './domain/errors';
+import type { DiskFormat, TransportRequest, VSphereRestoreRequest } from './domain/restore';
+import { DISK_FORMATS, TASK_QUEUE, TRANSPORT_REQUESTS } from './domain/restore';
+import { labDown, labStatus, labUp } from './lab';
+import { importRestorePoint, getRestorePoint, listRestorePoints, verifyRepository } from './repository';
+import { connectClient, failureMessage, fmtBytes, getRestoreStatus, startVSphereRestore, waitWithProgress } from './restore-client';
+import { runWorker } from './worker';
+import { runDemo, seedDemoRepository } from './demo';
+
+export { TASK_QUEUE };
+export { startVSphereRestore, getRestoreStatus, vsphereWorkflowId } from './restore-client';
+export type { VSphereRestoreRequest, VSphereRestoreResult } from './domain/restore';
+
+const USAGE = `vmrestore: restore whole VMs from backups to vSphere (and Azure) on Temporal
+
+  vmrestore lab up|status|down [--json] [--purge]
+  vmrestore repo import --vm vm.json [--json]
+  vmrestore repo list|show ID|verify [ID] [--json]
+  vmrestore repo seed-demo [--json]
+  vmrestore worker
+  vmrestore restore vsphere --restore-point ID --vm-name NAME [--datastore DS] [--folder F]
+        [--resource-pool P] [--network SRC=DST]... [--transport auto|direct-san|direct-nas|hotadd|nbd]
+        [--disk-format same|thin|thick-lazy|thick-eager] [--proxy NAME] [--power-on]
+        [--keep-on-failure] [--throttle-mbps N] [--wait] [--json]
+  vmrestore status WORKFLOW_ID [--json]
+  vmrestore cancel WORKFLOW_ID
+  vmrestore demo            (what npm start runs)
+`;
+
+const out = (s: string) => process.stdout.write(s + '\n');
+const err = (s: string) => process.stderr.write(s + '\n');
+
+function usageError(message: string): never {
+  throw new RestoreError(FailureType.InvalidRequest, `${message}\n\n${USAGE}`);
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [cmd, sub, ...rest] = argv;
+  try {
+    switch (cmd) {
+      case 'lab':
+        return await labCommand(sub, rest);
+      case 'repo':
+        return await repoCommand(sub, rest);
+      case 'worker':
+        return await workerCommand();
+      case 'restore':
+        return await restoreCommand(sub, rest);
+      case 'status':
+        return await statusCommand([sub, ...rest].filter((x) => x !== undefined));
+      case 'cancel':
+        return await cancelCommand(sub);
+      case 'demo':
+        return await runDemo({ log: out });
+      case undefined:
+      case 'help':
+      case '--help':
+      case '-h':
+        out(USAGE);
+        return 0;
+      default:
+        usageError(`unknown command '${cmd}'`);
+    }
+  } catch (e) {
+    err(`vmrestore: ${e instanceof Error ? e.message : String(e)}`);
+    return e instanceof RestoreError && e.type === FailureType.InvalidRequest ? 2 : 1;
+  }
+}
+
+async function labCommand(sub: string | undefined, args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, options: { json: { type: 'boolean' }, purge: { type: 'boolean' }, quiet: { type: 'boolean' } } });
+  const log = values.quiet || values.json ? () => {} : out;
+  if (sub === 'up') {
+    await labUp(log);
+    const s = labStatus();
+    if (values.json) out(JSON.stringify(s, null, 2));
+    else if (!values.quiet) out(`lab ready: Temporal ${s.temporal?.address} (UI ${s.temporal?.ui}), vCenter ${s.vsphere?.url}, blob ${s.blob ? 'up' : 'down'}`);
+    return 0;
+  }
+  if (sub === 'status') {
+    const s = labStatus();
+    if (values.json) out(JSON.stringify(s, null, 2));
+    else {
+      out(`temporal: ${s.temporal ? `${s.temporal.running ? 'running' : 'stopped'} ${s.temporal.address} UI ${s.temporal.ui}` : 'not started'}`);
+      out(`vsphere:  ${s.vsphere ? `${s.vsphere.running ? 'running' : 'stopped'} ${s.vsphere.url}` : 'not started'}`);
+      out(`blob:     ${s.blob ? (s.blob.running ? 'running' : 'stopped') : 'not started'}`);
+      out(`azure:    ${s.azure ? (s.azure.running ? `running ${String(s.azure.armEndpoint)}` : 'stopped') : 'not started'}`);
+    }
+    return 0;
+  }
+  if (sub === 'down') {
+    await labDown({ purge: values.purge }, log);
+    return 0;
+  }
+  usageError(`unknown lab command '${sub ?? ''}'`);
+}
+
+async function repoCommand(sub: string | undefined, args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { json: { type: 'boolean' }, vm: { type: 'string' } },
+  });
+  const repo = repositoryPath();
+  switch (sub) {
+    case 'import': {
+      if (!values.vm) usageError('repo import needs --vm vm.json');
+      const res = await importRestorePoint(repo, values.vm);
+      if (values.json) out(JSON.stringify({ restorePointId: res.restorePointId, parentId: res.parentId, stats: res.stats }));
+      else out(`restore point ${res.restorePointId} (parent ${res.parentId ?? 'none'}): ${JSON.stringify(res.stats)}`);
+      return 0;
+    }
+    case 'list': {
+      const list = await listRestorePoints(repo);
+      if (values.json) out(JSON.stringify(list, null, 2));
+      else for (const r of list) out(`${r.id}  ${r.vmName}  ${r.createdAt}  parent=${r.parentId ?? '-'}`);
+      return 0;
+    }
+    case 'show': {
+      if (!positionals[0]) usageError('repo show needs a restore point id');
+      const rp = await getRestorePoint(repo, positionals[0]);
+      const { disks, ...head } = rp;
+      const summary = { ...head, disks: disks.map((d) => ({ index: d.index, capacityBytes: d.capacityBytes, blocks: d.blocks.length, zeroBlocks: d.blocks.filter((b) => b === null).length })) };
+      out(JSON.stringify(summary, null, 2));
+      return 0;
+    }
+    case 'verify': {
+      const res = await verifyRepository(repo, { restorePointId: positionals[0] });
+      if (values.json) out(JSON.stringify(res, null, 2));
+      else {
+        out(`${res.ok ? 'OK' : 'PROBLEMS'}: ${res.chunksChecked} chunks, ${res.bytesChecked} bytes checked`);
+        for (const p of res.problems) out(`  ${p.restorePointId} VM '${p.vmName}' disk ${p.diskIndex} offset ${p.offset}: chunk ${p.chunk} ${p.problem}`);
+      }
+      return res.ok ? 0 : 1;
+    }
+    case 'seed-demo': {
+      const seeded = await seedDemoRepository(repo, values.json ? () => {} : out);
+      if (values.json) out(JSON.stringify(seeded));
+      return 0;
+    }
+    default:
+      usageError(`unknown repo command '${sub ?? ''}'`);
+  }
+}
+
+function repositoryPath(): string {
+  if (process.env.VMRESTORE_REPOSITORY) return process.env.VMRESTORE_REPOSITORY;
+  try {
+    return loadAppConfig().repository.path;
+  } catch {
+    // Repository commands work without a running lab.
+    return require('node:path').join(require('./lab').labDir(), 'repository');
+  }
+}
+
+async function workerCommand(): Promise<number> {
+  const config = loadAppConfig();
+  const stop = new Promise<void>((resolve) => {
+    process.once('SIGINT', resolve);
+    process.once('SIGTERM', resolve);
+  });
+  await runWorker({ config, log: out, until: stop });
+  return 0;
+}
+
+async function restoreCommand(kind: string | undefined, args: string[]): Promise<number> {
+  if (kind !== 'vsphere') usageError(`unknown restore target '${kind ?? ''}' (known: vsphere)`);
+  const { values } = parseArgs({
+    args,
+    options: {
+      'restore-point': { type: 'string' },
+      'vm-name': { type: 'string' },
+      datastore: { type: 'string' },
+      datacenter: { type: 'string' },
+      folder: { type: 'string' },
+      'resource-pool': { type: 'string' },
+      network: { type: 'string', multiple: true },
+      transport: { type: 'string' },
+      'disk-format': { type: 'string' },
+      proxy: { type: 'string' },
+      profile: { type: 'string' },
+      'power-on': { type: 'boolean' },
+      'keep-on-failure': { type: 'boolean' },
+      'throttle-mbps': { type: 'string' },
+      wait: { type: 'boolean' },
+      json: { type: 'boolean' },
+    },
+  });
+  if (!values['restore-point']) usageError('--restore-point is required');
+  if (!values['vm-name']) usageError('--vm-name is required');
+  const transport = (values.transport ?? 'auto') as TransportRequest;
+  if (!TRANSPORT_REQUESTS.includes(transport)) usageError(`--transport '${transport}' is not one of ${TRANSPORT_REQUESTS.join(', ')}`);
+  const diskFormat = (values['disk-format'] ?? 'same') as DiskFormat;
+  if (!DISK_FORMATS.includes(diskFormat)) usageError(`--disk-format '${diskFormat}' is not one of ${DISK_FORMATS.join(', ')}`);
+  const networkMap: Record<string, string> = {};
+  for (const m of values.network ?? []) {
+    const [src, dst] = m.split('=');
+    if (!src || !dst) usageError(`--network '${m}' must look like SOURCE=TARGET`);
+    networkMap[src] = dst;
+  }
+  const throttle = values['throttle-mbps'] === undefined ? undefined : Number(values['throttle-mbps']);
+  if (throttle !== undefined && !(throttle >= 0)) usageError(`--throttle-mbps must be a number >= 0`);
+  const request: VSphereRestoreRequest = {
+    restorePointId: values['restore-point'],
+    vmName: values['vm-name'],
+    datastore: values.datastore,
+    datacenter: values.datacenter,
+    folder: values.folder,
+    resourcePool: values['resource-pool'],
+    networkMap: Object.keys(networkMap).length ? networkMap : undefined,
+    transport,
+    diskFormat,
+    proxy: values.proxy,
+    profile: values.profile,
+    powerOn: values['power-on'] ?? false,
+    keepOnFailure: values['keep-on-failure'] ?? false,
+    throttleMBps: throttle,
+  };
+  const config = loadAppConfig();
+  const { client, connection } = await connectClient(config);
+  try {
+    const handle = await startVSphereRestore(client, request, { taskQueue: config.temporal.taskQueue });
+    if (!values.wait) {
+      out(values.json ? JSON.stringify({ workflowId: handle.workflowId }) : `started ${handle.workflowId}`);
+      return 0;
+    }
+    if (!values.json) out(`started ${handle.workflowId}${config.temporal.uiUrl ? ` (${config.temporal.uiUrl}/namespaces/${config.temporal.namespace}/workflows/${handle.workflowId})` : ''}`);
+    const final = await waitWithProgress(client, handle.workflowId, values.json ? undefined : out);
+    if (values.json) out(JSON.stringify({ workflowId: handle.workflowId, status: final.status, phase: final.phase, result: final.result, error: final.failure }));
+    return final.status === 'COMPLETED' ? 0 : 1;
+  } finally {
+    await connection.close();
+  }
+}
+
+async function statusCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { json: { type: 'boolean' } } });
+  if (!positionals[0]) usageError('status needs a workflow id');
+  const config = loadAppConfig();
+  const { client, connection } = await connectClient(config);
+  try {
+    const s = await getRestoreStatus(client, positionals[0]);
+    const status = s.status === 'CANCELLED' ? 'CANCELED' : s.status;
+    if (values.json) {
+      out(JSON.stringify({ workflowId: s.workflowId, status, phase: s.phase, disks: s.disks.map((d) => ({ diskIndex: d.diskIndex, label: d.label, transport: d.transport, state: d.state, bytesDone: d.bytesDone, bytesTotal: d.bytesTotal })), result: s.result, error: s.failure }));
+    } else {
+      out(`${s.workflowId}: ${status} (${s.phase})`);
+      for (const d of s.disks) out(`  disk ${d.diskIndex} ${d.label} [${d.transport ?? '-'}] ${d.state} ${fmtBytes(d.bytesDone)} / ${fmtBytes(d.bytesTotal)}`);
+      if (s.failure) out(`  error: ${s.failure}`);
+    }
+    return 0;
+  } finally {
+    await connection.close();
+  }
+}
+
+async function cancelCommand(workflowId: string | undefined): Promise<number> {
+  if (!workflowId) usageError('cancel needs a workflow id');
+  const config = loadAppConfig();
+  const { client, connection } = await connectClient(config);
+  try {
+    await client.workflow.getHandle(workflowId).cancel();
+    out(`cancellation requested for ${workflowId}`);
+    return 0;
+  } finally {
+    await connection.close();
+  }
+}
+
+export { failureMessage };

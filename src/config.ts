@@ -1,0 +1,213 @@
+import { readFileSync, existsSync } from 'node:fs';
+import path from 'node:path';
+import { FailureType, RestoreError } from './domain/errors';
+import type { TransportMode } from './domain/restore';
+
+/** A vCenter/ESXi connection; the password is a reference, never a literal in requests or history. */
+export interface VSphereProfile {
+  url: string;
+  username: string;
+  /** Name of an environment variable holding the password. */
+  passwordEnv?: string;
+  /** Path of a file holding the password. */
+  passwordFile?: string;
+  /** SHA-256 (or SHA-1) fingerprint of the server's TLS leaf certificate, colon-separated hex. */
+  thumbprint?: string;
+  /** Accept any certificate; for labs only. */
+  insecure?: boolean;
+  datacenter?: string;
+  /** Datastore used when a request names none. */
+  datastore?: string;
+}
+
+export interface ProxyConfig {
+  name: string;
+  /** The proxy's own VM name in vSphere; required for HotAdd. */
+  vmName?: string;
+  transports: TransportMode[];
+  /** Datastore name → local path where the proxy sees its files over NFS (direct-nas). */
+  nasMounts?: Record<string, string>;
+  /** Datastore name → local path of the LUN-backed volume the proxy can write (direct-san). */
+  sanMounts?: Record<string, string>;
+  /** Datastore name → local path where hot-added disks appear on the proxy (hotadd). */
+  hotaddDevices?: Record<string, string>;
+  /** vSphere profile this proxy writes to. */
+  profile?: string;
+}
+
+export interface AppConfig {
+  temporal: { address: string; namespace: string; taskQueue: string; uiUrl?: string };
+  repository: { path: string };
+  vsphere: { defaultProfile: string; profiles: Record<string, VSphereProfile> };
+  proxies: ProxyConfig[];
+  restore: { diskConcurrency: number; readConcurrency: number; checkpointBytes: number };
+  /** True when the endpoints come from the embedded lab rather than a config file. */
+  fromLab: boolean;
+  source: string;
+}
+
+const TRANSPORTS: TransportMode[] = ['direct-san', 'direct-nas', 'hotadd', 'nbd'];
+
+function bad(key: string, message: string): never {
+  throw new RestoreError(FailureType.Configuration, `config ${key}: ${message}`);
+}
+
+function str(obj: Record<string, unknown>, key: string, where: string, required = true): string | undefined {
+  const v = obj[key];
+  if (v === undefined || v === null) {
+    if (required) bad(`${where}.${key}`, 'is required');
+    return undefined;
+  }
+  if (typeof v !== 'string' || v.length === 0) bad(`${where}.${key}`, `expected a non-empty string, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+function int(obj: Record<string, unknown>, key: string, where: string, dflt: number, min: number): number {
+  const v = obj[key];
+  if (v === undefined) return dflt;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min) bad(`${where}.${key}`, `expected an integer >= ${min}, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+function record(v: unknown, where: string): Record<string, unknown> {
+  if (v === undefined) return {};
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) bad(where, `expected an object, got ${JSON.stringify(v)}`);
+  return v as Record<string, unknown>;
+}
+
+function stringMap(v: unknown, where: string): Record<string, string> | undefined {
+  if (v === undefined) return undefined;
+  const r = record(v, where);
+  for (const [k, val] of Object.entries(r)) if (typeof val !== 'string') bad(`${where}.${k}`, `expected a path string`);
+  return r as Record<string, string>;
+}
+
+/** Validates a raw config object; every error names the offending key. */
+export function parseConfig(raw: unknown, source: string, baseDir: string): AppConfig {
+  const root = record(raw, '(root)');
+  const known = ['temporal', 'repository', 'vsphere', 'proxies', 'restore'];
+  for (const k of Object.keys(root)) if (!known.includes(k)) bad(k, `unknown key (known: ${known.join(', ')})`);
+  const t = record(root.temporal, 'temporal');
+  const temporal = {
+    address: str(t, 'address', 'temporal', false) ?? '127.0.0.1:7233',
+    namespace: str(t, 'namespace', 'temporal', false) ?? 'default',
+    taskQueue: str(t, 'taskQueue', 'temporal', false) ?? 'vmrestore',
+    uiUrl: str(t, 'uiUrl', 'temporal', false),
+  };
+  if (!/^[^:\s]+:\d+$/.test(temporal.address)) bad('temporal.address', `expected host:port, got '${temporal.address}'`);
+  const r = record(root.repository, 'repository');
+  const repoPath = str(r, 'path', 'repository', false) ?? '.lab/repository';
+  const v = record(root.vsphere, 'vsphere');
+  const profilesRaw = record(v.profiles, 'vsphere.profiles');
+  const profiles: Record<string, VSphereProfile> = {};
+  for (const [name, pv] of Object.entries(profilesRaw)) {
+    const where = `vsphere.profiles.${name}`;
+    const p = record(pv, where);
+    const url = str(p, 'url', where)!;
+    if (!/^https?:\/\/[^/]+/.test(url)) bad(`${where}.url`, `expected an http(s):// URL, got '${url}'`);
+    if ('password' in p) bad(`${where}.password`, 'literal passwords are not accepted; use passwordEnv or passwordFile');
+    const profile: VSphereProfile = {
+      url,
+      username: str(p, 'username', where)!,
+      passwordEnv: str(p, 'passwordEnv', where, false),
+      passwordFile: str(p, 'passwordFile', where, false),
+      thumbprint: str(p, 'thumbprint', where, false),
+      insecure: p.insecure === true,
+      datacenter: str(p, 'datacenter', where, false),
+      datastore: str(p, 'datastore', where, false),
+    };
+    if (!profile.passwordEnv && !profile.passwordFile) bad(where, 'needs passwordEnv or passwordFile');
+    if (profile.passwordFile) profile.passwordFile = path.resolve(baseDir, profile.passwordFile);
+    profiles[name] = profile;
+  }
+  const defaultProfile = str(v, 'defaultProfile', 'vsphere', false) ?? Object.keys(profiles)[0] ?? 'default';
+  if (Object.keys(profiles).length > 0 && !profiles[defaultProfile]) {
+    bad('vsphere.defaultProfile', `'${defaultProfile}' is not a profile (known: ${Object.keys(profiles).join(', ')})`);
+  }
+  const proxiesRaw = root.proxies ?? [];
+  if (!Array.isArray(proxiesRaw)) bad('proxies', 'expected an array');
+  const proxies: ProxyConfig[] = proxiesRaw.map((pr, i) => {
+    const where = `proxies[${i}]`;
+    const p = record(pr, where);
+    const transports = p.transports ?? ['nbd'];
+    if (!Array.isArray(transports) || transports.some((m) => !TRANSPORTS.includes(m as TransportMode))) {
+      bad(`${where}.transports`, `expected a list of ${TRANSPORTS.join('|')}, got ${JSON.stringify(transports)}`);
+    }
+    const resolveAll = (m: Record<string, string> | undefined) =>
+      m && Object.fromEntries(Object.entries(m).map(([k, val]) => [k, path.resolve(baseDir, val)]));
+    return {
+      name: str(p, 'name', where)!,
+      vmName: str(p, 'vmName', where, false),
+      transports: transports as TransportMode[],
+      nasMounts: resolveAll(stringMap(p.nasMounts, `${where}.nasMounts`)),
+      sanMounts: resolveAll(stringMap(p.sanMounts, `${where}.sanMounts`)),
+      hotaddDevices: resolveAll(stringMap(p.hotaddDevices, `${where}.hotaddDevices`)),
+      profile: str(p, 'profile', where, false),
+    };
+  });
+  const rs = record(root.restore, 'restore');
+  const restore = {
+    diskConcurrency: int(rs, 'diskConcurrency', 'restore', 2, 1),
+    readConcurrency: int(rs, 'readConcurrency', 'restore', 4, 1),
+    checkpointBytes: int(rs, 'checkpointBytes', 'restore', 32 * 1024 * 1024, 1024 * 1024),
+  };
+  return {
+    temporal,
+    repository: { path: path.resolve(baseDir, repoPath) },
+    vsphere: { defaultProfile, profiles },
+    proxies,
+    restore,
+    fromLab: false,
+    source,
+  };
+}
+
+/** Environment overrides, applied after the file: each names one key. */
+export function applyEnvOverrides(cfg: AppConfig, env: NodeJS.ProcessEnv = process.env): AppConfig {
+  const out = { ...cfg, temporal: { ...cfg.temporal }, repository: { ...cfg.repository } };
+  if (env.VMRESTORE_TEMPORAL_ADDRESS) out.temporal.address = env.VMRESTORE_TEMPORAL_ADDRESS;
+  if (env.VMRESTORE_TEMPORAL_NAMESPACE) out.temporal.namespace = env.VMRESTORE_TEMPORAL_NAMESPACE;
+  if (env.VMRESTORE_TASK_QUEUE) out.temporal.taskQueue = env.VMRESTORE_TASK_QUEUE;
+  if (env.VMRESTORE_REPOSITORY) out.repository.path = path.resolve(env.VMRESTORE_REPOSITORY);
+  if (!/^[^:\s]+:\d+$/.test(out.temporal.address)) {
+    bad('VMRESTORE_TEMPORAL_ADDRESS', `expected host:port, got '${out.temporal.address}'`);
+  }
+  return out;
+}
+
+/** Path of the config file: VMRESTORE_CONFIG, else ./vmrestore.config.json when present. */
+export function configFilePath(env: NodeJS.ProcessEnv = process.env): string | undefined {
+  if (env.VMRESTORE_CONFIG) {
+    if (!existsSync(env.VMRESTORE_CONFIG)) bad('VMRESTORE_CONFIG', `file '${env.VMRESTORE_CONFIG}' does not exist`);
+    return path.resolve(env.VMRESTORE_CONFIG);
+  }
+  const local = path.resolve('vmrestore.config.json');
+  return existsSync(local) ? local : undefined;
+}
+
+export function loadConfigFile(file: string): AppConfig {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(readFileSync(file, 'utf8'));
+  } catch (err) {
+    bad('(file)', `cannot read ${file}: ${(err as Error).message}`);
+  }
+  return parseConfig(raw, file, path.dirname(file));
+}
+
+/** Resolves a profile's password inside the process that needs it; it never travels in payloads. */
+export function resolvePassword(profileName: string, profile: VSphereProfile, env: NodeJS.ProcessEnv = process.env): string {
+  if (profile.passwordEnv) {
+    const v = env[profile.passwordEnv];
+    if (!v) bad(`vsphere.profiles.${profileName}.passwordEnv`, `environment variable ${profile.passwordEnv} is not set`);
+    return v;
+  }
+  if (profile.passwordFile) {
+    try {
+      return readFileSync(profile.passwordFile, 'utf8').trim();
+    } catch {
+      bad(`vsphere.profiles.${profileName}.passwordFile`, `cannot read '${profile.passwordFile}'`);
+    }
+  }
+  bad(`vsphere.profiles.${profileName}`, 'needs passwordEnv or passwordFile');
+}

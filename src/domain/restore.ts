@@ -1,0 +1,136 @@
+import type { VmConfig } from './vm';
+
+/** Default task queue the worker polls; exported so parent workflows can start restores as children. */
+export const TASK_QUEUE = 'vmrestore';
+
+export type TransportMode = 'direct-san' | 'direct-nas' | 'hotadd' | 'nbd';
+export type TransportRequest = TransportMode | 'auto';
+export type DiskFormat = 'same' | 'thin' | 'thick-lazy' | 'thick-eager';
+export const TRANSPORT_REQUESTS: TransportRequest[] = ['auto', 'direct-san', 'direct-nas', 'hotadd', 'nbd'];
+export const DISK_FORMATS: DiskFormat[] = ['same', 'thin', 'thick-lazy', 'thick-eager'];
+
+export interface VSphereRestoreRequest {
+  /** Unique id of this restore; defaults to the workflow id's suffix. */
+  restoreId?: string;
+  restorePointId: string;
+  vmName: string;
+  /** Connection profile name from the worker's config; credentials never travel in the request. */
+  profile?: string;
+  datacenter?: string;
+  datastore?: string;
+  folder?: string;
+  resourcePool?: string;
+  diskFormat?: DiskFormat;
+  /** Source network name → target network name. */
+  networkMap?: Record<string, string>;
+  transport?: TransportRequest;
+  proxy?: string;
+  powerOn?: boolean;
+  keepOnFailure?: boolean;
+  /** Upper bound on write throughput per disk in MB/s, to spare production storage; 0 = unlimited. */
+  throttleMBps?: number;
+  /** Disks written at once (default from the worker's config). */
+  diskConcurrency?: number;
+}
+
+export interface DiskPlan {
+  diskIndex: number;
+  label: string;
+  capacityBytes: number;
+  nonZeroBytes: number;
+  thin: boolean;
+  eagerlyScrub: boolean;
+  /** Modes to try in order; the first that works is used. */
+  transports: TransportMode[];
+}
+
+/** What initialization decided; everything later steps need, without secrets. */
+export interface VSpherePlan {
+  restoreId: string;
+  restorePointId: string;
+  vm: VmConfig;
+  vmName: string;
+  profile: string;
+  datacenter: string;
+  datastore: string;
+  folder: string;
+  resourcePool: string;
+  networks: string[];
+  proxy: string;
+  proxyVmName?: string;
+  disks: DiskPlan[];
+  requiredBytes: number;
+  freeBytes: number;
+  throttleMBps: number;
+  diskConcurrency: number;
+  powerOn: boolean;
+  keepOnFailure: boolean;
+}
+
+export interface CreatedVm {
+  vmRef: string;
+  vmName: string;
+  /** Datastore paths of the disk descriptors, by disk index. */
+  diskFiles: string[];
+  created: boolean;
+}
+
+export interface DiskWriteResult {
+  diskIndex: number;
+  transport: TransportMode;
+  bytesWritten: number;
+  bytesSkippedZero: number;
+  datastorePath: string;
+  flatPath: string;
+  resumedFromOffset: number;
+  seconds: number;
+}
+
+export interface VSphereRestoreResult {
+  restoreId: string;
+  vmName: string;
+  vmRef: string;
+  datastore: string;
+  proxy: string;
+  poweredOn: boolean;
+  disks: DiskWriteResult[];
+}
+
+export type RestorePhase =
+  | 'initializing'
+  | 'creating-vm'
+  | 'creating-snapshot'
+  | 'writing-disks'
+  | 'committing-snapshot'
+  | 'powering-on'
+  | 'compensating'
+  | 'completed'
+  | 'failed'
+  | 'cancelled';
+
+export interface DiskProgress {
+  diskIndex: number;
+  label: string;
+  transport?: TransportMode;
+  bytesDone: number;
+  bytesTotal: number;
+  state: 'pending' | 'writing' | 'done' | 'failed';
+}
+
+export interface RestoreProgress {
+  restoreId: string;
+  kind: 'vsphere' | 'azure';
+  vmName: string;
+  phase: RestorePhase;
+  disks: DiskProgress[];
+  startedAt: string;
+  message?: string;
+}
+
+/** Heartbeat details of a disk write: small, no secrets. */
+export interface DiskCheckpoint {
+  diskIndex: number;
+  offset: number;
+  bytes: number;
+  transport: TransportMode;
+}

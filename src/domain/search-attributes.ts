@@ -1,0 +1,14 @@
+import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
+
+export const RestoreKind = defineSearchAttributeKey('RestoreKind', SearchAttributeType.KEYWORD);
+export const RestoreVm = defineSearchAttributeKey('RestoreVm', SearchAttributeType.KEYWORD);
+export const RestorePhaseKey = defineSearchAttributeKey('RestorePhase', SearchAttributeType.KEYWORD);
+export const RestoreTarget = defineSearchAttributeKey('RestoreTarget', SearchAttributeType.KEYWORD);
+
+/** Registered on the Temporal server by the lab (and by operators for real clusters). */
+export const SEARCH_ATTRIBUTES: Record<string, 'Keyword'> = {
+  RestoreKind: 'Keyword',
+  RestoreVm: 'Keyword',
+  RestorePhase: 'Keyword',
+  RestoreTarget: 'Keyword',
+};

@@ -1,0 +1,2 @@
+export * from './lab';
+import './inventory';

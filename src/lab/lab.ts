@@ -1,0 +1,319 @@
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { Connection } from '@temporalio/client';
+import { ensureTool, TEMPORAL_CLI, VCSIM } from './binaries';
+import { httpStatus, pickPort, pidAlive, tlsFingerprint, waitFor } from './net';
+import { SEARCH_ATTRIBUTES } from '../domain/search-attributes';
+
+/** Where the lab keeps state, logs and data; git-ignored. */
+export function labDir(): string {
+  return path.resolve(process.env.VMRESTORE_LAB_DIR ?? path.join(__dirname, '..', '..', '.lab'));
+}
+
+export const AZURITE_ACCOUNT = 'devstoreaccount1';
+// Azurite's documented well-known development key; it protects nothing outside the lab.
+export const AZURITE_KEY = 'Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==';
+
+export interface LabTemporal {
+  pid: number;
+  port: number;
+  uiPort: number;
+  address: string;
+  namespace: string;
+  ui: string;
+}
+export interface LabVSphere {
+  pid: number;
+  port: number;
+  url: string;
+  username: string;
+  password: string;
+  passwordFile: string;
+  thumbprint: string;
+  datacenter: string;
+  datastore: string;
+  /** Local folder behind each datastore (the proxy's NAS mount / SAN volume in the lab). */
+  datastorePaths: Record<string, string>;
+  proxyVmName: string;
+}
+export interface LabBlob {
+  pid: number;
+  port: number;
+  endpoint: string;
+  accountName: string;
+  accountKey: string;
+  connectionString: string;
+}
+export interface LabState {
+  temporal?: LabTemporal;
+  vsphere?: LabVSphere;
+  blob?: LabBlob;
+  azure?: Record<string, unknown> & { pid?: number };
+}
+
+function statePath(): string {
+  return path.join(labDir(), 'lab.json');
+}
+
+export function readLabState(): LabState {
+  try {
+    return JSON.parse(readFileSync(statePath(), 'utf8')) as LabState;
+  } catch {
+    return {};
+  }
+}
+
+function writeLabState(state: LabState): void {
+  mkdirSync(labDir(), { recursive: true });
+  const tmp = `${statePath()}.tmp`;
+  writeFileSync(tmp, JSON.stringify(state, null, 2));
+  renameSync(tmp, statePath());
+}
+
+function envPort(name: string, dflt: number): number {
+  const v = process.env[`VMRESTORE_LAB_${name}_PORT`];
+  if (v === undefined) return dflt;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new Error(`VMRESTORE_LAB_${name}_PORT: expected a port number, got '${v}'`);
+  return n;
+}
+
+function spawnDetached(cmd: string, args: string[], logName: string, env: NodeJS.ProcessEnv = process.env): { pid: number; log: string } {
+  const logs = path.join(labDir(), 'logs');
+  mkdirSync(logs, { recursive: true });
+  const log = path.join(logs, logName);
+  const fd = openSync(log, 'a');
+  const child = spawn(cmd, args, { detached: true, stdio: ['ignore', fd, fd], env, cwd: labDir() });
+  child.unref();
+  if (!child.pid) throw new Error(`could not start ${cmd}; see ${log}`);
+  return { pid: child.pid, log };
+}
+
+async function temporalReady(address: string, namespace: string): Promise<boolean> {
+  const conn = await Connection.connect({ address, connectTimeout: 1000 });
+  try {
+    await conn.workflowService.describeNamespace({ namespace });
+    return true;
+  } finally {
+    await conn.close();
+  }
+}
+
+async function startTemporal(prev: LabTemporal | undefined, taken: Set<number>, log: (s: string) => void): Promise<LabTemporal> {
+  if (prev && pidAlive(prev.pid) && (await temporalReady(prev.address, prev.namespace).catch(() => false))) {
+    log(`temporal: reusing pid ${prev.pid} at ${prev.address}`);
+    return prev;
+  }
+  const bin = ensureTool(TEMPORAL_CLI, log);
+  const port = await pickPort(envPort('TEMPORAL', 7233), taken);
+  const uiPort = await pickPort(envPort('TEMPORAL_UI', 8233), taken);
+  const dataDir = path.join(labDir(), 'temporal');
+  mkdirSync(dataDir, { recursive: true });
+  const namespace = 'default';
+  const args = [
+    'server', 'start-dev',
+    '--ip', '127.0.0.1',
+    '--port', String(port),
+    '--ui-port', String(uiPort),
+    '--db-filename', path.join(dataDir, 'temporal.db'),
+    '--namespace', namespace,
+    '--log-level', 'warn',
+  ];
+  for (const [key, type] of Object.entries(SEARCH_ATTRIBUTES)) args.push('--search-attribute', `${key}=${type}`);
+  const { pid, log: logFile } = spawnDetached(bin, args, 'temporal.log');
+  const address = `127.0.0.1:${port}`;
+  await waitFor('temporal dev server', () => temporalReady(address, namespace), {
+    timeoutMs: 60_000,
+    logFile,
+    isAlive: () => pidAlive(pid),
+  });
+  const ui = `http://127.0.0.1:${uiPort}`;
+  await waitFor('temporal web UI', async () => (await httpStatus(ui)) < 500, { timeoutMs: 30_000, logFile });
+  log(`temporal: started pid ${pid} at ${address}, UI ${ui}`);
+  return { pid, port, uiPort, address, namespace, ui };
+}
+
+async function startVcsim(prev: LabVSphere | undefined, taken: Set<number>, log: (s: string) => void): Promise<LabVSphere> {
+  if (prev && pidAlive(prev.pid) && (await httpStatus(`${prev.url.replace(/\/sdk$/, '')}/about`).catch(() => 0)) === 200) {
+    log(`vcsim: reusing pid ${prev.pid} at ${prev.url}`);
+    return prev;
+  }
+  const bin = ensureTool(VCSIM, log);
+  const port = await pickPort(envPort('VCSIM', 8989), taken);
+  const home = path.join(labDir(), 'vcsim');
+  rmSync(home, { recursive: true, force: true });
+  mkdirSync(home, { recursive: true });
+  const secrets = path.join(labDir(), 'secrets');
+  mkdirSync(secrets, { recursive: true, mode: 0o700 });
+  const username = 'administrator@vsphere.local';
+  const password = 'lab-' + Math.random().toString(36).slice(2, 12);
+  const passwordFile = path.join(secrets, 'vcsim-password');
+  writeFileSync(passwordFile, password, { mode: 0o600 });
+  const { pid, log: logFile } = spawnDetached(
+    bin,
+    ['-l', `127.0.0.1:${port}`, '-ds', '2', '-username', username, '-password', passwordFile],
+    'vcsim.log',
+    // vcsim puts each datastore's folder under TMPDIR; keep them inside the lab.
+    { ...process.env, TMPDIR: home },
+  );
+  const base = `https://127.0.0.1:${port}`;
+  await waitFor('vcsim', async () => (await httpStatus(`${base}/about`)) === 200, {
+    timeoutMs: 30_000,
+    logFile,
+    isAlive: () => pidAlive(pid),
+  });
+  const datastorePaths: Record<string, string> = {};
+  for (const entry of readdirSync(home)) {
+    const m = /^govcsim-(.+?)-(LocalDS_\d+)-/.exec(entry);
+    if (m) datastorePaths[m[2]] = path.join(home, entry);
+  }
+  const thumbprint = await tlsFingerprint('127.0.0.1', port);
+  log(`vcsim: started pid ${pid} at ${base}/sdk`);
+  return {
+    pid,
+    port,
+    url: `${base}/sdk`,
+    username,
+    password,
+    passwordFile,
+    thumbprint,
+    datacenter: 'DC0',
+    datastore: 'LocalDS_0',
+    datastorePaths,
+    proxyVmName: 'vmrestore-proxy',
+  };
+}
+
+function azuriteScript(): string {
+  return require.resolve('azurite/dist/src/blob/main.js');
+}
+
+async function startAzurite(prev: LabBlob | undefined, taken: Set<number>, log: (s: string) => void): Promise<LabBlob> {
+  if (prev && pidAlive(prev.pid) && (await httpStatus(`${prev.endpoint}?comp=list`).catch(() => 0)) > 0) {
+    log(`azurite: reusing pid ${prev.pid} at ${prev.endpoint}`);
+    return prev;
+  }
+  const port = await pickPort(envPort('BLOB', 10000), taken);
+  const data = path.join(labDir(), 'azurite');
+  mkdirSync(data, { recursive: true });
+  const { pid, log: logFile } = spawnDetached(
+    process.execPath,
+    [
+      azuriteScript(),
+      '--blobHost', '127.0.0.1',
+      '--blobPort', String(port),
+      '--location', data,
+      '--silent', '--loose', '--skipApiVersionCheck', '--disableTelemetry',
+    ],
+    'azurite.log',
+  );
+  const endpoint = `http://127.0.0.1:${port}/${AZURITE_ACCOUNT}`;
+  await waitFor('azurite', async () => (await httpStatus(`${endpoint}?comp=list`)) > 0, {
+    timeoutMs: 30_000,
+    logFile,
+    isAlive: () => pidAlive(pid),
+  });
+  log(`azurite: started pid ${pid} at ${endpoint}`);
+  return {
+    pid,
+    port,
+    endpoint,
+    accountName: AZURITE_ACCOUNT,
+    accountKey: AZURITE_KEY,
+    connectionString:
+      `DefaultEndpointsProtocol=http;AccountName=${AZURITE_ACCOUNT};AccountKey=${AZURITE_KEY};BlobEndpoint=${endpoint};`,
+  };
+}
+
+export type LabHook = (state: LabState, log: (s: string) => void, taken: Set<number>) => Promise<LabState>;
+const extraComponents: LabHook[] = [];
+/** Lets other lab parts (inventory seeding, the ARM simulator) join `lab up`. */
+export function registerLabComponent(hook: LabHook): void {
+  extraComponents.push(hook);
+}
+
+/** Starts what is not running yet, reusing what is; safe to call repeatedly. */
+export async function labUp(log: (s: string) => void = () => {}): Promise<LabState> {
+  mkdirSync(labDir(), { recursive: true });
+  const prev = readLabState();
+  const taken = new Set<number>();
+  for (const p of [prev.temporal?.port, prev.temporal?.uiPort, prev.vsphere?.port, prev.blob?.port]) if (p) taken.add(p);
+  const [temporal, vsphere, blob] = await Promise.all([
+    startTemporal(prev.temporal, taken, log),
+    startVcsim(prev.vsphere, taken, log),
+    startAzurite(prev.blob, taken, log),
+  ]);
+  let state: LabState = { ...prev, temporal, vsphere, blob };
+  writeLabState(state);
+  for (const hook of extraComponents) {
+    state = await hook(state, log, taken);
+    writeLabState(state);
+  }
+  return state;
+}
+
+export async function labDown(opts: { purge?: boolean } = {}, log: (s: string) => void = () => {}): Promise<void> {
+  const state = readLabState();
+  const pids = [state.temporal?.pid, state.vsphere?.pid, state.blob?.pid, state.azure?.pid].filter(
+    (p): p is number => typeof p === 'number' && pidAlive(p),
+  );
+  for (const pid of pids) {
+    try {
+      process.kill(-pid, 'SIGTERM');
+    } catch {
+      try {
+        process.kill(pid, 'SIGTERM');
+      } catch {
+        /* already gone */
+      }
+    }
+  }
+  const deadline = Date.now() + 15_000;
+  while (pids.some(pidAlive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  for (const pid of pids.filter(pidAlive)) process.kill(pid, 'SIGKILL');
+  log(`stopped ${pids.length} lab process(es)`);
+  if (opts.purge) {
+    rmSync(labDir(), { recursive: true, force: true });
+    log(`removed ${labDir()}`);
+  } else if (existsSync(statePath())) {
+    writeLabState({});
+  }
+}
+
+export interface LabStatus {
+  temporal: { address: string; namespace: string; ui: string; running: boolean } | null;
+  vsphere: {
+    url: string;
+    username: string;
+    password: string;
+    datacenter: string;
+    datastore: string;
+    thumbprint: string;
+    running: boolean;
+  } | null;
+  blob: { connectionString: string; running: boolean } | null;
+  azure: Record<string, unknown> | null;
+}
+
+export function labStatus(): LabStatus {
+  const s = readLabState();
+  return {
+    temporal: s.temporal
+      ? { address: s.temporal.address, namespace: s.temporal.namespace, ui: s.temporal.ui, running: pidAlive(s.temporal.pid) }
+      : null,
+    vsphere: s.vsphere
+      ? {
+          url: s.vsphere.url,
+          username: s.vsphere.username,
+          password: s.vsphere.password,
+          datacenter: s.vsphere.datacenter,
+          datastore: s.vsphere.datastore,
+          thumbprint: s.vsphere.thumbprint,
+          running: pidAlive(s.vsphere.pid),
+        }
+      : null,
+    blob: s.blob ? { connectionString: s.blob.connectionString, running: pidAlive(s.blob.pid) } : null,
+    azure: s.azure ? { ...s.azure, running: pidAlive(s.azure.pid) } : null,
+  };
+}

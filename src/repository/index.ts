@@ -1,0 +1,23 @@
+/**
+ * Backup repository on a local directory:
+ *   chunks/<2 hex>/<sha256 hex>      block contents, content-addressed, shared by all restore points
+ *   restore-points/<id>.json         VM config + per-disk block map (null = all-zero block, not stored)
+ */
+export { DEFAULT_BLOCK_SIZE, type RestorePoint, type RestorePointDisk, type RestorePointSummary } from './format';
+export {
+  importRestorePoint,
+  type ImportOptions,
+  type ImportProgress,
+  type ImportResult,
+  type ImportStats,
+} from './importer';
+export {
+  DEFAULT_READ_CONCURRENCY,
+  diskLayout,
+  readDiskBlocks,
+  type DiskBlock,
+  type DiskLayout,
+  type ReadDiskBlocksOptions,
+} from './reader';
+export { getRestorePoint, listRestorePoints } from './restorePoints';
+export { verifyRepository, type VerifyOptions, type VerifyProblem, type VerifyResult } from './verify';

@@ -1,0 +1,122 @@
+import { FailureType, RestoreError } from '../domain/errors';
+import { readChunk } from './chunks';
+import { blockLength, chunkPath, findDisk, type RestorePoint } from './format';
+
+/** One block of a disk; data null means the block is all zeros and nothing was read. */
+export interface DiskBlock {
+  offset: number;
+  length: number;
+  data: Buffer | null;
+}
+
+export interface ReadDiskBlocksOptions {
+  /** Resume point; rounded down to a block boundary. */
+  fromOffset?: number;
+  /** Chunk reads in flight, which is also the number of block buffers held ahead of the consumer. */
+  concurrency?: number;
+  signal?: AbortSignal;
+}
+
+export interface DiskLayout {
+  capacityBytes: number;
+  blockSize: number;
+  blockCount: number;
+  nonZeroBytes: number;
+  nonZeroBlocks: number;
+}
+
+export const DEFAULT_READ_CONCURRENCY = 4;
+
+/** Sizes a restore needs for progress totals: what the disk holds and how much of it is not zeros. */
+export function diskLayout(restorePoint: RestorePoint, diskIndex: number): DiskLayout {
+  const disk = findDisk(restorePoint, diskIndex);
+  let nonZeroBytes = 0;
+  let nonZeroBlocks = 0;
+  disk.blocks.forEach((hash, i) => {
+    if (hash === null) return;
+    nonZeroBlocks++;
+    nonZeroBytes += blockLength(disk, restorePoint.blockSize, i);
+  });
+  return {
+    capacityBytes: disk.capacityBytes,
+    blockSize: restorePoint.blockSize,
+    blockCount: disk.blocks.length,
+    nonZeroBytes,
+    nonZeroBlocks,
+  };
+}
+
+/**
+ * Streams a disk of a restore point in offset order, every chunk verified against its hash. Reads run
+ * ahead of the consumer by at most `concurrency` chunks, so memory stays bounded whatever the disk size.
+ * Each yielded buffer belongs to the consumer and is never reused.
+ */
+export async function* readDiskBlocks(
+  repoDir: string,
+  restorePoint: RestorePoint,
+  diskIndex: number,
+  opts: ReadDiskBlocksOptions = {},
+): AsyncGenerator<DiskBlock, void, undefined> {
+  const disk = findDisk(restorePoint, diskIndex);
+  const { blockSize } = restorePoint;
+  const fromOffset = opts.fromOffset ?? 0;
+  const concurrency = opts.concurrency ?? DEFAULT_READ_CONCURRENCY;
+  if (!Number.isSafeInteger(fromOffset) || fromOffset < 0 || fromOffset > disk.capacityBytes) {
+    throw new RestoreError(
+      FailureType.InvalidRequest,
+      `fromOffset ${fromOffset} is outside disk ${diskIndex} of restore point ${restorePoint.id} (capacity ${disk.capacityBytes} bytes)`,
+    );
+  }
+  if (!Number.isSafeInteger(concurrency) || concurrency < 1) {
+    throw new RestoreError(FailureType.InvalidRequest, `concurrency ${concurrency} must be a positive integer`);
+  }
+  const { signal } = opts;
+
+  const readVerified = async (blockIndex: number, hash: string): Promise<Buffer> => {
+    const offset = blockIndex * blockSize;
+    const result = await readChunk(repoDir, hash, blockLength(disk, blockSize, blockIndex));
+    if (result.status === 'ok') return result.data;
+    const where = `restore point ${restorePoint.id} VM '${restorePoint.vm.name}' disk ${diskIndex} at offset ${offset}`;
+    const what =
+      result.status === 'missing'
+        ? `is missing (expected ${chunkPath(repoDir, hash)})`
+        : `is corrupt (${result.reason})`;
+    throw new RestoreError(FailureType.RepositoryCorrupt, `${where}: chunk ${hash} ${what}`);
+  };
+
+  const blockTotal = disk.blocks.length;
+  // A resume offset at capacity means the disk is done, not "re-send the last partial block".
+  const firstBlock = fromOffset === disk.capacityBytes ? blockTotal : Math.floor(fromOffset / blockSize);
+  const inFlight = new Map<number, Promise<Buffer>>();
+  let nextToSchedule = firstBlock;
+  const scheduleReads = (): void => {
+    while (inFlight.size < concurrency && nextToSchedule < blockTotal) {
+      const hash = disk.blocks[nextToSchedule];
+      if (hash !== null) {
+        const read = readVerified(nextToSchedule, hash);
+        // Read-ahead failures surface when their block's turn comes; ones never reached are dropped.
+        read.catch(() => undefined);
+        inFlight.set(nextToSchedule, read);
+      }
+      nextToSchedule++;
+    }
+  };
+
+  for (let blockIndex = firstBlock; blockIndex < blockTotal; blockIndex++) {
+    signal?.throwIfAborted();
+    scheduleReads();
+    const offset = blockIndex * blockSize;
+    const length = blockLength(disk, blockSize, blockIndex);
+    const read = inFlight.get(blockIndex);
+    if (!read) {
+      yield { offset, length, data: null };
+      continue;
+    }
+    const data = await read;
+    inFlight.delete(blockIndex);
+    signal?.throwIfAborted();
+    // Refill before handing the block over, so reads overlap with the consumer's writes.
+    scheduleReads();
+    yield { offset, length, data };
+  }
+}

@@ -1,0 +1,144 @@
+import { randomBytes } from 'node:crypto';
+import { Client, Connection, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { defaultPayloadConverter } from '@temporalio/common';
+import type { AppConfig } from './config';
+import type { DiskCheckpoint, DiskProgress, RestoreProgress, VSphereRestoreRequest, VSphereRestoreResult } from './domain/restore';
+import { RestoreKind, RestoreVm } from './domain/search-attributes';
+import { progressQuery, restoreToVSphere } from './workflows';
+
+export interface RestoreStatus {
+  workflowId: string;
+  status: string;
+  phase: string;
+  disks: DiskProgress[];
+  result?: unknown;
+  failure?: string;
+}
+
+export async function connectClient(config: AppConfig): Promise<{ client: Client; connection: Connection }> {
+  const connection = await Connection.connect({ address: config.temporal.address });
+  return { client: new Client({ connection, namespace: config.temporal.namespace }), connection };
+}
+
+export function newRestoreSuffix(): string {
+  return randomBytes(4).toString('hex');
+}
+
+/** Workflow ids say what they are: restore-vsphere-<vm>-<id>. */
+export function vsphereWorkflowId(vmName: string, suffix = newRestoreSuffix()): string {
+  return `restore-vsphere-${vmName.replace(/[^A-Za-z0-9._-]/g, '_')}-${suffix}`;
+}
+
+export async function startVSphereRestore(
+  client: Client,
+  request: VSphereRestoreRequest,
+  opts: { taskQueue: string; workflowId?: string },
+): Promise<WorkflowHandle<typeof restoreToVSphere>> {
+  const workflowId = opts.workflowId ?? vsphereWorkflowId(request.vmName);
+  return client.workflow.start(restoreToVSphere, {
+    taskQueue: opts.taskQueue,
+    workflowId,
+    args: [{ ...request, restoreId: request.restoreId ?? workflowId }],
+    typedSearchAttributes: [
+      { key: RestoreKind, value: 'vsphere' },
+      { key: RestoreVm, value: request.vmName },
+    ],
+    staticSummary: `Restore ${request.vmName} to vSphere from ${request.restorePointId}`,
+    staticDetails: [
+      `**Restore point:** ${request.restorePointId}`,
+      `**Target VM name:** ${request.vmName}`,
+      `**Datastore:** ${request.datastore ?? '(profile default)'}`,
+      `**Transport:** ${request.transport ?? 'auto'}`,
+      `**Disk format:** ${request.diskFormat ?? 'same'}`,
+    ].join('\n\n'),
+  });
+}
+
+/** Current state of a restore: phase from the workflow, live bytes from the disk writers' heartbeats. */
+export async function getRestoreStatus(client: Client, workflowId: string): Promise<RestoreStatus> {
+  const handle = client.workflow.getHandle(workflowId);
+  const desc = await handle.describe();
+  const status = desc.status.name;
+  let progress: RestoreProgress | undefined;
+  try {
+    progress = await handle.query(progressQuery);
+  } catch {
+    // No worker to answer (or the workflow predates the query); fall back to what history says.
+  }
+  const disks = progress?.disks.map((d) => ({ ...d })) ?? [];
+  for (const pa of desc.raw.pendingActivities ?? []) {
+    const payload = pa.heartbeatDetails?.payloads?.[0];
+    if (!payload) continue;
+    const cp = defaultPayloadConverter.fromPayload(payload) as DiskCheckpoint;
+    const row = disks.find((d) => d.diskIndex === cp.diskIndex);
+    if (row && row.state !== 'done') {
+      row.bytesDone = cp.transport === 'nbd' ? cp.bytes : Math.max(cp.offset, row.bytesDone);
+      row.transport = cp.transport;
+    }
+  }
+  const out: RestoreStatus = { workflowId, status, phase: progress?.phase ?? phaseFromStatus(status), disks };
+  if (status === 'COMPLETED') {
+    out.result = await handle.result();
+    const r = out.result as VSphereRestoreResult;
+    out.phase = 'completed';
+    for (const d of out.disks) d.bytesDone = d.bytesTotal;
+    if (out.disks.length === 0 && r?.disks) {
+      out.disks = r.disks.map((d) => ({ diskIndex: d.diskIndex, label: `disk ${d.diskIndex}`, transport: d.transport, bytesDone: d.bytesWritten + d.bytesSkippedZero, bytesTotal: d.bytesWritten + d.bytesSkippedZero, state: 'done' }));
+    }
+  } else if (status === 'FAILED' || status === 'TERMINATED' || status === 'CANCELLED' || status === 'TIMED_OUT') {
+    try {
+      await handle.result();
+    } catch (err) {
+      out.failure = failureMessage(err);
+    }
+  }
+  return out;
+}
+
+function phaseFromStatus(status: string): string {
+  return status === 'COMPLETED' ? 'completed' : status === 'RUNNING' ? 'unknown' : status.toLowerCase();
+}
+
+/** The innermost cause's message: what actually went wrong, not the wrapper's. */
+export function failureMessage(err: unknown): string {
+  let e: unknown = err;
+  if (e instanceof WorkflowFailedError) e = e.cause ?? e;
+  while (e && typeof e === 'object' && 'cause' in e && (e as { cause?: unknown }).cause) e = (e as { cause: unknown }).cause;
+  return e instanceof Error ? e.message : String(e);
+}
+
+export function fmtBytes(n: number): string {
+  return n >= 1024 ** 3 ? `${(n / 1024 ** 3).toFixed(2)} GiB` : `${(n / 1024 ** 2).toFixed(1)} MiB`;
+}
+
+/** Polls the restore until it ends, printing phase and per-disk bytes and throughput. */
+export async function waitWithProgress(
+  client: Client,
+  workflowId: string,
+  print?: (line: string) => void,
+): Promise<RestoreStatus> {
+  let lastLine = '';
+  const seen = new Map<number, { bytes: number; at: number }>();
+  for (;;) {
+    const s = await getRestoreStatus(client, workflowId);
+    if (print) {
+      const now = Date.now();
+      const parts = s.disks.map((d) => {
+        const prev = seen.get(d.diskIndex);
+        const rate = prev && now > prev.at ? ((d.bytesDone - prev.bytes) / ((now - prev.at) / 1000)) / 1e6 : 0;
+        seen.set(d.diskIndex, { bytes: d.bytesDone, at: now });
+        return `disk${d.diskIndex}[${d.transport ?? '-'}] ${fmtBytes(d.bytesDone)}/${fmtBytes(d.bytesTotal)} ${rate > 0 ? `${rate.toFixed(0)} MB/s` : d.state}`;
+      });
+      const line = `${s.phase}${parts.length ? ': ' + parts.join(', ') : ''}`;
+      if (line !== lastLine) print(line);
+      lastLine = line;
+    }
+    if (s.status !== 'RUNNING') {
+      const status = s.status === 'CANCELLED' ? 'CANCELED' : s.status;
+      if (print && s.failure) print(`${status}: ${s.failure}`);
+      return { ...s, status };
+    }
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+}
+

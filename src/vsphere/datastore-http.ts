@@ -1,0 +1,194 @@
+import * as http from 'node:http';
+import * as https from 'node:https';
+import { Readable, Transform, type TransformCallback } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { FailureType, RestoreError } from '../domain/errors';
+import type { Datacenter, VSphereClient } from './client';
+import { datastoreFileUrl } from './datastore-path';
+import { VSphereFaultError } from './soap';
+import { TLS_TRUST_ERROR_CODES } from './tls';
+
+export interface DatastoreFileRef {
+  /** Datacenter name or inventory path ('DC0', 'Folder/DC0'), or the datacenter itself. */
+  datacenter: string | Datacenter;
+  datastore: string;
+  /** Path inside the datastore, e.g. 'web01/web01-flat.vmdk'. */
+  path: string;
+}
+
+export interface UploadOptions extends DatastoreFileRef {
+  /** Exact number of bytes `body` yields; sent as Content-Length. */
+  size: number;
+  body: AsyncIterable<Buffer | Uint8Array> | Readable;
+  signal?: AbortSignal;
+}
+
+export interface DownloadOptions extends DatastoreFileRef {
+  /** Bytes [offset, offset + length) only; without it, the whole file. */
+  range?: { offset: number; length: number };
+  signal?: AbortSignal;
+}
+
+export interface DatastoreDownload {
+  url: URL;
+  /** 200, or 206 for a range. */
+  statusCode: number;
+  contentLength: number;
+  /** Total file size when the server reports it (Content-Range on a 206, else Content-Length). */
+  totalSize?: number;
+  body: Readable;
+}
+
+function dcPath(dc: string | Datacenter): string {
+  return typeof dc === 'string' ? dc : dc.path;
+}
+
+/** Fails the stream when the body is longer or shorter than announced, rather than corrupting the file. */
+class ByteCounter extends Transform {
+  bytes = 0;
+  constructor(
+    private readonly expected: number,
+    private readonly url: URL,
+  ) {
+    super();
+  }
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    this.bytes += chunk.length;
+    if (this.bytes > this.expected) {
+      cb(new RestoreError(FailureType.InvalidRequest, `upload to ${this.url} yielded more than the announced ${this.expected} bytes`));
+      return;
+    }
+    cb(null, chunk);
+  }
+  override _flush(cb: TransformCallback): void {
+    if (this.bytes !== this.expected) {
+      cb(
+        new RestoreError(
+          FailureType.InvalidRequest,
+          `upload to ${this.url} yielded ${this.bytes} bytes, announced ${this.expected}`,
+        ),
+      );
+      return;
+    }
+    cb();
+  }
+}
+
+function httpError(method: string, url: URL, status: number, statusMessage: string, body: string): RestoreError {
+  const text = `${method} ${url} failed: HTTP ${status} ${statusMessage}${body ? `: ${body.slice(0, 300).trim()}` : ''}`;
+  if (status === 404) return new RestoreError(FailureType.NotFound, text);
+  return new VSphereFaultError('HttpError', text, !(status >= 500 || status === 429 || status === 408));
+}
+
+function transportError(method: string, url: URL, err: unknown): Error {
+  if (err instanceof RestoreError) return err;
+  const e = err as NodeJS.ErrnoException;
+  if (e?.name === 'AbortError') return e;
+  return new VSphereFaultError(
+    'TransportError',
+    `${method} ${url} failed: ${e?.code ? `${e.code} ` : ''}${e?.message ?? String(err)}`,
+    TLS_TRUST_ERROR_CODES.has(e?.code ?? ''),
+  );
+}
+
+async function readSmall(res: http.IncomingMessage): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const c of res) {
+    if (size < 4096) chunks.push(c as Buffer);
+    size += (c as Buffer).length;
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+function request(client: VSphereClient, url: URL, options: http.RequestOptions): http.ClientRequest {
+  const mod = url.protocol === 'https:' ? https : http;
+  return mod.request(url, {
+    ...options,
+    agent: client.agent,
+    headers: { Cookie: client.sessionCookie, ...options.headers },
+  });
+}
+
+/**
+ * Streams `body` into a datastore file with HTTP PUT (the NBD-mode data path), replacing the file.
+ * Memory use is bounded by stream buffering, whatever the size.
+ */
+export async function uploadDatastoreFile(client: VSphereClient, opts: UploadOptions): Promise<{ url: URL; bytes: number }> {
+  const url = datastoreFileUrl(client, dcPath(opts.datacenter), opts.datastore, opts.path);
+  const req = request(client, url, {
+    method: 'PUT',
+    signal: opts.signal,
+    headers: { 'Content-Type': 'application/octet-stream', 'Content-Length': String(opts.size) },
+  });
+  const response = new Promise<http.IncomingMessage>((resolve, reject) => {
+    req.once('response', resolve);
+    req.once('error', reject);
+  });
+  // The server may answer (e.g. 404) before the body is sent; that answer is the error to report.
+  response.catch(() => undefined);
+  const counter = new ByteCounter(opts.size, url);
+  const source = opts.body instanceof Readable ? opts.body : Readable.from(opts.body, { objectMode: false });
+  try {
+    await pipeline(source, counter, req);
+  } catch (err) {
+    const early = await Promise.race([response, new Promise<undefined>((r) => setTimeout(r, 50, undefined))]).catch(
+      () => undefined,
+    );
+    if (early && (early.statusCode ?? 0) >= 300) {
+      throw httpError('PUT', url, early.statusCode ?? 0, early.statusMessage ?? '', await readSmall(early));
+    }
+    req.destroy();
+    throw transportError('PUT', url, err);
+  }
+  let res: http.IncomingMessage;
+  try {
+    res = await response;
+  } catch (err) {
+    throw transportError('PUT', url, err);
+  }
+  const text = await readSmall(res);
+  const status = res.statusCode ?? 0;
+  if (status < 200 || status >= 300) throw httpError('PUT', url, status, res.statusMessage ?? '', text);
+  return { url, bytes: counter.bytes };
+}
+
+/** GET a datastore file, or a byte range of it, as a stream. */
+export async function downloadDatastoreFile(client: VSphereClient, opts: DownloadOptions): Promise<DatastoreDownload> {
+  const url = datastoreFileUrl(client, dcPath(opts.datacenter), opts.datastore, opts.path);
+  const headers: Record<string, string> = {};
+  if (opts.range) {
+    if (opts.range.length <= 0) {
+      throw new RestoreError(FailureType.InvalidRequest, `empty range requested from ${url}`);
+    }
+    headers.Range = `bytes=${opts.range.offset}-${opts.range.offset + opts.range.length - 1}`;
+  }
+  const req = request(client, url, { method: 'GET', signal: opts.signal, headers });
+  let res: http.IncomingMessage;
+  try {
+    res = await new Promise<http.IncomingMessage>((resolve, reject) => {
+      req.once('response', resolve);
+      req.once('error', reject);
+      req.end();
+    });
+  } catch (err) {
+    throw transportError('GET', url, err);
+  }
+  const status = res.statusCode ?? 0;
+  if (status !== 200 && status !== 206) {
+    throw httpError('GET', url, status, res.statusMessage ?? '', await readSmall(res));
+  }
+  if (opts.range && status !== 206) {
+    res.destroy();
+    throw new VSphereFaultError('HttpError', `GET ${url} ignored Range ${headers.Range} (HTTP ${status})`);
+  }
+  const contentLength = Number(res.headers['content-length'] ?? -1);
+  const total = /\/(\d+)$/.exec(String(res.headers['content-range'] ?? ''));
+  return {
+    url,
+    statusCode: status,
+    contentLength,
+    totalSize: total ? Number(total[1]) : status === 200 && contentLength >= 0 ? contentLength : undefined,
+    body: res,
+  };
+}

@@ -1,0 +1,36 @@
+export {
+  VSphereClient,
+  type AboutInfo,
+  type ConnectOptions,
+  type CreateVmSpec,
+  type Datacenter,
+  type DatacenterArg,
+  type DatastoreInfo,
+  type FolderInfo,
+  type HostInfo,
+  type NewVmDisk,
+  type NewVmNic,
+  type ResourcePoolInfo,
+} from './client';
+export { Vm, type AttachDiskOptions, type PowerState, type SnapshotInfo, type VmConfig } from './vm';
+export { Task, type TaskInfo, type TaskState, type TaskWaitOptions } from './task';
+export type { NetworkInfo, VmDiskInfo, VmNicInfo } from './devices';
+export { VSphereFaultError, isFault, type MoRef, type VimObject, type VimValue } from './soap';
+export { serverThumbprint, type TlsOptions } from './tls';
+export {
+  datastoreFileUrl,
+  datastorePathToUrl,
+  flatFileName,
+  formatDatastorePath,
+  parseDatastorePath,
+  type DatastorePath,
+  type UrlBase,
+} from './datastore-path';
+export {
+  downloadDatastoreFile,
+  uploadDatastoreFile,
+  type DatastoreDownload,
+  type DatastoreFileRef,
+  type DownloadOptions,
+  type UploadOptions,
+} from './datastore-http';

@@ -1,0 +1,2 @@
+export { restoreToVSphere, progressQuery } from './restore-vsphere';
+export { restorePlan } from './restore-plan';

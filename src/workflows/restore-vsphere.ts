@@ -1,0 +1,200 @@
+import {
+  ActivityCancellationType,
+  ApplicationFailure,
+  CancellationScope,
+  defineQuery,
+  isCancellation,
+  proxyActivities,
+  setCurrentDetails,
+  setHandler,
+  upsertSearchAttributes,
+  workflowInfo,
+  ActivityFailure,
+} from '@temporalio/workflow';
+import type { VSphereActivities } from '../activities/vsphere';
+import { FailureType } from '../domain/errors';
+import type {
+  DiskProgress,
+  DiskWriteResult,
+  RestorePhase,
+  RestoreProgress,
+  TransportMode,
+  VSpherePlan,
+  VSphereRestoreRequest,
+  VSphereRestoreResult,
+} from '../domain/restore';
+import { RestoreKind, RestorePhaseKey, RestoreTarget, RestoreVm } from '../domain/search-attributes';
+import { renderDiskTable } from '../domain/progress';
+
+export const progressQuery = defineQuery<RestoreProgress>('progress');
+
+const NON_RETRYABLE = [
+  FailureType.InvalidRequest,
+  FailureType.NotFound,
+  FailureType.AlreadyExists,
+  FailureType.InsufficientSpace,
+  FailureType.RepositoryCorrupt,
+  FailureType.RestorePointNotFound,
+  FailureType.Configuration,
+  FailureType.TransportUnavailable,
+];
+
+const control = proxyActivities<VSphereActivities>({
+  startToCloseTimeout: '5 minutes',
+  retry: { initialInterval: '1s', maximumInterval: '30s', maximumAttempts: 5, nonRetryableErrorTypes: NON_RETRYABLE },
+});
+
+function diskWriter(summary: string) {
+  return proxyActivities<VSphereActivities>({
+    startToCloseTimeout: '24 hours',
+    heartbeatTimeout: '10 seconds',
+    // The writer must have stopped before compensation deletes the disk under it.
+    cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+    retry: { initialInterval: '1s', maximumInterval: '30s', maximumAttempts: 10, nonRetryableErrorTypes: NON_RETRYABLE },
+    summary,
+  });
+}
+
+function failureType(err: unknown): string | undefined {
+  const cause = err instanceof ActivityFailure ? err.cause : err;
+  return cause instanceof ApplicationFailure ? (cause.type ?? undefined) : undefined;
+}
+
+/**
+ * Full VM restore to vSphere, following the seed's phases: initialization → VM configuration and
+ * registration → snapshot → disk data transport → snapshot commit (→ optional power on).
+ */
+export async function restoreToVSphere(request: VSphereRestoreRequest): Promise<VSphereRestoreResult> {
+  const info = workflowInfo();
+  const restoreId = request.restoreId ?? info.workflowId;
+  const progress: RestoreProgress = {
+    restoreId,
+    kind: 'vsphere',
+    vmName: request.vmName,
+    phase: 'initializing',
+    disks: [],
+    startedAt: new Date(info.startTime).toISOString(),
+  };
+  setHandler(progressQuery, () => progress);
+
+  const setPhase = (phase: RestorePhase, message?: string) => {
+    progress.phase = phase;
+    progress.message = message;
+    upsertSearchAttributes([{ key: RestorePhaseKey, value: phase }]);
+    setCurrentDetails(
+      `**${phase}**${message ? ` ${message}` : ''}\n\n${renderDiskTable(progress.disks)}`,
+    );
+  };
+  upsertSearchAttributes([
+    { key: RestoreKind, value: 'vsphere' },
+    { key: RestoreVm, value: request.vmName },
+  ]);
+  setPhase('initializing');
+
+  const plan: VSpherePlan = await control.prepareVSphereRestore({ ...request, restoreId });
+  upsertSearchAttributes([{ key: RestoreTarget, value: `${plan.datacenter}/${plan.datastore}` }]);
+  progress.disks = plan.disks.map<DiskProgress>((d) => ({
+    diskIndex: d.diskIndex,
+    label: d.label,
+    bytesDone: 0,
+    bytesTotal: d.capacityBytes,
+    state: 'pending',
+  }));
+
+  const compensations: Array<() => Promise<void>> = [];
+  try {
+    setPhase('creating-vm', `${plan.vmName} on ${plan.datastore}`);
+    // Registered before the call: a create that completes after a cancel is still undone.
+    compensations.unshift(() => control.destroyRestoredVm({ plan }));
+    const vm = await control.createVm(plan);
+
+    setPhase('creating-snapshot');
+    await control.createSnapshot({ plan, vmRef: vm.vmRef });
+
+    setPhase('writing-disks');
+    const results: DiskWriteResult[] = new Array(plan.disks.length);
+    let next = 0;
+    const lane = async () => {
+      while (next < plan.disks.length) {
+        const disk = plan.disks[next++];
+        const row = progress.disks[disk.diskIndex];
+        row.state = 'writing';
+        results[disk.diskIndex] = await writeOneDisk(plan, vm.vmRef, vm.diskFiles[disk.diskIndex], disk.diskIndex, disk.transports, row, compensations);
+        row.state = 'done';
+        row.bytesDone = row.bytesTotal;
+        setPhase('writing-disks');
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(plan.diskConcurrency, plan.disks.length) }, lane));
+
+    setPhase('committing-snapshot');
+    await control.commitSnapshot({ plan, vmRef: vm.vmRef });
+
+    if (plan.powerOn) {
+      setPhase('powering-on');
+      await control.powerOnVm({ plan, vmRef: vm.vmRef });
+    }
+    setPhase('completed');
+    return {
+      restoreId,
+      vmName: plan.vmName,
+      vmRef: vm.vmRef,
+      datastore: plan.datastore,
+      proxy: plan.proxy,
+      poweredOn: plan.powerOn,
+      disks: results,
+    };
+  } catch (err) {
+    const cancelled = isCancellation(err);
+    if (!plan.keepOnFailure && compensations.length > 0) {
+      setPhase('compensating', cancelled ? 'restore cancelled' : 'restore failed');
+      // Cleanup must run even when the workflow itself was cancelled.
+      await CancellationScope.nonCancellable(async () => {
+        for (const undo of compensations) {
+          try {
+            await undo();
+          } catch {
+            // Keep undoing the rest; the original failure is what the caller needs to see.
+          }
+        }
+      });
+    }
+    setPhase(cancelled ? 'cancelled' : 'failed', err instanceof Error ? err.message : String(err));
+    throw err;
+  }
+}
+
+async function writeOneDisk(
+  plan: VSpherePlan,
+  vmRef: string,
+  diskFile: string,
+  diskIndex: number,
+  transports: TransportMode[],
+  row: DiskProgress,
+  compensations: Array<() => Promise<void>>,
+): Promise<DiskWriteResult> {
+  let lastError: unknown;
+  for (const transport of transports) {
+    row.transport = transport;
+    const writer = diskWriter(`write disk ${diskIndex} (${row.label}) via ${transport}`);
+    try {
+      if (transport === 'hotadd') {
+        const detach = () => control.detachFromProxy({ plan, diskFiles: [diskFile] });
+        compensations.unshift(detach);
+        await control.attachToProxy({ plan, diskFile });
+        try {
+          return await writer.writeDisk({ plan, vmRef, diskIndex, diskFile, transport });
+        } finally {
+          // Always unmap the disk from the proxy, also when the write failed or was cancelled.
+          await CancellationScope.nonCancellable(detach);
+          compensations.splice(compensations.indexOf(detach), 1);
+        }
+      }
+      return await writer.writeDisk({ plan, vmRef, diskIndex, diskFile, transport });
+    } catch (err) {
+      if (failureType(err) !== FailureType.TransportUnavailable || isCancellation(err)) throw err;
+      lastError = err;
+    }
+  }
+  throw lastError;
+}

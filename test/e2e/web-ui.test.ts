@@ -1,0 +1,65 @@
+import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { chromium, type Browser } from 'playwright-core';
+import { readLabState } from '../../src/lab';
+import { startVSphereRestore } from '../../src/restore-client';
+import type { VSphereClient } from '../../src/vsphere';
+import { openTestEnv, startWorkerProcess, type TestEnv, type WorkerProcess } from '../helpers/env';
+import { labVSphere } from '../helpers/vsphere';
+
+const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+let env: TestEnv;
+let worker: WorkerProcess;
+let browser: Browser;
+let vs: VSphereClient;
+let profileDir: string;
+
+describe('Temporal Web UI shows restores', () => {
+  before(async () => {
+    assert.ok(existsSync(CHROMIUM), `chromium not found at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM_PATH)`);
+    env = await openTestEnv('webui');
+    worker = await startWorkerProcess(env.taskQueue);
+    vs = await labVSphere(env.config);
+    profileDir = mkdtempSync(path.join(os.tmpdir(), 'vmrestore-chromium-'));
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      headless: true,
+      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', `--user-data-dir=${profileDir}`],
+    });
+  });
+  after(async () => {
+    await browser?.close();
+    await worker?.stop();
+    await vs?.logout().catch(() => {});
+    await env?.close();
+    if (profileDir) rmSync(profileDir, { recursive: true, force: true });
+  });
+
+  it('lists a finished restore by its RestoreVm attribute and shows its summary', async () => {
+    const vmName = `t-ui-${Date.now().toString(36)}`;
+    const handle = await startVSphereRestore(env.client, { restorePointId: env.demo['demo-thick'], vmName, transport: 'nbd' }, { taskQueue: env.taskQueue });
+    await handle.result();
+    const ui = readLabState().temporal!.ui;
+    const page = await browser.newPage();
+    // Visibility is eventually consistent: retry the search until the UI lists the workflow.
+    const query = encodeURIComponent(`RestoreVm="${vmName}"`);
+    let listed = false;
+    for (let i = 0; i < 20 && !listed; i++) {
+      await page.goto(`${ui}/namespaces/default/workflows?query=${query}`, { waitUntil: 'networkidle' });
+      listed = (await page.locator(`a:has-text("${handle.workflowId}")`).count()) > 0;
+      if (!listed) await new Promise((r) => setTimeout(r, 500));
+    }
+    assert.ok(listed, `the UI lists ${handle.workflowId} for query RestoreVm="${vmName}"`);
+    await page.goto(`${ui}/namespaces/default/workflows/${encodeURIComponent(handle.workflowId)}`, { waitUntil: 'networkidle' });
+    await page.getByText(`Restore ${vmName} to vSphere`, { exact: false }).first().waitFor({ timeout: 15_000 });
+    await page.getByText('Completed', { exact: false }).first().waitFor({ timeout: 15_000 });
+    const body = await page.content();
+    assert.ok(body.includes(vmName));
+    await page.screenshot({ path: path.join(os.tmpdir(), 'vmrestore-ui.png') });
+    const dc = await vs.datacenter('DC0');
+    await (await vs.findVmByName(dc, vmName))?.destroy();
+  });
+});

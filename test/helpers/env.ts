@@ -1,0 +1,106 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream, openSync, readSync, closeSync } from 'node:fs';
+import path from 'node:path';
+import type { Client, Connection } from '@temporalio/client';
+import { labConfig } from '../../src/app-config';
+import type { AppConfig } from '../../src/config';
+import { labUp, readLabState } from '../../src/lab';
+import { connectClient } from '../../src/restore-client';
+import { getRestorePoint, readDiskBlocks, listRestorePoints } from '../../src/repository';
+import { seedDemoRepository } from '../../src/demo';
+
+export const ROOT = path.resolve(__dirname, '..', '..');
+
+export interface TestEnv {
+  config: AppConfig;
+  client: Client;
+  connection: Connection;
+  taskQueue: string;
+  demo: Record<string, string>;
+  close(): Promise<void>;
+}
+
+/** The real lab (Temporal, vcsim, Azurite), the demo repository, and a client on a test-only task queue. */
+export async function openTestEnv(name: string): Promise<TestEnv> {
+  await labUp();
+  const config = labConfig(readLabState());
+  const demo = await seedDemoRepository(config.repository.path);
+  const { client, connection } = await connectClient(config);
+  const taskQueue = `test-${name}-${randomBytes(3).toString('hex')}`;
+  config.temporal.taskQueue = taskQueue;
+  return { config, client, connection, taskQueue, demo, close: () => connection.close() };
+}
+
+export interface WorkerProcess {
+  child: ChildProcess;
+  output: () => string;
+  stop(): Promise<void>;
+  kill(): Promise<void>;
+}
+
+/** A worker in its own process, so a test can SIGKILL it mid-restore. */
+export async function startWorkerProcess(taskQueue: string, env: NodeJS.ProcessEnv = {}): Promise<WorkerProcess> {
+  const child = spawn(process.execPath, [path.join(ROOT, 'bin', 'vmrestore.cjs'), 'worker'], {
+    env: { ...process.env, VMRESTORE_TASK_QUEUE: taskQueue, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout!.on('data', (d) => (out += d));
+  child.stderr!.on('data', (d) => (out += d));
+  await new Promise<void>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`worker did not start in 60 s:\n${out}`)), 60_000);
+    const onData = () => {
+      if (out.includes('worker polling')) {
+        clearTimeout(t);
+        resolve();
+      }
+    };
+    child.stdout!.on('data', onData);
+    child.once('exit', (code) => {
+      clearTimeout(t);
+      reject(new Error(`worker exited with ${code} before polling:\n${out}`));
+    });
+  });
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  return {
+    child,
+    output: () => out,
+    async stop() {
+      if (child.exitCode === null) child.kill('SIGTERM');
+      await exited;
+    },
+    async kill() {
+      if (child.exitCode === null) child.kill('SIGKILL');
+      await exited;
+    },
+  };
+}
+
+export async function sha256File(file: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const chunk of createReadStream(file, { highWaterMark: 4 * 1024 * 1024 })) h.update(chunk as Buffer);
+  return h.digest('hex');
+}
+
+/** SHA-256 of a backed-up disk as the repository holds it (zero blocks expanded). */
+export async function sha256OfBackedUpDisk(repo: string, restorePointId: string, diskIndex: number): Promise<string> {
+  const rp = await getRestorePoint(repo, restorePointId);
+  const h = createHash('sha256');
+  const zero = Buffer.alloc(rp.blockSize);
+  for await (const b of readDiskBlocks(repo, rp, diskIndex, {})) h.update(b.data ?? zero.subarray(0, b.length));
+  return h.digest('hex');
+}
+
+export function readBytes(file: string, offset: number, length: number): Buffer {
+  const fd = openSync(file, 'r');
+  try {
+    const buf = Buffer.alloc(length);
+    readSync(fd, buf, 0, length, offset);
+    return buf;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+export { listRestorePoints };

@@ -1,0 +1,44 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { applyEnvOverrides, parseConfig, resolvePassword } from '../../src/config';
+
+const base = {
+  vsphere: { profiles: { prod: { url: 'https://vc.example.com/sdk', username: 'svc-restore', passwordEnv: 'VC_PASS' } } },
+  proxies: [{ name: 'p1', transports: ['nbd', 'hotadd'], vmName: 'proxy01' }],
+};
+
+describe('configuration', () => {
+  it('accepts a valid file and fills defaults', () => {
+    const cfg = parseConfig(base, 'test', '/etc/vmrestore');
+    assert.equal(cfg.temporal.address, '127.0.0.1:7233');
+    assert.equal(cfg.vsphere.defaultProfile, 'prod');
+    assert.equal(cfg.repository.path, '/etc/vmrestore/.lab/repository');
+    assert.deepEqual(cfg.proxies[0].transports, ['nbd', 'hotadd']);
+  });
+  it('names the bad key in every error', () => {
+    assert.throws(() => parseConfig({ ...base, tempral: {} }, 't', '/'), /config tempral: unknown key/);
+    assert.throws(() => parseConfig({ ...base, temporal: { address: 'nohostport' } }, 't', '/'), /config temporal\.address: expected host:port/);
+    assert.throws(
+      () => parseConfig({ vsphere: { profiles: { prod: { ...base.vsphere.profiles.prod, url: 'vc.example.com' } } } }, 't', '/'),
+      /config vsphere\.profiles\.prod\.url: expected an http\(s\):\/\/ URL/,
+    );
+    assert.throws(
+      () => parseConfig({ vsphere: { profiles: { prod: { ...base.vsphere.profiles.prod, password: 'secret' } } } }, 't', '/'),
+      /config vsphere\.profiles\.prod\.password: literal passwords are not accepted/,
+    );
+    assert.throws(() => parseConfig({ ...base, proxies: [{ name: 'p', transports: ['ftp'] }] }, 't', '/'), /config proxies\[0\]\.transports/);
+    assert.throws(() => parseConfig({ ...base, restore: { diskConcurrency: 0 } }, 't', '/'), /config restore\.diskConcurrency: expected an integer >= 1/);
+  });
+  it('applies environment overrides and validates them', () => {
+    const cfg = parseConfig(base, 't', '/');
+    const o = applyEnvOverrides(cfg, { VMRESTORE_TEMPORAL_ADDRESS: 'temporal.internal:7233', VMRESTORE_TASK_QUEUE: 'restores' });
+    assert.equal(o.temporal.address, 'temporal.internal:7233');
+    assert.equal(o.temporal.taskQueue, 'restores');
+    assert.throws(() => applyEnvOverrides(cfg, { VMRESTORE_TEMPORAL_ADDRESS: 'bad' }), /VMRESTORE_TEMPORAL_ADDRESS/);
+  });
+  it('resolves passwords only from env or file, naming the missing source', () => {
+    const cfg = parseConfig(base, 't', '/');
+    assert.equal(resolvePassword('prod', cfg.vsphere.profiles.prod, { VC_PASS: 's3cret' }), 's3cret');
+    assert.throws(() => resolvePassword('prod', cfg.vsphere.profiles.prod, {}), /passwordEnv: environment variable VC_PASS is not set/);
+  });
+});
