@@ -69,8 +69,24 @@ function localTargetPath(plan: VSpherePlan, proxy: ProxyConfig, mode: TransportM
   return path.join(root, rel);
 }
 
+/** Runs tasks one at a time per key, in arrival order. */
+export class KeyedLock {
+  private readonly tails = new Map<string, Promise<unknown>>();
+  async run<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.tails.get(key) ?? Promise.resolve();
+    const next = prev.catch(() => undefined).then(fn);
+    this.tails.set(key, next);
+    try {
+      return await next;
+    } finally {
+      if (this.tails.get(key) === next) this.tails.delete(key);
+    }
+  }
+}
+
 export function createVSphereActivities(deps: VSphereDeps) {
   const { config, sessions } = deps;
+  const proxyLocks = new KeyedLock();
   const restorePoints = new Map<string, Promise<RestorePoint>>();
   const loadRestorePoint = (id: string) => {
     let rp = restorePoints.get(id);
@@ -241,13 +257,16 @@ export function createVSphereActivities(deps: VSphereDeps) {
       await client.vm(args.vmRef).powerOn();
     },
 
-    async attachToProxy(args: { plan: VSpherePlan; diskFile: string }): Promise<void> {
+    async attachToProxy(args: { plan: VSpherePlan; diskFile: string; diskIndex?: number }): Promise<void> {
       const client = await sessions.get(args.plan.profile);
       const proxy = await proxyVm(client, args.plan);
-      const attached = await proxy.attachedDiskFiles();
-      if (attached.includes(args.diskFile)) return;
-      const disk = args.plan.disks.find((d) => d.capacityBytes > 0);
-      await proxy.attachDisk(args.diskFile, { capacityBytes: disk?.capacityBytes ?? 0 });
+      // Reconfigurations of one proxy VM are serialized: parallel disks would race for a SCSI unit.
+      await proxyLocks.run(args.plan.proxyVmName ?? '', async () => {
+        const attached = await proxy.attachedDiskFiles();
+        if (attached.includes(args.diskFile)) return;
+        const disk = args.plan.disks.find((d) => d.diskIndex === args.diskIndex) ?? args.plan.disks[0];
+        await proxy.attachDisk(args.diskFile, { capacityBytes: disk?.capacityBytes ?? 0 });
+      });
     },
 
     async detachFromProxy(args: { plan: VSpherePlan; diskFiles: string[] }): Promise<void> {
@@ -256,7 +275,9 @@ export function createVSphereActivities(deps: VSphereDeps) {
       const dc = await client.datacenter(args.plan.datacenter);
       const proxy = await client.findVmByName(dc, args.plan.proxyVmName);
       if (!proxy) return;
-      for (const f of args.diskFiles) await proxy.detachDisk(f);
+      await proxyLocks.run(args.plan.proxyVmName, async () => {
+        for (const f of args.diskFiles) await proxy.detachDisk(f);
+      });
     },
 
     /** Compensation: removes the half-restored VM (found by restore id) and unmaps its disks from the proxy. */

@@ -10,8 +10,7 @@ import { BlobServiceClient, StorageSharedKeyCredential } from '@azure/storage-bl
 
 export const AZURITE_DEV_ACCOUNT = 'devstoreaccount1';
 // Azurite's documented well-known development key; it protects nothing.
-export const AZURITE_DEV_KEY =
-  'Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==';
+export const AZURITE_DEV_KEY = 'Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==';
 
 export interface EphemeralAzurite {
   pid: number;
@@ -75,6 +74,11 @@ export async function startEphemeralAzurite(opts: StartAzuriteOptions = {}): Pro
   });
   child.stdout?.resume();
   child.stderr?.resume();
+  // A crashed test or benchmark must not leave an orphaned Azurite behind.
+  const killOnExit = (): void => {
+    child.kill('SIGTERM');
+  };
+  process.once('exit', killOnExit);
   const endpoint = `http://127.0.0.1:${port}/${AZURITE_DEV_ACCOUNT}`;
   const credential = new StorageSharedKeyCredential(AZURITE_DEV_ACCOUNT, AZURITE_DEV_KEY);
   const serviceClient = new BlobServiceClient(endpoint, credential);
@@ -88,6 +92,7 @@ export async function startEphemeralAzurite(opts: StartAzuriteOptions = {}): Pro
     credential,
     serviceClient,
     stop() {
+      process.removeListener('exit', killOnExit);
       stopped ??= new Promise<void>((resolve) => {
         if (child.exitCode !== null || child.signalCode !== null) return resolve();
         child.once('exit', () => resolve());

@@ -8,6 +8,7 @@
  * for a finished upload.
  */
 import { createHash } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
 import type { PageBlobClient } from '@azure/storage-blob';
 import { FailureType, RestoreError } from '../domain/errors';
 import {
@@ -22,6 +23,7 @@ import {
   vhdVirtualSize,
   type VhdFooter,
 } from './vhd';
+import { Md5WorkerPool, defaultMd5Workers, sharedMd5Pool } from './pageblob-md5';
 
 /** One block of the source disk. `data: null` means the block is known to be all zeros. */
 export interface UploadBlock {
@@ -68,7 +70,10 @@ export interface UploadFixedVhdOptions {
   resumeFromOffset?: number;
   /** Largest Put Page payload; at most Azure's 4 MiB. */
   maxPageWriteBytes?: number;
-  /** Put Page calls in flight. Memory held is about (concurrency + 1) × maxPageWriteBytes. */
+  /**
+   * Put Page calls in flight, and the most writes ever outstanding past contiguousOffset, so a resume
+   * re-sends at most concurrency × maxPageWriteBytes. Memory held is about (concurrency + 1) × that.
+   */
   concurrency?: number;
   /**
    * Per-write integrity check sent with each Put Page. The SDK also offers
@@ -76,6 +81,11 @@ export interface UploadFixedVhdOptions {
    * so MD5 is the checksum the service verifies for us.
    */
   checksum?: PageChecksum;
+  /**
+   * Worker threads that compute the MD5s, so hashing overlaps HTTP and reading on other cores;
+   * 0 hashes on the calling thread. Defaults to min(2, cores - 1).
+   */
+  checksumWorkers?: number;
   /** Timestamp written into the footer; pass a fixed value for byte-identical retries. */
   footerTimestamp?: Date;
   onProgress?: (p: UploadProgress) => void;
@@ -200,13 +210,14 @@ interface WriteEntry {
   done: boolean;
 }
 
-function linkAbort(signal: AbortSignal | undefined): AbortController {
+/** A controller that aborts with `signal`, and a function that detaches it again. */
+function linkAbort(signal: AbortSignal | undefined): { ac: AbortController; unlink: () => void } {
   const ac = new AbortController();
-  if (signal) {
-    if (signal.aborted) ac.abort(signal.reason);
-    else signal.addEventListener('abort', () => ac.abort(signal.reason), { once: true });
-  }
-  return ac;
+  if (!signal) return { ac, unlink: () => undefined };
+  if (signal.aborted) ac.abort(signal.reason);
+  const onAbort = (): void => ac.abort(signal.reason);
+  signal.addEventListener('abort', onAbort, { once: true });
+  return { ac, unlink: () => signal.removeEventListener('abort', onAbort) };
 }
 
 function abortReason(signal: AbortSignal): unknown {
@@ -237,13 +248,15 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
   const maxWrite = opts.maxPageWriteBytes ?? DEFAULT_MAX_PAGE_WRITE;
   const concurrency = opts.concurrency ?? DEFAULT_CONCURRENCY;
   const checksum = opts.checksum ?? 'md5';
+  const checksumWorkers = checksum === 'md5' ? (opts.checksumWorkers ?? defaultMd5Workers()) : 0;
+  if (!Number.isSafeInteger(checksumWorkers) || checksumWorkers < 0) {
+    throw inputError(`checksumWorkers must be a non-negative integer, got ${checksumWorkers}`);
+  }
 
   const virtualSize = vhdVirtualSize(capacityBytes);
   const blobSize = virtualSize + VHD_FOOTER_SIZE;
   if (blobSize > AZURE_LIMITS.pageBlobMaxBytes) {
-    throw limitError(
-      `disk of ${capacityBytes} bytes needs a ${blobSize}-byte page blob, over Azure's 8 TiB page blob maximum`,
-    );
+    throw limitError(`disk of ${capacityBytes} bytes needs a ${blobSize}-byte page blob, over Azure's 8 TiB page blob maximum`);
   }
   if (!Number.isSafeInteger(maxWrite) || maxWrite < SECTOR_SIZE || maxWrite % SECTOR_SIZE !== 0) {
     throw limitError(`maxPageWriteBytes ${maxWrite} must be a positive multiple of 512`);
@@ -263,214 +276,252 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
   const uuidText = formatUuid(uuid);
   const footer = buildFixedVhdFooter({ currentSize: virtualSize, uuid, timestamp: opts.footerTimestamp });
 
-  const ac = linkAbort(opts.signal);
-  const signal = ac.signal;
-  const throwIfAborted = (): void => {
-    if (opts.signal?.aborted) throw abortReason(opts.signal);
-    if (signal.aborted) throw abortReason(signal);
-  };
-  throwIfAborted();
-
-  // Data at or above the resume point is re-sent; align down so a partial last sector is re-sent whole.
-  let start = Math.min(requestedResume - (requestedResume % SECTOR_SIZE), virtualSize);
-  let created = false;
-  const existing = await getBlobProps(blobClient, signal);
-  if (existing) {
-    if (existing.blobType && existing.blobType !== 'PageBlob') {
-      throw new RestoreError(
-        FailureType.AlreadyExists,
-        `blob ${stripQuery(blobClient.url)} already exists as a ${existing.blobType}, not a page blob`,
-      );
-    }
-    if (existing.size !== blobSize) {
-      throw new BlobSizeMismatchError(blobClient.url, blobSize, existing.size);
-    }
-    const owner = existing.metadata[VHD_UUID_METADATA_KEY];
-    if (owner !== undefined && owner !== uuidText) {
-      throw new RestoreError(
-        FailureType.AlreadyExists,
-        `page blob ${stripQuery(blobClient.url)} belongs to another restore (disk uuid ${owner}, ours ${uuidText})`,
-      );
-    }
-  }
-  if (!existing || start === 0) {
-    // (Re)creating zeroes the whole blob, which is what makes skipping zero ranges correct.
-    await blobClient.create(blobSize, { abortSignal: signal, metadata: { [VHD_UUID_METADATA_KEY]: uuidText } });
-    created = true;
-    start = 0;
-  }
-
-  let bytesSent = 0;
-  let pagesSent = 0;
-  let scanPos = start;
-  let coveredInput = 0;
-  let pending = null as PendingRun | null;
-  const order: WriteEntry[] = [];
-  const inflight = new Set<Promise<void>>();
-  let firstError: unknown = undefined;
-  let lastReported = -1;
-
-  const contiguousOffset = (): number => {
-    while (order.length > 0 && order[0].done) order.shift();
-    if (order.length > 0) return order[0].start;
-    if (pending) return pending.start;
-    return scanPos;
-  };
-  const zeroBytesSkipped = (): number =>
-    Math.max(0, Math.min(scanPos, capacityBytes) - Math.min(start, capacityBytes) - coveredInput);
-  const report = (force: boolean): void => {
-    if (!opts.onProgress) return;
-    const c = contiguousOffset();
-    if (!force && c === lastReported) return;
-    lastReported = c;
-    opts.onProgress({ contiguousOffset: c, bytesSent, pagesSent, zeroBytesSkipped: zeroBytesSkipped() });
-  };
-
-  const sendPage = async (offset: number, body: Buffer): Promise<void> => {
-    assertPageWrite(offset, body.length, blobSize);
-    if (body.length > maxWrite) throw limitError(`page write of ${body.length} bytes exceeds maxPageWriteBytes ${maxWrite}`);
-    const md5 = checksum === 'md5' ? createHash('md5').update(body).digest() : undefined;
-    await blobClient.uploadPages(body, offset, body.length, {
-      abortSignal: signal,
-      transactionalContentMD5: md5,
-    });
-  };
-
-  const dispatch = async (run: PendingRun): Promise<void> => {
-    const entry: WriteEntry = { start: run.start, done: false };
-    order.push(entry);
-    while (inflight.size >= concurrency) await Promise.race(inflight);
-    if (firstError !== undefined) throw firstError;
+  const { ac, unlink } = linkAbort(opts.signal);
+  let ownPool: Md5WorkerPool | undefined;
+  try {
+    const signal = ac.signal;
+    // Every in-flight SDK call listens on this signal; the default limit of 10 would warn at concurrency > 10.
+    setMaxListeners(Math.max(10, concurrency * 2 + 8), signal);
+    const throwIfAborted = (): void => {
+      if (opts.signal?.aborted) throw abortReason(opts.signal);
+      if (signal.aborted) throw abortReason(signal);
+    };
     throwIfAborted();
-    const body = run.pieces.length === 1 ? run.pieces[0] : Buffer.concat(run.pieces, run.length);
-    const p: Promise<void> = sendPage(run.start, body).then(
-      () => {
-        entry.done = true;
-        bytesSent += body.length;
-        pagesSent += 1;
-        try {
-          report(true);
-        } catch (err) {
+
+    // Data at or above the resume point is re-sent; align down so a partial last sector is re-sent whole.
+    let start = Math.min(requestedResume - (requestedResume % SECTOR_SIZE), virtualSize);
+    let created = false;
+    const existing = await getBlobProps(blobClient, signal);
+    if (existing) {
+      if (existing.blobType && existing.blobType !== 'PageBlob') {
+        throw new RestoreError(
+          FailureType.AlreadyExists,
+          `blob ${stripQuery(blobClient.url)} already exists as a ${existing.blobType}, not a page blob`,
+        );
+      }
+      if (existing.size !== blobSize) {
+        throw new BlobSizeMismatchError(blobClient.url, blobSize, existing.size);
+      }
+      const owner = existing.metadata[VHD_UUID_METADATA_KEY];
+      if (owner !== undefined && owner !== uuidText) {
+        throw new RestoreError(
+          FailureType.AlreadyExists,
+          `page blob ${stripQuery(blobClient.url)} belongs to another restore (disk uuid ${owner}, ours ${uuidText})`,
+        );
+      }
+    }
+    if (!existing || start === 0) {
+      // (Re)creating zeroes the whole blob, which is what makes skipping zero ranges correct.
+      await blobClient.create(blobSize, { abortSignal: signal, metadata: { [VHD_UUID_METADATA_KEY]: uuidText } });
+      created = true;
+      start = 0;
+    }
+
+    let bytesSent = 0;
+    let pagesSent = 0;
+    let scanPos = start;
+    let coveredInput = 0;
+    let pending = null as PendingRun | null;
+    const order: WriteEntry[] = [];
+    const inflight = new Set<Promise<void>>();
+    let firstError: unknown = undefined;
+    let lastReported = -1;
+
+    const contiguousOffset = (): number => {
+      while (order.length > 0 && order[0].done) order.shift();
+      if (order.length > 0) return order[0].start;
+      if (pending) return pending.start;
+      return scanPos;
+    };
+    const zeroBytesSkipped = (): number => Math.max(0, Math.min(scanPos, capacityBytes) - Math.min(start, capacityBytes) - coveredInput);
+    const report = (force: boolean): void => {
+      if (!opts.onProgress) return;
+      const c = contiguousOffset();
+      if (!force && c === lastReported) return;
+      lastReported = c;
+      opts.onProgress({ contiguousOffset: c, bytesSent, pagesSent, zeroBytesSkipped: zeroBytesSkipped() });
+    };
+
+    let pool: Md5WorkerPool | undefined;
+    if (checksumWorkers > 0) {
+      pool = checksumWorkers === defaultMd5Workers() ? sharedMd5Pool() : (ownPool = new Md5WorkerPool(checksumWorkers));
+    }
+    // With hashing on workers, each write is assembled in a shared buffer the worker reads in place;
+    // there are never more than `concurrency` of them, reused from write to write.
+    const freeSlots: Buffer[] = [];
+
+    const sendPage = async (offset: number, body: Buffer): Promise<void> => {
+      assertPageWrite(offset, body.length, blobSize);
+      if (body.length > maxWrite) throw limitError(`page write of ${body.length} bytes exceeds maxPageWriteBytes ${maxWrite}`);
+      let md5: Buffer | undefined;
+      if (checksum === 'md5') {
+        md5 = pool && body.buffer instanceof SharedArrayBuffer ? await pool.digest(body) : createHash('md5').update(body).digest();
+      }
+      await blobClient.uploadPages(body, offset, body.length, {
+        abortSignal: signal,
+        transactionalContentMD5: md5,
+      });
+    };
+
+    const dispatch = async (run: PendingRun): Promise<void> => {
+      const entry: WriteEntry = { start: run.start, done: false };
+      order.push(entry);
+      // The window counts writes from the oldest unacknowledged one, including later ones that already
+      // completed out of order: that bounds what a resume from contiguousOffset can re-send, even when
+      // one slow write holds the offset back.
+      for (;;) {
+        // A failed write never completes, so check for failure before waiting on the window.
+        if (firstError !== undefined) throw firstError;
+        throwIfAborted();
+        contiguousOffset();
+        if (order.indexOf(entry) < concurrency) break;
+        await Promise.race(inflight);
+      }
+      let slot: Buffer | undefined;
+      let body: Buffer;
+      if (pool) {
+        slot = freeSlots.pop() ?? Buffer.from(new SharedArrayBuffer(maxWrite));
+        let at = 0;
+        for (const piece of run.pieces) at += piece.copy(slot, at);
+        body = slot.subarray(0, run.length);
+      } else {
+        body = run.pieces.length === 1 ? run.pieces[0] : Buffer.concat(run.pieces, run.length);
+      }
+      const p: Promise<void> = sendPage(run.start, body).then(
+        () => {
+          entry.done = true;
+          bytesSent += body.length;
+          pagesSent += 1;
+          try {
+            report(true);
+          } catch (err) {
+            firstError ??= err;
+            ac.abort(err);
+          }
+        },
+        (err: unknown) => {
           firstError ??= err;
           ac.abort(err);
+        },
+      );
+      const tracked = p.finally(() => {
+        inflight.delete(tracked);
+        if (slot) freeSlots.push(slot);
+      });
+      inflight.add(tracked);
+    };
+
+    const flush = async (): Promise<void> => {
+      if (!pending) return;
+      const run = pending;
+      pending = null;
+      await dispatch(run);
+    };
+
+    /** Queues source bytes [absStart, absStart + piece.length) for writing; piece is sector-aligned. */
+    const appendData = async (absStart: number, piece: Buffer): Promise<void> => {
+      let at = absStart;
+      let rest = piece;
+      while (rest.length > 0) {
+        if (pending && pending.start + pending.length !== at) await flush();
+        if (pending && pending.length === maxWrite) await flush();
+        if (!pending) pending = { start: at, length: 0, pieces: [] };
+        const take = Math.min(rest.length, maxWrite - pending.length);
+        pending.pieces.push(rest.subarray(0, take));
+        pending.length += take;
+        at += take;
+        rest = rest.subarray(take);
+      }
+    };
+
+    try {
+      let expected: number | undefined;
+      let lastZeroReport = start;
+      const startedBelowCapacity = start < capacityBytes;
+      for await (const block of opts.blocks) {
+        if (firstError !== undefined) throw firstError;
+        throwIfAborted();
+        const { offset, length, data } = block;
+        if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length <= 0) {
+          throw inputError(`block at ${offset} of ${length} bytes is not a valid range`);
         }
-      },
-      (err: unknown) => {
-        firstError ??= err;
-        ac.abort(err);
-      },
-    );
-    const tracked = p.finally(() => inflight.delete(tracked));
-    inflight.add(tracked);
-  };
+        if (expected === undefined) {
+          if (offset > start) throw inputError(`first block starts at ${offset}, after the resume point ${start}`);
+        } else if (offset !== expected) {
+          throw inputError(`block at ${offset} does not follow the previous block, which ended at ${expected}`);
+        }
+        const end = offset + length;
+        if (end > capacityBytes) throw inputError(`block [${offset}, ${end}) runs past the disk capacity ${capacityBytes}`);
+        if (offset % SECTOR_SIZE !== 0 || (length % SECTOR_SIZE !== 0 && end !== capacityBytes)) {
+          throw inputError(`block [${offset}, ${end}) is not 512-byte aligned`);
+        }
+        if (data !== null && data.length !== length) {
+          throw inputError(`block at ${offset} declares ${length} bytes but carries ${data.length}`);
+        }
+        expected = end;
+        if (end <= start) continue;
 
-  const flush = async (): Promise<void> => {
-    if (!pending) return;
-    const run = pending;
-    pending = null;
-    await dispatch(run);
-  };
-
-  /** Queues source bytes [absStart, absStart + piece.length) for writing; piece is sector-aligned. */
-  const appendData = async (absStart: number, piece: Buffer): Promise<void> => {
-    let at = absStart;
-    let rest = piece;
-    while (rest.length > 0) {
-      if (pending && pending.start + pending.length !== at) await flush();
-      if (pending && pending.length === maxWrite) await flush();
-      if (!pending) pending = { start: at, length: 0, pieces: [] };
-      const take = Math.min(rest.length, maxWrite - pending.length);
-      pending.pieces.push(rest.subarray(0, take));
-      pending.length += take;
-      at += take;
-      rest = rest.subarray(take);
-    }
-  };
-
-  try {
-    let expected: number | undefined;
-    let lastZeroReport = start;
-    const startedBelowCapacity = start < capacityBytes;
-    for await (const block of opts.blocks) {
+        const from = Math.max(offset, start);
+        if (data !== null) {
+          const runs: [number, number][] = [];
+          forEachNonZeroRun(data, from - offset, length, (s, e) => runs.push([s, e]));
+          for (const [s, e] of runs) {
+            const alignedEnd = e - ((e - s) % SECTOR_SIZE);
+            if (alignedEnd > s) await appendData(offset + s, data.subarray(s, alignedEnd));
+            if (alignedEnd < e) {
+              // The disk ends mid-sector: send that sector padded with zeros.
+              const last = Buffer.alloc(SECTOR_SIZE);
+              data.copy(last, 0, alignedEnd, e);
+              await appendData(offset + alignedEnd, last);
+            }
+            coveredInput += e - s;
+          }
+        }
+        scanPos = end;
+        if (pending && pending.start + pending.length < scanPos) await flush();
+        if (opts.onProgress && contiguousOffset() - lastZeroReport >= ZERO_PROGRESS_STRIDE) {
+          lastZeroReport = contiguousOffset();
+          report(false);
+        }
+      }
+      // A short input would otherwise leave silent zeros in the disk, so the blocks must reach capacity.
+      if (expected === undefined ? startedBelowCapacity : expected !== capacityBytes) {
+        throw inputError(`input ended at ${expected ?? 'the first block'}, before the disk capacity ${capacityBytes}`);
+      }
+      await flush();
+      await Promise.all(inflight);
       if (firstError !== undefined) throw firstError;
       throwIfAborted();
-      const { offset, length, data } = block;
-      if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length <= 0) {
-        throw inputError(`block at ${offset} of ${length} bytes is not a valid range`);
-      }
-      if (expected === undefined) {
-        if (offset > start) throw inputError(`first block starts at ${offset}, after the resume point ${start}`);
-      } else if (offset !== expected) {
-        throw inputError(`block at ${offset} does not follow the previous block, which ended at ${expected}`);
-      }
-      const end = offset + length;
-      if (end > capacityBytes) throw inputError(`block [${offset}, ${end}) runs past the disk capacity ${capacityBytes}`);
-      if (offset % SECTOR_SIZE !== 0 || (length % SECTOR_SIZE !== 0 && end !== capacityBytes)) {
-        throw inputError(`block [${offset}, ${end}) is not 512-byte aligned`);
-      }
-      if (data !== null && data.length !== length) {
-        throw inputError(`block at ${offset} declares ${length} bytes but carries ${data.length}`);
-      }
-      expected = end;
-      if (end <= start) continue;
+      // Between capacity and the rounded virtual size nothing is written: the blob is zero there.
+      scanPos = Math.max(scanPos, virtualSize);
+      report(false);
 
-      const from = Math.max(offset, start);
-      if (data !== null) {
-        const runs: [number, number][] = [];
-        forEachNonZeroRun(data, from - offset, length, (s, e) => runs.push([s, e]));
-        for (const [s, e] of runs) {
-          const alignedEnd = e - ((e - s) % SECTOR_SIZE);
-          if (alignedEnd > s) await appendData(offset + s, data.subarray(s, alignedEnd));
-          if (alignedEnd < e) {
-            // The disk ends mid-sector: send that sector padded with zeros.
-            const last = Buffer.alloc(SECTOR_SIZE);
-            data.copy(last, 0, alignedEnd, e);
-            await appendData(offset + alignedEnd, last);
-          }
-          coveredInput += e - s;
-        }
-      }
-      scanPos = end;
-      if (pending && pending.start + pending.length < scanPos) await flush();
-      if (opts.onProgress && contiguousOffset() - lastZeroReport >= ZERO_PROGRESS_STRIDE) {
-        lastZeroReport = contiguousOffset();
-        report(false);
-      }
+      await sendPage(virtualSize, footer);
+      bytesSent += footer.length;
+      pagesSent += 1;
+      scanPos = blobSize;
+      report(true);
+    } catch (err) {
+      ac.abort(err);
+      await Promise.allSettled(inflight);
+      if (opts.signal?.aborted) throw abortReason(opts.signal);
+      throw firstError ?? err;
     }
-    // A short input would otherwise leave silent zeros in the disk, so the blocks must reach capacity.
-    if (expected === undefined ? startedBelowCapacity : expected !== capacityBytes) {
-      throw inputError(`input ended at ${expected ?? 'the first block'}, before the disk capacity ${capacityBytes}`);
-    }
-    await flush();
-    await Promise.all(inflight);
-    if (firstError !== undefined) throw firstError;
-    throwIfAborted();
-    // Between capacity and the rounded virtual size nothing is written: the blob is zero there.
-    scanPos = Math.max(scanPos, virtualSize);
-    report(false);
 
-    await sendPage(virtualSize, footer);
-    bytesSent += footer.length;
-    pagesSent += 1;
-    scanPos = blobSize;
-    report(true);
-  } catch (err) {
-    ac.abort(err);
-    await Promise.allSettled(inflight);
-    if (opts.signal?.aborted) throw abortReason(opts.signal);
-    throw firstError ?? err;
+    return {
+      blobSize,
+      virtualSize,
+      bytesSent,
+      zeroBytesSkipped: zeroBytesSkipped(),
+      pageWrites: pagesSent,
+      footer,
+      resumedFrom: start,
+      created,
+    };
+  } finally {
+    unlink();
+    await ownPool?.close();
   }
-
-  return {
-    blobSize,
-    virtualSize,
-    bytesSent,
-    zeroBytesSkipped: zeroBytesSkipped(),
-    pageWrites: pagesSent,
-    footer,
-    resumedFrom: start,
-    created,
-  };
 }
 
 /** A page range as listPageRanges reports it: inclusive byte offsets. */
@@ -539,10 +590,7 @@ function describe(ranges: PageRange[], max = 5): string {
  * written in the zero tail, and (optionally) written ranges matching the source's non-zero ranges.
  * Uses listPageRanges, whose ranges are inclusive; the deprecated getPageRanges is off by one.
  */
-export async function verifyUploadedVhd(
-  blobClient: PageBlobClient,
-  opts: VerifyUploadedVhdOptions,
-): Promise<VerifyUploadedVhdResult> {
+export async function verifyUploadedVhd(blobClient: PageBlobClient, opts: VerifyUploadedVhdOptions): Promise<VerifyUploadedVhdResult> {
   const problems: string[] = [];
   const virtualSize = vhdVirtualSize(opts.capacityBytes);
   const blobSize = virtualSize + VHD_FOOTER_SIZE;

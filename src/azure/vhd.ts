@@ -17,7 +17,7 @@ export const GiB = 1024 * MiB;
 export const TiB = 1024 * GiB;
 
 /**
- * Azure limits that bind a restore. Sources (checked against the public docs as of 2025):
+ * Azure limits that bind a restore, from Microsoft documentation as of 2025 (not fetched live here):
  * - Put Page: at most 4 MiB per call, 512-byte aligned ranges
  *   (learn.microsoft.com/rest/api/storageservices/put-page).
  * - Page blob: at most 8 TiB (learn.microsoft.com/rest/api/storageservices/
@@ -143,10 +143,7 @@ export function buildFixedVhdFooter(opts: BuildFooterOptions): Buffer {
   const { currentSize, uuid } = opts;
   assertByteCount('currentSize', currentSize);
   if (currentSize % SECTOR_SIZE !== 0) {
-    throw new RestoreError(
-      FailureType.InvalidRequest,
-      `VHD current size ${currentSize} is not a multiple of ${SECTOR_SIZE}`,
-    );
+    throw new RestoreError(FailureType.InvalidRequest, `VHD current size ${currentSize} is not a multiple of ${SECTOR_SIZE}`);
   }
   if (!Buffer.isBuffer(uuid) || uuid.length !== 16) {
     throw new RestoreError(FailureType.InvalidRequest, 'VHD uuid must be a 16-byte Buffer');
@@ -154,10 +151,7 @@ export function buildFixedVhdFooter(opts: BuildFooterOptions): Buffer {
   const when = opts.timestamp ?? new Date();
   const seconds = Math.floor((when.getTime() - VHD_EPOCH_MS) / 1000);
   if (!Number.isFinite(seconds) || seconds < 0 || seconds > 0xffffffff) {
-    throw new RestoreError(
-      FailureType.InvalidRequest,
-      `VHD timestamp ${when.toISOString()} is outside 2000-01-01..2136`,
-    );
+    throw new RestoreError(FailureType.InvalidRequest, `VHD timestamp ${when.toISOString()} is outside 2000-01-01..2136`);
   }
   const f = Buffer.alloc(VHD_FOOTER_SIZE);
   f.write(VHD_COOKIE, 0, 'ascii');
@@ -209,10 +203,7 @@ export interface VhdFooter {
  */
 export function parseVhdFooter(buf: Buffer): VhdFooter {
   if (buf.length < VHD_FOOTER_SIZE) {
-    throw new RestoreError(
-      FailureType.InvalidRequest,
-      `a VHD footer is ${VHD_FOOTER_SIZE} bytes, got ${buf.length}`,
-    );
+    throw new RestoreError(FailureType.InvalidRequest, `a VHD footer is ${VHD_FOOTER_SIZE} bytes, got ${buf.length}`);
   }
   const f = buf.subarray(buf.length - VHD_FOOTER_SIZE);
   const checksum = f.readUInt32BE(64);
@@ -247,9 +238,7 @@ export function footerProblems(footer: VhdFooter, expectedCurrentSize?: number):
   const problems: string[] = [];
   if (footer.cookie !== VHD_COOKIE) problems.push(`footer cookie is ${JSON.stringify(footer.cookie)}, not "conectix"`);
   if (!footer.checksumValid) {
-    problems.push(
-      `footer checksum 0x${footer.checksum.toString(16)} != computed 0x${footer.computedChecksum.toString(16)}`,
-    );
+    problems.push(`footer checksum 0x${footer.checksum.toString(16)} != computed 0x${footer.computedChecksum.toString(16)}`);
   }
   if (footer.diskType !== VHD_DISK_TYPE_FIXED) problems.push(`footer disk type ${footer.diskType} is not fixed (2)`);
   if (footer.fileFormatVersion !== VHD_FORMAT_VERSION) {

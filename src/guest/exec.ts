@@ -38,10 +38,7 @@ export class CommandError extends RestoreError {
   ) {
     const shown = stderr.trim().slice(0, MAX_STDERR_IN_MESSAGE);
     const status = detail ?? (code === null ? 'was killed' : `exited with code ${code}`);
-    super(
-      FailureType.GuestPreparation,
-      `${[cmd, ...args].map(quoteArg).join(' ')} ${status}${shown ? `: ${shown}` : ''}`,
-    );
+    super(FailureType.GuestPreparation, `${[cmd, ...args].map(quoteArg).join(' ')} ${status}${shown ? `: ${shown}` : ''}`);
     this.name = 'CommandError';
   }
 }

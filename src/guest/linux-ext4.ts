@@ -25,6 +25,13 @@ export interface Ext4Stat {
   linkTarget?: string;
 }
 
+export interface ResolvedFile {
+  /** The path after following symlinks. */
+  path: string;
+  stat: Ext4Stat;
+  content: Buffer;
+}
+
 export type Ext4Op =
   | { op: 'write'; path: string; content: string | Buffer; mode?: number; uid?: number; gid?: number }
   | { op: 'rm'; path: string }
@@ -167,16 +174,27 @@ export class Ext4Volume {
     return result;
   }
 
-  /** Reads files, following symlinks; missing files and non-regular files read as null. */
-  async readMany(paths: string[]): Promise<Map<string, Buffer | null>> {
+  /**
+   * Reads regular files following symlinks, with the path they resolved to (edits must go there, not
+   * replace the link). Missing, dangling and non-regular paths map to null. Keys are the given paths.
+   */
+  async readResolved(paths: string[]): Promise<Map<string, ResolvedFile | null>> {
     const resolved = await this.resolveMany(paths);
     const regular = [...resolved.values()].filter((r) => r?.stat.type === 'regular').map((r) => r!.path);
     const data = await this.dumpMany([...new Set(regular)]);
-    const out = new Map<string, Buffer | null>();
+    const out = new Map<string, ResolvedFile | null>();
     for (const p of paths) {
       const r = resolved.get(normalize(p));
-      out.set(p, r && r.stat.type === 'regular' ? (data.get(r.path) ?? null) : null);
+      const content = r && r.stat.type === 'regular' ? (data.get(r.path) ?? null) : null;
+      out.set(p, r && content ? { path: r.path, stat: r.stat, content } : null);
     }
+    return out;
+  }
+
+  /** Reads files, following symlinks; missing files and non-regular files read as null. */
+  async readMany(paths: string[]): Promise<Map<string, Buffer | null>> {
+    const out = new Map<string, Buffer | null>();
+    for (const [p, r] of await this.readResolved(paths)) out.set(p, r ? r.content : null);
     return out;
   }
 
@@ -280,10 +298,7 @@ export class Ext4Volume {
       if (cmds.length === 0) return;
       const { errors } = await this.debugfs(cmds, true);
       if (errors.length) {
-        throw new RestoreError(
-          FailureType.GuestPreparation,
-          `debugfs -w on ${this.device} reported: ${errors.slice(0, 10).join('; ')}`,
-        );
+        throw new RestoreError(FailureType.GuestPreparation, `debugfs -w on ${this.device} reported: ${errors.slice(0, 10).join('; ')}`);
       }
     } finally {
       await fsp.rm(tmp, { recursive: true, force: true });

@@ -161,7 +161,13 @@ export async function hasNtfsBootSector(image: string, offset: number): Promise<
 }
 
 function ntfsPath(path: string): string {
-  return '/' + path.split(/[\\/]+/).filter(Boolean).join('/');
+  return (
+    '/' +
+    path
+      .split(/[\\/]+/)
+      .filter(Boolean)
+      .join('/')
+  );
 }
 
 /** A file's contents from an NTFS partition image, or null when it does not exist. */
@@ -181,9 +187,7 @@ export async function ntfsWriteFile(partPath: string, localFile: string, path: s
 export async function ntfsListDir(partPath: string, dir: string): Promise<string[] | null> {
   const r = await run('ntfsls', ['-p', ntfsPath(dir), partPath], { allowExit: [1], timeoutMs: 120_000 });
   if (r.code !== 0) return null;
-  return r.stdout
-    .split('\n')
-    .filter((l) => l !== '' && l !== '.' && l !== '..');
+  return r.stdout.split('\n').filter((l) => l !== '' && l !== '.' && l !== '..');
 }
 
 /** `ntfsfix -n`: checks the volume without changing it. */

@@ -85,13 +85,7 @@ function kindFromGpt(guid: string): PartitionKind | 'other' {
 export function guidFromBytes(b: Buffer): string {
   const hex = (x: Buffer) => x.toString('hex');
   const rev = (x: Buffer) => hex(Buffer.from(x).reverse());
-  return [
-    rev(b.subarray(0, 4)),
-    rev(b.subarray(4, 6)),
-    rev(b.subarray(6, 8)),
-    hex(b.subarray(8, 10)),
-    hex(b.subarray(10, 16)),
-  ]
+  return [rev(b.subarray(0, 4)), rev(b.subarray(4, 6)), rev(b.subarray(6, 8)), hex(b.subarray(8, 10)), hex(b.subarray(10, 16))]
     .join('-')
     .toUpperCase();
 }
@@ -258,11 +252,10 @@ export async function writePartitionTable(imagePath: string, layout: PartitionLa
     }
     lines.push(fields.join(', '));
   }
-  await run(
-    'sfdisk',
-    ['--no-reread', '--no-tell-kernel', '--wipe', 'never', '--wipe-partitions', 'never', '-q', imagePath],
-    { input: lines.join('\n') + '\n', env: { LC_ALL: 'C' } },
-  );
+  await run('sfdisk', ['--no-reread', '--no-tell-kernel', '--wipe', 'never', '--wipe-partitions', 'never', '-q', imagePath], {
+    input: lines.join('\n') + '\n',
+    env: { LC_ALL: 'C' },
+  });
 }
 
 export interface FilesystemInfo {
@@ -415,9 +408,23 @@ async function zeroIfNeeded(
   if (dstIsZero || at >= dstSize) return 0;
   const n = Math.min(len, dstSize - at);
   const { bytesRead } = await dfh.read(cmp, 0, n, at);
-  if (cmp.subarray(0, bytesRead).equals(zero.subarray(0, bytesRead))) return 0;
-  await dfh.write(zero, 0, n, at);
-  return n;
+  const have = cmp.subarray(0, bytesRead);
+  if (have.equals(zero.subarray(0, bytesRead))) return 0;
+  // Clear only the grains that hold data, so holes in dst stay holes.
+  let written = 0;
+  for (let i = 0; i < bytesRead; ) {
+    const end = (p: number) => Math.min(p + ZERO_GRAIN, bytesRead);
+    const dirty = (p: number) => !have.subarray(p, end(p)).equals(zero.subarray(0, end(p) - p));
+    if (!dirty(i)) {
+      i = end(i);
+      continue;
+    }
+    const start = i;
+    while (i < bytesRead && dirty(i)) i = end(i);
+    await dfh.write(zero, 0, i - start, at + start);
+    written += i - start;
+  }
+  return written;
 }
 
 /** Embeds a whole file (a partition image) into a disk image at offset, sparsely. */

@@ -349,10 +349,7 @@ export class HiveReader {
     for (let i = 0; i < count; i++) {
       const vk = this.expectSignature(list.readUInt32LE(4 * i), 'vk');
       const nameLen = vk.readUInt16LE(2);
-      const name =
-        vk.readUInt16LE(0x10) & 1
-          ? vk.toString('latin1', 0x14, 0x14 + nameLen)
-          : vk.toString('utf16le', 0x14, 0x14 + nameLen);
+      const name = vk.readUInt16LE(0x10) & 1 ? vk.toString('latin1', 0x14, 0x14 + nameLen) : vk.toString('utf16le', 0x14, 0x14 + nameLen);
       out.push({ name, regType: vk.readUInt32LE(0x0c), data: this.valueData(vk) });
     }
     return out;
@@ -477,10 +474,7 @@ function hivexshKeyLine(name: string): string {
 
 function checkLine(line: string, what: string): string {
   if (line.length > HIVEXSH_MAX_LINE) {
-    throw new RestoreError(
-      FailureType.GuestPreparation,
-      `${what} is too large (${line.length} characters) to be written through hivexsh`,
-    );
+    throw new RestoreError(FailureType.GuestPreparation, `${what} is too large (${line.length} characters) to be written through hivexsh`);
   }
   return line;
 }
@@ -505,9 +499,16 @@ function cdLine(keyPath: string): string {
   return `cd \\${parts.join('\\')}`;
 }
 
+/** hivexsh creates ~/.hivexsh (readline history) even when scripted; without HOME it leaves no trace. */
+const NO_HISTORY = { HOME: undefined };
+
 async function runHivexsh(hivePath: string, script: string[]): Promise<void> {
   script.push('commit', 'quit');
-  await run('hivexsh', ['-w', hivePath], { input: `${script.join('\n')}\n`, timeoutMs: 120_000 });
+  await run('hivexsh', ['-w', hivePath], {
+    input: `${script.join('\n')}\n`,
+    timeoutMs: 120_000,
+    env: NO_HISTORY,
+  });
 }
 
 /**
@@ -547,7 +548,13 @@ export async function createHive(path: string, keys: HiveKeySpec[], opts: EmptyH
     script.push(...addKeyLines(key.path, known, null));
     const values = Object.entries(key.values ?? {}).map(([name, v]) => ({ name, ...encodeValue(v) }));
     if (values.length > 0) {
-      script.push(cdLine(key.path), ...setvalBlock(values.map((v) => ({ name: v.name, regType: v.regType, data: v.data })), key.path));
+      script.push(
+        cdLine(key.path),
+        ...setvalBlock(
+          values.map((v) => ({ name: v.name, regType: v.regType, data: v.data })),
+          key.path,
+        ),
+      );
     }
   }
   await runHivexsh(path, script);
@@ -607,7 +614,11 @@ export async function setHiveValues(path: string, edits: HiveEdit[]): Promise<bo
  * or null when the key or value is missing.
  */
 export async function getHiveValue(path: string, keyPath: string, valueName: string): Promise<HiveValueData | null> {
-  const r = await run('hivexget', [path, `\\${splitKeyPath(keyPath).join('\\')}`], { allowExit: [1] });
+  const r = await run('hivexget', [path, `\\${splitKeyPath(keyPath).join('\\')}`], {
+    allowExit: [1],
+    env: NO_HISTORY,
+    timeoutMs: 120_000,
+  });
   if (r.code !== 0) {
     if (/not found/i.test(r.stderr)) return null;
     throw new RestoreError(FailureType.GuestPreparation, `hivexget ${path} ${keyPath} failed: ${r.stderr.trim()}`);
@@ -638,7 +649,10 @@ export function parseLsvalLine(line: string): { name: string; value: HiveValueDa
   if (str) {
     const t = Number(str[1]);
     const value = unquote(str[2]!);
-    return { name, value: t === RegType.ExpandString ? { type: 'expandString', value } : { type: 'raw', regType: t, value: utf16z(value) } };
+    return {
+      name,
+      value: t === RegType.ExpandString ? { type: 'expandString', value } : { type: 'raw', regType: t, value: utf16z(value) },
+    };
   }
   const hex = /^hex\((\d+)\):([0-9a-f,]*)$/i.exec(rest);
   if (hex) return { name, value: decodeValue(Number(hex[1]), Buffer.from(hex[2]!.replace(/,/g, ''), 'hex')) };

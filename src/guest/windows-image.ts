@@ -219,9 +219,13 @@ export async function buildWindowsDiskImage(imagePath: string, opts: WindowsDisk
     const fh = await fsp.open(part, 'w');
     await fh.truncate(ntfs.sizeBytes);
     await fh.close();
-    await run('mkntfs', ['-F', '-Q', '-q', '-s', '512', '-c', '4096', '-p', String(ntfs.startBytes / 512), '-H', '255', '-S', '63', '-L', 'Windows', part], {
-      timeoutMs: 120_000,
-    });
+    await run(
+      'mkntfs',
+      ['-F', '-Q', '-q', '-s', '512', '-c', '4096', '-p', String(ntfs.startBytes / 512), '-H', '255', '-S', '63', '-L', 'Windows', part],
+      {
+        timeoutMs: 120_000,
+      },
+    );
 
     const systemHive = join(work, 'SYSTEM');
     const softwareHive = join(work, 'SOFTWARE');

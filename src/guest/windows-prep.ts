@@ -11,24 +11,8 @@ import { promises as fsp } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { FailureType, RestoreError } from '../domain/errors';
 import { NoPartitionTableError, readPartitionTable } from './partition';
-import {
-  PartitionCopy,
-  hasNtfsBootSector,
-  ntfsListDir,
-  ntfsReadFile,
-  ntfsResolvePath,
-  ntfsWriteFile,
-  withNtfsMount,
-} from './ntfs';
-import {
-  HiveReader,
-  decodeValue,
-  getHiveValue,
-  hiveValueText,
-  setHiveValues,
-  type HiveEdit,
-  type HiveValueData,
-} from './regf';
+import { PartitionCopy, hasNtfsBootSector, ntfsListDir, ntfsReadFile, ntfsResolvePath, ntfsWriteFile, withNtfsMount } from './ntfs';
+import { HiveReader, decodeValue, getHiveValue, hiveValueText, setHiveValues, type HiveEdit, type HiveValueData } from './regf';
 import type { GuestChange } from './types';
 import { RDP_RULE_TCP, RDP_RULE_UDP, remoteDesktopRule } from './windows-image';
 
@@ -189,7 +173,15 @@ function planSystem(reader: HiveReader, driverFiles: Set<string>): PlannedEdit[]
       const proto = rule === RDP_RULE_TCP ? 'TCP' : 'UDP';
       const description = `Enable the inbound Remote Desktop firewall rule (${proto} 3389)`;
       if (ruleValue === null) {
-        plan(edits, reader, 'SYSTEM', rulesKey, rule, { type: 'string', value: remoteDesktopRule(rule, true)! }, `${description}; the rule was missing and is added`);
+        plan(
+          edits,
+          reader,
+          'SYSTEM',
+          rulesKey,
+          rule,
+          { type: 'string', value: remoteDesktopRule(rule, true)! },
+          `${description}; the rule was missing and is added`,
+        );
       } else if (ruleValue.type === 'string' && /\|Active=FALSE\|/i.test(ruleValue.value)) {
         const enabled = ruleValue.value.replace(/\|Active=FALSE\|/i, '|Active=TRUE|');
         plan(edits, reader, 'SYSTEM', rulesKey, rule, { type: 'string', value: enabled }, description);
@@ -209,7 +201,15 @@ function planSystem(reader: HiveReader, driverFiles: Set<string>): PlannedEdit[]
     }
 
     if (requireService('Dhcp', 'Azure assigns the NIC address through DHCP')) {
-      plan(edits, reader, 'SYSTEM', svc('Dhcp'), 'Start', dword(SERVICE_START.auto), 'DHCP client starts automatically (Azure assigns addresses by DHCP)');
+      plan(
+        edits,
+        reader,
+        'SYSTEM',
+        svc('Dhcp'),
+        'Start',
+        dword(SERVICE_START.auto),
+        'DHCP client starts automatically (Azure assigns addresses by DHCP)',
+      );
     }
     for (const [driver, what] of [
       ['storvsc', 'Hyper-V storage driver (Azure disks are attached through it)'],
@@ -225,7 +225,15 @@ function planSystem(reader: HiveReader, driverFiles: Set<string>): PlannedEdit[]
       plan(edits, reader, 'SYSTEM', svc(driver), 'Start', dword(SERVICE_START.boot), `${what} starts at boot`);
     }
     if (reader.keyExists(svc('VMTools'))) {
-      plan(edits, reader, 'SYSTEM', svc('VMTools'), 'Start', dword(SERVICE_START.disabled), 'VMware Tools service disabled (no VMware hypervisor on Azure)');
+      plan(
+        edits,
+        reader,
+        'SYSTEM',
+        svc('VMTools'),
+        'Start',
+        dword(SERVICE_START.disabled),
+        'VMware Tools service disabled (no VMware hypervisor on Azure)',
+      );
     }
   }
   return edits;
@@ -257,7 +265,9 @@ async function stageAgent(vol: WindowsVolume, dir: string, systemRoot: string, i
   const content = installer ? await fsp.readFile(installer) : PLACEHOLDER_AGENT;
   const part = vol.copy.partPath;
   const agentDir = await ntfsResolvePath(part, AGENT_DIR);
-  const existingName = agentDir ? (await ntfsListDir(part, agentDir))?.find((n) => n.toUpperCase() === AGENT_FILE.toUpperCase()) : undefined;
+  const existingName = agentDir
+    ? (await ntfsListDir(part, agentDir))?.find((n) => n.toUpperCase() === AGENT_FILE.toUpperCase())
+    : undefined;
   const existing = agentDir && existingName ? await ntfsReadFile(part, `${agentDir}/${existingName}`) : null;
   if (existing && existing.equals(content)) return null;
 

@@ -152,7 +152,7 @@ async function startVcsim(prev: LabVSphere | undefined, taken: Set<number>, log:
   writeFileSync(passwordFile, password, { mode: 0o600 });
   const { pid, log: logFile } = spawnDetached(
     bin,
-    ['-l', `127.0.0.1:${port}`, '-ds', '2', '-username', username, '-password', passwordFile],
+    ['-l', `127.0.0.1:${port}`, '-ds', '2', '-username', 'administrator', '-password', passwordFile],
     'vcsim.log',
     // vcsim puts each datastore's folder under TMPDIR; keep them inside the lab.
     { ...process.env, TMPDIR: home },

@@ -1,14 +1,7 @@
 import type * as http from 'node:http';
 import { FailureType, RestoreError } from '../domain/errors';
 import { formatDatastorePath, parseDatastorePath } from './datastore-path';
-import {
-  addNicSpec,
-  addScsiControllerSpec,
-  createDiskSpec,
-  MAX_SCSI_BUSES,
-  SCSI_DISK_UNITS,
-  type NetworkInfo,
-} from './devices';
+import { addNicSpec, addScsiControllerSpec, createDiskSpec, MAX_SCSI_BUSES, SCSI_DISK_UNITS, type NetworkInfo } from './devices';
 import { retrieveProperties, type ObjectProperties, type PropertySelection, type Traversal } from './properties';
 import {
   VSphereFaultError,
@@ -287,12 +280,16 @@ export class VSphereClient {
 
   /** The named datacenter ('DC0' or its path '/Folder/DC0'), or the only one when no name is given. */
   async datacenter(name?: string): Promise<Datacenter> {
-    const found = await this.findObjects(this.content.rootFolder, ['Datacenter'], [
-      {
-        type: 'Datacenter',
-        paths: ['name', 'parent', 'vmFolder', 'hostFolder', 'datastoreFolder', 'networkFolder'],
-      },
-    ]);
+    const found = await this.findObjects(
+      this.content.rootFolder,
+      ['Datacenter'],
+      [
+        {
+          type: 'Datacenter',
+          paths: ['name', 'parent', 'vmFolder', 'hostFolder', 'datastoreFolder', 'networkFolder'],
+        },
+      ],
+    );
     const all: Datacenter[] = [];
     for (const o of found) {
       const p = o.props;
@@ -318,10 +315,7 @@ export class VSphereClient {
     const wanted = name.replace(/\/+$/, '');
     const match = all.find((d) => d.name === wanted || d.path === wanted || d.path === `/${wanted}`);
     if (!match) {
-      throw new RestoreError(
-        FailureType.NotFound,
-        `datacenter '${name}' not found in ${this.url.host} ${known(all.map((d) => d.name))}`,
-      );
+      throw new RestoreError(FailureType.NotFound, `datacenter '${name}' not found in ${this.url.host} ${known(all.map((d) => d.name))}`);
     }
     return match;
   }
@@ -436,9 +430,11 @@ export class VSphereClient {
     const dc = await this.dc(dcArg);
     let pool: FolderInfo;
     if (path === undefined || path === '') {
-      const computes = await this.findObjects(dc.hostFolder, ['ComputeResource'], [
-        { type: 'ComputeResource', paths: ['name', 'resourcePool'] },
-      ]);
+      const computes = await this.findObjects(
+        dc.hostFolder,
+        ['ComputeResource'],
+        [{ type: 'ComputeResource', paths: ['name', 'resourcePool'] }],
+      );
       const first =
         computes.find((c) => c.ref.type === 'ClusterComputeResource' && ref(c.props.resourcePool)) ??
         computes.find((c) => ref(c.props.resourcePool));
@@ -559,13 +555,13 @@ export class VSphereClient {
   /** VMs whose extraConfig has `key` = `value`: how a restore finds what it created before a retry. */
   async findVmsByExtraConfig(dcArg: DatacenterArg, key: string, value: string): Promise<Vm[]> {
     const dc = await this.dc(dcArg);
-    const vms = await this.findObjects(dc.vmFolder, ['VirtualMachine'], [
-      { type: 'VirtualMachine', paths: ['name', 'config.extraConfig'] },
-    ]);
+    const vms = await this.findObjects(
+      dc.vmFolder,
+      ['VirtualMachine'],
+      [{ type: 'VirtualMachine', paths: ['name', 'config.extraConfig'] }],
+    );
     return vms
-      .filter((o) =>
-        arrayOf(o.props['config.extraConfig']).some((ov) => str(obj(ov).key) === key && str(obj(ov).value) === value),
-      )
+      .filter((o) => arrayOf(o.props['config.extraConfig']).some((ov) => str(obj(ov).key) === key && str(obj(ov).value) === value))
       .map((o) => new Vm(this, o.ref, str(o.props.name)));
   }
 
@@ -598,12 +594,7 @@ export class VSphereClient {
       if (!(d.capacityBytes > 0)) {
         throw new RestoreError(FailureType.InvalidRequest, `disk ${i} of vm '${spec.name}' has no capacity`);
       }
-      const fileName = d.fileName
-        ? d.fileName.trim().startsWith('[')
-          ? d.fileName
-          : formatDatastorePath(datastore.name, d.fileName)
-        : formatDatastorePath(datastore.name, '');
-      if (d.fileName) parseDatastorePath(fileName);
+      const fileName = newDiskFileName(datastore.name, d.fileName);
       deviceChange.push(
         createDiskSpec({
           key: -1000 - i,
@@ -647,6 +638,16 @@ export class VSphereClient {
     if (!vmRef) throw new VSphereFaultError('InvalidResponse', `CreateVM_Task returned no VM for '${spec.name}'`);
     return new Vm(this, vmRef, spec.name);
   }
+}
+
+/** '[ds] dir/x.vmdk' as given, 'dir/x.vmdk' on the VM's datastore, or '[ds]' for vSphere to name it. */
+function newDiskFileName(datastore: string, fileName: string | undefined): string {
+  if (!fileName) return formatDatastorePath(datastore, '');
+  if (fileName.trim().startsWith('[')) {
+    const p = parseDatastorePath(fileName);
+    return formatDatastorePath(p.datastore, p.path);
+  }
+  return formatDatastorePath(datastore, fileName);
 }
 
 function mustRef(v: VimValue | undefined, what: string): MoRef {

@@ -19,8 +19,10 @@ export interface DatastoreFileRef {
 export interface UploadOptions extends DatastoreFileRef {
   /** Exact number of bytes `body` yields; sent as Content-Length. */
   size: number;
-  body: AsyncIterable<Buffer | Uint8Array> | Readable;
+  body: AsyncIterable<Buffer | Uint8Array> | Iterable<Buffer | Uint8Array> | Readable;
   signal?: AbortSignal;
+  /** How long to wait for the server's answer once the whole body is sent (default 60 s). */
+  responseTimeoutMs?: number;
 }
 
 export interface DownloadOptions extends DatastoreFileRef {
@@ -62,12 +64,7 @@ class ByteCounter extends Transform {
   }
   override _flush(cb: TransformCallback): void {
     if (this.bytes !== this.expected) {
-      cb(
-        new RestoreError(
-          FailureType.InvalidRequest,
-          `upload to ${this.url} yielded ${this.bytes} bytes, announced ${this.expected}`,
-        ),
-      );
+      cb(new RestoreError(FailureType.InvalidRequest, `upload to ${this.url} yielded ${this.bytes} bytes, announced ${this.expected}`));
       return;
     }
     cb();
@@ -132,9 +129,7 @@ export async function uploadDatastoreFile(client: VSphereClient, opts: UploadOpt
   try {
     await pipeline(source, counter, req);
   } catch (err) {
-    const early = await Promise.race([response, new Promise<undefined>((r) => setTimeout(r, 50, undefined))]).catch(
-      () => undefined,
-    );
+    const early = await Promise.race([response, new Promise<undefined>((r) => setTimeout(r, 50, undefined))]).catch(() => undefined);
     if (early && (early.statusCode ?? 0) >= 300) {
       throw httpError('PUT', url, early.statusCode ?? 0, early.statusMessage ?? '', await readSmall(early));
     }
@@ -142,10 +137,21 @@ export async function uploadDatastoreFile(client: VSphereClient, opts: UploadOpt
     throw transportError('PUT', url, err);
   }
   let res: http.IncomingMessage;
+  const waitMs = opts.responseTimeoutMs ?? 60_000;
+  let timer: NodeJS.Timeout | undefined;
   try {
-    res = await response;
+    // A server that took the whole body but never answers must not hold the restore forever.
+    res = await Promise.race([
+      response,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`no response ${waitMs} ms after the body was sent`)), waitMs);
+      }),
+    ]);
   } catch (err) {
+    req.destroy();
     throw transportError('PUT', url, err);
+  } finally {
+    clearTimeout(timer);
   }
   const text = await readSmall(res);
   const status = res.statusCode ?? 0;

@@ -10,10 +10,7 @@ export interface DatastorePath {
 export function parseDatastorePath(value: string): DatastorePath {
   const m = /^\s*\[([^\]]+)\]\s*(.*)$/.exec(value);
   if (!m) {
-    throw new RestoreError(
-      FailureType.InvalidRequest,
-      `'${value}' is not a datastore path; expected '[datastore] folder/file'`,
-    );
+    throw new RestoreError(FailureType.InvalidRequest, `'${value}' is not a datastore path; expected '[datastore] folder/file'`);
   }
   return { datastore: m[1], path: m[2].replace(/^\/+/, '') };
 }

@@ -199,9 +199,7 @@ export function addNicSpec(key: number, network: NetworkInfo): Record<string, un
 }
 
 /** The first free SCSI slot on the VM's controllers, or where a new controller would go. */
-export function findFreeScsiSlot(
-  devices: VimObject[],
-): { controllerKey: number; unitNumber: number } | { newControllerBus: number } {
+export function findFreeScsiSlot(devices: VimObject[]): { controllerKey: number; unitNumber: number } | { newControllerBus: number } {
   const controllers = devices.filter(isScsiController).sort((a, b) => num(a.busNumber) - num(b.busNumber));
   for (const c of controllers) {
     const key = num(c.key);

@@ -15,7 +15,8 @@ export {
 export { Vm, type AttachDiskOptions, type PowerState, type SnapshotInfo, type VmConfig } from './vm';
 export { Task, type TaskInfo, type TaskState, type TaskWaitOptions } from './task';
 export type { NetworkInfo, VmDiskInfo, VmNicInfo } from './devices';
-export { VSphereFaultError, isFault, type MoRef, type VimObject, type VimValue } from './soap';
+export { VSphereFaultError, isFault, type CallOptions, type MoRef, type VimObject, type VimValue } from './soap';
+export type { ObjectProperties, PropertySelection, Traversal } from './properties';
 export { serverThumbprint, type TlsOptions } from './tls';
 export {
   datastoreFileUrl,

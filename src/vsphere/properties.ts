@@ -37,9 +37,7 @@ export async function retrieveProperties(
   const objectSet = objects.map((o) => {
     const spec: Record<string, unknown> = { obj: refArg(o), skip: traversal ? 'true' : 'false' };
     if (traversal) {
-      spec.selectSet = [
-        typedArg('TraversalSpec', { name: 'traverse', type: traversal.type, path: traversal.path, skip: 'false' }),
-      ];
+      spec.selectSet = [typedArg('TraversalSpec', { name: 'traverse', type: traversal.type, path: traversal.path, skip: 'false' })];
     }
     return spec;
   });

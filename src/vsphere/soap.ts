@@ -247,10 +247,7 @@ export class VimSoap {
       const faultType = faultObj.$type ?? detailKey?.replace(/Fault$/, '') ?? 'SoapFault';
       const text = str(normalize(fault.faultstring));
       const fields = describeFault(faultObj);
-      return new VSphereFaultError(
-        faultType,
-        `${method} failed: ${faultType}${text ? `: ${text}` : ''}${fields}${where}`,
-      );
+      return new VSphereFaultError(faultType, `${method} failed: ${faultType}${text ? `: ${text}` : ''}${fields}${where}`);
     }
     const status = e.response?.status;
     if (status) {

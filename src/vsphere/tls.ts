@@ -62,10 +62,7 @@ class PinnedHttpsAgent extends https.Agent {
     super({ ...options, rejectUnauthorized: false });
   }
 
-  override createConnection(
-    options: http.ClientRequestArgs,
-    callback?: (err: Error | null, stream: Duplex) => void,
-  ): Duplex {
+  override createConnection(options: http.ClientRequestArgs, callback?: (err: Error | null, stream: Duplex) => void): Duplex {
     const socket = tls.connect({ ...(options as tls.ConnectionOptions), rejectUnauthorized: false });
     const done = (err: Error | null): void => {
       socket.off('error', onError);

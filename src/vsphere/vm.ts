@@ -234,10 +234,7 @@ export class Vm {
   }
 
   /** Removes the named snapshot (not its children); returns false when there is none. */
-  async removeSnapshot(
-    name: string,
-    opts: TaskWaitOptions & { consolidate?: boolean; removeChildren?: boolean } = {},
-  ): Promise<boolean> {
+  async removeSnapshot(name: string, opts: TaskWaitOptions & { consolidate?: boolean; removeChildren?: boolean } = {}): Promise<boolean> {
     const snap = (await this.snapshots()).find((s) => s.name === name);
     if (!snap) return false;
     try {
@@ -270,7 +267,10 @@ export class Vm {
    */
   async attachDisk(fileName: string, opts: AttachDiskOptions & TaskWaitOptions = {}): Promise<number> {
     const devices = await this.devices();
-    const present = devices.filter(isDisk).map(diskInfo).find((d) => isSameFile(d.fileName, fileName));
+    const present = devices
+      .filter(isDisk)
+      .map(diskInfo)
+      .find((d) => isSameFile(d.fileName, fileName));
     if (present) return present.key;
 
     const slot = findFreeScsiSlot(devices);

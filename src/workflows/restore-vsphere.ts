@@ -125,7 +125,20 @@ export async function restoreToVSphere(request: VSphereRestoreRequest): Promise<
         setPhase('writing-disks');
       }
     };
-    await Promise.all(Array.from({ length: Math.min(plan.diskConcurrency, plan.disks.length) }, lane));
+    // The first failed disk stops the others; all lanes settle before any compensation starts.
+    let firstError: unknown;
+    const writes = new CancellationScope();
+    await writes.run(() =>
+      Promise.all(
+        Array.from({ length: Math.min(plan.diskConcurrency, plan.disks.length) }, () =>
+          lane().catch((err: unknown) => {
+            firstError ??= err;
+            writes.cancel();
+          }),
+        ),
+      ),
+    );
+    if (firstError !== undefined) throw firstError;
 
     setPhase('committing-snapshot');
     await control.commitSnapshot({ plan, vmRef: vm.vmRef });
@@ -150,7 +163,7 @@ export async function restoreToVSphere(request: VSphereRestoreRequest): Promise<
       setPhase('compensating', cancelled ? 'restore cancelled' : 'restore failed');
       // Cleanup must run even when the workflow itself was cancelled.
       await CancellationScope.nonCancellable(async () => {
-        for (const undo of compensations) {
+        for (const undo of [...compensations]) {
           try {
             await undo();
           } catch {
@@ -181,7 +194,7 @@ async function writeOneDisk(
       if (transport === 'hotadd') {
         const detach = () => control.detachFromProxy({ plan, diskFiles: [diskFile] });
         compensations.unshift(detach);
-        await control.attachToProxy({ plan, diskFile });
+        await control.attachToProxy({ plan, diskFile, diskIndex });
         try {
           return await writer.writeDisk({ plan, vmRef, diskIndex, diskFile, transport });
         } finally {

@@ -32,7 +32,8 @@ function hasQemuImg(): boolean {
 const QEMU = hasQemuImg();
 
 function qemuInfo(args: string[]): { 'virtual-size': number; format: string } {
-  return JSON.parse(execFileSync('qemu-img', ['info', '--output=json', ...args], { encoding: 'utf8' })) as {
+  const out = execFileSync('qemu-img', ['info', '--output=json', ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  return JSON.parse(out) as {
     'virtual-size': number;
     format: string;
   };

@@ -55,6 +55,7 @@ export interface DiskRec {
   createOption: string;
   sourceUri?: string;
   storageAccountId?: string;
+  sourceResourceId?: string;
   diskSizeGB: number;
   diskSizeBytes: number;
   uniqueId: string;
@@ -68,14 +69,18 @@ export interface DiskRec {
 
 export interface VmDiskRef {
   lun?: number;
+  /** Lower-cased id of the managed disk. */
   diskId: string;
   name: string;
+  /** The createOption the disk was attached with ('Attach', or 'Empty' for disks the VM created). */
+  createOption: string;
   caching: string;
   deleteOption: 'Detach' | 'Delete';
   osType?: OsType;
 }
 
 export interface VmNicRef {
+  /** Lower-cased id of the network interface. */
   id: string;
   primary?: boolean;
   deleteOption?: 'Detach' | 'Delete';

@@ -1,0 +1,19 @@
+import { runVSphereBench } from './vsphere-restore';
+import { runAzureUploadBench } from './azure-upload';
+
+async function main(): Promise<void> {
+  const only = process.argv[2];
+  if (!only || only === 'vsphere') {
+    console.log('== restore to vSphere (lab: vcsim datastore on local disk) ==');
+    await runVSphereBench();
+  }
+  if (!only || only === 'azure') {
+    console.log('== upload to Azure page blob (Azurite) ==');
+    await runAzureUploadBench();
+  }
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});

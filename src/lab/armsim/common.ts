@@ -1,0 +1,39 @@
+import { ArmError } from './errors';
+
+export interface ReqCtx {
+  method: string;
+  /** Raw URL path, without the query. */
+  path: string;
+  /** Decoded, non-empty path segments. */
+  segments: string[];
+  query: URLSearchParams;
+  body: unknown;
+  /** `scheme://host[:port]` as the client addressed the simulator; polling URLs are built on it. */
+  baseUrl: string;
+  apiVersion: string;
+  /** Set by an `lroFailure` fault: the operation this request starts must end with this error. */
+  lroFailure?: { status: number; code: string; message: string };
+}
+
+export interface Reply {
+  status: number;
+  body?: unknown;
+  headers?: Record<string, string>;
+}
+
+/** Azure location names are lower-case without spaces ('West Europe' is accepted as 'westeurope'). */
+export function normLocation(location: string): string {
+  return location.replace(/\s+/g, '').toLowerCase();
+}
+
+export function methodNotAllowed(ctx: ReqCtx): ArmError {
+  return new ArmError(405, 'MethodNotAllowed', `The requested resource does not support http method '${ctx.method}'.`);
+}
+
+export function unknownRoute(ctx: ReqCtx): ArmError {
+  return new ArmError(
+    400,
+    'InvalidResourceType',
+    `The resource type could not be found for ${ctx.method} ${ctx.path} with api version '${ctx.apiVersion}' (not modelled by the ARM simulator).`,
+  );
+}

@@ -1,0 +1,592 @@
+/** Microsoft.Network (network interfaces, virtual networks, subnets) and Microsoft.Storage accounts. */
+import { methodNotAllowed, normLocation, unknownRoute, type Reply, type ReqCtx } from './common';
+import type { ArmSim } from './engine';
+import { ArmError, resourceNotFound } from './errors';
+import { key, type NicIpConfigRec, type NicRec, type OperationRec, type StorageAccountRec, type SubnetRec, type VnetRec } from './state';
+import {
+  canonicalJson,
+  checkResourceName,
+  enumValue,
+  intToIp,
+  ipInCidr,
+  ipToInt,
+  objectAt,
+  optArray,
+  optBoolean,
+  optObject,
+  optString,
+  optTags,
+  parseCidr,
+  parseResourceId,
+  randomMac,
+  resourceId,
+  uuid,
+  type Json,
+} from './util';
+
+const NETWORK = 'Microsoft.Network';
+const NIC_MODELLED = ['ipConfigurations', 'enableAcceleratedNetworking'];
+const NIC_READONLY = [
+  'provisioningState',
+  'resourceGuid',
+  'macAddress',
+  'virtualMachine',
+  'primary',
+  'hostedWorkloads',
+  'tapConfigurations',
+  'vnetEncryptionSupported',
+  'privateEndpoint',
+  'dscpConfiguration',
+  'defaultOutboundConnectivityEnabled',
+];
+
+function requestFormat(message: string): ArmError {
+  return new ArmError(400, 'InvalidRequestFormat', message);
+}
+
+// ---- network interfaces --------------------------------------------------------------------------
+
+export function nicsRoute(sim: ArmSim, ctx: ReqCtx, rg: string, name: string | undefined, rest: string[]): Reply {
+  const rgName = sim.requireResourceGroup(rg).name;
+  if (name === undefined) {
+    if (ctx.method !== 'GET') throw methodNotAllowed(ctx);
+    return { status: 200, body: { value: listByType(sim, 'microsoft.network/networkinterfaces', rgName) } };
+  }
+  if (rest.length > 0) throw unknownRoute(ctx);
+  const id = resourceId(sim.subscriptionId, rgName, NETWORK, 'networkInterfaces', name);
+  const k = key(id);
+  // Reads observe a running operation; writes first let it finish (one operation per resource at a time).
+  if (ctx.method !== 'GET') sim.settleResource(k);
+  const existing = sim.state.nics[k];
+  switch (ctx.method) {
+    case 'GET':
+      if (!existing) throw resourceNotFound('Microsoft.Network/networkInterfaces', name, rgName);
+      return { status: 200, body: renderNic(sim, existing) };
+    case 'PUT':
+      checkResourceName(name, 'networkInterfaces');
+      return putNic(sim, ctx, id, rgName, name, existing);
+    case 'DELETE': {
+      if (!existing) return { status: 204 };
+      if (existing.virtualMachineId) {
+        const vm = sim.state.vms[existing.virtualMachineId];
+        throw new ArmError(
+          400,
+          'NicInUse',
+          `Network Interface ${existing.id} is used by existing resource ${vm?.id ?? existing.virtualMachineId}. In order to delete the network interface, it must be dissociated from the resource. To learn more, see aka.ms/deletenic.`,
+        );
+      }
+      existing.provisioningState = 'Deleting';
+      const op = sim.startOperation(ctx, { provider: NETWORK, location: existing.location, kind: 'nicDelete', resourceKey: k, action: 'DELETE' });
+      sim.save();
+      return { status: 202, headers: sim.operationHeaders(ctx, op) };
+    }
+    default:
+      throw methodNotAllowed(ctx);
+  }
+}
+
+interface IpConfigSpec {
+  name: string;
+  subnetId: string;
+  method: 'Dynamic' | 'Static';
+  address?: string;
+  primary?: boolean;
+}
+
+function putNic(sim: ArmSim, ctx: ReqCtx, id: string, rgName: string, name: string, existing: NicRec | undefined): Reply {
+  const body = objectAt(ctx.body, 'body');
+  const location = optString(body.location, 'location');
+  if (!location) throw new ArmError(400, 'LocationRequired', 'The location property is required for this definition.');
+  const loc = normLocation(location);
+  if (existing && existing.location !== loc) {
+    throw new ArmError(
+      409,
+      'InvalidResourceLocation',
+      `The resource '${name}' already exists in location '${existing.location}' in resource group '${rgName}'. A resource with the same name cannot be created in location '${loc}'. Please select a new resource name.`,
+    );
+  }
+  const props = objectAt(body.properties, 'properties');
+  const raw = optArray(props.ipConfigurations, 'ipConfigurations') ?? [];
+  if (raw.length === 0) throw requestFormat(`Network interface ${id} must have at least one IP configuration.`);
+  const specs: IpConfigSpec[] = raw.map((r, i) => {
+    const c = objectAt(r, `ipConfigurations[${i}]`);
+    const cname = optString(c.name, `ipConfigurations[${i}].name`);
+    if (!cname) throw requestFormat(`IP configuration ${i} of network interface ${id} has no name.`);
+    const cp = objectAt(c.properties, `ipConfigurations[${i}].properties`);
+    const subnetId = optString(optObject(cp.subnet, 'subnet')?.id, `ipConfigurations[${i}].properties.subnet.id`);
+    if (!subnetId) throw requestFormat(`IP configuration ${cname} of network interface ${id} must reference a subnet.`);
+    const methodRaw = optString(cp.privateIPAllocationMethod, 'privateIPAllocationMethod');
+    const method = enumValue(methodRaw, ['Dynamic', 'Static'] as const);
+    if (methodRaw !== undefined && !method) throw requestFormat(`Invalid privateIPAllocationMethod '${methodRaw}'.`);
+    return {
+      name: cname,
+      subnetId,
+      method: method ?? 'Dynamic',
+      address: optString(cp.privateIPAddress, 'privateIPAddress'),
+      primary: optBoolean(cp.primary, 'primary'),
+    };
+  });
+  const names = new Set<string>();
+  for (const s of specs) {
+    if (names.has(s.name.toLowerCase())) throw requestFormat(`IP configuration name ${s.name} is used more than once.`);
+    names.add(s.name.toLowerCase());
+  }
+  if (specs.length > 1 && specs.filter((s) => s.primary === true).length !== 1) {
+    throw requestFormat(`Network interface ${id} has multiple IP configurations; exactly one of them must be primary.`);
+  }
+
+  const ipConfigurations: NicIpConfigRec[] = [];
+  const taken = new Set<number>();
+  for (const s of specs) {
+    const { vnet, subnet } = lookupSubnet(sim, s.subnetId, id, loc);
+    const subnetKey = key(`${vnet.id}/subnets/${subnet.name}`);
+    const prefix = parseCidr(subnet.addressPrefix);
+    if (!prefix) throw new ArmError(400, 'InvalidAddressPrefixFormat', `Subnet ${subnet.name} has an invalid address prefix.`);
+    const used = usedAddresses(sim, subnetKey, key(id));
+    for (const t of taken) used.set(t, id);
+    const previous = existing?.ipConfigurations.find(
+      (c) => c.name.toLowerCase() === s.name.toLowerCase() && key(c.subnetId) === subnetKey,
+    );
+    let address: string;
+    if (s.method === 'Static') {
+      if (!s.address) throw requestFormat(`IP configuration ${s.name} uses Static allocation but has no privateIPAddress.`);
+      if (!ipInCidr(s.address, subnet.addressPrefix)) {
+        throw new ArmError(
+          400,
+          'PrivateIPAddressNotInSubnet',
+          `Private static IP address ${s.address} does not belong to the range of subnet prefix ${subnet.addressPrefix}.`,
+        );
+      }
+      const n = ipToInt(s.address);
+      if (n < prefix.base + 4 || n === prefix.base + prefix.size - 1) {
+        throw new ArmError(
+          400,
+          'PrivateIPAddressIsReserved',
+          `IP address ${s.address} is reserved for Azure in subnet ${subnet.name} (the first four and the last address of a subnet).`,
+        );
+      }
+      const owner = used.get(n);
+      if (owner) {
+        throw new ArmError(
+          400,
+          'PrivateIPAddressInUse',
+          `IP configuration ${id}/ipConfigurations/${s.name} is using the private IP address ${s.address} which is already allocated to resource ${owner}.`,
+        );
+      }
+      address = s.address;
+    } else if (previous && previous.privateIPAllocationMethod === 'Dynamic') {
+      address = previous.privateIPAddress;
+    } else {
+      let n = prefix.base + 4;
+      const last = prefix.base + prefix.size - 2;
+      while (n <= last && used.has(n)) n++;
+      if (n > last) {
+        throw new ArmError(
+          400,
+          'SubnetIsFull',
+          `Subnet ${subnet.name} with address prefix ${subnet.addressPrefix} does not have enough capacity for 1 IP addresses.`,
+        );
+      }
+      address = intToIp(n);
+    }
+    taken.add(ipToInt(address));
+    ipConfigurations.push({
+      name: s.name,
+      subnetId: `${vnet.id}/subnets/${subnet.name}`,
+      privateIPAddress: address,
+      privateIPAllocationMethod: s.method,
+      primary: specs.length === 1 ? true : s.primary === true,
+    });
+  }
+  const extra = withoutKeys(props, [...NIC_MODELLED, ...NIC_READONLY]);
+  const model = {
+    tags: optTags(body.tags),
+    ipConfigurations,
+    enableAcceleratedNetworking: optBoolean(props.enableAcceleratedNetworking, 'enableAcceleratedNetworking') ?? false,
+    extraProperties: Object.keys(extra).length ? extra : undefined,
+  };
+  const k = key(id);
+  if (existing) {
+    const before = {
+      tags: existing.tags,
+      ipConfigurations: existing.ipConfigurations,
+      enableAcceleratedNetworking: existing.enableAcceleratedNetworking,
+      extraProperties: existing.extraProperties,
+    };
+    if (canonicalJson(before) === canonicalJson(model) && existing.provisioningState === 'Succeeded') {
+      return { status: 200, body: renderNic(sim, existing) };
+    }
+    Object.assign(existing, model);
+    existing.provisioningState = 'Updating';
+    const op = sim.startOperation(ctx, { provider: NETWORK, location: loc, kind: 'nicPut', resourceKey: k, action: 'PUT' });
+    sim.save();
+    return { status: 200, body: renderNic(sim, existing), headers: sim.operationHeaders(ctx, op, false) };
+  }
+  const rec: NicRec = {
+    id,
+    name,
+    resourceGroup: rgName,
+    location: loc,
+    ...model,
+    macAddress: randomMac(),
+    resourceGuid: uuid(),
+    provisioningState: 'Updating',
+  };
+  sim.state.nics[k] = rec;
+  const op = sim.startOperation(ctx, { provider: NETWORK, location: loc, kind: 'nicPut', resourceKey: k, action: 'PUT' });
+  sim.save();
+  return { status: 201, body: renderNic(sim, rec), headers: sim.operationHeaders(ctx, op, false) };
+}
+
+function lookupSubnet(sim: ArmSim, subnetId: string, referencedBy: string, location: string): { vnet: VnetRec; subnet: SubnetRec } {
+  const notFound = () =>
+    new ArmError(
+      400,
+      'InvalidResourceReference',
+      `Resource ${subnetId} referenced by resource ${referencedBy} was not found. Please make sure that the referenced resource exists, and that both resources are in the same region.`,
+      { details: [{ code: 'NotFound', message: `Resource ${subnetId} not found.` }] },
+    );
+  const p = parseResourceId(subnetId);
+  if (!p || p.children.length !== 1 || p.children[0].type.toLowerCase() !== 'subnets') throw notFound();
+  const vnet = sim.state.vnets[key(resourceId(p.subscriptionId, p.resourceGroup, p.provider, p.type, p.name))];
+  const subnet = vnet?.subnets.find((s) => s.name.toLowerCase() === p.children[0].name.toLowerCase());
+  if (!vnet || !subnet || vnet.location !== location) throw notFound();
+  return { vnet, subnet };
+}
+
+/** Addresses in use in a subnet, mapped to the id of the NIC holding them. */
+function usedAddresses(sim: ArmSim, subnetKey: string, exceptNicKey?: string): Map<number, string> {
+  const used = new Map<number, string>();
+  for (const [k, nic] of Object.entries(sim.state.nics)) {
+    if (k === exceptNicKey) continue;
+    for (const c of nic.ipConfigurations) if (key(c.subnetId) === subnetKey) used.set(ipToInt(c.privateIPAddress), nic.id);
+  }
+  return used;
+}
+
+export function renderNic(sim: ArmSim, n: NicRec): Json {
+  const vm = n.virtualMachineId ? sim.state.vms[n.virtualMachineId] : undefined;
+  const props: Json = {
+    ...(n.extraProperties ?? {}),
+    provisioningState: n.provisioningState,
+    resourceGuid: n.resourceGuid,
+    ipConfigurations: n.ipConfigurations.map((c) => ({
+      id: `${n.id}/ipConfigurations/${c.name}`,
+      name: c.name,
+      type: 'Microsoft.Network/networkInterfaces/ipConfigurations',
+      properties: {
+        provisioningState: n.provisioningState === 'Deleting' ? 'Deleting' : 'Succeeded',
+        privateIPAddress: c.privateIPAddress,
+        privateIPAllocationMethod: c.privateIPAllocationMethod,
+        subnet: { id: c.subnetId },
+        primary: c.primary,
+        privateIPAddressVersion: 'IPv4',
+      },
+    })),
+    dnsSettings: { dnsServers: [], appliedDnsServers: [] },
+    macAddress: n.macAddress,
+    enableAcceleratedNetworking: n.enableAcceleratedNetworking,
+    enableIPForwarding: false,
+    vnetEncryptionSupported: false,
+    hostedWorkloads: [],
+    tapConfigurations: [],
+    nicType: 'Standard',
+  };
+  if (vm) {
+    props.virtualMachine = { id: vm.id };
+    const ref = vm.nics.find((x) => x.id === key(n.id));
+    props.primary = vm.nics.length === 1 || ref?.primary === true;
+  }
+  return {
+    id: n.id,
+    name: n.name,
+    type: 'Microsoft.Network/networkInterfaces',
+    location: n.location,
+    tags: n.tags,
+    etag: `W/"${n.resourceGuid}"`,
+    properties: props,
+  };
+}
+
+/** Creates a NIC directly (seeding), with the first free dynamic address of the subnet. */
+export function createNicRecord(sim: ArmSim, rgName: string, name: string, location: string, subnetId: string, tags?: Record<string, string>): NicRec {
+  const id = resourceId(sim.subscriptionId, rgName, NETWORK, 'networkInterfaces', name);
+  const existing = sim.state.nics[key(id)];
+  if (existing) return existing;
+  const { vnet, subnet } = lookupSubnet(sim, subnetId, id, normLocation(location));
+  const subnetFull = `${vnet.id}/subnets/${subnet.name}`;
+  const prefix = parseCidr(subnet.addressPrefix);
+  if (!prefix) throw new Error(`subnet ${subnetFull} has a bad prefix`);
+  const used = usedAddresses(sim, key(subnetFull));
+  let n = prefix.base + 4;
+  while (used.has(n)) n++;
+  const rec: NicRec = {
+    id,
+    name,
+    resourceGroup: rgName,
+    location: normLocation(location),
+    tags,
+    ipConfigurations: [
+      { name: 'ipconfig1', subnetId: subnetFull, privateIPAddress: intToIp(n), privateIPAllocationMethod: 'Dynamic', primary: true },
+    ],
+    macAddress: randomMac(),
+    enableAcceleratedNetworking: false,
+    resourceGuid: uuid(),
+    provisioningState: 'Succeeded',
+  };
+  sim.state.nics[key(id)] = rec;
+  return rec;
+}
+
+// ---- virtual networks ----------------------------------------------------------------------------
+
+export function vnetsRoute(sim: ArmSim, ctx: ReqCtx, rg: string, name: string | undefined, restRaw: string[]): Reply {
+  const rgName = sim.requireResourceGroup(rg).name;
+  if (name === undefined) {
+    if (ctx.method !== 'GET') throw methodNotAllowed(ctx);
+    return { status: 200, body: { value: listByType(sim, 'microsoft.network/virtualnetworks', rgName) } };
+  }
+  const id = resourceId(sim.subscriptionId, rgName, NETWORK, 'virtualNetworks', name);
+  const k = key(id);
+  // Reads observe a running operation; writes first let it finish (one operation per resource at a time).
+  if (ctx.method !== 'GET') sim.settleResource(k);
+  const vnet = sim.state.vnets[k];
+  const need = (): VnetRec => {
+    if (!vnet) throw resourceNotFound('Microsoft.Network/virtualNetworks', name, rgName);
+    return vnet;
+  };
+  if (restRaw.length === 0) {
+    if (ctx.method === 'GET') return { status: 200, body: renderVnet(sim, need()) };
+    if (ctx.method === 'PUT') {
+      checkResourceName(name, 'virtualNetworks');
+      return putVnet(sim, ctx, id, rgName, name, vnet);
+    }
+    throw methodNotAllowed(ctx);
+  }
+  if (restRaw[0].toLowerCase() !== 'subnets' || restRaw.length > 2) throw unknownRoute(ctx);
+  const v = need();
+  if (restRaw.length === 1) {
+    if (ctx.method !== 'GET') throw methodNotAllowed(ctx);
+    return { status: 200, body: { value: v.subnets.map((s) => renderSubnet(sim, v, s)) } };
+  }
+  const subnetName = restRaw[1];
+  const subnet = v.subnets.find((s) => s.name.toLowerCase() === subnetName.toLowerCase());
+  if (ctx.method === 'GET') {
+    if (!subnet) throw resourceNotFound('Microsoft.Network/virtualNetworks/subnets', `${v.name}/${subnetName}`, rgName);
+    return { status: 200, body: renderSubnet(sim, v, subnet) };
+  }
+  if (ctx.method === 'PUT') {
+    const body = objectAt(ctx.body, 'body');
+    const prefix = optString(objectAt(body.properties, 'properties').addressPrefix, 'addressPrefix');
+    if (!prefix) throw requestFormat(`Subnet ${subnetName} must have an addressPrefix.`);
+    checkSubnetPrefix(v, subnetName, prefix);
+    if (subnet && subnet.addressPrefix === prefix) return { status: 200, body: renderSubnet(sim, v, subnet) };
+    if (subnet) {
+      if (subnetInUse(sim, v, subnet)) {
+        throw new ArmError(400, 'InUseSubnetCannotBeUpdated', `Subnet ${subnet.name} is in use and its address prefix cannot be changed.`);
+      }
+      subnet.addressPrefix = prefix;
+    } else {
+      v.subnets.push({ name: subnetName, addressPrefix: prefix });
+    }
+    v.provisioningState = 'Updating';
+    const op = sim.startOperation(ctx, { provider: NETWORK, location: v.location, kind: 'vnetPut', resourceKey: k, action: 'PUT' });
+    sim.save();
+    const sn = v.subnets.find((s) => s.name.toLowerCase() === subnetName.toLowerCase()) as SubnetRec;
+    return { status: subnet ? 200 : 201, body: renderSubnet(sim, v, sn), headers: sim.operationHeaders(ctx, op, false) };
+  }
+  throw methodNotAllowed(ctx);
+}
+
+function checkSubnetPrefix(v: VnetRec, subnetName: string, prefix: string): void {
+  const c = parseCidr(prefix);
+  if (!c) throw new ArmError(400, 'InvalidAddressPrefixFormat', `Address prefix ${prefix} of subnet ${subnetName} is not formatted correctly.`);
+  const inside = v.addressPrefixes.some((vp) => {
+    const p = parseCidr(vp);
+    return p !== undefined && c.base >= p.base && c.base + c.size <= p.base + p.size;
+  });
+  if (!inside) {
+    throw new ArmError(
+      400,
+      'NetcfgSubnetRangeOutsideVnet',
+      `Subnet '${subnetName}' is not valid because its IP address range is outside the IP address range of virtual network '${v.name}'.`,
+    );
+  }
+}
+
+function subnetInUse(sim: ArmSim, v: VnetRec, s: SubnetRec): boolean {
+  return usedAddresses(sim, key(`${v.id}/subnets/${s.name}`)).size > 0;
+}
+
+function putVnet(sim: ArmSim, ctx: ReqCtx, id: string, rgName: string, name: string, existing: VnetRec | undefined): Reply {
+  const body = objectAt(ctx.body, 'body');
+  const location = optString(body.location, 'location');
+  if (!location) throw new ArmError(400, 'LocationRequired', 'The location property is required for this definition.');
+  const props = objectAt(body.properties, 'properties');
+  const prefixes = (optArray(optObject(props.addressSpace, 'addressSpace')?.addressPrefixes, 'addressPrefixes') ?? []).map(String);
+  if (prefixes.length === 0 || prefixes.some((p) => !parseCidr(p))) {
+    throw new ArmError(400, 'InvalidAddressPrefixFormat', `Virtual network ${name} needs valid address prefixes in addressSpace.addressPrefixes.`);
+  }
+  const subnets: SubnetRec[] = (optArray(props.subnets, 'subnets') ?? []).map((r, i) => {
+    const s = objectAt(r, `subnets[${i}]`);
+    const sname = optString(s.name, `subnets[${i}].name`);
+    const prefix = optString(objectAt(s.properties, 'properties').addressPrefix, 'addressPrefix');
+    if (!sname || !prefix) throw requestFormat(`Subnet ${i} of virtual network ${name} needs a name and an addressPrefix.`);
+    return { name: sname, addressPrefix: prefix };
+  });
+  const draft: VnetRec = {
+    id,
+    name,
+    resourceGroup: rgName,
+    location: normLocation(location),
+    tags: optTags(body.tags),
+    addressPrefixes: prefixes,
+    subnets,
+    resourceGuid: existing?.resourceGuid ?? uuid(),
+    provisioningState: 'Updating',
+  };
+  for (const s of subnets) checkSubnetPrefix(draft, s.name, s.addressPrefix);
+  if (existing) {
+    for (const s of existing.subnets) {
+      const kept = subnets.find((x) => x.name.toLowerCase() === s.name.toLowerCase());
+      if ((!kept || kept.addressPrefix !== s.addressPrefix) && subnetInUse(sim, existing, s)) {
+        throw new ArmError(
+          400,
+          'InUseSubnetCannotBeDeleted',
+          `Subnet ${s.name} is in use by network interfaces and cannot be deleted or changed. In order to delete the subnet, delete all the resources within the subnet.`,
+        );
+      }
+    }
+  }
+  const k = key(id);
+  sim.state.vnets[k] = draft;
+  const op = sim.startOperation(ctx, { provider: NETWORK, location: draft.location, kind: 'vnetPut', resourceKey: k, action: 'PUT' });
+  sim.save();
+  return { status: existing ? 200 : 201, body: renderVnet(sim, draft), headers: sim.operationHeaders(ctx, op, false) };
+}
+
+export function renderSubnet(sim: ArmSim, v: VnetRec, s: SubnetRec): Json {
+  const id = `${v.id}/subnets/${s.name}`;
+  const ipConfigurations: Json[] = [];
+  for (const nic of Object.values(sim.state.nics)) {
+    for (const c of nic.ipConfigurations) if (key(c.subnetId) === key(id)) ipConfigurations.push({ id: `${nic.id}/ipConfigurations/${c.name}` });
+  }
+  return {
+    id,
+    name: s.name,
+    type: 'Microsoft.Network/virtualNetworks/subnets',
+    etag: `W/"${v.resourceGuid}"`,
+    properties: {
+      provisioningState: 'Succeeded',
+      addressPrefix: s.addressPrefix,
+      ipConfigurations,
+      delegations: [],
+      privateEndpointNetworkPolicies: 'Disabled',
+      privateLinkServiceNetworkPolicies: 'Enabled',
+    },
+  };
+}
+
+export function renderVnet(sim: ArmSim, v: VnetRec): Json {
+  return {
+    id: v.id,
+    name: v.name,
+    type: 'Microsoft.Network/virtualNetworks',
+    location: v.location,
+    tags: v.tags,
+    etag: `W/"${v.resourceGuid}"`,
+    properties: {
+      provisioningState: v.provisioningState,
+      resourceGuid: v.resourceGuid,
+      addressSpace: { addressPrefixes: v.addressPrefixes },
+      subnets: v.subnets.map((s) => renderSubnet(sim, v, s)),
+      virtualNetworkPeerings: [],
+      enableDdosProtection: false,
+    },
+  };
+}
+
+// ---- storage accounts ----------------------------------------------------------------------------
+
+export function storageAccountsRoute(sim: ArmSim, ctx: ReqCtx, rg: string, name: string | undefined, rest: string[]): Reply {
+  const rgName = sim.requireResourceGroup(rg).name;
+  if (name === undefined) {
+    if (ctx.method !== 'GET') throw methodNotAllowed(ctx);
+    return { status: 200, body: { value: listByType(sim, 'microsoft.storage/storageaccounts', rgName) } };
+  }
+  const id = resourceId(sim.subscriptionId, rgName, 'Microsoft.Storage', 'storageAccounts', name);
+  const acct = sim.state.storageAccounts[key(id)];
+  if (!acct) throw resourceNotFound('Microsoft.Storage/storageAccounts', name, rgName);
+  if (rest.length === 0 && ctx.method === 'GET') return { status: 200, body: renderStorageAccount(acct) };
+  if (rest.length === 1 && rest[0] === 'listkeys' && ctx.method === 'POST') {
+    return {
+      status: 200,
+      body: {
+        keys: [
+          { keyName: 'key1', value: acct.blobAccountKey, permissions: 'FULL' },
+          { keyName: 'key2', value: acct.blobAccountKey, permissions: 'FULL' },
+        ],
+      },
+    };
+  }
+  if (rest.length === 0) throw methodNotAllowed(ctx);
+  throw unknownRoute(ctx);
+}
+
+export function renderStorageAccount(a: StorageAccountRec): Json {
+  return {
+    id: a.id,
+    name: a.name,
+    type: 'Microsoft.Storage/storageAccounts',
+    location: a.location,
+    kind: 'StorageV2',
+    sku: { name: 'Standard_LRS', tier: 'Standard' },
+    properties: {
+      provisioningState: 'Succeeded',
+      primaryEndpoints: { blob: a.blobEndpoint },
+      primaryLocation: a.location,
+      statusOfPrimary: 'available',
+      accessTier: 'Hot',
+      supportsHttpsTrafficOnly: a.blobEndpoint.startsWith('https:'),
+      allowBlobPublicAccess: false,
+      minimumTlsVersion: 'TLS1_2',
+    },
+  };
+}
+
+// ---- shared --------------------------------------------------------------------------------------
+
+export function completeOperation(sim: ArmSim, op: OperationRec, failed: boolean): void {
+  if (op.kind === 'nicPut' || op.kind === 'nicDelete') {
+    const nic = sim.state.nics[op.resourceKey];
+    if (!nic) return;
+    if (op.kind === 'nicDelete' && !failed) {
+      delete sim.state.nics[op.resourceKey];
+      return;
+    }
+    nic.provisioningState = failed ? 'Failed' : 'Succeeded';
+    op.result = renderNic(sim, nic);
+    return;
+  }
+  if (op.kind === 'vnetPut') {
+    const v = sim.state.vnets[op.resourceKey];
+    if (!v) return;
+    v.provisioningState = failed ? 'Failed' : 'Succeeded';
+    op.result = renderVnet(sim, v);
+  }
+}
+
+export function listByType(sim: ArmSim, type: string, rgName: string | undefined): Json[] | undefined {
+  const inRg = (r: { resourceGroup: string }) => rgName === undefined || key(r.resourceGroup) === key(rgName);
+  if (type === 'microsoft.network/networkinterfaces') return Object.values(sim.state.nics).filter(inRg).map((n) => renderNic(sim, n));
+  if (type === 'microsoft.network/virtualnetworks') return Object.values(sim.state.vnets).filter(inRg).map((v) => renderVnet(sim, v));
+  if (type === 'microsoft.storage/storageaccounts') return Object.values(sim.state.storageAccounts).filter(inRg).map(renderStorageAccount);
+  return undefined;
+}
+
+function withoutKeys(o: Json, keys: string[]): Json {
+  const drop = new Set(keys.map((k) => k.toLowerCase()));
+  const out: Json = {};
+  for (const [k, v] of Object.entries(o)) if (!drop.has(k.toLowerCase()) && v !== undefined) out[k] = v;
+  return out;
+}
