@@ -1,2 +1,3 @@
 export * from './lab';
 import './inventory';
+import './azure';

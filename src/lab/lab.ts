@@ -314,6 +314,17 @@ export function labStatus(): LabStatus {
         }
       : null,
     blob: s.blob ? { connectionString: s.blob.connectionString, running: pidAlive(s.blob.pid) } : null,
-    azure: s.azure ? { ...s.azure, running: pidAlive(s.azure.pid) } : null,
+    azure: s.azure
+      ? {
+          armEndpoint: s.azure.armEndpoint,
+          subscriptionId: s.azure.subscriptionId,
+          resourceGroup: s.azure.resourceGroup,
+          location: s.azure.location,
+          storageAccountId: s.azure.storageAccountId,
+          subnetId: s.azure.subnetId,
+          caCertPath: s.azure.caCertPath,
+          running: pidAlive(s.azure.pid),
+        }
+      : null,
   };
 }

@@ -432,11 +432,18 @@ describe('ARM simulator driven by the real Azure SDK clients', () => {
       restError('InvalidParameter', 400, /VM size is not valid/),
     );
     await assert.rejects(
-      c.compute.virtualMachines.createOrUpdate(RG, 'web02', { ...web01(), networkProfile: { networkInterfaces: [{ id: nicId('spare-nic') }] } }),
+      c.compute.virtualMachines.createOrUpdate(RG, 'web02', {
+        ...web01(),
+        networkProfile: { networkInterfaces: [{ id: nicId('spare-nic') }] },
+      }),
       restError('OperationNotAllowed', 409, /already attached/),
     );
     await assert.rejects(
-      c.compute.virtualMachines.createOrUpdate(RG, 'web03', { ...gen2OnAv2, hardwareProfile: { vmSize: 'Standard_B2s' }, networkProfile: { networkInterfaces: [{ id: nicId('web01-nic') }] } }),
+      c.compute.virtualMachines.createOrUpdate(RG, 'web03', {
+        ...gen2OnAv2,
+        hardwareProfile: { vmSize: 'Standard_B2s' },
+        networkProfile: { networkInterfaces: [{ id: nicId('web01-nic') }] },
+      }),
       restError('NicInUse', 400),
     );
     await assert.rejects(c.compute.virtualMachines.get(RG, 'gen2vm'), restError('ResourceNotFound', 404));
@@ -493,7 +500,11 @@ describe('ARM simulator driven by the real Azure SDK clients', () => {
     assert.equal(res.value?.[0].code, 'ProvisioningState/succeeded');
     assert.match(res.value?.[0].message ?? '', /^Enable succeeded: \n\[stdout\]\nweb01\n\[stderr\]\n/);
     const recorded = await request<{ runCommands: Array<{ vmName: string; script: string[] }> }>(sim, 'GET', '/_admin/runCommands');
-    assert.deepEqual(recorded.body.runCommands.at(-1), { ...recorded.body.runCommands.at(-1), vmName: 'web01', script: ['hostname', 'uname -r'] });
+    assert.deepEqual(recorded.body.runCommands.at(-1), {
+      ...recorded.body.runCommands.at(-1),
+      vmName: 'web01',
+      script: ['hostname', 'uname -r'],
+    });
 
     const win = await c.compute.virtualMachines.runCommand(RG, 'legacy01', { commandId: 'RunPowerShellScript', script: ['Get-Disk'] });
     assert.deepEqual(
@@ -550,7 +561,10 @@ describe('ARM simulator driven by the real Azure SDK clients', () => {
         { method: 'GET', pathPattern: '/disks/scratch$', kind: 'transient', status: 500, count: 1 },
       ],
     });
-    assert.deepEqual(set.body.rules.map((r) => r.kind), ['throttle', 'transient', 'transient']);
+    assert.deepEqual(
+      set.body.rules.map((r) => r.kind),
+      ['throttle', 'transient', 'transient'],
+    );
     assert.equal((await request(sim, 'POST', '/_admin/faults', { rules: [{ kind: 'nonsense' }] })).status, 400);
     const vm = await c.compute.virtualMachines.get(RG, 'web01');
     assert.equal(vm.name, 'web01');
@@ -561,17 +575,29 @@ describe('ARM simulator driven by the real Azure SDK clients', () => {
     assert.equal(nic.provisioningState, 'Succeeded');
     assert.equal((await c.compute.disks.get(RG, 'scratch')).name, 'scratch');
     const fired = await request<{ rules: Array<{ fired: number }> }>(sim, 'GET', '/_admin/faults');
-    assert.deepEqual(fired.body.rules.map((r) => r.fired), [2, 1, 1]);
+    assert.deepEqual(
+      fired.body.rules.map((r) => r.fired),
+      [2, 1, 1],
+    );
     await request(sim, 'DELETE', '/_admin/faults');
 
     const entries = await logSince(sim, seq);
     const vmGets = entries.filter((e) => e.method === 'GET' && e.path.endsWith('/virtualMachines/web01'));
-    assert.deepEqual(vmGets.map((e) => e.status), [429, 429, 200]);
+    assert.deepEqual(
+      vmGets.map((e) => e.status),
+      [429, 429, 200],
+    );
     assert.ok(vmGets.slice(0, 2).every((e) => e.fault === 'throttle'));
     const nicPuts = entries.filter((e) => e.method === 'PUT' && e.path.endsWith('/retry-nic'));
-    assert.deepEqual(nicPuts.map((e) => e.status), [503, 201]);
+    assert.deepEqual(
+      nicPuts.map((e) => e.status),
+      [503, 201],
+    );
     const diskGets = entries.filter((e) => e.path.endsWith('/disks/scratch'));
-    assert.deepEqual(diskGets.map((e) => e.status), [500, 200]);
+    assert.deepEqual(
+      diskGets.map((e) => e.status),
+      [500, 200],
+    );
   });
 
   it('surfaces non-retryable errors: injected quota, real quota, failed operations', async () => {

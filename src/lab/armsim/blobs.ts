@@ -54,11 +54,9 @@ export class BlobInspector {
     const cacheKey = `${account.blobEndpoint}|${account.blobAccountName}`;
     let c = this.clients.get(cacheKey);
     if (!c) {
-      c = new BlobServiceClient(
-        account.blobEndpoint,
-        new StorageSharedKeyCredential(account.blobAccountName, account.blobAccountKey),
-        { retryOptions: { maxTries: 2 } },
-      );
+      c = new BlobServiceClient(account.blobEndpoint, new StorageSharedKeyCredential(account.blobAccountName, account.blobAccountKey), {
+        retryOptions: { maxTries: 2 },
+      });
       this.clients.set(cacheKey, c);
     }
     return c;

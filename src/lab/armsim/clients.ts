@@ -48,9 +48,7 @@ export function createArmClients(opts: ArmClientsOptions): ArmClients {
   if (!opts.endpoint && !opts.credential) throw new Error('createArmClients: a credential is required for real Azure');
   const credential = opts.credential ?? stubCredential;
   const insecure = opts.endpoint?.startsWith('http:') ?? false;
-  const agent = opts.caCertPath
-    ? new https.Agent({ ca: fs.readFileSync(opts.caCertPath), keepAlive: true })
-    : undefined;
+  const agent = opts.caCertPath ? new https.Agent({ ca: fs.readFileSync(opts.caCertPath), keepAlive: true }) : undefined;
   const common = {
     ...(agent ? { agent } : {}),
     ...(insecure ? { allowInsecureConnection: true } : {}),

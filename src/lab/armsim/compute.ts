@@ -2,14 +2,7 @@
 import { blobPathInAccount } from './blobs';
 import { methodNotAllowed, normLocation, unknownRoute, type Reply, type ReqCtx } from './common';
 import type { ArmSim } from './engine';
-import {
-  ArmError,
-  badRequest,
-  invalidParameter,
-  missingParameter,
-  operationNotAllowed,
-  resourceNotFound,
-} from './errors';
+import { ArmError, badRequest, invalidParameter, missingParameter, operationNotAllowed, resourceNotFound } from './errors';
 import { findVmSize, VM_SIZES, type VmSizeInfo } from './sizes';
 import {
   key,
@@ -39,6 +32,7 @@ import {
   parseResourceId,
   resourceId,
   uuid,
+  withoutKeys,
   type Json,
 } from './util';
 import { checkVhdBlobSize, checkVhdFooter, parseVhdFooter, type VhdProblem } from './vhd';
@@ -144,7 +138,13 @@ export async function disksRoute(sim: ArmSim, ctx: ReqCtx, rg: string, name: str
         throw operationNotAllowed(`Disk ${existing.name} is attached to VM ${vm?.id ?? existing.managedBy}.`);
       }
       existing.provisioningState = 'Deleting';
-      const op = sim.startOperation(ctx, { provider: COMPUTE, location: existing.location, kind: 'diskDelete', resourceKey: k, action: 'DELETE' });
+      const op = sim.startOperation(ctx, {
+        provider: COMPUTE,
+        location: existing.location,
+        kind: 'diskDelete',
+        resourceKey: k,
+        action: 'DELETE',
+      });
       sim.save();
       return { status: 202, headers: sim.operationHeaders(ctx, op) };
     }
@@ -177,17 +177,26 @@ function parseDiskBody(body: Json): DiskSpec {
   const props = objectAt(body.properties, 'properties');
   const osTypeRaw = optString(props.osType, 'osType');
   const osType = enumValue(osTypeRaw, OS_TYPES);
-  if (osTypeRaw !== undefined && !osType) throw invalidParameter(`The value '${osTypeRaw}' of parameter 'osType' is not allowed. Allowed values are 'Windows', 'Linux'.`, 'osType');
+  if (osTypeRaw !== undefined && !osType)
+    throw invalidParameter(
+      `The value '${osTypeRaw}' of parameter 'osType' is not allowed. Allowed values are 'Windows', 'Linux'.`,
+      'osType',
+    );
   const genRaw = optString(props.hyperVGeneration, 'hyperVGeneration');
   const hyperVGeneration = enumValue(genRaw, GENERATIONS);
-  if (genRaw !== undefined && !hyperVGeneration) throw invalidParameter(`The value '${genRaw}' of parameter 'hyperVGeneration' is not allowed. Allowed values are 'V1', 'V2'.`, 'hyperVGeneration');
+  if (genRaw !== undefined && !hyperVGeneration)
+    throw invalidParameter(
+      `The value '${genRaw}' of parameter 'hyperVGeneration' is not allowed. Allowed values are 'V1', 'V2'.`,
+      'hyperVGeneration',
+    );
   const cd = optObject(props.creationData, 'creationData');
   let creationData: DiskSpec['creationData'];
   if (cd) {
     const opt = optString(cd.createOption, 'creationData.createOption');
     if (!opt) throw missingParameter('createOption', 'BadRequest');
     const createOption = enumValue(opt, DISK_CREATE_OPTIONS);
-    if (!createOption) throw invalidParameter(`The value '${opt}' of parameter 'createOption' is not allowed.`, 'creationData.createOption');
+    if (!createOption)
+      throw invalidParameter(`The value '${opt}' of parameter 'createOption' is not allowed.`, 'creationData.createOption');
     creationData = {
       createOption,
       sourceUri: optString(cd.sourceUri, 'creationData.sourceUri'),
@@ -197,7 +206,10 @@ function parseDiskBody(body: Json): DiskSpec {
   }
   const diskSizeGB = optNumber(props.diskSizeGB, 'diskSizeGB');
   if (diskSizeGB !== undefined && !(Number.isInteger(diskSizeGB) && diskSizeGB > 0 && diskSizeGB <= 32767)) {
-    throw invalidParameter(`The value ${diskSizeGB} of parameter 'diskSizeGB' is out of range. The value must be between 1 and 32767, inclusive.`, 'diskSizeGB');
+    throw invalidParameter(
+      `The value ${diskSizeGB} of parameter 'diskSizeGB' is out of range. The value must be between 1 and 32767, inclusive.`,
+      'diskSizeGB',
+    );
   }
   return {
     location,
@@ -292,7 +304,10 @@ async function checkImportSource(sim: ArmSim, sourceUri: string | undefined, sto
   if (!acct) {
     const p = parseResourceId(storageAccountId);
     if (!p || p.provider.toLowerCase() !== 'microsoft.storage' || p.type.toLowerCase() !== 'storageaccounts') {
-      throw invalidParameter(`The value '${storageAccountId}' of parameter 'storageAccountId' is not a valid storage account resource ID.`, 'storageAccountId');
+      throw invalidParameter(
+        `The value '${storageAccountId}' of parameter 'storageAccountId' is not a valid storage account resource ID.`,
+        'storageAccountId',
+      );
     }
     throw resourceNotFound('Microsoft.Storage/storageAccounts', p.name, p.resourceGroup);
   }
@@ -331,9 +346,13 @@ async function checkImportSource(sim: ArmSim, sourceUri: string | undefined, sto
 function vhdError(p: VhdProblem, uri: string, blob: string): ArmError {
   switch (p.kind) {
     case 'size':
-      return badRequest(`The VHD ${uri} has an unsupported virtual size of ${p.virtualSize} bytes. The size must be a whole number (in MBs).`);
+      return badRequest(
+        `The VHD ${uri} has an unsupported virtual size of ${p.virtualSize} bytes. The size must be a whole number (in MBs).`,
+      );
     case 'tooLarge':
-      return badRequest(`The VHD ${uri} has a virtual size of ${p.virtualSize} bytes, which exceeds the maximum supported disk size of 32 TiB.`);
+      return badRequest(
+        `The VHD ${uri} has a virtual size of ${p.virtualSize} bytes, which exceeds the maximum supported disk size of 32 TiB.`,
+      );
     case 'cookie':
       return badRequest(
         `The specified cookie value in VHD footer indicates that disk '${blob}' with blob ${uri} is not a supported VHD. Disk is expected to have cookie value 'conectix'.`,
@@ -344,7 +363,9 @@ function vhdError(p: VhdProblem, uri: string, blob: string): ArmError {
       );
     case 'diskType': {
       const t = p.diskType === 3 ? 'dynamic' : p.diskType === 4 ? 'differencing' : `type ${p.diskType}`;
-      return badRequest(`The VHD ${uri} is a ${t} VHD. Only fixed VHDs are supported; convert the VHD to the fixed format before importing it.`);
+      return badRequest(
+        `The VHD ${uri} is a ${t} VHD. Only fixed VHDs are supported; convert the VHD to the fixed format before importing it.`,
+      );
     }
     case 'currentSize':
       return badRequest(
@@ -385,7 +406,9 @@ function updateDisk(sim: ArmSim, ctx: ReqCtx, d: DiskRec, spec: DiskSpec, patch 
       );
     }
     if (next.osType !== d.osType || next.hyperVGeneration !== d.hyperVGeneration) {
-      throw operationNotAllowed(`Changing property 'osType' or 'hyperVGeneration' of disk '${d.name}' is not allowed while it is attached to a VM.`);
+      throw operationNotAllowed(
+        `Changing property 'osType' or 'hyperVGeneration' of disk '${d.name}' is not allowed while it is attached to a VM.`,
+      );
     }
   }
   const current = {
@@ -402,7 +425,13 @@ function updateDisk(sim: ArmSim, ctx: ReqCtx, d: DiskRec, spec: DiskSpec, patch 
   if (next.diskSizeGB !== d.diskSizeGB) d.diskSizeBytes = next.diskSizeGB * GiB;
   Object.assign(d, next);
   d.provisioningState = 'Updating';
-  const op = sim.startOperation(ctx, { provider: COMPUTE, location: d.location, kind: 'diskPut', resourceKey: key(d.id), action: patch ? 'PATCH' : 'PUT' });
+  const op = sim.startOperation(ctx, {
+    provider: COMPUTE,
+    location: d.location,
+    kind: 'diskPut',
+    resourceKey: key(d.id),
+    action: patch ? 'PATCH' : 'PUT',
+  });
   sim.save();
   return { status: patch ? 202 : 200, body: renderDisk(sim, d), headers: sim.operationHeaders(ctx, op) };
 }
@@ -583,7 +612,8 @@ function parseVmBody(body: Json, existing: VmRec | undefined): VmSpec {
     if (!diskId) throw missingParameter('osDisk.managedDisk.id');
     const osTypeRaw = optString(od.osType, 'osDisk.osType');
     const osType = enumValue(osTypeRaw, OS_TYPES);
-    if (osTypeRaw !== undefined && !osType) throw invalidParameter(`The value '${osTypeRaw}' of parameter 'osDisk.osType' is not allowed.`, 'osDisk.osType');
+    if (osTypeRaw !== undefined && !osType)
+      throw invalidParameter(`The value '${osTypeRaw}' of parameter 'osDisk.osType' is not allowed.`, 'osDisk.osType');
     osDisk = {
       diskId: key(diskId),
       osType,
@@ -619,7 +649,10 @@ function parseVmBody(body: Json, existing: VmRec | undefined): VmSpec {
   let nics: VmNicRef[];
   const np = optObject(props.networkProfile, 'networkProfile');
   if (np?.networkInterfaceConfigurations !== undefined) {
-    throw invalidParameter('networkInterfaceConfigurations are not supported by the ARM simulator; create the NIC and reference it.', 'networkProfile');
+    throw invalidParameter(
+      'networkInterfaceConfigurations are not supported by the ARM simulator; create the NIC and reference it.',
+      'networkProfile',
+    );
   }
   const ni = optArray(np?.networkInterfaces, 'networkProfile.networkInterfaces');
   if (ni) {
@@ -653,12 +686,16 @@ function parseDataDisk(raw: unknown, i: number): DataDiskSpec {
   const d = objectAt(raw, `dataDisks[${i}]`);
   const lun = optNumber(d.lun, `dataDisks[${i}].lun`);
   if (lun === undefined) throw missingParameter('dataDisk.lun');
-  if (!Number.isInteger(lun) || lun < 0 || lun > 63) throw invalidParameter(`The value ${lun} of parameter 'lun' is out of range. Valid LUNs are 0-63.`, `dataDisks[${i}].lun`);
+  if (!Number.isInteger(lun) || lun < 0 || lun > 63)
+    throw invalidParameter(`The value ${lun} of parameter 'lun' is out of range. Valid LUNs are 0-63.`, `dataDisks[${i}].lun`);
   const opt = optString(d.createOption, `dataDisks[${i}].createOption`);
   if (!opt) throw missingParameter('dataDisk.createOption');
   const createOption = enumValue(opt, ['Attach', 'Empty', 'FromImage', 'Copy', 'Restore'] as const);
   if (createOption !== 'Attach' && createOption !== 'Empty') {
-    throw invalidParameter(`Data disk createOption '${opt}' is not supported by the ARM simulator; use Attach or Empty.`, `dataDisks[${i}].createOption`);
+    throw invalidParameter(
+      `Data disk createOption '${opt}' is not supported by the ARM simulator; use Attach or Empty.`,
+      `dataDisks[${i}].createOption`,
+    );
   }
   const md = optObject(d.managedDisk, `dataDisks[${i}].managedDisk`);
   const diskId = optString(md?.id, `dataDisks[${i}].managedDisk.id`);
@@ -727,7 +764,9 @@ function planVm(sim: ArmSim, vmKey: string, vmName: string, rgName: string, spec
       );
     }
     if (existing.osType !== osType) {
-      throw badRequest(`The OS type '${osType}' of disk '${osDisk.name}' does not match the OS type '${existing.osType}' of virtual machine '${vmName}'.`);
+      throw badRequest(
+        `The OS type '${osType}' of disk '${osDisk.name}' does not match the OS type '${existing.osType}' of virtual machine '${vmName}'.`,
+      );
     }
   }
 
@@ -753,7 +792,11 @@ function planVm(sim: ArmSim, vmKey: string, vmName: string, rgName: string, spec
       const clash = sim.state.disks[newId];
       if (clash) {
         if (clash.managedBy !== vmKey) {
-          throw new ArmError(409, 'Conflict', `Disk '${name}' already exists in resource group '${rgName}'. Attach it with createOption 'Attach'.`);
+          throw new ArmError(
+            409,
+            'Conflict',
+            `Disk '${name}' already exists in resource group '${rgName}'. Attach it with createOption 'Attach'.`,
+          );
         }
         dataDisks.push({ spec: d, disk: clash });
       } else {
@@ -775,7 +818,8 @@ function planVm(sim: ArmSim, vmKey: string, vmName: string, rgName: string, spec
   }
   const nicIds = new Set<string>();
   for (const n of spec.nics) {
-    if (nicIds.has(n.id)) throw invalidParameter(`Network interface ${n.id} is referenced more than once by VM '${vmName}'.`, 'networkProfile');
+    if (nicIds.has(n.id))
+      throw invalidParameter(`Network interface ${n.id} is referenced more than once by VM '${vmName}'.`, 'networkProfile');
     nicIds.add(n.id);
     sim.settleResource(n.id);
     const nic = sim.state.nics[n.id];
@@ -798,9 +842,14 @@ function planVm(sim: ArmSim, vmKey: string, vmName: string, rgName: string, spec
     throw invalidParameter(`Virtual machine ${vmName} must have one network interface set as the primary.`, 'networkProfile');
   }
   if (existing && existing.powerState !== 'deallocated') {
-    const before = existing.nics.map((n) => n.id).sort().join('|');
+    const before = existing.nics
+      .map((n) => n.id)
+      .sort()
+      .join('|');
     if (before !== [...nicIds].sort().join('|')) {
-      throw operationNotAllowed(`Network interfaces of virtual machine ${vmName} can only be added or removed while the VM is deallocated.`);
+      throw operationNotAllowed(
+        `Network interfaces of virtual machine ${vmName} can only be added or removed while the VM is deallocated.`,
+      );
     }
   }
 
@@ -938,9 +987,7 @@ function vmModel(vm: VmRec): unknown {
     tags: vm.tags ?? null,
     vmSize: vm.vmSize.toLowerCase(),
     osDisk: [vm.osDisk.diskId, vm.osDisk.caching, vm.osDisk.deleteOption],
-    dataDisks: [...vm.dataDisks]
-      .sort((a, b) => (a.lun ?? 0) - (b.lun ?? 0))
-      .map((d) => [d.lun, d.diskId, d.caching, d.deleteOption]),
+    dataDisks: [...vm.dataDisks].sort((a, b) => (a.lun ?? 0) - (b.lun ?? 0)).map((d) => [d.lun, d.diskId, d.caching, d.deleteOption]),
     nics: vm.nics.map((n) => [n.id, n.primary ?? null, n.deleteOption ?? null]),
     extra: vm.extraProperties ?? {},
   };
@@ -1069,7 +1116,10 @@ async function runCommand(sim: ArmSim, ctx: ReqCtx, vm: VmRec): Promise<Reply> {
   const allowed: readonly string[] = vm.osType === 'Linux' ? LINUX_COMMANDS : WINDOWS_COMMANDS;
   const canonical = allowed.find((c) => c.toLowerCase() === commandId.toLowerCase());
   if (!canonical) {
-    throw invalidParameter(`The command '${commandId}' is not available for ${vm.osType} virtual machines. Available commands: ${allowed.join(', ')}.`, 'commandId');
+    throw invalidParameter(
+      `The command '${commandId}' is not available for ${vm.osType} virtual machines. Available commands: ${allowed.join(', ')}.`,
+      'commandId',
+    );
   }
   const script = (optArray(body.script, 'script') ?? []).map((line, i) => {
     if (typeof line !== 'string') throw invalidParameter(`script[${i}] must be a string`, 'script');
@@ -1080,7 +1130,9 @@ async function runCommand(sim: ArmSim, ctx: ReqCtx, vm: VmRec): Promise<Reply> {
     return { name: String(o.name ?? ''), value: String(o.value ?? '') };
   });
   if (vm.powerState === 'deallocated' || vm.powerState === 'deallocating') {
-    throw operationNotAllowed(`Operation 'RunCommand' is not allowed on VM '${vm.name}' since the VM is deallocated or marked to be deallocated.`);
+    throw operationNotAllowed(
+      `Operation 'RunCommand' is not allowed on VM '${vm.name}' since the VM is deallocated or marked to be deallocated.`,
+    );
   }
   if (vm.powerState !== 'running' && vm.powerState !== 'starting') {
     throw operationNotAllowed('The operation requires the VM to be running (or set to run).');
@@ -1139,7 +1191,14 @@ function runCommandResult(osType: OsType, out: { stdout: string; stderr: string;
     };
   }
   return {
-    value: [{ code: 'ProvisioningState/succeeded', level: 'Info', displayStatus: 'Provisioning succeeded', message: `Enable succeeded: ${streams}` }],
+    value: [
+      {
+        code: 'ProvisioningState/succeeded',
+        level: 'Info',
+        displayStatus: 'Provisioning succeeded',
+        message: `Enable succeeded: ${streams}`,
+      },
+    ],
   };
 }
 
@@ -1283,9 +1342,7 @@ export function renderStorageProfile(sim: ArmSim, vm: VmRec): Json {
   };
   return {
     osDisk: { osType: vm.osType, ...ref(vm.osDisk) },
-    dataDisks: [...vm.dataDisks]
-      .sort((a, b) => (a.lun ?? 0) - (b.lun ?? 0))
-      .map((d) => ({ lun: d.lun, ...ref(d), toBeDetached: false })),
+    dataDisks: [...vm.dataDisks].sort((a, b) => (a.lun ?? 0) - (b.lun ?? 0)).map((d) => ({ lun: d.lun, ...ref(d), toBeDetached: false })),
     diskControllerType: 'SCSI',
   };
 }
@@ -1378,9 +1435,14 @@ export function renderVmSize(z: VmSizeInfo): Json {
 
 export function listByType(sim: ArmSim, type: string, rgName: string | undefined): Json[] | undefined {
   const inRg = (r: { resourceGroup: string }) => rgName === undefined || key(r.resourceGroup) === key(rgName);
-  if (type === 'microsoft.compute/disks') return Object.values(sim.state.disks).filter(inRg).map((d) => renderDisk(sim, d));
+  if (type === 'microsoft.compute/disks')
+    return Object.values(sim.state.disks)
+      .filter(inRg)
+      .map((d) => renderDisk(sim, d));
   if (type === 'microsoft.compute/virtualmachines') {
-    return Object.values(sim.state.vms).filter(inRg).map((v) => renderVm(sim, v, false));
+    return Object.values(sim.state.vms)
+      .filter(inRg)
+      .map((v) => renderVm(sim, v, false));
   }
   return undefined;
 }
@@ -1396,14 +1458,7 @@ function invalidLocation(name: string, existing: string, requested: string, rg: 
 function enumOrThrow<T extends string>(v: string | undefined, allowed: readonly T[], where: string): T | undefined {
   if (v === undefined) return undefined;
   const e = enumValue(v, allowed);
-  if (!e) throw invalidParameter(`The value '${v}' of parameter '${where}' is not allowed. Allowed values are ${allowed.join(', ')}.`, where);
+  if (!e)
+    throw invalidParameter(`The value '${v}' of parameter '${where}' is not allowed. Allowed values are ${allowed.join(', ')}.`, where);
   return e;
 }
-
-function withoutKeys(o: Json, keys: string[]): Json {
-  const drop = new Set(keys.map((k) => k.toLowerCase()));
-  const out: Json = {};
-  for (const [k, v] of Object.entries(o)) if (!drop.has(k.toLowerCase()) && v !== undefined) out[k] = v;
-  return out;
-}
-

@@ -8,7 +8,6 @@ import {
   key,
   type OperationKind,
   type OperationRec,
-  type PowerState,
   type ResourceGroupRec,
   type RunCommandRec,
   type SimState,
@@ -52,7 +51,7 @@ export interface QuotaLimits {
 
 export interface SimSettings {
   subscriptionId: string;
-  /** Status polls an operation answers `InProgress` before it completes is `lroPolls - 1`; 0 completes at once. */
+  /** Status polls until an operation completes: the first `lroPolls - 1` report InProgress; 0 completes it at once. */
   lroPolls: number;
   /** An operation completes after this long even if nobody polls it. */
   lroMaxMs: number;
@@ -214,7 +213,9 @@ export class ArmSim {
       kind: OperationKind;
       resourceKey: string;
       action: string;
-    } & Partial<Pick<OperationRec, 'targetPower' | 'previousPower' | 'releaseDiskIds' | 'deleteDiskIds' | 'releaseNicIds' | 'deleteNicIds' | 'result'>>,
+    } & Partial<
+      Pick<OperationRec, 'targetPower' | 'previousPower' | 'releaseDiskIds' | 'deleteDiskIds' | 'releaseNicIds' | 'deleteNicIds' | 'result'>
+    >,
   ): OperationRec {
     const op: OperationRec = {
       id: uuid(),
@@ -377,7 +378,14 @@ export class ArmSim {
   }
 
   /** CRP's quota error text, so tests and callers see what Azure sends. */
-  quotaError(family: string | undefined, familyDisplay: string, location: string, limit: number, usage: number, required: number): ArmError {
+  quotaError(
+    family: string | undefined,
+    familyDisplay: string,
+    location: string,
+    limit: number,
+    usage: number,
+    required: number,
+  ): ArmError {
     const what = family ? `${family} Cores` : 'Total Regional Cores';
     return new ArmError(
       409,
@@ -409,10 +417,6 @@ export class ArmSim {
   recordRunCommand(rec: RunCommandRec): void {
     this.state.runCommands.push(rec);
     if (this.state.runCommands.length > 1000) this.state.runCommands.splice(0, this.state.runCommands.length - 1000);
-  }
-
-  powerOf(vmKey: string): PowerState | undefined {
-    return this.state.vms[vmKey]?.powerState;
   }
 }
 

@@ -22,18 +22,15 @@ export class ArmError extends Error {
   }
 }
 
-export const badRequest = (message: string, target?: string): ArmError =>
-  new ArmError(400, 'BadRequest', message, { target });
+export const badRequest = (message: string, target?: string): ArmError => new ArmError(400, 'BadRequest', message, { target });
 
-export const invalidParameter = (message: string, target?: string): ArmError =>
-  new ArmError(400, 'InvalidParameter', message, { target });
+export const invalidParameter = (message: string, target?: string): ArmError => new ArmError(400, 'InvalidParameter', message, { target });
 
 /** CRP's wording for a required property that is absent. */
 export const missingParameter = (name: string, code = 'InvalidParameter'): ArmError =>
   new ArmError(400, code, `Required parameter '${name}' is missing (null).`, { target: name });
 
-export const operationNotAllowed = (message: string, status = 409): ArmError =>
-  new ArmError(status, 'OperationNotAllowed', message);
+export const operationNotAllowed = (message: string, status = 409): ArmError => new ArmError(status, 'OperationNotAllowed', message);
 
 export function resourceNotFound(type: string, name: string, resourceGroup: string): ArmError {
   return new ArmError(

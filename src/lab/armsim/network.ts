@@ -21,6 +21,7 @@ import {
   randomMac,
   resourceId,
   uuid,
+  withoutKeys,
   type Json,
 } from './util';
 
@@ -76,7 +77,13 @@ export function nicsRoute(sim: ArmSim, ctx: ReqCtx, rg: string, name: string | u
         );
       }
       existing.provisioningState = 'Deleting';
-      const op = sim.startOperation(ctx, { provider: NETWORK, location: existing.location, kind: 'nicDelete', resourceKey: k, action: 'DELETE' });
+      const op = sim.startOperation(ctx, {
+        provider: NETWORK,
+        location: existing.location,
+        kind: 'nicDelete',
+        resourceKey: k,
+        action: 'DELETE',
+      });
       sim.save();
       return { status: 202, headers: sim.operationHeaders(ctx, op) };
     }
@@ -144,9 +151,7 @@ function putNic(sim: ArmSim, ctx: ReqCtx, id: string, rgName: string, name: stri
     if (!prefix) throw new ArmError(400, 'InvalidAddressPrefixFormat', `Subnet ${subnet.name} has an invalid address prefix.`);
     const used = usedAddresses(sim, subnetKey, key(id));
     for (const t of taken) used.set(t, id);
-    const previous = existing?.ipConfigurations.find(
-      (c) => c.name.toLowerCase() === s.name.toLowerCase() && key(c.subnetId) === subnetKey,
-    );
+    const previous = existing?.ipConfigurations.find((c) => c.name.toLowerCase() === s.name.toLowerCase() && key(c.subnetId) === subnetKey);
     let address: string;
     if (s.method === 'Static') {
       if (!s.address) throw requestFormat(`IP configuration ${s.name} uses Static allocation but has no privateIPAddress.`);
@@ -309,7 +314,14 @@ export function renderNic(sim: ArmSim, n: NicRec): Json {
 }
 
 /** Creates a NIC directly (seeding), with the first free dynamic address of the subnet. */
-export function createNicRecord(sim: ArmSim, rgName: string, name: string, location: string, subnetId: string, tags?: Record<string, string>): NicRec {
+export function createNicRecord(
+  sim: ArmSim,
+  rgName: string,
+  name: string,
+  location: string,
+  subnetId: string,
+  tags?: Record<string, string>,
+): NicRec {
   const id = resourceId(sim.subscriptionId, rgName, NETWORK, 'networkInterfaces', name);
   const existing = sim.state.nics[key(id)];
   if (existing) return existing;
@@ -400,7 +412,8 @@ export function vnetsRoute(sim: ArmSim, ctx: ReqCtx, rg: string, name: string | 
 
 function checkSubnetPrefix(v: VnetRec, subnetName: string, prefix: string): void {
   const c = parseCidr(prefix);
-  if (!c) throw new ArmError(400, 'InvalidAddressPrefixFormat', `Address prefix ${prefix} of subnet ${subnetName} is not formatted correctly.`);
+  if (!c)
+    throw new ArmError(400, 'InvalidAddressPrefixFormat', `Address prefix ${prefix} of subnet ${subnetName} is not formatted correctly.`);
   const inside = v.addressPrefixes.some((vp) => {
     const p = parseCidr(vp);
     return p !== undefined && c.base >= p.base && c.base + c.size <= p.base + p.size;
@@ -425,7 +438,11 @@ function putVnet(sim: ArmSim, ctx: ReqCtx, id: string, rgName: string, name: str
   const props = objectAt(body.properties, 'properties');
   const prefixes = (optArray(optObject(props.addressSpace, 'addressSpace')?.addressPrefixes, 'addressPrefixes') ?? []).map(String);
   if (prefixes.length === 0 || prefixes.some((p) => !parseCidr(p))) {
-    throw new ArmError(400, 'InvalidAddressPrefixFormat', `Virtual network ${name} needs valid address prefixes in addressSpace.addressPrefixes.`);
+    throw new ArmError(
+      400,
+      'InvalidAddressPrefixFormat',
+      `Virtual network ${name} needs valid address prefixes in addressSpace.addressPrefixes.`,
+    );
   }
   const subnets: SubnetRec[] = (optArray(props.subnets, 'subnets') ?? []).map((r, i) => {
     const s = objectAt(r, `subnets[${i}]`);
@@ -469,7 +486,8 @@ export function renderSubnet(sim: ArmSim, v: VnetRec, s: SubnetRec): Json {
   const id = `${v.id}/subnets/${s.name}`;
   const ipConfigurations: Json[] = [];
   for (const nic of Object.values(sim.state.nics)) {
-    for (const c of nic.ipConfigurations) if (key(c.subnetId) === key(id)) ipConfigurations.push({ id: `${nic.id}/ipConfigurations/${c.name}` });
+    for (const c of nic.ipConfigurations)
+      if (key(c.subnetId) === key(id)) ipConfigurations.push({ id: `${nic.id}/ipConfigurations/${c.name}` });
   }
   return {
     id,
@@ -578,15 +596,14 @@ export function completeOperation(sim: ArmSim, op: OperationRec, failed: boolean
 
 export function listByType(sim: ArmSim, type: string, rgName: string | undefined): Json[] | undefined {
   const inRg = (r: { resourceGroup: string }) => rgName === undefined || key(r.resourceGroup) === key(rgName);
-  if (type === 'microsoft.network/networkinterfaces') return Object.values(sim.state.nics).filter(inRg).map((n) => renderNic(sim, n));
-  if (type === 'microsoft.network/virtualnetworks') return Object.values(sim.state.vnets).filter(inRg).map((v) => renderVnet(sim, v));
+  if (type === 'microsoft.network/networkinterfaces')
+    return Object.values(sim.state.nics)
+      .filter(inRg)
+      .map((n) => renderNic(sim, n));
+  if (type === 'microsoft.network/virtualnetworks')
+    return Object.values(sim.state.vnets)
+      .filter(inRg)
+      .map((v) => renderVnet(sim, v));
   if (type === 'microsoft.storage/storageaccounts') return Object.values(sim.state.storageAccounts).filter(inRg).map(renderStorageAccount);
   return undefined;
-}
-
-function withoutKeys(o: Json, keys: string[]): Json {
-  const drop = new Set(keys.map((k) => k.toLowerCase()));
-  const out: Json = {};
-  for (const [k, v] of Object.entries(o)) if (!drop.has(k.toLowerCase()) && v !== undefined) out[k] = v;
-  return out;
 }

@@ -184,7 +184,11 @@ export async function startArmSimulator(opts: ArmSimulatorOptions): Promise<ArmS
       if (requireAuth) checkAuth(req);
       const apiVersion = url.searchParams.get('api-version');
       if (!apiVersion) {
-        throw new ArmError(400, 'MissingApiVersionParameter', 'The api-version query parameter (?api-version=) is required for all requests.');
+        throw new ArmError(
+          400,
+          'MissingApiVersionParameter',
+          'The api-version query parameter (?api-version=) is required for all requests.',
+        );
       }
       let body: unknown;
       if (raw.length > 0) {
@@ -239,7 +243,12 @@ export async function startArmSimulator(opts: ArmSimulatorOptions): Promise<ArmS
           rule.code ?? 'SubscriptionRequestsThrottled',
           rule.message ??
             `Number of '${kind}' requests for subscription '${settings.subscriptionId}' actor '${randomUUID()}' exceeded. Please try again after '${retryAfter}' seconds after additional '${retryAfter}' requests. Please see https://aka.ms/throttling for more information.`,
-          { headers: { 'Retry-After': retryAfter, [`x-ms-ratelimit-remaining-subscription-${kind === 'read' ? 'reads' : kind === 'delete' ? 'deletes' : 'writes'}`]: '0' } },
+          {
+            headers: {
+              'Retry-After': retryAfter,
+              [`x-ms-ratelimit-remaining-subscription-${kind === 'read' ? 'reads' : kind === 'delete' ? 'deletes' : 'writes'}`]: '0',
+            },
+          },
         );
       }
       case 'transient': {
@@ -279,7 +288,11 @@ export async function startArmSimulator(opts: ArmSimulatorOptions): Promise<ArmS
         return new ArmError(rule.status ?? err.status, rule.code ?? err.code, rule.message ?? err.message, err.extra);
       }
       default:
-        return new ArmError(rule.status ?? 400, rule.code ?? 'BadRequest', rule.message ?? `Injected fault ${rule.id} on ${method} ${path}.`);
+        return new ArmError(
+          rule.status ?? 400,
+          rule.code ?? 'BadRequest',
+          rule.message ?? `Injected fault ${rule.id} on ${method} ${path}.`,
+        );
     }
   }
 

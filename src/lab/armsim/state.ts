@@ -227,9 +227,7 @@ export class StateStore {
       const loaded = JSON.parse(fs.readFileSync(this.file, 'utf8')) as SimState;
       if (loaded.schema !== 1) throw new Error(`${this.file}: unsupported state schema ${String(loaded.schema)}`);
       if (loaded.subscriptionId.toLowerCase() !== subscriptionId.toLowerCase()) {
-        throw new Error(
-          `${this.file} belongs to subscription ${loaded.subscriptionId}, not ${subscriptionId}; use another state dir`,
-        );
+        throw new Error(`${this.file} belongs to subscription ${loaded.subscriptionId}, not ${subscriptionId}; use another state dir`);
       }
       this.state = { ...emptyState(subscriptionId), ...loaded };
     }

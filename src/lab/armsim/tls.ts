@@ -27,11 +27,24 @@ export function ensureLabCertificate(dir: string, hosts: string[]): LabCertifica
 
   if (!fs.existsSync(caKey) || !fs.existsSync(caCertPath)) {
     openssl([
-      'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-sha256', '-days', '3650',
-      '-keyout', caKey, '-out', caCertPath,
-      '-subj', '/CN=vmrestore armsim lab CA',
-      '-addext', 'basicConstraints=critical,CA:TRUE',
-      '-addext', 'keyUsage=critical,keyCertSign,cRLSign',
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-sha256',
+      '-days',
+      '3650',
+      '-keyout',
+      caKey,
+      '-out',
+      caCertPath,
+      '-subj',
+      '/CN=vmrestore armsim lab CA',
+      '-addext',
+      'basicConstraints=critical,CA:TRUE',
+      '-addext',
+      'keyUsage=critical,keyCertSign,cRLSign',
     ]);
     fs.rmSync(certPath, { force: true });
   }
@@ -51,8 +64,23 @@ export function ensureLabCertificate(dir: string, hosts: string[]): LabCertifica
     );
     openssl(['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', keyPath, '-out', csr, '-subj', '/CN=armsim']);
     openssl([
-      'x509', '-req', '-sha256', '-days', '825', '-in', csr, '-CA', caCertPath, '-CAkey', caKey,
-      '-set_serial', `0x${Date.now().toString(16)}`, '-out', certPath, '-extfile', ext,
+      'x509',
+      '-req',
+      '-sha256',
+      '-days',
+      '825',
+      '-in',
+      csr,
+      '-CA',
+      caCertPath,
+      '-CAkey',
+      caKey,
+      '-set_serial',
+      `0x${Date.now().toString(16)}`,
+      '-out',
+      certPath,
+      '-extfile',
+      ext,
     ]);
     fs.rmSync(csr, { force: true });
     fs.writeFileSync(sanPath, san);

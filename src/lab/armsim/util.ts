@@ -58,11 +58,7 @@ export function optTags(v: unknown): Record<string, string> | undefined {
 
 /** ARM's reply to a body that does not match the resource schema. */
 export function invalidContent(detail: string): ArmError {
-  return new ArmError(
-    400,
-    'InvalidRequestContent',
-    `The request content was invalid and could not be deserialized: '${detail}'.`,
-  );
+  return new ArmError(400, 'InvalidRequestContent', `The request content was invalid and could not be deserialized: '${detail}'.`);
 }
 
 /** Case-insensitive match against a closed set of enum values, returning the canonical spelling. */
@@ -82,12 +78,18 @@ export function mergePatch(target: unknown, patch: unknown): unknown {
   return out;
 }
 
+/** A copy of `o` without the given keys (case-insensitive) and without undefined values. */
+export function withoutKeys(o: Json, keys: string[]): Json {
+  const drop = new Set(keys.map((k) => k.toLowerCase()));
+  const out: Json = {};
+  for (const [k, v] of Object.entries(o)) if (!drop.has(k.toLowerCase()) && v !== undefined) out[k] = v;
+  return out;
+}
+
 /** Stable JSON for equality checks of normalised specs (object keys sorted). */
 export function canonicalJson(v: unknown): string {
   return JSON.stringify(v, (_k, val: unknown) =>
-    isObject(val)
-      ? Object.fromEntries(Object.entries(val).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
-      : val,
+    isObject(val) ? Object.fromEntries(Object.entries(val).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) : val,
   );
 }
 
@@ -126,7 +128,12 @@ export function resourceId(subscriptionId: string, resourceGroup: string, provid
 /** Valid names for compute and network resources: 1-80 characters, alphanumerics, '_', '-', '.'. */
 export function checkResourceName(name: string, type: string): void {
   if (name.length > 80 || !/^[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$/.test(name)) {
-    throw new ArmError(400, 'InvalidResourceName', `Resource name ${name} is invalid. The name can be up to 80 characters long. It must begin with a word character, and it must end with a word character or with '_'. The name may contain word characters or '.', '-', '_'.`, { target: type });
+    throw new ArmError(
+      400,
+      'InvalidResourceName',
+      `Resource name ${name} is invalid. The name can be up to 80 characters long. It must begin with a word character, and it must end with a word character or with '_'. The name may contain word characters or '.', '-', '_'.`,
+      { target: type },
+    );
   }
 }
 

@@ -1,0 +1,85 @@
+import {
+  allHandlersFinished,
+  condition,
+  continueAsNew,
+  defineQuery,
+  defineUpdate,
+  proxyActivities,
+  setHandler,
+  workflowInfo,
+} from '@temporalio/workflow';
+import type { AzureActivities } from '../activities/azure';
+import type { LeaseState, LeaseTarget } from '../domain/azure';
+
+export const acquireLease = defineUpdate<{ poweredOn: boolean; powerOns: number }, [holder: string]>('acquire');
+export const releaseLease = defineUpdate<{ holders: number }, [holder: string]>('release');
+export const leaseStateQuery = defineQuery<LeaseState>('state');
+
+const power = proxyActivities<AzureActivities>({
+  startToCloseTimeout: '10 minutes',
+  retry: { initialInterval: '1s', maximumInterval: '30s', maximumAttempts: 10 },
+});
+
+export function leaseWorkflowId(target: Pick<LeaseTarget, 'kind' | 'name'>): string {
+  return `lease-${target.kind}-${target.name}`;
+}
+
+/**
+ * One entity workflow per shared VM (Azure proxy or helper appliance). Acquire returns once the VM runs;
+ * when the last holder has released and the idle timeout passes without a new acquire, it deallocates
+ * the VM. Concurrent restores therefore never power it off under each other.
+ */
+export async function resourceLease(initial: LeaseState): Promise<void> {
+  const state: LeaseState = { ...initial, holders: [...initial.holders] };
+  let transition: Promise<void> | undefined;
+  setHandler(leaseStateQuery, () => state);
+
+  setHandler(acquireLease, async (holder) => {
+    if (!state.holders.includes(holder)) state.holders.push(holder);
+    // Wait out a power-off in progress, then power on once for everyone waiting.
+    while (transition) await transition;
+    if (!state.poweredOn) {
+      transition = (async () => {
+        await power.powerOnAzureVm({ resourceGroup: state.target.resourceGroup, vmName: state.target.vmName });
+        state.poweredOn = true;
+        state.powerOns++;
+      })();
+      try {
+        await transition;
+      } finally {
+        transition = undefined;
+      }
+    }
+    return { poweredOn: state.poweredOn, powerOns: state.powerOns };
+  });
+
+  setHandler(releaseLease, (holder) => {
+    state.holders = state.holders.filter((h) => h !== holder);
+    return { holders: state.holders.length };
+  });
+
+  for (;;) {
+    await condition(() => state.holders.length === 0 && !transition);
+    if (state.poweredOn) {
+      const reacquired = await condition(() => state.holders.length > 0, state.target.idleTimeoutMs);
+      if (!reacquired && !transition) {
+        transition = (async () => {
+          await power.deallocateAzureVm({ resourceGroup: state.target.resourceGroup, vmName: state.target.vmName });
+          state.poweredOn = false;
+          state.powerOffs++;
+        })();
+        try {
+          await transition;
+        } finally {
+          transition = undefined;
+        }
+      }
+    } else {
+      await condition(() => state.holders.length > 0 || workflowInfo().continueAsNewSuggested);
+    }
+    if (workflowInfo().continueAsNewSuggested && state.holders.length === 0 && !transition) {
+      await condition(allHandlersFinished);
+      await continueAsNew<typeof resourceLease>(state);
+    }
+  }
+}

@@ -1,0 +1,189 @@
+import {
+  ActivityCancellationType,
+  CancellationScope,
+  defineQuery,
+  isCancellation,
+  proxyActivities,
+  setCurrentDetails,
+  setHandler,
+  upsertSearchAttributes,
+  workflowInfo,
+} from '@temporalio/workflow';
+import type { AzureActivities } from '../activities/azure';
+import type { AzureDiskResult, AzurePlan, AzureRestoreRequest, AzureRestoreResult } from '../domain/azure';
+import { FailureType } from '../domain/errors';
+import { renderDiskTable } from '../domain/progress';
+import type { DiskProgress, RestorePhase, RestoreProgress } from '../domain/restore';
+import { RestoreKind, RestorePhaseKey, RestoreTarget, RestoreVm } from '../domain/search-attributes';
+import type { GuestChange } from '../guest/types';
+
+export const azureProgressQuery = defineQuery<RestoreProgress>('progress');
+
+const NON_RETRYABLE = [
+  FailureType.InvalidRequest,
+  FailureType.NotFound,
+  FailureType.AlreadyExists,
+  FailureType.RepositoryCorrupt,
+  FailureType.RestorePointNotFound,
+  FailureType.Configuration,
+  FailureType.AzureLimit,
+  FailureType.GuestPreparation,
+];
+
+const control = proxyActivities<AzureActivities>({
+  startToCloseTimeout: '15 minutes',
+  retry: { initialInterval: '1s', maximumInterval: '30s', maximumAttempts: 8, nonRetryableErrorTypes: [...NON_RETRYABLE, FailureType.AzureFault] },
+});
+
+const longRunning = (summary: string) =>
+  proxyActivities<AzureActivities>({
+    startToCloseTimeout: '24 hours',
+    heartbeatTimeout: '30 seconds',
+    cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+    retry: { initialInterval: '1s', maximumInterval: '30s', maximumAttempts: 10, nonRetryableErrorTypes: NON_RETRYABLE },
+    summary,
+  });
+
+type AzurePhase = RestorePhase | 'powering-on-proxy' | 'uploading' | 'preparing-guest' | 'registering-vm' | 'installing-agent';
+
+/**
+ * Restore to Microsoft Azure, in the seed's order. Windows: proxy on → VHD upload → mount and prepare on
+ * the backup server → unmount → proxy released → VM registered and powered on → agent installed.
+ * Linux: proxy on → VHD upload → disks attached to the helper appliance → helper started → prepared →
+ * detached, helper powered off → proxy released → VM registered and powered on.
+ */
+export async function restoreToAzure(request: AzureRestoreRequest): Promise<AzureRestoreResult> {
+  const info = workflowInfo();
+  const restoreId = request.restoreId ?? info.workflowId;
+  const progress: RestoreProgress = {
+    restoreId,
+    kind: 'azure',
+    vmName: request.vmName,
+    phase: 'initializing',
+    disks: [],
+    startedAt: new Date(info.startTime).toISOString(),
+  };
+  setHandler(azureProgressQuery, () => progress);
+  const setPhase = (phase: AzurePhase, message?: string) => {
+    progress.phase = phase as RestorePhase;
+    progress.message = message;
+    upsertSearchAttributes([{ key: RestorePhaseKey, value: phase }]);
+    setCurrentDetails(`**${phase}**${message ? ` ${message}` : ''}\n\n${renderDiskTable(progress.disks)}`);
+  };
+  upsertSearchAttributes([
+    { key: RestoreKind, value: 'azure' },
+    { key: RestoreVm, value: request.vmName },
+  ]);
+  setPhase('initializing');
+
+  const plan: AzurePlan = await control.prepareAzureRestore({ ...request, restoreId });
+  upsertSearchAttributes([{ key: RestoreTarget, value: `${plan.resourceGroup}/${plan.location}` }]);
+  progress.disks = plan.disks.map<DiskProgress>((d) => ({ diskIndex: d.diskIndex, label: d.label, bytesDone: 0, bytesTotal: d.capacityBytes, state: 'pending' }));
+
+  const compensations: Array<() => Promise<void>> = [];
+  const holder = restoreId;
+  let proxyHeld = false;
+  const releaseProxy = async () => {
+    if (plan.proxy && proxyHeld) {
+      await control.releaseLeaseActivity({ target: plan.proxy, holder });
+      proxyHeld = false;
+    }
+  };
+  try {
+    if (plan.proxy) {
+      setPhase('powering-on-proxy', plan.proxy.vmName);
+      compensations.unshift(releaseProxy);
+      proxyHeld = true;
+      await control.acquireLeaseActivity({ target: plan.proxy, holder });
+    }
+
+    setPhase('uploading');
+    const uploads: AzureDiskResult[] = [];
+    for (const disk of plan.disks) compensations.unshift(() => control.deleteVhdBlob({ plan, diskIndex: disk.diskIndex }));
+    await Promise.all(
+      plan.disks.map(async (disk) => {
+        const row = progress.disks[disk.diskIndex];
+        row.state = 'writing';
+        const r = await longRunning(`upload disk ${disk.diskIndex} (${disk.label}) as fixed VHD`).uploadVhd({ plan, diskIndex: disk.diskIndex });
+        uploads[disk.diskIndex] = r;
+        row.state = 'done';
+        row.bytesDone = row.bytesTotal;
+        setPhase('uploading');
+      }),
+    );
+
+    let guestChanges: GuestChange[] = [];
+    const deleteDisks = () => control.deleteManagedDisks({ plan });
+    if (plan.osType === 'Windows') {
+      setPhase('preparing-guest', 'OS disk mounted on the backup server');
+      guestChanges = await longRunning('mount, prepare and unmount the Windows OS disk').prepareGuestDisk({ plan, where: 'backup-server' });
+      await releaseProxy();
+      compensations.unshift(deleteDisks);
+      await control.createManagedDisks({ plan });
+    } else {
+      compensations.unshift(deleteDisks);
+      await control.createManagedDisks({ plan });
+      const helper = plan.helper!;
+      setPhase('preparing-guest', `helper appliance ${helper.vmName}`);
+      let helperHeld = true;
+      const releaseHelper = async () => {
+        if (helperHeld) {
+          await control.releaseLeaseActivity({ target: helper, holder });
+          helperHeld = false;
+        }
+      };
+      const detach = () => control.detachFromHelper({ plan });
+      compensations.unshift(releaseHelper);
+      compensations.unshift(detach);
+      await control.attachToHelper({ plan });
+      await control.acquireLeaseActivity({ target: helper, holder });
+      guestChanges = await longRunning(`prepare the Linux disks on helper ${helper.vmName}`).prepareGuestDisk({ plan, where: 'helper-appliance' });
+      await detach();
+      compensations.splice(compensations.indexOf(detach), 1);
+      await releaseHelper();
+      await releaseProxy();
+    }
+
+    setPhase('registering-vm', `${plan.vmName} (${plan.vmSize}, Gen${plan.generation})`);
+    compensations.unshift(() => control.deleteNic({ plan }));
+    await control.createNic({ plan });
+    compensations.unshift(() => control.deleteAzureVm({ plan }));
+    const vm = await control.createAzureVm({ plan });
+
+    let agentInstalled: boolean | undefined;
+    if (plan.osType === 'Windows') {
+      setPhase('installing-agent');
+      agentInstalled = await control.confirmAgentInstalled({ plan });
+    }
+    setPhase('completed');
+    return {
+      restoreId,
+      vmName: plan.vmName,
+      vmId: vm.vmId,
+      generation: plan.generation,
+      osType: plan.osType,
+      disks: uploads,
+      guestChanges,
+      agentInstalled,
+    };
+  } catch (err) {
+    const cancelled = isCancellation(err);
+    await CancellationScope.nonCancellable(async () => {
+      if (!plan.keepOnFailure) {
+        setPhase('compensating', cancelled ? 'restore cancelled' : 'restore failed');
+        for (const undo of [...compensations]) {
+          try {
+            await undo();
+          } catch {
+            // Keep undoing the rest; the original failure is what the caller needs to see.
+          }
+        }
+      } else {
+        // Even when keeping what was made, shared appliances must not stay held.
+        await releaseProxy().catch(() => undefined);
+      }
+    });
+    setPhase(cancelled ? 'cancelled' : 'failed', err instanceof Error ? err.message : String(err));
+    throw err;
+  }
+}
