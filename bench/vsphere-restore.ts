@@ -39,7 +39,15 @@ export async function runVSphereBench(log: (s: string) => void = console.log): P
     buildDataDiskImage(image, GiB, runs, 'bench');
     writeFileSync(
       path.join(tmp, 'vm.json'),
-      JSON.stringify({ name: 'bench-1g', guestOs: 'linux', firmware: 'bios', cpus: 1, memoryMiB: 512, nics: [], disks: [{ path: 'disk0.img', provisioning: 'thick' }] }),
+      JSON.stringify({
+        name: 'bench-1g',
+        guestOs: 'linux',
+        firmware: 'bios',
+        cpus: 1,
+        memoryMiB: 512,
+        nics: [],
+        disks: [{ path: 'disk0.img', provisioning: 'thick' }],
+      }),
     );
     const { restorePointId } = await importRestorePoint(config.repository.path, path.join(tmp, 'vm.json'));
 
@@ -73,12 +81,18 @@ export async function runVSphereBench(log: (s: string) => void = console.log): P
       const seconds = [...secs].sort((a, b) => a - b)[1];
       const MBps = GiB / 1e6 / seconds;
       transports[transport] = { seconds, MBps, ratioToCp: MBps / cpMBps, bytesWritten };
-      log(`${transport}: 1 GiB disk in ${seconds.toFixed(2)} s = ${MBps.toFixed(0)} MB/s (median of 3), ${(MBps / cpMBps).toFixed(2)}x cp, ${(bytesWritten / MiB).toFixed(0)} MiB written`);
+      log(
+        `${transport}: 1 GiB disk in ${seconds.toFixed(2)} s = ${MBps.toFixed(0)} MB/s (median of 3), ${(MBps / cpMBps).toFixed(2)}x cp, ${(bytesWritten / MiB).toFixed(0)} MiB written`,
+      );
     }
 
     const demo = await seedDemoRepository(config.repository.path);
     const vmName = `bench-history-${Date.now().toString(36)}`;
-    const handle = await startVSphereRestore(client, { restorePointId: demo['demo-thick'], vmName, transport: 'hotadd' }, { taskQueue: config.temporal.taskQueue });
+    const handle = await startVSphereRestore(
+      client,
+      { restorePointId: demo['demo-thick'], vmName, transport: 'hotadd' },
+      { taskQueue: config.temporal.taskQueue },
+    );
     await handle.result();
     const events = (await handle.fetchHistory()).events?.length ?? 0;
     log(`history events of a two-disk HotAdd restore (demo-thick): ${events}`);

@@ -1,5 +1,6 @@
 import path from 'node:path';
-import { applyEnvOverrides, configFilePath, loadConfigFile, type AppConfig } from './config';
+import { applyEnvOverrides, configFilePath, loadConfigFile, type AppConfig, type AzureConfig } from './config';
+import type { LabAzure } from './lab/azure';
 import { FailureType, RestoreError } from './domain/errors';
 import { labDir, readLabState, type LabState } from './lab/lab';
 
@@ -41,8 +42,40 @@ export function labConfig(lab: LabState): AppConfig {
       },
     ],
     restore: { diskConcurrency: 2, readConcurrency: 4, checkpointBytes: 16 * 1024 * 1024 },
+    azure: lab.azure && lab.blob ? labAzureConfig(lab.azure as LabAzure, lab.blob.connectionString) : undefined,
     fromLab: true,
     source: path.join(labDir(), 'lab.json'),
+  };
+}
+
+function labAzureConfig(a: LabAzure, blobConnectionString: string): AzureConfig {
+  return {
+    subscriptionId: a.subscriptionId,
+    resourceGroup: a.resourceGroup,
+    location: a.location,
+    locations: [a.location],
+    subnetId: a.subnetId,
+    storageAccountId: a.storageAccountId,
+    container: a.container,
+    defaultVmSize: 'Standard_D2s_v3',
+    armEndpoint: a.armEndpoint,
+    caCertPath: a.caCertPath || undefined,
+    blobConnectionString,
+    proxies: [
+      {
+        name: 'lab-azure-proxy',
+        resourceGroup: a.resourceGroup,
+        vmName: a.proxyVmName,
+        idleTimeoutSeconds: Number(process.env.VMRESTORE_AZURE_PROXY_IDLE_SECONDS ?? 20),
+      },
+    ],
+    helpers: {
+      [a.location]: {
+        resourceGroup: a.resourceGroup,
+        vmName: a.helperVmName,
+        idleTimeoutSeconds: Number(process.env.VMRESTORE_AZURE_HELPER_IDLE_SECONDS ?? 5),
+      },
+    },
   };
 }
 

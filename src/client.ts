@@ -5,7 +5,16 @@ import type { DiskFormat, TransportRequest, VSphereRestoreRequest } from './doma
 import { DISK_FORMATS, TASK_QUEUE, TRANSPORT_REQUESTS } from './domain/restore';
 import { labDown, labStatus, labUp } from './lab';
 import { importRestorePoint, getRestorePoint, listRestorePoints, verifyRepository } from './repository';
-import { connectClient, failureMessage, fmtBytes, getRestoreStatus, startVSphereRestore, waitWithProgress } from './restore-client';
+import {
+  connectClient,
+  failureMessage,
+  fmtBytes,
+  getRestoreStatus,
+  startAzureRestore,
+  startVSphereRestore,
+  waitWithProgress,
+} from './restore-client';
+import type { AzureRestoreRequest } from './domain/azure';
 import { runWorker } from './worker';
 import { runDemo, seedDemoRepository } from './demo';
 
@@ -24,6 +33,8 @@ const USAGE = `vmrestore: restore whole VMs from backups to vSphere (and Azure) 
         [--resource-pool P] [--network SRC=DST]... [--transport auto|direct-san|direct-nas|hotadd|nbd]
         [--disk-format same|thin|thick-lazy|thick-eager] [--proxy NAME] [--power-on]
         [--keep-on-failure] [--throttle-mbps N] [--wait] [--json]
+  vmrestore restore azure --restore-point ID --vm-name NAME [--resource-group RG] [--location L]
+        [--vm-size S] [--subnet ID] [--generation 1|2] [--proxy NAME] [--keep-on-failure] [--wait] [--json]
   vmrestore status WORKFLOW_ID [--json]
   vmrestore cancel WORKFLOW_ID
   vmrestore demo            (what npm start runs)
@@ -76,14 +87,17 @@ async function labCommand(sub: string | undefined, args: string[]): Promise<numb
     await labUp(log);
     const s = labStatus();
     if (values.json) out(JSON.stringify(s, null, 2));
-    else if (!values.quiet) out(`lab ready: Temporal ${s.temporal?.address} (UI ${s.temporal?.ui}), vCenter ${s.vsphere?.url}, blob ${s.blob ? 'up' : 'down'}`);
+    else if (!values.quiet)
+      out(`lab ready: Temporal ${s.temporal?.address} (UI ${s.temporal?.ui}), vCenter ${s.vsphere?.url}, blob ${s.blob ? 'up' : 'down'}`);
     return 0;
   }
   if (sub === 'status') {
     const s = labStatus();
     if (values.json) out(JSON.stringify(s, null, 2));
     else {
-      out(`temporal: ${s.temporal ? `${s.temporal.running ? 'running' : 'stopped'} ${s.temporal.address} UI ${s.temporal.ui}` : 'not started'}`);
+      out(
+        `temporal: ${s.temporal ? `${s.temporal.running ? 'running' : 'stopped'} ${s.temporal.address} UI ${s.temporal.ui}` : 'not started'}`,
+      );
       out(`vsphere:  ${s.vsphere ? `${s.vsphere.running ? 'running' : 'stopped'} ${s.vsphere.url}` : 'not started'}`);
       out(`blob:     ${s.blob ? (s.blob.running ? 'running' : 'stopped') : 'not started'}`);
       out(`azure:    ${s.azure ? (s.azure.running ? `running ${String(s.azure.armEndpoint)}` : 'stopped') : 'not started'}`);
@@ -122,7 +136,15 @@ async function repoCommand(sub: string | undefined, args: string[]): Promise<num
       if (!positionals[0]) usageError('repo show needs a restore point id');
       const rp = await getRestorePoint(repo, positionals[0]);
       const { disks, ...head } = rp;
-      const summary = { ...head, disks: disks.map((d) => ({ index: d.index, capacityBytes: d.capacityBytes, blocks: d.blocks.length, zeroBlocks: d.blocks.filter((b) => b === null).length })) };
+      const summary = {
+        ...head,
+        disks: disks.map((d) => ({
+          index: d.index,
+          capacityBytes: d.capacityBytes,
+          blocks: d.blocks.length,
+          zeroBlocks: d.blocks.filter((b) => b === null).length,
+        })),
+      };
       out(JSON.stringify(summary, null, 2));
       return 0;
     }
@@ -131,7 +153,8 @@ async function repoCommand(sub: string | undefined, args: string[]): Promise<num
       if (values.json) out(JSON.stringify(res, null, 2));
       else {
         out(`${res.ok ? 'OK' : 'PROBLEMS'}: ${res.chunksChecked} chunks, ${res.bytesChecked} bytes checked`);
-        for (const p of res.problems) out(`  ${p.restorePointId} VM '${p.vmName}' disk ${p.diskIndex} offset ${p.offset}: chunk ${p.chunk} ${p.problem}`);
+        for (const p of res.problems)
+          out(`  ${p.restorePointId} VM '${p.vmName}' disk ${p.diskIndex} offset ${p.offset}: chunk ${p.chunk} ${p.problem}`);
       }
       return res.ok ? 0 : 1;
     }
@@ -165,8 +188,68 @@ async function workerCommand(): Promise<number> {
   return 0;
 }
 
+async function restoreAzureCommand(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      'restore-point': { type: 'string' },
+      'vm-name': { type: 'string' },
+      'resource-group': { type: 'string' },
+      location: { type: 'string' },
+      'vm-size': { type: 'string' },
+      subnet: { type: 'string' },
+      generation: { type: 'string' },
+      proxy: { type: 'string' },
+      'keep-on-failure': { type: 'boolean' },
+      wait: { type: 'boolean' },
+      json: { type: 'boolean' },
+    },
+  });
+  if (!values['restore-point']) usageError('--restore-point is required');
+  if (!values['vm-name']) usageError('--vm-name is required');
+  const generation = values.generation === undefined ? undefined : Number(values.generation);
+  if (generation !== undefined && generation !== 1 && generation !== 2)
+    usageError(`--generation must be 1 or 2, got '${values.generation}'`);
+  const request: AzureRestoreRequest = {
+    restorePointId: values['restore-point'],
+    vmName: values['vm-name'],
+    resourceGroup: values['resource-group'],
+    location: values.location,
+    vmSize: values['vm-size'],
+    subnetId: values.subnet,
+    generation: generation as 1 | 2 | undefined,
+    proxy: values.proxy,
+    keepOnFailure: values['keep-on-failure'] ?? false,
+  };
+  const config = loadAppConfig();
+  const { client, connection } = await connectClient(config);
+  try {
+    const handle = await startAzureRestore(client, request, { taskQueue: config.temporal.taskQueue });
+    if (!values.wait) {
+      out(values.json ? JSON.stringify({ workflowId: handle.workflowId }) : `started ${handle.workflowId}`);
+      return 0;
+    }
+    if (!values.json) out(`started ${handle.workflowId}`);
+    const final = await waitWithProgress(client, handle.workflowId, values.json ? undefined : out);
+    if (values.json)
+      out(
+        JSON.stringify({
+          workflowId: handle.workflowId,
+          status: final.status,
+          phase: final.phase,
+          result: final.result,
+          error: final.failure,
+        }),
+      );
+    return final.status === 'COMPLETED' ? 0 : 1;
+  } finally {
+    await connection.close();
+  }
+}
+
 async function restoreCommand(kind: string | undefined, args: string[]): Promise<number> {
-  if (kind !== 'vsphere') usageError(`unknown restore target '${kind ?? ''}' (known: vsphere)`);
+  if (kind === 'azure') return restoreAzureCommand(args);
+  if (kind !== 'vsphere') usageError(`unknown restore target '${kind ?? ''}' (known: vsphere, azure)`);
   const { values } = parseArgs({
     args,
     options: {
@@ -226,9 +309,21 @@ async function restoreCommand(kind: string | undefined, args: string[]): Promise
       out(values.json ? JSON.stringify({ workflowId: handle.workflowId }) : `started ${handle.workflowId}`);
       return 0;
     }
-    if (!values.json) out(`started ${handle.workflowId}${config.temporal.uiUrl ? ` (${config.temporal.uiUrl}/namespaces/${config.temporal.namespace}/workflows/${handle.workflowId})` : ''}`);
+    if (!values.json)
+      out(
+        `started ${handle.workflowId}${config.temporal.uiUrl ? ` (${config.temporal.uiUrl}/namespaces/${config.temporal.namespace}/workflows/${handle.workflowId})` : ''}`,
+      );
     const final = await waitWithProgress(client, handle.workflowId, values.json ? undefined : out);
-    if (values.json) out(JSON.stringify({ workflowId: handle.workflowId, status: final.status, phase: final.phase, result: final.result, error: final.failure }));
+    if (values.json)
+      out(
+        JSON.stringify({
+          workflowId: handle.workflowId,
+          status: final.status,
+          phase: final.phase,
+          result: final.result,
+          error: final.failure,
+        }),
+      );
     return final.status === 'COMPLETED' ? 0 : 1;
   } finally {
     await connection.close();
@@ -244,10 +339,27 @@ async function statusCommand(args: string[]): Promise<number> {
     const s = await getRestoreStatus(client, positionals[0]);
     const status = s.status === 'CANCELLED' ? 'CANCELED' : s.status;
     if (values.json) {
-      out(JSON.stringify({ workflowId: s.workflowId, status, phase: s.phase, disks: s.disks.map((d) => ({ diskIndex: d.diskIndex, label: d.label, transport: d.transport, state: d.state, bytesDone: d.bytesDone, bytesTotal: d.bytesTotal })), result: s.result, error: s.failure }));
+      out(
+        JSON.stringify({
+          workflowId: s.workflowId,
+          status,
+          phase: s.phase,
+          disks: s.disks.map((d) => ({
+            diskIndex: d.diskIndex,
+            label: d.label,
+            transport: d.transport,
+            state: d.state,
+            bytesDone: d.bytesDone,
+            bytesTotal: d.bytesTotal,
+          })),
+          result: s.result,
+          error: s.failure,
+        }),
+      );
     } else {
       out(`${s.workflowId}: ${status} (${s.phase})`);
-      for (const d of s.disks) out(`  disk ${d.diskIndex} ${d.label} [${d.transport ?? '-'}] ${d.state} ${fmtBytes(d.bytesDone)} / ${fmtBytes(d.bytesTotal)}`);
+      for (const d of s.disks)
+        out(`  disk ${d.diskIndex} ${d.label} [${d.transport ?? '-'}] ${d.state} ${fmtBytes(d.bytesDone)} / ${fmtBytes(d.bytesTotal)}`);
       if (s.failure) out(`  error: ${s.failure}`);
     }
     return 0;

@@ -35,12 +35,37 @@ export interface ProxyConfig {
   profile?: string;
 }
 
+/** Azure target: where restored VMs, disks and VHD blobs go, and the shared proxy and helper VMs. */
+export interface AzureConfig {
+  subscriptionId: string;
+  resourceGroup: string;
+  location: string;
+  /** Locations this target may restore to (the first is the default). */
+  locations: string[];
+  subnetId: string;
+  storageAccountId: string;
+  container: string;
+  defaultVmSize: string;
+  /** ARM endpoint; absent means https://management.azure.com. */
+  armEndpoint?: string;
+  caCertPath?: string;
+  /** Environment variable holding an ARM bearer token (real Azure). */
+  tokenEnv?: string;
+  /** Environment variable (or lab value) with the Blob storage connection string. */
+  blobConnectionString?: string;
+  blobConnectionStringEnv?: string;
+  proxies: Array<{ name: string; resourceGroup: string; vmName: string; idleTimeoutSeconds: number }>;
+  /** Location → helper appliance VM for Linux guest preparation. */
+  helpers: Record<string, { resourceGroup: string; vmName: string; idleTimeoutSeconds: number }>;
+}
+
 export interface AppConfig {
   temporal: { address: string; namespace: string; taskQueue: string; uiUrl?: string };
   repository: { path: string };
   vsphere: { defaultProfile: string; profiles: Record<string, VSphereProfile> };
   proxies: ProxyConfig[];
   restore: { diskConcurrency: number; readConcurrency: number; checkpointBytes: number };
+  azure?: AzureConfig;
   /** True when the endpoints come from the embedded lab rather than a config file. */
   fromLab: boolean;
   source: string;
@@ -65,7 +90,8 @@ function str(obj: Record<string, unknown>, key: string, where: string, required 
 function int(obj: Record<string, unknown>, key: string, where: string, dflt: number, min: number): number {
   const v = obj[key];
   if (v === undefined) return dflt;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min) bad(`${where}.${key}`, `expected an integer >= ${min}, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min)
+    bad(`${where}.${key}`, `expected an integer >= ${min}, got ${JSON.stringify(v)}`);
   return v;
 }
 
@@ -85,7 +111,7 @@ function stringMap(v: unknown, where: string): Record<string, string> | undefine
 /** Validates a raw config object; every error names the offending key. */
 export function parseConfig(raw: unknown, source: string, baseDir: string): AppConfig {
   const root = record(raw, '(root)');
-  const known = ['temporal', 'repository', 'vsphere', 'proxies', 'restore'];
+  const known = ['temporal', 'repository', 'vsphere', 'proxies', 'restore', 'azure'];
   for (const k of Object.keys(root)) if (!known.includes(k)) bad(k, `unknown key (known: ${known.join(', ')})`);
   const t = record(root.temporal, 'temporal');
   const temporal = {
@@ -153,6 +179,7 @@ export function parseConfig(raw: unknown, source: string, baseDir: string): AppC
   };
   return {
     temporal,
+    azure: root.azure === undefined ? undefined : parseAzure(record(root.azure, 'azure')),
     repository: { path: path.resolve(baseDir, repoPath) },
     vsphere: { defaultProfile, profiles },
     proxies,
@@ -210,4 +237,51 @@ export function resolvePassword(profileName: string, profile: VSphereProfile, en
     }
   }
   bad(`vsphere.profiles.${profileName}`, 'needs passwordEnv or passwordFile');
+}
+
+function parseAzure(a: Record<string, unknown>): AzureConfig {
+  const w = 'azure';
+  const location = str(a, 'location', w)!;
+  const locations = a.locations === undefined ? [location] : (a.locations as string[]);
+  if (!Array.isArray(locations) || locations.some((l) => typeof l !== 'string'))
+    bad('azure.locations', 'expected a list of location names');
+  const proxiesRaw = (a.proxies ?? []) as unknown[];
+  if (!Array.isArray(proxiesRaw)) bad('azure.proxies', 'expected an array');
+  const helpersRaw = record(a.helpers, 'azure.helpers');
+  return {
+    subscriptionId: str(a, 'subscriptionId', w)!,
+    resourceGroup: str(a, 'resourceGroup', w)!,
+    location,
+    locations,
+    subnetId: str(a, 'subnetId', w)!,
+    storageAccountId: str(a, 'storageAccountId', w)!,
+    container: str(a, 'container', w, false) ?? 'vhds',
+    defaultVmSize: str(a, 'defaultVmSize', w, false) ?? 'Standard_D2s_v3',
+    armEndpoint: str(a, 'armEndpoint', w, false),
+    caCertPath: str(a, 'caCertPath', w, false),
+    tokenEnv: str(a, 'tokenEnv', w, false),
+    blobConnectionStringEnv: str(a, 'blobConnectionStringEnv', w, false),
+    proxies: proxiesRaw.map((pr, i) => {
+      const p = record(pr, `azure.proxies[${i}]`);
+      return {
+        name: str(p, 'name', `azure.proxies[${i}]`)!,
+        resourceGroup: str(p, 'resourceGroup', `azure.proxies[${i}]`, false) ?? str(a, 'resourceGroup', w)!,
+        vmName: str(p, 'vmName', `azure.proxies[${i}]`)!,
+        idleTimeoutSeconds: int(p, 'idleTimeoutSeconds', `azure.proxies[${i}]`, 300, 0),
+      };
+    }),
+    helpers: Object.fromEntries(
+      Object.entries(helpersRaw).map(([loc, hv]) => {
+        const h = record(hv, `azure.helpers.${loc}`);
+        return [
+          loc,
+          {
+            resourceGroup: str(h, 'resourceGroup', `azure.helpers.${loc}`, false) ?? str(a, 'resourceGroup', w)!,
+            vmName: str(h, 'vmName', `azure.helpers.${loc}`)!,
+            idleTimeoutSeconds: int(h, 'idleTimeoutSeconds', `azure.helpers.${loc}`, 60, 0),
+          },
+        ];
+      }),
+    ),
+  };
 }

@@ -6,6 +6,7 @@ import { configFilePath } from './config';
 import { labUp, labDir } from './lab';
 import { importRestorePoint, listRestorePoints } from './repository';
 import { buildLinuxDiskImage } from './guest/linux-image';
+import { buildWindowsDiskImage } from './guest/windows-image';
 import { connectClient, startVSphereRestore, waitWithProgress } from './restore-client';
 import { runWorker } from './worker';
 
@@ -49,9 +50,12 @@ function writeVmJson(dir: string, vm: Record<string, unknown>): string {
 }
 
 /** Builds the demo VMs' disk images (real partition tables and filesystems) and their vm.json files. */
-export async function buildDemoVms(root: string, log: (s: string) => void = () => {}): Promise<DemoVm[]> {
+export const DEMO_VMS = ['demo-linux', 'demo-thick', 'demo-windows'] as const;
+
+export async function buildDemoVms(root: string, log: (s: string) => void = () => {}, only?: Set<string>): Promise<DemoVm[]> {
   const vms: DemoVm[] = [];
-  {
+  const want = (name: string) => !only || only.has(name);
+  if (want('demo-linux')) {
     const dir = path.join(root, 'demo-linux');
     mkdirSync(dir, { recursive: true });
     log('building demo-linux: 8 GiB thin disk, MBR, ext4 root (Ubuntu-style, netplan + ufw)');
@@ -76,7 +80,7 @@ export async function buildDemoVms(root: string, log: (s: string) => void = () =
       }),
     });
   }
-  {
+  if (want('demo-thick')) {
     const dir = path.join(root, 'demo-thick');
     mkdirSync(dir, { recursive: true });
     log('building demo-thick: two thick disks (1 GiB GPT ext4 root, RHEL-style ifcfg + firewalld; 256 MiB data)');
@@ -88,7 +92,16 @@ export async function buildDemoVms(root: string, log: (s: string) => void = () =
       firewall: 'firewalld',
       usedMiB: 60,
     });
-    buildDataDiskImage(path.join(dir, 'disk1.img'), 256 * MiB, [[0, 16 * MiB], [64 * MiB, 24 * MiB], [200 * MiB + 4096, 8 * MiB]], 'demo-thick-data');
+    buildDataDiskImage(
+      path.join(dir, 'disk1.img'),
+      256 * MiB,
+      [
+        [0, 16 * MiB],
+        [64 * MiB, 24 * MiB],
+        [200 * MiB + 4096, 8 * MiB],
+      ],
+      'demo-thick-data',
+    );
     vms.push({
       name: 'demo-thick',
       vmJson: writeVmJson(dir, {
@@ -105,6 +118,24 @@ export async function buildDemoVms(root: string, log: (s: string) => void = () =
       }),
     });
   }
+  if (want('demo-windows')) {
+    const dir = path.join(root, 'demo-windows');
+    mkdirSync(dir, { recursive: true });
+    log('building demo-windows: 2 GiB thin disk, MBR, NTFS with SYSTEM and SOFTWARE registry hives');
+    await buildWindowsDiskImage(path.join(dir, 'disk0.img'), { sizeBytes: 2 * GiB, scheme: 'mbr', hostname: 'DEMO-WIN', usedMiB: 48 });
+    vms.push({
+      name: 'demo-windows',
+      vmJson: writeVmJson(dir, {
+        name: 'demo-windows',
+        guestOs: 'windows',
+        firmware: 'bios',
+        cpus: 2,
+        memoryMiB: 4096,
+        nics: [{ network: 'VM Network' }],
+        disks: [{ path: 'disk0.img', provisioning: 'thin', label: 'C' }],
+      }),
+    });
+  }
   return vms;
 }
 
@@ -113,19 +144,15 @@ export async function seedDemoRepository(repo: string, log: (s: string) => void 
   mkdirSync(repo, { recursive: true });
   const existing = await listRestorePoints(repo);
   const have = new Map(existing.map((r) => [r.vmName, r.id]));
-  const wanted = ['demo-linux', 'demo-thick'];
-  if (wanted.every((n) => have.has(n))) {
+  const missing = new Set<string>(DEMO_VMS.filter((n) => !have.has(n)));
+  if (missing.size === 0) {
     log(`demo restore points already in ${repo}`);
-    return Object.fromEntries(wanted.map((n) => [n, have.get(n)!]));
+    return Object.fromEntries(DEMO_VMS.map((n) => [n, have.get(n)!]));
   }
   const imagesDir = path.join(path.dirname(repo), 'demo-images');
-  const vms = await buildDemoVms(imagesDir, log);
-  const ids: Record<string, string> = {};
+  const vms = await buildDemoVms(imagesDir, log, missing);
+  const ids: Record<string, string> = Object.fromEntries([...have.entries()].filter(([n]) => (DEMO_VMS as readonly string[]).includes(n)));
   for (const vm of vms) {
-    if (have.has(vm.name)) {
-      ids[vm.name] = have.get(vm.name)!;
-      continue;
-    }
     const res = await importRestorePoint(repo, vm.vmJson);
     ids[vm.name] = res.restorePointId;
     log(`imported ${vm.name} as ${res.restorePointId} (${res.stats.chunksWritten} chunks, ${res.stats.zeroBlocks} zero blocks not stored)`);
@@ -149,8 +176,14 @@ export async function runDemo(opts: { log: (s: string) => void }): Promise<numbe
   const worker = runWorker({ config, log, until: stop });
   const { client, connection } = await connectClient(config);
   const vmName = `demo-linux-restored-${Date.now().toString(36)}`;
-  const handle = await startVSphereRestore(client, { restorePointId: ids['demo-linux'], vmName, transport: 'auto', powerOn: true }, { taskQueue: config.temporal.taskQueue });
-  const ui = config.temporal.uiUrl ? `${config.temporal.uiUrl}/namespaces/${config.temporal.namespace}/workflows/${handle.workflowId}` : undefined;
+  const handle = await startVSphereRestore(
+    client,
+    { restorePointId: ids['demo-linux'], vmName, transport: 'auto', powerOn: true },
+    { taskQueue: config.temporal.taskQueue },
+  );
+  const ui = config.temporal.uiUrl
+    ? `${config.temporal.uiUrl}/namespaces/${config.temporal.namespace}/workflows/${handle.workflowId}`
+    : undefined;
   log(`demo restore started: ${handle.workflowId}`);
   if (ui) log(`watch it in the Temporal Web UI: ${ui}`);
   const final = await waitWithProgress(client, handle.workflowId, log);

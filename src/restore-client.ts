@@ -4,7 +4,8 @@ import { defaultPayloadConverter } from '@temporalio/common';
 import type { AppConfig } from './config';
 import type { DiskCheckpoint, DiskProgress, RestoreProgress, VSphereRestoreRequest, VSphereRestoreResult } from './domain/restore';
 import { RestoreKind, RestoreVm } from './domain/search-attributes';
-import { progressQuery, restoreToVSphere } from './workflows';
+import { progressQuery, restoreToAzure, restoreToVSphere } from './workflows';
+import type { AzureRestoreRequest } from './domain/azure';
 
 export interface RestoreStatus {
   workflowId: string;
@@ -54,6 +55,36 @@ export async function startVSphereRestore(
   });
 }
 
+export function azureWorkflowId(vmName: string, suffix = newRestoreSuffix()): string {
+  return `restore-azure-${vmName.replace(/[^A-Za-z0-9._-]/g, '_')}-${suffix}`;
+}
+
+export async function startAzureRestore(
+  client: Client,
+  request: AzureRestoreRequest,
+  opts: { taskQueue: string; workflowId?: string },
+): Promise<WorkflowHandle<typeof restoreToAzure>> {
+  const workflowId = opts.workflowId ?? azureWorkflowId(request.vmName);
+  return client.workflow.start(restoreToAzure, {
+    taskQueue: opts.taskQueue,
+    workflowId,
+    args: [{ ...request, restoreId: request.restoreId ?? workflowId }],
+    typedSearchAttributes: [
+      { key: RestoreKind, value: 'azure' },
+      { key: RestoreVm, value: request.vmName },
+    ],
+    staticSummary: `Restore ${request.vmName} to Azure from ${request.restorePointId}`,
+    staticDetails: [
+      `**Restore point:** ${request.restorePointId}`,
+      `**Target VM name:** ${request.vmName}`,
+      `**Resource group:** ${request.resourceGroup ?? '(default)'}`,
+      `**Location:** ${request.location ?? '(default)'}`,
+      `**Generation:** ${request.generation ?? 1}`,
+      `**Proxy:** ${request.proxy ?? 'none'}`,
+    ].join('\n\n'),
+  });
+}
+
 /** Current state of a restore: phase from the workflow, live bytes from the disk writers' heartbeats. */
 export async function getRestoreStatus(client: Client, workflowId: string): Promise<RestoreStatus> {
   const handle = client.workflow.getHandle(workflowId);
@@ -83,7 +114,14 @@ export async function getRestoreStatus(client: Client, workflowId: string): Prom
     out.phase = 'completed';
     for (const d of out.disks) d.bytesDone = d.bytesTotal;
     if (out.disks.length === 0 && r?.disks) {
-      out.disks = r.disks.map((d) => ({ diskIndex: d.diskIndex, label: `disk ${d.diskIndex}`, transport: d.transport, bytesDone: d.bytesWritten + d.bytesSkippedZero, bytesTotal: d.bytesWritten + d.bytesSkippedZero, state: 'done' }));
+      out.disks = r.disks.map((d) => ({
+        diskIndex: d.diskIndex,
+        label: `disk ${d.diskIndex}`,
+        transport: d.transport,
+        bytesDone: d.bytesWritten + d.bytesSkippedZero,
+        bytesTotal: d.bytesWritten + d.bytesSkippedZero,
+        state: 'done',
+      }));
     }
   } else if (status === 'FAILED' || status === 'TERMINATED' || status === 'CANCELLED' || status === 'TIMED_OUT') {
     try {
@@ -112,11 +150,7 @@ export function fmtBytes(n: number): string {
 }
 
 /** Polls the restore until it ends, printing phase and per-disk bytes and throughput. */
-export async function waitWithProgress(
-  client: Client,
-  workflowId: string,
-  print?: (line: string) => void,
-): Promise<RestoreStatus> {
+export async function waitWithProgress(client: Client, workflowId: string, print?: (line: string) => void): Promise<RestoreStatus> {
   let lastLine = '';
   const seen = new Map<number, { bytes: number; at: number }>();
   for (;;) {
@@ -125,7 +159,7 @@ export async function waitWithProgress(
       const now = Date.now();
       const parts = s.disks.map((d) => {
         const prev = seen.get(d.diskIndex);
-        const rate = prev && now > prev.at ? ((d.bytesDone - prev.bytes) / ((now - prev.at) / 1000)) / 1e6 : 0;
+        const rate = prev && now > prev.at ? (d.bytesDone - prev.bytes) / ((now - prev.at) / 1000) / 1e6 : 0;
         seen.set(d.diskIndex, { bytes: d.bytesDone, at: now });
         return `disk${d.diskIndex}[${d.transport ?? '-'}] ${fmtBytes(d.bytesDone)}/${fmtBytes(d.bytesTotal)} ${rate > 0 ? `${rate.toFixed(0)} MB/s` : d.state}`;
       });
@@ -141,4 +175,3 @@ export async function waitWithProgress(
     await new Promise((r) => setTimeout(r, 1000));
   }
 }
-

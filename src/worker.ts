@@ -1,4 +1,6 @@
+import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, Worker } from '@temporalio/worker';
+import { createMappedAzureActivities } from './activities/azure';
 import type { AppConfig } from './config';
 import { createMappedVSphereActivities } from './activities/vsphere';
 import { VSphereSessions } from './activities/vsphere-sessions';
@@ -17,6 +19,9 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
   const log = opts.log ?? (() => {});
   const connection = await NativeConnection.connect({ address: config.temporal.address });
   const sessions = new VSphereSessions(config);
+  // Lease activities talk to lease workflows through a regular client.
+  const clientConnection = await Connection.connect({ address: config.temporal.address });
+  const client = new Client({ connection: clientConnection, namespace: config.temporal.namespace });
   const taskQueue = opts.taskQueue ?? config.temporal.taskQueue;
   try {
     const worker = await Worker.create({
@@ -24,7 +29,10 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
       namespace: config.temporal.namespace,
       taskQueue,
       workflowsPath: require.resolve('./workflows'),
-      activities: { ...createMappedVSphereActivities({ config, sessions }) },
+      activities: {
+        ...createMappedVSphereActivities({ config, sessions }),
+        ...createMappedAzureActivities({ config: { ...config, temporal: { ...config.temporal, taskQueue } }, client }),
+      },
       // Checkpoints reach the server within a second, which bounds re-written bytes after a crash.
       maxHeartbeatThrottleInterval: '1 second',
       defaultHeartbeatThrottleInterval: '1 second',
@@ -36,6 +44,7 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
     else await worker.run();
   } finally {
     await sessions.closeAll();
+    await clientConnection.close();
     await connection.close();
   }
 }

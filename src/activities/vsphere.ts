@@ -138,14 +138,19 @@ export function createVSphereActivities(deps: VSphereDeps) {
       }
       for (const src of Object.keys(req.networkMap ?? {})) {
         if (!rp.vm.nics.some((n) => n.network === src)) {
-          invalid(`network map names source network '${src}', but VM '${rp.vm.name}' has NICs on: ${rp.vm.nics.map((n) => n.network).join(', ') || 'none'}`);
+          invalid(
+            `network map names source network '${src}', but VM '${rp.vm.name}' has NICs on: ${rp.vm.nics.map((n) => n.network).join(', ') || 'none'}`,
+          );
         }
       }
       const existing = await client.findVmByName(dc, req.vmName);
       if (existing) {
         const cfg = await existing.config();
         if (cfg.extraConfig[RESTORE_ID_KEY] !== req.restoreId) {
-          throw new RestoreError(FailureType.AlreadyExists, `a VM named '${req.vmName}' already exists in datacenter '${dc.name}'; choose another --vm-name`);
+          throw new RestoreError(
+            FailureType.AlreadyExists,
+            `a VM named '${req.vmName}' already exists in datacenter '${dc.name}'; choose another --vm-name`,
+          );
         }
       }
 
@@ -188,8 +193,14 @@ export function createVSphereActivities(deps: VSphereDeps) {
       }
       if (!best) {
         const thinDisk = disks.find((d) => d.thin);
-        const hint = anyThin && transport.startsWith('direct') ? ` (disk ${thinDisk?.diskIndex} is thin; use auto, hotadd or nbd, or --disk-format thick-eager)` : '';
-        throw new RestoreError(FailureType.TransportUnavailable, `transport '${transport}' cannot be used for VM '${rp.vm.name}': ${[...new Set(reasons)].join('; ')}${hint}`);
+        const hint =
+          anyThin && transport.startsWith('direct')
+            ? ` (disk ${thinDisk?.diskIndex} is thin; use auto, hotadd or nbd, or --disk-format thick-eager)`
+            : '';
+        throw new RestoreError(
+          FailureType.TransportUnavailable,
+          `transport '${transport}' cannot be used for VM '${rp.vm.name}': ${[...new Set(reasons)].join('; ')}${hint}`,
+        );
       }
       for (const d of disks) d.transports = best.modes;
 
@@ -333,14 +344,24 @@ export function createVSphereActivities(deps: VSphereDeps) {
         const beat = setInterval(() => ctx.heartbeat({ diskIndex, offset: 0, bytes: sent, transport } satisfies DiskCheckpoint), 1000);
         try {
           async function* body() {
-            for await (const b of readDiskBlocks(config.repository.path, rp, diskIndex, { concurrency: config.restore.readConcurrency, signal })) {
+            for await (const b of readDiskBlocks(config.repository.path, rp, diskIndex, {
+              concurrency: config.restore.readConcurrency,
+              signal,
+            })) {
               const data = b.data ?? zero.subarray(0, b.length);
               await limiter.take(b.length, signal);
               sent += b.length;
               yield data;
             }
           }
-          await uploadDatastoreFile(client, { datacenter: plan.datacenter, datastore, path: rel, size: disk.capacityBytes, body: body(), signal });
+          await uploadDatastoreFile(client, {
+            datacenter: plan.datacenter,
+            datastore,
+            path: rel,
+            size: disk.capacityBytes,
+            body: body(),
+            signal,
+          });
         } finally {
           clearInterval(beat);
         }
@@ -352,11 +373,17 @@ export function createVSphereActivities(deps: VSphereDeps) {
         const client = await sessions.get(plan.profile);
         const attached = await (await proxyVm(client, plan)).attachedDiskFiles();
         if (!attached.includes(diskFile)) {
-          throw new RestoreError(FailureType.TransportUnavailable, `hotadd: disk ${diskFile} is not attached to proxy VM '${plan.proxyVmName}'`);
+          throw new RestoreError(
+            FailureType.TransportUnavailable,
+            `hotadd: disk ${diskFile} is not attached to proxy VM '${plan.proxyVmName}'`,
+          );
         }
       }
       if (!existsSync(target)) {
-        throw new RestoreError(FailureType.TransportUnavailable, `${transport}: the disk's flat extent ${target} is not visible to proxy '${proxy.name}'`);
+        throw new RestoreError(
+          FailureType.TransportUnavailable,
+          `${transport}: the disk's flat extent ${target} is not visible to proxy '${proxy.name}'`,
+        );
       }
       const resumeFrom = prev && prev.transport === transport ? prev.offset : 0;
       let last: DiskCheckpoint = { diskIndex, offset: resumeFrom, bytes: prev?.bytes ?? 0, transport };
@@ -365,7 +392,11 @@ export function createVSphereActivities(deps: VSphereDeps) {
         const progress = await writeDiskToFile({
           targetPath: target,
           capacityBytes: disk.capacityBytes,
-          blocks: readDiskBlocks(config.repository.path, rp, diskIndex, { fromOffset: resumeFrom, concurrency: config.restore.readConcurrency, signal }),
+          blocks: readDiskBlocks(config.repository.path, rp, diskIndex, {
+            fromOffset: resumeFrom,
+            concurrency: config.restore.readConcurrency,
+            signal,
+          }),
           checkpointBytes: config.restore.checkpointBytes,
           throttleBytesPerSecond: throttle,
           // A freshly created virtual disk reads as zeros, so zero blocks are left as holes.

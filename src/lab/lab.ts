@@ -112,13 +112,20 @@ async function startTemporal(prev: LabTemporal | undefined, taken: Set<number>, 
   mkdirSync(dataDir, { recursive: true });
   const namespace = 'default';
   const args = [
-    'server', 'start-dev',
-    '--ip', '127.0.0.1',
-    '--port', String(port),
-    '--ui-port', String(uiPort),
-    '--db-filename', path.join(dataDir, 'temporal.db'),
-    '--namespace', namespace,
-    '--log-level', 'warn',
+    'server',
+    'start-dev',
+    '--ip',
+    '127.0.0.1',
+    '--port',
+    String(port),
+    '--ui-port',
+    String(uiPort),
+    '--db-filename',
+    path.join(dataDir, 'temporal.db'),
+    '--namespace',
+    namespace,
+    '--log-level',
+    'warn',
   ];
   for (const [key, type] of Object.entries(SEARCH_ATTRIBUTES)) args.push('--search-attribute', `${key}=${type}`);
   const { pid, log: logFile } = spawnDetached(bin, args, 'temporal.log');
@@ -201,10 +208,16 @@ async function startAzurite(prev: LabBlob | undefined, taken: Set<number>, log: 
     process.execPath,
     [
       azuriteScript(),
-      '--blobHost', '127.0.0.1',
-      '--blobPort', String(port),
-      '--location', data,
-      '--silent', '--loose', '--skipApiVersionCheck', '--disableTelemetry',
+      '--blobHost',
+      '127.0.0.1',
+      '--blobPort',
+      String(port),
+      '--location',
+      data,
+      '--silent',
+      '--loose',
+      '--skipApiVersionCheck',
+      '--disableTelemetry',
     ],
     'azurite.log',
   );
@@ -221,8 +234,7 @@ async function startAzurite(prev: LabBlob | undefined, taken: Set<number>, log: 
     endpoint,
     accountName: AZURITE_ACCOUNT,
     accountKey: AZURITE_KEY,
-    connectionString:
-      `DefaultEndpointsProtocol=http;AccountName=${AZURITE_ACCOUNT};AccountKey=${AZURITE_KEY};BlobEndpoint=${endpoint};`,
+    connectionString: `DefaultEndpointsProtocol=http;AccountName=${AZURITE_ACCOUNT};AccountKey=${AZURITE_KEY};BlobEndpoint=${endpoint};`,
   };
 }
 

@@ -46,10 +46,8 @@ const RESTORE_POINT_ID = /^rp-\d{14}-[0-9a-f]{6}$/;
 
 export const restorePointsDir = (repoDir: string): string => path.join(repoDir, 'restore-points');
 export const chunksDir = (repoDir: string): string => path.join(repoDir, 'chunks');
-export const restorePointPath = (repoDir: string, id: string): string =>
-  path.join(restorePointsDir(repoDir), `${id}.json`);
-export const chunkPath = (repoDir: string, hash: string): string =>
-  path.join(chunksDir(repoDir), hash.slice(0, 2), hash);
+export const restorePointPath = (repoDir: string, id: string): string => path.join(restorePointsDir(repoDir), `${id}.json`);
+export const chunkPath = (repoDir: string, hash: string): string => path.join(chunksDir(repoDir), hash.slice(0, 2), hash);
 
 export function isChunkHash(value: unknown): value is string {
   return typeof value === 'string' && CHUNK_HASH.test(value);
@@ -119,8 +117,7 @@ export function validateRestorePoint(raw: unknown, file: string, expectedId?: st
     return fail('vm is missing its name or disks');
   }
   const blockSize = raw.blockSize;
-  if (!isPositiveInt(blockSize) || blockSize % SECTOR_SIZE !== 0)
-    return fail(`blockSize ${JSON.stringify(blockSize)} is invalid`);
+  if (!isPositiveInt(blockSize) || blockSize % SECTOR_SIZE !== 0) return fail(`blockSize ${JSON.stringify(blockSize)} is invalid`);
   if (!Array.isArray(raw.disks)) return fail('disks is not an array');
   for (const [i, disk] of (raw.disks as unknown[]).entries()) {
     if (!isRecord(disk)) return fail(`disks[${i}] is not an object`);

@@ -55,18 +55,9 @@ const WRITES_IN_FLIGHT = 16;
  * Imports raw disk images described by a vm.json as a new restore point. Chunks are content-addressed,
  * so an import of a VM that already has restore points writes only the blocks that changed.
  */
-export async function importRestorePoint(
-  repoDir: string,
-  vmJsonPath: string,
-  opts: ImportOptions = {},
-): Promise<ImportResult> {
+export async function importRestorePoint(repoDir: string, vmJsonPath: string, opts: ImportOptions = {}): Promise<ImportResult> {
   const blockSize = opts.blockSize ?? DEFAULT_BLOCK_SIZE;
-  if (
-    !Number.isSafeInteger(blockSize) ||
-    blockSize < SECTOR_SIZE ||
-    blockSize > MAX_BLOCK_SIZE ||
-    blockSize % SECTOR_SIZE !== 0
-  ) {
+  if (!Number.isSafeInteger(blockSize) || blockSize < SECTOR_SIZE || blockSize > MAX_BLOCK_SIZE || blockSize % SECTOR_SIZE !== 0) {
     throw new RestoreError(
       FailureType.InvalidRequest,
       `blockSize ${blockSize} must be a multiple of ${SECTOR_SIZE} from ${SECTOR_SIZE} to ${MAX_BLOCK_SIZE}`,
@@ -88,20 +79,14 @@ export async function importRestorePoint(
   const totalBytes = source.vm.disks.reduce((sum, d) => sum + d.capacityBytes, 0);
   const disks: RestorePointDisk[] = [];
   for (const vmDisk of source.vm.disks) {
-    const blocks = await importDisk(
-      writer,
-      source.diskImagePaths[vmDisk.index],
-      vmDisk.capacityBytes,
-      blockSize,
-      stats,
-      (diskBytesRead) =>
-        opts.onProgress?.({
-          diskIndex: vmDisk.index,
-          diskBytesRead,
-          diskCapacityBytes: vmDisk.capacityBytes,
-          bytesRead: stats.bytesRead,
-          totalBytes,
-        }),
+    const blocks = await importDisk(writer, source.diskImagePaths[vmDisk.index], vmDisk.capacityBytes, blockSize, stats, (diskBytesRead) =>
+      opts.onProgress?.({
+        diskIndex: vmDisk.index,
+        diskBytesRead,
+        diskCapacityBytes: vmDisk.capacityBytes,
+        bytesRead: stats.bytesRead,
+        totalBytes,
+      }),
     );
     disks.push({ index: vmDisk.index, capacityBytes: vmDisk.capacityBytes, blocks });
     stats.disks++;

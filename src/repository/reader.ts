@@ -77,10 +77,7 @@ export async function* readDiskBlocks(
     const result = await readChunk(repoDir, hash, blockLength(disk, blockSize, blockIndex));
     if (result.status === 'ok') return result.data;
     const where = `restore point ${restorePoint.id} VM '${restorePoint.vm.name}' disk ${diskIndex} at offset ${offset}`;
-    const what =
-      result.status === 'missing'
-        ? `is missing (expected ${chunkPath(repoDir, hash)})`
-        : `is corrupt (${result.reason})`;
+    const what = result.status === 'missing' ? `is missing (expected ${chunkPath(repoDir, hash)})` : `is corrupt (${result.reason})`;
     throw new RestoreError(FailureType.RepositoryCorrupt, `${where}: chunk ${hash} ${what}`);
   };
 

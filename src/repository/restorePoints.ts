@@ -37,10 +37,7 @@ async function loadRestorePoint(repoDir: string, id: string): Promise<RestorePoi
   try {
     raw = JSON.parse(text);
   } catch (err) {
-    throw new RestoreError(
-      FailureType.RepositoryCorrupt,
-      `restore point file ${file} is damaged: ${(err as Error).message}`,
-    );
+    throw new RestoreError(FailureType.RepositoryCorrupt, `restore point file ${file} is damaged: ${(err as Error).message}`);
   }
   return validateRestorePoint(raw, file, id);
 }
@@ -90,10 +87,7 @@ export async function listRestorePoints(repoDir: string): Promise<RestorePointSu
 export async function getRestorePoint(repoDir: string, idOrPrefix: string): Promise<RestorePoint> {
   const wanted = idOrPrefix.trim();
   if (wanted === '') {
-    throw new RestoreError(
-      FailureType.InvalidRequest,
-      `restore point id is empty (repository ${path.resolve(repoDir)})`,
-    );
+    throw new RestoreError(FailureType.InvalidRequest, `restore point id is empty (repository ${path.resolve(repoDir)})`);
   }
   const ids = await listRestorePointIds(repoDir);
   if (ids.includes(wanted)) return loadRestorePoint(repoDir, wanted);
@@ -106,8 +100,7 @@ export async function getRestorePoint(repoDir: string, idOrPrefix: string): Prom
         `matches ${describeIds(matches)}; give more characters of the id`,
     );
   }
-  const known =
-    ids.length === 0 ? 'the repository has no restore points' : `known: ${describeIds(ids.slice().reverse())}`;
+  const known = ids.length === 0 ? 'the repository has no restore points' : `known: ${describeIds(ids.slice().reverse())}`;
   throw new RestoreError(
     FailureType.RestorePointNotFound,
     `restore point '${wanted}' not found in repository ${path.resolve(repoDir)} (${known})`,

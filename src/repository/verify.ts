@@ -38,9 +38,7 @@ export async function verifyRepository(repoDir: string, opts: VerifyOptions = {}
     throw new RestoreError(FailureType.InvalidRequest, `concurrency ${concurrency} must be a positive integer`);
   }
   const restorePoints: RestorePoint[] =
-    opts.restorePointId !== undefined
-      ? [await getRestorePoint(repoDir, opts.restorePointId)]
-      : await loadAllRestorePoints(repoDir);
+    opts.restorePointId !== undefined ? [await getRestorePoint(repoDir, opts.restorePointId)] : await loadAllRestorePoints(repoDir);
 
   // Distinct chunks first, so shared chunks are read once and memory grows with chunks, not blocks.
   const chunkLengths = new Map<string, number>();

@@ -43,10 +43,7 @@ export async function readVmJson(vmJsonPath: string): Promise<VmImportSource> {
   try {
     raw = JSON.parse(text);
   } catch (err) {
-    throw new RestoreError(
-      FailureType.InvalidRequest,
-      `${label}: ${file} is not valid JSON: ${(err as Error).message}`,
-    );
+    throw new RestoreError(FailureType.InvalidRequest, `${label}: ${file} is not valid JSON: ${(err as Error).message}`);
   }
 
   const problems: string[] = [];

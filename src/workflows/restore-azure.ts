@@ -32,7 +32,12 @@ const NON_RETRYABLE = [
 
 const control = proxyActivities<AzureActivities>({
   startToCloseTimeout: '15 minutes',
-  retry: { initialInterval: '1s', maximumInterval: '30s', maximumAttempts: 8, nonRetryableErrorTypes: [...NON_RETRYABLE, FailureType.AzureFault] },
+  retry: {
+    initialInterval: '1s',
+    maximumInterval: '30s',
+    maximumAttempts: 8,
+    nonRetryableErrorTypes: [...NON_RETRYABLE, FailureType.AzureFault],
+  },
 });
 
 const longRunning = (summary: string) =>
@@ -78,7 +83,13 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
 
   const plan: AzurePlan = await control.prepareAzureRestore({ ...request, restoreId });
   upsertSearchAttributes([{ key: RestoreTarget, value: `${plan.resourceGroup}/${plan.location}` }]);
-  progress.disks = plan.disks.map<DiskProgress>((d) => ({ diskIndex: d.diskIndex, label: d.label, bytesDone: 0, bytesTotal: d.capacityBytes, state: 'pending' }));
+  progress.disks = plan.disks.map<DiskProgress>((d) => ({
+    diskIndex: d.diskIndex,
+    label: d.label,
+    bytesDone: 0,
+    bytesTotal: d.capacityBytes,
+    state: 'pending',
+  }));
 
   const compensations: Array<() => Promise<void>> = [];
   const holder = restoreId;
@@ -104,7 +115,10 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
       plan.disks.map(async (disk) => {
         const row = progress.disks[disk.diskIndex];
         row.state = 'writing';
-        const r = await longRunning(`upload disk ${disk.diskIndex} (${disk.label}) as fixed VHD`).uploadVhd({ plan, diskIndex: disk.diskIndex });
+        const r = await longRunning(`upload disk ${disk.diskIndex} (${disk.label}) as fixed VHD`).uploadVhd({
+          plan,
+          diskIndex: disk.diskIndex,
+        });
         uploads[disk.diskIndex] = r;
         row.state = 'done';
         row.bytesDone = row.bytesTotal;
@@ -137,7 +151,10 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
       compensations.unshift(detach);
       await control.attachToHelper({ plan });
       await control.acquireLeaseActivity({ target: helper, holder });
-      guestChanges = await longRunning(`prepare the Linux disks on helper ${helper.vmName}`).prepareGuestDisk({ plan, where: 'helper-appliance' });
+      guestChanges = await longRunning(`prepare the Linux disks on helper ${helper.vmName}`).prepareGuestDisk({
+        plan,
+        where: 'helper-appliance',
+      });
       await detach();
       compensations.splice(compensations.indexOf(detach), 1);
       await releaseHelper();

@@ -81,9 +81,7 @@ export async function restoreToVSphere(request: VSphereRestoreRequest): Promise<
     progress.phase = phase;
     progress.message = message;
     upsertSearchAttributes([{ key: RestorePhaseKey, value: phase }]);
-    setCurrentDetails(
-      `**${phase}**${message ? ` ${message}` : ''}\n\n${renderDiskTable(progress.disks)}`,
-    );
+    setCurrentDetails(`**${phase}**${message ? ` ${message}` : ''}\n\n${renderDiskTable(progress.disks)}`);
   };
   upsertSearchAttributes([
     { key: RestoreKind, value: 'vsphere' },
@@ -119,7 +117,15 @@ export async function restoreToVSphere(request: VSphereRestoreRequest): Promise<
         const disk = plan.disks[next++];
         const row = progress.disks[disk.diskIndex];
         row.state = 'writing';
-        results[disk.diskIndex] = await writeOneDisk(plan, vm.vmRef, vm.diskFiles[disk.diskIndex], disk.diskIndex, disk.transports, row, compensations);
+        results[disk.diskIndex] = await writeOneDisk(
+          plan,
+          vm.vmRef,
+          vm.diskFiles[disk.diskIndex],
+          disk.diskIndex,
+          disk.transports,
+          row,
+          compensations,
+        );
         row.state = 'done';
         row.bytesDone = row.bytesTotal;
         setPhase('writing-disks');

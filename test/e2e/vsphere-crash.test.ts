@@ -35,7 +35,15 @@ describe('crash during a disk write', () => {
     buildDataDiskImage(path.join(tmp, 'disk0.img'), 384 * MiB, [[0, 384 * MiB]], 'crash-test');
     writeFileSync(
       path.join(tmp, 'vm.json'),
-      JSON.stringify({ name: 'crash-vm', guestOs: 'linux', firmware: 'bios', cpus: 1, memoryMiB: 512, nics: [{ network: 'VM Network' }], disks: [{ path: 'disk0.img', provisioning: 'thick' }] }),
+      JSON.stringify({
+        name: 'crash-vm',
+        guestOs: 'linux',
+        firmware: 'bios',
+        cpus: 1,
+        memoryMiB: 512,
+        nics: [{ network: 'VM Network' }],
+        disks: [{ path: 'disk0.img', provisioning: 'thick' }],
+      }),
     );
     rpId = (await importRestorePoint(env.config.repository.path, path.join(tmp, 'vm.json'))).restorePointId;
   });
@@ -49,7 +57,11 @@ describe('crash during a disk write', () => {
     const throttleMBps = 48;
     const first = await startWorkerProcess(env.taskQueue);
     const vmName = `t-crash-${Date.now().toString(36)}`;
-    const handle = await startVSphereRestore(env.client, { restorePointId: rpId, vmName, transport: 'direct-nas', throttleMBps }, { taskQueue: env.taskQueue });
+    const handle = await startVSphereRestore(
+      env.client,
+      { restorePointId: rpId, vmName, transport: 'direct-nas', throttleMBps },
+      { taskQueue: env.taskQueue },
+    );
     let seen: DiskCheckpoint | undefined;
     const deadline = Date.now() + 60_000;
     while (Date.now() < deadline) {
@@ -88,8 +100,13 @@ describe('crash during a disk write', () => {
       const vms = await vs.findVmsByExtraConfig(dc, RESTORE_ID_KEY, result.restoreId);
       assert.equal(vms.length, 1, 'exactly one VM for the restore');
       const history = await handle.fetchHistory();
-      const attempts = history.events!.filter((e) => e.activityTaskStartedEventAttributes).map((e) => e.activityTaskStartedEventAttributes!.attempt ?? 1);
-      assert.ok(attempts.some((a) => a >= 2), 'the disk write was retried on the new worker');
+      const attempts = history
+        .events!.filter((e) => e.activityTaskStartedEventAttributes)
+        .map((e) => e.activityTaskStartedEventAttributes!.attempt ?? 1);
+      assert.ok(
+        attempts.some((a) => a >= 2),
+        'the disk write was retried on the new worker',
+      );
       await vms[0].destroy();
     } finally {
       await second.stop();

@@ -43,7 +43,9 @@ describe('restore lifecycle: cancel, child workflows, replay', () => {
     while (!writing && Date.now() < deadline) {
       const desc = await handle.describe();
       const pa = desc.raw.pendingActivities?.find((a) => a.activityType?.name === 'writeDisk');
-      writing = !!pa?.heartbeatDetails?.payloads?.[0] && (defaultPayloadConverter.fromPayload(pa.heartbeatDetails.payloads[0]) as { offset: number }) !== undefined;
+      writing =
+        !!pa?.heartbeatDetails?.payloads?.[0] &&
+        (defaultPayloadConverter.fromPayload(pa.heartbeatDetails.payloads[0]) as { offset: number }) !== undefined;
       if (!writing) await new Promise((r) => setTimeout(r, 100));
     }
     assert.ok(writing, 'a disk write was under way');
@@ -77,7 +79,10 @@ describe('restore lifecycle: cancel, child workflows, replay', () => {
     assert.equal(child.result?.disks.length, 2);
     assert.ok(child.workflowId.startsWith(parentId + '/'), 'child id derives from the parent');
     const history = await env.client.workflow.getHandle(parentId).fetchHistory();
-    assert.ok(history.events!.some((e) => e.childWorkflowExecutionCompletedEventAttributes), 'parent history records the completed child');
+    assert.ok(
+      history.events!.some((e) => e.childWorkflowExecutionCompletedEventAttributes),
+      'parent history records the completed child',
+    );
     finished.push(child.workflowId, parentId);
     const dc = await vs.datacenter('DC0');
     await (await vs.findVmByName(dc, vmName))?.destroy();

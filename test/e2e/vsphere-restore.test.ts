@@ -33,7 +33,11 @@ async function checkRestoredVm(rpId: string, result: VSphereRestoreResult, trans
   const cfg = await vm.config();
   assert.equal(cfg.cpus, rp.vm.cpus, 'cpus');
   assert.equal(cfg.memoryMiB, rp.vm.memoryMiB, 'memory');
-  assert.deepEqual(cfg.nics.map((n) => n.network), rp.vm.nics.map((n) => n.network), 'nic networks');
+  assert.deepEqual(
+    cfg.nics.map((n) => n.network),
+    rp.vm.nics.map((n) => n.network),
+    'nic networks',
+  );
   assert.equal(cfg.disks.length, rp.vm.disks.length, 'disk count');
   for (const d of rp.vm.disks) {
     const restored = cfg.disks[d.index];
@@ -83,14 +87,21 @@ describe('restore to vSphere (real Temporal + vcsim + repository)', () => {
     assert.ok(proxy);
     const proxyOwnDisks = await proxy.attachedDiskFiles();
     const result = await restore(rpId, `t-linux-auto-${Date.now().toString(36)}`, 'auto');
-    assert.deepEqual(result.disks.map((d) => d.transport), ['hotadd']);
+    assert.deepEqual(
+      result.disks.map((d) => d.transport),
+      ['hotadd'],
+    );
     assert.deepEqual(await proxy.attachedDiskFiles(), proxyOwnDisks, 'proxy has no hot-added disks left');
     await checkRestoredVm(rpId, result, 'hotadd');
   });
 
   it('refuses direct-nas for a thin VM with a clear non-retryable error and creates nothing', async () => {
     const vmName = `t-linux-nas-${Date.now().toString(36)}`;
-    const handle = await startVSphereRestore(env.client, { restorePointId: env.demo['demo-linux'], vmName, transport: 'direct-nas' }, { taskQueue: env.taskQueue });
+    const handle = await startVSphereRestore(
+      env.client,
+      { restorePointId: env.demo['demo-linux'], vmName, transport: 'direct-nas' },
+      { taskQueue: env.taskQueue },
+    );
     const err = await handle.result().then(
       () => assert.fail('restore should fail'),
       (e: unknown) => e,
@@ -100,8 +111,12 @@ describe('restore to vSphere (real Temporal + vcsim + repository)', () => {
     assert.match(msg, /direct-nas/);
     assert.match(msg, /thin/);
     const history = await handle.fetchHistory();
-    const attempts = history.events?.filter((e) => e.activityTaskStartedEventAttributes).map((e) => e.activityTaskStartedEventAttributes!.attempt) ?? [];
-    assert.ok(attempts.every((a) => a === 1), `no retries (attempts ${attempts})`);
+    const attempts =
+      history.events?.filter((e) => e.activityTaskStartedEventAttributes).map((e) => e.activityTaskStartedEventAttributes!.attempt) ?? [];
+    assert.ok(
+      attempts.every((a) => a === 1),
+      `no retries (attempts ${attempts})`,
+    );
     const dc = await vs.datacenter('DC0');
     assert.equal(await vs.findVmByName(dc, vmName), null, 'no VM was created');
     assert.ok(!existsSync(localFlatFile(`[LocalDS_0] ${vmName}/${vmName}.vmdk`)), 'no disk was created');

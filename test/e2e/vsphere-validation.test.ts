@@ -13,10 +13,14 @@ let vs: VSphereClient;
 /** Runs a restore that must fail in initialization: clear message, no retries, nothing created. */
 async function expectRejected(req: Partial<VSphereRestoreRequest>, pattern: RegExp): Promise<string> {
   const vmName = req.vmName ?? `t-bad-${Date.now().toString(36)}`;
-  const handle = await startVSphereRestore(env.client, { restorePointId: env.demo['demo-thick'], transport: 'nbd', ...req, vmName } as VSphereRestoreRequest, {
-    taskQueue: env.taskQueue,
-    workflowId: `restore-vsphere-invalid-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 6)}`,
-  });
+  const handle = await startVSphereRestore(
+    env.client,
+    { restorePointId: env.demo['demo-thick'], transport: 'nbd', ...req, vmName } as VSphereRestoreRequest,
+    {
+      taskQueue: env.taskQueue,
+      workflowId: `restore-vsphere-invalid-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 6)}`,
+    },
+  );
   const err = await handle.result().then(
     () => assert.fail(`restore ${JSON.stringify(req)} should have failed`),
     (e: unknown) => e,
@@ -24,9 +28,13 @@ async function expectRejected(req: Partial<VSphereRestoreRequest>, pattern: RegE
   const msg = failureMessage(err);
   assert.match(msg, pattern);
   const history = await handle.fetchHistory();
-  const scheduled = history.events!.filter((e) => e.activityTaskScheduledEventAttributes).map((e) => e.activityTaskScheduledEventAttributes!.activityType!.name);
+  const scheduled = history
+    .events!.filter((e) => e.activityTaskScheduledEventAttributes)
+    .map((e) => e.activityTaskScheduledEventAttributes!.activityType!.name);
   assert.deepEqual(scheduled, ['prepareVSphereRestore'], 'only initialization ran');
-  const attempts = history.events!.filter((e) => e.activityTaskStartedEventAttributes).map((e) => e.activityTaskStartedEventAttributes!.attempt);
+  const attempts = history
+    .events!.filter((e) => e.activityTaskStartedEventAttributes)
+    .map((e) => e.activityTaskStartedEventAttributes!.attempt);
   assert.deepEqual(attempts, [1], 'a bad request is not retried');
   if (typeof req.vmName === 'string' && req.vmName.length > 0 && !/[\\/]/.test(req.vmName) && req.vmName !== 'DC0_H0_VM0') {
     const dc = await vs.datacenter('DC0');

@@ -27,7 +27,16 @@ describe('Temporal Web UI shows restores', () => {
     browser = await chromium.launch({
       executablePath: CHROMIUM,
       headless: true,
-      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', `--user-data-dir=${profileDir}`],
+      args: [
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+        `--user-data-dir=${profileDir}`,
+      ],
     });
   });
   after(async () => {
@@ -40,7 +49,11 @@ describe('Temporal Web UI shows restores', () => {
 
   it('lists a finished restore by its RestoreVm attribute and shows its summary', async () => {
     const vmName = `t-ui-${Date.now().toString(36)}`;
-    const handle = await startVSphereRestore(env.client, { restorePointId: env.demo['demo-thick'], vmName, transport: 'nbd' }, { taskQueue: env.taskQueue });
+    const handle = await startVSphereRestore(
+      env.client,
+      { restorePointId: env.demo['demo-thick'], vmName, transport: 'nbd' },
+      { taskQueue: env.taskQueue },
+    );
     await handle.result();
     const ui = readLabState().temporal!.ui;
     const page = await browser.newPage();

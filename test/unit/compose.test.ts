@@ -6,7 +6,15 @@ import { parse } from 'yaml';
 import { parseConfig } from '../../src/config';
 
 const ROOT = path.resolve(__dirname, '..', '..');
-type Service = { image?: string; build?: unknown; depends_on?: Record<string, unknown> | string[]; environment?: Record<string, string>; volumes?: string[]; secrets?: string[]; ports?: string[] };
+type Service = {
+  image?: string;
+  build?: unknown;
+  depends_on?: Record<string, unknown> | string[];
+  environment?: Record<string, string>;
+  volumes?: string[];
+  secrets?: string[];
+  ports?: string[];
+};
 const compose = parse(readFileSync(path.join(ROOT, 'docker-compose.yml'), 'utf8')) as {
   services: Record<string, Service>;
   volumes: Record<string, unknown>;

@@ -17,7 +17,10 @@ describe('configuration', () => {
   });
   it('names the bad key in every error', () => {
     assert.throws(() => parseConfig({ ...base, tempral: {} }, 't', '/'), /config tempral: unknown key/);
-    assert.throws(() => parseConfig({ ...base, temporal: { address: 'nohostport' } }, 't', '/'), /config temporal\.address: expected host:port/);
+    assert.throws(
+      () => parseConfig({ ...base, temporal: { address: 'nohostport' } }, 't', '/'),
+      /config temporal\.address: expected host:port/,
+    );
     assert.throws(
       () => parseConfig({ vsphere: { profiles: { prod: { ...base.vsphere.profiles.prod, url: 'vc.example.com' } } } }, 't', '/'),
       /config vsphere\.profiles\.prod\.url: expected an http\(s\):\/\/ URL/,
@@ -26,8 +29,14 @@ describe('configuration', () => {
       () => parseConfig({ vsphere: { profiles: { prod: { ...base.vsphere.profiles.prod, password: 'secret' } } } }, 't', '/'),
       /config vsphere\.profiles\.prod\.password: literal passwords are not accepted/,
     );
-    assert.throws(() => parseConfig({ ...base, proxies: [{ name: 'p', transports: ['ftp'] }] }, 't', '/'), /config proxies\[0\]\.transports/);
-    assert.throws(() => parseConfig({ ...base, restore: { diskConcurrency: 0 } }, 't', '/'), /config restore\.diskConcurrency: expected an integer >= 1/);
+    assert.throws(
+      () => parseConfig({ ...base, proxies: [{ name: 'p', transports: ['ftp'] }] }, 't', '/'),
+      /config proxies\[0\]\.transports/,
+    );
+    assert.throws(
+      () => parseConfig({ ...base, restore: { diskConcurrency: 0 } }, 't', '/'),
+      /config restore\.diskConcurrency: expected an integer >= 1/,
+    );
   });
   it('applies environment overrides and validates them', () => {
     const cfg = parseConfig(base, 't', '/');

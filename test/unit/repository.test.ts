@@ -80,11 +80,7 @@ async function listChunkFiles(repo: string): Promise<string[]> {
 
 const sha256 = (data: Buffer): string => createHash('sha256').update(data).digest('hex');
 
-async function assertRejectsWith(
-  action: () => Promise<unknown>,
-  type: FailureType,
-  message: RegExp,
-): Promise<RestoreError> {
+async function assertRejectsWith(action: () => Promise<unknown>, type: FailureType, message: RegExp): Promise<RestoreError> {
   let caught: unknown;
   try {
     await action();
@@ -229,11 +225,7 @@ describe('repository import and read-back', () => {
       FailureType.InvalidRequest,
       /fromOffset .* is outside disk 0/,
     );
-    await assertRejectsWith(
-      () => readDisk(repo, rp, 5),
-      FailureType.InvalidRequest,
-      /VM 'web01' has no disk 5 \(disks: 0, 1\)/,
-    );
+    await assertRejectsWith(() => readDisk(repo, rp, 5), FailureType.InvalidRequest, /VM 'web01' has no disk 5 \(disks: 0, 1\)/);
   });
 });
 
@@ -243,9 +235,7 @@ describe('reader pipeline', () => {
     const vmDir = await freshDir('vm');
     const blockSize = 4096;
     const pattern = Array.from({ length: 200 }, (_, i) => (i % 7 === 3 || i % 11 === 0 ? 'zero' : 'data'));
-    const image = Buffer.concat(
-      pattern.map((kind) => (kind === 'zero' ? Buffer.alloc(blockSize) : randomBytes(blockSize))),
-    );
+    const image = Buffer.concat(pattern.map((kind) => (kind === 'zero' ? Buffer.alloc(blockSize) : randomBytes(blockSize))));
     const { vmJsonPath } = await writeVm(vmDir, [image]);
     const { restorePointId, stats } = await importRestorePoint(repo, vmJsonPath, { blockSize });
     assert.equal(stats.zeroBlocks, pattern.filter((k) => k === 'zero').length);
@@ -316,9 +306,7 @@ describe('damaged repository', () => {
           for await (const block of readDiskBlocks(repo, rp, 0)) offsets.push(block.offset);
         },
         FailureType.RepositoryCorrupt,
-        new RegExp(
-          `^restore point ${rp.id} VM 'web01' disk 0 at offset ${2 * MiB}: chunk ${hash} is corrupt \\(sha256 mismatch\\)$`,
-        ),
+        new RegExp(`^restore point ${rp.id} VM 'web01' disk 0 at offset ${2 * MiB}: chunk ${hash} is corrupt \\(sha256 mismatch\\)$`),
       );
       assert.equal(err.nonRetryable, true);
       assert.deepEqual(offsets, [0, MiB], 'blocks before the damaged one are delivered');
@@ -443,11 +431,7 @@ describe('vm.json validation', () => {
 
   it('reports every problem at once', async () => {
     const { vmJsonPath } = await writeVm(vmDir, [Buffer.alloc(4096, 1)], { cpus: -1, firmware: 'x' });
-    await assertRejectsWith(
-      () => importRestorePoint(repo, vmJsonPath),
-      FailureType.InvalidRequest,
-      /firmware 'x' .*; cpus -1 /,
-    );
+    await assertRejectsWith(() => importRestorePoint(repo, vmJsonPath), FailureType.InvalidRequest, /firmware 'x' .*; cpus -1 /);
   });
 
   it('rejects unreadable or malformed vm.json files and bad block sizes', async () => {
@@ -458,11 +442,7 @@ describe('vm.json validation', () => {
     );
     const broken = path.join(vmDir, 'broken.json');
     await fs.writeFile(broken, '{"name": ');
-    await assertRejectsWith(
-      () => importRestorePoint(repo, broken),
-      FailureType.InvalidRequest,
-      /broken\.json: .* is not valid JSON/,
-    );
+    await assertRejectsWith(() => importRestorePoint(repo, broken), FailureType.InvalidRequest, /broken\.json: .* is not valid JSON/);
     const { vmJsonPath } = await writeVm(vmDir, [Buffer.alloc(4096, 1)]);
     await assertRejectsWith(
       () => importRestorePoint(repo, vmJsonPath, { blockSize: 1000 }),

@@ -4,15 +4,7 @@ import { BlobInspector } from './blobs';
 import * as compute from './compute';
 import * as network from './network';
 import { findVmSize, VM_SIZES } from './sizes';
-import {
-  key,
-  type OperationKind,
-  type OperationRec,
-  type ResourceGroupRec,
-  type RunCommandRec,
-  type SimState,
-  StateStore,
-} from './state';
+import { key, type OperationKind, type OperationRec, type ResourceGroupRec, type RunCommandRec, type SimState, StateStore } from './state';
 import { nowIso, objectAt, optString, optTags, uuid, type Json } from './util';
 
 export interface RunCommandRequest {

@@ -1,0 +1,479 @@
+import { mkdirSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Context } from '@temporalio/activity';
+import { WithStartWorkflowOperation, type Client } from '@temporalio/client';
+import { BlobServiceClient, type ContainerClient } from '@azure/storage-blob';
+import type { AppConfig, AzureConfig } from '../config';
+import type { AzureDiskResult, AzurePlan, AzureRestoreRequest, LeaseState, LeaseTarget, UploadCheckpoint } from '../domain/azure';
+import { FailureType, RestoreError } from '../domain/errors';
+import { diskLayout, getRestorePoint, readDiskBlocks } from '../repository';
+import { uploadFixedVhd, verifyUploadedVhd } from '../azure/pageblob';
+import { assertAzureDiskSize } from '../azure/vhd';
+import { editVhdBlob } from '../azure/blob-image';
+import { prepareLinuxDisk } from '../guest/linux-prep';
+import { prepareWindowsDisk } from '../guest/windows-prep';
+import type { GuestChange } from '../guest/types';
+import { createArmClients, type ArmClients } from '../lab/armsim/clients';
+import { acquireLease, leaseWorkflowId, releaseLease, resourceLease } from '../workflows/lease';
+import { validateAzureVmName } from '../domain/validation';
+import { withFailureMapping } from './failures';
+
+export interface AzureDeps {
+  config: AppConfig;
+  client: Client;
+}
+
+const RESTORE_TAG = 'vmrestoreRestoreId';
+
+function invalid(message: string): never {
+  throw new RestoreError(FailureType.InvalidRequest, message);
+}
+
+function isNotFound(err: unknown): boolean {
+  const e = err as { statusCode?: number; code?: string };
+  return e?.statusCode === 404 || e?.code === 'ResourceNotFound' || e?.code === 'NotFound' || e?.code === 'BlobNotFound';
+}
+
+/** ARM errors keep their code; 4xx other than throttling are the caller's to fix, so they are not retried. */
+function armFailure(what: string, err: unknown): never {
+  const e = err as { statusCode?: number; code?: string; message?: string };
+  const status = e?.statusCode ?? 0;
+  const retryable = status === 0 || status === 408 || status === 429 || status >= 500;
+  throw new RestoreError(FailureType.AzureFault, `${what} failed: ${e?.code ? `${e.code}: ` : ''}${e?.message ?? String(err)}`, !retryable);
+}
+
+function parseSubnetId(id: string): { resourceGroup: string; vnet: string; subnet: string } {
+  const m = /\/resourceGroups\/([^/]+)\/providers\/Microsoft\.Network\/virtualNetworks\/([^/]+)\/subnets\/([^/]+)$/i.exec(id);
+  if (!m)
+    invalid(
+      `subnet '${id}' is not a subnet resource id (/subscriptions/…/resourceGroups/RG/providers/Microsoft.Network/virtualNetworks/VNET/subnets/SUBNET)`,
+    );
+  return { resourceGroup: m[1], vnet: m[2], subnet: m[3] };
+}
+
+export function createAzureActivities(deps: AzureDeps) {
+  const { config } = deps;
+  const azure = (): AzureConfig => {
+    if (!config.azure)
+      throw new RestoreError(FailureType.Configuration, 'no Azure target is configured (config key "azure", or start the lab)');
+    return config.azure;
+  };
+  let arm: ArmClients | undefined;
+  const clients = (): ArmClients => {
+    if (!arm) {
+      const a = azure();
+      const token = a.tokenEnv ? process.env[a.tokenEnv] : undefined;
+      arm = createArmClients({
+        endpoint: a.armEndpoint,
+        subscriptionId: a.subscriptionId,
+        caCertPath: a.caCertPath,
+        credential: token ? { getToken: async () => ({ token, expiresOnTimestamp: Date.now() + 3000e3 }) } : undefined,
+        retryOptions: { maxRetries: 6, retryDelayInMs: 200, maxRetryDelayInMs: 5000 },
+      });
+    }
+    return arm;
+  };
+  let container: ContainerClient | undefined;
+  const blobs = (): ContainerClient => {
+    if (!container) {
+      const a = azure();
+      const cs = a.blobConnectionString ?? (a.blobConnectionStringEnv ? process.env[a.blobConnectionStringEnv] : undefined);
+      if (!cs) throw new RestoreError(FailureType.Configuration, 'azure.blobConnectionStringEnv is not set or names an empty variable');
+      container = BlobServiceClient.fromConnectionString(cs).getContainerClient(a.container);
+    }
+    return container;
+  };
+  const powerState = async (resourceGroup: string, vmName: string): Promise<string> => {
+    const view = await clients().compute.virtualMachines.instanceView(resourceGroup, vmName);
+    const s = view.statuses?.find((x) => x.code?.startsWith('PowerState/'));
+    return s?.code?.slice('PowerState/'.length) ?? 'unknown';
+  };
+
+  return {
+    async prepareAzureRestore(req: AzureRestoreRequest & { restoreId: string }): Promise<AzurePlan> {
+      const a = azure();
+      const rp = await getRestorePoint(config.repository.path, req.restorePointId);
+      const osType = rp.vm.guestOs === 'windows' ? 'Windows' : 'Linux';
+      validateAzureVmName(req.vmName, osType);
+      const generation = req.generation ?? 1;
+      if (generation !== 1 && generation !== 2) invalid(`generation must be 1 or 2, got ${String(generation)}`);
+      if (rp.vm.firmware === 'efi' && generation === 1) {
+        invalid(
+          `VM '${rp.vm.name}' boots with UEFI; a Generation 1 VM needs BIOS and UEFI-to-BIOS conversion is not available yet: restore with --generation 2`,
+        );
+      }
+      if (rp.vm.firmware === 'bios' && generation === 2) {
+        invalid(`VM '${rp.vm.name}' boots with BIOS; a Generation 2 VM boots with UEFI only: restore with --generation 1`);
+      }
+      const location = req.location ?? a.location;
+      if (!a.locations.includes(location))
+        invalid(`location '${location}' is not available for this target (known: ${a.locations.join(', ')})`);
+      const resourceGroup = req.resourceGroup ?? a.resourceGroup;
+      const { compute, network } = clients();
+      try {
+        await compute.virtualMachines.list(resourceGroup).next();
+      } catch (err) {
+        if (isNotFound(err)) invalid(`resource group '${resourceGroup}' not found in subscription ${a.subscriptionId}`);
+        armFailure(`listing VMs in resource group '${resourceGroup}'`, err);
+      }
+      const subnetId = req.subnetId ?? a.subnetId;
+      const sn = parseSubnetId(subnetId);
+      try {
+        await network.subnets.get(sn.resourceGroup, sn.vnet, sn.subnet);
+      } catch (err) {
+        if (isNotFound(err))
+          invalid(`subnet '${sn.subnet}' of virtual network '${sn.vnet}' (resource group '${sn.resourceGroup}') not found`);
+        armFailure(`reading subnet ${subnetId}`, err);
+      }
+      const vmSize = req.vmSize ?? a.defaultVmSize;
+      const sizes: string[] = [];
+      for await (const s of compute.virtualMachineSizes.list(location)) if (s.name) sizes.push(s.name);
+      if (!sizes.includes(vmSize)) invalid(`VM size '${vmSize}' is not offered in '${location}' (e.g. ${sizes.slice(0, 8).join(', ')})`);
+      try {
+        const existing = await compute.virtualMachines.get(resourceGroup, req.vmName);
+        if (existing.tags?.[RESTORE_TAG] !== req.restoreId) {
+          throw new RestoreError(
+            FailureType.AlreadyExists,
+            `a VM named '${req.vmName}' already exists in resource group '${resourceGroup}'`,
+          );
+        }
+      } catch (err) {
+        if (err instanceof RestoreError) throw err;
+        if (!isNotFound(err)) armFailure(`checking VM '${req.vmName}'`, err);
+      }
+      const hyperVGeneration = generation === 2 ? 'V2' : 'V1';
+      const safeId = req.restoreId.replace(/[^A-Za-z0-9-]/g, '-').toLowerCase();
+      const disks = rp.vm.disks.map((d) => {
+        const os = d.index === 0;
+        assertAzureDiskSize(d.capacityBytes, {
+          os,
+          hyperVGeneration,
+          target: 'managedDiskUpload',
+          diskName: `${rp.vm.name} disk ${d.index} (${d.label})`,
+        });
+        const blobName = `${safeId}/disk${d.index}.vhd`;
+        const managedDiskName = os ? `${req.vmName}-osdisk` : `${req.vmName}-datadisk${d.index}`;
+        return {
+          diskIndex: d.index,
+          label: d.label,
+          capacityBytes: d.capacityBytes,
+          nonZeroBytes: diskLayout(rp, d.index).nonZeroBytes,
+          os,
+          blobName,
+          blobUrl: blobs().getBlobClient(blobName).url,
+          managedDiskName,
+          managedDiskId: `/subscriptions/${a.subscriptionId}/resourceGroups/${resourceGroup}/providers/Microsoft.Compute/disks/${managedDiskName}`,
+        };
+      });
+      let proxy: LeaseTarget | undefined;
+      if (req.proxy) {
+        const p = a.proxies.find((x) => x.name === req.proxy);
+        if (!p) invalid(`Azure proxy '${req.proxy}' is not configured (known: ${a.proxies.map((x) => x.name).join(', ') || 'none'})`);
+        proxy = {
+          kind: 'proxy',
+          name: p.name,
+          resourceGroup: p.resourceGroup,
+          vmName: p.vmName,
+          idleTimeoutMs: p.idleTimeoutSeconds * 1000,
+        };
+      }
+      let helper: LeaseTarget | undefined;
+      if (osType === 'Linux') {
+        const h = a.helpers[location];
+        if (!h) invalid(`no helper appliance is configured for location '${location}' (Linux restores prepare disks on it)`);
+        helper = {
+          kind: 'helper',
+          name: `${location}-${h.vmName}`,
+          resourceGroup: h.resourceGroup,
+          vmName: h.vmName,
+          idleTimeoutMs: h.idleTimeoutSeconds * 1000,
+        };
+      }
+      return {
+        restoreId: req.restoreId,
+        restorePointId: rp.id,
+        vm: rp.vm,
+        vmName: req.vmName,
+        subscriptionId: a.subscriptionId,
+        resourceGroup,
+        location,
+        vmSize,
+        subnetId,
+        generation,
+        osType,
+        container: a.container,
+        storageAccountId: a.storageAccountId,
+        nicName: `${req.vmName}-nic`,
+        proxy,
+        helper,
+        disks,
+        keepOnFailure: req.keepOnFailure ?? false,
+      };
+    },
+
+    /** Entity-workflow lease: returns once the shared VM runs (powering it on if needed). */
+    async acquireLeaseActivity(args: { target: LeaseTarget; holder: string }): Promise<void> {
+      const initial: LeaseState = { target: args.target, holders: [], poweredOn: false, powerOns: 0, powerOffs: 0 };
+      await deps.client.workflow.executeUpdateWithStart(acquireLease, {
+        args: [args.holder],
+        startWorkflowOperation: new WithStartWorkflowOperation(resourceLease, {
+          workflowId: leaseWorkflowId(args.target),
+          taskQueue: config.temporal.taskQueue,
+          args: [initial],
+          workflowIdConflictPolicy: 'USE_EXISTING',
+          staticSummary: `Lease on Azure ${args.target.kind} VM ${args.target.vmName}`,
+        }),
+      });
+    },
+
+    async releaseLeaseActivity(args: { target: LeaseTarget; holder: string }): Promise<void> {
+      try {
+        await deps.client.workflow.getHandle(leaseWorkflowId(args.target)).executeUpdate(releaseLease, { args: [args.holder] });
+      } catch (err) {
+        // A lease workflow that no longer runs holds nothing to release.
+        if ((err as { name?: string }).name !== 'WorkflowNotFoundError') throw err;
+      }
+    },
+
+    async powerOnAzureVm(args: { resourceGroup: string; vmName: string }): Promise<void> {
+      try {
+        if ((await powerState(args.resourceGroup, args.vmName)) === 'running') return;
+        await clients().compute.virtualMachines.start(args.resourceGroup, args.vmName);
+      } catch (err) {
+        armFailure(`starting VM '${args.vmName}'`, err);
+      }
+    },
+
+    async deallocateAzureVm(args: { resourceGroup: string; vmName: string }): Promise<void> {
+      try {
+        if ((await powerState(args.resourceGroup, args.vmName)) === 'deallocated') return;
+        await clients().compute.virtualMachines.deallocate(args.resourceGroup, args.vmName);
+      } catch (err) {
+        armFailure(`deallocating VM '${args.vmName}'`, err);
+      }
+    },
+
+    /** Streams one disk into a fixed-VHD page blob; resumes from the last heartbeat. */
+    async uploadVhd(args: { plan: AzurePlan; diskIndex: number }): Promise<AzureDiskResult> {
+      const { plan, diskIndex } = args;
+      const ctx = Context.current();
+      const started = Date.now();
+      const disk = plan.disks.find((d) => d.diskIndex === diskIndex);
+      if (!disk) invalid(`disk ${diskIndex} is not in the plan`);
+      const rp = await getRestorePoint(config.repository.path, plan.restorePointId);
+      await blobs().createIfNotExists();
+      const prev = ctx.info.heartbeatDetails as UploadCheckpoint | undefined;
+      const resumeFrom = prev?.diskIndex === diskIndex ? prev.offset : 0;
+      const blobClient = blobs().getPageBlobClient(disk.blobName);
+      let last: UploadCheckpoint = { diskIndex, offset: resumeFrom, bytesSent: 0 };
+      const beat = setInterval(() => ctx.heartbeat(last), 1000);
+      try {
+        const res = await uploadFixedVhd({
+          blobClient,
+          capacityBytes: disk.capacityBytes,
+          blocks: readDiskBlocks(config.repository.path, rp, diskIndex, {
+            fromOffset: resumeFrom,
+            concurrency: config.restore.readConcurrency,
+            signal: ctx.cancellationSignal,
+          }),
+          restoreId: plan.restoreId,
+          diskIndex,
+          resumeFromOffset: resumeFrom,
+          footerTimestamp: new Date(Date.parse(rp.createdAt)),
+          signal: ctx.cancellationSignal,
+          onProgress: (p) => {
+            last = { diskIndex, offset: p.contiguousOffset, bytesSent: p.bytesSent };
+            ctx.heartbeat(last);
+          },
+        });
+        const check = await verifyUploadedVhd(blobClient, { capacityBytes: disk.capacityBytes, signal: ctx.cancellationSignal });
+        if (!check.ok)
+          throw new RestoreError(
+            FailureType.AzureFault,
+            `uploaded VHD ${disk.blobUrl} failed verification: ${check.problems.join('; ')}`,
+            false,
+          );
+        return {
+          diskIndex,
+          blobUrl: disk.blobUrl,
+          managedDiskId: disk.managedDiskId,
+          bytesUploaded: res.bytesSent,
+          zeroBytesSkipped: res.zeroBytesSkipped,
+          resumedFromOffset: res.resumedFrom,
+          seconds: (Date.now() - started) / 1000,
+        };
+      } finally {
+        clearInterval(beat);
+      }
+    },
+
+    /**
+     * Mounts the uploaded OS disk (materialised from its page blob), applies the Azure preparation and
+     * writes back only the changed pages. `where` records which machine does it in a real deployment.
+     */
+    async prepareGuestDisk(args: { plan: AzurePlan; where: 'backup-server' | 'helper-appliance' }): Promise<GuestChange[]> {
+      const { plan } = args;
+      const ctx = Context.current();
+      const osDisk = plan.disks.find((d) => d.os)!;
+      const workDir = path.join(os.tmpdir(), 'vmrestore-guest', plan.restoreId.replace(/[^A-Za-z0-9-]/g, '_'));
+      mkdirSync(workDir, { recursive: true });
+      const beat = setInterval(() => ctx.heartbeat({ phase: 'preparing' }), 1000);
+      try {
+        const out = await editVhdBlob(blobs().getPageBlobClient(osDisk.blobName), {
+          capacityBytes: osDisk.capacityBytes,
+          workDir,
+          signal: ctx.cancellationSignal,
+          edit: (image: string) => (plan.osType === 'Windows' ? prepareWindowsDisk(image, { workDir }) : prepareLinuxDisk(image)),
+        });
+        return out.result;
+      } finally {
+        clearInterval(beat);
+      }
+    },
+
+    async createManagedDisks(args: { plan: AzurePlan }): Promise<void> {
+      const { plan } = args;
+      const { compute } = clients();
+      for (const d of plan.disks) {
+        try {
+          await compute.disks.createOrUpdate(plan.resourceGroup, d.managedDiskName, {
+            location: plan.location,
+            tags: { [RESTORE_TAG]: plan.restoreId },
+            sku: { name: 'Standard_LRS' },
+            ...(d.os ? { osType: plan.osType, hyperVGeneration: plan.generation === 2 ? 'V2' : 'V1' } : {}),
+            creationData: { createOption: 'Import', sourceUri: d.blobUrl, storageAccountId: plan.storageAccountId },
+          });
+        } catch (err) {
+          armFailure(`importing managed disk '${d.managedDiskName}' from ${d.blobUrl}`, err);
+        }
+      }
+    },
+
+    async attachToHelper(args: { plan: AzurePlan }): Promise<void> {
+      const { plan } = args;
+      const helper = plan.helper!;
+      const { compute } = clients();
+      const vm = await compute.virtualMachines.get(helper.resourceGroup, helper.vmName);
+      const attached = new Set((vm.storageProfile?.dataDisks ?? []).map((d) => d.managedDisk?.id?.toLowerCase()));
+      const toAttach = plan.disks.filter((d) => !attached.has(d.managedDiskId.toLowerCase()));
+      if (toAttach.length === 0) return;
+      try {
+        await compute.virtualMachines.attachDetachDataDisks(helper.resourceGroup, helper.vmName, {
+          dataDisksToAttach: toAttach.map((d) => ({ diskId: d.managedDiskId })),
+        });
+      } catch (err) {
+        armFailure(`attaching disks to helper appliance '${helper.vmName}'`, err);
+      }
+    },
+
+    async detachFromHelper(args: { plan: AzurePlan }): Promise<void> {
+      const { plan } = args;
+      const helper = plan.helper;
+      if (!helper) return;
+      const { compute } = clients();
+      const vm = await compute.virtualMachines.get(helper.resourceGroup, helper.vmName);
+      const attached = new Set((vm.storageProfile?.dataDisks ?? []).map((d) => d.managedDisk?.id?.toLowerCase()));
+      const toDetach = plan.disks.filter((d) => attached.has(d.managedDiskId.toLowerCase()));
+      if (toDetach.length === 0) return;
+      try {
+        await compute.virtualMachines.attachDetachDataDisks(helper.resourceGroup, helper.vmName, {
+          dataDisksToDetach: toDetach.map((d) => ({ diskId: d.managedDiskId })),
+        });
+      } catch (err) {
+        armFailure(`detaching disks from helper appliance '${helper.vmName}'`, err);
+      }
+    },
+
+    async createNic(args: { plan: AzurePlan }): Promise<void> {
+      const { plan } = args;
+      try {
+        await clients().network.networkInterfaces.beginCreateOrUpdateAndWait(plan.resourceGroup, plan.nicName, {
+          location: plan.location,
+          tags: { [RESTORE_TAG]: plan.restoreId },
+          ipConfigurations: [{ name: 'ipconfig1', subnet: { id: plan.subnetId } }],
+        });
+      } catch (err) {
+        armFailure(`creating network interface '${plan.nicName}'`, err);
+      }
+    },
+
+    /** Registers the VM on the prepared disks and makes sure it runs. */
+    async createAzureVm(args: { plan: AzurePlan }): Promise<{ vmId: string }> {
+      const { plan } = args;
+      const a = azure();
+      const { compute } = clients();
+      const nicId = `/subscriptions/${a.subscriptionId}/resourceGroups/${plan.resourceGroup}/providers/Microsoft.Network/networkInterfaces/${plan.nicName}`;
+      const osDisk = plan.disks.find((d) => d.os)!;
+      try {
+        const vm = await compute.virtualMachines.createOrUpdate(plan.resourceGroup, plan.vmName, {
+          location: plan.location,
+          tags: { [RESTORE_TAG]: plan.restoreId },
+          hardwareProfile: { vmSize: plan.vmSize },
+          storageProfile: {
+            osDisk: { osType: plan.osType, createOption: 'Attach', managedDisk: { id: osDisk.managedDiskId } },
+            dataDisks: plan.disks
+              .filter((d) => !d.os)
+              .map((d, i) => ({ lun: i, createOption: 'Attach', managedDisk: { id: d.managedDiskId } })),
+          },
+          networkProfile: { networkInterfaces: [{ id: nicId, primary: true }] },
+        });
+        if ((await powerState(plan.resourceGroup, plan.vmName)) !== 'running')
+          await compute.virtualMachines.start(plan.resourceGroup, plan.vmName);
+        return { vmId: vm.vmId ?? vm.id ?? plan.vmName };
+      } catch (err) {
+        armFailure(`creating VM '${plan.vmName}'`, err);
+      }
+    },
+
+    /** The staged agent installs from RunOnce at first boot; wait until Azure reports it ready. */
+    async confirmAgentInstalled(args: { plan: AzurePlan }): Promise<boolean> {
+      const { plan } = args;
+      const deadline = Date.now() + 120_000;
+      while (Date.now() < deadline) {
+        const view = await clients().compute.virtualMachines.instanceView(plan.resourceGroup, plan.vmName);
+        if (view.vmAgent?.statuses?.some((s) => s.displayStatus === 'Ready')) return true;
+        Context.current().heartbeat();
+        await new Promise((r) => setTimeout(r, 2000));
+      }
+      throw new RestoreError(FailureType.AzureFault, `the Azure VM agent on '${plan.vmName}' did not report Ready within 2 minutes`, false);
+    },
+
+    async deleteAzureVm(args: { plan: AzurePlan }): Promise<void> {
+      try {
+        await clients().compute.virtualMachines.delete(args.plan.resourceGroup, args.plan.vmName);
+      } catch (err) {
+        if (!isNotFound(err)) armFailure(`deleting VM '${args.plan.vmName}'`, err);
+      }
+    },
+
+    async deleteNic(args: { plan: AzurePlan }): Promise<void> {
+      try {
+        await clients().network.networkInterfaces.beginDeleteAndWait(args.plan.resourceGroup, args.plan.nicName);
+      } catch (err) {
+        if (!isNotFound(err)) armFailure(`deleting network interface '${args.plan.nicName}'`, err);
+      }
+    },
+
+    async deleteManagedDisks(args: { plan: AzurePlan }): Promise<void> {
+      for (const d of args.plan.disks) {
+        try {
+          await clients().compute.disks.delete(args.plan.resourceGroup, d.managedDiskName);
+        } catch (err) {
+          if (!isNotFound(err)) armFailure(`deleting managed disk '${d.managedDiskName}'`, err);
+        }
+      }
+    },
+
+    async deleteVhdBlob(args: { plan: AzurePlan; diskIndex: number }): Promise<void> {
+      const d = args.plan.disks.find((x) => x.diskIndex === args.diskIndex);
+      if (d) await blobs().getBlobClient(d.blobName).deleteIfExists();
+    },
+  };
+}
+
+export type AzureActivities = ReturnType<typeof createAzureActivities>;
+
+export function createMappedAzureActivities(deps: AzureDeps): AzureActivities {
+  return withFailureMapping(createAzureActivities(deps));
+}

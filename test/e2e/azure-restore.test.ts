@@ -1,0 +1,397 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, openSync, rmSync, writeSync, closeSync, writeFileSync, mkdirSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { defaultPayloadConverter } from '@temporalio/common';
+import { materializeVhdBlob } from '../../src/azure/blob-image';
+import { parseVhdFooter } from '../../src/azure/vhd';
+import { buildDataDiskImage } from '../../src/demo';
+import type { AzureRestoreRequest, AzureRestoreResult, UploadCheckpoint } from '../../src/domain/azure';
+import { buildLinuxDiskImage } from '../../src/guest/linux-image';
+import { readGuestFile } from '../../src/guest/linux-prep';
+import { readHiveValueFromDisk } from '../../src/guest/windows-prep';
+import { readPartitionTable } from '../../src/guest/partition';
+import { importRestorePoint, getRestorePoint } from '../../src/repository';
+import { failureMessage, startAzureRestore } from '../../src/restore-client';
+import { leaseStateQuery, leaseWorkflowId } from '../../src/workflows';
+import { openTestEnv, sha256File, sha256OfBackedUpDisk, startWorkerProcess, type TestEnv, type WorkerProcess } from '../helpers/env';
+import { armLog, clearFaults, labArm, labAzure, labContainer, setFaults } from '../helpers/azure';
+
+const MiB = 1024 * 1024;
+let env: TestEnv;
+let worker: WorkerProcess;
+let tmp: string;
+const PROXY_IDLE_SECONDS = 6;
+
+async function restore(req: Partial<AzureRestoreRequest> & { restorePointId: string; vmName: string }): Promise<AzureRestoreResult> {
+  const handle = await startAzureRestore(env.client, req, { taskQueue: env.taskQueue });
+  return handle.result();
+}
+
+/** Downloads a VHD page blob into a local file (data + footer), sparsely. */
+async function downloadVhd(blobUrl: string, capacityBytes: number): Promise<{ raw: string; vhd: string; footer: Buffer }> {
+  const name = decodeURIComponent(new URL(blobUrl).pathname.split('/').slice(3).join('/'));
+  const blob = labContainer().getPageBlobClient(name);
+  const props = await blob.getProperties();
+  const size = props.contentLength!;
+  const raw = path.join(tmp, `${createHash('sha1').update(blobUrl).digest('hex')}.raw`);
+  await materializeVhdBlob(blob, { capacityBytes, imagePath: raw });
+  const footer = await blob.downloadToBuffer(size - 512, 512);
+  const vhd = raw + '.vhd';
+  const r = spawnSync('cp', ['--sparse=always', raw, vhd]);
+  assert.equal(r.status, 0);
+  spawnSync('truncate', ['-s', String(size - 512), vhd]);
+  const fd = openSync(vhd, 'r+');
+  writeSync(fd, footer, 0, 512, size - 512);
+  closeSync(fd);
+  return { raw, vhd, footer };
+}
+
+async function checkVhd(blobUrl: string, capacityBytes: number): Promise<{ raw: string }> {
+  const { raw, vhd, footer } = await downloadVhd(blobUrl, capacityBytes);
+  const f = parseVhdFooter(footer);
+  assert.equal(f.cookie, 'conectix');
+  assert.ok(f.checksumValid, 'footer checksum');
+  assert.equal(f.diskType, 2, 'fixed disk');
+  assert.equal(f.currentSize % MiB, 0, 'virtual size is a whole number of MiB');
+  assert.ok(f.currentSize >= capacityBytes);
+  const info = JSON.parse(spawnSync('qemu-img', ['info', '-f', 'vpc', '--output', 'json', vhd], { encoding: 'utf8' }).stdout);
+  assert.equal(info.format, 'vpc', 'qemu-img reads it as a VHD');
+  rmSync(vhd);
+  return { raw };
+}
+
+describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
+  before(async () => {
+    env = await openTestEnv('azure');
+    worker = await startWorkerProcess(env.taskQueue, {
+      VMRESTORE_AZURE_PROXY_IDLE_SECONDS: String(PROXY_IDLE_SECONDS),
+      VMRESTORE_AZURE_HELPER_IDLE_SECONDS: '1',
+    });
+    tmp = mkdtempSync(path.join(os.tmpdir(), 'vmrestore-azure-'));
+  });
+  after(async () => {
+    await clearFaults().catch(() => {});
+    await worker?.stop();
+    await env?.close();
+    rmSync(tmp, { recursive: true, force: true });
+  });
+
+  it('restores a two-disk Linux VM: VHDs, managed disks, Gen1 VM, guest changes read back from the uploaded disk', async () => {
+    const rpId = env.demo['demo-thick'];
+    const rp = await getRestorePoint(env.config.repository.path, rpId);
+    const vmName = `t-linux-${Date.now().toString(36)}`;
+    const result = await restore({ restorePointId: rpId, vmName });
+    assert.equal(result.osType, 'Linux');
+    assert.equal(result.generation, 1);
+    assert.equal(result.disks.length, 2);
+    // The data disk is untouched by preparation: byte for byte the backup.
+    const data = await checkVhd(result.disks[1].blobUrl, rp.vm.disks[1].capacityBytes);
+    assert.equal(
+      await sha256File(data.raw),
+      await sha256OfBackedUpDisk(env.config.repository.path, rpId, 1),
+      'data disk VHD holds the backed-up bytes',
+    );
+    // The OS disk carries the guest changes, read back from the uploaded VHD with debugfs.
+    const osd = await checkVhd(result.disks[0].blobUrl, rp.vm.disks[0].capacityBytes);
+    const table = await readPartitionTable(osd.raw);
+    const root = table.partitions.find((p) => p.type === 'linux')!;
+    const fstab = await readGuestFile(osd.raw, root.startBytes, '/etc/fstab');
+    assert.match(fstab!, /^UUID=\S+\s+\/\s/m, 'root fstab entry by UUID');
+    const grub = await readGuestFile(osd.raw, root.startBytes, '/etc/default/grub');
+    assert.match(grub!, /console=ttyS0/);
+    assert.match(grub!, /rootdelay=300/);
+    assert.ok(
+      result.guestChanges.some((c) => /sshd?\.service/.test(c.path)),
+      'sshd enabled',
+    );
+    assert.ok(
+      result.guestChanges.some((c) => /firewalld/.test(c.path)),
+      'firewall allows 22',
+    );
+    for (const c of result.guestChanges) assert.ok(c.path && c.description, 'every change names its path');
+
+    const { compute } = labArm();
+    const a = labAzure();
+    const vm = await compute.virtualMachines.get(a.resourceGroup, vmName, { expand: 'instanceView' });
+    assert.equal(vm.hardwareProfile?.vmSize, 'Standard_D2s_v3');
+    assert.equal(vm.storageProfile?.osDisk?.osType, 'Linux');
+    assert.equal(vm.storageProfile?.dataDisks?.length, 1);
+    const view = await compute.virtualMachines.instanceView(a.resourceGroup, vmName);
+    assert.ok(
+      view.statuses?.some((s) => s.code === 'PowerState/running'),
+      'VM is running',
+    );
+    assert.equal(view.hyperVGeneration, 'V1');
+    const osDisk = await compute.disks.get(a.resourceGroup, `${vmName}-osdisk`);
+    assert.equal(osDisk.osType, 'Linux');
+    assert.equal(osDisk.hyperVGeneration, 'V1');
+    // The helper appliance has nothing attached any more.
+    const helper = await compute.virtualMachines.get(a.resourceGroup, a.helperVmName);
+    assert.equal(helper.storageProfile?.dataDisks?.length ?? 0, 0, 'disks detached from the helper');
+  });
+
+  it('restores a Windows VM: registry changes in every ControlSet, agent staged, VM running with the agent ready', async () => {
+    const rpId = env.demo['demo-windows'];
+    const rp = await getRestorePoint(env.config.repository.path, rpId);
+    const vmName = `twin${Date.now().toString(36).slice(-6)}`;
+    const result = await restore({ restorePointId: rpId, vmName });
+    assert.equal(result.osType, 'Windows');
+    assert.equal(result.agentInstalled, true);
+    const osd = await checkVhd(result.disks[0].blobUrl, rp.vm.disks[0].capacityBytes);
+    for (const cs of ['ControlSet001', 'ControlSet002']) {
+      assert.equal(
+        await readHiveValueFromDisk(osd.raw, 'SYSTEM', `${cs}\\Control\\Terminal Server`, 'fDenyTSConnections'),
+        '0',
+        `${cs} RDP on`,
+      );
+      assert.equal(
+        await readHiveValueFromDisk(osd.raw, 'SYSTEM', `${cs}\\Services\\partmgr\\Parameters`, 'SanPolicy'),
+        '1',
+        `${cs} SanPolicy OnlineAll`,
+      );
+      assert.equal(await readHiveValueFromDisk(osd.raw, 'SYSTEM', `${cs}\\Services\\storvsc`, 'Start'), '0', `${cs} storvsc boot start`);
+    }
+    const runOnce = await readHiveValueFromDisk(osd.raw, 'SOFTWARE', 'Microsoft\\Windows\\CurrentVersion\\RunOnce', 'AzureVmAgent');
+    assert.match(runOnce ?? '', /msiexec/i);
+    assert.ok(result.guestChanges.length >= 10);
+    const { compute } = labArm();
+    const disk = await compute.disks.get(labAzure().resourceGroup, `${vmName}-osdisk`);
+    assert.equal(disk.osType, 'Windows');
+  });
+
+  it('two overlapping restores with one proxy power it on once and off once, after the idle timeout', async () => {
+    const a = labAzure();
+    const before = (await armLog()).length;
+    const t0 = Date.now();
+    const [r1, r2] = await Promise.all([
+      restore({ restorePointId: env.demo['demo-thick'], vmName: `t-px1-${Date.now().toString(36)}`, proxy: 'lab-azure-proxy' }),
+      restore({ restorePointId: env.demo['demo-thick'], vmName: `t-px2-${Date.now().toString(36)}`, proxy: 'lab-azure-proxy' }),
+    ]);
+    const lastRelease = Date.now();
+    assert.ok(r1.vmId && r2.vmId);
+    const handle = env.client.workflow.getHandle(leaseWorkflowId({ kind: 'proxy', name: 'lab-azure-proxy' }));
+    const mid = await handle.query(leaseStateQuery);
+    assert.equal(mid.holders.length, 0, 'both restores released the proxy');
+    assert.equal(mid.poweredOn, true, 'still on during the idle timeout');
+    const deadline = Date.now() + (PROXY_IDLE_SECONDS + 20) * 1000;
+    let state = mid;
+    while (state.poweredOn && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 500));
+      state = await handle.query(leaseStateQuery);
+    }
+    assert.equal(state.poweredOn, false, 'powered off after the idle timeout');
+    const log = (await armLog()).slice(before);
+    const proxyPath = new RegExp(`/virtualMachines/${a.proxyVmName}/(start|deallocate)$`, 'i');
+    const ops = log.filter((e) => e.method === 'POST' && proxyPath.test(e.path) && e.status < 300);
+    const starts = ops.filter((e) => /start$/.test(e.path));
+    const stops = ops.filter((e) => /deallocate$/.test(e.path));
+    assert.equal(starts.length, 1, `one power-on (saw ${starts.length})`);
+    assert.equal(stops.length, 1, `one power-off (saw ${stops.length})`);
+    const offAt = Date.parse(stops[0].time);
+    assert.ok(offAt >= lastRelease - 1000 + PROXY_IDLE_SECONDS * 1000 - 1500, `power-off ${offAt - lastRelease} ms after the last release`);
+    assert.ok(Date.parse(starts[0].time) >= t0 - 1000);
+  });
+
+  it('completes despite injected throttling and transient 5xx', async () => {
+    await setFaults([
+      { kind: 'throttle', method: 'PUT', pathPattern: '/disks/', count: 2, retryAfterSeconds: 1 },
+      { kind: 'transient', method: 'PUT', pathPattern: '/networkInterfaces/', status: 503, count: 2 },
+      { kind: 'throttle', method: 'PUT', pathPattern: '/virtualMachines/', count: 1, retryAfterSeconds: 1 },
+    ]);
+    try {
+      const result = await restore({ restorePointId: env.demo['demo-thick'], vmName: `t-faults-${Date.now().toString(36)}` });
+      assert.ok(result.vmId);
+      const log = await armLog();
+      assert.ok(
+        log.some((e) => e.status === 429),
+        'throttling was injected',
+      );
+      assert.ok(
+        log.some((e) => e.status === 503),
+        'a transient 503 was injected',
+      );
+    } finally {
+      await clearFaults();
+    }
+  });
+
+  it('a quota error at VM create fails clearly and leaves no blobs, disks or NIC behind', async () => {
+    const a = labAzure();
+    const vmName = `t-quota-${Date.now().toString(36)}`;
+    await setFaults([{ kind: 'quota', method: 'PUT', pathPattern: `/virtualMachines/${vmName}$` }]);
+    try {
+      const handle = await startAzureRestore(env.client, { restorePointId: env.demo['demo-thick'], vmName }, { taskQueue: env.taskQueue });
+      const err = await handle.result().then(
+        () => assert.fail('restore should fail'),
+        (e: unknown) => e,
+      );
+      assert.match(failureMessage(err), /quota/i);
+      const { compute, network } = labArm();
+      for (const d of [`${vmName}-osdisk`, `${vmName}-datadisk1`]) {
+        await assert.rejects(
+          compute.disks.get(a.resourceGroup, d),
+          (e: { statusCode?: number }) => e.statusCode === 404,
+          `disk ${d} removed`,
+        );
+      }
+      await assert.rejects(
+        network.networkInterfaces.get(a.resourceGroup, `${vmName}-nic`),
+        (e: { statusCode?: number }) => e.statusCode === 404,
+        'NIC removed',
+      );
+      const prefix = handle.workflowId.replace(/[^A-Za-z0-9-]/g, '-').toLowerCase() + '/';
+      const left = [];
+      for await (const b of labContainer().listBlobsFlat({ prefix })) left.push(b.name);
+      assert.deepEqual(left, [], 'VHD blobs removed');
+    } finally {
+      await clearFaults();
+    }
+  });
+
+  it('rejects bad input before anything is created', async () => {
+    const rpId = env.demo['demo-thick'];
+    const cases: Array<[Partial<AzureRestoreRequest>, RegExp]> = [
+      [{ vmName: 'bad name!' }, /Azure VM name 'bad name!' is invalid/],
+      [{ vmName: '-lead-ok-trail-' }, /must not end with/],
+      [{ vmName: 'x'.repeat(65) }, /at most 64/],
+      [{ vmName: `t-loc-${Date.now().toString(36)}`, location: 'marsnorth' }, /location 'marsnorth' is not available/],
+      [
+        { vmName: `t-sub-${Date.now().toString(36)}`, subnetId: labAzure().subnetId.replace(/default$/, 'nope') },
+        /subnet 'nope' .* not found/,
+      ],
+      [{ vmName: `t-gen-${Date.now().toString(36)}`, generation: 2 }, /BIOS; a Generation 2 VM/],
+    ];
+    for (const [req, pattern] of cases) {
+      const handle = await startAzureRestore(
+        env.client,
+        { restorePointId: rpId, vmName: 'x', ...req },
+        { taskQueue: env.taskQueue, workflowId: `restore-azure-invalid-${Math.random().toString(36).slice(2)}` },
+      );
+      const err = await handle.result().then(
+        () => assert.fail(`should fail: ${JSON.stringify(req)}`),
+        (e: unknown) => e,
+      );
+      assert.match(failureMessage(err), pattern);
+      const history = await handle.fetchHistory();
+      const scheduled = history
+        .events!.filter((e) => e.activityTaskScheduledEventAttributes)
+        .map((e) => e.activityTaskScheduledEventAttributes!.activityType!.name);
+      assert.deepEqual(scheduled, ['prepareAzureRestore'], `only initialization ran for ${JSON.stringify(req)}`);
+    }
+    // A Windows name over 15 characters.
+    const h = await startAzureRestore(
+      env.client,
+      { restorePointId: env.demo['demo-windows'], vmName: 'windows-name-too-long' },
+      { taskQueue: env.taskQueue },
+    );
+    assert.match(failureMessage(await h.result().catch((e: unknown) => e)), /at most 15/);
+    // A disk over Azure's limits (a Gen1 OS disk above 2 TiB), written as a restore point with only zero blocks.
+    const id = `rp-20990101000000-${Math.random().toString(16).slice(2, 8)}`;
+    const blockSize = 64 * MiB;
+    const capacity = 3 * 1024 * 1024 * MiB;
+    const rpDir = path.join(env.config.repository.path, 'restore-points');
+    mkdirSync(rpDir, { recursive: true });
+    writeFileSync(
+      path.join(rpDir, `${id}.json`),
+      JSON.stringify({
+        formatVersion: 1,
+        id,
+        createdAt: new Date().toISOString(),
+        parentId: null,
+        blockSize,
+        vm: {
+          name: 'huge',
+          guestOs: 'linux',
+          firmware: 'bios',
+          cpus: 1,
+          memoryMiB: 512,
+          nics: [],
+          disks: [{ index: 0, label: 'root', capacityBytes: capacity, provisioning: 'thin' }],
+        },
+        disks: [{ index: 0, capacityBytes: capacity, blocks: new Array(capacity / blockSize).fill(null) }],
+      }),
+    );
+    const hh = await startAzureRestore(
+      env.client,
+      { restorePointId: id, vmName: `t-huge-${Date.now().toString(36)}` },
+      { taskQueue: env.taskQueue },
+    );
+    assert.match(failureMessage(await hh.result().catch((e: unknown) => e)), /TiB/);
+    rmSync(path.join(rpDir, `${id}.json`));
+  });
+
+  it('survives SIGKILL of the worker mid-upload: the blob is correct and re-sent bytes stay within the in-flight window', async () => {
+    const dir = path.join(tmp, 'crash-vm');
+    mkdirSync(dir, { recursive: true });
+    await buildLinuxDiskImage(path.join(dir, 'disk0.img'), {
+      sizeBytes: 256 * MiB,
+      scheme: 'mbr',
+      hostname: 'crash',
+      networkStyle: 'interfaces',
+      firewall: 'iptables',
+      usedMiB: 8,
+    });
+    buildDataDiskImage(path.join(dir, 'disk1.img'), 1024 * MiB, [[0, 1024 * MiB]], 'azure-crash');
+    writeFileSync(
+      path.join(dir, 'vm.json'),
+      JSON.stringify({
+        name: 'azure-crash',
+        guestOs: 'linux',
+        firmware: 'bios',
+        cpus: 1,
+        memoryMiB: 1024,
+        nics: [{ network: 'VM Network' }],
+        disks: [
+          { path: 'disk0.img', provisioning: 'thin' },
+          { path: 'disk1.img', provisioning: 'thick' },
+        ],
+      }),
+    );
+    const { restorePointId } = await importRestorePoint(env.config.repository.path, path.join(dir, 'vm.json'));
+    await worker.stop();
+    const first = await startWorkerProcess(env.taskQueue, { VMRESTORE_AZURE_HELPER_IDLE_SECONDS: '1' });
+    const handle = await startAzureRestore(
+      env.client,
+      { restorePointId, vmName: `t-azcrash-${Date.now().toString(36)}` },
+      { taskQueue: env.taskQueue },
+    );
+    let seen: UploadCheckpoint | undefined;
+    const deadline = Date.now() + 120_000;
+    while (Date.now() < deadline) {
+      const desc = await handle.describe();
+      const pa = desc.raw.pendingActivities?.find((x) => x.activityType?.name === 'uploadVhd' && x.heartbeatDetails?.payloads?.length);
+      const cp = pa ? (defaultPayloadConverter.fromPayload(pa.heartbeatDetails!.payloads![0]) as UploadCheckpoint) : undefined;
+      if (cp && cp.diskIndex === 1 && cp.offset >= 128 * MiB) {
+        seen = cp;
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.ok(seen, 'upload of the 1 GiB disk under way');
+    await first.kill();
+    // The highest page in the blob at the moment of the crash bounds what the first attempt sent.
+    const blob = labContainer().getPageBlobClient(`${handle.workflowId.replace(/[^A-Za-z0-9-]/g, '-').toLowerCase()}/disk1.vhd`);
+    let extentAtCrash = 0;
+    for await (const r of blob.listPageRanges()) extentAtCrash = Math.max(extentAtCrash, r.end + 1);
+    worker = await startWorkerProcess(env.taskQueue, {
+      VMRESTORE_AZURE_PROXY_IDLE_SECONDS: String(PROXY_IDLE_SECONDS),
+      VMRESTORE_AZURE_HELPER_IDLE_SECONDS: '1',
+    });
+    const result = await handle.result();
+    const disk = result.disks[1];
+    const window = 8 * 4 * MiB;
+    const resent = Math.max(0, extentAtCrash - disk.resumedFromOffset);
+    console.log(
+      `azure crash figures: blob extent at crash ${(extentAtCrash / MiB).toFixed(0)} MiB, resumed at ${(disk.resumedFromOffset / MiB).toFixed(0)} MiB, ` +
+        `re-sent ${(resent / MiB).toFixed(1)} MiB (in-flight window ${window / MiB} MiB)`,
+    );
+    assert.ok(disk.resumedFromOffset > 0, 'resumed, not restarted');
+    assert.ok(resent <= window + MiB, `re-sent ${resent} <= window ${window}`);
+    const data = await checkVhd(disk.blobUrl, 1024 * MiB);
+    assert.equal(await sha256File(data.raw), await sha256OfBackedUpDisk(env.config.repository.path, restorePointId, 1));
+  });
+});

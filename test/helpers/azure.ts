@@ -1,0 +1,52 @@
+import { readFileSync } from 'node:fs';
+import https from 'node:https';
+import { BlobServiceClient, type ContainerClient } from '@azure/storage-blob';
+import { readLabState } from '../../src/lab';
+import type { LabAzure } from '../../src/lab/azure';
+import { createArmClients, type ArmClients } from '../../src/lab/armsim';
+import type { FaultRule, RequestLogEntry } from '../../src/lab/armsim';
+
+export function labAzure(): LabAzure {
+  const a = readLabState().azure as LabAzure | undefined;
+  if (!a) throw new Error('lab has no ARM simulator');
+  return a;
+}
+
+export function labArm(): ArmClients {
+  const a = labAzure();
+  return createArmClients({ endpoint: a.armEndpoint, subscriptionId: a.subscriptionId, caCertPath: a.caCertPath });
+}
+
+export function labContainer(): ContainerClient {
+  const s = readLabState();
+  return BlobServiceClient.fromConnectionString(s.blob!.connectionString).getContainerClient(labAzure().container);
+}
+
+/** Calls the simulator's admin API (fault injection, request log). */
+export function armAdmin<T>(method: string, path: string, body?: unknown): Promise<T> {
+  const a = labAzure();
+  return new Promise((resolve, reject) => {
+    const req = https.request(
+      `${a.armEndpoint}${path}`,
+      { method, ca: readFileSync(a.caCertPath), headers: { 'content-type': 'application/json' } },
+      (res) => {
+        let text = '';
+        res.on('data', (d) => (text += d));
+        res.on('end', () => {
+          if ((res.statusCode ?? 500) >= 300) reject(new Error(`${method} ${path}: ${res.statusCode} ${text}`));
+          else resolve((text ? JSON.parse(text) : {}) as T);
+        });
+      },
+    );
+    req.on('error', reject);
+    if (body !== undefined) req.write(JSON.stringify(body));
+    req.end();
+  });
+}
+
+export const setFaults = (rules: FaultRule[]) => armAdmin('POST', '/_admin/faults', { rules });
+export const clearFaults = () => armAdmin('DELETE', '/_admin/faults');
+export async function armLog(): Promise<RequestLogEntry[]> {
+  const r = await armAdmin<{ entries?: RequestLogEntry[]; log?: RequestLogEntry[] } | RequestLogEntry[]>('GET', '/_admin/log');
+  return Array.isArray(r) ? r : (r.entries ?? r.log ?? []);
+}
