@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -15,7 +15,6 @@ let env: TestEnv;
 let worker: WorkerProcess;
 let browser: Browser;
 let vs: VSphereClient;
-let profileDir: string;
 
 describe('Temporal Web UI shows restores', () => {
   before(async () => {
@@ -23,7 +22,6 @@ describe('Temporal Web UI shows restores', () => {
     env = await openTestEnv('webui');
     worker = await startWorkerProcess(env.taskQueue);
     vs = await labVSphere(env.config);
-    profileDir = mkdtempSync(path.join(os.tmpdir(), 'vmrestore-chromium-'));
     browser = await chromium.launch({
       executablePath: CHROMIUM,
       headless: true,
@@ -35,7 +33,6 @@ describe('Temporal Web UI shows restores', () => {
         '--disable-background-networking',
         '--disable-component-update',
         '--disable-sync',
-        `--user-data-dir=${profileDir}`,
       ],
     });
   });
@@ -44,7 +41,6 @@ describe('Temporal Web UI shows restores', () => {
     await worker?.stop();
     await vs?.logout().catch(() => {});
     await env?.close();
-    if (profileDir) rmSync(profileDir, { recursive: true, force: true });
   });
 
   it('lists a finished restore by its RestoreVm attribute and shows its summary', async () => {

@@ -290,6 +290,38 @@ describe('editing a guest disk in a page blob (Azurite)', () => {
       await fsp.rm(join(dir, 'synthetic-c.img'));
     });
 
+    it('finds changes at 4 KiB with a finer chunk size, and without SEEK_DATA by reading everything', async () => {
+      const img = join(dir, 'synthetic-fine.img');
+      const m = await materializeVhdBlob(target, { capacityBytes: capacity, imagePath: img, chunkSize: 4096, concurrency: 2 });
+      assert.equal(m.snapshot.chunkSize, 4096);
+      const fh = await fsp.open(img, 'r+');
+      const edit = Buffer.from('a small edit');
+      await fh.write(edit, 0, edit.length, 300 * 1024 + 11);
+      await fh.close();
+      edit.copy(local, 300 * 1024 + 11);
+
+      // Without perl on the PATH the segments cannot be listed, and the scan reads the whole image.
+      const savedPath = process.env.PATH;
+      process.env.PATH = join(dir, 'no-such-bin');
+      let wb;
+      try {
+        assert.equal((await listDataSegments(img)).method, 'whole-file');
+        const rec = recording(target);
+        wb = await writeBackChanges(rec.client, { imagePath: img, capacityBytes: capacity, snapshot: m.snapshot });
+        assertCallsValid(rec.calls, capacity, 4 * MiB);
+      } finally {
+        process.env.PATH = savedPath;
+      }
+      assert.equal(wb.scan, 'full');
+      assert.equal(wb.uploadedBytes, 4096);
+      assert.deepEqual(wb.ranges, [{ start: 300 * 1024, end: 300 * 1024 + 4095 }]);
+      assert.ok((await blobBytes(target, 0, capacity)).equals(local));
+
+      await assert.rejects(materializeVhdBlob(target, { capacityBytes: capacity, imagePath: img, chunkSize: 3000 }), /power of two/);
+      await assert.rejects(materializeVhdBlob(target, { capacityBytes: capacity, imagePath: img, concurrency: 0 }), /concurrency/);
+      await fsp.rm(img);
+    });
+
     it('refuses to overwrite a blob that changed since it was read', async () => {
       const img = join(dir, 'synthetic-d.img');
       const m = await materializeVhdBlob(target, { capacityBytes: capacity, imagePath: img });
