@@ -1,20 +1,16 @@
+import { RestoreTracker } from './progress';
 import {
   ActivityCancellationType,
   CancellationScope,
   defineQuery,
   isCancellation,
   proxyActivities,
-  setCurrentDetails,
-  setHandler,
-  upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
 import type { AzureActivities } from '../activities/azure';
 import type { AzureDiskResult, AzurePlan, AzureRestoreRequest, AzureRestoreResult } from '../domain/azure';
 import { FailureType } from '../domain/errors';
-import { renderDiskTable } from '../domain/progress';
-import type { DiskProgress, RestorePhase, RestoreProgress } from '../domain/restore';
-import { RestoreKind, RestorePhaseKey, RestoreTarget, RestoreVm } from '../domain/search-attributes';
+import type { RestorePhase, RestoreProgress } from '../domain/restore';
 import type { GuestChange } from '../guest/types';
 
 export const azureProgressQuery = defineQuery<RestoreProgress>('progress');
@@ -60,36 +56,13 @@ type AzurePhase = RestorePhase | 'powering-on-proxy' | 'uploading' | 'preparing-
 export async function restoreToAzure(request: AzureRestoreRequest): Promise<AzureRestoreResult> {
   const info = workflowInfo();
   const restoreId = request.restoreId ?? info.workflowId;
-  const progress: RestoreProgress = {
-    restoreId,
-    kind: 'azure',
-    vmName: request.vmName,
-    phase: 'initializing',
-    disks: [],
-    startedAt: new Date(info.startTime).toISOString(),
-  };
-  setHandler(azureProgressQuery, () => progress);
-  const setPhase = (phase: AzurePhase, message?: string) => {
-    progress.phase = phase as RestorePhase;
-    progress.message = message;
-    upsertSearchAttributes([{ key: RestorePhaseKey, value: phase }]);
-    setCurrentDetails(`**${phase}**${message ? ` ${message}` : ''}\n\n${renderDiskTable(progress.disks)}`);
-  };
-  upsertSearchAttributes([
-    { key: RestoreKind, value: 'azure' },
-    { key: RestoreVm, value: request.vmName },
-  ]);
-  setPhase('initializing');
+  const tracker = new RestoreTracker('azure', restoreId, request.vmName, azureProgressQuery);
+  const progress = tracker.progress;
+  const setPhase = (phase: AzurePhase, message?: string) => tracker.phase(phase, message);
 
   const plan: AzurePlan = await control.prepareAzureRestore({ ...request, restoreId });
-  upsertSearchAttributes([{ key: RestoreTarget, value: `${plan.resourceGroup}/${plan.location}` }]);
-  progress.disks = plan.disks.map<DiskProgress>((d) => ({
-    diskIndex: d.diskIndex,
-    label: d.label,
-    bytesDone: 0,
-    bytesTotal: d.capacityBytes,
-    state: 'pending',
-  }));
+  tracker.target(`${plan.resourceGroup}/${plan.location}`);
+  tracker.disks(plan.disks);
 
   const compensations: Array<() => Promise<void>> = [];
   const holder = restoreId;

@@ -1,3 +1,4 @@
+import { RestoreTracker } from './progress';
 import {
   ActivityCancellationType,
   ApplicationFailure,
@@ -5,9 +6,6 @@ import {
   defineQuery,
   isCancellation,
   proxyActivities,
-  setCurrentDetails,
-  setHandler,
-  upsertSearchAttributes,
   workflowInfo,
   ActivityFailure,
 } from '@temporalio/workflow';
@@ -23,8 +21,6 @@ import type {
   VSphereRestoreRequest,
   VSphereRestoreResult,
 } from '../domain/restore';
-import { RestoreKind, RestorePhaseKey, RestoreTarget, RestoreVm } from '../domain/search-attributes';
-import { renderDiskTable } from '../domain/progress';
 
 export const progressQuery = defineQuery<RestoreProgress>('progress');
 
@@ -67,37 +63,13 @@ function failureType(err: unknown): string | undefined {
 export async function restoreToVSphere(request: VSphereRestoreRequest): Promise<VSphereRestoreResult> {
   const info = workflowInfo();
   const restoreId = request.restoreId ?? info.workflowId;
-  const progress: RestoreProgress = {
-    restoreId,
-    kind: 'vsphere',
-    vmName: request.vmName,
-    phase: 'initializing',
-    disks: [],
-    startedAt: new Date(info.startTime).toISOString(),
-  };
-  setHandler(progressQuery, () => progress);
-
-  const setPhase = (phase: RestorePhase, message?: string) => {
-    progress.phase = phase;
-    progress.message = message;
-    upsertSearchAttributes([{ key: RestorePhaseKey, value: phase }]);
-    setCurrentDetails(`**${phase}**${message ? ` ${message}` : ''}\n\n${renderDiskTable(progress.disks)}`);
-  };
-  upsertSearchAttributes([
-    { key: RestoreKind, value: 'vsphere' },
-    { key: RestoreVm, value: request.vmName },
-  ]);
-  setPhase('initializing');
+  const tracker = new RestoreTracker('vsphere', restoreId, request.vmName, progressQuery);
+  const progress = tracker.progress;
+  const setPhase = (phase: RestorePhase, message?: string) => tracker.phase(phase, message);
 
   const plan: VSpherePlan = await control.prepareVSphereRestore({ ...request, restoreId });
-  upsertSearchAttributes([{ key: RestoreTarget, value: `${plan.datacenter}/${plan.datastore}` }]);
-  progress.disks = plan.disks.map<DiskProgress>((d) => ({
-    diskIndex: d.diskIndex,
-    label: d.label,
-    bytesDone: 0,
-    bytesTotal: d.capacityBytes,
-    state: 'pending',
-  }));
+  tracker.target(`${plan.datacenter}/${plan.datastore}`);
+  tracker.disks(plan.disks.map((d) => ({ diskIndex: d.diskIndex, label: d.label, capacityBytes: d.capacityBytes })));
 
   const compensations: Array<() => Promise<void>> = [];
   try {
