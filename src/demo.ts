@@ -7,7 +7,7 @@ import { labUp, labDir } from './lab';
 import { importRestorePoint, listRestorePoints } from './repository';
 import { buildLinuxDiskImage } from './guest/linux-image';
 import { buildWindowsDiskImage } from './guest/windows-image';
-import { connectClient, startVSphereRestore, waitWithProgress } from './restore-client';
+import { connectClient, startAzureRestore, startVSphereRestore, waitWithProgress } from './restore-client';
 import { runWorker } from './worker';
 
 const MiB = 1024 * 1024;
@@ -189,10 +189,29 @@ export async function runDemo(opts: { log: (s: string) => void }): Promise<numbe
   const final = await waitWithProgress(client, handle.workflowId, log);
   log(`demo restore ${final.status}${final.failure ? `: ${final.failure}` : ''}`);
   if (final.result) log(JSON.stringify(final.result, null, 2));
+  let ok = final.status === 'COMPLETED';
+  if (config.azure) {
+    for (const [vm, name] of [
+      ['demo-linux', `demo-linux-az-${Date.now().toString(36)}`],
+      ['demo-windows', `demowin${Date.now().toString(36).slice(-6)}`],
+    ]) {
+      const az = await startAzureRestore(client, { restorePointId: ids[vm], vmName: name }, { taskQueue: config.temporal.taskQueue });
+      log(
+        `demo restore to Azure started: ${az.workflowId}${config.temporal.uiUrl ? ` (${config.temporal.uiUrl}/namespaces/${config.temporal.namespace}/workflows/${az.workflowId})` : ''}`,
+      );
+      const r = await waitWithProgress(client, az.workflowId, log);
+      log(`Azure restore of ${vm} ${r.status}${r.failure ? `: ${r.failure}` : ''}`);
+      if (r.result) {
+        const res = r.result as { vmId: string; generation: number; guestChanges: unknown[] };
+        log(`  VM id ${res.vmId}, Generation ${res.generation}, ${res.guestChanges.length} guest changes`);
+      }
+      ok &&= r.status === 'COMPLETED';
+    }
+  }
   await connection.close();
   log(`worker keeps running; Web UI: ${config.temporal.uiUrl ?? '(external)'}; press Ctrl-C to stop`);
   await worker;
-  return final.status === 'COMPLETED' ? 0 : 1;
+  return ok ? 0 : 1;
 }
 
 export function demoImagesDir(): string {
