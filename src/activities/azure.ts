@@ -218,7 +218,7 @@ export function createAzureActivities(deps: AzureDeps) {
       await deps.client.workflow.executeUpdateWithStart(acquireLease, {
         args: [args.holder],
         startWorkflowOperation: new WithStartWorkflowOperation(resourceLease, {
-          workflowId: leaseWorkflowId(args.target),
+          workflowId: leaseWorkflowId(args.target, config.temporal.taskQueue),
           taskQueue: config.temporal.taskQueue,
           args: [initial],
           workflowIdConflictPolicy: 'USE_EXISTING',
@@ -229,7 +229,9 @@ export function createAzureActivities(deps: AzureDeps) {
 
     async releaseLeaseActivity(args: { target: LeaseTarget; holder: string }): Promise<void> {
       try {
-        await deps.client.workflow.getHandle(leaseWorkflowId(args.target)).executeUpdate(releaseLease, { args: [args.holder] });
+        await deps.client.workflow
+          .getHandle(leaseWorkflowId(args.target, config.temporal.taskQueue))
+          .executeUpdate(releaseLease, { args: [args.holder] });
       } catch (err) {
         // A lease workflow that no longer runs holds nothing to release.
         if ((err as { name?: string }).name !== 'WorkflowNotFoundError') throw err;

@@ -20,8 +20,9 @@ const power = proxyActivities<AzureActivities>({
   retry: { initialInterval: '1s', maximumInterval: '30s', maximumAttempts: 10 },
 });
 
-export function leaseWorkflowId(target: Pick<LeaseTarget, 'kind' | 'name'>): string {
-  return `lease-${target.kind}-${target.name}`;
+/** One lease per resource and task queue: a lease must be served by the workers of the restores using it. */
+export function leaseWorkflowId(target: Pick<LeaseTarget, 'kind' | 'name'>, taskQueue = 'vmrestore'): string {
+  return `lease-${target.kind}-${target.name}${taskQueue === 'vmrestore' ? '' : `@${taskQueue}`}`;
 }
 
 /**

@@ -173,7 +173,7 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
     ]);
     const lastRelease = Date.now();
     assert.ok(r1.vmId && r2.vmId);
-    const handle = env.client.workflow.getHandle(leaseWorkflowId({ kind: 'proxy', name: 'lab-azure-proxy' }));
+    const handle = env.client.workflow.getHandle(leaseWorkflowId({ kind: 'proxy', name: 'lab-azure-proxy' }, env.taskQueue));
     const mid = await handle.query(leaseStateQuery);
     assert.equal(mid.holders.length, 0, 'both restores released the proxy');
     assert.equal(mid.poweredOn, true, 'still on during the idle timeout');
