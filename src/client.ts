@@ -1,4 +1,6 @@
 import { parseArgs } from 'node:util';
+import type { Client } from '@temporalio/client';
+import type { AppConfig } from './config';
 import { loadAppConfig } from './app-config';
 import { FailureType, RestoreError } from './domain/errors';
 import type { DiskFormat, TransportRequest, VSphereRestoreRequest } from './domain/restore';
@@ -222,29 +224,7 @@ async function restoreAzureCommand(args: string[]): Promise<number> {
     keepOnFailure: values['keep-on-failure'] ?? false,
   };
   const config = loadAppConfig();
-  const { client, connection } = await connectClient(config);
-  try {
-    const handle = await startAzureRestore(client, request, { taskQueue: config.temporal.taskQueue });
-    if (!values.wait) {
-      out(values.json ? JSON.stringify({ workflowId: handle.workflowId }) : `started ${handle.workflowId}`);
-      return 0;
-    }
-    if (!values.json) out(`started ${handle.workflowId}`);
-    const final = await waitWithProgress(client, handle.workflowId, values.json ? undefined : out);
-    if (values.json)
-      out(
-        JSON.stringify({
-          workflowId: handle.workflowId,
-          status: final.status,
-          phase: final.phase,
-          result: final.result,
-          error: final.failure,
-        }),
-      );
-    return final.status === 'COMPLETED' ? 0 : 1;
-  } finally {
-    await connection.close();
-  }
+  return startAndReport(config, (client) => startAzureRestore(client, request, { taskQueue: config.temporal.taskQueue }), values);
 }
 
 async function restoreCommand(kind: string | undefined, args: string[]): Promise<number> {
@@ -302,28 +282,27 @@ async function restoreCommand(kind: string | undefined, args: string[]): Promise
     throttleMBps: throttle,
   };
   const config = loadAppConfig();
+  return startAndReport(config, (client) => startVSphereRestore(client, request, { taskQueue: config.temporal.taskQueue }), values);
+}
+
+/** Starts a restore; with --wait follows it to the end, printing progress or one JSON object. */
+async function startAndReport(
+  config: AppConfig,
+  start: (client: Client) => Promise<{ workflowId: string }>,
+  opts: { wait?: boolean; json?: boolean },
+): Promise<number> {
   const { client, connection } = await connectClient(config);
   try {
-    const handle = await startVSphereRestore(client, request, { taskQueue: config.temporal.taskQueue });
-    if (!values.wait) {
-      out(values.json ? JSON.stringify({ workflowId: handle.workflowId }) : `started ${handle.workflowId}`);
+    const { workflowId } = await start(client);
+    if (!opts.wait) {
+      out(opts.json ? JSON.stringify({ workflowId }) : `started ${workflowId}`);
       return 0;
     }
-    if (!values.json)
-      out(
-        `started ${handle.workflowId}${config.temporal.uiUrl ? ` (${config.temporal.uiUrl}/namespaces/${config.temporal.namespace}/workflows/${handle.workflowId})` : ''}`,
-      );
-    const final = await waitWithProgress(client, handle.workflowId, values.json ? undefined : out);
-    if (values.json)
-      out(
-        JSON.stringify({
-          workflowId: handle.workflowId,
-          status: final.status,
-          phase: final.phase,
-          result: final.result,
-          error: final.failure,
-        }),
-      );
+    const ui = config.temporal.uiUrl ? ` (${config.temporal.uiUrl}/namespaces/${config.temporal.namespace}/workflows/${workflowId})` : '';
+    if (!opts.json) out(`started ${workflowId}${ui}`);
+    const final = await waitWithProgress(client, workflowId, opts.json ? undefined : out);
+    if (opts.json)
+      out(JSON.stringify({ workflowId, status: final.status, phase: final.phase, result: final.result, error: final.failure }));
     return final.status === 'COMPLETED' ? 0 : 1;
   } finally {
     await connection.close();

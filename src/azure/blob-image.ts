@@ -19,7 +19,7 @@ import path from 'node:path';
 import type { PageBlobClient } from '@azure/storage-blob';
 import { FailureType, RestoreError } from '../domain/errors';
 import { run } from '../guest/exec';
-import { assertPageWrite, type PageRange } from './pageblob';
+import { assertPageWrite, mergeRanges, type PageRange } from './pageblob';
 import { AZURE_LIMITS, KiB, MiB, SECTOR_SIZE, VHD_FOOTER_SIZE, footerProblems, parseVhdFooter, vhdVirtualSize } from './vhd';
 
 /** What materializeVhdBlob needs of a PageBlobClient; a wrapper (for metrics or tests) can stand in. */
@@ -260,18 +260,6 @@ class SnapshotBuilder {
   }
 }
 
-/** Merges inclusive ranges that overlap or touch. */
-function mergeInclusive(ranges: PageRange[]): PageRange[] {
-  const sorted = [...ranges].sort((a, b) => a.start - b.start);
-  const out: PageRange[] = [];
-  for (const r of sorted) {
-    const last = out[out.length - 1];
-    if (last && r.start <= last.end + 1) last.end = Math.max(last.end, r.end);
-    else out.push({ start: r.start, end: r.end });
-  }
-  return out;
-}
-
 /** Runs `worker` on `concurrency` lanes until one fails (then the rest stop early) or all finish. */
 async function runLanes(concurrency: number, ac: AbortController, worker: () => Promise<boolean>): Promise<void> {
   let firstError: unknown;
@@ -396,7 +384,7 @@ export async function materializeVhdBlob(
       }
       return true;
     });
-    const allocatedRanges = mergeInclusive(raw);
+    const allocatedRanges = mergeRanges(raw);
 
     // Downloads cover whole chunks, so each chunk can be hashed as it arrives.
     const spans: Extent[] = [];
@@ -798,7 +786,7 @@ export async function writeBackChanges(blobClient: BlobImageWriteClient, opts: W
       uploadedBytes: w.uploadedBytes,
       clearedBytes: w.clearedBytes,
       pageWrites: w.pageWrites,
-      ranges: mergeInclusive(w.ranges),
+      ranges: mergeRanges(w.ranges),
       snapshot: { capacityBytes, chunkSize, chunks, hashes, etag: nextEtag },
       scan: method === 'seek' ? 'data-segments' : 'full',
     };

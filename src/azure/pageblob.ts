@@ -548,7 +548,8 @@ export interface VerifyUploadedVhdResult {
   footer: VhdFooter | null;
 }
 
-function mergeRanges(ranges: PageRange[]): PageRange[] {
+/** Merges inclusive ranges that overlap or touch. */
+export function mergeRanges(ranges: PageRange[]): PageRange[] {
   const sorted = [...ranges].sort((a, b) => a.start - b.start);
   const out: PageRange[] = [];
   for (const r of sorted) {
