@@ -5,7 +5,15 @@ import { Context } from '@temporalio/activity';
 import { WithStartWorkflowOperation, type Client } from '@temporalio/client';
 import { BlobServiceClient, type ContainerClient } from '@azure/storage-blob';
 import type { AppConfig, AzureConfig } from '../config';
-import type { AzureDiskResult, AzurePlan, AzureRestoreRequest, LeaseState, LeaseTarget, UploadCheckpoint } from '../domain/azure';
+import type {
+  AzureDiskResult,
+  AzurePlan,
+  AzureRestoreRequest,
+  LeaseRequest,
+  LeaseState,
+  LeaseTarget,
+  UploadCheckpoint,
+} from '../domain/azure';
 import { FailureType, RestoreError } from '../domain/errors';
 import { diskLayout, getRestorePoint, readDiskBlocks } from '../repository';
 import { uploadFixedVhd, verifyUploadedVhd } from '../azure/pageblob';
@@ -127,9 +135,17 @@ export function createAzureActivities(deps: AzureDeps) {
         armFailure(`reading subnet ${subnetId}`, err);
       }
       const vmSize = req.vmSize ?? a.defaultVmSize;
-      const sizes: string[] = [];
-      for await (const s of compute.virtualMachineSizes.list(location)) if (s.name) sizes.push(s.name);
+      const maxDataDisks = new Map<string, number>();
+      for await (const s of compute.virtualMachineSizes.list(location)) if (s.name) maxDataDisks.set(s.name, s.maxDataDiskCount ?? 0);
+      const sizes = [...maxDataDisks.keys()];
       if (!sizes.includes(vmSize)) invalid(`VM size '${vmSize}' is not offered in '${location}' (e.g. ${sizes.slice(0, 8).join(', ')})`);
+      const dataDiskCount = rp.vm.disks.length - 1;
+      if (dataDiskCount > maxDataDisks.get(vmSize)!) {
+        throw new RestoreError(
+          FailureType.AzureLimit,
+          `VM '${rp.vm.name}' has ${dataDiskCount} data disks; size '${vmSize}' allows ${maxDataDisks.get(vmSize)}: choose a larger --vm-size`,
+        );
+      }
       try {
         const existing = await compute.virtualMachines.get(resourceGroup, req.vmName);
         if (existing.tags?.[RESTORE_TAG] !== req.restoreId) {
@@ -182,12 +198,28 @@ export function createAzureActivities(deps: AzureDeps) {
       if (osType === 'Linux') {
         const h = a.helpers[location];
         if (!h) invalid(`no helper appliance is configured for location '${location}' (Linux restores prepare disks on it)`);
+        let helperSize: string | undefined;
+        try {
+          helperSize = (await compute.virtualMachines.get(h.resourceGroup, h.vmName)).hardwareProfile?.vmSize;
+        } catch (err) {
+          if (isNotFound(err)) invalid(`helper appliance VM '${h.vmName}' (resource group '${h.resourceGroup}') not found`);
+          armFailure(`reading helper appliance VM '${h.vmName}'`, err);
+        }
+        // Every disk of the restore is attached to the helper at once, so they must fit its data-disk slots.
+        const slots = helperSize === undefined ? undefined : maxDataDisks.get(helperSize);
+        if (slots !== undefined && rp.vm.disks.length > slots) {
+          throw new RestoreError(
+            FailureType.AzureLimit,
+            `VM '${rp.vm.name}' has ${rp.vm.disks.length} disks; helper appliance '${h.vmName}' (${helperSize}) takes at most ${slots} data disks`,
+          );
+        }
         helper = {
           kind: 'helper',
           name: `${location}-${h.vmName}`,
           resourceGroup: h.resourceGroup,
           vmName: h.vmName,
           idleTimeoutMs: h.idleTimeoutSeconds * 1000,
+          slots,
         };
       }
       return {
@@ -213,10 +245,10 @@ export function createAzureActivities(deps: AzureDeps) {
     },
 
     /** Entity-workflow lease: returns once the shared VM runs (powering it on if needed). */
-    async acquireLeaseActivity(args: { target: LeaseTarget; holder: string }): Promise<void> {
+    async acquireLeaseActivity(args: { target: LeaseTarget; holder: string; request?: LeaseRequest }): Promise<void> {
       const initial: LeaseState = { target: args.target, holders: [], poweredOn: false, powerOns: 0, powerOffs: 0 };
       await deps.client.workflow.executeUpdateWithStart(acquireLease, {
-        args: [args.holder],
+        args: [args.holder, args.request],
         startWorkflowOperation: new WithStartWorkflowOperation(resourceLease, {
           workflowId: leaseWorkflowId(args.target, config.temporal.taskQueue),
           taskQueue: config.temporal.taskQueue,
@@ -267,6 +299,8 @@ export function createAzureActivities(deps: AzureDeps) {
       await blobs().createIfNotExists();
       const prev = ctx.info.heartbeatDetails as UploadCheckpoint | undefined;
       const resumeFrom = prev?.diskIndex === diskIndex ? prev.offset : 0;
+      // A later attempt keeps the blob; the uploader may move further, to the checkpoint stored in the blob.
+      const resuming = ctx.info.attempt > 1 || resumeFrom > 0;
       const blobClient = blobs().getPageBlobClient(disk.blobName);
       let last: UploadCheckpoint = { diskIndex, offset: resumeFrom, bytesSent: 0 };
       const beat = setInterval(() => ctx.heartbeat(last), 1000);
@@ -274,14 +308,15 @@ export function createAzureActivities(deps: AzureDeps) {
         const res = await uploadFixedVhd({
           blobClient,
           capacityBytes: disk.capacityBytes,
-          blocks: readDiskBlocks(config.repository.path, rp, diskIndex, {
-            fromOffset: resumeFrom,
-            concurrency: config.restore.readConcurrency,
-            signal: ctx.cancellationSignal,
-          }),
+          blocks: (from) =>
+            readDiskBlocks(config.repository.path, rp, diskIndex, {
+              fromOffset: Math.min(from, disk.capacityBytes),
+              concurrency: config.restore.readConcurrency,
+              signal: ctx.cancellationSignal,
+            }),
           restoreId: plan.restoreId,
           diskIndex,
-          resumeFromOffset: resumeFrom,
+          resumeFromOffset: resuming ? resumeFrom : undefined,
           footerTimestamp: new Date(Date.parse(rp.createdAt)),
           signal: ctx.cancellationSignal,
           onProgress: (p) => {

@@ -50,7 +50,7 @@ export interface UploadProgress {
 export type PageChecksum = 'md5' | 'none';
 
 /** The PageBlobClient calls the uploader makes; a wrapper (for metrics or tests) can stand in. */
-export type UploadPageBlobClient = Pick<PageBlobClient, 'url' | 'getProperties' | 'create' | 'uploadPages'>;
+export type UploadPageBlobClient = Pick<PageBlobClient, 'url' | 'getProperties' | 'create' | 'uploadPages' | 'setMetadata'>;
 
 export interface UploadFixedVhdOptions {
   blobClient: UploadPageBlobClient;
@@ -59,20 +59,26 @@ export interface UploadFixedVhdOptions {
   /**
    * The source disk as contiguous blocks in ascending order that together cover [0, capacity)
    * (a resumed upload may start at any block boundary at or below resumeFromOffset). Offsets are
-   * 512-aligned; only the last block may end at an unaligned capacity.
+   * 512-aligned; only the last block may end at an unaligned capacity. As a function it is called once
+   * with the offset the upload starts from, so a resumed upload need not read what it will skip.
    */
-  blocks: AsyncIterable<UploadBlock> | Iterable<UploadBlock>;
+  blocks: AsyncIterable<UploadBlock> | Iterable<UploadBlock> | ((fromOffset: number) => AsyncIterable<UploadBlock> | Iterable<UploadBlock>);
   /** Seeds the footer UUID, so every attempt of the same restore writes the same footer. */
   restoreId: string;
   /** Distinguishes the disks of one restore in the footer UUID. */
   diskIndex?: number;
-  /** A contiguousOffset reported by an earlier attempt; the existing blob is kept and extended. */
+  /**
+   * Set when this is a later attempt of the same upload: a contiguousOffset reported by an earlier attempt
+   * (0 if none arrived). The existing blob is kept and extended from this offset or from the checkpoint the
+   * blob's metadata holds, whichever is further. Left unset, the upload starts afresh.
+   */
   resumeFromOffset?: number;
   /** Largest Put Page payload; at most Azure's 4 MiB. */
   maxPageWriteBytes?: number;
   /**
-   * Put Page calls in flight, and the most writes ever outstanding past contiguousOffset, so a resume
-   * re-sends at most concurrency × maxPageWriteBytes. Memory held is about (concurrency + 1) × that.
+   * Put Page calls in flight. It also sets the resume window, concurrency × maxPageWriteBytes: no write
+   * reaches further than that past the checkpoint stored in the blob's metadata, so a resume re-sends at
+   * most the window. Memory held is about (concurrency + 1) × maxPageWriteBytes.
    */
   concurrency?: number;
   /**
@@ -105,6 +111,8 @@ export interface UploadFixedVhdResult {
   resumedFrom: number;
   /** Whether this attempt created (or re-created) the blob. */
   created: boolean;
+  /** Checkpoints stored in the blob's metadata by this attempt, the final one included. */
+  checkpointWrites: number;
 }
 
 /** The destination blob exists with a size other than the VHD's; we never resize or clobber it. */
@@ -125,6 +133,12 @@ export class BlobSizeMismatchError extends RestoreError {
 
 /** Metadata key that ties a blob to the restore disk that created it. */
 export const VHD_UUID_METADATA_KEY = 'vmrestorediskuuid';
+/**
+ * Metadata key holding the upload's durable checkpoint: every non-zero byte below it is in the blob.
+ * It is stored with a synchronous call, unlike a Temporal heartbeat, which the worker sends later and
+ * throttled; that is what lets the uploader hold writes to checkpoint + window and so bound a resume.
+ */
+export const UPLOAD_CHECKPOINT_METADATA_KEY = 'vmrestoreuploadedto';
 
 const DEFAULT_MAX_PAGE_WRITE = AZURE_LIMITS.putPageMaxBytes;
 const DEFAULT_CONCURRENCY = 8;
@@ -288,8 +302,7 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
     };
     throwIfAborted();
 
-    // Data at or above the resume point is re-sent; align down so a partial last sector is re-sent whole.
-    let start = Math.min(requestedResume - (requestedResume % SECTOR_SIZE), virtualSize);
+    let resumeAt = requestedResume;
     let created = false;
     const existing = await getBlobProps(blobClient, signal);
     if (existing) {
@@ -309,7 +322,13 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
           `page blob ${stripQuery(blobClient.url)} belongs to another restore (disk uuid ${owner}, ours ${uuidText})`,
         );
       }
+      const stored = Number(existing.metadata[UPLOAD_CHECKPOINT_METADATA_KEY]);
+      if (opts.resumeFromOffset !== undefined && owner === uuidText && Number.isSafeInteger(stored) && stored <= blobSize) {
+        resumeAt = Math.max(resumeAt, stored);
+      }
     }
+    // Data at or above the resume point is re-sent; align down so a partial last sector is re-sent whole.
+    let start = Math.min(resumeAt - (resumeAt % SECTOR_SIZE), virtualSize);
     if (!existing || start === 0) {
       // (Re)creating zeroes the whole blob, which is what makes skipping zero ranges correct.
       await blobClient.create(blobSize, { abortSignal: signal, metadata: { [VHD_UUID_METADATA_KEY]: uuidText } });
@@ -326,6 +345,12 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
     const inflight = new Set<Promise<void>>();
     let firstError: unknown = undefined;
     let lastReported = -1;
+    // The resume window and the checkpoint the blob's metadata is known to hold.
+    const window = concurrency * maxWrite;
+    const checkpointStride = Math.max(maxWrite, Math.floor(window / 4));
+    let durable = start;
+    let checkpointing: Promise<void> | null = null;
+    let checkpointWrites = 0;
 
     const contiguousOffset = (): number => {
       while (order.length > 0 && order[0].done) order.shift();
@@ -340,6 +365,29 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
       if (!force && c === lastReported) return;
       lastReported = c;
       opts.onProgress({ contiguousOffset: c, bytesSent, pagesSent, zeroBytesSkipped: zeroBytesSkipped() });
+    };
+
+    const fail = (err: unknown): void => {
+      firstError ??= err;
+      ac.abort(err);
+    };
+    const storeCheckpoint = (at: number): Promise<void> =>
+      blobClient
+        .setMetadata({ [VHD_UUID_METADATA_KEY]: uuidText, [UPLOAD_CHECKPOINT_METADATA_KEY]: String(at) }, { abortSignal: signal })
+        .then(() => {
+          checkpointWrites += 1;
+          durable = Math.max(durable, at);
+        });
+    /** Stores contiguousOffset in the blob when it has moved on enough (or `force`), one call at a time. */
+    const checkpoint = (force: boolean): void => {
+      if (checkpointing) return;
+      const at = contiguousOffset();
+      if (at <= durable || (!force && at - durable < checkpointStride)) return;
+      checkpointing = storeCheckpoint(at)
+        .catch(fail)
+        .finally(() => {
+          checkpointing = null;
+        });
     };
 
     let pool: Md5WorkerPool | undefined;
@@ -366,16 +414,18 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
     const dispatch = async (run: PendingRun): Promise<void> => {
       const entry: WriteEntry = { start: run.start, done: false };
       order.push(entry);
-      // The window counts writes from the oldest unacknowledged one, including later ones that already
-      // completed out of order: that bounds what a resume from contiguousOffset can re-send, even when
-      // one slow write holds the offset back.
+      // At most `concurrency` writes from the oldest unacknowledged one, including later ones that already
+      // completed out of order, and none reaching past the stored checkpoint + window: that bounds what a
+      // resume can re-send, even when one slow write holds the offset back or the process dies.
       for (;;) {
         // A failed write never completes, so check for failure before waiting on the window.
         if (firstError !== undefined) throw firstError;
         throwIfAborted();
         contiguousOffset();
-        if (order.indexOf(entry) < concurrency) break;
-        await Promise.race(inflight);
+        const withinWindow = run.start + run.length <= durable + window;
+        if (order.indexOf(entry) < concurrency && withinWindow) break;
+        if (!withinWindow) checkpoint(true);
+        await Promise.race(checkpointing ? [...inflight, checkpointing] : inflight);
       }
       let slot: Buffer | undefined;
       let body: Buffer;
@@ -387,23 +437,17 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
       } else {
         body = run.pieces.length === 1 ? run.pieces[0] : Buffer.concat(run.pieces, run.length);
       }
-      const p: Promise<void> = sendPage(run.start, body).then(
-        () => {
-          entry.done = true;
-          bytesSent += body.length;
-          pagesSent += 1;
-          try {
-            report(true);
-          } catch (err) {
-            firstError ??= err;
-            ac.abort(err);
-          }
-        },
-        (err: unknown) => {
-          firstError ??= err;
-          ac.abort(err);
-        },
-      );
+      const p: Promise<void> = sendPage(run.start, body).then(() => {
+        entry.done = true;
+        bytesSent += body.length;
+        pagesSent += 1;
+        try {
+          checkpoint(false);
+          report(true);
+        } catch (err) {
+          fail(err);
+        }
+      }, fail);
       const tracked = p.finally(() => {
         inflight.delete(tracked);
         if (slot) freeSlots.push(slot);
@@ -438,7 +482,8 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
       let expected: number | undefined;
       let lastZeroReport = start;
       const startedBelowCapacity = start < capacityBytes;
-      for await (const block of opts.blocks) {
+      const source = typeof opts.blocks === 'function' ? opts.blocks(start) : opts.blocks;
+      for await (const block of source) {
         if (firstError !== undefined) throw firstError;
         throwIfAborted();
         const { offset, length, data } = block;
@@ -500,10 +545,13 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
       bytesSent += footer.length;
       pagesSent += 1;
       scanPos = blobSize;
+      // A retry after this point (say the result was lost with the worker) then has nothing to send.
+      await checkpointing;
+      await storeCheckpoint(blobSize);
       report(true);
     } catch (err) {
       ac.abort(err);
-      await Promise.allSettled(inflight);
+      await Promise.allSettled(checkpointing ? [...inflight, checkpointing] : inflight);
       if (opts.signal?.aborted) throw abortReason(opts.signal);
       throw firstError ?? err;
     }
@@ -517,6 +565,7 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
       footer,
       resumedFrom: start,
       created,
+      checkpointWrites,
     };
   } finally {
     unlink();

@@ -36,6 +36,19 @@ export interface LeaseTarget {
   resourceGroup: string;
   vmName: string;
   idleTimeoutMs: number;
+  /**
+   * Data-disk slots the VM offers (the helper appliance: its size's maxDataDiskCount). Holders reserve
+   * slots before attaching disks and wait while others hold them; unset means no slot accounting.
+   */
+  slots?: number;
+}
+
+/** What an acquire asks of a lease. */
+export interface LeaseRequest {
+  /** Data-disk slots to reserve for this holder (needs target.slots). */
+  slots?: number;
+  /** false reserves only: the VM is not started (yet). Defaults to true. */
+  powerOn?: boolean;
 }
 
 export interface AzurePlan {
@@ -90,6 +103,8 @@ export interface UploadCheckpoint {
 export interface LeaseState {
   target: LeaseTarget;
   holders: string[];
+  /** Slots each holder reserved, for holders that reserved any. */
+  reserved?: Record<string, number>;
   poweredOn: boolean;
   powerOns: number;
   powerOffs: number;

@@ -1,4 +1,5 @@
 import {
+  ApplicationFailure,
   allHandlersFinished,
   condition,
   continueAsNew,
@@ -9,9 +10,9 @@ import {
   workflowInfo,
 } from '@temporalio/workflow';
 import type { AzureActivities } from '../activities/azure';
-import type { LeaseState, LeaseTarget } from '../domain/azure';
+import type { LeaseRequest, LeaseState, LeaseTarget } from '../domain/azure';
 
-export const acquireLease = defineUpdate<{ poweredOn: boolean; powerOns: number }, [holder: string]>('acquire');
+export const acquireLease = defineUpdate<{ poweredOn: boolean; powerOns: number }, [holder: string, request?: LeaseRequest]>('acquire');
 export const releaseLease = defineUpdate<{ holders: number }, [holder: string]>('release');
 export const leaseStateQuery = defineQuery<LeaseState>('state');
 
@@ -31,12 +32,32 @@ export function leaseWorkflowId(target: Pick<LeaseTarget, 'kind' | 'name'>, task
  * the VM. Concurrent restores therefore never power it off under each other.
  */
 export async function resourceLease(initial: LeaseState): Promise<void> {
-  const state: LeaseState = { ...initial, holders: [...initial.holders] };
+  const state: LeaseState = { ...initial, holders: [...initial.holders], reserved: { ...initial.reserved } };
+  const reserved = state.reserved!;
   let transition: Promise<void> | undefined;
   setHandler(leaseStateQuery, () => state);
+  const slotsInUse = (): number => Object.values(reserved).reduce((a, n) => a + n, 0);
 
-  setHandler(acquireLease, async (holder) => {
-    if (!state.holders.includes(holder)) state.holders.push(holder);
+  setHandler(acquireLease, async (holder, request) => {
+    const want = request?.slots ?? 0;
+    if (!state.holders.includes(holder)) {
+      const capacity = state.target.slots;
+      if (want > 0 && capacity !== undefined) {
+        if (want > capacity) {
+          throw ApplicationFailure.nonRetryable(
+            `${holder} needs ${want} data-disk slots on ${state.target.kind} VM '${state.target.vmName}', which has ${capacity}`,
+            'LeaseCapacity',
+          );
+        }
+        // Wait for other holders to free enough slots; a retried acquire may have won meanwhile.
+        await condition(() => state.holders.includes(holder) || slotsInUse() + want <= capacity);
+      }
+      if (!state.holders.includes(holder)) {
+        state.holders.push(holder);
+        if (want > 0) reserved[holder] = want;
+      }
+    }
+    if (request?.powerOn === false) return { poweredOn: state.poweredOn, powerOns: state.powerOns };
     // Wait out a power-off in progress, then power on once for everyone waiting.
     while (transition) await transition;
     if (!state.poweredOn) {
@@ -56,6 +77,7 @@ export async function resourceLease(initial: LeaseState): Promise<void> {
 
   setHandler(releaseLease, (holder) => {
     state.holders = state.holders.filter((h) => h !== holder);
+    delete reserved[holder];
     return { holders: state.holders.length };
   });
 

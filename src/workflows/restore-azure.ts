@@ -121,9 +121,11 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
       };
       const detach = () => control.detachFromHelper({ plan });
       compensations.unshift(releaseHelper);
+      // Reserve the helper's disk slots (waiting while other restores hold them), attach, then start it.
+      await control.acquireLeaseActivity({ target: helper, holder, request: { slots: plan.disks.length, powerOn: false } });
       compensations.unshift(detach);
       await control.attachToHelper({ plan });
-      await control.acquireLeaseActivity({ target: helper, holder });
+      await control.acquireLeaseActivity({ target: helper, holder, request: { slots: plan.disks.length } });
       guestChanges = await longRunning(`prepare the Linux disks on helper ${helper.vmName}`).prepareGuestDisk({
         plan,
         where: 'helper-appliance',

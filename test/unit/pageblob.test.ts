@@ -12,6 +12,7 @@ import {
   type PageRange,
   type UploadBlock,
   type UploadPageBlobClient,
+  UPLOAD_CHECKPOINT_METADATA_KEY,
   type UploadProgress,
 } from '../../src/azure/pageblob';
 import { startEphemeralAzurite, type EphemeralAzurite } from '../../src/azure/pageblob-azurite';
@@ -63,9 +64,18 @@ interface Recorded {
 function recordingClient(inner: PageBlobClient, delayMs?: () => number) {
   const writes: (Recorded & { failed?: boolean })[] = [];
   let creates = 0;
+  // The highest upload checkpoint the service has acknowledged, and the furthest write started past it.
+  let ackedCheckpoint = 0;
+  let furthestPastCheckpoint = 0;
   const client: UploadPageBlobClient = {
     url: inner.url,
     getProperties: (o) => inner.getProperties(o),
+    setMetadata: async (metadata, o) => {
+      const res = await inner.setMetadata(metadata, o);
+      const at = Number(metadata?.[UPLOAD_CHECKPOINT_METADATA_KEY]);
+      if (Number.isSafeInteger(at)) ackedCheckpoint = Math.max(ackedCheckpoint, at);
+      return res;
+    },
     create: (size, o) => {
       creates++;
       return inner.create(size, o);
@@ -79,6 +89,7 @@ function recordingClient(inner: PageBlobClient, delayMs?: () => number) {
           .digest()
           .equals(Buffer.from(md5));
       const othersInFlight = writes.filter((w) => !w.completed && !w.failed).length;
+      furthestPastCheckpoint = Math.max(furthestPastCheckpoint, offset + count - ackedCheckpoint);
       const rec: Recorded & { failed?: boolean } = { offset, count, completed: false, othersInFlight, badMd5 };
       writes.push(rec);
       const ms = delayMs?.() ?? 0;
@@ -93,7 +104,13 @@ function recordingClient(inner: PageBlobClient, delayMs?: () => number) {
       }
     },
   };
-  return { client, writes, creates: () => creates };
+  return {
+    client,
+    writes,
+    creates: () => creates,
+    furthestPastCheckpoint: () => furthestPastCheckpoint,
+    seedCheckpoint: (at: number) => (ackedCheckpoint = at),
+  };
 }
 
 function assertAzureShaped(writes: Recorded[], blobSize: number, max = 4 * MiB): void {
@@ -327,6 +344,81 @@ describe('page blob upload against Azurite', () => {
       expectedNonZeroRanges: nonZero.map((r) => ({ offset: r.start, length: r.end - r.start + 1 })),
     });
     assert.deepEqual(v.problems, []);
+  });
+
+  it('resumes from the checkpoint stored in the blob when no heartbeat arrived, within the window', async () => {
+    const capacity = 64 * MiB;
+    const img = Buffer.alloc(capacity);
+    fillRandom(img, 0, capacity);
+    const concurrency = 4;
+    const maxWrite = MiB;
+    const window = concurrency * maxWrite;
+    const target = blob();
+    const first = recordingClient(target, () => 2 + Math.floor(Math.random() * 20));
+    const ac = new AbortController();
+    await assert.rejects(
+      uploadFixedVhd({
+        blobClient: first.client,
+        capacityBytes: capacity,
+        blocks: blocksOf(img),
+        restoreId: 'restore-stored-checkpoint',
+        concurrency,
+        maxPageWriteBytes: maxWrite,
+        checksum: 'none',
+        signal: ac.signal,
+        onProgress: (p) => {
+          if (p.pagesSent >= 30) ac.abort();
+        },
+      }),
+      (err: unknown) => (err as Error).name === 'AbortError',
+    );
+    assert.ok(first.furthestPastCheckpoint() <= window, `a write reached ${first.furthestPastCheckpoint()} past the checkpoint`);
+    let extent = 0;
+    for await (const r of target.listPageRanges()) extent = Math.max(extent, r.end + 1);
+    const stored = Number((await target.getProperties()).metadata?.[UPLOAD_CHECKPOINT_METADATA_KEY]);
+    assert.ok(stored > 0 && extent - stored <= window, `stored checkpoint ${stored}, blob extent ${extent}`);
+
+    // The retry got no heartbeat details: it passes 0 and the blob supplies the rest.
+    const second = recordingClient(target);
+    second.seedCheckpoint(stored);
+    let asked = -1;
+    const res = await uploadFixedVhd({
+      blobClient: second.client,
+      capacityBytes: capacity,
+      blocks: (from) => {
+        asked = from;
+        return blocksOf(img);
+      },
+      restoreId: 'restore-stored-checkpoint',
+      concurrency,
+      maxPageWriteBytes: maxWrite,
+      resumeFromOffset: 0,
+    });
+    assert.equal(res.resumedFrom, stored);
+    assert.equal(asked, stored, 'blocks are asked for from the resume point');
+    assert.equal(res.created, false);
+    assert.ok(second.furthestPastCheckpoint() <= window);
+    const resent = Math.max(0, extent - res.resumedFrom);
+    console.log(
+      `stored-checkpoint resume: at ${(stored / MiB).toFixed(2)} MiB, re-sent ${(resent / MiB).toFixed(2)} MiB, window ${window / MiB} MiB`,
+    );
+    assert.ok((await target.downloadToBuffer(0, capacity)).equals(img));
+
+    // A retry after the upload finished sends the footer again and nothing else.
+    const third = recordingClient(target);
+    const again = await uploadFixedVhd({
+      blobClient: third.client,
+      capacityBytes: capacity,
+      blocks: (from) => blocksOf(img, MiB, Math.min(from, capacity) - (Math.min(from, capacity) % MiB)),
+      restoreId: 'restore-stored-checkpoint',
+      resumeFromOffset: 0,
+    });
+    assert.deepEqual(
+      third.writes.map((w) => [w.offset, w.count]),
+      [[vhdVirtualSize(capacity), 512]],
+    );
+    assert.equal(again.bytesSent, 512);
+    assert.deepEqual((await verifyUploadedVhd(target, { capacityBytes: capacity })).problems, []);
   });
 
   it('re-creates an existing same-size blob on a fresh start, clearing stale pages', async () => {
