@@ -92,6 +92,16 @@ export function createAzureActivities(deps: AzureDeps) {
     }
     return container;
   };
+  /** The task queue of a running lease workflow with this id when it is not ours, else undefined. */
+  const foreignLeaseQueue = async (workflowId: string): Promise<string | undefined> => {
+    try {
+      const d = await deps.client.workflow.getHandle(workflowId).describe();
+      return d.status.name === 'RUNNING' && d.taskQueue !== config.temporal.taskQueue ? d.taskQueue : undefined;
+    } catch (err) {
+      if ((err as { name?: string }).name === 'WorkflowNotFoundError') return undefined;
+      throw err;
+    }
+  };
   const powerState = async (resourceGroup: string, vmName: string): Promise<string> => {
     const view = await clients().compute.virtualMachines.instanceView(resourceGroup, vmName);
     const s = view.statuses?.find((x) => x.code?.startsWith('PowerState/'));
@@ -247,10 +257,20 @@ export function createAzureActivities(deps: AzureDeps) {
     /** Entity-workflow lease: returns once the shared VM runs (powering it on if needed). */
     async acquireLeaseActivity(args: { target: LeaseTarget; holder: string; request?: LeaseRequest }): Promise<void> {
       const initial: LeaseState = { target: args.target, holders: [], poweredOn: false, powerOns: 0, powerOffs: 0 };
+      const workflowId = leaseWorkflowId(args.target, config.temporal.taskQueue);
+      // An acquire on a lease that no worker of ours serves would wait forever; say so instead.
+      const foreign = await foreignLeaseQueue(workflowId);
+      if (foreign !== undefined) {
+        throw new RestoreError(
+          FailureType.InvalidRequest,
+          `lease workflow '${workflowId}' runs on task queue '${foreign}', not on '${config.temporal.taskQueue}' ` +
+            `that this worker serves; end it (temporal workflow terminate --workflow-id '${workflowId}') and retry`,
+        );
+      }
       await deps.client.workflow.executeUpdateWithStart(acquireLease, {
         args: [args.holder, args.request],
         startWorkflowOperation: new WithStartWorkflowOperation(resourceLease, {
-          workflowId: leaseWorkflowId(args.target, config.temporal.taskQueue),
+          workflowId,
           taskQueue: config.temporal.taskQueue,
           args: [initial],
           workflowIdConflictPolicy: 'USE_EXISTING',
@@ -260,10 +280,11 @@ export function createAzureActivities(deps: AzureDeps) {
     },
 
     async releaseLeaseActivity(args: { target: LeaseTarget; holder: string }): Promise<void> {
+      const workflowId = leaseWorkflowId(args.target, config.temporal.taskQueue);
+      // A lease on another queue was never acquired through this worker, and an update to it would hang.
+      if ((await foreignLeaseQueue(workflowId)) !== undefined) return;
       try {
-        await deps.client.workflow
-          .getHandle(leaseWorkflowId(args.target, config.temporal.taskQueue))
-          .executeUpdate(releaseLease, { args: [args.holder] });
+        await deps.client.workflow.getHandle(workflowId).executeUpdate(releaseLease, { args: [args.holder] });
       } catch (err) {
         // A lease workflow that no longer runs holds nothing to release.
         if ((err as { name?: string }).name !== 'WorkflowNotFoundError') throw err;

@@ -268,6 +268,25 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
     assert.deepEqual(end.holders, []);
     assert.equal(end.powerOns, 0, 'reserving alone never starts the VM');
     await handle.terminate('test done');
+
+    // A lease workflow under our id that no worker of this queue serves is named, not waited on forever.
+    const proxyLeaseId = leaseWorkflowId({ kind: 'proxy', name: 'lab-azure-proxy' }, env.taskQueue);
+    await env.client.workflow
+      .getHandle(proxyLeaseId)
+      .terminate('test setup')
+      .catch(() => undefined);
+    const orphan = await env.client.workflow.start(resourceLease, {
+      workflowId: proxyLeaseId,
+      taskQueue: 'no-worker-serves-this',
+      args: [{ target: { ...target, kind: 'proxy', name: 'lab-azure-proxy' }, holders: [], poweredOn: false, powerOns: 0, powerOffs: 0 }],
+    });
+    const h = await startAzureRestore(
+      env.client,
+      { restorePointId: env.demo['demo-thick'], vmName: `t-orphan-${Date.now().toString(36)}`, proxy: 'lab-azure-proxy' },
+      { taskQueue: env.taskQueue },
+    );
+    assert.match(failureMessage(await h.result().catch((e: unknown) => e)), /runs on task queue 'no-worker-serves-this'/);
+    await orphan.terminate('test done');
   });
 
   it('completes despite injected throttling and transient 5xx', async () => {

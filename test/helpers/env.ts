@@ -29,7 +29,21 @@ export async function openTestEnv(name: string): Promise<TestEnv> {
   const { client, connection } = await connectClient(config);
   const taskQueue = `test-${name}-${randomBytes(3).toString('hex')}`;
   config.temporal.taskQueue = taskQueue;
-  return { config, client, connection, taskQueue, demo, close: () => connection.close() };
+  // The lab's Temporal keeps its database between runs: end what this test queue left running (its
+  // lease workflows, say), since no worker will ever serve that queue again.
+  const close = async (): Promise<void> => {
+    try {
+      for await (const w of client.workflow.list({ query: `TaskQueue = '${taskQueue}' AND ExecutionStatus = 'Running'` })) {
+        await client.workflow
+          .getHandle(w.workflowId, w.runId)
+          .terminate('test task queue closed')
+          .catch(() => undefined);
+      }
+    } finally {
+      await connection.close();
+    }
+  };
+  return { config, client, connection, taskQueue, demo, close };
 }
 
 export interface WorkerProcess {
