@@ -74,6 +74,8 @@ function labAzureConfig(a: LabAzure, blobConnectionString: string): AzureConfig 
         resourceGroup: a.resourceGroup,
         vmName: a.helperVmName,
         idleTimeoutSeconds: Number(process.env.VMRESTORE_AZURE_HELPER_IDLE_SECONDS ?? 5),
+        // The lab's helper appliance is a simulated VM, so the lab worker serves its queue too.
+        embeddedWorker: true,
       },
     },
   };

@@ -30,7 +30,7 @@ const USAGE = `vmrestore: restore whole VMs from backups to vSphere (and Azure) 
   vmrestore repo import --vm vm.json [--json]
   vmrestore repo list|show ID|verify [ID] [--json]
   vmrestore repo seed-demo [--json]
-  vmrestore worker
+  vmrestore worker [--helper LOCATION]   (--helper: the worker inside that location's helper appliance)
   vmrestore restore vsphere --restore-point ID --vm-name NAME [--datastore DS] [--folder F]
         [--resource-pool P] [--network SRC=DST]... [--transport auto|direct-san|direct-nas|hotadd|nbd]
         [--disk-format same|thin|thick-lazy|thick-eager] [--proxy NAME] [--power-on]
@@ -58,7 +58,7 @@ export async function main(argv: string[]): Promise<number> {
       case 'repo':
         return await repoCommand(sub, rest);
       case 'worker':
-        return await workerCommand();
+        return await workerCommand(sub === undefined ? [] : [sub, ...rest]);
       case 'restore':
         return await restoreCommand(sub, rest);
       case 'status':
@@ -180,13 +180,14 @@ function repositoryPath(): string {
   }
 }
 
-async function workerCommand(): Promise<number> {
+async function workerCommand(args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, options: { helper: { type: 'string' } }, allowPositionals: false });
   const config = loadAppConfig();
   const stop = new Promise<void>((resolve) => {
     process.once('SIGINT', resolve);
     process.once('SIGTERM', resolve);
   });
-  await runWorker({ config, log: out, until: stop });
+  await runWorker({ config, log: out, until: stop, helperLocation: values.helper });
   return 0;
 }
 

@@ -56,7 +56,28 @@ export interface AzureConfig {
   blobConnectionStringEnv?: string;
   proxies: Array<{ name: string; resourceGroup: string; vmName: string; idleTimeoutSeconds: number }>;
   /** Location → helper appliance VM for Linux guest preparation. */
-  helpers: Record<string, { resourceGroup: string; vmName: string; idleTimeoutSeconds: number }>;
+  helpers: Record<string, HelperApplianceConfig>;
+}
+
+export interface HelperApplianceConfig {
+  resourceGroup: string;
+  vmName: string;
+  idleTimeoutSeconds: number;
+  /**
+   * Task queue of the worker that prepares disks attached to this helper (`vmrestore worker --helper
+   * LOCATION`, run inside the appliance). Defaults to `<temporal.taskQueue>-helper-<location>`.
+   */
+  taskQueue?: string;
+  /**
+   * Whether the main worker also serves that queue. The lab does this, since its helper appliances are
+   * simulated VMs; a real deployment runs the helper worker inside the appliance and leaves this false.
+   */
+  embeddedWorker: boolean;
+}
+
+/** The task queue the helper appliance of `location` serves. */
+export function helperTaskQueue(config: Pick<AppConfig, 'temporal'>, location: string, helper: HelperApplianceConfig): string {
+  return helper.taskQueue ?? `${config.temporal.taskQueue}-helper-${location}`;
 }
 
 export interface AppConfig {
@@ -92,6 +113,13 @@ function int(obj: Record<string, unknown>, key: string, where: string, dflt: num
   if (v === undefined) return dflt;
   if (typeof v !== 'number' || !Number.isInteger(v) || v < min)
     bad(`${where}.${key}`, `expected an integer >= ${min}, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+function bool(obj: Record<string, unknown>, key: string, where: string, dflt: boolean): boolean {
+  const v = obj[key];
+  if (v === undefined) return dflt;
+  if (typeof v !== 'boolean') bad(`${where}.${key}`, `expected true or false, got ${JSON.stringify(v)}`);
   return v;
 }
 
@@ -279,6 +307,8 @@ function parseAzure(a: Record<string, unknown>): AzureConfig {
             resourceGroup: str(h, 'resourceGroup', `azure.helpers.${loc}`, false) ?? str(a, 'resourceGroup', w)!,
             vmName: str(h, 'vmName', `azure.helpers.${loc}`)!,
             idleTimeoutSeconds: int(h, 'idleTimeoutSeconds', `azure.helpers.${loc}`, 60, 0),
+            taskQueue: str(h, 'taskQueue', `azure.helpers.${loc}`, false),
+            embeddedWorker: bool(h, 'embeddedWorker', `azure.helpers.${loc}`, false),
           },
         ];
       }),

@@ -1,7 +1,8 @@
+import { hostname } from 'node:os';
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, Worker } from '@temporalio/worker';
 import { createMappedAzureActivities } from './activities/azure';
-import type { AppConfig } from './config';
+import { helperTaskQueue, type AppConfig } from './config';
 import { createMappedVSphereActivities } from './activities/vsphere';
 import { VSphereSessions } from './activities/vsphere-sessions';
 
@@ -11,6 +12,22 @@ export interface RunWorkerOptions {
   log?: (line: string) => void;
   /** Resolves when the worker should stop. */
   until?: Promise<unknown>;
+  /**
+   * Serve only the helper-appliance queue of this location (what runs inside a helper appliance),
+   * instead of the main queue plus the helper queues configured as embedded.
+   */
+  helperLocation?: string;
+}
+
+/** Helper-appliance queues this worker serves: one location's, or every embedded one. */
+function helperQueues(config: AppConfig, only?: string): { location: string; taskQueue: string }[] {
+  const helpers = config.azure?.helpers ?? {};
+  if (only !== undefined && !helpers[only]) {
+    throw new Error(`no helper appliance is configured for location '${only}' (known: ${Object.keys(helpers).join(', ') || 'none'})`);
+  }
+  return Object.entries(helpers)
+    .filter(([location, h]) => (only === undefined ? h.embeddedWorker : location === only))
+    .map(([location, h]) => ({ location, taskQueue: helperTaskQueue(config, location, h) }));
 }
 
 /** Builds the activity dependencies from config and runs a worker until told to stop. */
@@ -24,24 +41,54 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
   const client = new Client({ connection: clientConnection, namespace: config.temporal.namespace });
   const taskQueue = opts.taskQueue ?? config.temporal.taskQueue;
   try {
-    const worker = await Worker.create({
+    const azureActivities = createMappedAzureActivities({ config: { ...config, temporal: { ...config.temporal, taskQueue } }, client });
+    const common = {
       connection,
       namespace: config.temporal.namespace,
-      taskQueue,
-      workflowsPath: require.resolve('./workflows'),
-      activities: {
-        ...createMappedVSphereActivities({ config, sessions }),
-        ...createMappedAzureActivities({ config: { ...config, temporal: { ...config.temporal, taskQueue } }, client }),
-      },
       // Checkpoints reach the server within a second, which bounds re-written bytes after a crash.
       maxHeartbeatThrottleInterval: '1 second',
       defaultHeartbeatThrottleInterval: '1 second',
       // Lets a disk writer record its last checkpoint before the process exits.
       shutdownGraceTime: '5 seconds',
-    });
-    log(`worker polling task queue '${taskQueue}' on ${config.temporal.address} (namespace ${config.temporal.namespace})`);
-    if (opts.until) await worker.runUntil(opts.until);
-    else await worker.run();
+    } as const;
+    const workers: Worker[] = [];
+    if (opts.helperLocation === undefined) {
+      workers.push(
+        await Worker.create({
+          ...common,
+          taskQueue,
+          workflowsPath: require.resolve('./workflows'),
+          activities: { ...createMappedVSphereActivities({ config, sessions }), ...azureActivities },
+        }),
+      );
+      log(`worker polling task queue '${taskQueue}' on ${config.temporal.address} (namespace ${config.temporal.namespace})`);
+    }
+    // A helper appliance's worker prepares the disks attached to it, and does nothing else.
+    for (const h of helperQueues({ ...config, temporal: { ...config.temporal, taskQueue } }, opts.helperLocation)) {
+      workers.push(
+        await Worker.create({
+          ...common,
+          taskQueue: h.taskQueue,
+          identity: `vmrestore-helper-${h.location}@${hostname()}`,
+          activities: { prepareGuestDisk: azureActivities.prepareGuestDisk },
+        }),
+      );
+      log(`helper appliance worker (${h.location}) polling task queue '${h.taskQueue}'`);
+    }
+    // One worker failing stops the others, so the process never runs half its queues.
+    let stopAll!: () => void;
+    const failed = new Promise<void>((resolve) => (stopAll = resolve));
+    const until = opts.until ? Promise.race([opts.until, failed]) : failed;
+    const results = await Promise.allSettled(
+      workers.map((w) =>
+        w.runUntil(until).catch((err: unknown) => {
+          stopAll();
+          throw err;
+        }),
+      ),
+    );
+    const failure = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failure) throw failure.reason;
   } finally {
     await sessions.closeAll();
     await clientConnection.close();

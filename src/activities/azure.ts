@@ -4,7 +4,7 @@ import path from 'node:path';
 import { Context } from '@temporalio/activity';
 import { WithStartWorkflowOperation, type Client } from '@temporalio/client';
 import { BlobServiceClient, type ContainerClient } from '@azure/storage-blob';
-import type { AppConfig, AzureConfig } from '../config';
+import { helperTaskQueue, type AppConfig, type AzureConfig } from '../config';
 import type {
   AzureDiskResult,
   AzurePlan,
@@ -205,6 +205,7 @@ export function createAzureActivities(deps: AzureDeps) {
         };
       }
       let helper: LeaseTarget | undefined;
+      let helperQueue: string | undefined;
       if (osType === 'Linux') {
         const h = a.helpers[location];
         if (!h) invalid(`no helper appliance is configured for location '${location}' (Linux restores prepare disks on it)`);
@@ -231,6 +232,7 @@ export function createAzureActivities(deps: AzureDeps) {
           idleTimeoutMs: h.idleTimeoutSeconds * 1000,
           slots,
         };
+        helperQueue = helperTaskQueue(config, location, h);
       }
       return {
         restoreId: req.restoreId,
@@ -249,6 +251,7 @@ export function createAzureActivities(deps: AzureDeps) {
         nicName: `${req.vmName}-nic`,
         proxy,
         helper,
+        helperTaskQueue: helperQueue,
         disks,
         keepOnFailure: req.keepOnFailure ?? false,
       };

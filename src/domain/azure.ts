@@ -68,6 +68,8 @@ export interface AzurePlan {
   nicName: string;
   proxy?: LeaseTarget;
   helper?: LeaseTarget;
+  /** Task queue of the worker on the helper appliance, where Linux disks are prepared. */
+  helperTaskQueue?: string;
   disks: AzureDiskPlan[];
   keepOnFailure: boolean;
 }

@@ -1,6 +1,7 @@
 import { RestoreTracker } from './progress';
 import {
   ActivityCancellationType,
+  type ActivityOptions,
   CancellationScope,
   defineQuery,
   isCancellation,
@@ -36,8 +37,9 @@ const control = proxyActivities<AzureActivities>({
   },
 });
 
-const longRunning = (summary: string) =>
+const longRunning = (summary: string, where?: Pick<ActivityOptions, 'taskQueue' | 'scheduleToStartTimeout'>) =>
   proxyActivities<AzureActivities>({
+    ...where,
     startToCloseTimeout: '24 hours',
     heartbeatTimeout: '30 seconds',
     cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
@@ -126,10 +128,11 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
       compensations.unshift(detach);
       await control.attachToHelper({ plan });
       await control.acquireLeaseActivity({ target: helper, holder, request: { slots: plan.disks.length } });
-      guestChanges = await longRunning(`prepare the Linux disks on helper ${helper.vmName}`).prepareGuestDisk({
-        plan,
-        where: 'helper-appliance',
-      });
+      // Runs on the worker inside the helper appliance; one that never picks it up fails the restore.
+      guestChanges = await longRunning(`prepare the Linux disks on helper ${helper.vmName}`, {
+        taskQueue: plan.helperTaskQueue,
+        scheduleToStartTimeout: '15 minutes',
+      }).prepareGuestDisk({ plan, where: 'helper-appliance' });
       await detach();
       compensations.splice(compensations.indexOf(detach), 1);
       await releaseHelper();

@@ -119,8 +119,20 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
     const rpId = env.demo['demo-thick'];
     const rp = await getRestorePoint(env.config.repository.path, rpId);
     const vmName = `t-linux-${Date.now().toString(36)}`;
-    const result = await restore({ restorePointId: rpId, vmName });
+    const handle = await startAzureRestore(env.client, { restorePointId: rpId, vmName }, { taskQueue: env.taskQueue });
+    const result = await handle.result();
     assert.equal(result.osType, 'Linux');
+    // Preparation ran on the helper appliance's own task queue, picked up by the helper's worker.
+    const events = (await handle.fetchHistory()).events ?? [];
+    const prepIds = events
+      .filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'prepareGuestDisk')
+      .map((e) => {
+        assert.equal(e.activityTaskScheduledEventAttributes!.taskQueue?.name, `${env.taskQueue}-helper-${labAzure().location}`);
+        return String(e.eventId);
+      });
+    assert.equal(prepIds.length, 1);
+    const started = events.find((e) => prepIds.includes(String(e.activityTaskStartedEventAttributes?.scheduledEventId ?? '')));
+    assert.match(started?.activityTaskStartedEventAttributes?.identity ?? '', /^vmrestore-helper-westeurope@/);
     assert.equal(result.generation, 1);
     assert.equal(result.disks.length, 2);
     // The data disk is untouched by preparation: byte for byte the backup.

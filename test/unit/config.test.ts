@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { applyEnvOverrides, parseConfig, resolvePassword } from '../../src/config';
+import { applyEnvOverrides, helperTaskQueue, parseConfig, resolvePassword } from '../../src/config';
 
 const base = {
   vsphere: { profiles: { prod: { url: 'https://vc.example.com/sdk', username: 'svc-restore', passwordEnv: 'VC_PASS' } } },
@@ -36,6 +36,26 @@ describe('configuration', () => {
     assert.throws(
       () => parseConfig({ ...base, restore: { diskConcurrency: 0 } }, 't', '/'),
       /config restore\.diskConcurrency: expected an integer >= 1/,
+    );
+  });
+  it('reads helper appliances with their task queues', () => {
+    const azure = {
+      subscriptionId: 'sub',
+      resourceGroup: 'rg',
+      location: 'westeurope',
+      subnetId: '/subscriptions/sub/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/s',
+      storageAccountId: '/subscriptions/sub/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/sa',
+      helpers: { westeurope: { vmName: 'helper-we' }, northeurope: { vmName: 'helper-ne', taskQueue: 'ne-helper', embeddedWorker: true } },
+    };
+    const cfg = parseConfig({ ...base, azure }, 't', '/');
+    const we = cfg.azure!.helpers.westeurope;
+    assert.equal(we.embeddedWorker, false, 'a real helper appliance runs its own worker');
+    assert.equal(we.idleTimeoutSeconds, 60);
+    assert.equal(helperTaskQueue(cfg, 'westeurope', we), 'vmrestore-helper-westeurope');
+    assert.equal(helperTaskQueue(cfg, 'northeurope', cfg.azure!.helpers.northeurope), 'ne-helper');
+    assert.throws(
+      () => parseConfig({ ...base, azure: { ...azure, helpers: { westeurope: { vmName: 'h', embeddedWorker: 'yes' } } } }, 't', '/'),
+      /config azure\.helpers\.westeurope\.embeddedWorker: expected true or false/,
     );
   });
   it('applies environment overrides and validates them', () => {
