@@ -1,15 +1,26 @@
 import { executeChild, workflowInfo } from '@temporalio/workflow';
+import type { AzureRestoreRequest, AzureRestoreResult } from '../domain/azure';
 import type { VSphereRestoreRequest, VSphereRestoreResult } from '../domain/restore';
+import { restoreToAzure } from './restore-azure';
 import { restoreToVSphere } from './restore-vsphere';
+
+/** One VM of a plan: a vSphere restore (the default) or, with `target: 'azure'`, a restore to Azure. */
+export type RestorePlanEntry = (VSphereRestoreRequest & { target?: 'vsphere' }) | (AzureRestoreRequest & { target: 'azure' });
 
 export interface RestorePlanRequest {
   /** Boot groups run in order; the VMs inside a group restore in parallel up to `concurrency`. */
-  groups: VSphereRestoreRequest[][];
+  groups: RestorePlanEntry[][];
   concurrency?: number;
 }
 
 export interface RestorePlanResult {
-  results: Array<{ vmName: string; workflowId: string; result?: VSphereRestoreResult; error?: string }>;
+  results: Array<{
+    vmName: string;
+    target: 'vsphere' | 'azure';
+    workflowId: string;
+    result?: VSphereRestoreResult | AzureRestoreResult;
+    error?: string;
+  }>;
 }
 
 /** Restores many VMs as child workflows, group after group, with a concurrency limit. */
@@ -22,18 +33,23 @@ export async function restorePlan(req: RestorePlanRequest): Promise<RestorePlanR
     const lane = async () => {
       while (next < group.length) {
         const i = next++;
-        const request = group[i];
+        const entry = group[i];
+        const target = entry.target ?? 'vsphere';
         // Child ids are set explicitly: generated ones break replay and reset.
-        const workflowId = `${parentId}/g${g}-${i}-${request.vmName}`;
+        const workflowId = `${parentId}/g${g}-${i}-${entry.vmName}`;
+        const child = { workflowId, staticSummary: `restore ${entry.vmName} to ${target} (group ${g + 1})` };
         try {
-          const result = await executeChild(restoreToVSphere, {
-            workflowId,
-            args: [{ ...request, restoreId: request.restoreId ?? workflowId }],
-            staticSummary: `restore ${request.vmName} (group ${g + 1})`,
-          });
-          out.results.push({ vmName: request.vmName, workflowId, result });
+          let result: VSphereRestoreResult | AzureRestoreResult;
+          if (entry.target === 'azure') {
+            const { target: _azure, ...request } = entry;
+            result = await executeChild(restoreToAzure, { ...child, args: [{ ...request, restoreId: request.restoreId ?? workflowId }] });
+          } else {
+            const { target: _vsphere, ...request } = entry;
+            result = await executeChild(restoreToVSphere, { ...child, args: [{ ...request, restoreId: request.restoreId ?? workflowId }] });
+          }
+          out.results.push({ vmName: entry.vmName, target, workflowId, result });
         } catch (err) {
-          out.results.push({ vmName: request.vmName, workflowId, error: err instanceof Error ? err.message : String(err) });
+          out.results.push({ vmName: entry.vmName, target, workflowId, error: err instanceof Error ? err.message : String(err) });
         }
       }
     };

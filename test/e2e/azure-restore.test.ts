@@ -17,7 +17,17 @@ import { readHiveValueFromDisk } from '../../src/guest/windows-prep';
 import { readPartitionTable } from '../../src/guest/partition';
 import { importRestorePoint, getRestorePoint } from '../../src/repository';
 import { failureMessage, startAzureRestore } from '../../src/restore-client';
-import { acquireLease, leaseStateQuery, leaseWorkflowId, releaseLease, resourceLease } from '../../src/workflows';
+import {
+  acquireLease,
+  azureProgressQuery,
+  leaseStateQuery,
+  leaseWorkflowId,
+  releaseLease,
+  resourceLease,
+  restorePlan,
+} from '../../src/workflows';
+import { RestoreKind, RestorePhaseKey, RestoreVm } from '../../src/domain/search-attributes';
+import { Worker } from '@temporalio/worker';
 import { openTestEnv, sha256File, sha256OfBackedUpDisk, startWorkerProcess, type TestEnv, type WorkerProcess } from '../helpers/env';
 import { armLog, clearFaults, labArm, labAzure, labContainer, setFaults } from '../helpers/azure';
 
@@ -26,6 +36,8 @@ let env: TestEnv;
 let worker: WorkerProcess;
 let tmp: string;
 const PROXY_IDLE_SECONDS = 6;
+/** Finished restore workflows, replayed against the current workflow code at the end. */
+const finished: string[] = [];
 
 async function restore(req: Partial<AzureRestoreRequest> & { restorePointId: string; vmName: string }): Promise<AzureRestoreResult> {
   const handle = await startAzureRestore(env.client, req, { taskQueue: env.taskQueue });
@@ -121,6 +133,7 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
     const vmName = `t-linux-${Date.now().toString(36)}`;
     const handle = await startAzureRestore(env.client, { restorePointId: rpId, vmName }, { taskQueue: env.taskQueue });
     const result = await handle.result();
+    finished.push(handle.workflowId);
     assert.equal(result.osType, 'Linux');
     // Preparation ran on the helper appliance's own task queue, picked up by the helper's worker.
     const events = (await handle.fetchHistory()).events ?? [];
@@ -208,6 +221,54 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
     const { compute } = labArm();
     const disk = await compute.disks.get(labAzure().resourceGroup, `${vmName}-osdisk`);
     assert.equal(disk.osType, 'Windows');
+  });
+
+  it('a parent workflow restores to Azure as a child; search attributes, progress query and replay', async () => {
+    const vmName = `tchild${Date.now().toString(36).slice(-6)}`;
+    const parentId = `restore-plan-azure-${Date.now().toString(36)}`;
+    const plan = await env.client.workflow.execute(restorePlan, {
+      taskQueue: env.taskQueue,
+      workflowId: parentId,
+      args: [{ groups: [[{ target: 'azure', restorePointId: env.demo['demo-windows'], vmName }]] }],
+    });
+    assert.equal(plan.results.length, 1);
+    const child = plan.results[0];
+    assert.equal(child.error, undefined, `child failed: ${child.error}`);
+    assert.equal(child.target, 'azure');
+    const result = child.result as AzureRestoreResult;
+    assert.equal(result.vmName, vmName);
+    assert.equal(result.osType, 'Windows');
+    const parentHistory = await env.client.workflow.getHandle(parentId).fetchHistory();
+    assert.ok(parentHistory.events!.some((e) => e.childWorkflowExecutionCompletedEventAttributes));
+
+    const handle = env.client.workflow.getHandle(child.workflowId);
+    const progress = await handle.query(azureProgressQuery);
+    assert.equal(progress.kind, 'azure');
+    assert.equal(progress.phase, 'completed');
+    assert.ok(progress.disks.every((d) => d.state === 'done' && d.bytesDone === d.bytesTotal));
+    const desc = await handle.describe();
+    assert.equal(desc.typedSearchAttributes.get(RestoreKind), 'azure');
+    assert.equal(desc.typedSearchAttributes.get(RestoreVm), vmName);
+    assert.equal(desc.typedSearchAttributes.get(RestorePhaseKey), 'completed');
+    // Visibility finds it by those attributes, as the Web UI's filter would.
+    let found: string[] = [];
+    for (let i = 0; i < 40 && found.length === 0; i++) {
+      found = [];
+      for await (const w of env.client.workflow.list({ query: `RestoreKind = 'azure' AND RestoreVm = '${vmName}'` }))
+        found.push(w.workflowId);
+      if (found.length === 0) await new Promise((r) => setTimeout(r, 250));
+    }
+    assert.deepEqual(found, [child.workflowId]);
+
+    finished.push(child.workflowId, parentId);
+    const histories = [];
+    for (const id of finished) histories.push({ workflowId: id, history: await env.client.workflow.getHandle(id).fetchHistory() });
+    let replayed = 0;
+    for await (const r of Worker.runReplayHistories({ workflowsPath: require.resolve('../../src/workflows') }, histories)) {
+      assert.equal(r.error, undefined, `replay of ${r.workflowId}: ${r.error}`);
+      replayed++;
+    }
+    assert.equal(replayed, finished.length);
   });
 
   it('two overlapping restores with one proxy power it on once and off once, after the idle timeout', async () => {
