@@ -27,8 +27,15 @@ import {
   restorePlan,
 } from '../../src/workflows';
 import { RestoreKind, RestorePhaseKey, RestoreVm } from '../../src/domain/search-attributes';
-import { Worker } from '@temporalio/worker';
-import { openTestEnv, sha256File, sha256OfBackedUpDisk, startWorkerProcess, type TestEnv, type WorkerProcess } from '../helpers/env';
+import {
+  openTestEnv,
+  replayFinished,
+  sha256File,
+  sha256OfBackedUpDisk,
+  startWorkerProcess,
+  type TestEnv,
+  type WorkerProcess,
+} from '../helpers/env';
 import { armLog, clearFaults, labArm, labAzure, labContainer, setFaults } from '../helpers/azure';
 
 const MiB = 1024 * 1024;
@@ -261,13 +268,7 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
     assert.deepEqual(found, [child.workflowId]);
 
     finished.push(child.workflowId, parentId);
-    const histories = [];
-    for (const id of finished) histories.push({ workflowId: id, history: await env.client.workflow.getHandle(id).fetchHistory() });
-    let replayed = 0;
-    for await (const r of Worker.runReplayHistories({ workflowsPath: require.resolve('../../src/workflows') }, histories)) {
-      assert.equal(r.error, undefined, `replay of ${r.workflowId}: ${r.error}`);
-      replayed++;
-    }
+    const replayed = await replayFinished(env.client, finished);
     assert.equal(replayed, finished.length);
   });
 

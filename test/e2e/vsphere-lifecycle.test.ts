@@ -2,12 +2,11 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { defaultPayloadConverter } from '@temporalio/common';
 import { WorkflowFailedError } from '@temporalio/client';
-import { Worker } from '@temporalio/worker';
 import { isCancellation } from '@temporalio/workflow';
 import { startVSphereRestore } from '../../src/restore-client';
 import { restorePlan } from '../../src/workflows';
 import type { VSphereClient } from '../../src/vsphere';
-import { openTestEnv, startWorkerProcess, type TestEnv, type WorkerProcess } from '../helpers/env';
+import { openTestEnv, replayFinished, startWorkerProcess, type TestEnv, type WorkerProcess } from '../helpers/env';
 import { labVSphere } from '../helpers/vsphere';
 
 let env: TestEnv;
@@ -89,13 +88,7 @@ describe('restore lifecycle: cancel, child workflows, replay', () => {
   });
 
   it('histories of finished restores replay against the current workflow code', async () => {
-    const histories = [];
-    for (const id of finished) histories.push({ workflowId: id, history: await env.client.workflow.getHandle(id).fetchHistory() });
-    let replayed = 0;
-    for await (const r of Worker.runReplayHistories({ workflowsPath: require.resolve('../../src/workflows') }, histories)) {
-      assert.equal(r.error, undefined, `replay of ${r.workflowId}: ${r.error}`);
-      replayed++;
-    }
+    const replayed = await replayFinished(env.client, finished);
     assert.equal(replayed, finished.length);
     assert.ok(replayed >= 2);
   });

@@ -3,6 +3,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, openSync, readSync, closeSync } from 'node:fs';
 import path from 'node:path';
 import type { Client, Connection } from '@temporalio/client';
+import { Worker } from '@temporalio/worker';
 import { labConfig } from '../../src/app-config';
 import type { AppConfig } from '../../src/config';
 import { labUp, readLabState } from '../../src/lab';
@@ -118,3 +119,15 @@ export function readBytes(file: string, offset: number, length: number): Buffer 
 }
 
 export { listRestorePoints };
+
+/** Replays finished workflows' histories against the current workflow code; returns how many replayed. */
+export async function replayFinished(client: Client, workflowIds: string[]): Promise<number> {
+  const histories = [];
+  for (const id of workflowIds) histories.push({ workflowId: id, history: await client.workflow.getHandle(id).fetchHistory() });
+  let replayed = 0;
+  for await (const r of Worker.runReplayHistories({ workflowsPath: require.resolve('../../src/workflows') }, histories)) {
+    if (r.error) throw new Error(`replay of ${r.workflowId} failed: ${String(r.error)}`);
+    replayed++;
+  }
+  return replayed;
+}
