@@ -550,6 +550,8 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
       await storeCheckpoint(blobSize);
       report(true);
     } catch (err) {
+      // Recorded before aborting, so the writes that the abort cancels cannot mask what went wrong.
+      firstError ??= err;
       ac.abort(err);
       await Promise.allSettled(checkpointing ? [...inflight, checkpointing] : inflight);
       if (opts.signal?.aborted) throw abortReason(opts.signal);

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, openSync, rmSync, writeSync, closeSync, writeFileSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, openSync, readFileSync, rmSync, writeSync, closeSync, writeFileSync, mkdirSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -16,6 +16,7 @@ import { readGuestFile } from '../../src/guest/linux-prep';
 import { readHiveValueFromDisk } from '../../src/guest/windows-prep';
 import { readPartitionTable } from '../../src/guest/partition';
 import { importRestorePoint, getRestorePoint } from '../../src/repository';
+import { chunkPath } from '../../src/repository/format';
 import { failureMessage, startAzureRestore } from '../../src/restore-client';
 import {
   acquireLease,
@@ -483,6 +484,56 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
       /has 5 disks; helper appliance .* takes at most 4 data disks/,
     );
     five.remove();
+  });
+
+  it('a corrupt backup chunk fails the restore at once, naming the chunk, and leaves no blob behind', async () => {
+    const dir = path.join(tmp, 'corrupt-vm');
+    mkdirSync(dir, { recursive: true });
+    const seed = `azure-corrupt-${Date.now()}`;
+    buildDataDiskImage(path.join(dir, 'disk0.img'), 32 * MiB, [[0, 32 * MiB]], `${seed}-0`);
+    buildDataDiskImage(path.join(dir, 'disk1.img'), 64 * MiB, [[0, 64 * MiB]], `${seed}-1`);
+    writeFileSync(
+      path.join(dir, 'vm.json'),
+      JSON.stringify({
+        name: 'azure-corrupt',
+        guestOs: 'linux',
+        firmware: 'bios',
+        cpus: 1,
+        memoryMiB: 1024,
+        nics: [],
+        disks: [
+          { path: 'disk0.img', provisioning: 'thin' },
+          { path: 'disk1.img', provisioning: 'thin' },
+        ],
+      }),
+    );
+    const { restorePointId } = await importRestorePoint(env.config.repository.path, path.join(dir, 'vm.json'));
+    const rp = await getRestorePoint(env.config.repository.path, restorePointId);
+    const hash = rp.disks[1].blocks[Math.floor(rp.disks[1].blocks.length / 2)]!;
+    const file = chunkPath(env.config.repository.path, hash);
+    const bytes = readFileSync(file);
+    bytes[100] ^= 0xff;
+    writeFileSync(file, bytes);
+    const handle = await startAzureRestore(
+      env.client,
+      { restorePointId, vmName: `t-corrupt-${Date.now().toString(36)}` },
+      { taskQueue: env.taskQueue },
+    );
+    const message = failureMessage(await handle.result().catch((e: unknown) => e));
+    assert.match(message, new RegExp(`disk 1 at offset \\d+: chunk ${hash} is corrupt`));
+    const events = (await handle.fetchHistory()).events ?? [];
+    const uploads = events.filter(
+      (e) => e.activityTaskStartedEventAttributes && e.activityTaskStartedEventAttributes.attempt !== undefined,
+    );
+    assert.ok(
+      uploads.every((e) => (e.activityTaskStartedEventAttributes!.attempt ?? 1) === 1),
+      'corruption is not retried',
+    );
+    const prefix = `${handle.workflowId.replace(/[^A-Za-z0-9-]/g, '-').toLowerCase()}/`;
+    const left: string[] = [];
+    for await (const b of labContainer().listBlobsFlat({ prefix })) left.push(b.name);
+    assert.deepEqual(left, [], 'uploaded VHDs were deleted');
+    rmSync(file);
   });
 
   it('survives SIGKILL of the worker mid-upload: the blob is correct and re-sent bytes stay within the in-flight window', async () => {

@@ -505,6 +505,31 @@ describe('page blob upload against Azurite', () => {
     assert.ok(v.problems.some((p) => p.includes('footer')));
   });
 
+  it('a source that fails mid-stream surfaces its own error, not the abort of the writes in flight', async () => {
+    const capacity = 32 * MiB;
+    const img = Buffer.alloc(capacity);
+    fillRandom(img, 0, capacity);
+    const rec = recordingClient(blob(), () => 200);
+    async function* failing(): AsyncGenerator<UploadBlock> {
+      let n = 0;
+      for (const b of blocksOf(img)) {
+        if (++n === 6) throw new RestoreError('RepositoryCorrupt', 'chunk abc is corrupt');
+        yield b;
+      }
+    }
+    await assert.rejects(
+      uploadFixedVhd({
+        blobClient: rec.client,
+        capacityBytes: capacity,
+        blocks: failing(),
+        restoreId: 'r-failing',
+        maxPageWriteBytes: MiB,
+      }),
+      (err: unknown) => err instanceof RestoreError && err.message === 'chunk abc is corrupt',
+    );
+    assert.ok(rec.writes.length > 0 && rec.writes.some((w) => !w.completed), 'writes were in flight when the source failed');
+  });
+
   it('enforces Azure limits in our code', async () => {
     const isLimit = (err: unknown) => err instanceof RestoreError && err.type === 'AzureLimit';
     const rec = recordingClient(blob());
