@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, openSync, readFileSync, rmSync, writeSync, closeSync, writeFileSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, openSync, rmSync, writeSync, closeSync, writeFileSync, mkdirSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -16,7 +16,6 @@ import { readGuestFile } from '../../src/guest/linux-prep';
 import { readHiveValueFromDisk } from '../../src/guest/windows-prep';
 import { readPartitionTable } from '../../src/guest/partition';
 import { importRestorePoint, getRestorePoint } from '../../src/repository';
-import { chunkPath } from '../../src/repository/format';
 import { failureMessage, startAzureRestore } from '../../src/restore-client';
 import {
   acquireLease,
@@ -29,6 +28,7 @@ import {
 } from '../../src/workflows';
 import { RestoreKind, RestorePhaseKey, RestoreVm } from '../../src/domain/search-attributes';
 import {
+  importVmWithCorruptChunk,
   openTestEnv,
   replayFinished,
   sha256File,
@@ -487,33 +487,11 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
   });
 
   it('a corrupt backup chunk fails the restore at once, naming the chunk, and leaves no blob behind', async () => {
-    const dir = path.join(tmp, 'corrupt-vm');
-    mkdirSync(dir, { recursive: true });
-    const seed = `azure-corrupt-${Date.now()}`;
-    buildDataDiskImage(path.join(dir, 'disk0.img'), 32 * MiB, [[0, 32 * MiB]], `${seed}-0`);
-    buildDataDiskImage(path.join(dir, 'disk1.img'), 64 * MiB, [[0, 64 * MiB]], `${seed}-1`);
-    writeFileSync(
-      path.join(dir, 'vm.json'),
-      JSON.stringify({
-        name: 'azure-corrupt',
-        guestOs: 'linux',
-        firmware: 'bios',
-        cpus: 1,
-        memoryMiB: 1024,
-        nics: [],
-        disks: [
-          { path: 'disk0.img', provisioning: 'thin' },
-          { path: 'disk1.img', provisioning: 'thin' },
-        ],
-      }),
-    );
-    const { restorePointId } = await importRestorePoint(env.config.repository.path, path.join(dir, 'vm.json'));
-    const rp = await getRestorePoint(env.config.repository.path, restorePointId);
-    const hash = rp.disks[1].blocks[Math.floor(rp.disks[1].blocks.length / 2)]!;
-    const file = chunkPath(env.config.repository.path, hash);
-    const bytes = readFileSync(file);
-    bytes[100] ^= 0xff;
-    writeFileSync(file, bytes);
+    const {
+      restorePointId,
+      hash,
+      chunkFile: file,
+    } = await importVmWithCorruptChunk(env.config.repository.path, path.join(tmp, 'corrupt-vm'));
     const handle = await startAzureRestore(
       env.client,
       { restorePointId, vmName: `t-corrupt-${Date.now().toString(36)}` },

@@ -1,12 +1,22 @@
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { defaultPayloadConverter } from '@temporalio/common';
 import { WorkflowFailedError } from '@temporalio/client';
 import { isCancellation } from '@temporalio/workflow';
-import { startVSphereRestore } from '../../src/restore-client';
+import { failureMessage, startVSphereRestore } from '../../src/restore-client';
 import { restorePlan } from '../../src/workflows';
 import type { VSphereClient } from '../../src/vsphere';
-import { openTestEnv, replayFinished, startWorkerProcess, type TestEnv, type WorkerProcess } from '../helpers/env';
+import {
+  importVmWithCorruptChunk,
+  openTestEnv,
+  replayFinished,
+  startWorkerProcess,
+  type TestEnv,
+  type WorkerProcess,
+} from '../helpers/env';
 import { labVSphere } from '../helpers/vsphere';
 
 let env: TestEnv;
@@ -61,6 +71,25 @@ describe('restore lifecycle: cancel, child workflows, replay', () => {
     const desc = await handle.describe();
     assert.equal(desc.status.name, 'CANCELLED');
     finished.push(handle.workflowId);
+  });
+
+  it('a corrupt backup chunk fails the restore without retries, naming the chunk, and removes the VM', async () => {
+    const tmp = mkdtempSync(path.join(os.tmpdir(), 'vmrs-corrupt-'));
+    const { restorePointId, hash, chunkFile } = await importVmWithCorruptChunk(env.config.repository.path, tmp);
+    const vmName = `t-corrupt-${Date.now().toString(36)}`;
+    const handle = await startVSphereRestore(env.client, { restorePointId, vmName, transport: 'direct-nas' }, { taskQueue: env.taskQueue });
+    const message = failureMessage(await handle.result().catch((e: unknown) => e));
+    assert.match(message, new RegExp(`disk 1 at offset \\d+: chunk ${hash} is corrupt`));
+    const events = (await handle.fetchHistory()).events ?? [];
+    const attempts = events.filter((e) => e.activityTaskStartedEventAttributes).map((e) => e.activityTaskStartedEventAttributes!.attempt);
+    assert.ok(
+      attempts.every((a) => a === 1),
+      `corruption is not retried (attempts ${attempts.join(',')})`,
+    );
+    const dc = await vs.datacenter('DC0');
+    assert.equal(await vs.findVmByName(dc, vmName), null, 'the half-restored VM is gone');
+    rmSync(chunkFile);
+    rmSync(tmp, { recursive: true, force: true });
   });
 
   it('a parent workflow starts the restore as a child and receives its result', async () => {

@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, openSync, readSync, closeSync } from 'node:fs';
+import { createReadStream, openSync, readSync, closeSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Client, Connection } from '@temporalio/client';
 import { Worker } from '@temporalio/worker';
@@ -8,8 +8,9 @@ import { labConfig } from '../../src/app-config';
 import type { AppConfig } from '../../src/config';
 import { labUp, readLabState } from '../../src/lab';
 import { connectClient } from '../../src/restore-client';
-import { getRestorePoint, readDiskBlocks, listRestorePoints } from '../../src/repository';
-import { seedDemoRepository } from '../../src/demo';
+import { getRestorePoint, importRestorePoint, readDiskBlocks, listRestorePoints } from '../../src/repository';
+import { chunkPath } from '../../src/repository/format';
+import { buildDataDiskImage, seedDemoRepository } from '../../src/demo';
 
 export const ROOT = path.resolve(__dirname, '..', '..');
 
@@ -130,4 +131,41 @@ export async function replayFinished(client: Client, workflowIds: string[]): Pro
     replayed++;
   }
   return replayed;
+}
+
+/**
+ * Imports a two-disk VM of random data (32 and 64 MiB) and flips a byte in one chunk in the middle of
+ * disk 1, as bit rot in the backup repository would. Returns the chunk's hash and file.
+ */
+export async function importVmWithCorruptChunk(
+  repoDir: string,
+  workDir: string,
+): Promise<{ restorePointId: string; hash: string; chunkFile: string }> {
+  mkdirSync(workDir, { recursive: true });
+  const seed = `corrupt-${Date.now()}-${randomBytes(3).toString('hex')}`;
+  buildDataDiskImage(path.join(workDir, 'disk0.img'), 32 * 1024 * 1024, [[0, 32 * 1024 * 1024]], `${seed}-0`);
+  buildDataDiskImage(path.join(workDir, 'disk1.img'), 64 * 1024 * 1024, [[0, 64 * 1024 * 1024]], `${seed}-1`);
+  writeFileSync(
+    path.join(workDir, 'vm.json'),
+    JSON.stringify({
+      name: 'corrupt-chunk',
+      guestOs: 'linux',
+      firmware: 'bios',
+      cpus: 1,
+      memoryMiB: 1024,
+      nics: [],
+      disks: [
+        { path: 'disk0.img', provisioning: 'thick' },
+        { path: 'disk1.img', provisioning: 'thick' },
+      ],
+    }),
+  );
+  const { restorePointId } = await importRestorePoint(repoDir, path.join(workDir, 'vm.json'));
+  const rp = await getRestorePoint(repoDir, restorePointId);
+  const hash = rp.disks[1].blocks[Math.floor(rp.disks[1].blocks.length / 2)]!;
+  const chunkFile = chunkPath(repoDir, hash);
+  const bytes = readFileSync(chunkFile);
+  bytes[100] ^= 0xff;
+  writeFileSync(chunkFile, bytes);
+  return { restorePointId, hash, chunkFile };
 }
