@@ -58,6 +58,14 @@ function labAzureConfig(a: LabAzure, blobConnectionString: string): AzureConfig 
     storageAccountId: a.storageAccountId,
     container: a.container,
     defaultVmSize: 'Standard_D2s_v3',
+    // Signs in as the lab's app registration through the simulator's identity endpoint, as against Entra ID.
+    credential: {
+      type: 'clientSecret',
+      tenantId: a.tenantId,
+      clientId: a.clientId,
+      clientSecretFile: a.clientSecretFile,
+      authorityHost: a.armEndpoint,
+    },
     armEndpoint: a.armEndpoint,
     caCertPath: a.caCertPath || undefined,
     blobConnectionString,

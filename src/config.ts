@@ -1,3 +1,4 @@
+import type { AzureCredentialConfig } from './azure/credential';
 import { readFileSync, existsSync } from 'node:fs';
 import path from 'node:path';
 import { FailureType, RestoreError } from './domain/errors';
@@ -49,8 +50,12 @@ export interface AzureConfig {
   /** ARM endpoint; absent means https://management.azure.com. */
   armEndpoint?: string;
   caCertPath?: string;
-  /** Environment variable holding an ARM bearer token (real Azure). */
-  tokenEnv?: string;
+  /**
+   * How the worker signs in to ARM: an app registration with a client secret, DefaultAzureCredential, or a
+   * token in an environment variable (`tokenEnv` is the short form of the last). Without any, real Azure
+   * uses DefaultAzureCredential.
+   */
+  credential?: AzureCredentialConfig;
   /** Environment variable (or lab value) with the Blob storage connection string. */
   blobConnectionString?: string;
   blobConnectionStringEnv?: string;
@@ -267,6 +272,36 @@ export function resolvePassword(profileName: string, profile: VSphereProfile, en
   bad(`vsphere.profiles.${profileName}`, 'needs passwordEnv or passwordFile');
 }
 
+function parseCredential(a: Record<string, unknown>): AzureCredentialConfig | undefined {
+  const tokenEnv = str(a, 'tokenEnv', 'azure', false);
+  if (a.credential === undefined) return tokenEnv ? { type: 'tokenEnv', env: tokenEnv } : undefined;
+  if (tokenEnv) bad('azure.tokenEnv', 'give either tokenEnv or credential, not both');
+  const w = 'azure.credential';
+  const c = record(a.credential, w);
+  switch (c.type) {
+    case 'clientSecret': {
+      const cred = {
+        type: 'clientSecret' as const,
+        tenantId: str(c, 'tenantId', w)!,
+        clientId: str(c, 'clientId', w)!,
+        clientSecretEnv: str(c, 'clientSecretEnv', w, false),
+        clientSecretFile: str(c, 'clientSecretFile', w, false),
+        authorityHost: str(c, 'authorityHost', w, false),
+      };
+      if (!cred.clientSecretEnv === !cred.clientSecretFile)
+        bad(`${w}.clientSecretEnv`, 'give exactly one of clientSecretEnv and clientSecretFile');
+      if ('clientSecret' in c) bad(`${w}.clientSecret`, 'literal secrets are not accepted; use clientSecretEnv or clientSecretFile');
+      return cred;
+    }
+    case 'default':
+      return { type: 'default' };
+    case 'tokenEnv':
+      return { type: 'tokenEnv', env: str(c, 'env', w)! };
+    default:
+      return bad(`${w}.type`, `expected 'clientSecret', 'default' or 'tokenEnv', got ${JSON.stringify(c.type)}`);
+  }
+}
+
 function parseAzure(a: Record<string, unknown>): AzureConfig {
   const w = 'azure';
   const location = str(a, 'location', w)!;
@@ -287,7 +322,7 @@ function parseAzure(a: Record<string, unknown>): AzureConfig {
     defaultVmSize: str(a, 'defaultVmSize', w, false) ?? 'Standard_D2s_v3',
     armEndpoint: str(a, 'armEndpoint', w, false),
     caCertPath: str(a, 'caCertPath', w, false),
-    tokenEnv: str(a, 'tokenEnv', w, false),
+    credential: parseCredential(a),
     blobConnectionStringEnv: str(a, 'blobConnectionStringEnv', w, false),
     proxies: proxiesRaw.map((pr, i) => {
       const p = record(pr, `azure.proxies[${i}]`);

@@ -23,6 +23,7 @@ import { prepareLinuxDisk } from '../guest/linux-prep';
 import { prepareWindowsDisk } from '../guest/windows-prep';
 import type { GuestChange } from '../guest/types';
 import { createArmClients, type ArmClients } from '../lab/armsim/clients';
+import { createAzureCredential } from '../azure/credential';
 import { acquireLease, leaseWorkflowId, releaseLease, resourceLease } from '../workflows/lease';
 import { validateAzureVmName } from '../domain/validation';
 import { withFailureMapping } from './failures';
@@ -71,12 +72,13 @@ export function createAzureActivities(deps: AzureDeps) {
   const clients = (): ArmClients => {
     if (!arm) {
       const a = azure();
-      const token = a.tokenEnv ? process.env[a.tokenEnv] : undefined;
+      // The simulator without a configured credential takes any bearer token; real Azure needs a sign-in.
+      const credential = a.credential ?? (a.armEndpoint ? undefined : { type: 'default' as const });
       arm = createArmClients({
         endpoint: a.armEndpoint,
         subscriptionId: a.subscriptionId,
         caCertPath: a.caCertPath,
-        credential: token ? { getToken: async () => ({ token, expiresOnTimestamp: Date.now() + 3000e3 }) } : undefined,
+        credential: credential ? createAzureCredential(credential, { caCertPath: a.caCertPath }) : undefined,
         retryOptions: { maxRetries: 6, retryDelayInMs: 200, maxRetryDelayInMs: 5000 },
       });
     }

@@ -3,7 +3,8 @@ import https from 'node:https';
 import http from 'node:http';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
-import { mkdirSync, openSync } from 'node:fs';
+import { existsSync, mkdirSync, openSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { labDir, registerLabComponent, type LabState } from './lab';
 import { pickPort, pidAlive, waitFor } from './net';
 
@@ -22,6 +23,10 @@ export interface LabAzure {
   container: string;
   proxyVmName: string;
   helperVmName: string;
+  /** The lab's app registration: the worker signs in with it through the simulator's identity endpoint. */
+  tenantId: string;
+  clientId: string;
+  clientSecretFile: string;
   [key: string]: unknown;
 }
 
@@ -33,7 +38,23 @@ export const LAB_AZURE = {
   subnet: 'default',
   storageAccount: 'vmrestorelab',
   container: 'vhds',
+  tenantId: '00000000-0000-4000-8000-0000000a1a00',
+  clientId: '00000000-0000-4000-8000-0000000c1e00',
 };
+
+/** The lab's service principal: a random secret kept under .lab/secrets, and the simulator's principals file. */
+function labPrincipal(): { clientSecretFile: string; principalsFile: string } {
+  const secrets = path.join(labDir(), 'secrets');
+  mkdirSync(secrets, { recursive: true, mode: 0o700 });
+  const clientSecretFile = path.join(secrets, 'azure-client-secret');
+  if (!existsSync(clientSecretFile)) writeFileSync(clientSecretFile, randomBytes(24).toString('base64url'), { mode: 0o600 });
+  const principalsFile = path.join(secrets, 'armsim-principals.json');
+  const principals = [
+    { tenantId: LAB_AZURE.tenantId, clientId: LAB_AZURE.clientId, clientSecret: readFileSync(clientSecretFile, 'utf8').trim() },
+  ];
+  writeFileSync(principalsFile, JSON.stringify(principals), { mode: 0o600 });
+  return { clientSecretFile, principalsFile };
+}
 
 function adminOk(endpoint: string, caCertPath?: string): Promise<boolean> {
   return new Promise((resolve) => {
@@ -53,9 +74,15 @@ function adminOk(endpoint: string, caCertPath?: string): Promise<boolean> {
 async function startArmSim(state: LabState, log: (s: string) => void, taken: Set<number>): Promise<LabState> {
   const prev = state.azure as LabAzure | undefined;
   if (prev && pidAlive(prev.pid) && (await adminOk(prev.armEndpoint, prev.caCertPath))) {
-    log(`armsim: reusing pid ${prev.pid} at ${prev.armEndpoint}`);
-    return state;
+    if (prev.clientId) {
+      log(`armsim: reusing pid ${prev.pid} at ${prev.armEndpoint}`);
+      return state;
+    }
+    // Started before the lab had an app registration: restart it so it signs the worker in.
+    process.kill(prev.pid, 'SIGTERM');
+    await waitFor('ARM simulator to stop', async () => !pidAlive(prev.pid), { timeoutMs: 10_000 });
   }
+  const principal = labPrincipal();
   const blob = state.blob;
   if (!blob) throw new Error('the ARM simulator needs the lab blob service (Azurite)');
   const preferred = Number(process.env.VMRESTORE_LAB_ARM_PORT ?? 8443);
@@ -90,6 +117,9 @@ async function startArmSim(state: LabState, log: (s: string) => void, taken: Set
       blob.accountKey,
       '--seed',
       JSON.stringify(seed),
+      '--principals',
+      `@${principal.principalsFile}`,
+      '--only-issued-tokens',
     ],
     { detached: true, stdio: ['ignore', fd, errFd], cwd: path.join(__dirname, '..', '..') },
   );
@@ -122,6 +152,9 @@ async function startArmSim(state: LabState, log: (s: string) => void, taken: Set
     container: L.container,
     proxyVmName: `vmrestore-proxy-${L.location}`,
     helperVmName: `vmrestore-helper-${L.location}`,
+    tenantId: L.tenantId,
+    clientId: L.clientId,
+    clientSecretFile: principal.clientSecretFile,
   };
   log(`armsim: started pid ${pid} at ${azure.armEndpoint}`);
   return { ...state, azure };

@@ -295,6 +295,9 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
     }
     assert.equal(state.poweredOn, false, 'powered off after the idle timeout');
     const log = (await armLog()).slice(before);
+    // Every ARM call the workers made was signed in as the lab's app registration.
+    assert.ok(log.length > 0);
+    assert.deepEqual([...new Set(log.map((e) => e.principal))], [a.clientId]);
     const proxyPath = new RegExp(`/virtualMachines/${a.proxyVmName}/(start|deallocate)$`, 'i');
     const ops = log.filter((e) => e.method === 'POST' && proxyPath.test(e.path) && e.status < 300);
     const starts = ops.filter((e) => /start$/.test(e.path));

@@ -4,6 +4,7 @@ import { BlobServiceClient, type ContainerClient } from '@azure/storage-blob';
 import { readLabState } from '../../src/lab';
 import type { LabAzure } from '../../src/lab/azure';
 import { createArmClients, type ArmClients } from '../../src/lab/armsim';
+import { createAzureCredential } from '../../src/azure/credential';
 import type { FaultRule, RequestLogEntry } from '../../src/lab/armsim';
 
 export function labAzure(): LabAzure {
@@ -14,7 +15,17 @@ export function labAzure(): LabAzure {
 
 export function labArm(): ArmClients {
   const a = labAzure();
-  return createArmClients({ endpoint: a.armEndpoint, subscriptionId: a.subscriptionId, caCertPath: a.caCertPath });
+  const credential = createAzureCredential(
+    {
+      type: 'clientSecret',
+      tenantId: a.tenantId,
+      clientId: a.clientId,
+      clientSecretFile: a.clientSecretFile,
+      authorityHost: a.armEndpoint,
+    },
+    { caCertPath: a.caCertPath },
+  );
+  return createArmClients({ endpoint: a.armEndpoint, subscriptionId: a.subscriptionId, caCertPath: a.caCertPath, credential });
 }
 
 export function labContainer(): ContainerClient {

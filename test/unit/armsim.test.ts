@@ -10,6 +10,7 @@ import readline from 'node:readline';
 import { after, before, describe, it } from 'node:test';
 import { BlobServiceClient, StorageSharedKeyCredential } from '@azure/storage-blob';
 import { createArmClients, startArmSimulator, type ArmClients, type ArmSimulator, type SeedOptions } from '../../src/lab/armsim';
+import { createAzureCredential } from '../../src/azure/credential';
 
 const ROOT = path.resolve(__dirname, '../..');
 const SUB = '5f0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b';
@@ -683,6 +684,58 @@ describe('ARM simulator driven by the real Azure SDK clients', () => {
       await pc.compute.virtualMachines.deallocate(RG, 'legacy01');
     } finally {
       await plain.close();
+    }
+  });
+
+  it('signs in an app registration through its identity endpoint and accepts only the tokens it issued', async () => {
+    const principal = {
+      tenantId: '11111111-2222-4333-8444-555555555555',
+      clientId: '0f0f0f0f-1111-4222-8333-444444444444',
+      clientSecret: 's3cr3t~value',
+    };
+    const strict = await startArmSimulator({
+      stateDir: path.join(tmp, 'armsim-identity'),
+      subscriptionId: SUB,
+      blob: { endpoint: azurite.endpoint, accountName: ACCOUNT, accountKey: KEY },
+      seed: SEED,
+      principals: [principal],
+      onlyIssuedTokens: true,
+    });
+    try {
+      const secretFile = path.join(tmp, 'client-secret');
+      fs.writeFileSync(secretFile, principal.clientSecret + '\n');
+      const cfg = {
+        type: 'clientSecret' as const,
+        tenantId: principal.tenantId,
+        clientId: principal.clientId,
+        authorityHost: strict.endpoint,
+      };
+      const credential = createAzureCredential({ ...cfg, clientSecretFile: secretFile }, { caCertPath: strict.caCertPath });
+      const signedIn = createArmClients({ endpoint: strict.endpoint, subscriptionId: SUB, caCertPath: strict.caCertPath, credential });
+      const vm = await signedIn.compute.virtualMachines.get(RG, 'legacy01');
+      assert.equal(vm.name, 'legacy01');
+      const last = strict.requestLog().at(-1)!;
+      assert.equal(last.status, 200);
+      assert.equal(last.principal, principal.clientId, 'the request carried a token issued to the app');
+
+      // A token from nowhere is refused, as ARM refuses tokens Entra ID did not issue.
+      const stub = createArmClients({
+        endpoint: strict.endpoint,
+        subscriptionId: SUB,
+        caCertPath: strict.caCertPath,
+        retryOptions: { maxRetries: 0 },
+      });
+      await assert.rejects(stub.compute.virtualMachines.get(RG, 'legacy01'), restError('InvalidAuthenticationToken', 401));
+
+      // A wrong secret fails the sign-in with the platform's error code.
+      const wrong = createAzureCredential(
+        { ...cfg, clientSecretEnv: 'ARMSIM_TEST_SECRET' },
+        { caCertPath: strict.caCertPath, env: { ARMSIM_TEST_SECRET: 'nope' } },
+      );
+      await assert.rejects(wrong.getToken('https://management.azure.com/.default'), /AADSTS7000215/);
+      assert.throws(() => createAzureCredential({ ...cfg, clientSecretEnv: 'UNSET_VAR' }, { env: {} }), /UNSET_VAR is not set/);
+    } finally {
+      await strict.close();
     }
   });
 

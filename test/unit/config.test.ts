@@ -58,6 +58,31 @@ describe('configuration', () => {
       /config azure\.helpers\.westeurope\.embeddedWorker: expected true or false/,
     );
   });
+  it('reads the Azure sign-in and refuses literal or ambiguous secrets', () => {
+    const azure = {
+      subscriptionId: 'sub',
+      resourceGroup: 'rg',
+      location: 'westeurope',
+      subnetId: '/subscriptions/sub/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/s',
+      storageAccountId: '/subscriptions/sub/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/sa',
+    };
+    const sp = { type: 'clientSecret', tenantId: 't', clientId: 'c', clientSecretEnv: 'AZ_SECRET' };
+    assert.deepEqual(parseConfig({ ...base, azure: { ...azure, credential: sp } }, 't', '/').azure!.credential, {
+      ...sp,
+      clientSecretFile: undefined,
+      authorityHost: undefined,
+    });
+    assert.deepEqual(parseConfig({ ...base, azure: { ...azure, tokenEnv: 'ARM_TOKEN' } }, 't', '/').azure!.credential, {
+      type: 'tokenEnv',
+      env: 'ARM_TOKEN',
+    });
+    assert.equal(parseConfig({ ...base, azure }, 't', '/').azure!.credential, undefined);
+    const bad = (credential: unknown) => () => parseConfig({ ...base, azure: { ...azure, credential } }, 't', '/');
+    assert.throws(bad({ ...sp, clientSecret: 'x' }), /config azure\.credential\.clientSecret: literal secrets are not accepted/);
+    assert.throws(bad({ ...sp, clientSecretFile: '/f' }), /give exactly one of clientSecretEnv and clientSecretFile/);
+    assert.throws(bad({ type: 'password' }), /config azure\.credential\.type: expected 'clientSecret', 'default' or 'tokenEnv'/);
+    assert.throws(bad({ type: 'clientSecret', clientId: 'c', clientSecretEnv: 'E' }), /config azure\.credential\.tenantId: is required/);
+  });
   it('applies environment overrides and validates them', () => {
     const cfg = parseConfig(base, 't', '/');
     const o = applyEnvOverrides(cfg, { VMRESTORE_TEMPORAL_ADDRESS: 'temporal.internal:7233', VMRESTORE_TASK_QUEUE: 'restores' });

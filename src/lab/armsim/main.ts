@@ -7,12 +7,14 @@
  *     --blob-endpoint http://127.0.0.1:10000/devstoreaccount1 --blob-account devstoreaccount1 --blob-key KEY \
  *     [--port 0] [--host 127.0.0.1] [--no-tls] [--lro-polls 1] [--lro-max-ms 10000] [--retry-after 0]
  *     [--seed JSON|@file.json] [--quotas JSON|@file.json]
+ *     [--principals JSON|@file.json (app registrations: [{tenantId, clientId, clientSecret}])] [--only-issued-tokens]
  */
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { startArmSimulator } from './server';
 import type { SeedOptions } from './seed';
 import type { QuotaLimits } from './engine';
+import type { ServicePrincipal } from './identity';
 
 function jsonArg<T>(v: string | undefined, what: string): T | undefined {
   if (v === undefined || v === '') return undefined;
@@ -47,6 +49,8 @@ async function main(): Promise<void> {
       'lro-max-ms': { type: 'string' },
       'retry-after': { type: 'string' },
       'require-auth': { type: 'string' },
+      principals: { type: 'string' },
+      'only-issued-tokens': { type: 'boolean' },
       seed: { type: 'string' },
       quotas: { type: 'string' },
     },
@@ -77,6 +81,8 @@ async function main(): Promise<void> {
     requireAuth: requireAuthRaw === undefined ? undefined : !/^(0|false|no)$/i.test(requireAuthRaw),
     seed: jsonArg<SeedOptions>(values.seed ?? env.ARMSIM_SEED, 'seed'),
     quotas: jsonArg<Partial<QuotaLimits>>(values.quotas ?? env.ARMSIM_QUOTAS, 'quotas'),
+    principals: jsonArg<ServicePrincipal[]>(values.principals ?? env.ARMSIM_PRINCIPALS, 'principals'),
+    onlyIssuedTokens: values['only-issued-tokens'] ?? /^(1|true|yes)$/i.test(env.ARMSIM_ONLY_ISSUED_TOKENS ?? ''),
   });
   process.stdout.write(
     `${JSON.stringify({ endpoint: sim.endpoint, caCertPath: sim.caCertPath ?? null, port: sim.port, pid: process.pid, stateFile: sim.stateFile })}\n`,

@@ -2,7 +2,8 @@ import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import type net from 'node:net';
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
+import path from 'node:path';
 import { ArmSim, type QuotaLimits, type RunCommandHandler, type RunCommandResponseRule, type SimSettings } from './engine';
 import type { Reply, ReqCtx } from './common';
 import { ArmError } from './errors';
@@ -11,6 +12,7 @@ import { applySeed, bindStorageAccounts, type BlobBackend, type SeedOptions } fr
 import { findVmSize } from './sizes';
 import { StateStore, type SimState } from './state';
 import { ensureLabCertificate } from './tls';
+import { TokenIssuer, type ServicePrincipal } from './identity';
 import { isObject } from './util';
 
 export interface ArmSimulatorOptions {
@@ -31,6 +33,13 @@ export interface ArmSimulatorOptions {
   retryAfterSeconds?: number;
   /** Require a Bearer Authorization header as ARM does (default: true with TLS, false without). */
   requireAuth?: boolean;
+  /**
+   * App registrations the built-in identity endpoint signs in (client credentials). Tokens it issues are
+   * checked on every ARM request (signature, expiry); other bearer tokens pass unless `onlyIssuedTokens`.
+   */
+  principals?: ServicePrincipal[];
+  /** Accept only tokens from the identity endpoint, as ARM accepts only Entra ID tokens. */
+  onlyIssuedTokens?: boolean;
   quotas?: Partial<QuotaLimits>;
   seed?: SeedOptions;
   /** Produces run-command output in-process; admin-configured canned responses take precedence. */
@@ -52,6 +61,8 @@ export interface RequestLogEntry {
   /** Kind of the fault rule that shaped this reply, if any. */
   fault?: string;
   faultId?: string;
+  /** Client id of the app registration whose issued token authorised the request. */
+  principal?: string;
 }
 
 export interface ArmSimulator {
@@ -94,6 +105,7 @@ export async function startArmSimulator(opts: ArmSimulatorOptions): Promise<ArmS
   const logLimit = opts.logLimit ?? 50_000;
   let seq = 0;
   const requireAuth = opts.requireAuth ?? useTls;
+  const issuer = new TokenIssuer(opts.principals ?? [], signingKey(opts.stateDir));
 
   const sockets = new Set<net.Socket>();
   const handler = (req: http.IncomingMessage, res: http.ServerResponse): void => {
@@ -134,6 +146,11 @@ export async function startArmSimulator(opts: ArmSimulatorOptions): Promise<ArmS
     const raw = await readBody(req);
     if (url.pathname.startsWith('/_admin/') || url.pathname === '/_admin') {
       send(res, admin(method, url, raw));
+      return;
+    }
+    const identityReply = issuer.handle(method, url, raw, endpoint);
+    if (identityReply) {
+      send(res, identityReply);
       return;
     }
     const entry: RequestLogEntry = {
@@ -181,7 +198,10 @@ export async function startArmSimulator(opts: ArmSimulatorOptions): Promise<ArmS
     }
 
     try {
-      if (requireAuth) checkAuth(req);
+      if (requireAuth) {
+        const principal = checkAuth(req, issuer, opts.onlyIssuedTokens ?? false);
+        if (principal) entry.principal = principal;
+      }
       const apiVersion = url.searchParams.get('api-version');
       if (!apiVersion) {
         throw new ArmError(
@@ -401,7 +421,21 @@ export async function startArmSimulator(opts: ArmSimulatorOptions): Promise<ArmS
   };
 }
 
-function checkAuth(req: http.IncomingMessage): void {
+/** The HMAC key for issued tokens, kept with the simulator's state so tokens survive a restart. */
+function signingKey(stateDir: string): Buffer {
+  const file = path.join(stateDir, 'token-signing.key');
+  try {
+    return fs.readFileSync(file);
+  } catch {
+    fs.mkdirSync(stateDir, { recursive: true });
+    const key = randomBytes(32);
+    fs.writeFileSync(file, key, { mode: 0o600 });
+    return key;
+  }
+}
+
+/** Checks the bearer token; returns the client id when it is one the identity endpoint issued. */
+function checkAuth(req: http.IncomingMessage, issuer: TokenIssuer, onlyIssued: boolean): string | undefined {
   const auth = req.headers.authorization;
   if (!auth) {
     throw new ArmError(401, 'AuthenticationFailed', "Authentication failed. The 'Authorization' header is missing.", {
@@ -411,9 +445,15 @@ function checkAuth(req: http.IncomingMessage): void {
       },
     });
   }
-  if (!/^Bearer\s+\S+/i.test(auth)) {
-    throw new ArmError(401, 'InvalidAuthenticationToken', 'The access token is invalid.');
+  const m = /^Bearer\s+(\S+)/i.exec(auth);
+  if (!m) throw new ArmError(401, 'InvalidAuthenticationToken', 'The access token is invalid.');
+  const verdict = issuer.check(m[1]);
+  if (verdict.status === 'valid') return verdict.clientId;
+  if (verdict.status === 'expired') {
+    throw new ArmError(401, 'ExpiredAuthenticationToken', 'The access token expiry UTC time is earlier than current UTC time.');
   }
+  if (verdict.status === 'unknown' || onlyIssued) throw new ArmError(401, 'InvalidAuthenticationToken', 'The access token is invalid.');
+  return undefined;
 }
 
 function readBody(req: http.IncomingMessage): Promise<Buffer> {
