@@ -7,6 +7,14 @@ const base = {
   proxies: [{ name: 'p1', transports: ['nbd', 'hotadd'], vmName: 'proxy01' }],
 };
 
+const azureBase = {
+  subscriptionId: 'sub',
+  resourceGroup: 'rg',
+  location: 'westeurope',
+  subnetId: '/subscriptions/sub/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/s',
+  storageAccountId: '/subscriptions/sub/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/sa',
+};
+
 describe('configuration', () => {
   it('accepts a valid file and fills defaults', () => {
     const cfg = parseConfig(base, 'test', '/etc/vmrestore');
@@ -40,11 +48,7 @@ describe('configuration', () => {
   });
   it('reads helper appliances with their task queues', () => {
     const azure = {
-      subscriptionId: 'sub',
-      resourceGroup: 'rg',
-      location: 'westeurope',
-      subnetId: '/subscriptions/sub/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/s',
-      storageAccountId: '/subscriptions/sub/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/sa',
+      ...azureBase,
       helpers: { westeurope: { vmName: 'helper-we' }, northeurope: { vmName: 'helper-ne', taskQueue: 'ne-helper', embeddedWorker: true } },
     };
     const cfg = parseConfig({ ...base, azure }, 't', '/');
@@ -59,13 +63,7 @@ describe('configuration', () => {
     );
   });
   it('reads the Azure sign-in and refuses literal or ambiguous secrets', () => {
-    const azure = {
-      subscriptionId: 'sub',
-      resourceGroup: 'rg',
-      location: 'westeurope',
-      subnetId: '/subscriptions/sub/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/s',
-      storageAccountId: '/subscriptions/sub/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/sa',
-    };
+    const azure = azureBase;
     const sp = { type: 'clientSecret', tenantId: 't', clientId: 'c', clientSecretEnv: 'AZ_SECRET' };
     assert.deepEqual(parseConfig({ ...base, azure: { ...azure, credential: sp } }, 't', '/').azure!.credential, {
       ...sp,
