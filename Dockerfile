@@ -1,5 +1,5 @@
 FROM node:20-bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends e2fsprogs ntfs-3g libhivex-bin qemu-utils fdisk ca-certificates \
+RUN apt-get update && apt-get install -y --no-install-recommends e2fsprogs ntfs-3g libhivex-bin qemu-utils fdisk openssl ca-certificates \
   && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY package.json package-lock.json ./

@@ -26,7 +26,8 @@ const deps = (s: Service) => (Array.isArray(s.depends_on) ? s.depends_on : Objec
 describe('docker-compose.yml', () => {
   it('has Temporal on PostgreSQL, the Web UI, vcsim, Azurite and the worker built from this repo', () => {
     const s = compose.services;
-    for (const name of ['postgresql', 'temporal', 'temporal-ui', 'vcsim', 'azurite', 'worker']) assert.ok(s[name], `service ${name}`);
+    for (const name of ['postgresql', 'temporal', 'temporal-ui', 'vcsim', 'azurite', 'armsim', 'worker'])
+      assert.ok(s[name], `service ${name}`);
     assert.match(s.postgresql.image!, /^postgres:/);
     assert.match(s.temporal.image!, /^temporalio\/auto-setup:/);
     assert.equal(s.temporal.environment!.POSTGRES_SEEDS, 'postgresql');
@@ -50,7 +51,8 @@ describe('docker-compose.yml', () => {
     }
     for (const sec of Object.values(compose.secrets)) assert.ok(existsSync(path.join(ROOT, sec.file)), `secret file ${sec.file}`);
     assert.deepEqual(deps(s.temporal), ['postgresql']);
-    assert.deepEqual(deps(s.worker).sort(), ['azurite', 'temporal', 'vcsim']);
+    assert.deepEqual(deps(s.worker).sort(), ['armsim', 'azurite', 'temporal', 'vcsim']);
+    assert.deepEqual(deps(s.armsim), ['azurite']);
     assert.equal(s['temporal-ui'].environment!.TEMPORAL_ADDRESS, 'temporal:7233');
     assert.equal(s.worker.environment!.VMRESTORE_TEMPORAL_ADDRESS, 'temporal:7233');
   });
@@ -64,5 +66,25 @@ describe('docker-compose.yml', () => {
       assert.ok(compose.services[host(p.url)], `vCenter ${p.url} is a service`);
       assert.equal(p.passwordFile, '/run/secrets/vcsim_password');
     }
+    // Azure: the simulator and its identity endpoint are services, its CA comes through the shared volume,
+    // and both sides read the app registration's secret from the same compose secret.
+    const a = cfg.azure!;
+    assert.ok(compose.services[host(a.armEndpoint!)], 'ARM endpoint is a service');
+    const cred = a.credential;
+    assert.ok(cred?.type === 'clientSecret');
+    assert.ok(compose.services[host(cred.authorityHost!)], 'authority host is a service');
+    assert.equal(cred.clientSecretFile, '/run/secrets/azure_client_secret');
+    assert.ok(compose.services.worker.secrets!.includes('azure_client_secret'));
+    assert.ok(compose.services.armsim.secrets!.includes('azure_client_secret'));
+    const mountOf = (svc: Service, target: string) => svc.volumes!.find((v) => v.split(':')[1] === target)?.split(':')[0];
+    assert.equal(mountOf(compose.services.worker, path.dirname(a.caCertPath!)), mountOf(compose.services.armsim, '/var/lib/armsim'));
+    const principals = JSON.parse(readFileSync(path.join(ROOT, 'deploy', 'armsim-principals.json'), 'utf8')) as Array<
+      Record<string, string>
+    >;
+    assert.deepEqual(principals, [{ tenantId: cred.tenantId, clientId: cred.clientId, clientSecretFile: cred.clientSecretFile }]);
+    const cmd = (compose.services.armsim as { command?: string[] }).command!;
+    assert.equal(cmd[cmd.indexOf('--cert-host') + 1], host(a.armEndpoint!), 'the certificate names the service');
+    const conn = compose.services.worker.environment![a.blobConnectionStringEnv!];
+    assert.match(conn, /BlobEndpoint=http:\/\/azurite:10000\//);
   });
 });

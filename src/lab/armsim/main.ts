@@ -7,7 +7,8 @@
  *     --blob-endpoint http://127.0.0.1:10000/devstoreaccount1 --blob-account devstoreaccount1 --blob-key KEY \
  *     [--port 0] [--host 127.0.0.1] [--no-tls] [--lro-polls 1] [--lro-max-ms 10000] [--retry-after 0]
  *     [--seed JSON|@file.json] [--quotas JSON|@file.json]
- *     [--principals JSON|@file.json (app registrations: [{tenantId, clientId, clientSecret}])] [--only-issued-tokens]
+ *     [--principals JSON|@file.json (app registrations: [{tenantId, clientId, clientSecret | clientSecretFile}])]
+ *     [--only-issued-tokens] [--cert-host NAME]...
  */
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -33,6 +34,18 @@ function num(v: string | undefined, what: string): number | undefined {
   return n;
 }
 
+/** A principal as given on the command line: the secret inline or in a file (a container secret, say). */
+type PrincipalArg = Omit<ServicePrincipal, 'clientSecret'> & { clientSecret?: string; clientSecretFile?: string };
+
+function readPrincipals(list: PrincipalArg[] | undefined): ServicePrincipal[] | undefined {
+  return list?.map((p, i) => {
+    const clientSecret = p.clientSecret ?? (p.clientSecretFile ? fs.readFileSync(p.clientSecretFile, 'utf8').trim() : undefined);
+    if (!p.tenantId || !p.clientId || !clientSecret)
+      throw new Error(`principals[${i}]: needs tenantId, clientId and clientSecret or clientSecretFile`);
+    return { tenantId: p.tenantId, clientId: p.clientId, clientSecret };
+  });
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
@@ -51,6 +64,7 @@ async function main(): Promise<void> {
       'require-auth': { type: 'string' },
       principals: { type: 'string' },
       'only-issued-tokens': { type: 'boolean' },
+      'cert-host': { type: 'string', multiple: true },
       seed: { type: 'string' },
       quotas: { type: 'string' },
     },
@@ -81,7 +95,8 @@ async function main(): Promise<void> {
     requireAuth: requireAuthRaw === undefined ? undefined : !/^(0|false|no)$/i.test(requireAuthRaw),
     seed: jsonArg<SeedOptions>(values.seed ?? env.ARMSIM_SEED, 'seed'),
     quotas: jsonArg<Partial<QuotaLimits>>(values.quotas ?? env.ARMSIM_QUOTAS, 'quotas'),
-    principals: jsonArg<ServicePrincipal[]>(values.principals ?? env.ARMSIM_PRINCIPALS, 'principals'),
+    principals: readPrincipals(jsonArg<PrincipalArg[]>(values.principals ?? env.ARMSIM_PRINCIPALS, 'principals')),
+    certHosts: values['cert-host'] ?? (env.ARMSIM_CERT_HOSTS ? env.ARMSIM_CERT_HOSTS.split(',') : undefined),
     onlyIssuedTokens: values['only-issued-tokens'] ?? /^(1|true|yes)$/i.test(env.ARMSIM_ONLY_ISSUED_TOKENS ?? ''),
   });
   process.stdout.write(

@@ -40,6 +40,8 @@ export interface ArmSimulatorOptions {
   principals?: ServicePrincipal[];
   /** Accept only tokens from the identity endpoint, as ARM accepts only Entra ID tokens. */
   onlyIssuedTokens?: boolean;
+  /** Extra host names for the server certificate (say a container's service name). */
+  certHosts?: string[];
   quotas?: Partial<QuotaLimits>;
   seed?: SeedOptions;
   /** Produces run-command output in-process; admin-configured canned responses take precedence. */
@@ -118,7 +120,7 @@ export async function startArmSimulator(opts: ArmSimulatorOptions): Promise<ArmS
   let cert: ReturnType<typeof ensureLabCertificate> | undefined;
   let server: http.Server | https.Server;
   if (useTls) {
-    cert = ensureLabCertificate(opts.stateDir, host === '0.0.0.0' || host === '::' ? [] : [host]);
+    cert = ensureLabCertificate(opts.stateDir, [...(host === '0.0.0.0' || host === '::' ? [] : [host]), ...(opts.certHosts ?? [])]);
     server = https.createServer({ key: fs.readFileSync(cert.keyPath), cert: fs.readFileSync(cert.certPath) }, handler);
   } else {
     server = http.createServer(handler);
