@@ -18,6 +18,7 @@ import {
 } from './restore-client';
 import type { AzureRestoreRequest } from './domain/azure';
 import { runWorker } from './worker';
+import { AesGcmCodec, startCodecServer } from './codec';
 import { runDemo, seedDemoRepository } from './demo';
 
 export { TASK_QUEUE };
@@ -30,6 +31,7 @@ const USAGE = `vmrestore: restore whole VMs from backups to vSphere (and Azure) 
   vmrestore repo import --vm vm.json [--json]
   vmrestore repo list|show ID|verify [ID] [--json]
   vmrestore repo seed-demo [--json]
+  vmrestore codec-server [--port 8888] [--origin URL]...   (decrypts payloads for the Web UI)
   vmrestore worker [--helper LOCATION]   (--helper: the worker inside that location's helper appliance)
   vmrestore restore vsphere --restore-point ID --vm-name NAME [--datastore DS] [--folder F]
         [--resource-pool P] [--network SRC=DST]... [--transport auto|direct-san|direct-nas|hotadd|nbd]
@@ -59,6 +61,8 @@ export async function main(argv: string[]): Promise<number> {
         return await repoCommand(sub, rest);
       case 'worker':
         return await workerCommand(sub === undefined ? [] : [sub, ...rest]);
+      case 'codec-server':
+        return await codecServerCommand(sub === undefined ? [] : [sub, ...rest]);
       case 'restore':
         return await restoreCommand(sub, rest);
       case 'status':
@@ -178,6 +182,25 @@ function repositoryPath(): string {
     // Repository commands work without a running lab.
     return require('node:path').join(require('./lab').labDir(), 'repository');
   }
+}
+
+async function codecServerCommand(args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, options: { port: { type: 'string' }, origin: { type: 'string', multiple: true } } });
+  const config = loadAppConfig();
+  if (!config.temporal.encryption)
+    usageError('codec-server needs payload encryption configured (temporal.encryption or VMRESTORE_ENCRYPTION_KEY_FILE)');
+  const origins = values.origin ?? [config.temporal.uiUrl ?? 'http://localhost:8233'].map((u) => new URL(u).origin);
+  const server = await startCodecServer(AesGcmCodec.fromConfig(config.temporal.encryption), {
+    port: values.port === undefined ? 8888 : Number(values.port),
+    allowOrigins: origins,
+  });
+  out(`codec server at ${server.url} for ${origins.join(', ')}: set it as the Codec Server in the Web UI's settings`);
+  await new Promise<void>((resolve) => {
+    process.once('SIGINT', resolve);
+    process.once('SIGTERM', resolve);
+  });
+  await server.close();
+  return 0;
 }
 
 async function workerCommand(args: string[]): Promise<number> {

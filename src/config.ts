@@ -1,4 +1,5 @@
 import type { AzureCredentialConfig } from './azure/credential';
+import type { EncryptionConfig } from './codec';
 import { readFileSync, existsSync } from 'node:fs';
 import path from 'node:path';
 import { FailureType, RestoreError } from './domain/errors';
@@ -86,7 +87,14 @@ export function helperTaskQueue(config: Pick<AppConfig, 'temporal'>, location: s
 }
 
 export interface AppConfig {
-  temporal: { address: string; namespace: string; taskQueue: string; uiUrl?: string };
+  temporal: {
+    address: string;
+    namespace: string;
+    taskQueue: string;
+    uiUrl?: string;
+    /** AES-GCM payload encryption: workflow inputs, results and heartbeats are sealed before they leave. */
+    encryption?: EncryptionConfig;
+  };
   repository: { path: string };
   vsphere: { defaultProfile: string; profiles: Record<string, VSphereProfile> };
   proxies: ProxyConfig[];
@@ -141,6 +149,25 @@ function stringMap(v: unknown, where: string): Record<string, string> | undefine
   return r as Record<string, string>;
 }
 
+function parseEncryption(v: unknown): EncryptionConfig | undefined {
+  if (v === undefined) return undefined;
+  const w = 'temporal.encryption';
+  const e = record(v, w);
+  const keysRaw = record(e.keys, `${w}.keys`);
+  const keys: EncryptionConfig['keys'] = {};
+  for (const [id, kv] of Object.entries(keysRaw)) {
+    const k = record(kv, `${w}.keys.${id}`);
+    if ('key' in k) bad(`${w}.keys.${id}.key`, 'literal keys are not accepted; use keyFile or keyEnv');
+    const keyFile = str(k, 'keyFile', `${w}.keys.${id}`, false);
+    const keyEnv = str(k, 'keyEnv', `${w}.keys.${id}`, false);
+    if (!keyFile === !keyEnv) bad(`${w}.keys.${id}`, 'give exactly one of keyFile and keyEnv');
+    keys[id] = { keyFile, keyEnv };
+  }
+  const keyId = str(e, 'keyId', w)!;
+  if (!keys[keyId]) bad(`${w}.keyId`, `'${keyId}' is not one of the keys (${Object.keys(keys).join(', ') || 'none'})`);
+  return { keyId, keys };
+}
+
 /** Validates a raw config object; every error names the offending key. */
 export function parseConfig(raw: unknown, source: string, baseDir: string): AppConfig {
   const root = record(raw, '(root)');
@@ -152,6 +179,7 @@ export function parseConfig(raw: unknown, source: string, baseDir: string): AppC
     namespace: str(t, 'namespace', 'temporal', false) ?? 'default',
     taskQueue: str(t, 'taskQueue', 'temporal', false) ?? 'vmrestore',
     uiUrl: str(t, 'uiUrl', 'temporal', false),
+    encryption: parseEncryption(t.encryption),
   };
   if (!/^[^:\s]+:\d+$/.test(temporal.address)) bad('temporal.address', `expected host:port, got '${temporal.address}'`);
   const r = record(root.repository, 'repository');
@@ -229,6 +257,12 @@ export function applyEnvOverrides(cfg: AppConfig, env: NodeJS.ProcessEnv = proce
   if (env.VMRESTORE_TEMPORAL_NAMESPACE) out.temporal.namespace = env.VMRESTORE_TEMPORAL_NAMESPACE;
   if (env.VMRESTORE_TASK_QUEUE) out.temporal.taskQueue = env.VMRESTORE_TASK_QUEUE;
   if (env.VMRESTORE_REPOSITORY) out.repository.path = path.resolve(env.VMRESTORE_REPOSITORY);
+  if (env.VMRESTORE_ENCRYPTION_KEY_FILE) {
+    // One key from a file, under VMRESTORE_ENCRYPTION_KEY_ID; configured keys stay available for decrypting.
+    const keyId = env.VMRESTORE_ENCRYPTION_KEY_ID || 'default';
+    const keys = { ...out.temporal.encryption?.keys, [keyId]: { keyFile: path.resolve(env.VMRESTORE_ENCRYPTION_KEY_FILE) } };
+    out.temporal.encryption = { keyId, keys };
+  }
   if (!/^[^:\s]+:\d+$/.test(out.temporal.address)) {
     bad('VMRESTORE_TEMPORAL_ADDRESS', `expected host:port, got '${out.temporal.address}'`);
   }

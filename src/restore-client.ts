@@ -1,3 +1,5 @@
+import type { PayloadCodec } from '@temporalio/common';
+import { AesGcmCodec } from './codec';
 import { randomBytes } from 'node:crypto';
 import { Client, Connection, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import { defaultPayloadConverter } from '@temporalio/common';
@@ -16,9 +18,15 @@ export interface RestoreStatus {
   failure?: string;
 }
 
+/** The data converter every client and worker of this deployment shares (payload encryption, if on). */
+export function dataConverterFor(config: Pick<AppConfig, 'temporal'>): { payloadCodecs: PayloadCodec[] } | undefined {
+  const enc = config.temporal.encryption;
+  return enc ? { payloadCodecs: [AesGcmCodec.fromConfig(enc)] } : undefined;
+}
+
 export async function connectClient(config: AppConfig): Promise<{ client: Client; connection: Connection }> {
   const connection = await Connection.connect({ address: config.temporal.address });
-  return { client: new Client({ connection, namespace: config.temporal.namespace }), connection };
+  return { client: new Client({ connection, namespace: config.temporal.namespace, dataConverter: dataConverterFor(config) }), connection };
 }
 
 export function newRestoreSuffix(): string {

@@ -5,6 +5,7 @@ import { createMappedAzureActivities } from './activities/azure';
 import { helperTaskQueue, type AppConfig } from './config';
 import { createMappedVSphereActivities } from './activities/vsphere';
 import { VSphereSessions } from './activities/vsphere-sessions';
+import { dataConverterFor } from './restore-client';
 
 export interface RunWorkerOptions {
   config: AppConfig;
@@ -38,13 +39,15 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
   const sessions = new VSphereSessions(config);
   // Lease activities talk to lease workflows through a regular client.
   const clientConnection = await Connection.connect({ address: config.temporal.address });
-  const client = new Client({ connection: clientConnection, namespace: config.temporal.namespace });
+  const dataConverter = dataConverterFor(config);
+  const client = new Client({ connection: clientConnection, namespace: config.temporal.namespace, dataConverter });
   const taskQueue = opts.taskQueue ?? config.temporal.taskQueue;
   try {
     const azureActivities = createMappedAzureActivities({ config: { ...config, temporal: { ...config.temporal, taskQueue } }, client });
     const common = {
       connection,
       namespace: config.temporal.namespace,
+      dataConverter,
       // Checkpoints reach the server within a second, which bounds re-written bytes after a crash.
       maxHeartbeatThrottleInterval: '1 second',
       defaultHeartbeatThrottleInterval: '1 second',
