@@ -9,15 +9,8 @@ import { isCancellation } from '@temporalio/workflow';
 import { failureMessage, startVSphereRestore } from '../../src/restore-client';
 import { restorePlan } from '../../src/workflows';
 import type { VSphereClient } from '../../src/vsphere';
-import {
-  importVmWithCorruptChunk,
-  openTestEnv,
-  replayFinished,
-  startWorkerProcess,
-  type TestEnv,
-  type WorkerProcess,
-} from '../helpers/env';
-import { labVSphere } from '../helpers/vsphere';
+import { importVmWithCorruptChunk, replayFinished, type TestEnv, type WorkerProcess } from '../helpers/env';
+import { closeVSphereLab, openVSphereLab } from '../helpers/vsphere';
 
 let env: TestEnv;
 let worker: WorkerProcess;
@@ -26,14 +19,10 @@ const finished: string[] = [];
 
 describe('restore lifecycle: cancel, child workflows, replay', () => {
   before(async () => {
-    env = await openTestEnv('lifecycle');
-    worker = await startWorkerProcess(env.taskQueue);
-    vs = await labVSphere(env.config);
+    ({ env, worker, vs } = await openVSphereLab('lifecycle'));
   });
   after(async () => {
-    await worker?.stop();
-    await vs?.logout().catch(() => {});
-    await env?.close();
+    await closeVSphereLab({ env, worker, vs });
   });
 
   it('cancel mid-restore removes the VM and leaves no HotAdd attachment', async () => {

@@ -6,8 +6,8 @@ import { getRestorePoint } from '../../src/repository';
 import { startVSphereRestore, failureMessage } from '../../src/restore-client';
 import type { TransportRequest, VSphereRestoreResult } from '../../src/domain/restore';
 import type { VSphereClient } from '../../src/vsphere';
-import { openTestEnv, sha256File, sha256OfBackedUpDisk, startWorkerProcess, type TestEnv, type WorkerProcess } from '../helpers/env';
-import { labVSphere, localFlatFile } from '../helpers/vsphere';
+import { sha256File, sha256OfBackedUpDisk, type TestEnv, type WorkerProcess } from '../helpers/env';
+import { closeVSphereLab, localFlatFile, openVSphereLab } from '../helpers/vsphere';
 
 let env: TestEnv;
 let worker: WorkerProcess;
@@ -54,14 +54,10 @@ async function checkRestoredVm(rpId: string, result: VSphereRestoreResult, trans
 
 describe('restore to vSphere (real Temporal + vcsim + repository)', () => {
   before(async () => {
-    env = await openTestEnv('vsphere');
-    worker = await startWorkerProcess(env.taskQueue);
-    vs = await labVSphere(env.config);
+    ({ env, worker, vs } = await openVSphereLab('vsphere'));
   });
   after(async () => {
-    await worker?.stop();
-    await vs?.logout().catch(() => {});
-    await env?.close();
+    await closeVSphereLab({ env, worker, vs });
   });
 
   for (const transport of ['direct-san', 'direct-nas', 'hotadd', 'nbd'] as const) {

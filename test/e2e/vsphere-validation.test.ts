@@ -3,8 +3,8 @@ import { after, before, describe, it } from 'node:test';
 import { startVSphereRestore, failureMessage } from '../../src/restore-client';
 import type { VSphereRestoreRequest } from '../../src/domain/restore';
 import type { VSphereClient } from '../../src/vsphere';
-import { openTestEnv, startWorkerProcess, type TestEnv, type WorkerProcess } from '../helpers/env';
-import { labVSphere } from '../helpers/vsphere';
+import { type TestEnv, type WorkerProcess } from '../helpers/env';
+import { closeVSphereLab, openVSphereLab } from '../helpers/vsphere';
 
 let env: TestEnv;
 let worker: WorkerProcess;
@@ -45,14 +45,10 @@ async function expectRejected(req: Partial<VSphereRestoreRequest>, pattern: RegE
 
 describe('bad restore requests fail before anything is created', () => {
   before(async () => {
-    env = await openTestEnv('validation');
-    worker = await startWorkerProcess(env.taskQueue);
-    vs = await labVSphere(env.config);
+    ({ env, worker, vs } = await openVSphereLab('validation'));
   });
   after(async () => {
-    await worker?.stop();
-    await vs?.logout().catch(() => {});
-    await env?.close();
+    await closeVSphereLab({ env, worker, vs });
   });
 
   it('unknown restore point', async () => {

@@ -7,8 +7,8 @@ import { chromium, type Browser } from 'playwright-core';
 import { readLabState } from '../../src/lab';
 import { startVSphereRestore } from '../../src/restore-client';
 import type { VSphereClient } from '../../src/vsphere';
-import { openTestEnv, startWorkerProcess, type TestEnv, type WorkerProcess } from '../helpers/env';
-import { labVSphere } from '../helpers/vsphere';
+import type { TestEnv, WorkerProcess } from '../helpers/env';
+import { closeVSphereLab, openVSphereLab } from '../helpers/vsphere';
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 let env: TestEnv;
@@ -19,9 +19,7 @@ let vs: VSphereClient;
 describe('Temporal Web UI shows restores', () => {
   before(async () => {
     assert.ok(existsSync(CHROMIUM), `chromium not found at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM_PATH)`);
-    env = await openTestEnv('webui');
-    worker = await startWorkerProcess(env.taskQueue);
-    vs = await labVSphere(env.config);
+    ({ env, worker, vs } = await openVSphereLab('webui'));
     browser = await chromium.launch({
       executablePath: CHROMIUM,
       headless: true,
@@ -38,9 +36,7 @@ describe('Temporal Web UI shows restores', () => {
   });
   after(async () => {
     await browser?.close();
-    await worker?.stop();
-    await vs?.logout().catch(() => {});
-    await env?.close();
+    await closeVSphereLab({ env, worker, vs });
   });
 
   it('lists a finished restore by its RestoreVm attribute and shows its summary', async () => {

@@ -95,16 +95,10 @@ const VM_MODELLED = ['hardwareProfile', 'storageProfile', 'networkProfile'];
 // ---- disks ---------------------------------------------------------------------------------------
 
 export async function disksRoute(sim: ArmSim, ctx: ReqCtx, rg: string, name: string | undefined, rest: string[]): Promise<Reply> {
-  const rgName = sim.requireResourceGroup(rg).name;
-  if (name === undefined) {
-    if (ctx.method !== 'GET') throw methodNotAllowed(ctx);
-    return { status: 200, body: { value: listByType(sim, 'microsoft.compute/disks', rgName) } };
-  }
-  if (rest.length > 0) throw unknownRoute(ctx);
-  const id = resourceId(sim.subscriptionId, rgName, COMPUTE, 'disks', name);
-  const k = key(id);
-  // Reads observe a running operation; writes first let it finish (one operation per resource at a time).
-  if (ctx.method !== 'GET') sim.settleResource(k);
+  const target = sim.routeTarget(ctx, rg, name, COMPUTE, 'disks');
+  if (target.list) return target.list;
+  if (rest.length > 0 || name === undefined) throw unknownRoute(ctx);
+  const { rgName, id, k } = target;
   const existing = sim.state.disks[k];
   switch (ctx.method) {
     case 'GET':
@@ -138,15 +132,7 @@ export async function disksRoute(sim: ArmSim, ctx: ReqCtx, rg: string, name: str
         throw operationNotAllowed(`Disk ${existing.name} is attached to VM ${vm?.id ?? existing.managedBy}.`);
       }
       existing.provisioningState = 'Deleting';
-      const op = sim.startOperation(ctx, {
-        provider: COMPUTE,
-        location: existing.location,
-        kind: 'diskDelete',
-        resourceKey: k,
-        action: 'DELETE',
-      });
-      sim.save();
-      return { status: 202, headers: sim.operationHeaders(ctx, op) };
+      return sim.acceptDelete(ctx, { provider: COMPUTE, location: existing.location, kind: 'diskDelete', resourceKey: k });
     }
     default:
       throw methodNotAllowed(ctx);
@@ -175,20 +161,8 @@ function parseDiskBody(body: Json): DiskSpec {
   const location = optString(body.location, 'location');
   if (!location) throw new ArmError(400, 'LocationRequired', 'The location property is required for this definition.');
   const props = objectAt(body.properties, 'properties');
-  const osTypeRaw = optString(props.osType, 'osType');
-  const osType = enumValue(osTypeRaw, OS_TYPES);
-  if (osTypeRaw !== undefined && !osType)
-    throw invalidParameter(
-      `The value '${osTypeRaw}' of parameter 'osType' is not allowed. Allowed values are 'Windows', 'Linux'.`,
-      'osType',
-    );
-  const genRaw = optString(props.hyperVGeneration, 'hyperVGeneration');
-  const hyperVGeneration = enumValue(genRaw, GENERATIONS);
-  if (genRaw !== undefined && !hyperVGeneration)
-    throw invalidParameter(
-      `The value '${genRaw}' of parameter 'hyperVGeneration' is not allowed. Allowed values are 'V1', 'V2'.`,
-      'hyperVGeneration',
-    );
+  const osType = enumOrThrow(optString(props.osType, 'osType'), OS_TYPES, 'osType');
+  const hyperVGeneration = enumOrThrow(optString(props.hyperVGeneration, 'hyperVGeneration'), GENERATIONS, 'hyperVGeneration');
   const cd = optObject(props.creationData, 'creationData');
   let creationData: DiskSpec['creationData'];
   if (cd) {
@@ -490,15 +464,10 @@ export function renderDisk(sim: ArmSim, d: DiskRec): Json {
 // ---- virtual machines ----------------------------------------------------------------------------
 
 export async function vmsRoute(sim: ArmSim, ctx: ReqCtx, rg: string, name: string | undefined, rest: string[]): Promise<Reply> {
-  const rgName = sim.requireResourceGroup(rg).name;
-  if (name === undefined) {
-    if (ctx.method !== 'GET') throw methodNotAllowed(ctx);
-    return { status: 200, body: { value: listByType(sim, 'microsoft.compute/virtualmachines', rgName) } };
-  }
-  const id = resourceId(sim.subscriptionId, rgName, COMPUTE, 'virtualMachines', name);
-  const k = key(id);
-  // Reads observe a running operation; writes first let it finish (one operation per resource at a time).
-  if (ctx.method !== 'GET') sim.settleResource(k);
+  const target = sim.routeTarget(ctx, rg, name, COMPUTE, 'virtualMachines');
+  if (target.list) return target.list;
+  if (name === undefined) throw unknownRoute(ctx);
+  const { rgName, id, k } = target;
   const existing = sim.state.vms[k];
   const need = (): VmRec => {
     if (!existing) throw resourceNotFound('Microsoft.Compute/virtualMachines', name, rgName);
@@ -1061,20 +1030,17 @@ function deleteVm(sim: ArmSim, ctx: ReqCtx, vm: VmRec): Reply {
   const k = key(vm.id);
   const disks = [vm.osDisk, ...vm.dataDisks];
   vm.provisioningState = 'Deleting';
-  const op = sim.startOperation(ctx, {
+  return sim.acceptDelete(ctx, {
     provider: COMPUTE,
     location: vm.location,
     kind: 'vmDelete',
     resourceKey: k,
-    action: 'DELETE',
     previousPower: vm.powerState,
     releaseDiskIds: disks.filter((d) => d.deleteOption !== 'Delete').map((d) => d.diskId),
     deleteDiskIds: disks.filter((d) => d.deleteOption === 'Delete').map((d) => d.diskId),
     releaseNicIds: vm.nics.filter((n) => n.deleteOption !== 'Delete').map((n) => n.id),
     deleteNicIds: vm.nics.filter((n) => n.deleteOption === 'Delete').map((n) => n.id),
   });
-  sim.save();
-  return { status: 202, headers: sim.operationHeaders(ctx, op) };
 }
 
 const TRANSITION: Record<string, { during: PowerState; target: PowerState }> = {
@@ -1459,6 +1425,9 @@ function enumOrThrow<T extends string>(v: string | undefined, allowed: readonly 
   if (v === undefined) return undefined;
   const e = enumValue(v, allowed);
   if (!e)
-    throw invalidParameter(`The value '${v}' of parameter '${where}' is not allowed. Allowed values are ${allowed.join(', ')}.`, where);
+    throw invalidParameter(
+      `The value '${v}' of parameter '${where}' is not allowed. Allowed values are ${allowed.map((a) => `'${a}'`).join(', ')}.`,
+      where,
+    );
   return e;
 }

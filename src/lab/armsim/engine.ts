@@ -5,7 +5,7 @@ import * as compute from './compute';
 import * as network from './network';
 import { findVmSize, VM_SIZES } from './sizes';
 import { key, type OperationKind, type OperationRec, type ResourceGroupRec, type RunCommandRec, type SimState, StateStore } from './state';
-import { nowIso, objectAt, optString, optTags, uuid, type Json } from './util';
+import { nowIso, objectAt, optString, optTags, resourceId, uuid, type Json } from './util';
 
 export interface RunCommandRequest {
   vmName: string;
@@ -193,6 +193,36 @@ export class ArmSim {
 
   save(): void {
     this.store.save();
+  }
+
+  /**
+   * The start every resource route shares: a request on the collection lists it (GET only); for an item,
+   * its id and lookup key, and a write first lets the item's running operation finish (one operation per
+   * resource at a time, while reads observe it running).
+   */
+  routeTarget(
+    ctx: ReqCtx,
+    rg: string,
+    name: string | undefined,
+    provider: string,
+    type: string,
+  ): { list: Reply } | { list?: undefined; rgName: string; id: string; k: string } {
+    const rgName = this.requireResourceGroup(rg).name;
+    if (name === undefined) {
+      if (ctx.method !== 'GET') throw methodNotAllowed(ctx);
+      return { list: { status: 200, body: { value: compute.listByType(this, `${provider}/${type}`.toLowerCase(), rgName) } } };
+    }
+    const id = resourceId(this.subscriptionId, rgName, provider, type, name);
+    const k = key(id);
+    if (ctx.method !== 'GET') this.settleResource(k);
+    return { rgName, id, k };
+  }
+
+  /** Starts the delete of a resource already marked Deleting: 202 with the polling headers. */
+  acceptDelete(ctx: ReqCtx, init: Omit<Parameters<ArmSim['startOperation']>[1], 'action'>): Reply {
+    const op = this.startOperation(ctx, { ...init, action: 'DELETE' });
+    this.save();
+    return { status: 202, headers: this.operationHeaders(ctx, op) };
   }
 
   // ---- long-running operations -------------------------------------------------------------------

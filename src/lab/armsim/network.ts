@@ -48,16 +48,10 @@ function requestFormat(message: string): ArmError {
 // ---- network interfaces --------------------------------------------------------------------------
 
 export function nicsRoute(sim: ArmSim, ctx: ReqCtx, rg: string, name: string | undefined, rest: string[]): Reply {
-  const rgName = sim.requireResourceGroup(rg).name;
-  if (name === undefined) {
-    if (ctx.method !== 'GET') throw methodNotAllowed(ctx);
-    return { status: 200, body: { value: listByType(sim, 'microsoft.network/networkinterfaces', rgName) } };
-  }
-  if (rest.length > 0) throw unknownRoute(ctx);
-  const id = resourceId(sim.subscriptionId, rgName, NETWORK, 'networkInterfaces', name);
-  const k = key(id);
-  // Reads observe a running operation; writes first let it finish (one operation per resource at a time).
-  if (ctx.method !== 'GET') sim.settleResource(k);
+  const target = sim.routeTarget(ctx, rg, name, NETWORK, 'networkInterfaces');
+  if (target.list) return target.list;
+  if (rest.length > 0 || name === undefined) throw unknownRoute(ctx);
+  const { rgName, id, k } = target;
   const existing = sim.state.nics[k];
   switch (ctx.method) {
     case 'GET':
@@ -77,15 +71,7 @@ export function nicsRoute(sim: ArmSim, ctx: ReqCtx, rg: string, name: string | u
         );
       }
       existing.provisioningState = 'Deleting';
-      const op = sim.startOperation(ctx, {
-        provider: NETWORK,
-        location: existing.location,
-        kind: 'nicDelete',
-        resourceKey: k,
-        action: 'DELETE',
-      });
-      sim.save();
-      return { status: 202, headers: sim.operationHeaders(ctx, op) };
+      return sim.acceptDelete(ctx, { provider: NETWORK, location: existing.location, kind: 'nicDelete', resourceKey: k });
     }
     default:
       throw methodNotAllowed(ctx);
@@ -353,15 +339,10 @@ export function createNicRecord(
 // ---- virtual networks ----------------------------------------------------------------------------
 
 export function vnetsRoute(sim: ArmSim, ctx: ReqCtx, rg: string, name: string | undefined, restRaw: string[]): Reply {
-  const rgName = sim.requireResourceGroup(rg).name;
-  if (name === undefined) {
-    if (ctx.method !== 'GET') throw methodNotAllowed(ctx);
-    return { status: 200, body: { value: listByType(sim, 'microsoft.network/virtualnetworks', rgName) } };
-  }
-  const id = resourceId(sim.subscriptionId, rgName, NETWORK, 'virtualNetworks', name);
-  const k = key(id);
-  // Reads observe a running operation; writes first let it finish (one operation per resource at a time).
-  if (ctx.method !== 'GET') sim.settleResource(k);
+  const target = sim.routeTarget(ctx, rg, name, NETWORK, 'virtualNetworks');
+  if (target.list) return target.list;
+  if (name === undefined) throw unknownRoute(ctx);
+  const { rgName, id, k } = target;
   const vnet = sim.state.vnets[k];
   const need = (): VnetRec => {
     if (!vnet) throw resourceNotFound('Microsoft.Network/virtualNetworks', name, rgName);
@@ -527,13 +508,11 @@ export function renderVnet(sim: ArmSim, v: VnetRec): Json {
 // ---- storage accounts ----------------------------------------------------------------------------
 
 export function storageAccountsRoute(sim: ArmSim, ctx: ReqCtx, rg: string, name: string | undefined, rest: string[]): Reply {
-  const rgName = sim.requireResourceGroup(rg).name;
-  if (name === undefined) {
-    if (ctx.method !== 'GET') throw methodNotAllowed(ctx);
-    return { status: 200, body: { value: listByType(sim, 'microsoft.storage/storageaccounts', rgName) } };
-  }
-  const id = resourceId(sim.subscriptionId, rgName, 'Microsoft.Storage', 'storageAccounts', name);
-  const acct = sim.state.storageAccounts[key(id)];
+  const target = sim.routeTarget(ctx, rg, name, 'Microsoft.Storage', 'storageAccounts');
+  if (target.list) return target.list;
+  if (name === undefined) throw unknownRoute(ctx);
+  const { rgName, k } = target;
+  const acct = sim.state.storageAccounts[k];
   if (!acct) throw resourceNotFound('Microsoft.Storage/storageAccounts', name, rgName);
   if (rest.length === 0 && ctx.method === 'GET') return { status: 200, body: renderStorageAccount(acct) };
   if (rest.length === 1 && rest[0] === 'listkeys' && ctx.method === 'POST') {
