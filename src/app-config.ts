@@ -82,8 +82,9 @@ function labAzureConfig(a: LabAzure, blobConnectionString: string): AzureConfig 
         resourceGroup: a.resourceGroup,
         vmName: a.helperVmName,
         idleTimeoutSeconds: Number(process.env.VMRESTORE_AZURE_HELPER_IDLE_SECONDS ?? 5),
-        // The lab's helper appliance is a simulated VM, so the lab worker serves its queue too.
-        embeddedWorker: true,
+        // The lab's helper appliance is a simulated VM, so the lab worker serves its queue too, unless told
+        // that a separate `vmrestore worker --helper <location>` does (as inside a real appliance).
+        embeddedWorker: process.env.VMRESTORE_LAB_HELPER_WORKER !== 'separate',
       },
     },
   };

@@ -72,7 +72,7 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
         await Worker.create({
           ...common,
           taskQueue: h.taskQueue,
-          identity: `vmrestore-helper-${h.location}@${hostname()}`,
+          identity: `${process.pid}@${hostname()}/vmrestore-helper-${h.location}`,
           activities: { prepareGuestDisk: azureActivities.prepareGuestDisk },
         }),
       );

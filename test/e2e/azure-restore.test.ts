@@ -153,7 +153,7 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
       });
     assert.equal(prepIds.length, 1);
     const started = events.find((e) => prepIds.includes(String(e.activityTaskStartedEventAttributes?.scheduledEventId ?? '')));
-    assert.match(started?.activityTaskStartedEventAttributes?.identity ?? '', /^vmrestore-helper-westeurope@/);
+    assert.match(started?.activityTaskStartedEventAttributes?.identity ?? '', /\/vmrestore-helper-westeurope$/);
     assert.equal(result.generation, 1);
     assert.equal(result.disks.length, 2);
     // The data disk is untouched by preparation: byte for byte the backup.
@@ -200,6 +200,45 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
     // The helper appliance has nothing attached any more.
     const helper = await compute.virtualMachines.get(a.resourceGroup, a.helperVmName);
     assert.equal(helper.storageProfile?.dataDisks?.length ?? 0, 0, 'disks detached from the helper');
+  });
+
+  it('with the helper worker in its own process (worker --helper), the Linux disk is prepared there', async () => {
+    const split = { VMRESTORE_LAB_HELPER_WORKER: 'separate', VMRESTORE_AZURE_HELPER_IDLE_SECONDS: '1' };
+    await worker.stop();
+    worker = await startWorkerProcess(env.taskQueue, split);
+    const helper = await startWorkerProcess(env.taskQueue, split, ['--helper', labAzure().location]);
+    try {
+      assert.match(helper.output(), /helper appliance worker \(westeurope\) polling task queue/);
+      assert.doesNotMatch(helper.output(), /worker polling task queue/, 'the helper process serves only the helper queue');
+      const vmName = `t-hlp-${Date.now().toString(36)}`;
+      const handle = await startAzureRestore(env.client, { restorePointId: env.demo['demo-linux'], vmName }, { taskQueue: env.taskQueue });
+      const result = await handle.result();
+      assert.ok(result.guestChanges.length > 0);
+      const events = (await handle.fetchHistory()).events ?? [];
+      const prep = events.find((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'prepareGuestDisk')!;
+      const started = events.find((e) => String(e.activityTaskStartedEventAttributes?.scheduledEventId ?? '') === String(prep.eventId));
+      assert.match(
+        started?.activityTaskStartedEventAttributes?.identity ?? '',
+        new RegExp(`^${helper.child.pid}@`),
+        'prepared by the helper process',
+      );
+      const upload = events.find((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'uploadVhd')!;
+      const uploadStarted = events.find(
+        (e) => String(e.activityTaskStartedEventAttributes?.scheduledEventId ?? '') === String(upload.eventId),
+      );
+      assert.match(
+        uploadStarted?.activityTaskStartedEventAttributes?.identity ?? '',
+        new RegExp(`^${worker.child.pid}@`),
+        'uploaded by the main worker',
+      );
+    } finally {
+      await helper.stop();
+      await worker.stop();
+      worker = await startWorkerProcess(env.taskQueue, {
+        VMRESTORE_AZURE_PROXY_IDLE_SECONDS: String(PROXY_IDLE_SECONDS),
+        VMRESTORE_AZURE_HELPER_IDLE_SECONDS: '1',
+      });
+    }
   });
 
   it('restores a Windows VM: registry changes in every ControlSet, agent staged, VM running with the agent ready', async () => {

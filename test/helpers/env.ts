@@ -56,8 +56,8 @@ export interface WorkerProcess {
 }
 
 /** A worker in its own process, so a test can SIGKILL it mid-restore. */
-export async function startWorkerProcess(taskQueue: string, env: NodeJS.ProcessEnv = {}): Promise<WorkerProcess> {
-  const child = spawn(process.execPath, [path.join(ROOT, 'bin', 'vmrestore.cjs'), 'worker'], {
+export async function startWorkerProcess(taskQueue: string, env: NodeJS.ProcessEnv = {}, args: string[] = []): Promise<WorkerProcess> {
+  const child = spawn(process.execPath, [path.join(ROOT, 'bin', 'vmrestore.cjs'), 'worker', ...args], {
     env: { ...process.env, VMRESTORE_TASK_QUEUE: taskQueue, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -67,7 +67,7 @@ export async function startWorkerProcess(taskQueue: string, env: NodeJS.ProcessE
   await new Promise<void>((resolve, reject) => {
     const t = setTimeout(() => reject(new Error(`worker did not start in 60 s:\n${out}`)), 60_000);
     const onData = () => {
-      if (out.includes('worker polling')) {
+      if (out.includes('polling task queue')) {
         clearTimeout(t);
         resolve();
       }
