@@ -241,6 +241,49 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
     }
   });
 
+  it('restores a UEFI Linux VM as Generation 2 on request', async () => {
+    const dir = path.join(tmp, 'uefi-vm');
+    mkdirSync(dir, { recursive: true });
+    await buildLinuxDiskImage(path.join(dir, 'disk0.img'), {
+      sizeBytes: 256 * MiB,
+      scheme: 'gpt',
+      hostname: 'uefi',
+      networkStyle: 'netplan',
+      firewall: 'ufw',
+      usedMiB: 8,
+    });
+    writeFileSync(
+      path.join(dir, 'vm.json'),
+      JSON.stringify({
+        name: 'uefi-linux',
+        guestOs: 'linux',
+        firmware: 'efi',
+        cpus: 2,
+        memoryMiB: 2048,
+        nics: [{ network: 'VM Network' }],
+        disks: [{ path: 'disk0.img', provisioning: 'thin' }],
+      }),
+    );
+    const { restorePointId } = await importRestorePoint(env.config.repository.path, path.join(dir, 'vm.json'));
+    const vmName = `t-gen2-${Date.now().toString(36)}`;
+    // Generation 1 (the default) would need a UEFI-to-BIOS conversion: refused, naming the way out.
+    const gen1 = await startAzureRestore(env.client, { restorePointId, vmName }, { taskQueue: env.taskQueue });
+    assert.match(failureMessage(await gen1.result().catch((e: unknown) => e)), /UEFI.*--generation 2/);
+    const result = await restore({ restorePointId, vmName, generation: 2 });
+    assert.equal(result.generation, 2);
+    const { compute } = labArm();
+    const a = labAzure();
+    assert.equal((await compute.virtualMachines.instanceView(a.resourceGroup, vmName)).hyperVGeneration, 'V2');
+    const disk = await compute.disks.get(a.resourceGroup, `${vmName}-osdisk`);
+    assert.equal(disk.hyperVGeneration, 'V2');
+    assert.equal(disk.osType, 'Linux');
+    const osd = await checkVhd(result.disks[0].blobUrl, 256 * MiB);
+    const table = await readPartitionTable(osd.raw);
+    assert.equal(table.scheme, 'gpt');
+    const root = table.partitions.find((p) => p.type === 'linux')!;
+    assert.match((await readGuestFile(osd.raw, root.startBytes, '/etc/default/grub'))!, /console=ttyS0/);
+  });
+
   it('restores a Windows VM: registry changes in every ControlSet, agent staged, VM running with the agent ready', async () => {
     const rpId = env.demo['demo-windows'];
     const rp = await getRestorePoint(env.config.repository.path, rpId);
