@@ -15,7 +15,7 @@ import { buildLinuxDiskImage } from '../../src/guest/linux-image';
 import { readGuestFile } from '../../src/guest/linux-prep';
 import { readHiveValueFromDisk } from '../../src/guest/windows-prep';
 import { readPartitionTable } from '../../src/guest/partition';
-import { importRestorePoint, getRestorePoint } from '../../src/repository';
+import { getRestorePoint } from '../../src/repository';
 import { failureMessage, startAzureRestore } from '../../src/restore-client';
 import {
   acquireLease,
@@ -28,6 +28,7 @@ import {
 } from '../../src/workflows';
 import { RestoreKind, RestorePhaseKey, RestoreVm } from '../../src/domain/search-attributes';
 import {
+  importTestVm,
   importVmWithCorruptChunk,
   openTestEnv,
   replayFinished,
@@ -252,19 +253,11 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
       firewall: 'ufw',
       usedMiB: 8,
     });
-    writeFileSync(
-      path.join(dir, 'vm.json'),
-      JSON.stringify({
-        name: 'uefi-linux',
-        guestOs: 'linux',
-        firmware: 'efi',
-        cpus: 2,
-        memoryMiB: 2048,
-        nics: [{ network: 'VM Network' }],
-        disks: [{ path: 'disk0.img', provisioning: 'thin' }],
-      }),
-    );
-    const { restorePointId } = await importRestorePoint(env.config.repository.path, path.join(dir, 'vm.json'));
+    const restorePointId = await importTestVm(env.config.repository.path, dir, {
+      name: 'uefi-linux',
+      firmware: 'efi',
+      disks: [{ path: 'disk0.img', provisioning: 'thin' }],
+    });
     const vmName = `t-gen2-${Date.now().toString(36)}`;
     // Generation 1 (the default) would need a UEFI-to-BIOS conversion: refused, naming the way out.
     const gen1 = await startAzureRestore(env.client, { restorePointId, vmName }, { taskQueue: env.taskQueue });
@@ -611,22 +604,13 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
       usedMiB: 8,
     });
     buildDataDiskImage(path.join(dir, 'disk1.img'), 1024 * MiB, [[0, 1024 * MiB]], 'azure-crash');
-    writeFileSync(
-      path.join(dir, 'vm.json'),
-      JSON.stringify({
-        name: 'azure-crash',
-        guestOs: 'linux',
-        firmware: 'bios',
-        cpus: 1,
-        memoryMiB: 1024,
-        nics: [{ network: 'VM Network' }],
-        disks: [
-          { path: 'disk0.img', provisioning: 'thin' },
-          { path: 'disk1.img', provisioning: 'thick' },
-        ],
-      }),
-    );
-    const { restorePointId } = await importRestorePoint(env.config.repository.path, path.join(dir, 'vm.json'));
+    const restorePointId = await importTestVm(env.config.repository.path, dir, {
+      name: 'azure-crash',
+      disks: [
+        { path: 'disk0.img', provisioning: 'thin' },
+        { path: 'disk1.img', provisioning: 'thick' },
+      ],
+    });
     await worker.stop();
     const first = await startWorkerProcess(env.taskQueue, { VMRESTORE_AZURE_HELPER_IDLE_SECONDS: '1' });
     const handle = await startAzureRestore(

@@ -1,16 +1,15 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { defaultPayloadConverter } from '@temporalio/common';
 import { buildDataDiskImage } from '../../src/demo';
 import type { DiskCheckpoint } from '../../src/domain/restore';
-import { importRestorePoint } from '../../src/repository';
 import { startVSphereRestore } from '../../src/restore-client';
 import { RESTORE_ID_KEY } from '../../src/activities/vsphere';
 import type { VSphereClient } from '../../src/vsphere';
-import { openTestEnv, readBytes, sha256File, sha256OfBackedUpDisk, startWorkerProcess, type TestEnv } from '../helpers/env';
+import { importTestVm, openTestEnv, readBytes, sha256File, sha256OfBackedUpDisk, startWorkerProcess, type TestEnv } from '../helpers/env';
 import { labVSphere, localFlatFile } from '../helpers/vsphere';
 
 const MiB = 1024 * 1024;
@@ -33,19 +32,7 @@ describe('crash during a disk write', () => {
     vs = await labVSphere(env.config);
     tmp = mkdtempSync(path.join(os.tmpdir(), 'vmrestore-crash-'));
     buildDataDiskImage(path.join(tmp, 'disk0.img'), 384 * MiB, [[0, 384 * MiB]], 'crash-test');
-    writeFileSync(
-      path.join(tmp, 'vm.json'),
-      JSON.stringify({
-        name: 'crash-vm',
-        guestOs: 'linux',
-        firmware: 'bios',
-        cpus: 1,
-        memoryMiB: 512,
-        nics: [{ network: 'VM Network' }],
-        disks: [{ path: 'disk0.img', provisioning: 'thick' }],
-      }),
-    );
-    rpId = (await importRestorePoint(env.config.repository.path, path.join(tmp, 'vm.json'))).restorePointId;
+    rpId = await importTestVm(env.config.repository.path, tmp, { name: 'crash-vm', disks: [{ path: 'disk0.img', provisioning: 'thick' }] });
   });
   after(async () => {
     await vs?.logout().catch(() => {});

@@ -145,22 +145,13 @@ export async function importVmWithCorruptChunk(
   const seed = `corrupt-${Date.now()}-${randomBytes(3).toString('hex')}`;
   buildDataDiskImage(path.join(workDir, 'disk0.img'), 32 * 1024 * 1024, [[0, 32 * 1024 * 1024]], `${seed}-0`);
   buildDataDiskImage(path.join(workDir, 'disk1.img'), 64 * 1024 * 1024, [[0, 64 * 1024 * 1024]], `${seed}-1`);
-  writeFileSync(
-    path.join(workDir, 'vm.json'),
-    JSON.stringify({
-      name: 'corrupt-chunk',
-      guestOs: 'linux',
-      firmware: 'bios',
-      cpus: 1,
-      memoryMiB: 1024,
-      nics: [],
-      disks: [
-        { path: 'disk0.img', provisioning: 'thick' },
-        { path: 'disk1.img', provisioning: 'thick' },
-      ],
-    }),
-  );
-  const { restorePointId } = await importRestorePoint(repoDir, path.join(workDir, 'vm.json'));
+  const restorePointId = await importTestVm(repoDir, workDir, {
+    name: 'corrupt-chunk',
+    disks: [
+      { path: 'disk0.img', provisioning: 'thick' },
+      { path: 'disk1.img', provisioning: 'thick' },
+    ],
+  });
   const rp = await getRestorePoint(repoDir, restorePointId);
   const hash = rp.disks[1].blocks[Math.floor(rp.disks[1].blocks.length / 2)]!;
   const chunkFile = chunkPath(repoDir, hash);
@@ -168,4 +159,18 @@ export async function importVmWithCorruptChunk(
   bytes[100] ^= 0xff;
   writeFileSync(chunkFile, bytes);
   return { restorePointId, hash, chunkFile };
+}
+
+/** Writes a vm.json for disk images in `dir` and imports it as a restore point; returns its id. */
+export async function importTestVm(
+  repoDir: string,
+  dir: string,
+  vm: { name: string; firmware?: 'bios' | 'efi'; disks: { path: string; provisioning: 'thin' | 'thick' }[] },
+): Promise<string> {
+  const file = path.join(dir, 'vm.json');
+  writeFileSync(
+    file,
+    JSON.stringify({ guestOs: 'linux', firmware: 'bios', cpus: 1, memoryMiB: 1024, nics: [{ network: 'VM Network' }], ...vm }),
+  );
+  return (await importRestorePoint(repoDir, file)).restorePointId;
 }
