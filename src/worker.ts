@@ -43,7 +43,9 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
   const client = new Client({ connection: clientConnection, namespace: config.temporal.namespace, dataConverter });
   const taskQueue = opts.taskQueue ?? config.temporal.taskQueue;
   try {
-    const azureActivities = createMappedAzureActivities({ config: { ...config, temporal: { ...config.temporal, taskQueue } }, client });
+    // Everything this worker derives from config (lease ids, helper queues) follows the queue it serves.
+    const served: AppConfig = { ...config, temporal: { ...config.temporal, taskQueue } };
+    const azureActivities = createMappedAzureActivities({ config: served, client });
     const common = {
       connection,
       namespace: config.temporal.namespace,
@@ -67,7 +69,7 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
       log(`worker polling task queue '${taskQueue}' on ${config.temporal.address} (namespace ${config.temporal.namespace})`);
     }
     // A helper appliance's worker prepares the disks attached to it, and does nothing else.
-    for (const h of helperQueues({ ...config, temporal: { ...config.temporal, taskQueue } }, opts.helperLocation)) {
+    for (const h of helperQueues(served, opts.helperLocation)) {
       workers.push(
         await Worker.create({
           ...common,

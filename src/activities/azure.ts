@@ -22,8 +22,8 @@ import { editVhdBlob } from '../azure/blob-image';
 import { prepareLinuxDisk } from '../guest/linux-prep';
 import { prepareWindowsDisk } from '../guest/windows-prep';
 import type { GuestChange } from '../guest/types';
-import { createArmClients, type ArmClients } from '../lab/armsim/clients';
-import { createAzureCredential } from '../azure/credential';
+import type { ArmClients } from '../lab/armsim/clients';
+import { armClientsFor } from '../azure/credential';
 import { acquireLease, leaseWorkflowId, releaseLease, resourceLease } from '../workflows/lease';
 import { validateAzureVmName } from '../domain/validation';
 import { withFailureMapping } from './failures';
@@ -71,16 +71,7 @@ export function createAzureActivities(deps: AzureDeps) {
   let arm: ArmClients | undefined;
   const clients = (): ArmClients => {
     if (!arm) {
-      const a = azure();
-      // The simulator without a configured credential takes any bearer token; real Azure needs a sign-in.
-      const credential = a.credential ?? (a.armEndpoint ? undefined : { type: 'default' as const });
-      arm = createArmClients({
-        endpoint: a.armEndpoint,
-        subscriptionId: a.subscriptionId,
-        caCertPath: a.caCertPath,
-        credential: credential ? createAzureCredential(credential, { caCertPath: a.caCertPath }) : undefined,
-        retryOptions: { maxRetries: 6, retryDelayInMs: 200, maxRetryDelayInMs: 5000 },
-      });
+      arm = armClientsFor(azure(), { maxRetries: 6, retryDelayInMs: 200, maxRetryDelayInMs: 5000 });
     }
     return arm;
   };

@@ -1,7 +1,8 @@
 import fs from 'node:fs';
-import https from 'node:https';
 import { ClientSecretCredential, DefaultAzureCredential, type TokenCredential } from '@azure/identity';
+import type { AzureConfig } from '../config';
 import { FailureType, RestoreError } from '../domain/errors';
+import { caAgent, createArmClients, type ArmClients, type ArmClientsOptions } from '../lab/armsim/clients';
 
 /** How the worker signs in to Azure Resource Manager. */
 export type AzureCredentialConfig =
@@ -58,7 +59,7 @@ export function createAzureCredential(
   const env = opts.env ?? process.env;
   switch (cfg.type) {
     case 'clientSecret': {
-      const agent = opts.caCertPath ? new https.Agent({ ca: fs.readFileSync(opts.caCertPath), keepAlive: true }) : undefined;
+      const agent = caAgent(opts.caCertPath);
       return new ClientSecretCredential(cfg.tenantId, cfg.clientId, readSecret(cfg, env), {
         ...(cfg.authorityHost ? { authorityHost: cfg.authorityHost, disableInstanceDiscovery: true } : {}),
         ...(agent ? { agent } : {}),
@@ -76,4 +77,19 @@ export function createAzureCredential(
         },
       };
   }
+}
+
+/**
+ * Management clients for an Azure target as configured: its endpoint, CA and sign-in. The simulator without
+ * a configured credential takes any bearer token; real Azure without one uses DefaultAzureCredential.
+ */
+export function armClientsFor(a: AzureConfig, retryOptions?: ArmClientsOptions['retryOptions']): ArmClients {
+  const credential = a.credential ?? (a.armEndpoint ? undefined : { type: 'default' as const });
+  return createArmClients({
+    endpoint: a.armEndpoint,
+    subscriptionId: a.subscriptionId,
+    caCertPath: a.caCertPath,
+    credential: credential ? createAzureCredential(credential, { caCertPath: a.caCertPath }) : undefined,
+    retryOptions,
+  });
 }

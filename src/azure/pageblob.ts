@@ -111,8 +111,6 @@ export interface UploadFixedVhdResult {
   resumedFrom: number;
   /** Whether this attempt created (or re-created) the blob. */
   created: boolean;
-  /** Checkpoints stored in the blob's metadata by this attempt, the final one included. */
-  checkpointWrites: number;
 }
 
 /** The destination blob exists with a size other than the VHD's; we never resize or clobber it. */
@@ -350,7 +348,6 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
     const checkpointStride = Math.max(maxWrite, Math.floor(window / 4));
     let durable = start;
     let checkpointing: Promise<void> | null = null;
-    let checkpointWrites = 0;
 
     const contiguousOffset = (): number => {
       while (order.length > 0 && order[0].done) order.shift();
@@ -375,7 +372,6 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
       blobClient
         .setMetadata({ [VHD_UUID_METADATA_KEY]: uuidText, [UPLOAD_CHECKPOINT_METADATA_KEY]: String(at) }, { abortSignal: signal })
         .then(() => {
-          checkpointWrites += 1;
           durable = Math.max(durable, at);
         });
     /** Stores contiguousOffset in the blob when it has moved on enough (or `force`), one call at a time. */
@@ -567,7 +563,6 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
       footer,
       resumedFrom: start,
       created,
-      checkpointWrites,
     };
   } finally {
     unlink();

@@ -3,8 +3,9 @@ import https from 'node:https';
 import { BlobServiceClient, type ContainerClient } from '@azure/storage-blob';
 import { readLabState } from '../../src/lab';
 import type { LabAzure } from '../../src/lab/azure';
-import { createArmClients, type ArmClients } from '../../src/lab/armsim';
-import { createAzureCredential } from '../../src/azure/credential';
+import type { ArmClients } from '../../src/lab/armsim';
+import { armClientsFor } from '../../src/azure/credential';
+import { labConfig } from '../../src/app-config';
 import type { FaultRule, RequestLogEntry } from '../../src/lab/armsim';
 
 export function labAzure(): LabAzure {
@@ -13,19 +14,11 @@ export function labAzure(): LabAzure {
   return a;
 }
 
+/** ARM clients signed in exactly as the lab's workers are. */
 export function labArm(): ArmClients {
-  const a = labAzure();
-  const credential = createAzureCredential(
-    {
-      type: 'clientSecret',
-      tenantId: a.tenantId,
-      clientId: a.clientId,
-      clientSecretFile: a.clientSecretFile,
-      authorityHost: a.armEndpoint,
-    },
-    { caCertPath: a.caCertPath },
-  );
-  return createArmClients({ endpoint: a.armEndpoint, subscriptionId: a.subscriptionId, caCertPath: a.caCertPath, credential });
+  const azure = labConfig(readLabState()).azure;
+  if (!azure) throw new Error('lab has no ARM simulator');
+  return armClientsFor(azure);
 }
 
 export function labContainer(): ContainerClient {

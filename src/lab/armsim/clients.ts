@@ -30,6 +30,11 @@ export const stubCredential: ArmCredential = {
   getToken: async () => ({ token: 'armsim-token', expiresOnTimestamp: Date.now() + 3600e3 }),
 };
 
+/** An https.Agent trusting the CA in `caCertPath` (the simulator's lab CA), for a pipeline's `agent` option. */
+export function caAgent(caCertPath: string | undefined): https.Agent | undefined {
+  return caCertPath ? new https.Agent({ ca: fs.readFileSync(caCertPath), keepAlive: true }) : undefined;
+}
+
 const BEARER_POLICY = 'bearerTokenAuthenticationPolicy';
 const ARM_SCOPE = 'https://management.azure.com/.default';
 
@@ -48,7 +53,7 @@ export function createArmClients(opts: ArmClientsOptions): ArmClients {
   if (!opts.endpoint && !opts.credential) throw new Error('createArmClients: a credential is required for real Azure');
   const credential = opts.credential ?? stubCredential;
   const insecure = opts.endpoint?.startsWith('http:') ?? false;
-  const agent = opts.caCertPath ? new https.Agent({ ca: fs.readFileSync(opts.caCertPath), keepAlive: true }) : undefined;
+  const agent = caAgent(opts.caCertPath);
   const common = {
     ...(agent ? { agent } : {}),
     ...(insecure ? { allowInsecureConnection: true } : {}),

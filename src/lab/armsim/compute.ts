@@ -131,8 +131,7 @@ export async function disksRoute(sim: ArmSim, ctx: ReqCtx, rg: string, name: str
         const vm = sim.state.vms[existing.managedBy];
         throw operationNotAllowed(`Disk ${existing.name} is attached to VM ${vm?.id ?? existing.managedBy}.`);
       }
-      existing.provisioningState = 'Deleting';
-      return sim.acceptDelete(ctx, { provider: COMPUTE, location: existing.location, kind: 'diskDelete', resourceKey: k });
+      return sim.acceptDelete(ctx, existing, { provider: COMPUTE, kind: 'diskDelete', resourceKey: k });
     }
     default:
       throw methodNotAllowed(ctx);
@@ -920,14 +919,7 @@ function createVm(sim: ArmSim, ctx: ReqCtx, id: string, rgName: string, name: st
     vmSize: plan.size.name,
     osType: plan.osType,
     hyperVGeneration: plan.generation,
-    osDisk: {
-      diskId: key(plan.osDisk.id),
-      name: plan.osDisk.name,
-      createOption: 'Attach',
-      caching: spec.osDisk.caching,
-      deleteOption: spec.osDisk.deleteOption,
-      osType: plan.osType,
-    },
+    osDisk: osDiskRef(plan, spec),
     dataDisks: diskRefsFromPlan(sim, k, rgName, location, plan),
     nics: spec.nics,
     // Azure boots a VM as part of creating it.
@@ -949,6 +941,18 @@ function createVm(sim: ArmSim, ctx: ReqCtx, id: string, rgName: string, name: st
   });
   sim.save();
   return { status: 201, body: renderVm(sim, vm, false), headers: sim.operationHeaders(ctx, op, false) };
+}
+
+/** The VM's reference to the OS disk the plan resolved (always attached: the disk exists first). */
+function osDiskRef(plan: VmPlan, spec: VmSpec): VmRec['osDisk'] {
+  return {
+    diskId: key(plan.osDisk.id),
+    name: plan.osDisk.name,
+    createOption: 'Attach',
+    caching: spec.osDisk.caching,
+    deleteOption: spec.osDisk.deleteOption,
+    osType: plan.osType,
+  };
 }
 
 function vmModel(vm: VmRec): unknown {
@@ -974,14 +978,7 @@ function updateVm(sim: ArmSim, ctx: ReqCtx, vm: VmRec, spec: VmSpec, kind: 'vmPu
     ...vm,
     tags: spec.tags,
     vmSize: plan.size.name,
-    osDisk: {
-      diskId: key(plan.osDisk.id),
-      name: plan.osDisk.name,
-      createOption: 'Attach',
-      caching: spec.osDisk.caching,
-      deleteOption: spec.osDisk.deleteOption,
-      osType: plan.osType,
-    },
+    osDisk: osDiskRef(plan, spec),
     dataDisks: plan.dataDisks.map(({ spec: d, disk, create }) => ({
       lun: d.lun,
       diskId: disk ? key(disk.id) : `new:${create?.name ?? ''}`,
@@ -1029,10 +1026,8 @@ function updateVm(sim: ArmSim, ctx: ReqCtx, vm: VmRec, spec: VmSpec, kind: 'vmPu
 function deleteVm(sim: ArmSim, ctx: ReqCtx, vm: VmRec): Reply {
   const k = key(vm.id);
   const disks = [vm.osDisk, ...vm.dataDisks];
-  vm.provisioningState = 'Deleting';
-  return sim.acceptDelete(ctx, {
+  return sim.acceptDelete(ctx, vm, {
     provider: COMPUTE,
-    location: vm.location,
     kind: 'vmDelete',
     resourceKey: k,
     previousPower: vm.powerState,

@@ -4,7 +4,16 @@ import { BlobInspector } from './blobs';
 import * as compute from './compute';
 import * as network from './network';
 import { findVmSize, VM_SIZES } from './sizes';
-import { key, type OperationKind, type OperationRec, type ResourceGroupRec, type RunCommandRec, type SimState, StateStore } from './state';
+import {
+  key,
+  type OperationKind,
+  type ProvisioningState,
+  type OperationRec,
+  type ResourceGroupRec,
+  type RunCommandRec,
+  type SimState,
+  StateStore,
+} from './state';
 import { nowIso, objectAt, optString, optTags, resourceId, uuid, type Json } from './util';
 
 export interface RunCommandRequest {
@@ -218,9 +227,14 @@ export class ArmSim {
     return { rgName, id, k };
   }
 
-  /** Starts the delete of a resource already marked Deleting: 202 with the polling headers. */
-  acceptDelete(ctx: ReqCtx, init: Omit<Parameters<ArmSim['startOperation']>[1], 'action'>): Reply {
-    const op = this.startOperation(ctx, { ...init, action: 'DELETE' });
+  /** Marks a resource Deleting and starts its delete operation: 202 with the polling headers. */
+  acceptDelete(
+    ctx: ReqCtx,
+    resource: { location: string; provisioningState: ProvisioningState },
+    init: Omit<Parameters<ArmSim['startOperation']>[1], 'action' | 'location'>,
+  ): Reply {
+    resource.provisioningState = 'Deleting';
+    const op = this.startOperation(ctx, { ...init, location: resource.location, action: 'DELETE' });
     this.save();
     return { status: 202, headers: this.operationHeaders(ctx, op) };
   }

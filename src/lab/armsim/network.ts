@@ -70,8 +70,7 @@ export function nicsRoute(sim: ArmSim, ctx: ReqCtx, rg: string, name: string | u
           `Network Interface ${existing.id} is used by existing resource ${vm?.id ?? existing.virtualMachineId}. In order to delete the network interface, it must be dissociated from the resource. To learn more, see aka.ms/deletenic.`,
         );
       }
-      existing.provisioningState = 'Deleting';
-      return sim.acceptDelete(ctx, { provider: NETWORK, location: existing.location, kind: 'nicDelete', resourceKey: k });
+      return sim.acceptDelete(ctx, existing, { provider: NETWORK, kind: 'nicDelete', resourceKey: k });
     }
     default:
       throw methodNotAllowed(ctx);
