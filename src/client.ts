@@ -20,6 +20,7 @@ import type { AzureRestoreRequest } from './domain/azure';
 import { runWorker } from './worker';
 import { AesGcmCodec, startCodecServer } from './codec';
 import { runDemo, seedDemoRepository } from './demo';
+import { ensureExternalTools } from './lab/prereqs';
 
 export { TASK_QUEUE };
 export { startVSphereRestore, getRestoreStatus, vsphereWorkflowId } from './restore-client';
@@ -42,6 +43,7 @@ const USAGE = `vmrestore: restore whole VMs from backups to vSphere (and Azure) 
   vmrestore status WORKFLOW_ID [--json]
   vmrestore cancel WORKFLOW_ID
   vmrestore demo            (what npm start runs)
+  vmrestore prereqs [--for start|test] [--no-install]   (checks, and as root installs, the Debian tools)
 `;
 
 const out = (s: string) => process.stdout.write(s + '\n');
@@ -71,6 +73,8 @@ export async function main(argv: string[]): Promise<number> {
         return await cancelCommand(sub);
       case 'demo':
         return await runDemo({ log: out });
+      case 'prereqs':
+        return prereqsCommand([sub, ...rest].filter((x) => x !== undefined));
       case undefined:
       case 'help':
       case '--help':
@@ -385,3 +389,10 @@ async function cancelCommand(workflowId: string | undefined): Promise<number> {
 }
 
 export { failureMessage };
+
+function prereqsCommand(args: string[]): number {
+  const { values } = parseArgs({ args, options: { for: { type: 'string', default: 'start' }, 'no-install': { type: 'boolean' } } });
+  if (values.for !== 'start' && values.for !== 'test') usageError(`--for must be start or test, got '${values.for}'`);
+  ensureExternalTools(values.for, { install: !values['no-install'], log: err });
+  return 0;
+}

@@ -4,6 +4,7 @@ import path from 'node:path';
 import { loadAppConfig } from './app-config';
 import { configFilePath } from './config';
 import { labUp, labDir } from './lab';
+import { ensureExternalTools } from './lab/prereqs';
 import { importRestorePoint, listRestorePoints } from './repository';
 import { buildLinuxDiskImage } from './guest/linux-image';
 import { buildWindowsDiskImage } from './guest/windows-image';
@@ -163,6 +164,7 @@ export async function seedDemoRepository(repo: string, log: (s: string) => void 
 /** npm start: lab up (unless real endpoints are configured), seed, worker, one demo restore, then serve. */
 export async function runDemo(opts: { log: (s: string) => void }): Promise<number> {
   const { log } = opts;
+  ensureExternalTools('start', { log });
   if (!configFilePath()) {
     log('starting the local lab (Temporal dev server + Web UI, vcsim, Azurite) ...');
     await labUp(log);
