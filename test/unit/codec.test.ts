@@ -13,7 +13,10 @@ import {
 } from '@temporalio/common/lib/internal-non-workflow';
 import { temporal } from '@temporalio/proto';
 import { AesGcmCodec, CODEC_SERVER_MAX_BODY, ENCODING, KEY_ID_METADATA, loadCodecServerToken, startCodecServer } from '../../src/codec';
+import { toFailure } from '../../src/activities/failures';
+import { blobUrlForRecord, containsSas, redactSasInText } from '../../src/azure/blob-url';
 import { applyEnvOverrides, parseConfig } from '../../src/config';
+import { FailureType, RestoreError } from '../../src/domain/errors';
 import { dataConverterFor } from '../../src/restore-client';
 
 const keys = (entries: Record<string, Buffer>) => new Map(Object.entries(entries));
@@ -241,5 +244,35 @@ describe('AES-GCM payload codec', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('SAS tokens in blob URLs and error text', () => {
+  const sas = 'sv=2026-04-06&ss=b&srt=sco&sp=rwdlacup&se=2026-12-01T09%3A54%3A30Z&sig=nn49%2F1rg6Uhv2bm9b%2BX0%3D';
+  const url = `http://127.0.0.1:10000/devstoreaccount1/vhds/r1/disk0.vhd?${sas}`;
+
+  it('strips the query string from a blob URL', () => {
+    assert.equal(blobUrlForRecord(url), 'http://127.0.0.1:10000/devstoreaccount1/vhds/r1/disk0.vhd');
+    assert.equal(blobUrlForRecord('https://acct.blob.core.windows.net/c/x.vhd'), 'https://acct.blob.core.windows.net/c/x.vhd');
+  });
+
+  it('removes SAS tokens from free text, from errors down their cause chain, and from failures', () => {
+    const text = `PUT ${url} failed; connection string BlobEndpoint=http://h/a;SharedAccessSignature=${sas}; retry with sig=abc`;
+    const clean = redactSasInText(text);
+    assert.ok(!/sig=/.test(clean), clean);
+    assert.ok(!clean.includes('nn49'), clean);
+    assert.match(clean, /PUT http:\/\/127\.0\.0\.1:10000\/devstoreaccount1\/vhds\/r1\/disk0\.vhd failed/);
+    assert.equal(containsSas(text), true);
+    assert.equal(containsSas(clean), false);
+
+    const cause = new Error(`GET ${url}: 403`);
+    const err = Object.assign(new Error(`upload of ${url} failed`, { cause }), { name: 'RestError', statusCode: 403 });
+    const out = toFailure(err) as Error;
+    assert.equal(out, err, 'other errors keep their type');
+    assert.ok(!out.message.includes('sig=') && !(out.stack ?? '').includes('sig=') && !cause.message.includes('sig='));
+    assert.equal((out as Error & { statusCode: number }).statusCode, 403);
+    const typed = toFailure(new RestoreError(FailureType.AzureFault, `blob ${url} is gone`)) as ApplicationFailure;
+    assert.equal(typed.type, FailureType.AzureFault);
+    assert.equal(typed.message, 'blob http://127.0.0.1:10000/devstoreaccount1/vhds/r1/disk0.vhd is gone');
   });
 });
