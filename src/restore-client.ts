@@ -3,6 +3,7 @@ import { Client, Connection, WorkflowFailedError, type WorkflowHandle } from '@t
 import type { DataConverter } from '@temporalio/common';
 import { decodeFromPayloadsAtIndex } from '@temporalio/common/lib/internal-non-workflow';
 import { AesGcmCodec } from './codec';
+import { FailureType, RestoreError } from './domain/errors';
 import type { AppConfig } from './config';
 import type { DiskCheckpoint, DiskProgress, RestoreProgress, VSphereRestoreRequest, VSphereRestoreResult } from './domain/restore';
 import { RestoreKind, RestoreVm } from './domain/search-attributes';
@@ -113,7 +114,13 @@ export async function getRestoreStatus(client: Client, workflowId: string): Prom
     const payloads = pa.heartbeatDetails?.payloads;
     if (!payloads?.length) continue;
     // Raw from the server: through the client's codec (they are sealed when encryption is on).
-    const cp = await decodeFromPayloadsAtIndex<DiskCheckpoint>(client.options.loadedDataConverter, 0, payloads);
+    const cp = await decodeFromPayloadsAtIndex<DiskCheckpoint>(client.options.loadedDataConverter, 0, payloads).catch((err: unknown) => {
+      throw new RestoreError(
+        FailureType.Configuration,
+        `cannot read the heartbeat of activity '${pa.activityType?.name ?? '?'}' of ${workflowId}: ${(err as Error).message} ` +
+          `(payload encryption must be configured with the worker's keys)`,
+      );
+    });
     if (!cp || typeof cp !== 'object') continue;
     const row = disks.find((d) => d.diskIndex === cp.diskIndex);
     if (row && row.state !== 'done') {
