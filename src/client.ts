@@ -1,6 +1,7 @@
+import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { Client } from '@temporalio/client';
-import type { AppConfig } from './config';
+import { insecureWarnings, type AppConfig } from './config';
 import { loadAppConfig } from './app-config';
 import { FailureType, RestoreError } from './domain/errors';
 import type { DiskFormat, TransportRequest, VSphereRestoreRequest } from './domain/restore';
@@ -18,7 +19,7 @@ import {
 } from './restore-client';
 import type { AzureRestoreRequest } from './domain/azure';
 import { runWorker } from './worker';
-import { AesGcmCodec, startCodecServer } from './codec';
+import { AesGcmCodec, loadCodecServerToken, startCodecServer } from './codec';
 import { runDemo, seedDemoRepository } from './demo';
 import { ensureExternalTools } from './lab/prereqs';
 
@@ -32,7 +33,8 @@ const USAGE = `vmrestore: restore whole VMs from backups to vSphere (and Azure) 
   vmrestore repo import --vm vm.json [--json]
   vmrestore repo list|show ID|verify [ID] [--json]
   vmrestore repo seed-demo [--json]
-  vmrestore codec-server [--port 8888] [--origin URL]...   (decrypts payloads for the Web UI)
+  vmrestore codec-server [--port 8888] [--host ADDR] [--origin URL]... [--allowed-host NAME]...
+        [--token-file FILE]   (decrypts payloads for the Web UI; bearer token from VMRESTORE_CODEC_TOKEN or the file)
   vmrestore worker [--helper LOCATION]   (--helper: the worker inside that location's helper appliance)
   vmrestore restore vsphere --restore-point ID --vm-name NAME [--datastore DS] [--folder F]
         [--resource-pool P] [--network SRC=DST]... [--transport auto|direct-san|direct-nas|hotadd|nbd]
@@ -48,6 +50,13 @@ const USAGE = `vmrestore: restore whole VMs from backups to vSphere (and Azure) 
 
 const out = (s: string) => process.stdout.write(s + '\n');
 const err = (s: string) => process.stderr.write(s + '\n');
+
+/** The config for a command that talks to Temporal or vCenter; warns about profiles allowed to skip TLS. */
+function loadConfig(): AppConfig {
+  const config = loadAppConfig();
+  for (const w of insecureWarnings(config)) err(w);
+  return config;
+}
 
 function usageError(message: string): never {
   throw new RestoreError(FailureType.InvalidRequest, `${message}\n\n${USAGE}`);
@@ -189,16 +198,35 @@ function repositoryPath(): string {
 }
 
 async function codecServerCommand(args: string[]): Promise<number> {
-  const { values } = parseArgs({ args, options: { port: { type: 'string' }, origin: { type: 'string', multiple: true } } });
-  const config = loadAppConfig();
+  const { values } = parseArgs({
+    args,
+    options: {
+      port: { type: 'string' },
+      host: { type: 'string' },
+      origin: { type: 'string', multiple: true },
+      'allowed-host': { type: 'string', multiple: true },
+      'token-file': { type: 'string' },
+    },
+  });
+  const config = loadConfig();
   if (!config.temporal.encryption)
     usageError('codec-server needs payload encryption configured (temporal.encryption or VMRESTORE_ENCRYPTION_KEY_FILE)');
   const origins = values.origin ?? [config.temporal.uiUrl ?? 'http://localhost:8233'].map((u) => new URL(u).origin);
+  const port = values.port === undefined ? 8888 : Number(values.port);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) usageError(`--port must be a port number, got '${values.port}'`);
+  const tokenFile = path.resolve(values['token-file'] ?? path.join(path.dirname(config.source), 'codec-server.token'));
+  const { token, created, source } = loadCodecServerToken(tokenFile);
   const server = await startCodecServer(AesGcmCodec.fromConfig(config.temporal.encryption), {
-    port: values.port === undefined ? 8888 : Number(values.port),
+    port,
+    host: values.host,
     allowOrigins: origins,
+    allowedHosts: values['allowed-host'],
+    token,
   });
   out(`codec server at ${server.url} for ${origins.join(', ')}: set it as the Codec Server in the Web UI's settings`);
+  if (created) out(`new bearer token (shown once; stored in ${source}): ${token}`);
+  else out(`bearer token from ${source}`);
+  out(`Web UI codec endpoint: ${server.url}/t/<token>; CLI: --codec-endpoint ${server.url} --codec-auth "Bearer <token>"`);
   await new Promise<void>((resolve) => {
     process.once('SIGINT', resolve);
     process.once('SIGTERM', resolve);
@@ -209,6 +237,7 @@ async function codecServerCommand(args: string[]): Promise<number> {
 
 async function workerCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({ args, options: { helper: { type: 'string' } }, allowPositionals: false });
+  // runWorker prints the insecure-profile warnings itself.
   const config = loadAppConfig();
   const stop = new Promise<void>((resolve) => {
     process.once('SIGINT', resolve);
@@ -251,7 +280,7 @@ async function restoreAzureCommand(args: string[]): Promise<number> {
     proxy: values.proxy,
     keepOnFailure: values['keep-on-failure'] ?? false,
   };
-  const config = loadAppConfig();
+  const config = loadConfig();
   return startAndReport(config, (client) => startAzureRestore(client, request, { taskQueue: config.temporal.taskQueue }), values);
 }
 
@@ -309,7 +338,7 @@ async function restoreCommand(kind: string | undefined, args: string[]): Promise
     keepOnFailure: values['keep-on-failure'] ?? false,
     throttleMBps: throttle,
   };
-  const config = loadAppConfig();
+  const config = loadConfig();
   return startAndReport(config, (client) => startVSphereRestore(client, request, { taskQueue: config.temporal.taskQueue }), values);
 }
 
@@ -340,7 +369,7 @@ async function startAndReport(
 async function statusCommand(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { json: { type: 'boolean' } } });
   if (!positionals[0]) usageError('status needs a workflow id');
-  const config = loadAppConfig();
+  const config = loadConfig();
   const { client, connection } = await connectClient(config);
   try {
     const s = await getRestoreStatus(client, positionals[0]);
@@ -377,7 +406,7 @@ async function statusCommand(args: string[]): Promise<number> {
 
 async function cancelCommand(workflowId: string | undefined): Promise<number> {
   if (!workflowId) usageError('cancel needs a workflow id');
-  const config = loadAppConfig();
+  const config = loadConfig();
   const { client, connection } = await connectClient(config);
   try {
     await client.workflow.getHandle(workflowId).cancel();

@@ -15,8 +15,13 @@ export interface VSphereProfile {
   passwordFile?: string;
   /** SHA-256 (or SHA-1) fingerprint of the server's TLS leaf certificate, colon-separated hex. */
   thumbprint?: string;
-  /** Accept any certificate; for labs only. */
+  /** Accept any certificate; for labs only, and only with `allowInsecure`. */
   insecure?: boolean;
+  /**
+   * Explicit consent to an `http://` URL or `insecure: true` (a lab, a test bed). Without it such a profile
+   * is refused; with it every worker and CLI start warns.
+   */
+  allowInsecure?: boolean;
   datacenter?: string;
   /** Datastore used when a request names none. */
   datastore?: string;
@@ -168,6 +173,41 @@ function parseEncryption(v: unknown): EncryptionConfig | undefined {
   return { keyId, keys };
 }
 
+/**
+ * Refuses a vCenter profile that would send the password over plain http or trust any certificate, unless
+ * the profile says `allowInsecure: true`.
+ */
+export function assertProfileTransport(name: string, profile: VSphereProfile): void {
+  const where = `vsphere.profiles.${name}`;
+  if (profile.allowInsecure) return;
+  if (/^http:/i.test(profile.url)) {
+    bad(
+      `${where}.url`,
+      `'${profile.url}' is plain http, which sends the vCenter password and session cookie unencrypted; ` +
+        `use https:// (with a thumbprint for a self-signed certificate), or set ${where}.allowInsecure: true for a lab`,
+    );
+  }
+  if (profile.insecure) {
+    bad(
+      `${where}.insecure`,
+      `accepting any certificate lets anyone on the path read the vCenter password; pin the certificate with ` +
+        `${where}.thumbprint instead, or set ${where}.allowInsecure: true for a lab`,
+    );
+  }
+}
+
+/** One warning per vCenter profile that is allowed to run without TLS verification; shown on every start. */
+export function insecureWarnings(config: Pick<AppConfig, 'vsphere'>): string[] {
+  const out: string[] = [];
+  for (const [name, p] of Object.entries(config.vsphere.profiles)) {
+    const what = [/^http:/i.test(p.url) ? 'plain http (password and session unencrypted)' : '', p.insecure ? 'any TLS certificate' : '']
+      .filter(Boolean)
+      .join(' and ');
+    if (what) out.push(`warning: vSphere profile '${name}' (${p.url}) accepts ${what} because allowInsecure is set; labs only`);
+  }
+  return out;
+}
+
 /** Validates a raw config object; every error names the offending key. */
 export function parseConfig(raw: unknown, source: string, baseDir: string): AppConfig {
   const root = record(raw, '(root)');
@@ -199,11 +239,13 @@ export function parseConfig(raw: unknown, source: string, baseDir: string): AppC
       passwordEnv: str(p, 'passwordEnv', where, false),
       passwordFile: str(p, 'passwordFile', where, false),
       thumbprint: str(p, 'thumbprint', where, false),
-      insecure: p.insecure === true,
+      insecure: bool(p, 'insecure', where, false),
+      allowInsecure: bool(p, 'allowInsecure', where, false),
       datacenter: str(p, 'datacenter', where, false),
       datastore: str(p, 'datastore', where, false),
     };
     if (!profile.passwordEnv && !profile.passwordFile) bad(where, 'needs passwordEnv or passwordFile');
+    assertProfileTransport(name, profile);
     if (profile.passwordFile) profile.passwordFile = path.resolve(baseDir, profile.passwordFile);
     profiles[name] = profile;
   }

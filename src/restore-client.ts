@@ -1,8 +1,9 @@
-import type { PayloadCodec } from '@temporalio/common';
-import { AesGcmCodec } from './codec';
 import { randomBytes } from 'node:crypto';
 import { Client, Connection, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
-import { defaultPayloadConverter } from '@temporalio/common';
+import type { DataConverter } from '@temporalio/common';
+import { decodeFromPayloadsAtIndex } from '@temporalio/common/lib/internal-non-workflow';
+import { AesGcmCodec } from './codec';
+import { FailureType, RestoreError } from './domain/errors';
 import type { AppConfig } from './config';
 import type { DiskCheckpoint, DiskProgress, RestoreProgress, VSphereRestoreRequest, VSphereRestoreResult } from './domain/restore';
 import { RestoreKind, RestoreVm } from './domain/search-attributes';
@@ -18,10 +19,14 @@ export interface RestoreStatus {
   failure?: string;
 }
 
-/** The data converter every client and worker of this deployment shares (payload encryption, if on). */
-export function dataConverterFor(config: Pick<AppConfig, 'temporal'>): { payloadCodecs: PayloadCodec[] } | undefined {
+/**
+ * The data converter every client and worker of this deployment shares. With payload encryption on, it
+ * seals payloads and also failure messages and stack traces (the failure converter's common attributes).
+ */
+export function dataConverterFor(config: Pick<AppConfig, 'temporal'>): DataConverter | undefined {
   const enc = config.temporal.encryption;
-  return enc ? { payloadCodecs: [AesGcmCodec.fromConfig(enc)] } : undefined;
+  if (!enc) return undefined;
+  return { payloadCodecs: [AesGcmCodec.fromConfig(enc)], failureConverterPath: require.resolve('./failure-converter') };
 }
 
 export async function connectClient(config: AppConfig): Promise<{ client: Client; connection: Connection }> {
@@ -106,9 +111,17 @@ export async function getRestoreStatus(client: Client, workflowId: string): Prom
   }
   const disks = progress?.disks.map((d) => ({ ...d })) ?? [];
   for (const pa of desc.raw.pendingActivities ?? []) {
-    const payload = pa.heartbeatDetails?.payloads?.[0];
-    if (!payload) continue;
-    const cp = defaultPayloadConverter.fromPayload(payload) as DiskCheckpoint;
+    const payloads = pa.heartbeatDetails?.payloads;
+    if (!payloads?.length) continue;
+    // Raw from the server: through the client's codec (they are sealed when encryption is on).
+    const cp = await decodeFromPayloadsAtIndex<DiskCheckpoint>(client.options.loadedDataConverter, 0, payloads).catch((err: unknown) => {
+      throw new RestoreError(
+        FailureType.Configuration,
+        `cannot read the heartbeat of activity '${pa.activityType?.name ?? '?'}' of ${workflowId}: ${(err as Error).message} ` +
+          `(payload encryption must be configured with the worker's keys)`,
+      );
+    });
+    if (!cp || typeof cp !== 'object') continue;
     const row = disks.find((d) => d.diskIndex === cp.diskIndex);
     if (row && row.state !== 'done') {
       row.bytesDone = cp.transport === 'nbd' ? cp.bytes : Math.max(cp.offset, row.bytesDone);

@@ -2,7 +2,7 @@ import { hostname } from 'node:os';
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, Worker } from '@temporalio/worker';
 import { createMappedAzureActivities } from './activities/azure';
-import { helperTaskQueue, type AppConfig } from './config';
+import { helperTaskQueue, insecureWarnings, type AppConfig } from './config';
 import { createMappedVSphereActivities } from './activities/vsphere';
 import { VSphereSessions } from './activities/vsphere-sessions';
 import { dataConverterFor } from './restore-client';
@@ -35,6 +35,7 @@ function helperQueues(config: AppConfig, only?: string): { location: string; tas
 export async function runWorker(opts: RunWorkerOptions): Promise<void> {
   const { config } = opts;
   const log = opts.log ?? (() => {});
+  for (const w of insecureWarnings(config)) log(w);
   const connection = await NativeConnection.connect({ address: config.temporal.address });
   const sessions = new VSphereSessions(config);
   // Lease activities talk to lease workflows through a regular client.

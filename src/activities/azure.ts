@@ -19,6 +19,7 @@ import { diskLayout, getRestorePoint, readDiskBlocks } from '../repository';
 import { uploadFixedVhd, verifyUploadedVhd } from '../azure/pageblob';
 import { assertAzureDiskSize } from '../azure/vhd';
 import { editVhdBlob } from '../azure/blob-image';
+import { blobUrlForRecord } from '../azure/blob-url';
 import { prepareLinuxDisk } from '../guest/linux-prep';
 import { prepareWindowsDisk } from '../guest/windows-prep';
 import type { GuestChange } from '../guest/types';
@@ -180,7 +181,8 @@ export function createAzureActivities(deps: AzureDeps) {
           nonZeroBytes: diskLayout(rp, d.index).nonZeroBytes,
           os,
           blobName,
-          blobUrl: blobs().getBlobClient(blobName).url,
+          // Without the SAS: the plan is stored in history, and managed-disk import takes the plain URL.
+          blobUrl: blobUrlForRecord(blobs().getBlobClient(blobName).url),
           managedDiskName,
           managedDiskId: `/subscriptions/${a.subscriptionId}/resourceGroups/${resourceGroup}/providers/Microsoft.Compute/disks/${managedDiskName}`,
         };
@@ -396,7 +398,7 @@ export function createAzureActivities(deps: AzureDeps) {
             tags: { [RESTORE_TAG]: plan.restoreId },
             sku: { name: 'Standard_LRS' },
             ...(d.os ? { osType: plan.osType, hyperVGeneration: plan.generation === 2 ? 'V2' : 'V1' } : {}),
-            creationData: { createOption: 'Import', sourceUri: d.blobUrl, storageAccountId: plan.storageAccountId },
+            creationData: { createOption: 'Import', sourceUri: blobUrlForRecord(d.blobUrl), storageAccountId: plan.storageAccountId },
           });
         } catch (err) {
           armFailure(`importing managed disk '${d.managedDiskName}' from ${d.blobUrl}`, err);

@@ -1,5 +1,5 @@
 import type { AppConfig } from '../config';
-import { resolvePassword } from '../config';
+import { assertProfileTransport, resolvePassword } from '../config';
 import { FailureType, RestoreError } from '../domain/errors';
 import { VSphereClient } from '../vsphere';
 
@@ -25,6 +25,7 @@ export class VSphereSessions {
     let session = this.sessions.get(name);
     if (session === undefined) {
       const profile = this.config.vsphere.profiles[name];
+      assertProfileTransport(name, profile);
       session = VSphereClient.connect({
         url: profile.url,
         username: profile.username,

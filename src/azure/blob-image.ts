@@ -18,6 +18,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { PageBlobClient } from '@azure/storage-blob';
 import { FailureType, RestoreError } from '../domain/errors';
+import { blobUrlForRecord } from './blob-url';
 import { run } from '../guest/exec';
 import { assertPageWrite, mergeRanges, type PageRange } from './pageblob';
 import { AZURE_LIMITS, KiB, MiB, SECTOR_SIZE, VHD_FOOTER_SIZE, footerProblems, parseVhdFooter, vhdVirtualSize } from './vhd';
@@ -159,11 +160,6 @@ export interface Extent {
   end: number;
 }
 
-function stripQuery(url: string): string {
-  const q = url.indexOf('?');
-  return q < 0 ? url : url.slice(0, q);
-}
-
 function inputError(message: string): RestoreError {
   return new RestoreError(FailureType.InvalidRequest, message);
 }
@@ -288,12 +284,12 @@ async function blobState(
   const blobSize = virtualSize + VHD_FOOTER_SIZE;
   const props = await client.getProperties({ abortSignal: signal });
   if (props.blobType && props.blobType !== 'PageBlob') {
-    throw inputError(`blob ${stripQuery(client.url)} is a ${props.blobType}, not a page blob holding a VHD`);
+    throw inputError(`blob ${blobUrlForRecord(client.url)} is a ${props.blobType}, not a page blob holding a VHD`);
   }
   const size = props.contentLength ?? 0;
   if (size !== blobSize) {
     throw inputError(
-      `page blob ${stripQuery(client.url)} is ${size} bytes, but a fixed VHD of a ${capacityBytes}-byte disk is ${blobSize} bytes`,
+      `page blob ${blobUrlForRecord(client.url)} is ${size} bytes, but a fixed VHD of a ${capacityBytes}-byte disk is ${blobSize} bytes`,
     );
   }
   return { virtualSize, etag: props.etag };
@@ -363,7 +359,7 @@ export async function materializeVhdBlob(
     await downloadInto(blobClient, virtualSize, VHD_FOOTER_SIZE, footerBytes, signal);
     const problems = footerProblems(parseVhdFooter(footerBytes), virtualSize);
     if (problems.length > 0) {
-      throw inputError(`page blob ${stripQuery(blobClient.url)} does not end in a valid fixed VHD footer: ${problems.join('; ')}`);
+      throw inputError(`page blob ${blobUrlForRecord(blobClient.url)} does not end in a valid fixed VHD footer: ${problems.join('; ')}`);
     }
 
     // Azure can time out listing a heavily fragmented blob in one go and advises asking for a part at a
@@ -699,7 +695,7 @@ export async function writeBackChanges(blobClient: BlobImageWriteClient, opts: W
       // Retryable: a fresh materialise and edit starts from the blob as it is now.
       throw new RestoreError(
         FailureType.AzureFault,
-        `page blob ${stripQuery(blobClient.url)} changed since it was read (ETag ${snapshot.etag}, now ${etag}); ` +
+        `page blob ${blobUrlForRecord(blobClient.url)} changed since it was read (ETag ${snapshot.etag}, now ${etag}); ` +
           'writing back would overwrite those changes',
         false,
       );

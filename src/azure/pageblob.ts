@@ -11,6 +11,7 @@ import { createHash } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
 import type { PageBlobClient } from '@azure/storage-blob';
 import { FailureType, RestoreError } from '../domain/errors';
+import { blobUrlForRecord } from './blob-url';
 import {
   AZURE_LIMITS,
   SECTOR_SIZE,
@@ -122,7 +123,7 @@ export class BlobSizeMismatchError extends RestoreError {
   ) {
     super(
       FailureType.AlreadyExists,
-      `page blob ${stripQuery(blobUrl)} already exists with size ${actualSize}, expected ${expectedSize} ` +
+      `page blob ${blobUrlForRecord(blobUrl)} already exists with size ${actualSize}, expected ${expectedSize} ` +
         `for this disk; delete it or choose another blob name`,
     );
     this.name = 'BlobSizeMismatchError';
@@ -145,11 +146,6 @@ const ZERO_PROGRESS_STRIDE = 256 * 1024 * 1024;
 /** Zero regions are first tested in chunks of this size, then sector by sector. */
 const ZERO_SCAN_CHUNK = 64 * 1024;
 const ZERO = Buffer.alloc(Math.max(AZURE_LIMITS.putPageMaxBytes, ZERO_SCAN_CHUNK));
-
-function stripQuery(url: string): string {
-  const q = url.indexOf('?');
-  return q < 0 ? url : url.slice(0, q);
-}
 
 function limitError(message: string): RestoreError {
   return new RestoreError(FailureType.AzureLimit, message);
@@ -307,17 +303,17 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
       if (existing.blobType && existing.blobType !== 'PageBlob') {
         throw new RestoreError(
           FailureType.AlreadyExists,
-          `blob ${stripQuery(blobClient.url)} already exists as a ${existing.blobType}, not a page blob`,
+          `blob ${blobUrlForRecord(blobClient.url)} already exists as a ${existing.blobType}, not a page blob`,
         );
       }
       if (existing.size !== blobSize) {
-        throw new BlobSizeMismatchError(blobClient.url, blobSize, existing.size);
+        throw new BlobSizeMismatchError(blobUrlForRecord(blobClient.url), blobSize, existing.size);
       }
       const owner = existing.metadata[VHD_UUID_METADATA_KEY];
       if (owner !== undefined && owner !== uuidText) {
         throw new RestoreError(
           FailureType.AlreadyExists,
-          `page blob ${stripQuery(blobClient.url)} belongs to another restore (disk uuid ${owner}, ours ${uuidText})`,
+          `page blob ${blobUrlForRecord(blobClient.url)} belongs to another restore (disk uuid ${owner}, ours ${uuidText})`,
         );
       }
       const stored = Number(existing.metadata[UPLOAD_CHECKPOINT_METADATA_KEY]);

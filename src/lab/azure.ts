@@ -27,6 +27,8 @@ export interface LabAzure {
   tenantId: string;
   clientId: string;
   clientSecretFile: string;
+  /** The simulator's admin token (`X-Admin-Token` on `/_admin/...`, from loopback only). */
+  adminTokenFile: string;
   [key: string]: unknown;
 }
 
@@ -56,14 +58,20 @@ function labPrincipal(): { clientSecretFile: string; principalsFile: string } {
   return { clientSecretFile, principalsFile };
 }
 
-function adminOk(endpoint: string, caCertPath?: string): Promise<boolean> {
+function adminOk(endpoint: string, caCertPath?: string, adminTokenFile?: string): Promise<boolean> {
   return new Promise((resolve) => {
-    const url = `${endpoint}/_admin/state`;
+    const url = `${endpoint}/_admin/health`;
     const mod = url.startsWith('https:') ? https : http;
     const ca = caCertPath ? readFileSync(caCertPath) : undefined;
-    const req = mod.get(url, { timeout: 2000, ca }, (res) => {
+    let token: string;
+    try {
+      token = adminTokenFile ? readFileSync(adminTokenFile, 'utf8').trim() : '';
+    } catch {
+      return resolve(false);
+    }
+    const req = mod.get(url, { timeout: 2000, ca, headers: { 'x-admin-token': token } }, (res) => {
       res.resume();
-      resolve((res.statusCode ?? 500) < 500);
+      resolve(res.statusCode === 200);
     });
     req.on('error', () => resolve(false));
     req.on('timeout', () => req.destroy());
@@ -73,12 +81,12 @@ function adminOk(endpoint: string, caCertPath?: string): Promise<boolean> {
 /** The ARM simulator joins the lab as a child process, pointed at the lab's Azurite. */
 async function startArmSim(state: LabState, log: (s: string) => void, taken: Set<number>): Promise<LabState> {
   const prev = state.azure as LabAzure | undefined;
-  if (prev && pidAlive(prev.pid) && (await adminOk(prev.armEndpoint, prev.caCertPath))) {
-    if (prev.clientId) {
+  if (prev && pidAlive(prev.pid) && (await adminOk(prev.armEndpoint, prev.caCertPath, prev.adminTokenFile).catch(() => false))) {
+    if (prev.clientId && prev.adminTokenFile) {
       log(`armsim: reusing pid ${prev.pid} at ${prev.armEndpoint}`);
       return state;
     }
-    // Started before the lab had an app registration: restart it so it signs the worker in.
+    // Started before the lab had an app registration or an admin token: restart it.
     process.kill(prev.pid, 'SIGTERM');
     await waitFor('ARM simulator to stop', async () => !pidAlive(prev.pid), { timeoutMs: 10_000 });
   }
@@ -125,14 +133,14 @@ async function startArmSim(state: LabState, log: (s: string) => void, taken: Set
   );
   child.unref();
   const pid = child.pid!;
-  let ready: { endpoint: string; caCertPath: string | null } | undefined;
+  let ready: { endpoint: string; caCertPath: string | null; adminTokenFile: string | null } | undefined;
   await waitFor(
     'ARM simulator',
     async () => {
       const text = readFileSync(readyFile, 'utf8').trim();
       if (!text) return false;
       ready = JSON.parse(text.split('\n')[0]);
-      return adminOk(ready!.endpoint, ready!.caCertPath ?? undefined);
+      return adminOk(ready!.endpoint, ready!.caCertPath ?? undefined, ready!.adminTokenFile ?? undefined);
     },
     { timeoutMs: 30_000, logFile, isAlive: () => pidAlive(pid) },
   );
@@ -155,6 +163,7 @@ async function startArmSim(state: LabState, log: (s: string) => void, taken: Set
     tenantId: L.tenantId,
     clientId: L.clientId,
     clientSecretFile: principal.clientSecretFile,
+    adminTokenFile: ready!.adminTokenFile ?? path.join(stateDir, 'admin-token'),
   };
   log(`armsim: started pid ${pid} at ${azure.armEndpoint}`);
   return { ...state, azure };

@@ -32,7 +32,11 @@ export function armAdmin<T>(method: string, path: string, body?: unknown): Promi
   return new Promise((resolve, reject) => {
     const req = https.request(
       `${a.armEndpoint}${path}`,
-      { method, ca: readFileSync(a.caCertPath), headers: { 'content-type': 'application/json' } },
+      {
+        method,
+        ca: readFileSync(a.caCertPath),
+        headers: { 'content-type': 'application/json', 'x-admin-token': readFileSync(a.adminTokenFile, 'utf8').trim() },
+      },
       (res) => {
         let text = '';
         res.on('data', (d) => (text += d));

@@ -118,10 +118,11 @@ function stopProcess(proc: ChildProcess): Promise<void> {
 
 /** Raw request to the simulator (admin endpoints, storage accounts), trusting the lab CA. */
 function request<T = unknown>(
-  sim: { endpoint: string; caCertPath?: string },
+  sim: { endpoint: string; caCertPath?: string; adminToken?: string },
   method: string,
   p: string,
   body?: unknown,
+  extraHeaders: Record<string, string> = {},
 ): Promise<{ status: number; body: T; headers: http.IncomingHttpHeaders }> {
   const url = new URL(p, sim.endpoint);
   const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
@@ -134,6 +135,8 @@ function request<T = unknown>(
         ca: sim.caCertPath ? fs.readFileSync(sim.caCertPath) : undefined,
         headers: {
           authorization: 'Bearer test',
+          ...(url.pathname.startsWith('/_admin') && sim.adminToken ? { 'x-admin-token': sim.adminToken } : {}),
+          ...extraHeaders,
           ...(payload ? { 'content-type': 'application/json', 'content-length': String(payload.length) } : {}),
         },
       },
@@ -684,6 +687,49 @@ describe('ARM simulator driven by the real Azure SDK clients', () => {
       await pc.compute.virtualMachines.deallocate(RG, 'legacy01');
     } finally {
       await plain.close();
+    }
+  });
+
+  it('admin endpoints need the admin token and a loopback peer, wherever ARM listens', async () => {
+    const open = await startArmSimulator({
+      stateDir: path.join(tmp, 'armsim-admin'),
+      subscriptionId: SUB,
+      host: '0.0.0.0',
+      tls: false,
+      blob: { endpoint: azurite.endpoint, accountName: ACCOUNT, accountKey: KEY },
+      seed: SEED,
+    });
+    try {
+      const file = path.join(tmp, 'armsim-admin', 'admin-token');
+      assert.equal(fs.readFileSync(file, 'utf8').trim(), open.adminToken);
+      assert.equal(fs.statSync(file).mode & 0o077, 0, 'the token file is private');
+      const anonymous = { endpoint: open.endpoint };
+      const fault = { rules: [{ kind: 'error', status: 500 }] };
+      const noToken = await request<{ error: { code: string } }>(anonymous, 'POST', '/_admin/faults', fault);
+      assert.equal(noToken.status, 401);
+      assert.equal(noToken.body.error.code, 'AdminUnauthorized');
+      const wrong = await request(anonymous, 'GET', '/_admin/state', undefined, { 'x-admin-token': `${open.adminToken}x` });
+      assert.equal(wrong.status, 401);
+      assert.deepEqual(open.setFaults([]), [], 'the refused requests set no fault');
+      assert.equal((await request(open, 'GET', '/_admin/health')).status, 200);
+
+      // The same request with the right token, from this machine's non-loopback address.
+      const external = Object.values(os.networkInterfaces())
+        .flat()
+        .find((i) => i && i.family === 'IPv4' && !i.internal)?.address;
+      assert.ok(external, 'this machine has a non-loopback IPv4 address to test from');
+      const port = new URL(open.endpoint).port;
+      const viaLan = { endpoint: `http://${external}:${port}`, adminToken: open.adminToken };
+      const refused = await request<{ error: { code: string; message: string } }>(viaLan, 'POST', '/_admin/faults', fault);
+      assert.equal(refused.status, 403);
+      assert.equal(refused.body.error.code, 'AdminForbidden');
+      assert.match(refused.body.error.message, new RegExp(external.replace(/\./g, '\\.')));
+      assert.deepEqual(open.setFaults([]), []);
+      // ARM itself still answers there.
+      const pc = createArmClients({ endpoint: viaLan.endpoint, subscriptionId: SUB });
+      assert.equal((await pc.compute.virtualMachines.get(RG, 'legacy01')).name, 'legacy01');
+    } finally {
+      await open.close();
     }
   });
 

@@ -1,6 +1,18 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { applyEnvOverrides, helperTaskQueue, parseConfig, resolvePassword } from '../../src/config';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { VSphereSessions } from '../../src/activities/vsphere-sessions';
+import { labConfig } from '../../src/app-config';
+import {
+  applyEnvOverrides,
+  assertProfileTransport,
+  helperTaskQueue,
+  insecureWarnings,
+  parseConfig,
+  resolvePassword,
+} from '../../src/config';
+import type { LabState } from '../../src/lab/lab';
 
 const base = {
   vsphere: { profiles: { prod: { url: 'https://vc.example.com/sdk', username: 'svc-restore', passwordEnv: 'VC_PASS' } } },
@@ -92,5 +104,64 @@ describe('configuration', () => {
     const cfg = parseConfig(base, 't', '/');
     assert.equal(resolvePassword('prod', cfg.vsphere.profiles.prod, { VC_PASS: 's3cret' }), 's3cret');
     assert.throws(() => resolvePassword('prod', cfg.vsphere.profiles.prod, {}), /passwordEnv: environment variable VC_PASS is not set/);
+  });
+  it('refuses an http:// vCenter or insecure: true unless the profile says allowInsecure, and warns when it does', async () => {
+    const prod = base.vsphere.profiles.prod;
+    const withProfile = (p: Record<string, unknown>) => ({ ...base, vsphere: { profiles: { prod: { ...prod, ...p } } } });
+    assert.throws(
+      () => parseConfig(withProfile({ url: 'http://vc.example.com/sdk' }), 't', '/'),
+      /config vsphere\.profiles\.prod\.url: 'http:\/\/vc\.example\.com\/sdk' is plain http.*set vsphere\.profiles\.prod\.allowInsecure: true/,
+    );
+    assert.throws(
+      () => parseConfig(withProfile({ insecure: true }), 't', '/'),
+      /config vsphere\.profiles\.prod\.insecure: accepting any certificate .*pin the certificate with vsphere\.profiles\.prod\.thumbprint/,
+    );
+    assert.throws(
+      () => parseConfig(withProfile({ insecure: 'yes' }), 't', '/'),
+      /config vsphere\.profiles\.prod\.insecure: expected true or false/,
+    );
+    assert.throws(
+      () => parseConfig(withProfile({ insecure: true, allowInsecure: 'true' }), 't', '/'),
+      /config vsphere\.profiles\.prod\.allowInsecure: expected true or false/,
+    );
+
+    const strict = parseConfig(withProfile({ thumbprint: 'AB:CD' }), 't', '/');
+    assert.deepEqual(insecureWarnings(strict), []);
+    const lab = parseConfig(withProfile({ url: 'http://vcsim:8989/sdk', insecure: true, allowInsecure: true }), 't', '/');
+    assert.equal(lab.vsphere.profiles.prod.allowInsecure, true);
+    const warnings = insecureWarnings(lab);
+    assert.equal(warnings.length, 1);
+    assert.match(
+      warnings[0],
+      /vSphere profile 'prod' \(http:\/\/vcsim:8989\/sdk\) accepts plain http .* and any TLS certificate because allowInsecure is set/,
+    );
+
+    // A config built in code gets the same check where the worker opens the session, before any password is read.
+    const built = parseConfig(base, 't', '/');
+    built.vsphere.profiles.prod = { ...built.vsphere.profiles.prod, insecure: true };
+    await assert.rejects(new VSphereSessions(built).get('prod'), /config vsphere\.profiles\.prod\.insecure: accepting any certificate/);
+  });
+  it('keeps the lab config and the compose config working: https with a pinned thumbprint, or the explicit flag', () => {
+    const lab = labConfig({
+      temporal: { pid: 1, port: 7233, uiPort: 8233, address: '127.0.0.1:7233', namespace: 'default', ui: 'http://127.0.0.1:8233' },
+      vsphere: {
+        pid: 1,
+        port: 8989,
+        url: 'https://127.0.0.1:8989/sdk',
+        username: 'administrator@vsphere.local',
+        password: 'x',
+        passwordFile: '/lab/secrets/vcsim-password',
+        thumbprint: 'AA:BB',
+        datacenter: 'DC0',
+        datastore: 'LocalDS_0',
+        datastorePaths: {},
+        proxyVmName: 'vmrestore-proxy',
+      },
+    } as unknown as LabState);
+    for (const [name, p] of Object.entries(lab.vsphere.profiles)) assert.doesNotThrow(() => assertProfileTransport(name, p));
+    assert.deepEqual(insecureWarnings(lab), []);
+    const file = path.join(__dirname, '..', '..', 'deploy', 'compose-config.json');
+    const compose = parseConfig(JSON.parse(readFileSync(file, 'utf8')), file, path.dirname(file));
+    assert.equal(insecureWarnings(compose).length, 1, 'the compose lab runs vcsim with its self-signed certificate, and says so');
   });
 });

@@ -1,7 +1,7 @@
 /**
  * CLI for running the ARM simulator as a child process of the lab. Options come from flags or, when a flag
  * is absent, from ARMSIM_* environment variables. When listening it prints one JSON line
- * `{"endpoint":...,"caCertPath":...,"port":...,"pid":...}` on stdout; SIGTERM/SIGINT close it cleanly.
+ * `{"endpoint":...,"caCertPath":...,"port":...,"pid":...,"adminTokenFile":...}` on stdout; SIGTERM/SIGINT close it cleanly.
  *
  *   node --import tsx src/lab/armsim/main.ts --state-dir DIR --subscription-id ID \
  *     --blob-endpoint http://127.0.0.1:10000/devstoreaccount1 --blob-account devstoreaccount1 --blob-key KEY \
@@ -100,7 +100,7 @@ async function main(): Promise<void> {
     onlyIssuedTokens: values['only-issued-tokens'] ?? /^(1|true|yes)$/i.test(env.ARMSIM_ONLY_ISSUED_TOKENS ?? ''),
   });
   process.stdout.write(
-    `${JSON.stringify({ endpoint: sim.endpoint, caCertPath: sim.caCertPath ?? null, port: sim.port, pid: process.pid, stateFile: sim.stateFile })}\n`,
+    `${JSON.stringify({ endpoint: sim.endpoint, caCertPath: sim.caCertPath ?? null, port: sim.port, pid: process.pid, stateFile: sim.stateFile, adminTokenFile: sim.adminTokenFile ?? null })}\n`,
   );
   let stopping = false;
   const stop = (): void => {

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import type net from 'node:net';
-import { randomBytes, randomUUID } from 'node:crypto';
+import { createHash, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
 import path from 'node:path';
 import { ArmSim, type QuotaLimits, type RunCommandHandler, type RunCommandResponseRule, type SimSettings } from './engine';
 import type { Reply, ReqCtx } from './common';
@@ -48,6 +48,12 @@ export interface ArmSimulatorOptions {
   runCommand?: RunCommandHandler;
   /** Request-log entries kept in memory (default 50000). */
   logLimit?: number;
+  /**
+   * Token the admin endpoints (`/_admin/...`) require in the `X-Admin-Token` header. Absent: the one in
+   * `<stateDir>/admin-token`, created (mode 0600) on first start. Admin requests must also come from a
+   * loopback address, whatever address the ARM endpoints listen on.
+   */
+  adminToken?: string;
 }
 
 export interface RequestLogEntry {
@@ -74,6 +80,9 @@ export interface ArmSimulator {
   caCertPath?: string;
   port: number;
   stateFile: string;
+  /** What `X-Admin-Token` must say on `/_admin/...` requests, and the file holding it. */
+  adminToken: string;
+  adminTokenFile?: string;
   close(): Promise<void>;
   setFaults(rules: FaultRule[], append?: boolean): ActiveFault[];
   clearFaults(): void;
@@ -108,6 +117,9 @@ export async function startArmSimulator(opts: ArmSimulatorOptions): Promise<ArmS
   let seq = 0;
   const requireAuth = opts.requireAuth ?? useTls;
   const issuer = new TokenIssuer(opts.principals ?? [], signingKey(opts.stateDir));
+  const admin = opts.adminToken === undefined ? adminTokenFromState(opts.stateDir) : { token: opts.adminToken, file: undefined };
+  if (admin.token.length < 16) throw new Error('adminToken must be at least 16 characters');
+  const adminDigest = createHash('sha256').update(admin.token).digest();
 
   const sockets = new Set<net.Socket>();
   const handler = (req: http.IncomingMessage, res: http.ServerResponse): void => {
@@ -147,7 +159,7 @@ export async function startArmSimulator(opts: ArmSimulatorOptions): Promise<ArmS
     const url = new URL(req.url ?? '/', endpoint);
     const raw = await readBody(req);
     if (url.pathname.startsWith('/_admin/') || url.pathname === '/_admin') {
-      send(res, admin(method, url, raw));
+      send(res, adminGate(req) ?? adminRoute(method, url, raw));
       return;
     }
     const identityReply = issuer.handle(method, url, raw, endpoint);
@@ -318,7 +330,24 @@ export async function startArmSimulator(opts: ArmSimulatorOptions): Promise<ArmS
     }
   }
 
-  function admin(method: string, url: URL, raw: Buffer): Reply {
+  /** Admin requests come from this machine and carry the admin token; anything else is refused. */
+  function adminGate(req: http.IncomingMessage): Reply | undefined {
+    if (!isLoopback(req.socket.remoteAddress)) {
+      return {
+        status: 403,
+        body: {
+          error: { code: 'AdminForbidden', message: `admin endpoints answer only on loopback, not to ${req.socket.remoteAddress ?? '?'}` },
+        },
+      };
+    }
+    const given = headerValue(req.headers['x-admin-token']);
+    if (given === undefined || !timingSafeEqual(createHash('sha256').update(given).digest(), adminDigest)) {
+      return { status: 401, body: { error: { code: 'AdminUnauthorized', message: 'admin endpoints need the X-Admin-Token header' } } };
+    }
+    return undefined;
+  }
+
+  function adminRoute(method: string, url: URL, raw: Buffer): Reply {
     const route = `${method} ${url.pathname.replace(/\/+$/, '')}`;
     let body: unknown;
     try {
@@ -404,6 +433,8 @@ export async function startArmSimulator(opts: ArmSimulatorOptions): Promise<ArmS
     caCertPath: cert?.caCertPath,
     port,
     stateFile: store.file,
+    adminToken: admin.token,
+    adminTokenFile: admin.file,
     async close() {
       if (closed) return;
       closed = true;
@@ -421,6 +452,26 @@ export async function startArmSimulator(opts: ArmSimulatorOptions): Promise<ArmS
     },
     state: () => store.state,
   };
+}
+
+/** The admin token kept with the simulator's state, created on first start. */
+function adminTokenFromState(stateDir: string): { token: string; file: string } {
+  const file = path.join(stateDir, 'admin-token');
+  try {
+    return { token: fs.readFileSync(file, 'utf8').trim(), file };
+  } catch {
+    fs.mkdirSync(stateDir, { recursive: true });
+    const token = randomBytes(24).toString('base64url');
+    fs.writeFileSync(file, token, { mode: 0o600 });
+    return { token, file };
+  }
+}
+
+/** Whether a peer address is this machine's loopback (IPv4 127/8, ::1, or IPv4-mapped 127/8). */
+export function isLoopback(address: string | undefined): boolean {
+  if (!address) return false;
+  const a = address.toLowerCase();
+  return a === '::1' || /^(::ffff:)?127\./.test(a);
 }
 
 /** The HMAC key for issued tokens, kept with the simulator's state so tokens survive a restart. */
