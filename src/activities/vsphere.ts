@@ -310,11 +310,14 @@ export function createVSphereActivities(deps: VSphereDeps) {
       });
     },
 
-    /** Compensation: removes the half-restored VM (found by restore id) and unmaps its disks from the proxy. */
+    /**
+     * Compensation: removes the half-restored VM (found by restore id and the planned name, as createVm
+     * adopts it) and unmaps its disks from the proxy. A VM of that name without our id is never touched.
+     */
     async destroyRestoredVm(args: { plan: VSpherePlan }): Promise<void> {
       const client = await sessions.get(args.plan.profile);
       const dc = await client.datacenter(args.plan.datacenter);
-      const vms = await client.findVmsByExtraConfig(dc, RESTORE_ID_KEY, args.plan.restoreId);
+      const vms = (await client.findVmsByExtraConfig(dc, RESTORE_ID_KEY, args.plan.restoreId)).filter((vm) => vm.name === args.plan.vmName);
       const proxy = args.plan.proxyVmName ? await client.findVmByName(dc, args.plan.proxyVmName) : null;
       for (const vm of vms) {
         const cfg = await vm.config();

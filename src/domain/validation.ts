@@ -153,6 +153,8 @@ export function validateVSphereRestoreRequest(raw: unknown, transports: readonly
 export function validateAzureRestoreRequest(raw: unknown): void {
   const req = checkCommon(raw);
   optText(req, 'vmName', { max: 64, required: true });
+  // Linux rules are the looser ones; a Windows guest's stricter computer-name rules are checked once it is known.
+  inField('vmName', () => validateAzureVmName(req.vmName, 'Linux'));
   optText(req, 'resourceGroup', {
     max: 90,
     pattern: /^[-\w.()]*[-\w()]$/u,
