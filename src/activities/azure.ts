@@ -16,7 +16,7 @@ import type {
 } from '../domain/azure';
 import { FailureType, RestoreError } from '../domain/errors';
 import { diskLayout, getRestorePoint, readDiskBlocks } from '../repository';
-import { uploadFixedVhd, verifyUploadedVhd } from '../azure/pageblob';
+import { deleteOwnedVhdBlob, uploadFixedVhd, vhdBlobOwnership, verifyUploadedVhd } from '../azure/pageblob';
 import { assertAzureDiskSize } from '../azure/vhd';
 import { editVhdBlob } from '../azure/blob-image';
 import { blobUrlForRecord } from '../azure/blob-url';
@@ -26,7 +26,7 @@ import type { GuestChange } from '../guest/types';
 import type { ArmClients } from '../lab/armsim/clients';
 import { armClientsFor } from '../azure/credential';
 import { acquireLease, leaseWorkflowId, releaseLease, resourceLease } from '../workflows/lease';
-import { validateAzureVmName } from '../domain/validation';
+import { validateAzureRestoreRequest, validateAzureVmName } from '../domain/validation';
 import { withFailureMapping } from './failures';
 
 export interface AzureDeps {
@@ -53,13 +53,36 @@ function armFailure(what: string, err: unknown): never {
   throw new RestoreError(FailureType.AzureFault, `${what} failed: ${e?.code ? `${e.code}: ` : ''}${e?.message ?? String(err)}`, !retryable);
 }
 
-function parseSubnetId(id: string): { resourceGroup: string; vnet: string; subnet: string } {
-  const m = /\/resourceGroups\/([^/]+)\/providers\/Microsoft\.Network\/virtualNetworks\/([^/]+)\/subnets\/([^/]+)$/i.exec(id);
+/** Azure tag values hold at most 256 characters; the restore id is one. */
+const MAX_TAG_VALUE = 256;
+
+function isPreconditionFailed(err: unknown): boolean {
+  const e = err as { statusCode?: number; code?: string };
+  return e?.statusCode === 412 || e?.code === 'PreconditionFailed';
+}
+
+/** Resources a restore creates carry its id in this tag; only such resources are ever updated or deleted. */
+function alreadyExists(kind: string, name: string, resourceGroup: string, owner: string | undefined): RestoreError {
+  return new RestoreError(
+    FailureType.AlreadyExists,
+    `${kind} '${name}' already exists in resource group '${resourceGroup}' and was not created by this restore ` +
+      `(${owner ? `tag ${RESTORE_TAG}=${owner}` : `no ${RESTORE_TAG} tag`}); it is left untouched: choose another --vm-name or remove it`,
+  );
+}
+
+export function parseSubnetId(id: string, subscriptionId: string): { resourceGroup: string; vnet: string; subnet: string } {
+  const m =
+    /^\/subscriptions\/([^/]+)\/resourceGroups\/([^/]+)\/providers\/Microsoft\.Network\/virtualNetworks\/([^/]+)\/subnets\/([^/]+)$/i.exec(
+      typeof id === 'string' ? id : '',
+    );
   if (!m)
     invalid(
-      `subnet '${id}' is not a subnet resource id (/subscriptions/…/resourceGroups/RG/providers/Microsoft.Network/virtualNetworks/VNET/subnets/SUBNET)`,
+      `subnet ${JSON.stringify(id)} is not a subnet resource id (/subscriptions/…/resourceGroups/RG/providers/Microsoft.Network/virtualNetworks/VNET/subnets/SUBNET)`,
     );
-  return { resourceGroup: m[1], vnet: m[2], subnet: m[3] };
+  if (m[1].toLowerCase() !== subscriptionId.toLowerCase()) {
+    invalid(`subnet '${id}' is in subscription ${m[1]}, not in the target subscription ${subscriptionId}`);
+  }
+  return { resourceGroup: m[2], vnet: m[3], subnet: m[4] };
 }
 
 export function createAzureActivities(deps: AzureDeps) {
@@ -102,9 +125,70 @@ export function createAzureActivities(deps: AzureDeps) {
     return s?.code?.slice('PowerState/'.length) ?? 'unknown';
   };
 
+  /** The restore id a resource is tagged with; undefined (absent) when there is no such resource. */
+  const ownerOf = async (get: () => Promise<{ tags?: Record<string, string> }>, what: string): Promise<{ owner?: string } | undefined> => {
+    try {
+      const r = await get();
+      return { owner: r.tags?.[RESTORE_TAG] };
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      armFailure(`reading ${what}`, err);
+    }
+  };
+  /**
+   * Creates a resource only if it is absent (If-None-Match: *) or updates it only if this restore made it:
+   * a resource of the same name made by anyone else is an AlreadyExists error and is not touched.
+   */
+  const createOwned = async <T>(
+    kind: string,
+    name: string,
+    plan: AzurePlan,
+    get: () => Promise<{ tags?: Record<string, string> }>,
+    put: (onlyIfAbsent: boolean) => Promise<T>,
+  ): Promise<T> => {
+    const what = `${kind} '${name}'`;
+    const found = await ownerOf(get, what);
+    if (found && found.owner !== plan.restoreId) throw alreadyExists(kind, name, plan.resourceGroup, found.owner);
+    try {
+      return await put(!found);
+    } catch (err) {
+      if (!isPreconditionFailed(err)) armFailure(`creating ${what}`, err);
+      // Someone created it between our read and our write: ours only if a parallel attempt of this restore did.
+      const now = await ownerOf(get, what);
+      if (now?.owner !== plan.restoreId) throw alreadyExists(kind, name, plan.resourceGroup, now?.owner);
+      try {
+        return await put(false);
+      } catch (again) {
+        armFailure(`creating ${what}`, again);
+      }
+    }
+  };
+  /** Deletes a resource only when it carries this restore's tag (read, check, delete). */
+  const deleteOwned = async (
+    kind: string,
+    name: string,
+    plan: AzurePlan,
+    get: () => Promise<{ tags?: Record<string, string> }>,
+    del: () => Promise<unknown>,
+  ) => {
+    const found = await ownerOf(get, `${kind} '${name}'`);
+    if (!found || found.owner !== plan.restoreId) return;
+    try {
+      await del();
+    } catch (err) {
+      if (!isNotFound(err)) armFailure(`deleting ${kind} '${name}'`, err);
+    }
+  };
+
   return {
     async prepareAzureRestore(req: AzureRestoreRequest & { restoreId: string }): Promise<AzurePlan> {
+      validateAzureRestoreRequest(req);
       const a = azure();
+      if (typeof req.restoreId !== 'string' || req.restoreId.length === 0 || req.restoreId.length > MAX_TAG_VALUE) {
+        invalid(
+          `restore id must be 1-${MAX_TAG_VALUE} characters (it is stored as an Azure tag value), got ${String(req.restoreId).length}`,
+        );
+      }
       const rp = await getRestorePoint(config.repository.path, req.restorePointId);
       const osType = rp.vm.guestOs === 'windows' ? 'Windows' : 'Linux';
       validateAzureVmName(req.vmName, osType);
@@ -130,7 +214,7 @@ export function createAzureActivities(deps: AzureDeps) {
         armFailure(`listing VMs in resource group '${resourceGroup}'`, err);
       }
       const subnetId = req.subnetId ?? a.subnetId;
-      const sn = parseSubnetId(subnetId);
+      const sn = parseSubnetId(subnetId, a.subscriptionId);
       try {
         await network.subnets.get(sn.resourceGroup, sn.vnet, sn.subnet);
       } catch (err) {
@@ -150,26 +234,16 @@ export function createAzureActivities(deps: AzureDeps) {
           `VM '${rp.vm.name}' has ${dataDiskCount} data disks; size '${vmSize}' allows ${maxDataDisks.get(vmSize)}: choose a larger --vm-size`,
         );
       }
-      try {
-        const existing = await compute.virtualMachines.get(resourceGroup, req.vmName);
-        if (existing.tags?.[RESTORE_TAG] !== req.restoreId) {
-          throw new RestoreError(
-            FailureType.AlreadyExists,
-            `a VM named '${req.vmName}' already exists in resource group '${resourceGroup}'`,
-          );
-        }
-      } catch (err) {
-        if (err instanceof RestoreError) throw err;
-        if (!isNotFound(err)) armFailure(`checking VM '${req.vmName}'`, err);
-      }
       const hyperVGeneration = generation === 2 ? 'V2' : 'V1';
       const safeId = req.restoreId.replace(/[^A-Za-z0-9-]/g, '-').toLowerCase();
       const disks = rp.vm.disks.map((d) => {
         const os = d.index === 0;
+        // The data goes into a page blob first (8 TiB at most) and is imported from there, so that limit
+        // applies, not the 32 TiB of a managed disk: refuse here, before the proxy is powered on.
         assertAzureDiskSize(d.capacityBytes, {
           os,
           hyperVGeneration,
-          target: 'managedDiskUpload',
+          target: 'pageBlob',
           diskName: `${rp.vm.name} disk ${d.index} (${d.label})`,
         });
         const blobName = `${safeId}/disk${d.index}.vhd`;
@@ -187,6 +261,32 @@ export function createAzureActivities(deps: AzureDeps) {
           managedDiskId: `/subscriptions/${a.subscriptionId}/resourceGroups/${resourceGroup}/providers/Microsoft.Compute/disks/${managedDiskName}`,
         };
       });
+      // Every name this restore will create is checked now, before anything exists: a resource of that name
+      // made by anyone else (untagged, or tagged with another restore's id) stops the restore untouched.
+      const nicName = `${req.vmName}-nic`;
+      const named: Array<{ kind: string; name: string; get: () => Promise<{ tags?: Record<string, string> }> }> = [
+        { kind: 'VM', name: req.vmName, get: () => compute.virtualMachines.get(resourceGroup, req.vmName) },
+        { kind: 'network interface', name: nicName, get: () => network.networkInterfaces.get(resourceGroup, nicName) },
+        ...disks.map((d) => ({
+          kind: 'managed disk',
+          name: d.managedDiskName,
+          get: () => compute.disks.get(resourceGroup, d.managedDiskName),
+        })),
+      ];
+      for (const r of named) {
+        const found = await ownerOf(r.get, `${r.kind} '${r.name}'`);
+        if (found && found.owner !== req.restoreId) throw alreadyExists(r.kind, r.name, resourceGroup, found.owner);
+      }
+      for (const d of disks) {
+        const blob = await vhdBlobOwnership(blobs().getPageBlobClient(d.blobName), req.restoreId, d.diskIndex);
+        if (blob.state === 'foreign') {
+          throw new RestoreError(
+            FailureType.AlreadyExists,
+            `blob '${d.blobName}' in container '${a.container}' already exists and was not created by this restore ` +
+              `(${blob.owner ? `disk uuid ${blob.owner}` : 'no vmrestore metadata'}); it is left untouched`,
+          );
+        }
+      }
       let proxy: LeaseTarget | undefined;
       if (req.proxy) {
         const p = a.proxies.find((x) => x.name === req.proxy);
@@ -243,7 +343,7 @@ export function createAzureActivities(deps: AzureDeps) {
         osType,
         container: a.container,
         storageAccountId: a.storageAccountId,
-        nicName: `${req.vmName}-nic`,
+        nicName,
         proxy,
         helper,
         helperTaskQueue: helperQueue,
@@ -392,17 +492,25 @@ export function createAzureActivities(deps: AzureDeps) {
       const { plan } = args;
       const { compute } = clients();
       for (const d of plan.disks) {
-        try {
-          await compute.disks.createOrUpdate(plan.resourceGroup, d.managedDiskName, {
-            location: plan.location,
-            tags: { [RESTORE_TAG]: plan.restoreId },
-            sku: { name: 'Standard_LRS' },
-            ...(d.os ? { osType: plan.osType, hyperVGeneration: plan.generation === 2 ? 'V2' : 'V1' } : {}),
-            creationData: { createOption: 'Import', sourceUri: blobUrlForRecord(d.blobUrl), storageAccountId: plan.storageAccountId },
-          });
-        } catch (err) {
-          armFailure(`importing managed disk '${d.managedDiskName}' from ${d.blobUrl}`, err);
-        }
+        await createOwned(
+          'managed disk',
+          d.managedDiskName,
+          plan,
+          () => compute.disks.get(plan.resourceGroup, d.managedDiskName),
+          (onlyIfAbsent) =>
+            compute.disks.createOrUpdate(
+              plan.resourceGroup,
+              d.managedDiskName,
+              {
+                location: plan.location,
+                tags: { [RESTORE_TAG]: plan.restoreId },
+                sku: { name: 'Standard_LRS' },
+                ...(d.os ? { osType: plan.osType, hyperVGeneration: plan.generation === 2 ? 'V2' : 'V1' } : {}),
+                creationData: { createOption: 'Import', sourceUri: blobUrlForRecord(d.blobUrl), storageAccountId: plan.storageAccountId },
+              },
+              onlyIfAbsent ? { requestOptions: { headers: { 'If-None-Match': '*' } } } : {},
+            ),
+        );
       }
     },
 
@@ -443,15 +551,24 @@ export function createAzureActivities(deps: AzureDeps) {
 
     async createNic(args: { plan: AzurePlan }): Promise<void> {
       const { plan } = args;
-      try {
-        await clients().network.networkInterfaces.beginCreateOrUpdateAndWait(plan.resourceGroup, plan.nicName, {
-          location: plan.location,
-          tags: { [RESTORE_TAG]: plan.restoreId },
-          ipConfigurations: [{ name: 'ipconfig1', subnet: { id: plan.subnetId } }],
-        });
-      } catch (err) {
-        armFailure(`creating network interface '${plan.nicName}'`, err);
-      }
+      const { network } = clients();
+      await createOwned(
+        'network interface',
+        plan.nicName,
+        plan,
+        () => network.networkInterfaces.get(plan.resourceGroup, plan.nicName),
+        (onlyIfAbsent) =>
+          network.networkInterfaces.beginCreateOrUpdateAndWait(
+            plan.resourceGroup,
+            plan.nicName,
+            {
+              location: plan.location,
+              tags: { [RESTORE_TAG]: plan.restoreId },
+              ipConfigurations: [{ name: 'ipconfig1', subnet: { id: plan.subnetId } }],
+            },
+            onlyIfAbsent ? { requestOptions: { customHeaders: { 'If-None-Match': '*' } } } : {},
+          ),
+      );
     },
 
     /** Registers the VM on the prepared disks and makes sure it runs. */
@@ -461,25 +578,37 @@ export function createAzureActivities(deps: AzureDeps) {
       const { compute } = clients();
       const nicId = `/subscriptions/${a.subscriptionId}/resourceGroups/${plan.resourceGroup}/providers/Microsoft.Network/networkInterfaces/${plan.nicName}`;
       const osDisk = plan.disks.find((d) => d.os)!;
+      const vm = await createOwned(
+        'VM',
+        plan.vmName,
+        plan,
+        () => compute.virtualMachines.get(plan.resourceGroup, plan.vmName),
+        (onlyIfAbsent) =>
+          compute.virtualMachines.createOrUpdate(
+            plan.resourceGroup,
+            plan.vmName,
+            {
+              location: plan.location,
+              tags: { [RESTORE_TAG]: plan.restoreId },
+              hardwareProfile: { vmSize: plan.vmSize },
+              storageProfile: {
+                osDisk: { osType: plan.osType, createOption: 'Attach', managedDisk: { id: osDisk.managedDiskId } },
+                dataDisks: plan.disks
+                  .filter((d) => !d.os)
+                  .map((d, i) => ({ lun: i, createOption: 'Attach', managedDisk: { id: d.managedDiskId } })),
+              },
+              networkProfile: { networkInterfaces: [{ id: nicId, primary: true }] },
+            },
+            onlyIfAbsent ? { ifNoneMatch: '*' } : {},
+          ),
+      );
       try {
-        const vm = await compute.virtualMachines.createOrUpdate(plan.resourceGroup, plan.vmName, {
-          location: plan.location,
-          tags: { [RESTORE_TAG]: plan.restoreId },
-          hardwareProfile: { vmSize: plan.vmSize },
-          storageProfile: {
-            osDisk: { osType: plan.osType, createOption: 'Attach', managedDisk: { id: osDisk.managedDiskId } },
-            dataDisks: plan.disks
-              .filter((d) => !d.os)
-              .map((d, i) => ({ lun: i, createOption: 'Attach', managedDisk: { id: d.managedDiskId } })),
-          },
-          networkProfile: { networkInterfaces: [{ id: nicId, primary: true }] },
-        });
         if ((await powerState(plan.resourceGroup, plan.vmName)) !== 'running')
           await compute.virtualMachines.start(plan.resourceGroup, plan.vmName);
-        return { vmId: vm.vmId ?? vm.id ?? plan.vmName };
       } catch (err) {
-        armFailure(`creating VM '${plan.vmName}'`, err);
+        armFailure(`starting VM '${plan.vmName}'`, err);
       }
+      return { vmId: vm.vmId ?? vm.id ?? plan.vmName };
     },
 
     /** The staged agent installs from RunOnce at first boot; wait until Azure reports it ready. */
@@ -496,34 +625,47 @@ export function createAzureActivities(deps: AzureDeps) {
     },
 
     async deleteAzureVm(args: { plan: AzurePlan }): Promise<void> {
-      try {
-        await clients().compute.virtualMachines.delete(args.plan.resourceGroup, args.plan.vmName);
-      } catch (err) {
-        if (!isNotFound(err)) armFailure(`deleting VM '${args.plan.vmName}'`, err);
-      }
+      const { plan } = args;
+      const { compute } = clients();
+      await deleteOwned(
+        'VM',
+        plan.vmName,
+        plan,
+        () => compute.virtualMachines.get(plan.resourceGroup, plan.vmName),
+        () => compute.virtualMachines.delete(plan.resourceGroup, plan.vmName),
+      );
     },
 
     async deleteNic(args: { plan: AzurePlan }): Promise<void> {
-      try {
-        await clients().network.networkInterfaces.beginDeleteAndWait(args.plan.resourceGroup, args.plan.nicName);
-      } catch (err) {
-        if (!isNotFound(err)) armFailure(`deleting network interface '${args.plan.nicName}'`, err);
-      }
+      const { plan } = args;
+      const { network } = clients();
+      await deleteOwned(
+        'network interface',
+        plan.nicName,
+        plan,
+        () => network.networkInterfaces.get(plan.resourceGroup, plan.nicName),
+        () => network.networkInterfaces.beginDeleteAndWait(plan.resourceGroup, plan.nicName),
+      );
     },
 
     async deleteManagedDisks(args: { plan: AzurePlan }): Promise<void> {
-      for (const d of args.plan.disks) {
-        try {
-          await clients().compute.disks.delete(args.plan.resourceGroup, d.managedDiskName);
-        } catch (err) {
-          if (!isNotFound(err)) armFailure(`deleting managed disk '${d.managedDiskName}'`, err);
-        }
+      const { plan } = args;
+      const { compute } = clients();
+      for (const d of plan.disks) {
+        await deleteOwned(
+          'managed disk',
+          d.managedDiskName,
+          plan,
+          () => compute.disks.get(plan.resourceGroup, d.managedDiskName),
+          () => compute.disks.delete(plan.resourceGroup, d.managedDiskName),
+        );
       }
     },
 
+    /** Deletes the disk's VHD blob only if this restore's upload made it (its disk uuid is in the metadata). */
     async deleteVhdBlob(args: { plan: AzurePlan; diskIndex: number }): Promise<void> {
       const d = args.plan.disks.find((x) => x.diskIndex === args.diskIndex);
-      if (d) await blobs().getBlobClient(d.blobName).deleteIfExists();
+      if (d) await deleteOwnedVhdBlob(blobs().getPageBlobClient(d.blobName), args.plan.restoreId, d.diskIndex);
     },
   };
 }

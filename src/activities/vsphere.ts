@@ -1,5 +1,4 @@
 import { existsSync } from 'node:fs';
-import path from 'node:path';
 import { Context } from '@temporalio/activity';
 import type { AppConfig, ProxyConfig } from '../config';
 import { FailureType, RestoreError } from '../domain/errors';
@@ -14,9 +13,10 @@ import {
   type VSpherePlan,
   type VSphereRestoreRequest,
 } from '../domain/restore';
-import { validateVSphereVmName } from '../domain/validation';
+import { validateVSphereRestoreRequest } from '../domain/validation';
 import { diskLayout, getRestorePoint, readDiskBlocks, type RestorePoint } from '../repository';
 import { writeDiskToFile } from '../transport/disk-writer';
+import { pathInside } from '../transport/paths';
 import { ByteRateLimiter } from '../transport/throttle';
 import { flatFileName, parseDatastorePath, uploadDatastoreFile, type VSphereClient } from '../vsphere';
 import { withFailureMapping } from './failures';
@@ -66,7 +66,7 @@ function localTargetPath(plan: VSpherePlan, proxy: ProxyConfig, mode: TransportM
     );
   }
   void plan;
-  return path.join(root, rel);
+  return pathInside(root, rel, `${mode} target of proxy '${proxy.name}' on datastore '${datastore}'`);
 }
 
 /** Runs tasks one at a time per key, in arrival order. */
@@ -114,7 +114,7 @@ export function createVSphereActivities(deps: VSphereDeps) {
   return {
     /** Initialization: validate everything and decide the plan before anything is created. */
     async prepareVSphereRestore(req: VSphereRestoreRequest & { restoreId: string }): Promise<VSpherePlan> {
-      validateVSphereVmName(req.vmName);
+      validateVSphereRestoreRequest(req, TRANSPORT_REQUESTS, DISK_FORMATS);
       const transport = req.transport ?? 'auto';
       if (!TRANSPORT_REQUESTS.includes(transport)) invalid(`transport '${transport}' is not one of ${TRANSPORT_REQUESTS.join(', ')}`);
       const diskFormat = req.diskFormat ?? 'same';
@@ -227,14 +227,33 @@ export function createVSphereActivities(deps: VSphereDeps) {
       };
     },
 
-    /** Creates and registers the VM from the backed-up config; a retry finds the VM it made before. */
+    /**
+     * Creates and registers the VM from the backed-up config; a retry finds the VM it made before. Only a
+     * VM with both the plan's name and this restore's id is adopted: one with the name but another id (or
+     * none) is someone else's, and one with our id but another name is not what the plan describes.
+     */
     async createVm(plan: VSpherePlan): Promise<CreatedVm> {
       const client = await sessions.get(plan.profile);
       const dc = await client.datacenter(plan.datacenter);
       const found = await client.findVmsByExtraConfig(dc, RESTORE_ID_KEY, plan.restoreId);
+      const renamed = found.filter((vm) => vm.name !== plan.vmName);
+      if (renamed.length > 0) {
+        throw new RestoreError(
+          FailureType.AlreadyExists,
+          `VM '${renamed[0].name}' carries this restore's id (${plan.restoreId}) but not the planned name '${plan.vmName}'; not adopting it`,
+        );
+      }
       if (found.length > 0) {
         const cfg = await found[0].config();
         return { vmRef: found[0].ref, vmName: cfg.name, diskFiles: cfg.disks.map((d) => d.fileName), created: false };
+      }
+      const sameName = await client.findVmByName(dc, plan.vmName);
+      if (sameName) {
+        const owner = (await sameName.config()).extraConfig[RESTORE_ID_KEY];
+        throw new RestoreError(
+          FailureType.AlreadyExists,
+          `a VM named '${plan.vmName}' already exists in datacenter '${dc.name}' (${owner ? `restore ${owner}` : 'not made by a restore'}); choose another --vm-name`,
+        );
       }
       const vm = await client.createVm(dc, {
         name: plan.vmName,
@@ -291,11 +310,14 @@ export function createVSphereActivities(deps: VSphereDeps) {
       });
     },
 
-    /** Compensation: removes the half-restored VM (found by restore id) and unmaps its disks from the proxy. */
+    /**
+     * Compensation: removes the half-restored VM (found by restore id and the planned name, as createVm
+     * adopts it) and unmaps its disks from the proxy. A VM of that name without our id is never touched.
+     */
     async destroyRestoredVm(args: { plan: VSpherePlan }): Promise<void> {
       const client = await sessions.get(args.plan.profile);
       const dc = await client.datacenter(args.plan.datacenter);
-      const vms = await client.findVmsByExtraConfig(dc, RESTORE_ID_KEY, args.plan.restoreId);
+      const vms = (await client.findVmsByExtraConfig(dc, RESTORE_ID_KEY, args.plan.restoreId)).filter((vm) => vm.name === args.plan.vmName);
       const proxy = args.plan.proxyVmName ? await client.findVmByName(dc, args.plan.proxyVmName) : null;
       for (const vm of vms) {
         const cfg = await vm.config();

@@ -130,6 +130,23 @@ export class BlobSizeMismatchError extends RestoreError {
   }
 }
 
+/** The destination blob exists and was not made by this restore's disk: it is left exactly as it is. */
+export class ForeignBlobError extends RestoreError {
+  constructor(
+    readonly blobUrl: string,
+    readonly owner: string | undefined,
+    readonly ours: string,
+  ) {
+    super(
+      FailureType.AlreadyExists,
+      owner === undefined
+        ? `page blob ${blobUrlForRecord(blobUrl)} already exists and was not created by this restore (no ${VHD_UUID_METADATA_KEY} metadata, ours ${ours}); it is left untouched`
+        : `page blob ${blobUrlForRecord(blobUrl)} belongs to another restore (disk uuid ${owner}, ours ${ours}); it is left untouched`,
+    );
+    this.name = 'ForeignBlobError';
+  }
+}
+
 /** Metadata key that ties a blob to the restore disk that created it. */
 export const VHD_UUID_METADATA_KEY = 'vmrestorediskuuid';
 /**
@@ -235,10 +252,10 @@ function abortReason(signal: AbortSignal): unknown {
 async function getBlobProps(
   client: UploadPageBlobClient,
   signal: AbortSignal,
-): Promise<{ size: number; blobType?: string; metadata: Record<string, string> } | null> {
+): Promise<{ size: number; blobType?: string; metadata: Record<string, string>; etag?: string } | null> {
   try {
     const p = await client.getProperties({ abortSignal: signal });
-    return { size: p.contentLength ?? 0, blobType: p.blobType, metadata: p.metadata ?? {} };
+    return { size: p.contentLength ?? 0, blobType: p.blobType, metadata: p.metadata ?? {}, etag: p.etag };
   } catch (err) {
     if ((err as { statusCode?: number }).statusCode === 404) return null;
     throw err;
@@ -310,12 +327,8 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
         throw new BlobSizeMismatchError(blobUrlForRecord(blobClient.url), blobSize, existing.size);
       }
       const owner = existing.metadata[VHD_UUID_METADATA_KEY];
-      if (owner !== undefined && owner !== uuidText) {
-        throw new RestoreError(
-          FailureType.AlreadyExists,
-          `page blob ${blobUrlForRecord(blobClient.url)} belongs to another restore (disk uuid ${owner}, ours ${uuidText})`,
-        );
-      }
+      // A blob without our disk uuid was not made by this restore: it is never adopted or overwritten.
+      if (owner !== uuidText) throw new ForeignBlobError(blobUrlForRecord(blobClient.url), owner, uuidText);
       const stored = Number(existing.metadata[UPLOAD_CHECKPOINT_METADATA_KEY]);
       if (opts.resumeFromOffset !== undefined && owner === uuidText && Number.isSafeInteger(stored) && stored <= blobSize) {
         resumeAt = Math.max(resumeAt, stored);
@@ -325,7 +338,15 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
     let start = Math.min(resumeAt - (resumeAt % SECTOR_SIZE), virtualSize);
     if (!existing || start === 0) {
       // (Re)creating zeroes the whole blob, which is what makes skipping zero ranges correct.
-      await blobClient.create(blobSize, { abortSignal: signal, metadata: { [VHD_UUID_METADATA_KEY]: uuidText } });
+      // Conditional, so a blob someone else creates (or replaces ours with) meanwhile is never clobbered.
+      const conditions = existing ? { ifMatch: existing.etag } : { ifNoneMatch: '*' };
+      try {
+        await blobClient.create(blobSize, { abortSignal: signal, conditions, metadata: { [VHD_UUID_METADATA_KEY]: uuidText } });
+      } catch (err) {
+        const status = (err as { statusCode?: number }).statusCode;
+        if (status === 409 || status === 412) throw new ForeignBlobError(blobUrlForRecord(blobClient.url), undefined, uuidText);
+        throw err;
+      }
       created = true;
       start = 0;
     }
@@ -683,4 +704,48 @@ export async function verifyUploadedVhd(blobClient: PageBlobClient, opts: Verify
   }
 
   return { ok: problems.length === 0, problems, pageRanges, footer };
+}
+
+/** The disk uuid a restore's upload stamps into its blob's metadata (and the VHD footer). */
+export function vhdOwnerUuid(restoreId: string, diskIndex?: number): string {
+  return formatUuid(uuidFromRestoreId(restoreId, diskIndex));
+}
+
+export type OwnedBlobState = 'absent' | 'ours' | 'foreign';
+
+/** Whether the blob exists and carries this restore disk's uuid; read before creating or deleting it. */
+export async function vhdBlobOwnership(
+  blobClient: Pick<PageBlobClient, 'getProperties'>,
+  restoreId: string,
+  diskIndex: number,
+): Promise<{ state: OwnedBlobState; etag?: string; owner?: string }> {
+  try {
+    const p = await blobClient.getProperties();
+    const owner = p.metadata?.[VHD_UUID_METADATA_KEY];
+    return { state: owner === vhdOwnerUuid(restoreId, diskIndex) ? 'ours' : 'foreign', etag: p.etag, owner };
+  } catch (err) {
+    if ((err as { statusCode?: number }).statusCode === 404) return { state: 'absent' };
+    throw err;
+  }
+}
+
+/**
+ * Deletes the blob only when this restore disk made it (read, check the uuid, delete if the etag is
+ * unchanged): compensation never removes a blob the uploader refused as foreign.
+ */
+export async function deleteOwnedVhdBlob(
+  blobClient: Pick<PageBlobClient, 'getProperties' | 'deleteIfExists'>,
+  restoreId: string,
+  diskIndex: number,
+): Promise<OwnedBlobState> {
+  const o = await vhdBlobOwnership(blobClient, restoreId, diskIndex);
+  if (o.state !== 'ours') return o.state;
+  try {
+    await blobClient.deleteIfExists({ conditions: { ifMatch: o.etag }, deleteSnapshots: 'include' });
+  } catch (err) {
+    // Replaced since we read it: no longer ours to delete.
+    if ((err as { statusCode?: number }).statusCode === 412) return 'foreign';
+    throw err;
+  }
+  return 'ours';
 }

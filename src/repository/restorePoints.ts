@@ -39,7 +39,51 @@ async function loadRestorePoint(repoDir: string, id: string): Promise<RestorePoi
   } catch (err) {
     throw new RestoreError(FailureType.RepositoryCorrupt, `restore point file ${file} is damaged: ${(err as Error).message}`);
   }
-  return validateRestorePoint(raw, file, id);
+  return checkVmMatchesDisks(validateRestorePoint(raw, file, id), file);
+}
+
+const GUEST_OS = ['linux', 'windows'];
+const FIRMWARE = ['bios', 'efi'];
+const PROVISIONING = ['thin', 'thick'];
+
+/**
+ * The VM config and the block maps are two lists of the same disks; a restore sizes VMs, blobs and
+ * transports from one and reads data through the other, so they must agree exactly (count, indexes
+ * 0…n-1, capacities) before anything trusts either.
+ */
+export function checkVmMatchesDisks(rp: RestorePoint, file: string): RestorePoint {
+  const fail = (what: string): never => {
+    throw new RestoreError(FailureType.RepositoryCorrupt, `restore point file ${file} is damaged: ${what}`);
+  };
+  const vm = rp.vm as unknown as Record<string, unknown>;
+  if (typeof vm.name !== 'string' || vm.name.trim() === '') fail('vm.name is empty');
+  if (!GUEST_OS.includes(vm.guestOs as string)) fail(`vm.guestOs ${JSON.stringify(vm.guestOs)} is not one of ${GUEST_OS.join(', ')}`);
+  if (!FIRMWARE.includes(vm.firmware as string)) fail(`vm.firmware ${JSON.stringify(vm.firmware)} is not one of ${FIRMWARE.join(', ')}`);
+  if (!Number.isSafeInteger(vm.cpus) || (vm.cpus as number) < 1) fail(`vm.cpus ${JSON.stringify(vm.cpus)} is not a positive integer`);
+  if (!Number.isSafeInteger(vm.memoryMiB) || (vm.memoryMiB as number) < 1) {
+    fail(`vm.memoryMiB ${JSON.stringify(vm.memoryMiB)} is not a positive integer`);
+  }
+  if (!Array.isArray(vm.nics) || !vm.nics.every((n) => typeof (n as { network?: unknown })?.network === 'string')) {
+    fail('vm.nics is not a list of NICs with a network name');
+  }
+  const vmDisks = rp.vm.disks;
+  if (vmDisks.length === 0) fail('vm.disks is empty');
+  if (vmDisks.length !== rp.disks.length) {
+    fail(`vm.disks lists ${vmDisks.length} disks but the restore point holds block maps for ${rp.disks.length}`);
+  }
+  vmDisks.forEach((d, i) => {
+    const where = `vm.disks[${i}]`;
+    if (typeof d !== 'object' || d === null) return fail(`${where} is not an object`);
+    if (d.index !== i) fail(`${where}.index ${JSON.stringify(d.index)} should be ${i} (indexes run 0…${vmDisks.length - 1})`);
+    if (typeof d.label !== 'string') fail(`${where}.label is not a string`);
+    if (!PROVISIONING.includes(d.provisioning)) fail(`${where}.provisioning ${JSON.stringify(d.provisioning)} is not thin or thick`);
+    const data = rp.disks.filter((x) => x.index === i);
+    if (data.length !== 1) fail(`disk ${i} has ${data.length} block maps (expected exactly one)`);
+    if (data[0].capacityBytes !== d.capacityBytes) {
+      fail(`${where}.capacityBytes ${JSON.stringify(d.capacityBytes)} differs from its block map's ${data[0].capacityBytes}`);
+    }
+  });
+  return rp;
 }
 
 /** All restore points, newest first. */

@@ -64,20 +64,18 @@ export async function readVmJson(vmJsonPath: string): Promise<VmImportSource> {
     }
     return value as number;
   };
-  const nonEmptyString = (value: unknown, key: string): string => {
+  const nonEmptyString = (value: unknown, key: string, max = 1024): string => {
     if (typeof value !== 'string' || value.trim() === '') problem(key, `${show(value)} must be a non-empty string`);
+    else if (value.length > max) problem(key, `is ${value.length} characters; at most ${max} are allowed`);
+    // eslint-disable-next-line no-control-regex
+    else if (/[\u0000-\u001f\u007f]/.test(value)) problem(key, `${show(value)} contains control characters`);
     return value as string;
   };
 
   if (!isRecord(raw)) throw new RestoreError(FailureType.InvalidRequest, `${label}: ${file} must hold a JSON object`);
   unknownKeys(raw, TOP_KEYS, '');
 
-  const name = nonEmptyString(raw.name, 'name');
-  if (typeof name === 'string' && name.trim() !== '') {
-    if (name.length > MAX_VM_NAME) problem('name', `${show(name)} is longer than ${MAX_VM_NAME} characters`);
-    // eslint-disable-next-line no-control-regex
-    if (/[\u0000-\u001f\u007f]/.test(name)) problem('name', `${show(name)} contains control characters`);
-  }
+  const name = nonEmptyString(raw.name, 'name', MAX_VM_NAME);
   const guestOs = oneOf(raw.guestOs, GUEST_OS, 'guestOs');
   const firmware = oneOf(raw.firmware, FIRMWARE, 'firmware');
   const cpus = intInRange(raw.cpus, 1, MAX_CPUS, 'cpus');
@@ -91,7 +89,7 @@ export async function readVmJson(vmJsonPath: string): Promise<VmImportSource> {
       const where = `nics[${i}]`;
       if (!isRecord(nic)) return problem(where, `${show(nic)} must be an object with 'network'`);
       unknownKeys(nic, NIC_KEYS, `${where}.`);
-      const network = nonEmptyString(nic.network, `${where}.network`);
+      const network = nonEmptyString(nic.network, `${where}.network`, 255);
       const mac = nic.macAddress;
       if (mac === undefined) return void nics.push({ network });
       if (typeof mac !== 'string' || !MAC_ADDRESS.test(mac)) {
@@ -111,7 +109,7 @@ export async function readVmJson(vmJsonPath: string): Promise<VmImportSource> {
       unknownKeys(disk, DISK_KEYS, `${where}.`);
       const diskPath = nonEmptyString(disk.path, `${where}.path`);
       const provisioning = oneOf(disk.provisioning, PROVISIONING, `${where}.provisioning`);
-      if (disk.label !== undefined) nonEmptyString(disk.label, `${where}.label`);
+      if (disk.label !== undefined) nonEmptyString(disk.label, `${where}.label`, 255);
       disks.push({
         path: diskPath,
         provisioning: provisioning ?? 'thin',

@@ -57,7 +57,8 @@ type AzurePhase = RestorePhase | 'powering-on-proxy' | 'uploading' | 'preparing-
  */
 export async function restoreToAzure(request: AzureRestoreRequest): Promise<AzureRestoreResult> {
   const info = workflowInfo();
-  const restoreId = request.restoreId ?? info.workflowId;
+  // Unique per run (the first run id survives reset), so a reused workflow id never adopts an earlier run's resources.
+  const restoreId = `${request.restoreId ?? info.workflowId}@${info.firstExecutionRunId}`;
   const tracker = new RestoreTracker('azure', restoreId, request.vmName, azureProgressQuery);
   const progress = tracker.progress;
   const setPhase = (phase: AzurePhase, message?: string) => tracker.phase(phase, message);

@@ -35,17 +35,19 @@ export async function restorePlan(req: RestorePlanRequest): Promise<RestorePlanR
         const i = next++;
         const entry = group[i];
         const target = entry.target ?? 'vsphere';
-        // Child ids are set explicitly: generated ones break replay and reset.
+        // Child ids are set explicitly: generated ones break replay and reset. A child's restore id adds its
+        // run id, so running the plan again under the same id restores under the same VM names and fails
+        // with AlreadyExists on the first run's VMs instead of adopting or destroying them.
         const workflowId = `${parentId}/g${g}-${i}-${entry.vmName}`;
         const child = { workflowId, staticSummary: `restore ${entry.vmName} to ${target} (group ${g + 1})` };
         try {
           let result: VSphereRestoreResult | AzureRestoreResult;
           if (entry.target === 'azure') {
             const { target: _azure, ...request } = entry;
-            result = await executeChild(restoreToAzure, { ...child, args: [{ ...request, restoreId: request.restoreId ?? workflowId }] });
+            result = await executeChild(restoreToAzure, { ...child, args: [request] });
           } else {
             const { target: _vsphere, ...request } = entry;
-            result = await executeChild(restoreToVSphere, { ...child, args: [{ ...request, restoreId: request.restoreId ?? workflowId }] });
+            result = await executeChild(restoreToVSphere, { ...child, args: [request] });
           }
           out.results.push({ vmName: entry.vmName, target, workflowId, result });
         } catch (err) {

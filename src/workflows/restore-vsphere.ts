@@ -62,7 +62,8 @@ function failureType(err: unknown): string | undefined {
  */
 export async function restoreToVSphere(request: VSphereRestoreRequest): Promise<VSphereRestoreResult> {
   const info = workflowInfo();
-  const restoreId = request.restoreId ?? info.workflowId;
+  // Unique per run (the first run id survives reset), so a reused workflow id never adopts an earlier run's VM.
+  const restoreId = `${request.restoreId ?? info.workflowId}@${info.firstExecutionRunId}`;
   const tracker = new RestoreTracker('vsphere', restoreId, request.vmName, progressQuery);
   const progress = tracker.progress;
   const setPhase = (phase: RestorePhase, message?: string) => tracker.phase(phase, message);

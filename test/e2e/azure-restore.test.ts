@@ -489,7 +489,8 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
         (e: { statusCode?: number }) => e.statusCode === 404,
         'NIC removed',
       );
-      const prefix = handle.workflowId.replace(/[^A-Za-z0-9-]/g, '-').toLowerCase() + '/';
+      // Blob names start with the restore id, `<workflow id>@<run id>` made name-safe.
+      const prefix = handle.workflowId.replace(/[^A-Za-z0-9-]/g, '-').toLowerCase() + '-';
       const left = [];
       for await (const b of labContainer().listBlobsFlat({ prefix })) left.push(b.name);
       assert.deepEqual(left, [], 'VHD blobs removed');
@@ -585,7 +586,7 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
       uploads.every((e) => (e.activityTaskStartedEventAttributes!.attempt ?? 1) === 1),
       'corruption is not retried',
     );
-    const prefix = `${handle.workflowId.replace(/[^A-Za-z0-9-]/g, '-').toLowerCase()}/`;
+    const prefix = `${handle.workflowId.replace(/[^A-Za-z0-9-]/g, '-').toLowerCase()}-`;
     const left: string[] = [];
     for await (const b of labContainer().listBlobsFlat({ prefix })) left.push(b.name);
     assert.deepEqual(left, [], 'uploaded VHDs were deleted');
@@ -633,7 +634,8 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
     assert.ok(seen, 'upload of the 1 GiB disk under way');
     await first.kill();
     // The highest page in the blob at the moment of the crash bounds what the first attempt sent.
-    const blob = labContainer().getPageBlobClient(`${handle.workflowId.replace(/[^A-Za-z0-9-]/g, '-').toLowerCase()}/disk1.vhd`);
+    const restoreId = `${handle.workflowId}@${(await handle.describe()).runId}`;
+    const blob = labContainer().getPageBlobClient(`${restoreId.replace(/[^A-Za-z0-9-]/g, '-').toLowerCase()}/disk1.vhd`);
     let extentAtCrash = 0;
     for await (const r of blob.listPageRanges()) extentAtCrash = Math.max(extentAtCrash, r.end + 1);
     worker = await startWorkerProcess(env.taskQueue, {

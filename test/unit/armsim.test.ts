@@ -465,6 +465,48 @@ describe('ARM simulator driven by the real Azure SDK clients', () => {
     );
   });
 
+  it('honours If-None-Match: * and If-Match on PUT with 412, as ARM does', async () => {
+    const before = await c.compute.virtualMachines.get(RG, 'web01');
+    await assert.rejects(
+      c.compute.virtualMachines.createOrUpdate(RG, 'web01', { ...web01(), tags: { taken: 'yes' } }, { ifNoneMatch: '*' }),
+      restError('PreconditionFailed', 412, /already exists/),
+    );
+    assert.deepEqual((await c.compute.virtualMachines.get(RG, 'web01')).tags, before.tags, 'the VM was not changed');
+    const disk = await c.compute.disks.get(RG, 'web01-os');
+    await assert.rejects(
+      c.compute.disks.createOrUpdate(
+        RG,
+        'web01-os',
+        { location: LOC, tags: { taken: 'yes' } },
+        { requestOptions: { headers: { 'If-None-Match': '*' } } },
+      ),
+      restError('PreconditionFailed', 412),
+    );
+    assert.deepEqual((await c.compute.disks.get(RG, 'web01-os')).tags, disk.tags);
+    await assert.rejects(
+      c.network.networkInterfaces.beginCreateOrUpdateAndWait(
+        RG,
+        'web01-nic',
+        { location: LOC, ipConfigurations: [{ name: 'ipconfig1', subnet: { id: subnetId } }] },
+        { requestOptions: { customHeaders: { 'If-None-Match': '*' } } },
+      ),
+      restError('PreconditionFailed', 412),
+    );
+    await assert.rejects(
+      c.compute.virtualMachines.createOrUpdate(RG, 'nosuchvm', web01(), { ifMatch: '*' }),
+      restError('PreconditionFailed', 412, /does not exist/),
+    );
+    await assert.rejects(c.compute.virtualMachines.get(RG, 'nosuchvm'), restError('ResourceNotFound', 404));
+    const fresh = await c.network.networkInterfaces.beginCreateOrUpdateAndWait(
+      RG,
+      'conditional-nic',
+      { location: LOC, ipConfigurations: [{ name: 'ipconfig1', subnet: { id: subnetId } }] },
+      { requestOptions: { customHeaders: { 'If-None-Match': '*' } } },
+    );
+    assert.equal(fresh.provisioningState, 'Succeeded', 'an absent resource is created');
+    await c.network.networkInterfaces.beginDeleteAndWait(RG, 'conditional-nic');
+  });
+
   it('runs power operations and reports them in the instance view', async () => {
     const seq = await lastSeq(sim);
     await c.compute.virtualMachines.powerOff(RG, 'web01');

@@ -6,7 +6,11 @@ import { RestoreError } from '../../src/domain/errors';
 import { MiB, TiB, parseVhdFooter, uuidFromRestoreId, vhdVirtualSize } from '../../src/azure/vhd';
 import {
   BlobSizeMismatchError,
+  ForeignBlobError,
+  VHD_UUID_METADATA_KEY,
   assertPageWrite,
+  deleteOwnedVhdBlob,
+  vhdOwnerUuid,
   uploadFixedVhd,
   verifyUploadedVhd,
   type PageRange,
@@ -421,10 +425,11 @@ describe('page blob upload against Azurite', () => {
     assert.deepEqual((await verifyUploadedVhd(target, { capacityBytes: capacity })).problems, []);
   });
 
-  it('re-creates an existing same-size blob on a fresh start, clearing stale pages', async () => {
+  it('re-creates its own same-size blob on a fresh start, clearing stale pages', async () => {
     const capacity = 20 * MiB;
     const target = blob();
-    await target.create(capacity + 512);
+    // Left by an earlier attempt of the same restore disk: it carries that disk's uuid.
+    await target.create(capacity + 512, { metadata: { [VHD_UUID_METADATA_KEY]: vhdOwnerUuid('r-fresh') } });
     await target.uploadPages(Buffer.alloc(MiB, 0xaa), 8 * MiB, MiB);
     const img = Buffer.alloc(capacity);
     fillRandom(img, 0, MiB);
@@ -434,6 +439,58 @@ describe('page blob upload against Azurite', () => {
       expectedNonZeroRanges: [{ offset: 0, length: MiB }],
     });
     assert.deepEqual(v.problems, []);
+  });
+
+  it('leaves a same-size blob it did not create untouched, on a fresh start and on resume', async () => {
+    const capacity = 20 * MiB;
+    const target = blob();
+    await target.create(capacity + 512, { metadata: { owner: 'someone-else' } });
+    await target.uploadPages(Buffer.alloc(MiB, 0xaa), 8 * MiB, MiB);
+    const before = await target.getProperties();
+    const img = Buffer.alloc(capacity);
+    fillRandom(img, 0, MiB);
+    for (const resumeFromOffset of [undefined, 0, MiB]) {
+      await assert.rejects(
+        uploadFixedVhd({ blobClient: target, capacityBytes: capacity, blocks: blocksOf(img), restoreId: 'r-intruder', resumeFromOffset }),
+        (err: unknown) =>
+          err instanceof ForeignBlobError && err.type === 'AlreadyExists' && /was not created by this restore/.test(err.message),
+      );
+    }
+    const after = await target.getProperties();
+    assert.equal(after.etag, before.etag, 'the foreign blob was not rewritten');
+    assert.deepEqual(after.metadata, { owner: 'someone-else' });
+    assert.equal(await deleteOwnedVhdBlob(target, 'r-intruder', 0), 'foreign');
+    assert.equal((await target.getProperties()).etag, before.etag, 'compensation did not delete it');
+  });
+
+  it('creates the blob only if absent, so one that appears after the check is not clobbered', async () => {
+    const capacity = 20 * MiB;
+    const target = blob();
+    await target.create(capacity + 512, { metadata: { owner: 'racer' } });
+    const before = await target.getProperties();
+    // The existence check saw nothing: the blob came into being between that read and the create.
+    const racing: UploadPageBlobClient = {
+      url: target.url,
+      getProperties: () => Promise.reject(Object.assign(new Error('BlobNotFound'), { statusCode: 404 })),
+      create: (size, o) => target.create(size, o),
+      uploadPages: (b, off, n, o) => target.uploadPages(b, off, n, o),
+      setMetadata: (m, o) => target.setMetadata(m, o),
+    };
+    await assert.rejects(
+      uploadFixedVhd({ blobClient: racing, capacityBytes: capacity, blocks: blocksOf(Buffer.alloc(capacity)), restoreId: 'r-late' }),
+      ForeignBlobError,
+    );
+    assert.equal((await target.getProperties()).etag, before.etag);
+  });
+
+  it('deletes only its own blob in compensation', async () => {
+    const target = blob();
+    await target.create(20 * MiB + 512, { metadata: { [VHD_UUID_METADATA_KEY]: vhdOwnerUuid('r-own', 3) } });
+    assert.equal(await deleteOwnedVhdBlob(target, 'r-other', 3), 'foreign');
+    assert.equal(await deleteOwnedVhdBlob(target, 'r-own', 2), 'foreign', 'another disk of the same restore is not this one');
+    assert.equal(await deleteOwnedVhdBlob(target, 'r-own', 3), 'ours');
+    assert.equal(await target.exists(), false);
+    assert.equal(await deleteOwnedVhdBlob(target, 'r-own', 3), 'absent');
   });
 
   it('starts over when asked to resume but the blob is gone', async () => {

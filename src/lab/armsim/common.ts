@@ -13,6 +13,9 @@ export interface ReqCtx {
   apiVersion: string;
   /** Set by an `lroFailure` fault: the operation this request starts must end with this error. */
   lroFailure?: { status: number; code: string; message: string };
+  /** Conditional-request headers as sent (`*` or an etag). */
+  ifMatch?: string;
+  ifNoneMatch?: string;
 }
 
 export interface Reply {
@@ -36,4 +39,25 @@ export function unknownRoute(ctx: ReqCtx): ArmError {
     'InvalidResourceType',
     `The resource type could not be found for ${ctx.method} ${ctx.path} with api version '${ctx.apiVersion}' (not modelled by the ARM simulator).`,
   );
+}
+
+/**
+ * ARM's conditional PUT: `If-None-Match: *` creates only (412 when the resource exists), `If-Match: *`
+ * updates only (412 when it does not), `If-Match: <etag>` updates only that version of the resource.
+ */
+export function checkPutPreconditions(ctx: ReqCtx, existing: { id: string } | undefined, etag?: string): void {
+  const fail = (message: string): never => {
+    throw new ArmError(412, 'PreconditionFailed', message);
+  };
+  if (ctx.ifNoneMatch !== undefined) {
+    if (ctx.ifNoneMatch.trim() !== '*') fail(`If-None-Match supports only '*', got '${ctx.ifNoneMatch}'.`);
+    if (existing) fail(`The resource '${existing.id}' already exists and the request carried If-None-Match: *.`);
+  }
+  if (ctx.ifMatch !== undefined) {
+    const wanted = ctx.ifMatch.trim();
+    if (!existing) fail(`The resource does not exist and the request carried If-Match: ${wanted}.`);
+    if (wanted !== '*' && wanted !== etag) {
+      fail(`Etag provided in if-match header ${wanted} does not match etag ${etag ?? '(none)'} of resource.`);
+    }
+  }
 }

@@ -1,6 +1,6 @@
 /** Microsoft.Compute: managed disks and virtual machines, with the validation CRP applies. */
 import { blobPathInAccount } from './blobs';
-import { methodNotAllowed, normLocation, unknownRoute, type Reply, type ReqCtx } from './common';
+import { checkPutPreconditions, methodNotAllowed, normLocation, unknownRoute, type Reply, type ReqCtx } from './common';
 import type { ArmSim } from './engine';
 import { ArmError, badRequest, invalidParameter, missingParameter, operationNotAllowed, resourceNotFound } from './errors';
 import { findVmSize, VM_SIZES, type VmSizeInfo } from './sizes';
@@ -106,6 +106,7 @@ export async function disksRoute(sim: ArmSim, ctx: ReqCtx, rg: string, name: str
       return { status: 200, body: renderDisk(sim, existing) };
     case 'PUT': {
       checkResourceName(name, 'disks');
+      checkPutPreconditions(ctx, existing);
       const spec = parseDiskBody(objectAt(ctx.body, 'body'));
       if (existing) return updateDisk(sim, ctx, existing, spec);
       return createDisk(sim, ctx, id, rgName, name, spec);
@@ -480,6 +481,7 @@ export async function vmsRoute(sim: ArmSim, ctx: ReqCtx, rg: string, name: strin
       }
       case 'PUT': {
         checkResourceName(name, 'virtualMachines');
+        checkPutPreconditions(ctx, existing);
         const body = objectAt(ctx.body, 'body');
         const spec = parseVmBody(body, existing);
         if (existing) return updateVm(sim, ctx, existing, spec, 'vmPut');

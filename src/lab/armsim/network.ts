@@ -1,5 +1,5 @@
 /** Microsoft.Network (network interfaces, virtual networks, subnets) and Microsoft.Storage accounts. */
-import { methodNotAllowed, normLocation, unknownRoute, type Reply, type ReqCtx } from './common';
+import { checkPutPreconditions, methodNotAllowed, normLocation, unknownRoute, type Reply, type ReqCtx } from './common';
 import type { ArmSim } from './engine';
 import { ArmError, resourceNotFound } from './errors';
 import { key, type NicIpConfigRec, type NicRec, type OperationRec, type StorageAccountRec, type SubnetRec, type VnetRec } from './state';
@@ -59,6 +59,7 @@ export function nicsRoute(sim: ArmSim, ctx: ReqCtx, rg: string, name: string | u
       return { status: 200, body: renderNic(sim, existing) };
     case 'PUT':
       checkResourceName(name, 'networkInterfaces');
+      checkPutPreconditions(ctx, existing, existing ? `W/"${existing.resourceGuid}"` : undefined);
       return putNic(sim, ctx, id, rgName, name, existing);
     case 'DELETE': {
       if (!existing) return { status: 204 };

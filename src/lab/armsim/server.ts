@@ -248,6 +248,8 @@ export async function startArmSimulator(opts: ArmSimulatorOptions): Promise<ArmS
         baseUrl: `${scheme}://${req.headers.host ?? `${publicHost}:${port}`}`,
         apiVersion,
         lroFailure,
+        ifMatch: headerValue(req.headers['if-match']),
+        ifNoneMatch: headerValue(req.headers['if-none-match']),
       };
       const reply = await sim.handle(ctx);
       finish(reply);

@@ -1,0 +1,101 @@
+import fc from 'fast-check';
+
+/** Strings a hostile or careless caller sends: path tricks, control characters, huge and empty values. */
+export const hostileString: fc.Arbitrary<string> = fc.oneof(
+  fc.constantFrom('', '.', '..', '../..', 'a/../../b', 'a\\b', 'a\u0000b', 'line\nbreak', '\t', '\u007f', '\u2028', ' lead', 'trail '),
+  fc.string({ unit: 'binary', maxLength: 40 }),
+  fc.string({ minLength: 300, maxLength: 1200 }),
+);
+
+/** Any JSON value a request can carry through Temporal, biased towards hostile strings. */
+export const hostileJson: fc.Arbitrary<unknown> = fc.oneof(
+  { weight: 2, arbitrary: hostileString },
+  { weight: 2, arbitrary: fc.jsonValue({ maxDepth: 2 }) },
+  { weight: 1, arbitrary: fc.constantFrom(null, true, false, 0, -1, 1e308, -1e-9, 2 ** 53, [], {}, [''], { '': '' }) },
+);
+
+/** JSON values that are never a valid value of `field` in a restore request. */
+function invalidFor(field: string): fc.Arbitrary<unknown> {
+  const notString = fc.oneof(fc.integer(), fc.boolean(), fc.constant(null), fc.array(fc.string(), { maxLength: 2 }), fc.constant({}));
+  const badText = fc.oneof(
+    notString,
+    fc.constantFrom('', 'a\u0000b', 'x\ny', '\u001b[31m'),
+    fc.string({ minLength: 1100, maxLength: 1300 }),
+  );
+  switch (field) {
+    case 'vmName':
+      return fc.oneof(badText, fc.constantFrom('.', '..', 'a/b', 'x'.repeat(81)));
+    case 'restorePointId':
+      return fc.oneof(badText, fc.constantFrom('../rp', 'rp/x', 'rp x'));
+    case 'transport':
+    case 'diskFormat':
+      return fc.oneof(notString, fc.constantFrom('fast', 'NBD', ''));
+    case 'generation':
+      return fc.oneof(fc.constantFrom(0, 3, '2', 1.5, null, true));
+    case 'powerOn':
+    case 'keepOnFailure':
+      return fc.oneof(fc.constantFrom('true', 1, 0, null, [], {}));
+    case 'throttleMBps':
+      return fc.oneof(fc.constantFrom(-1, 1e9, '10', null, true, []));
+    case 'diskConcurrency':
+      return fc.oneof(fc.constantFrom(0, -3, 1.5, 65, 1e6, '2', null));
+    case 'networkMap':
+      return fc.oneof(fc.constantFrom('VM Network', 5, [], null), fc.constant({ 'VM Network': 7 }), fc.constant({ 'VM Network': '' }));
+    case 'resourceGroup':
+      return fc.oneof(badText, fc.constantFrom('rg.', 'rg/x', 'a'.repeat(91)));
+    case 'location':
+      return fc.oneof(badText, fc.constantFrom('west/europe', 'x'.repeat(65)));
+    case 'vmSize':
+      return fc.oneof(badText, fc.constantFrom('Standard D2', 'size/1'));
+    default:
+      return badText;
+  }
+}
+
+export const VSPHERE_FIELDS = [
+  'restorePointId',
+  'vmName',
+  'profile',
+  'datacenter',
+  'datastore',
+  'folder',
+  'resourcePool',
+  'diskFormat',
+  'networkMap',
+  'transport',
+  'proxy',
+  'powerOn',
+  'keepOnFailure',
+  'throttleMBps',
+  'diskConcurrency',
+] as const;
+
+export const AZURE_FIELDS = [
+  'restorePointId',
+  'vmName',
+  'resourceGroup',
+  'location',
+  'vmSize',
+  'subnetId',
+  'generation',
+  'proxy',
+  'keepOnFailure',
+] as const;
+
+/** A valid request with one field replaced by a value that is never valid for it. */
+export function badRequest(
+  base: Record<string, unknown>,
+  fields: readonly string[],
+): fc.Arbitrary<{ field: string; request: Record<string, unknown> }> {
+  return fc.constantFrom(...fields).chain((field) => invalidFor(field).map((value) => ({ field, request: { ...base, [field]: value } })));
+}
+
+/** A valid request with one field replaced by any JSON value (which may happen to be valid). */
+export function anyFieldValue(
+  base: Record<string, unknown>,
+  fields: readonly string[],
+): fc.Arbitrary<{ field: string; request: Record<string, unknown> }> {
+  return fc
+    .record({ field: fc.constantFrom(...fields), value: hostileJson })
+    .map(({ field, value }) => ({ field, request: { ...base, [field]: value } }));
+}
