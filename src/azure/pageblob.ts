@@ -137,6 +137,8 @@ export const VHD_UUID_METADATA_KEY = 'vmrestorediskuuid';
  * throttled; that is what lets the uploader hold writes to checkpoint + window and so bound a resume.
  */
 export const UPLOAD_CHECKPOINT_METADATA_KEY = 'vmrestoreuploadedto';
+/** Metadata key naming the restore that created the blob: what the sweeper matches (never the name alone). */
+export const RESTORE_ID_METADATA_KEY = 'vmrestorerestoreid';
 
 const DEFAULT_MAX_PAGE_WRITE = AZURE_LIMITS.putPageMaxBytes;
 const DEFAULT_CONCURRENCY = 8;
@@ -329,7 +331,10 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
     let start = Math.min(resumeAt - (resumeAt % SECTOR_SIZE), virtualSize);
     if (!existing || start === 0) {
       // (Re)creating zeroes the whole blob, which is what makes skipping zero ranges correct.
-      await blobClient.create(blobSize, { abortSignal: signal, metadata: { [VHD_UUID_METADATA_KEY]: uuidText } });
+      await blobClient.create(blobSize, {
+        abortSignal: signal,
+        metadata: { [VHD_UUID_METADATA_KEY]: uuidText, [RESTORE_ID_METADATA_KEY]: restoreId },
+      });
       created = true;
       start = 0;
     }
@@ -370,7 +375,10 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
     };
     const storeCheckpoint = (at: number): Promise<void> =>
       blobClient
-        .setMetadata({ [VHD_UUID_METADATA_KEY]: uuidText, [UPLOAD_CHECKPOINT_METADATA_KEY]: String(at) }, { abortSignal: signal })
+        .setMetadata(
+          { [VHD_UUID_METADATA_KEY]: uuidText, [RESTORE_ID_METADATA_KEY]: restoreId, [UPLOAD_CHECKPOINT_METADATA_KEY]: String(at) },
+          { abortSignal: signal },
+        )
         .then(() => {
           durable = Math.max(durable, at);
         });
