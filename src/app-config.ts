@@ -69,6 +69,7 @@ function labAzureConfig(a: LabAzure, blobConnectionString: string): AzureConfig 
     armEndpoint: a.armEndpoint,
     caCertPath: a.caCertPath || undefined,
     blobConnectionString,
+    leaseHolderCheckSeconds: Number(process.env.VMRESTORE_AZURE_LEASE_CHECK_SECONDS ?? 30),
     proxies: [
       {
         name: 'lab-azure-proxy',

@@ -22,6 +22,7 @@ import { runWorker } from './worker';
 import { AesGcmCodec, loadCodecServerToken, startCodecServer } from './codec';
 import { runDemo, seedDemoRepository } from './demo';
 import { ensureExternalTools } from './lab/prereqs';
+import { formatSweepReport, installSweepSchedule, runSweep } from './sweep-client';
 
 export { TASK_QUEUE };
 export { startVSphereRestore, getRestoreStatus, vsphereWorkflowId } from './restore-client';
@@ -44,6 +45,7 @@ const USAGE = `vmrestore: restore whole VMs from backups to vSphere (and Azure) 
         [--vm-size S] [--subnet ID] [--generation 1|2] [--proxy NAME] [--keep-on-failure] [--wait] [--json]
   vmrestore status WORKFLOW_ID [--json]
   vmrestore cancel WORKFLOW_ID
+  vmrestore sweep [--dry-run] [--json] | --install-schedule [--every MINUTES]   (remove what closed restores left)
   vmrestore demo            (what npm start runs)
   vmrestore prereqs [--for start|test] [--no-install]   (checks, and as root installs, the Debian tools)
 `;
@@ -80,6 +82,8 @@ export async function main(argv: string[]): Promise<number> {
         return await statusCommand([sub, ...rest].filter((x) => x !== undefined));
       case 'cancel':
         return await cancelCommand(sub);
+      case 'sweep':
+        return await sweepCommand([sub, ...rest].filter((x) => x !== undefined));
       case 'demo':
         return await runDemo({ log: out });
       case 'prereqs':
@@ -412,6 +416,35 @@ async function cancelCommand(workflowId: string | undefined): Promise<number> {
     await client.workflow.getHandle(workflowId).cancel();
     out(`cancellation requested for ${workflowId}`);
     return 0;
+  } finally {
+    await connection.close();
+  }
+}
+
+async function sweepCommand(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      'dry-run': { type: 'boolean' },
+      json: { type: 'boolean' },
+      'install-schedule': { type: 'boolean' },
+      every: { type: 'string' },
+    },
+  });
+  const config = loadAppConfig();
+  const { client, connection } = await connectClient(config);
+  try {
+    if (values['install-schedule']) {
+      const every = Number(values.every ?? 15);
+      if (!Number.isInteger(every) || every < 1) usageError(`--every must be a whole number of minutes >= 1, got '${values.every}'`);
+      const id = await installSweepSchedule(client, config.temporal.taskQueue, every);
+      out(`schedule '${id}' runs the sweeper every ${every} min on task queue '${config.temporal.taskQueue}'`);
+      return 0;
+    }
+    const report = await runSweep(client, config.temporal.taskQueue, { dryRun: values['dry-run'] });
+    if (values.json) out(JSON.stringify(report));
+    else for (const line of formatSweepReport(report)) out(line);
+    return report.items.some((i) => i.action === 'failed') ? 1 : 0;
   } finally {
     await connection.close();
   }

@@ -66,6 +66,8 @@ export interface AzureConfig {
   blobConnectionString?: string;
   blobConnectionStringEnv?: string;
   proxies: Array<{ name: string; resourceGroup: string; vmName: string; idleTimeoutSeconds: number }>;
+  /** How often proxy and helper leases check that their holders' restores still run (default 60). */
+  leaseHolderCheckSeconds?: number;
   /** Location → helper appliance VM for Linux guest preparation. */
   helpers: Record<string, HelperApplianceConfig>;
 }
@@ -400,6 +402,7 @@ function parseAzure(a: Record<string, unknown>): AzureConfig {
     caCertPath: str(a, 'caCertPath', w, false),
     credential: parseCredential(a),
     blobConnectionStringEnv: str(a, 'blobConnectionStringEnv', w, false),
+    leaseHolderCheckSeconds: int(a, 'leaseHolderCheckSeconds', w, 60, 1),
     proxies: proxiesRaw.map((pr, i) => {
       const p = record(pr, `azure.proxies[${i}]`);
       return {

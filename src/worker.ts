@@ -5,6 +5,9 @@ import { createMappedAzureActivities } from './activities/azure';
 import { helperTaskQueue, insecureWarnings, type AppConfig } from './config';
 import { createMappedVSphereActivities } from './activities/vsphere';
 import { VSphereSessions } from './activities/vsphere-sessions';
+import { withFailureMapping } from './activities/failures';
+import { withHeartbeat } from './activities/heartbeat';
+import { createSweepActivities } from './activities/sweep';
 import { dataConverterFor } from './restore-client';
 
 export interface RunWorkerOptions {
@@ -64,7 +67,12 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
           ...common,
           taskQueue,
           workflowsPath: require.resolve('./workflows'),
-          activities: { ...createMappedVSphereActivities({ config, sessions }), ...azureActivities },
+          // Control activities heartbeat while they run, so a dead worker costs one heartbeat timeout.
+          activities: withHeartbeat({
+            ...createMappedVSphereActivities({ config, sessions }),
+            ...azureActivities,
+            ...withFailureMapping(createSweepActivities({ config: served, client, sessions })),
+          }),
         }),
       );
       log(`worker polling task queue '${taskQueue}' on ${config.temporal.address} (namespace ${config.temporal.namespace})`);

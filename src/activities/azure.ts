@@ -354,7 +354,12 @@ export function createAzureActivities(deps: AzureDeps) {
 
     /** Entity-workflow lease: returns once the shared VM runs (powering it on if needed). */
     async acquireLeaseActivity(args: { target: LeaseTarget; holder: string; request?: LeaseRequest }): Promise<void> {
-      const initial: LeaseState = { target: args.target, holders: [], poweredOn: false, powerOns: 0, powerOffs: 0 };
+      // The lease checks on this timer that the restore holding it still runs, and drops it otherwise.
+      const target = { ...args.target, holderCheckMs: args.target.holderCheckMs ?? (config.azure?.leaseHolderCheckSeconds ?? 60) * 1000 };
+      const initial: LeaseState = { target, holders: [], poweredOn: false, powerOns: 0, powerOffs: 0 };
+      const execution = Context.current().info.workflowExecution;
+      const owner = args.request?.owner ?? (execution ? { workflowId: execution.workflowId, runId: execution.runId } : undefined);
+      const request: LeaseRequest = { ...args.request, owner };
       const workflowId = leaseWorkflowId(args.target, config.temporal.taskQueue);
       // An acquire on a lease that no worker of ours serves would wait forever; say so instead.
       const foreign = await foreignLeaseQueue(workflowId);
@@ -366,7 +371,7 @@ export function createAzureActivities(deps: AzureDeps) {
         );
       }
       await deps.client.workflow.executeUpdateWithStart(acquireLease, {
-        args: [args.holder, args.request],
+        args: [args.holder, request],
         startWorkflowOperation: new WithStartWorkflowOperation(resourceLease, {
           workflowId,
           taskQueue: config.temporal.taskQueue,

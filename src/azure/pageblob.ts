@@ -155,6 +155,8 @@ export const VHD_UUID_METADATA_KEY = 'vmrestorediskuuid';
  * throttled; that is what lets the uploader hold writes to checkpoint + window and so bound a resume.
  */
 export const UPLOAD_CHECKPOINT_METADATA_KEY = 'vmrestoreuploadedto';
+/** Metadata key naming the restore that created the blob: what the sweeper matches (never the name alone). */
+export const RESTORE_ID_METADATA_KEY = 'vmrestorerestoreid';
 
 const DEFAULT_MAX_PAGE_WRITE = AZURE_LIMITS.putPageMaxBytes;
 const DEFAULT_CONCURRENCY = 8;
@@ -341,7 +343,7 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
       // Conditional, so a blob someone else creates (or replaces ours with) meanwhile is never clobbered.
       const conditions = existing ? { ifMatch: existing.etag } : { ifNoneMatch: '*' };
       try {
-        await blobClient.create(blobSize, { abortSignal: signal, conditions, metadata: { [VHD_UUID_METADATA_KEY]: uuidText } });
+        await blobClient.create(blobSize, { abortSignal: signal, conditions, metadata: { [VHD_UUID_METADATA_KEY]: uuidText, [RESTORE_ID_METADATA_KEY]: restoreId } });
       } catch (err) {
         const status = (err as { statusCode?: number }).statusCode;
         if (status === 409 || status === 412) throw new ForeignBlobError(blobUrlForRecord(blobClient.url), undefined, uuidText);
@@ -387,7 +389,10 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
     };
     const storeCheckpoint = (at: number): Promise<void> =>
       blobClient
-        .setMetadata({ [VHD_UUID_METADATA_KEY]: uuidText, [UPLOAD_CHECKPOINT_METADATA_KEY]: String(at) }, { abortSignal: signal })
+        .setMetadata(
+          { [VHD_UUID_METADATA_KEY]: uuidText, [RESTORE_ID_METADATA_KEY]: restoreId, [UPLOAD_CHECKPOINT_METADATA_KEY]: String(at) },
+          { abortSignal: signal },
+        )
         .then(() => {
           durable = Math.max(durable, at);
         });

@@ -41,6 +41,14 @@ export interface LeaseTarget {
    * slots before attaching disks and wait while others hold them; unset means no slot accounting.
    */
   slots?: number;
+  /** How often the lease checks that its holders' workflows still run (default 60 s). */
+  holderCheckMs?: number;
+}
+
+/** The workflow execution that holds a lease; the lease drops it once that execution has closed. */
+export interface LeaseOwner {
+  workflowId: string;
+  runId?: string;
 }
 
 /** What an acquire asks of a lease. */
@@ -49,6 +57,12 @@ export interface LeaseRequest {
   slots?: number;
   /** false reserves only: the VM is not started (yet). Defaults to true. */
   powerOn?: boolean;
+  /**
+   * The holder's workflow execution (an acquire from an activity fills it in). A holder with an owner is
+   * dropped, with its slots, when that execution closes without releasing. By convention a restore's
+   * holder name is its restore id, which tags what it attached to the appliance.
+   */
+  owner?: LeaseOwner;
 }
 
 export interface AzurePlan {
@@ -107,6 +121,10 @@ export interface LeaseState {
   holders: string[];
   /** Slots each holder reserved, for holders that reserved any. */
   reserved?: Record<string, number>;
+  /** The workflow execution behind each holder, for holders that named one. */
+  owners?: Record<string, LeaseOwner>;
+  /** Holders dropped because their workflow closed without releasing. */
+  droppedHolders?: number;
   poweredOn: boolean;
   powerOns: number;
   powerOffs: number;

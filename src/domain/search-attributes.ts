@@ -4,6 +4,8 @@ export const RestoreKind = defineSearchAttributeKey('RestoreKind', SearchAttribu
 export const RestoreVm = defineSearchAttributeKey('RestoreVm', SearchAttributeType.KEYWORD);
 export const RestorePhaseKey = defineSearchAttributeKey('RestorePhase', SearchAttributeType.KEYWORD);
 export const RestoreTarget = defineSearchAttributeKey('RestoreTarget', SearchAttributeType.KEYWORD);
+/** The restore id that tags what a restore creates; the sweeper finds a resource's workflow by it. */
+export const RestoreIdKey = defineSearchAttributeKey('RestoreId', SearchAttributeType.KEYWORD);
 
 /** Registered on the Temporal server by the lab (and by operators for real clusters). */
 export const SEARCH_ATTRIBUTES: Record<string, 'Keyword'> = {
@@ -11,4 +13,5 @@ export const SEARCH_ATTRIBUTES: Record<string, 'Keyword'> = {
   RestoreVm: 'Keyword',
   RestorePhase: 'Keyword',
   RestoreTarget: 'Keyword',
+  RestoreId: 'Keyword',
 };

@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Connection } from '@temporalio/client';
+import { temporal as proto } from '@temporalio/proto';
 import { ensureTool, TEMPORAL_CLI, VCSIM } from './binaries';
 import { httpStatus, pickPort, pidAlive, tlsFingerprint, waitFor } from './net';
 import { SEARCH_ATTRIBUTES } from '../domain/search-attributes';
@@ -100,14 +101,26 @@ async function temporalReady(address: string, namespace: string): Promise<boolea
   }
 }
 
-async function startTemporal(prev: LabTemporal | undefined, taken: Set<number>, log: (s: string) => void): Promise<LabTemporal> {
-  if (prev && pidAlive(prev.pid) && (await temporalReady(prev.address, prev.namespace).catch(() => false))) {
-    log(`temporal: reusing pid ${prev.pid} at ${prev.address}`);
-    return prev;
+/** Registers the search attributes the workflows set that the server does not know yet. */
+async function ensureSearchAttributes(address: string, namespace: string): Promise<void> {
+  const conn = await Connection.connect({ address, connectTimeout: 2000 });
+  try {
+    const known = (await conn.operatorService.listSearchAttributes({ namespace })).customAttributes ?? {};
+    const missing = Object.keys(SEARCH_ATTRIBUTES).filter((k) => !(k in known));
+    if (missing.length === 0) return;
+    const KEYWORD = proto.api.enums.v1.IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD;
+    await conn.operatorService.addSearchAttributes({
+      namespace,
+      searchAttributes: Object.fromEntries(missing.map((k) => [k, KEYWORD])),
+    });
+  } finally {
+    await conn.close();
   }
+}
+
+/** Starts the dev server on these ports, on the lab's database (kept across restarts). */
+async function spawnTemporal(port: number, uiPort: number, log: (s: string) => void): Promise<LabTemporal> {
   const bin = ensureTool(TEMPORAL_CLI, log);
-  const port = await pickPort(envPort('TEMPORAL', 7233), taken);
-  const uiPort = await pickPort(envPort('TEMPORAL_UI', 8233), taken);
   const dataDir = path.join(labDir(), 'temporal');
   mkdirSync(dataDir, { recursive: true });
   const namespace = 'default';
@@ -137,8 +150,49 @@ async function startTemporal(prev: LabTemporal | undefined, taken: Set<number>, 
   });
   const ui = `http://127.0.0.1:${uiPort}`;
   await waitFor('temporal web UI', async () => (await httpStatus(ui)) < 500, { timeoutMs: 30_000, logFile });
+  await ensureSearchAttributes(address, namespace);
   log(`temporal: started pid ${pid} at ${address}, UI ${ui}`);
   return { pid, port, uiPort, address, namespace, ui };
+}
+
+async function startTemporal(prev: LabTemporal | undefined, taken: Set<number>, log: (s: string) => void): Promise<LabTemporal> {
+  if (prev && pidAlive(prev.pid) && (await temporalReady(prev.address, prev.namespace).catch(() => false))) {
+    // A server started by older code may lack attributes added since.
+    await ensureSearchAttributes(prev.address, prev.namespace);
+    log(`temporal: reusing pid ${prev.pid} at ${prev.address}`);
+    return prev;
+  }
+  const port = await pickPort(envPort('TEMPORAL', 7233), taken);
+  const uiPort = await pickPort(envPort('TEMPORAL_UI', 8233), taken);
+  return spawnTemporal(port, uiPort, log);
+}
+
+/**
+ * Stops the lab's Temporal dev server (SIGKILL by default, as a crash would) and starts it again on the
+ * same ports and database, so workflows, histories and timers survive and clients reconnect. Returns
+ * the seconds the server was unavailable.
+ */
+export async function labRestartTemporal(
+  opts: { signal?: 'SIGKILL' | 'SIGTERM' } = {},
+  log: (s: string) => void = () => {},
+): Promise<{ temporal: LabTemporal; downSeconds: number }> {
+  const state = readLabState();
+  const prev = state.temporal;
+  if (!prev) throw new Error('the lab has no Temporal dev server to restart (run `vmrestore lab up`)');
+  const t0 = Date.now();
+  if (pidAlive(prev.pid)) {
+    try {
+      process.kill(-prev.pid, opts.signal ?? 'SIGKILL');
+    } catch {
+      process.kill(prev.pid, opts.signal ?? 'SIGKILL');
+    }
+    const deadline = Date.now() + 15_000;
+    while (pidAlive(prev.pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    if (pidAlive(prev.pid)) throw new Error(`temporal dev server pid ${prev.pid} did not exit`);
+  }
+  const temporal = await spawnTemporal(prev.port, prev.uiPort, log);
+  writeLabState({ ...readLabState(), temporal });
+  return { temporal, downSeconds: (Date.now() - t0) / 1000 };
 }
 
 async function startVcsim(prev: LabVSphere | undefined, taken: Set<number>, log: (s: string) => void): Promise<LabVSphere> {

@@ -565,6 +565,22 @@ export class VSphereClient {
       .map((o) => new Vm(this, o.ref, str(o.props.name)));
   }
 
+  /** Every VM whose extraConfig has `key`, with its value: what a sweep checks against its restores. */
+  async listVmsByExtraConfigKey(dcArg: DatacenterArg, key: string): Promise<Array<{ vm: Vm; name: string; value: string }>> {
+    const dc = await this.dc(dcArg);
+    const vms = await this.findObjects(
+      dc.vmFolder,
+      ['VirtualMachine'],
+      [{ type: 'VirtualMachine', paths: ['name', 'config.extraConfig'] }],
+    );
+    const out: Array<{ vm: Vm; name: string; value: string }> = [];
+    for (const o of vms) {
+      const entry = arrayOf(o.props['config.extraConfig']).find((ov) => str(obj(ov).key) === key);
+      if (entry) out.push({ vm: new Vm(this, o.ref, str(o.props.name)), name: str(o.props.name), value: str(obj(entry).value) });
+    }
+    return out;
+  }
+
   /** A VM by its managed object id ('vm-42') or reference, without a round trip. */
   vm(vmRef: string | MoRef): Vm {
     return new Vm(this, typeof vmRef === 'string' ? { type: 'VirtualMachine', value: vmRef } : vmRef);

@@ -2,3 +2,4 @@ export { restoreToVSphere, progressQuery } from './restore-vsphere';
 export { restorePlan } from './restore-plan';
 export { restoreToAzure, azureProgressQuery } from './restore-azure';
 export { resourceLease, acquireLease, releaseLease, leaseStateQuery, leaseWorkflowId } from './lease';
+export { sweepRestores } from './sweep';

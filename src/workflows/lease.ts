@@ -7,19 +7,23 @@ import {
   defineUpdate,
   proxyActivities,
   setHandler,
+  sleep,
   workflowInfo,
 } from '@temporalio/workflow';
 import type { AzureActivities } from '../activities/azure';
+import type { SweepActivities } from '../activities/sweep';
 import type { LeaseRequest, LeaseState, LeaseTarget } from '../domain/azure';
+import { controlOptions } from './activity-options';
 
 export const acquireLease = defineUpdate<{ poweredOn: boolean; powerOns: number }, [holder: string, request?: LeaseRequest]>('acquire');
 export const releaseLease = defineUpdate<{ holders: number }, [holder: string]>('release');
 export const leaseStateQuery = defineQuery<LeaseState>('state');
 
-const power = proxyActivities<AzureActivities>({
-  startToCloseTimeout: '10 minutes',
-  retry: { initialInterval: '1s', maximumInterval: '30s', maximumAttempts: 10 },
-});
+const power = proxyActivities<AzureActivities>(controlOptions('lease'));
+const holders = proxyActivities<SweepActivities>(controlOptions('lease'));
+
+/** Default interval of the check that drops holders whose workflow closed without releasing. */
+export const DEFAULT_HOLDER_CHECK_MS = 60_000;
 
 /** One lease per resource and task queue: a lease must be served by the workers of the restores using it. */
 export function leaseWorkflowId(target: Pick<LeaseTarget, 'kind' | 'name'>, taskQueue = 'vmrestore'): string {
@@ -30,10 +34,15 @@ export function leaseWorkflowId(target: Pick<LeaseTarget, 'kind' | 'name'>, task
  * One entity workflow per shared VM (Azure proxy or helper appliance). Acquire returns once the VM runs;
  * when the last holder has released and the idle timeout passes without a new acquire, it deallocates
  * the VM. Concurrent restores therefore never power it off under each other.
+ *
+ * Holders that name their workflow execution are checked on a timer: one whose execution has closed
+ * (terminated, timed out, or failed without releasing) is dropped with its reserved slots, after what it
+ * left attached to a helper appliance has been detached, so the appliance still powers off.
  */
 export async function resourceLease(initial: LeaseState): Promise<void> {
   const state: LeaseState = { ...initial, holders: [...initial.holders], reserved: { ...initial.reserved } };
   const reserved = state.reserved!;
+  const owners = (state.owners = { ...initial.owners });
   let transition: Promise<void> | undefined;
   setHandler(leaseStateQuery, () => state);
   const slotsInUse = (): number => Object.values(reserved).reduce((a, n) => a + n, 0);
@@ -57,6 +66,7 @@ export async function resourceLease(initial: LeaseState): Promise<void> {
         if (want > 0) reserved[holder] = want;
       }
     }
+    if (request?.owner) owners[holder] = request.owner;
     if (request?.powerOn === false) return { poweredOn: state.poweredOn, powerOns: state.powerOns };
     // Wait out a power-off in progress, then power on once for everyone waiting.
     while (transition) await transition;
@@ -75,11 +85,37 @@ export async function resourceLease(initial: LeaseState): Promise<void> {
     return { poweredOn: state.poweredOn, powerOns: state.powerOns };
   });
 
-  setHandler(releaseLease, (holder) => {
+  const drop = (holder: string): void => {
     state.holders = state.holders.filter((h) => h !== holder);
     delete reserved[holder];
+    delete owners[holder];
+  };
+  setHandler(releaseLease, (holder) => {
+    drop(holder);
     return { holders: state.holders.length };
   });
+
+  // Holders that died without releasing: checked while any holder names its execution.
+  const watched = () => state.holders.filter((h) => owners[h] !== undefined);
+  const checkHolders = async (): Promise<void> => {
+    for (;;) {
+      await condition(() => watched().length > 0);
+      await sleep(state.target.holderCheckMs ?? DEFAULT_HOLDER_CHECK_MS);
+      const list = watched().map((holder) => ({ holder, owner: owners[holder] }));
+      if (list.length === 0) continue;
+      try {
+        const closed = await holders.reapLeaseHolders({ target: state.target, holders: list });
+        for (const h of closed) {
+          if (!state.holders.includes(h)) continue;
+          drop(h);
+          state.droppedHolders = (state.droppedHolders ?? 0) + 1;
+        }
+      } catch {
+        // Checked again at the next interval.
+      }
+    }
+  };
+  void checkHolders();
 
   for (;;) {
     await condition(() => state.holders.length === 0 && !transition);

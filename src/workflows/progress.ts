@@ -1,7 +1,14 @@
-import { setCurrentDetails, setHandler, upsertSearchAttributes, workflowInfo, type QueryDefinition } from '@temporalio/workflow';
+import {
+  setCurrentDetails,
+  setHandler,
+  upsertMemo,
+  upsertSearchAttributes,
+  workflowInfo,
+  type QueryDefinition,
+} from '@temporalio/workflow';
 import { renderDiskTable } from '../domain/progress';
 import type { DiskProgress, RestorePhase, RestoreProgress } from '../domain/restore';
-import { RestoreKind, RestorePhaseKey, RestoreTarget, RestoreVm } from '../domain/search-attributes';
+import { RestoreIdKey, RestoreKind, RestorePhaseKey, RestoreTarget, RestoreVm } from '../domain/search-attributes';
 
 /**
  * What a restore shows while it runs: the `progress` query, the search attributes kept current and the
@@ -10,7 +17,13 @@ import { RestoreKind, RestorePhaseKey, RestoreTarget, RestoreVm } from '../domai
 export class RestoreTracker {
   readonly progress: RestoreProgress;
 
-  constructor(kind: 'vsphere' | 'azure', restoreId: string, vmName: string, query: QueryDefinition<RestoreProgress>) {
+  constructor(
+    kind: 'vsphere' | 'azure',
+    restoreId: string,
+    vmName: string,
+    query: QueryDefinition<RestoreProgress>,
+    keepOnFailure = false,
+  ) {
     this.progress = {
       restoreId,
       kind,
@@ -23,7 +36,11 @@ export class RestoreTracker {
     upsertSearchAttributes([
       { key: RestoreKind, value: kind },
       { key: RestoreVm, value: vmName },
+      // The sweeper finds the workflow behind a tagged resource by its restore id, and leaves alone what
+      // a restore that keeps its work on failure made.
+      { key: RestoreIdKey, value: restoreId },
     ]);
+    upsertMemo({ keepOnFailure });
     this.phase('initializing');
   }
 

@@ -1,51 +1,19 @@
 import { RestoreTracker } from './progress';
-import {
-  ActivityCancellationType,
-  type ActivityOptions,
-  CancellationScope,
-  defineQuery,
-  isCancellation,
-  proxyActivities,
-  workflowInfo,
-} from '@temporalio/workflow';
+import { type ActivityOptions, CancellationScope, defineQuery, isCancellation, proxyActivities, workflowInfo } from '@temporalio/workflow';
 import type { AzureActivities } from '../activities/azure';
 import type { AzureDiskResult, AzurePlan, AzureRestoreRequest, AzureRestoreResult } from '../domain/azure';
-import { FailureType } from '../domain/errors';
+import { controlOptions, leaseWaitOptions, transferOptions } from './activity-options';
 import type { RestorePhase, RestoreProgress } from '../domain/restore';
 import type { GuestChange } from '../guest/types';
 
 export const azureProgressQuery = defineQuery<RestoreProgress>('progress');
 
-const NON_RETRYABLE = [
-  FailureType.InvalidRequest,
-  FailureType.NotFound,
-  FailureType.AlreadyExists,
-  FailureType.RepositoryCorrupt,
-  FailureType.RestorePointNotFound,
-  FailureType.Configuration,
-  FailureType.AzureLimit,
-  FailureType.GuestPreparation,
-];
-
-const control = proxyActivities<AzureActivities>({
-  startToCloseTimeout: '15 minutes',
-  retry: {
-    initialInterval: '1s',
-    maximumInterval: '30s',
-    maximumAttempts: 8,
-    nonRetryableErrorTypes: [...NON_RETRYABLE, FailureType.AzureFault],
-  },
-});
+const control = proxyActivities<AzureActivities>(controlOptions('azure'));
+// Acquires may wait for other restores to free the appliance's slots.
+const lease = proxyActivities<AzureActivities>(leaseWaitOptions());
 
 const longRunning = (summary: string, where?: Pick<ActivityOptions, 'taskQueue' | 'scheduleToStartTimeout'>) =>
-  proxyActivities<AzureActivities>({
-    ...where,
-    startToCloseTimeout: '24 hours',
-    heartbeatTimeout: '30 seconds',
-    cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-    retry: { initialInterval: '1s', maximumInterval: '30s', maximumAttempts: 10, nonRetryableErrorTypes: NON_RETRYABLE },
-    summary,
-  });
+  proxyActivities<AzureActivities>(transferOptions(summary, where));
 
 type AzurePhase = RestorePhase | 'powering-on-proxy' | 'uploading' | 'preparing-guest' | 'registering-vm' | 'installing-agent';
 
@@ -59,7 +27,7 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
   const info = workflowInfo();
   // Unique per run (the first run id survives reset), so a reused workflow id never adopts an earlier run's resources.
   const restoreId = `${request.restoreId ?? info.workflowId}@${info.firstExecutionRunId}`;
-  const tracker = new RestoreTracker('azure', restoreId, request.vmName, azureProgressQuery);
+  const tracker = new RestoreTracker('azure', restoreId, request.vmName, azureProgressQuery, request.keepOnFailure ?? false);
   const progress = tracker.progress;
   const setPhase = (phase: AzurePhase, message?: string) => tracker.phase(phase, message);
 
@@ -81,7 +49,7 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
       setPhase('powering-on-proxy', plan.proxy.vmName);
       compensations.unshift(releaseProxy);
       proxyHeld = true;
-      await control.acquireLeaseActivity({ target: plan.proxy, holder });
+      await lease.acquireLeaseActivity({ target: plan.proxy, holder });
     }
 
     setPhase('uploading');
@@ -125,10 +93,10 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
       const detach = () => control.detachFromHelper({ plan });
       compensations.unshift(releaseHelper);
       // Reserve the helper's disk slots (waiting while other restores hold them), attach, then start it.
-      await control.acquireLeaseActivity({ target: helper, holder, request: { slots: plan.disks.length, powerOn: false } });
+      await lease.acquireLeaseActivity({ target: helper, holder, request: { slots: plan.disks.length, powerOn: false } });
       compensations.unshift(detach);
       await control.attachToHelper({ plan });
-      await control.acquireLeaseActivity({ target: helper, holder, request: { slots: plan.disks.length } });
+      await lease.acquireLeaseActivity({ target: helper, holder, request: { slots: plan.disks.length } });
       // Runs on the worker inside the helper appliance; one that never picks it up fails the restore.
       guestChanges = await longRunning(`prepare the Linux disks on helper ${helper.vmName}`, {
         taskQueue: plan.helperTaskQueue,

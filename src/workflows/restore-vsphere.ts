@@ -1,6 +1,5 @@
 import { RestoreTracker } from './progress';
 import {
-  ActivityCancellationType,
   ApplicationFailure,
   CancellationScope,
   defineQuery,
@@ -11,6 +10,7 @@ import {
 } from '@temporalio/workflow';
 import type { VSphereActivities } from '../activities/vsphere';
 import { FailureType } from '../domain/errors';
+import { controlOptions, transferOptions } from './activity-options';
 import type {
   DiskProgress,
   DiskWriteResult,
@@ -24,32 +24,10 @@ import type {
 
 export const progressQuery = defineQuery<RestoreProgress>('progress');
 
-const NON_RETRYABLE = [
-  FailureType.InvalidRequest,
-  FailureType.NotFound,
-  FailureType.AlreadyExists,
-  FailureType.InsufficientSpace,
-  FailureType.RepositoryCorrupt,
-  FailureType.RestorePointNotFound,
-  FailureType.Configuration,
-  FailureType.TransportUnavailable,
-];
+const control = proxyActivities<VSphereActivities>(controlOptions('vsphere'));
 
-const control = proxyActivities<VSphereActivities>({
-  startToCloseTimeout: '5 minutes',
-  retry: { initialInterval: '1s', maximumInterval: '30s', maximumAttempts: 5, nonRetryableErrorTypes: NON_RETRYABLE },
-});
-
-function diskWriter(summary: string) {
-  return proxyActivities<VSphereActivities>({
-    startToCloseTimeout: '24 hours',
-    heartbeatTimeout: '10 seconds',
-    // The writer must have stopped before compensation deletes the disk under it.
-    cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-    retry: { initialInterval: '1s', maximumInterval: '30s', maximumAttempts: 10, nonRetryableErrorTypes: NON_RETRYABLE },
-    summary,
-  });
-}
+// The writer must have stopped before compensation deletes the disk under it (WAIT_CANCELLATION_COMPLETED).
+const diskWriter = (summary: string) => proxyActivities<VSphereActivities>(transferOptions(summary));
 
 function failureType(err: unknown): string | undefined {
   const cause = err instanceof ActivityFailure ? err.cause : err;
@@ -64,7 +42,7 @@ export async function restoreToVSphere(request: VSphereRestoreRequest): Promise<
   const info = workflowInfo();
   // Unique per run (the first run id survives reset), so a reused workflow id never adopts an earlier run's VM.
   const restoreId = `${request.restoreId ?? info.workflowId}@${info.firstExecutionRunId}`;
-  const tracker = new RestoreTracker('vsphere', restoreId, request.vmName, progressQuery);
+  const tracker = new RestoreTracker('vsphere', restoreId, request.vmName, progressQuery, request.keepOnFailure ?? false);
   const progress = tracker.progress;
   const setPhase = (phase: RestorePhase, message?: string) => tracker.phase(phase, message);
 

@@ -35,6 +35,7 @@ import {
   withoutKeys,
   type Json,
 } from './util';
+import { renderNic } from './network';
 import { checkVhdBlobSize, checkVhdFooter, parseVhdFooter, type VhdProblem } from './vhd';
 
 const COMPUTE = 'Microsoft.Compute';
@@ -1407,6 +1408,10 @@ export function listByType(sim: ArmSim, type: string, rgName: string | undefined
       .filter(inRg)
       .map((v) => renderVm(sim, v, false));
   }
+  if (type === 'microsoft.network/networkinterfaces')
+    return Object.values(sim.state.nics)
+      .filter(inRg)
+      .map((n) => renderNic(sim, n));
   return undefined;
 }
 

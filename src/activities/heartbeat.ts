@@ -1,0 +1,44 @@
+import { Context } from '@temporalio/activity';
+
+/** Activities that heartbeat their own checkpoints: a bare heartbeat would overwrite those details. */
+export const SELF_HEARTBEATING = ['writeDisk', 'uploadVhd', 'prepareGuestDisk'];
+
+/**
+ * Wraps every function of an activity object (but `except`) so that it heartbeats from this worker
+ * every `intervalMs` while it runs: through ARM long-running-operation polls, vSphere task waits and
+ * lease updates alike. With a heartbeat timeout on the activity, a worker that dies mid-call is noticed
+ * within that timeout and the activity retried elsewhere, instead of after its start-to-close timeout.
+ * Heartbeats also let cancellation reach the activity. Outside an activity (unit tests) it calls through.
+ */
+export function withHeartbeat<T extends Record<string, (...args: never[]) => Promise<unknown>>>(
+  acts: T,
+  opts: { except?: string[]; intervalMs?: number } = {},
+): T {
+  const except = new Set(opts.except ?? SELF_HEARTBEATING);
+  const intervalMs = opts.intervalMs ?? 2000;
+  const out: Record<string, unknown> = {};
+  for (const [name, fn] of Object.entries(acts)) {
+    if (except.has(name)) {
+      out[name] = fn;
+      continue;
+    }
+    const wrapped = async (...args: never[]) => {
+      let ctx: Context;
+      try {
+        ctx = Context.current();
+      } catch {
+        return fn(...args);
+      }
+      ctx.heartbeat();
+      const beat = setInterval(() => ctx.heartbeat(), intervalMs);
+      try {
+        return await fn(...args);
+      } finally {
+        clearInterval(beat);
+      }
+    };
+    Object.defineProperty(wrapped, 'name', { value: name });
+    out[name] = wrapped;
+  }
+  return out as T;
+}

@@ -1,0 +1,70 @@
+import { ActivityCancellationType, type ActivityOptions, type RetryPolicy } from '@temporalio/workflow';
+import { FailureType } from '../domain/errors';
+
+/**
+ * Activity option presets for every workflow, and the one list of failure types no retry can fix.
+ *
+ * Every preset heartbeats with a timeout of at most 30 s, so a worker that dies in any activity costs a
+ * restore about one heartbeat timeout, never a whole start-to-close timeout. Control activities heartbeat
+ * from the worker while they run (see `withHeartbeat` in src/activities/heartbeat.ts, which also beats
+ * on every ARM or vSphere task poll); long-running ones heartbeat their checkpoints themselves.
+ */
+
+/** Failure types that no retry can fix: the request, the backup or the configuration is at fault. */
+export const NON_RETRYABLE: string[] = [
+  FailureType.InvalidRequest,
+  FailureType.NotFound,
+  FailureType.AlreadyExists,
+  FailureType.InsufficientSpace,
+  FailureType.RepositoryCorrupt,
+  FailureType.RestorePointNotFound,
+  FailureType.Configuration,
+  FailureType.TransportUnavailable,
+  FailureType.AzureLimit,
+  FailureType.GuestPreparation,
+];
+
+/** How long a silent control activity may go before Temporal gives it to another worker. */
+export const CONTROL_HEARTBEAT_TIMEOUT = '15 seconds';
+/** The same for disk writes, uploads and guest preparation, which heartbeat every second. */
+export const TRANSFER_HEARTBEAT_TIMEOUT = '10 seconds';
+
+const retry = (maximumAttempts: number, extraNonRetryable: string[] = []): RetryPolicy => ({
+  initialInterval: '1s',
+  maximumInterval: '30s',
+  maximumAttempts,
+  nonRetryableErrorTypes: [...NON_RETRYABLE, ...extraNonRetryable],
+});
+
+/**
+ * vSphere and ARM API calls: bounded by a heartbeat, with an outer limit for a call that heartbeats
+ * but never returns. ARM's own transient faults are retried inside the SDK pipeline, so an `AzureFault`
+ * that reaches the workflow is final for Azure control steps.
+ */
+export function controlOptions(target: 'vsphere' | 'azure' | 'lease'): ActivityOptions {
+  return {
+    startToCloseTimeout: '30 minutes',
+    heartbeatTimeout: CONTROL_HEARTBEAT_TIMEOUT,
+    retry: target === 'azure' ? retry(8, [FailureType.AzureFault]) : retry(target === 'vsphere' ? 5 : 10),
+  };
+}
+
+/** A lease acquire may wait for other restores to free the appliance's slots: long, but heartbeating. */
+export function leaseWaitOptions(): ActivityOptions {
+  return { ...controlOptions('azure'), startToCloseTimeout: '24 hours' };
+}
+
+/**
+ * Disk writes, VHD uploads and guest preparation: hours long, heartbeating a durable checkpoint, and
+ * cancelled only once they have stopped (compensation must not delete a disk under a running writer).
+ */
+export function transferOptions(summary: string, where?: Pick<ActivityOptions, 'taskQueue' | 'scheduleToStartTimeout'>): ActivityOptions {
+  return {
+    ...where,
+    startToCloseTimeout: '24 hours',
+    heartbeatTimeout: TRANSFER_HEARTBEAT_TIMEOUT,
+    cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+    retry: retry(10),
+    summary,
+  };
+}
