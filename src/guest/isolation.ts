@@ -8,8 +8,8 @@
  * - starts with a scrubbed environment: PATH, LC_ALL=C and a private HOME and TMPDIR, nothing else, and
  *   gets no configuration (its request is the image path and the OS type);
  * - when the worker runs as root, runs as an unprivileged uid/gid (65534, `nobody`/`nogroup`, unless
- *   told otherwise) and reaches only the working image, which is moved into a directory private to that
- *   uid (mode 0700) for the run and moved back afterwards;
+ *   told otherwise) and reaches only the working image, which is hard-linked (or, across filesystems,
+ *   moved) into a directory private to that uid (mode 0700) for the run and handed back afterwards;
  * - is killed with its tools (its own process group) on timeout or cancellation.
  * No step needs root: ntfs-3g's FUSE mount (used only to create \Windows\AzureAgent) works for an
  * unprivileged user because Debian installs ntfs-3g setuid root for exactly this, and it unmounts
@@ -17,6 +17,7 @@
  */
 import { spawn } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { FailureType, RestoreError, type FailureType as FailureTypeName } from '../domain/errors';
 import type { GuestPreparationResult } from './types';
@@ -92,18 +93,39 @@ export async function prepareGuestDiskIsolated(req: GuestPrepRequest, opts: Isol
   const gid = asRoot ? (opts.gid ?? UNPRIVILEGED_ID) : undefined;
   const imagePath = path.resolve(req.imagePath);
   const imageDir = path.dirname(imagePath);
+  if ((await fsp.lstat(imagePath).catch(() => null))?.isSymbolicLink()) {
+    throw new RestoreError(FailureType.GuestPreparation, `guest image ${imagePath} is a symlink; refused`);
+  }
   const imageStat = await fsp.stat(imagePath).catch(() => {
     throw new RestoreError(FailureType.GuestPreparation, `guest image ${imagePath} does not exist`);
   });
-  const dirMode = (await fsp.stat(imageDir)).mode & 0o7777;
 
-  // The private directory lives beside the image, so moving the image in and out is a rename.
-  const box = await fsp.mkdtemp(path.join(imageDir, '.guest-prep-'));
-  const home = path.join(box, 'home');
-  const tmp = path.join(box, 'tmp');
-  const boxedImage = path.join(box, 'disk.img');
-  let moved = false;
+  // The private directory: under the temporary directory (world-traversable) with the image hard-linked
+  // in, or, when that is another filesystem, beside the image with the image moved in.
+  let box = await fsp.mkdtemp(path.join(os.tmpdir(), 'vmrestore-guest-prep-'));
+  let boxedImage = path.join(box, 'disk.img');
+  let placed: 'linked' | 'moved' | null = null;
+  let restoreDirMode: number | null = null;
   try {
+    try {
+      await fsp.link(imagePath, boxedImage);
+      placed = 'linked';
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EXDEV') throw e;
+      await fsp.rm(box, { recursive: true, force: true });
+      box = await fsp.mkdtemp(path.join(imageDir, '.guest-prep-'));
+      boxedImage = path.join(box, 'disk.img');
+      await fsp.rename(imagePath, boxedImage);
+      placed = 'moved';
+      const mode = (await fsp.stat(imageDir)).mode & 0o7777;
+      // The child must pass through the image's directory to reach its own: search permission only.
+      if (uid !== undefined && !(mode & 0o001)) {
+        await fsp.chmod(imageDir, mode | 0o001);
+        restoreDirMode = mode;
+      }
+    }
+    const home = path.join(box, 'home');
+    const tmp = path.join(box, 'tmp');
     await fsp.mkdir(home, { mode: 0o700 });
     await fsp.mkdir(tmp, { mode: 0o700 });
     let installer: string | undefined;
@@ -111,21 +133,15 @@ export async function prepareGuestDiskIsolated(req: GuestPrepRequest, opts: Isol
       installer = path.join(box, 'agent-installer.msi');
       await fsp.copyFile(req.agentInstallerPath, installer);
     }
-    await fsp.rename(imagePath, boxedImage);
-    moved = true;
     if (uid !== undefined && gid !== undefined) {
       for (const p of [box, home, tmp, boxedImage, ...(installer ? [installer] : [])]) await fsp.chown(p, uid, gid);
-      // The child must pass through the image's directory to reach its own; search permission only.
-      if (!(dirMode & 0o001)) await fsp.chmod(imageDir, dirMode | 0o001);
     }
     const request: GuestPrepRequest = { osType: req.osType, imagePath: boxedImage, agentInstallerPath: installer };
     return await runChild(request, { box, home, tmp, uid, gid, timeoutMs: opts.timeoutMs ?? DEFAULT_TIMEOUT_MS, signal: opts.signal });
   } finally {
-    if (moved) {
-      await fsp.rename(boxedImage, imagePath);
-      if (uid !== undefined) await fsp.chown(imagePath, imageStat.uid, imageStat.gid);
-    }
-    if (uid !== undefined && !(dirMode & 0o001)) await fsp.chmod(imageDir, dirMode).catch(() => undefined);
+    if (placed === 'moved') await fsp.rename(boxedImage, imagePath);
+    if (placed && uid !== undefined) await fsp.chown(imagePath, imageStat.uid, imageStat.gid);
+    if (restoreDirMode !== null) await fsp.chmod(imageDir, restoreDirMode).catch(() => undefined);
     await fsp.rm(box, { recursive: true, force: true });
   }
 }
@@ -188,7 +204,9 @@ function runChild(request: GuestPrepRequest, s: ChildSetup): Promise<IsolatedPre
       if (stopped === 'cancelled') {
         reject(s.signal?.reason ?? new Error('guest preparation cancelled'));
       } else if (stopped && stopped !== 'finished') {
-        reject(new RestoreError(FailureType.GuestPreparation, `guest preparation of ${request.osType} disk ${stopped}; its process was killed`));
+        reject(
+          new RestoreError(FailureType.GuestPreparation, `guest preparation of ${request.osType} disk ${stopped}; its process was killed`),
+        );
       } else if (message?.ok) {
         resolve({ ...message.result, sandbox: message.sandbox });
       } else if (message && !message.ok) {

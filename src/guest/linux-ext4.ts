@@ -57,9 +57,12 @@ const MAX_SYMLINK_HOPS = 16;
  * line we emit is checked against this limit and refused, never truncated.
  */
 export const DEBUGFS_MAX_LINE = 4096;
-/** ext4 limits: a name is at most 255 bytes, a path (PATH_MAX) 4096. */
+/**
+ * ext4 names are at most 255 bytes. Paths are held well under PATH_MAX so that a command naming a
+ * guest path and one of our temporary files always fits DEBUGFS_MAX_LINE.
+ */
 const MAX_NAME_BYTES = 255;
-const MAX_PATH_BYTES = 4000;
+const MAX_PATH_BYTES = 3800;
 
 /** A path or name from the guest (or derived from guest data) that cannot be handed to debugfs. */
 export class UnsafeGuestPathError extends RestoreError {
@@ -204,7 +207,16 @@ export class Ext4Volume {
       await fsp.writeFile(cmdFile, lines.join('\n') + '\n', { mode: 0o600 });
       const args = write ? ['-w', '-f', cmdFile, this.device] : ['-f', cmdFile, this.device];
       const r = await run('debugfs', args, { env: DEBUGFS_ENV, timeoutMs: 120_000 });
-      return { parts: splitByMarker(r.stdout, marker, commands.length), errors: stderrErrors(r.stderr) };
+      const errors = stderrErrors(r.stderr);
+      // A damaged superblock or group descriptors: debugfs carries on with "Filesystem not open".
+      const openFailure = errors.find((l) => / while (trying to open|opening filesystem)|Filesystem not open/.test(l));
+      if (openFailure) {
+        throw new RestoreError(
+          FailureType.GuestPreparation,
+          `debugfs cannot open the ext2/3/4 filesystem in ${this.device}: ${openFailure.slice(0, 300)}`,
+        );
+      }
+      return { parts: splitByMarker(r.stdout, marker, commands.length), errors };
     } finally {
       await fsp.rm(dir, { recursive: true, force: true });
     }
@@ -331,8 +343,15 @@ export class Ext4Volume {
     if (!st || st.stat.type !== 'directory') return null;
     const { parts } = await this.debugfs([`ls -p ${q(st.path)}`]);
     const entries: { name: string; type: Ext4FileType }[] = [];
+    // Names are printed raw, so one holding a newline spans lines: join until the entry is complete.
+    const lines: string[] = [];
     for (const line of parts[0].split('\n')) {
-      const m = /^\/(\d+)\/(\d+)\/\d+\/\d+\/(.*)\/\d*\/$/.exec(line);
+      const open = lines.length > 0 && !/\/\d*\/$/.test(lines[lines.length - 1]);
+      if (open) lines[lines.length - 1] += `\n${line}`;
+      else if (/^\/\d+\/\d+\//.test(line)) lines.push(line);
+    }
+    for (const line of lines) {
+      const m = /^\/(\d+)\/(\d+)\/\d+\/\d+\/([\s\S]*)\/\d*\/$/.exec(line);
       if (!m || m[1] === '0' || m[3] === '.' || m[3] === '..') continue;
       const fmt = parseInt(m[2], 8) & 0o170000;
       const type: Ext4FileType = fmt === 0o100000 ? 'regular' : fmt === 0o40000 ? 'directory' : fmt === 0o120000 ? 'symlink' : 'other';

@@ -112,7 +112,15 @@ export async function findLinuxRoot(imagePath: string, opts: { rootPartitionInde
       seen.push(`${label}: ${fs ? fs.type : lvm ? 'LVM' : 'unknown'}`);
       continue;
     }
-    const st = await new Ext4Volume(imagePath, c.offset).stat('/etc/fstab');
+    let st: Ext4Stat | null;
+    try {
+      st = await new Ext4Volume(imagePath, c.offset).stat('/etc/fstab');
+    } catch (e) {
+      // A damaged filesystem rules this candidate out; another partition may still be the root.
+      if (!(e instanceof RestoreError)) throw e;
+      seen.push(`${label}: ${fs.type} that cannot be opened (${e.message.slice(0, 200)})`);
+      continue;
+    }
     if (st) return { partitionIndex: c.index, partitionOffset: c.offset, filesystem: fs, table };
     seen.push(`${label}: ${fs.type} without /etc/fstab`);
   }
@@ -205,7 +213,12 @@ class Plan {
         this.files.set(p, null);
         continue;
       }
-      this.files.set(p, r ? { intended: normalizePath(p), path: r.path, hops: r.hops, text: r.content!.toString('utf8'), bytes: r.content!, stat: r.stat } : null);
+      this.files.set(
+        p,
+        r
+          ? { intended: normalizePath(p), path: r.path, hops: r.hops, text: r.content!.toString('utf8'), bytes: r.content!, stat: r.stat }
+          : null,
+      );
     }
   }
 
@@ -336,7 +349,9 @@ class Plan {
         continue;
       }
       const target = this.stats.get(linked)?.linkTarget ?? '?';
-      this.warn(`${p.op.path}: directory ${linked} is a symlink to ${describePath(target)}; not followed, left unchanged (wanted: ${p.change.description})`);
+      this.warn(
+        `${p.op.path}: directory ${linked} is a symlink to ${describePath(target)}; not followed, left unchanged (wanted: ${p.change.description})`,
+      );
     }
     this.planned.splice(0, this.planned.length, ...kept);
   }
@@ -389,7 +404,9 @@ async function detectFamily(plan: Plan): Promise<{ family: LinuxFamily; osName: 
 async function detectNetworkStyle(plan: Plan, family: LinuxFamily): Promise<NetworkStyle | null> {
   const netplan = await plan.list('/etc/netplan');
   if (netplan && (family === 'ubuntu' || netplan.some((e) => e.name.endsWith('.yaml')))) return 'netplan';
-  if ((await plan.lstat('/etc/sysconfig/network-scripts'))?.type === 'directory') return 'ifcfg';
+  // Followed for detection only; edits below a symlinked directory are dropped (see followAllowed).
+  const scripts = (await plan.vol.resolveMany(['/etc/sysconfig/network-scripts'])).get('/etc/sysconfig/network-scripts');
+  if (scripts?.stat.type === 'directory') return 'ifcfg';
   if (await plan.file('/etc/network/interfaces')) return 'interfaces';
   return null;
 }
@@ -599,18 +616,11 @@ async function fixUdevNetRules(plan: Plan): Promise<void> {
   const gen75 = '/etc/udev/rules.d/75-persistent-net-generator.rules';
   await plan.lstatMany([rules70, gen75]);
   if (await plan.lstat(rules70)) {
-    await plan.remove(
-      rules70,
-      'remove NIC names pinned to VMware MAC addresses; the Azure NIC must come up as eth0',
-    );
+    await plan.remove(rules70, 'remove NIC names pinned to VMware MAC addresses; the Azure NIC must come up as eth0');
   }
   const st = await plan.lstat(gen75);
   if (!(st?.type === 'symlink' && st.linkTarget === '/dev/null')) {
-    await plan.symlink(
-      gen75,
-      '/dev/null',
-      'mask the persistent net rules generator so it does not pin the Azure NIC MAC',
-    );
+    await plan.symlink(gen75, '/dev/null', 'mask the persistent net rules generator so it does not pin the Azure NIC MAC');
   }
 }
 
@@ -644,7 +654,9 @@ network:
     if (!ref || !netplanHasStatic(ref.text)) continue;
     const parked = `${p}${DISABLED_SUFFIX}`;
     if (!followAllowed(ref)) {
-      plan.warn(`${p} is a symlink to ${describePath(ref.hops[1] ?? ref.path)}; not followed, left in place (it may add static addresses to eth0)`);
+      plan.warn(
+        `${p} is a symlink to ${describePath(ref.hops[1] ?? ref.path)}; not followed, left in place (it may add static addresses to eth0)`,
+      );
       continue;
     }
     await plan.create(parked, ref.bytes, ref.stat.mode, `copy of ${p}, kept for reference`);

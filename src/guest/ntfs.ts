@@ -167,7 +167,10 @@ export async function hasNtfsBootSector(image: string, offset: number): Promise<
 function ntfsPath(path: string): string {
   // eslint-disable-next-line no-control-regex
   if (/[\x00-\x1f\x7f]/.test(path) || path.length > 4000) {
-    throw new RestoreError(FailureType.GuestPreparation, `NTFS path ${JSON.stringify(path.slice(0, 120))} cannot be handled safely; refused`);
+    throw new RestoreError(
+      FailureType.GuestPreparation,
+      `NTFS path ${JSON.stringify(path.slice(0, 120))} cannot be handled safely; refused`,
+    );
   }
   return (
     '/' +
@@ -188,7 +191,12 @@ export const MAX_NTFS_READ_BYTES = 512 * 1024 * 1024;
 export async function ntfsReadFile(partPath: string, path: string, maxBytes = MAX_NTFS_READ_BYTES): Promise<Buffer | null> {
   const out = `${partPath}.read-${process.pid}-${Date.now()}`;
   try {
-    const r = await run('ntfscat', [partPath, ntfsPath(path)], { allowExit: [1], timeoutMs: 300_000, stdoutFile: out, maxStdoutBytes: maxBytes });
+    const r = await run('ntfscat', [partPath, ntfsPath(path)], {
+      allowExit: [1],
+      timeoutMs: 300_000,
+      stdoutFile: out,
+      maxStdoutBytes: maxBytes,
+    });
     if (r.code === 0) return await fsp.readFile(out);
     if (/No such file|not found|Couldn't open|Failed to open/i.test(r.stderr)) return null;
     throw new RestoreError(FailureType.GuestPreparation, `ntfscat ${path} failed: ${r.stderr.trim().slice(0, 500)}`);

@@ -267,7 +267,10 @@ export class HiveReader {
   static async open(path: string): Promise<HiveReader> {
     const { size } = await stat(path);
     if (size > MAX_HIVE_BYTES) {
-      throw new RestoreError(FailureType.GuestPreparation, `registry hive ${path} is ${size} bytes, over the ${MAX_HIVE_BYTES}-byte limit; refused`);
+      throw new RestoreError(
+        FailureType.GuestPreparation,
+        `registry hive ${path} is ${size} bytes, over the ${MAX_HIVE_BYTES}-byte limit; refused`,
+      );
     }
     return new HiveReader(await readFile(path));
   }
@@ -483,15 +486,17 @@ function shown(name: string): string {
 }
 
 /**
- * The key line of a setval block. hivexsh takes it verbatim and passes its bytes to hivex, so only
- * printable 7-bit names round-trip; anything else (control characters, non-ASCII, over-long) is refused.
+ * The key line of a setval block. hivexsh takes it verbatim (no trimming, no comment skipping) and hivex
+ * encodes its UTF-8 as Latin-1 or UTF-16; control characters (a newline would end the line early) and
+ * text that does not survive UTF-8 (lone surrogates) are refused, and so are names over the line limit.
  */
 function hivexshKeyLine(name: string, where: string): string {
   if (name === '') return '@';
-  if (name === '@' || !/^[\x20-\x7e]+$/.test(name)) {
+  // eslint-disable-next-line no-control-regex
+  if (name === '@' || /[\x00-\x1f\x7f-\x9f]/.test(name) || Buffer.from(name, 'utf8').toString('utf8') !== name) {
     throw new RestoreError(
       FailureType.GuestPreparation,
-      `registry value name ${shown(name)} in ${where} cannot be written back through hivexsh (only printable ASCII names can); refused`,
+      `registry value name ${shown(name)} in ${where} cannot be written back through hivexsh (control characters or invalid text); refused`,
     );
   }
   return checkLine(name, `value name ${shown(name)} in ${where}`);
@@ -569,7 +574,10 @@ function addKeyLines(keyPath: string, known: Set<string>, reader: HiveReader | n
       known.add(upper);
       continue;
     }
-    lines.push(cdLine(parts.slice(0, i).join('\\')), checkLine(`add ${checkKeyName(parts[i]!, keyPath)}`, `registry key ${shown(keyPath)}`));
+    lines.push(
+      cdLine(parts.slice(0, i).join('\\')),
+      checkLine(`add ${checkKeyName(parts[i]!, keyPath)}`, `registry key ${shown(keyPath)}`),
+    );
     known.add(upper);
   }
   return lines;

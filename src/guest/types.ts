@@ -105,10 +105,10 @@ function changedLines(before: string, after: string): string[] {
     if (i < n && j < m && midA[i] === midB[j]) {
       i++;
       j++;
-    } else if (j < m && (i === n || lcs[i][j + 1] >= lcs[i + 1][j])) {
-      out.push(`+ ${midB[j++]}`);
-    } else {
+    } else if (i < n && (j === m || lcs[i + 1][j] >= lcs[i][j + 1])) {
       out.push(`- ${midA[i++]}`);
+    } else {
+      out.push(`+ ${midB[j++]}`);
     }
   }
   return out;
@@ -119,9 +119,7 @@ export function shortDiff(before: string | null, after: string | null): string[]
   const lines =
     before !== null && after !== null
       ? changedLines(before, after)
-      : [...(before ?? '').split('\n').map((l) => `- ${l}`), ...(after ?? '').split('\n').map((l) => `+ ${l}`)].filter(
-          (l) => l.length > 2,
-        );
+      : [...(before ?? '').split('\n').map((l) => `- ${l}`), ...(after ?? '').split('\n').map((l) => `+ ${l}`)].filter((l) => l.length > 2);
   const shown = lines.slice(0, DIFF_MAX_LINES).map((l) => cut(maskSecrets(l)));
   if (lines.length > DIFF_MAX_LINES) shown.push(`[${lines.length - DIFF_MAX_LINES} more changed lines not recorded]`);
   return shown;

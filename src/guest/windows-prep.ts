@@ -11,7 +11,16 @@ import { dirname, join } from 'node:path';
 import { FailureType, RestoreError } from '../domain/errors';
 import { NoPartitionTableError, readPartitionTable } from './partition';
 import { PartitionCopy, hasNtfsBootSector, ntfsListDir, ntfsReadFile, ntfsResolvePath, ntfsWriteFile, withNtfsMount } from './ntfs';
-import { HiveReader, decodeValue, encodeValue, getHiveValue, hiveValueText, setHiveValues, type HiveEdit, type HiveValueData } from './regf';
+import {
+  HiveReader,
+  decodeValue,
+  encodeValue,
+  getHiveValue,
+  hiveValueText,
+  setHiveValues,
+  type HiveEdit,
+  type HiveValueData,
+} from './regf';
 import { guestChange, type GuestChange, type GuestPreparationResult } from './types';
 import { RDP_RULE_TCP, RDP_RULE_UDP, remoteDesktopRule } from './windows-image';
 

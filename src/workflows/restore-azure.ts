@@ -106,7 +106,9 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
     const deleteDisks = () => control.deleteManagedDisks({ plan });
     if (plan.osType === 'Windows') {
       setPhase('preparing-guest', 'OS disk mounted on the backup server');
-      ({ changes: guestChanges, warnings: guestWarnings } = await longRunning('mount, prepare and unmount the Windows OS disk').prepareGuestDisk({
+      ({ changes: guestChanges, warnings: guestWarnings } = await longRunning(
+        'mount, prepare and unmount the Windows OS disk',
+      ).prepareGuestDisk({
         plan,
         where: 'backup-server',
       }));

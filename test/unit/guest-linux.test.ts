@@ -528,7 +528,10 @@ describe('Linux demo images and guest preparation', () => {
     const changes = await prepareLinuxDisk(img);
     const c = changeFor(changes, '/etc/network/interfaces');
     assert.ok(c.diff.includes('- iface eth0 inet static'), c.diff.join('\n'));
-    assert.ok(c.diff.some((l) => /^- \taddress /.test(l)), c.diff.join('\n'));
+    assert.ok(
+      c.diff.some((l) => /^- \taddress /.test(l)),
+      c.diff.join('\n'),
+    );
     const after = (await readGuestFile(img, MiB, '/etc/network/interfaces'))!;
     assert.match(after, /^allow-hotplug eth0\niface eth0 inet dhcp\n$/m);
     assert.doesNotMatch(after, /address|gateway|dns-/);
@@ -537,7 +540,10 @@ describe('Linux demo images and guest preparation', () => {
   it('flags UUID entries of filesystems that are not restored when told which ones are', async () => {
     const r = await inspectLinuxDisk(ubuntu.imagePath, { knownFilesystemUuids: [ubuntu.rootFsUuid] });
     const fstab = changeFor(r.changes, '/etc/fstab');
-    assert.ok(fstab.diff.some((l) => /^\+ UUID=\S+ \/srv\/backup xfs defaults,nofail 0 2$/.test(l)), fstab.diff.join('\n'));
+    assert.ok(
+      fstab.diff.some((l) => /^\+ UUID=\S+ \/srv\/backup xfs defaults,nofail 0 2$/.test(l)),
+      fstab.diff.join('\n'),
+    );
     assert.doesNotMatch(
       (await readGuestFile(ubuntu.imagePath, MiB, '/etc/fstab'))!,
       /backup xfs defaults,nofail/,

@@ -265,7 +265,12 @@ describe('Windows demo image and guest preparation', { skip: noFuse }, () => {
       return { hive: hive as 'SYSTEM' | 'SOFTWARE', keyPath: rest.join('\\'), valueName };
     });
     const now = await readHiveValuesFromDisk(mbrImage, queries);
-    regChanges.forEach((c, i) => assert.equal(`+ ${now[i]}`, c.diff[c.diff.length - 1], c.path));
+    regChanges.forEach((c, i) => {
+      const text = now[i]!;
+      const bytes = /^\d+$/.test(text) ? dwordBytes(Number(text)) : Buffer.from(`${text}\0`, 'utf16le');
+      assert.equal(sha256Hex(bytes), c.sha256After, c.path);
+      assert.ok(text.startsWith(c.diff[c.diff.length - 1]!.slice(2).replace(/…$/, '')), c.path);
+    });
     // Rules we do not own stay as they were.
     assert.match(
       (await readHiveValueFromDisk(mbrImage, 'SYSTEM', `ControlSet002\\${rules}`, 'RemoteDesktop-Shadow-In-TCP'))!,
