@@ -650,7 +650,7 @@ export async function setHiveValues(path: string, edits: HiveEdit[]): Promise<bo
     if (!changed) continue;
     if (current === null && values.length === 0 && keyEdits.every((e) => e.value === null)) continue;
     script.push(...addKeyLines(keyPath, known, reader));
-    script.push(cdLine(keyPath), ...setvalBlock(values, keyPath));
+    script.push(cdLine(keyPath), ...setvalBlock(values, keyPath || '<root>'));
   }
   if (script.length === 0) return false;
   await runHivexsh(path, script);

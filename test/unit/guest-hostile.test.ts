@@ -18,6 +18,7 @@ import { Ext4Volume, MAX_GUEST_FILE_BYTES, UnsafeGuestPathError } from '../../sr
 import { buildLinuxDiskImage, type LinuxImageOptions } from '../../src/guest/linux-image';
 import { prepareLinuxDiskDetailed } from '../../src/guest/linux-prep';
 import { readPartitionTable } from '../../src/guest/partition';
+import { HiveReader, buildEmptyHive, hiveToXml, setHiveValues } from '../../src/guest/regf';
 import { maskSecrets, shortDiff } from '../../src/guest/types';
 
 const MiB = 1024 * 1024;
@@ -440,3 +441,97 @@ function crc32(b: Buffer): number {
   }
   return (c ^ 0xffffffff) >>> 0;
 }
+
+/**
+ * A hive whose root key holds the given dword values, names stored as Latin-1 (any length up to the
+ * 16383 characters Windows allows): the empty hive from buildEmptyHive with its one hbin grown to fit a
+ * value list and the vk cells.
+ */
+function hiveWithRootValues(values: { name: string; value: number }[]): Buffer {
+  const empty = buildEmptyHive({ timestamp: new Date('2024-03-01T12:00:00Z') });
+  const align8 = (x: number) => (x + 7) & ~7;
+  let free = 0x20;
+  while (empty.readInt32LE(0x1000 + free) < 0) free += -empty.readInt32LE(0x1000 + free);
+  const listSize = align8(4 + 4 * values.length);
+  const vkSizes = values.map((v) => align8(4 + 0x18 + v.name.length));
+  const used = free + listSize + vkSizes.reduce((a, b) => a + b, 0);
+  const binSize = Math.ceil((used + 8) / 4096) * 4096;
+  const hive = Buffer.alloc(0x1000 + binSize);
+  empty.copy(hive, 0, 0, 0x1000 + free);
+  const bin = hive.subarray(0x1000);
+  bin.writeUInt32LE(binSize, 8);
+  hive.writeUInt32LE(binSize, 0x28);
+  bin.writeInt32LE(-listSize, free);
+  let at = free + listSize;
+  values.forEach((v, i) => {
+    bin.writeUInt32LE(at, free + 4 + 4 * i);
+    bin.writeInt32LE(-vkSizes[i]!, at);
+    const vk = bin.subarray(at + 4);
+    vk.write('vk', 0, 'latin1');
+    vk.writeUInt16LE(v.name.length, 2);
+    vk.writeUInt32LE(0x80000004, 4); // 4 bytes of data, stored inline
+    vk.writeUInt32LE(v.value, 8);
+    vk.writeUInt32LE(4, 0x0c); // REG_DWORD
+    vk.writeUInt16LE(1, 0x10); // name is Latin-1
+    vk.write(v.name, 0x14, 'latin1');
+    at += vkSizes[i]!;
+  });
+  bin.writeInt32LE(binSize - at, at);
+  const nk = bin.subarray(0x20 + 4);
+  nk.writeUInt32LE(values.length, 0x24);
+  nk.writeUInt32LE(free, 0x28);
+  let sum = 0;
+  for (let i = 0; i < 0x1fc; i += 4) sum ^= hive.readUInt32LE(i);
+  hive.writeUInt32LE(sum >>> 0, 0x1fc);
+  return hive;
+}
+
+describe('hostile registry hives', () => {
+  it('refuses value names hivexsh would split, so no name ever lands where a command is read', async () => {
+    const target = payload().replace(/^!touch (\S+) #$/, '$1');
+    // Before the line check, hivexsh's 8 KiB fgets split these names so that setval swallowed the
+    // chunks as name/value pairs and the third name was read as a command: `commit <path>` writes
+    // the hive wherever the guest says.
+    const hexValue = `hex:4:${'0'.repeat(8184)}z`;
+    const names = ['A'.repeat(8191) + hexValue + 'C', 'B'.repeat(8191) + hexValue + 'D', `commit ${target}`];
+    const file = join(dir, 'huge-names.hive');
+    await fsp.writeFile(file, hiveWithRootValues(names.map((name, i) => ({ name, value: i }))));
+    await hiveToXml(file); // hivex itself accepts the hive
+    const reader = await HiveReader.open(file);
+    assert.deepEqual(
+      reader.values('')!.map((v) => v.name.length),
+      names.map((x) => x.length),
+    );
+    const bytes = await fsp.readFile(file);
+    await assert.rejects(
+      setHiveValues(file, [{ keyPath: '', name: 'fDenyTSConnections', value: { type: 'dword', value: 0 } }]),
+      (e: unknown) => {
+        assert.ok(e instanceof RestoreError, String(e));
+        assert.equal(e.type, 'GuestPreparation');
+        assert.match(e.message, /value name "A{80}"… \(16383 characters\) .* over hivexsh's 8000-byte line limit.*refused/);
+        assert.ok(e.message.length < 600, 'the message does not carry the whole name');
+        return true;
+      },
+    );
+    assert.ok((await fsp.readFile(file)).equals(bytes), 'hive untouched');
+    assert.equal(existsSync(target), false);
+
+    const control = join(dir, 'control-name.hive');
+    await fsp.writeFile(control, hiveWithRootValues([{ name: `x\n${payload()}`, value: 1 }]));
+    await assert.rejects(
+      setHiveValues(control, [{ keyPath: '', name: 'Other', value: { type: 'dword', value: 0 } }]),
+      /registry value name "x\\n!touch .*" in <root> cannot be written back through hivexsh \(control characters or invalid text\); refused/,
+    );
+  });
+
+  it('writes ordinary names with spaces, quotes, `#` and non-ASCII back byte-exact', async () => {
+    const names = ['# not a comment', ' leading space', 'quote " and \\ backslash', 'Ünïcödé', '!bang'];
+    const file = join(dir, 'ordinary.hive');
+    await fsp.writeFile(file, hiveWithRootValues(names.map((name, i) => ({ name, value: i }))));
+    assert.equal(await setHiveValues(file, [{ keyPath: '', name: '名前', value: { type: 'dword', value: 6 } }]), true);
+    assert.equal(await setHiveValues(file, [{ keyPath: '', name: 'Added', value: { type: 'dword', value: 7 } }]), true);
+    const got = (await HiveReader.open(file)).values('')!.map((v) => [v.name, v.data.readUInt32LE(0)]);
+    assert.deepEqual(got, [...names.map((x, i) => [x, i]), ['名前', 6], ['Added', 7]]);
+    await hiveToXml(file);
+  });
+});
