@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
 import { closeSync, openSync, statSync } from 'node:fs';
 import { FailureType, RestoreError } from '../domain/errors';
+import { maskSecrets } from './types';
 
 export interface RunOptions {
   /** Written to the child's stdin, which is then closed. Without it stdin is empty. */
@@ -58,7 +59,17 @@ export class CommandError extends RestoreError {
     readonly stdout: string,
     detail?: string,
   ) {
-    const shown = stderr.trim().slice(0, MAX_STDERR_IN_MESSAGE);
+    // Tool output can quote guest data (names, values): lines are cut and secret-looking text masked.
+    const shown = stderr
+      .trim()
+      .split('\n')
+      .slice(0, 20)
+      .map((l) => {
+        const masked = maskSecrets(l);
+        return masked.length > 300 ? `${masked.slice(0, 300)}…` : masked;
+      })
+      .join('\n')
+      .slice(0, MAX_STDERR_IN_MESSAGE);
     const status = detail ?? (code === null ? 'was killed' : `exited with code ${code}`);
     super(FailureType.GuestPreparation, `${[cmd, ...args].map(quoteArg).join(' ')} ${status}${shown ? `: ${shown}` : ''}`);
     this.name = 'CommandError';

@@ -9,7 +9,7 @@ import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FailureType, RestoreError } from '../domain/errors';
-import { run } from './exec';
+import { run, toolEnv } from './exec';
 
 const CHUNK = 1024 * 1024;
 const GRAIN = 4096;
@@ -236,7 +236,7 @@ async function isMounted(dir: string): Promise<boolean> {
  */
 export async function withNtfsMount<T>(partPath: string, workDir: string, fn: (root: string) => Promise<T>): Promise<T> {
   const mnt = await fsp.mkdtemp(join(workDir, 'mnt-'));
-  const child = spawn('ntfs-3g', ['-o', 'no_detach', partPath, mnt], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn('ntfs-3g', ['-o', 'no_detach', partPath, mnt], { env: toolEnv(), stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
   const exited = new Promise<number | null>((resolve) => {

@@ -6,7 +6,7 @@
  * that installs it. Every change is returned with its before/after value, and a second run changes
  * nothing (and returns []).
  */
-import { promises as fsp } from 'node:fs';
+import { constants as fsConstants, promises as fsp } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { FailureType, RestoreError } from '../domain/errors';
 import { NoPartitionTableError, readPartitionTable } from './partition';
@@ -287,9 +287,18 @@ async function stageAgent(vol: WindowsVolume, dir: string, systemRoot: string, i
     const windowsDir = await ntfsResolvePath(part, 'Windows');
     if (!windowsDir) throw new RestoreError(FailureType.GuestPreparation, 'the Windows volume has no \\Windows directory');
     await withNtfsMount(part, dir, async (root) => {
-      const target = join(root, windowsDir, 'AzureAgent');
-      await fsp.mkdir(target, { recursive: true });
-      await fsp.copyFile(local, join(target, AGENT_FILE));
+      // Through the mount a guest reparse point would be a host symlink: only a real directory is used,
+      // and nothing existing is followed or overwritten.
+      const windows = join(root, windowsDir);
+      if (!(await fsp.lstat(windows)).isDirectory()) {
+        throw new RestoreError(
+          FailureType.GuestPreparation,
+          "the Windows volume's \\Windows is not a plain directory (a reparse point?); refused",
+        );
+      }
+      const target = join(windows, 'AzureAgent');
+      await fsp.mkdir(target);
+      await fsp.copyFile(local, join(target, AGENT_FILE), fsConstants.COPYFILE_EXCL);
     });
   }
   return guestChange({

@@ -12,6 +12,8 @@ import { RestoreError } from '../../src/domain/errors';
 import { UNPRIVILEGED_ID, prepareGuestDiskIsolated } from '../../src/guest/isolation';
 import { Ext4Volume } from '../../src/guest/linux-ext4';
 import { buildLinuxDiskImage } from '../../src/guest/linux-image';
+import { buildWindowsDiskImage } from '../../src/guest/windows-image';
+import { readHiveValueFromDisk, readWindowsFileFromDisk } from '../../src/guest/windows-prep';
 
 const MiB = 1024 * 1024;
 const asRoot = process.getuid?.() === 0;
@@ -168,6 +170,23 @@ describe('guest preparation isolation', { timeout: 300_000 }, () => {
     const r = await prepareGuestDiskIsolated({ osType: 'Linux', imagePath: image });
     assert.ok(r.changes.length > 0 || r.warnings.length > 0);
   });
+
+  it(
+    'prepares a Windows disk unprivileged, FUSE mount included (ntfs-3g is setuid root for this)',
+    { skip: !existsSync('/dev/fuse') && 'needs /dev/fuse' },
+    async () => {
+      await fsp.mkdir(join(dir, 'win'));
+      const image = join(dir, 'win', 'disk.img');
+      await buildWindowsDiskImage(image, { sizeBytes: 160 * MiB, scheme: 'gpt', hostname: 'iso01', usedMiB: 4 });
+      const r = await prepareGuestDiskIsolated({ osType: 'Windows', imagePath: image });
+      if (asRoot) assert.equal(r.sandbox.uid, UNPRIVILEGED_ID);
+      assert.equal(r.changes.length, 18);
+      assert.ok(r.changes.some((c) => c.path === 'C:\\Windows\\AzureAgent\\WindowsAzureVmAgent.msi' && c.action === 'create'));
+      assert.deepEqual(r.warnings, ['no Azure VM agent installer was supplied: a placeholder is staged; install the agent after power-on']);
+      assert.equal(await readHiveValueFromDisk(image, 'SYSTEM', 'ControlSet001\\Control\\Terminal Server', 'fDenyTSConnections'), '0');
+      assert.ok(await readWindowsFileFromDisk(image, 'Windows/AzureAgent/WindowsAzureVmAgent.msi'));
+    },
+  );
 
   it('refuses a missing image or a symlinked image path', async () => {
     await assert.rejects(
