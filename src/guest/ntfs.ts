@@ -252,7 +252,7 @@ export async function withNtfsMount<T>(partPath: string, workDir: string, fn: (r
         if (exitCode === undefined) child.kill('SIGKILL');
         throw new RestoreError(
           FailureType.GuestPreparation,
-          `ntfs-3g could not mount ${partPath} (FUSE needs /dev/fuse and root): ${stderr.trim() || 'timed out'}`,
+          `ntfs-3g could not mount ${partPath} (FUSE needs /dev/fuse, and root or a setuid-root ntfs-3g): ${stderr.trim() || 'timed out'}`,
         );
       }
       await sleep(20);
