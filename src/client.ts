@@ -364,6 +364,7 @@ async function startAndReport(
     const final = await waitWithProgress(client, workflowId, opts.json ? undefined : out);
     if (opts.json)
       out(JSON.stringify({ workflowId, status: final.status, phase: final.phase, result: final.result, error: final.failure }));
+    else printGuestWarnings(final.result);
     return final.status === 'COMPLETED' ? 0 : 1;
   } finally {
     await connection.close();
@@ -400,12 +401,20 @@ async function statusCommand(args: string[]): Promise<number> {
       out(`${s.workflowId}: ${status} (${s.phase})`);
       for (const d of s.disks)
         out(`  disk ${d.diskIndex} ${d.label} [${d.transport ?? '-'}] ${d.state} ${fmtBytes(d.bytesDone)} / ${fmtBytes(d.bytesTotal)}`);
+      printGuestWarnings(s.result);
       if (s.failure) out(`  error: ${s.failure}`);
     }
     return 0;
   } finally {
     await connection.close();
   }
+}
+
+/** Guest preparation warnings of an Azure restore result, one line each. */
+function printGuestWarnings(result: unknown): void {
+  const warnings = (result as { guestWarnings?: unknown } | undefined)?.guestWarnings;
+  if (!Array.isArray(warnings)) return;
+  for (const w of warnings) out(`  guest warning: ${String(w)}`);
 }
 
 async function cancelCommand(workflowId: string | undefined): Promise<number> {

@@ -20,9 +20,8 @@ import { deleteOwnedVhdBlob, uploadFixedVhd, vhdBlobOwnership, verifyUploadedVhd
 import { assertAzureDiskSize } from '../azure/vhd';
 import { editVhdBlob } from '../azure/blob-image';
 import { blobUrlForRecord } from '../azure/blob-url';
-import { prepareLinuxDisk } from '../guest/linux-prep';
-import { prepareWindowsDisk } from '../guest/windows-prep';
-import type { GuestChange } from '../guest/types';
+import { prepareGuestDiskIsolated } from '../guest/isolation';
+import type { GuestPreparationResult } from '../guest/types';
 import type { ArmClients } from '../lab/armsim/clients';
 import { armClientsFor } from '../azure/credential';
 import { acquireLease, leaseWorkflowId, releaseLease, resourceLease } from '../workflows/lease';
@@ -473,7 +472,11 @@ export function createAzureActivities(deps: AzureDeps) {
      * Mounts the uploaded OS disk (materialised from its page blob), applies the Azure preparation and
      * writes back only the changed pages. `where` records which machine does it in a real deployment.
      */
-    async prepareGuestDisk(args: { plan: AzurePlan; where: 'backup-server' | 'helper-appliance' }): Promise<GuestChange[]> {
+    /**
+     * Edits the OS disk's guest for Azure. The editors run in an unprivileged child process without the
+     * worker's environment or credentials (guest/isolation.ts); only its changes and warnings come back.
+     */
+    async prepareGuestDisk(args: { plan: AzurePlan; where: 'backup-server' | 'helper-appliance' }): Promise<GuestPreparationResult> {
       const { plan } = args;
       const ctx = Context.current();
       const osDisk = plan.disks.find((d) => d.os)!;
@@ -485,9 +488,9 @@ export function createAzureActivities(deps: AzureDeps) {
           capacityBytes: osDisk.capacityBytes,
           workDir,
           signal: ctx.cancellationSignal,
-          edit: (image: string) => (plan.osType === 'Windows' ? prepareWindowsDisk(image, { workDir }) : prepareLinuxDisk(image)),
+          edit: (image: string) => prepareGuestDiskIsolated({ osType: plan.osType, imagePath: image }, { signal: ctx.cancellationSignal }),
         });
-        return out.result;
+        return { changes: out.result.changes, warnings: out.result.warnings };
       } finally {
         clearInterval(beat);
       }

@@ -106,6 +106,8 @@ export interface AzureRestoreResult {
   osType: 'Linux' | 'Windows';
   disks: AzureDiskResult[];
   guestChanges: GuestChange[];
+  /** What guest preparation left alone or could not do (a symlink not followed, SSH not opened, ...). */
+  guestWarnings: string[];
   agentInstalled?: boolean;
 }
 

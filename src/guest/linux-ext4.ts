@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -21,15 +22,24 @@ export interface Ext4Stat {
   uid: number;
   gid: number;
   size: number;
+  /** Hard link count. */
+  links?: number;
   /** Symlinks only. */
   linkTarget?: string;
 }
 
-export interface ResolvedFile {
+export interface ResolvedPath {
   /** The path after following symlinks. */
   path: string;
   stat: Ext4Stat;
-  content: Buffer;
+  /** Every path visited, the given one first and `path` last (one entry when no symlink was followed). */
+  hops: string[];
+}
+
+export interface ResolvedFile extends ResolvedPath {
+  /** null when the file is larger than the read limit (`tooLarge`). */
+  content: Buffer | null;
+  tooLarge: boolean;
 }
 
 export type Ext4Op =
@@ -38,13 +48,87 @@ export type Ext4Op =
   | { op: 'symlink'; path: string; target: string }
   | { op: 'mkdir'; path: string };
 
-const DEBUGFS_ENV = { LC_ALL: 'C', DEBUGFS_PAGER: '__none__', PAGER: '__none__' };
+const DEBUGFS_ENV = { DEBUGFS_PAGER: '__none__', PAGER: '__none__' };
 const MAX_SYMLINK_HOPS = 16;
 
-function q(s: string): string {
-  if (/["\n\r]/.test(s)) throw new RestoreError(FailureType.GuestPreparation, `unsupported character in guest path ${JSON.stringify(s)}`);
-  return `"${s}"`;
+/**
+ * debugfs reads `-f` command files with fgets into a BUFSIZ (8192-byte) buffer: a longer line is split
+ * and its remainder runs as a command of its own, and a command starting with `!` goes to a shell. Every
+ * line we emit is checked against this limit and refused, never truncated.
+ */
+export const DEBUGFS_MAX_LINE = 4096;
+/**
+ * ext4 names are at most 255 bytes. Paths are held well under PATH_MAX so that a command naming a
+ * guest path and one of our temporary files always fits DEBUGFS_MAX_LINE.
+ */
+const MAX_NAME_BYTES = 255;
+const MAX_PATH_BYTES = 3800;
+
+/** A path or name from the guest (or derived from guest data) that cannot be handed to debugfs. */
+export class UnsafeGuestPathError extends RestoreError {
+  constructor(
+    readonly guestPath: string,
+    reason: string,
+  ) {
+    super(FailureType.GuestPreparation, `guest path ${describePath(guestPath)} ${reason}; refused (it is not passed to debugfs)`);
+    this.name = 'UnsafeGuestPathError';
+  }
 }
+
+/** A bounded, printable rendering of a guest string for messages. */
+export function describePath(p: string): string {
+  const shown = JSON.stringify(p.length > 120 ? `${p.slice(0, 120)}…` : p);
+  return p.length > 120 ? `${shown} (${Buffer.byteLength(p)} bytes)` : shown;
+}
+
+/**
+ * Checks a path for use inside a quoted debugfs argument: absolute, no control characters (no newline
+ * that would start another command), no `"` (debugfs has no escape for it inside quotes), names and
+ * the whole path within ext4's limits.
+ */
+export function checkGuestPath(p: string): string {
+  // eslint-disable-next-line no-control-regex
+  if (/[\x00-\x1f\x7f]/.test(p)) throw new UnsafeGuestPathError(p, 'contains a control character');
+  if (p.includes('"')) throw new UnsafeGuestPathError(p, 'contains a double quote');
+  if (Buffer.byteLength(p) > MAX_PATH_BYTES) throw new UnsafeGuestPathError(p, `is longer than ${MAX_PATH_BYTES} bytes`);
+  for (const part of p.split('/')) {
+    if (Buffer.byteLength(part) > MAX_NAME_BYTES) throw new UnsafeGuestPathError(p, `has a name longer than ${MAX_NAME_BYTES} bytes`);
+  }
+  return p;
+}
+
+/** True when checkGuestPath accepts the path. */
+export function isSafeGuestPath(p: string): boolean {
+  try {
+    checkGuestPath(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function q(s: string): string {
+  return `"${checkGuestPath(s)}"`;
+}
+
+/** Refuses a command line debugfs would split (see DEBUGFS_MAX_LINE). */
+function checkLine(line: string): string {
+  const bytes = Buffer.byteLength(line);
+  if (bytes > DEBUGFS_MAX_LINE) {
+    throw new RestoreError(
+      FailureType.GuestPreparation,
+      `debugfs command for ${describePath(line.slice(0, 200))} is ${bytes} bytes, over the ${DEBUGFS_MAX_LINE}-byte line limit; refused`,
+    );
+  }
+  // eslint-disable-next-line no-control-regex
+  if (/[\x00-\x1f\x7f]/.test(line) || /^\s*[!#]/.test(line)) {
+    throw new RestoreError(FailureType.GuestPreparation, `unsafe debugfs command line ${describePath(line)}; refused`);
+  }
+  return line;
+}
+
+/** Regular files larger than this are not read for preparation (configuration files are small). */
+export const MAX_GUEST_FILE_BYTES = 4 * 1024 * 1024;
 
 function normalize(p: string): string {
   const n = path.posix.normalize('/' + p);
@@ -59,10 +143,20 @@ function stderrErrors(stderr: string): string[] {
     .filter((l) => l && !/^debugfs \d/.test(l));
 }
 
-/** Splits `debugfs -f` stdout into the output of each command, keyed by command order. */
-function splitByCommand(stdout: string, count: number): string[] {
-  const parts = stdout.split(/^debugfs: .*$\n?/m).slice(1);
-  while (parts.length < count) parts.push('');
+/**
+ * Splits `debugfs -f` stdout into the output of each command. Each command is preceded by a comment line
+ * carrying a random marker (debugfs echoes comments), so guest text in the output (a symlink target
+ * holding `\ndebugfs: stat ...`) cannot shift one command's output onto another.
+ */
+function splitByMarker(stdout: string, marker: string, count: number): string[] {
+  const parts: string[] = new Array<string>(count).fill('');
+  const re = new RegExp(`^#${marker}-(\\d+)$\\n?`, 'gm');
+  const hits = [...stdout.matchAll(re)];
+  hits.forEach((h, k) => {
+    const i = Number(h[1]);
+    const end = k + 1 < hits.length ? hits[k + 1].index : stdout.length;
+    if (i < count) parts[i] = stdout.slice(h.index + h[0].length, end);
+  });
   return parts;
 }
 
@@ -81,8 +175,11 @@ function parseStat(text: string): Ext4Stat | null {
     gid: owner ? Number(owner[2]) : 0,
     size: size ? Number(size[1]) : 0,
   };
-  const fast = /^Fast link dest: "(.*)"$/m.exec(text);
+  // The target is printed raw as the last line; it may itself hold newlines or quotes.
+  const fast = /^Fast link dest: "([\s\S]*)"\s*$/m.exec(text);
   if (fast) st.linkTarget = fast[1];
+  const links = /Links:\s+(\d+)/.exec(text);
+  st.links = links ? Number(links[1]) : 1;
   return st;
 }
 
@@ -97,14 +194,29 @@ export class Ext4Volume {
     return this.offset ? `${this.imagePath}?offset=${this.offset}` : this.imagePath;
   }
 
-  private async debugfs(commands: string[], write = false): Promise<{ stdout: string; errors: string[] }> {
+  /**
+   * Runs commands in one debugfs process. Every line is checked (length, control characters, no `!`
+   * shell escape), and each command's output is delimited by a random marker.
+   */
+  private async debugfs(commands: string[], write = false): Promise<{ parts: string[]; errors: string[] }> {
+    const marker = `vmrestore-${randomBytes(12).toString('hex')}`;
+    const lines = commands.flatMap((c, i) => [`#${marker}-${i}`, checkLine(c)]);
     const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'vmrestore-debugfs-'));
     try {
       const cmdFile = path.join(dir, 'commands');
-      await fsp.writeFile(cmdFile, commands.join('\n') + '\n');
+      await fsp.writeFile(cmdFile, lines.join('\n') + '\n', { mode: 0o600 });
       const args = write ? ['-w', '-f', cmdFile, this.device] : ['-f', cmdFile, this.device];
       const r = await run('debugfs', args, { env: DEBUGFS_ENV, timeoutMs: 120_000 });
-      return { stdout: r.stdout, errors: stderrErrors(r.stderr) };
+      const errors = stderrErrors(r.stderr);
+      // A damaged superblock or group descriptors: debugfs carries on with "Filesystem not open".
+      const openFailure = errors.find((l) => / while (trying to open|opening filesystem)|Filesystem not open/.test(l));
+      if (openFailure) {
+        throw new RestoreError(
+          FailureType.GuestPreparation,
+          `debugfs cannot open the ext2/3/4 filesystem in ${this.device}: ${openFailure.slice(0, 300)}`,
+        );
+      }
+      return { parts: splitByMarker(r.stdout, marker, commands.length), errors };
     } finally {
       await fsp.rm(dir, { recursive: true, force: true });
     }
@@ -115,18 +227,18 @@ export class Ext4Volume {
     const out = new Map<string, Ext4Stat | null>();
     const list = [...new Set(paths.map(normalize))];
     if (list.length === 0) return out;
-    const { stdout } = await this.debugfs(list.map((p) => `stat ${q(p)}`));
-    const parts = splitByCommand(stdout, list.length);
+    const { parts } = await this.debugfs(list.map((p) => `stat ${q(p)}`));
     const slow: string[] = [];
     list.forEach((p, i) => {
       const st = parseStat(parts[i]);
       out.set(p, st);
       if (st?.type === 'symlink' && st.linkTarget === undefined) slow.push(p);
     });
-    // Targets longer than 59 bytes live in a data block instead of the inode.
-    if (slow.length) {
-      const data = await this.dumpMany(slow);
-      for (const p of slow) out.get(p)!.linkTarget = data.get(p)?.toString('utf8').replace(/\0.*$/s, '');
+    // Targets longer than 59 bytes live in a data block instead of the inode (at most one block).
+    const readable = slow.filter((p) => out.get(p)!.size <= 4096);
+    if (readable.length) {
+      const data = await this.dumpMany(readable, 4096);
+      for (const p of readable) out.get(p)!.linkTarget = data.get(p)?.toString('utf8').replace(/\0.*$/s, '');
     }
     return out;
   }
@@ -135,8 +247,8 @@ export class Ext4Volume {
     return (await this.statMany([p])).get(normalize(p)) ?? null;
   }
 
-  /** Dumps regular files (no symlink resolution) to temp files in one debugfs run. */
-  private async dumpMany(paths: string[]): Promise<Map<string, Buffer | null>> {
+  /** Dumps regular files (no symlink resolution) to temp files in one debugfs run; larger than maxBytes reads as null. */
+  private async dumpMany(paths: string[], maxBytes = MAX_GUEST_FILE_BYTES): Promise<Map<string, Buffer | null>> {
     const out = new Map<string, Buffer | null>();
     if (paths.length === 0) return out;
     const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'vmrestore-dump-'));
@@ -145,7 +257,8 @@ export class Ext4Volume {
       await this.debugfs(paths.map((p, i) => `dump ${q(p)} ${q(targets[i])}`));
       await Promise.all(
         paths.map(async (p, i) => {
-          out.set(p, await fsp.readFile(targets[i]).catch(() => null));
+          const st = await fsp.stat(targets[i]).catch(() => null);
+          out.set(p, st && st.size <= maxBytes ? await fsp.readFile(targets[i]) : null);
         }),
       );
       return out;
@@ -154,19 +267,28 @@ export class Ext4Volume {
     }
   }
 
-  /** Resolves the final-component symlinks of each path, as open(2) would. null when dangling/missing. */
-  async resolveMany(paths: string[]): Promise<Map<string, { path: string; stat: Ext4Stat } | null>> {
-    const result = new Map<string, { path: string; stat: Ext4Stat } | null>();
-    let pending = new Map<string, string>(paths.map((p) => [normalize(p), normalize(p)]));
+  /**
+   * Resolves the final-component symlinks of each path, as open(2) would, with every path visited on
+   * the way (`hops`, the given path first). null when dangling, missing, looping or unsafe.
+   */
+  async resolveMany(paths: string[]): Promise<Map<string, ResolvedPath | null>> {
+    const result = new Map<string, ResolvedPath | null>();
+    let pending = new Map<string, string[]>(paths.map((p) => [normalize(p), [normalize(p)]]));
     for (let hop = 0; hop <= MAX_SYMLINK_HOPS && pending.size; hop++) {
-      const stats = await this.statMany([...pending.values()]);
-      const next = new Map<string, string>();
-      for (const [orig, cur] of pending) {
+      const stats = await this.statMany([...pending.values()].map((h) => h[h.length - 1]));
+      const next = new Map<string, string[]>();
+      for (const [orig, hops] of pending) {
+        const cur = hops[hops.length - 1];
         const st = stats.get(cur) ?? null;
         if (!st) result.set(orig, null);
-        else if (st.type !== 'symlink') result.set(orig, { path: cur, stat: st });
+        else if (st.type !== 'symlink') result.set(orig, { path: cur, stat: st, hops });
         else if (st.linkTarget === undefined) result.set(orig, null);
-        else next.set(orig, normalize(path.posix.resolve(path.posix.dirname(cur), st.linkTarget)));
+        else {
+          const to = normalize(path.posix.resolve(path.posix.dirname(cur), st.linkTarget));
+          // A target debugfs cannot be given safely is treated as dangling.
+          if (!isSafeGuestPath(to) || hops.includes(to)) result.set(orig, null);
+          else next.set(orig, [...hops, to]);
+        }
       }
       pending = next;
     }
@@ -175,23 +297,30 @@ export class Ext4Volume {
   }
 
   /**
-   * Reads regular files following symlinks, with the path they resolved to (edits must go there, not
-   * replace the link). Missing, dangling and non-regular paths map to null. Keys are the given paths.
+   * Reads regular files following symlinks, with the path they resolved to and the hops on the way.
+   * Missing, dangling and non-regular paths map to null. Files over maxBytes (default
+   * MAX_GUEST_FILE_BYTES) are not read: they come back with `content: null` and `tooLarge`.
+   * Keys are the given paths.
    */
-  async readResolved(paths: string[]): Promise<Map<string, ResolvedFile | null>> {
+  async readResolved(paths: string[], maxBytes = MAX_GUEST_FILE_BYTES): Promise<Map<string, ResolvedFile | null>> {
     const resolved = await this.resolveMany(paths);
-    const regular = [...resolved.values()].filter((r) => r?.stat.type === 'regular').map((r) => r!.path);
-    const data = await this.dumpMany([...new Set(regular)]);
+    const regular = [...resolved.values()].filter((r) => r?.stat.type === 'regular' && r.stat.size <= maxBytes).map((r) => r!.path);
+    const data = await this.dumpMany([...new Set(regular)], maxBytes);
     const out = new Map<string, ResolvedFile | null>();
     for (const p of paths) {
       const r = resolved.get(normalize(p));
-      const content = r && r.stat.type === 'regular' ? (data.get(r.path) ?? null) : null;
-      out.set(p, r && content ? { path: r.path, stat: r.stat, content } : null);
+      if (!r || r.stat.type !== 'regular') {
+        out.set(p, null);
+        continue;
+      }
+      const content = data.get(r.path) ?? null;
+      if (content === null && r.stat.size <= maxBytes) out.set(p, null);
+      else out.set(p, { ...r, content, tooLarge: content === null });
     }
     return out;
   }
 
-  /** Reads files, following symlinks; missing files and non-regular files read as null. */
+  /** Reads files, following symlinks; missing, too large and non-regular files read as null. */
   async readMany(paths: string[]): Promise<Map<string, Buffer | null>> {
     const out = new Map<string, Buffer | null>();
     for (const [p, r] of await this.readResolved(paths)) out.set(p, r ? r.content : null);
@@ -212,10 +341,17 @@ export class Ext4Volume {
     const d = normalize(dir);
     const st = (await this.resolveMany([d])).get(d);
     if (!st || st.stat.type !== 'directory') return null;
-    const { stdout } = await this.debugfs([`ls -p ${q(st.path)}`]);
+    const { parts } = await this.debugfs([`ls -p ${q(st.path)}`]);
     const entries: { name: string; type: Ext4FileType }[] = [];
-    for (const line of stdout.split('\n')) {
-      const m = /^\/(\d+)\/(\d+)\/\d+\/\d+\/(.*)\/\d*\/$/.exec(line);
+    // Names are printed raw, so one holding a newline spans lines: join until the entry is complete.
+    const lines: string[] = [];
+    for (const line of parts[0].split('\n')) {
+      const open = lines.length > 0 && !/\/\d*\/$/.test(lines[lines.length - 1]);
+      if (open) lines[lines.length - 1] += `\n${line}`;
+      else if (/^\/\d+\/\d+\//.test(line)) lines.push(line);
+    }
+    for (const line of lines) {
+      const m = /^\/(\d+)\/(\d+)\/\d+\/\d+\/([\s\S]*)\/\d*\/$/.exec(line);
       if (!m || m[1] === '0' || m[3] === '.' || m[3] === '..') continue;
       const fmt = parseInt(m[2], 8) & 0o170000;
       const type: Ext4FileType = fmt === 0o100000 ? 'regular' : fmt === 0o40000 ? 'directory' : fmt === 0o120000 ? 'symlink' : 'other';

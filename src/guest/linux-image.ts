@@ -30,6 +30,8 @@ export interface LinuxImageOptions {
   nicName?: string;
   /** Static address with prefix (default derived from the seed, in 192.168.x.0/24). */
   ipAddress?: string;
+  /** Changes the generated root tree (a host directory) before it becomes the filesystem, e.g. to plant hostile files. */
+  customize?: (root: string) => Promise<void>;
 }
 
 export interface LinuxImage {
@@ -657,6 +659,7 @@ export async function buildLinuxDiskImage(imagePath: string, opts: LinuxImageOpt
     await fsp.mkdir(root);
     await materialize(root, buildTree(opts, flavor, rootFsUuid));
     await writePayload(root, seed, usedMiB);
+    if (opts.customize) await opts.customize(root);
     await fixTimes(root);
 
     await fsp.mkdir(path.dirname(path.resolve(imagePath)), { recursive: true });

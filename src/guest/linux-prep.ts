@@ -1,9 +1,9 @@
 import path from 'node:path';
 import { FailureType, RestoreError } from '../domain/errors';
-import { Ext4Volume, type Ext4Op, type Ext4Stat } from './linux-ext4';
+import { Ext4Volume, MAX_GUEST_FILE_BYTES, describePath, isSafeGuestPath, type Ext4Op, type Ext4Stat } from './linux-ext4';
 import type { FirewallStyle, NetworkStyle } from './linux-image';
 import { NoPartitionTableError, probeFilesystem, readPartitionTable, type FilesystemInfo, type PartitionTable } from './partition';
-import { trimForChange, type GuestChange } from './types';
+import { guestChange, type GuestChange } from './types';
 
 /**
  * Prepares a Linux guest disk for Azure by editing its ext4 root filesystem in the image (debugfs, no
@@ -53,6 +53,26 @@ const NETPLAN_FILE = '/etc/netplan/90-vmrestore-azure-dhcp.yaml';
 const DISABLED_SUFFIX = '.vmrestore-disabled';
 const SYSTEMD_ETC = '/etc/systemd/system';
 
+/** More boot entries than this are not a real system; the rest are left alone with a warning. */
+const MAX_BOOT_ENTRIES = 256;
+/** Directories preparation lists (netplan, boot entries) hold a handful of files. */
+const MAX_DIR_ENTRIES = 1024;
+
+/** systemd unit names (systemd.unit(5)): at most 255 characters of [A-Za-z0-9:_.\\@-] with a unit type suffix. */
+function isUnitName(s: string): boolean {
+  return (
+    s.length <= 255 &&
+    /^[A-Za-z0-9:_.\\@-]+\.(service|socket|target|device|mount|automount|swap|path|timer|slice|scope)$/.test(s) &&
+    !s.startsWith('.') &&
+    !s.includes('..')
+  );
+}
+
+/** firewalld zone names: letters, digits, `_`, `-`, `+`, at most 64 (firewalld itself allows 17 for nftables). */
+function isZoneName(s: string): boolean {
+  return /^[A-Za-z0-9_+-]{1,64}$/.test(s);
+}
+
 const SSH_UNITS = ['ssh.service', 'sshd.service'];
 const AGENT_UNITS = ['walinuxagent.service', 'waagent.service'];
 const CLOUD_INIT_UNITS = [
@@ -92,7 +112,15 @@ export async function findLinuxRoot(imagePath: string, opts: { rootPartitionInde
       seen.push(`${label}: ${fs ? fs.type : lvm ? 'LVM' : 'unknown'}`);
       continue;
     }
-    const st = await new Ext4Volume(imagePath, c.offset).stat('/etc/fstab');
+    let st: Ext4Stat | null;
+    try {
+      st = await new Ext4Volume(imagePath, c.offset).stat('/etc/fstab');
+    } catch (e) {
+      // A damaged filesystem rules this candidate out; another partition may still be the root.
+      if (!(e instanceof RestoreError)) throw e;
+      seen.push(`${label}: ${fs.type} that cannot be opened (${e.message.slice(0, 200)})`);
+      continue;
+    }
     if (st) return { partitionIndex: c.index, partitionOffset: c.offset, filesystem: fs, table };
     seen.push(`${label}: ${fs.type} without /etc/fstab`);
   }
@@ -113,26 +141,84 @@ export async function readGuestFile(imagePath: string, partitionOffset: number, 
 // Planning context: cached reads (nothing changes until apply) and the list of planned edits
 
 interface FileRef {
-  /** Where the content lives after following symlinks; edits are written there. */
+  /** The path preparation asked for. */
+  intended: string;
+  /** Where the content lives after following symlinks; an allowed edit is written there. */
   path: string;
+  /** Paths visited from `intended` to `path` (one entry when no symlink was followed). */
+  hops: string[];
   text: string;
+  bytes: Buffer;
   stat: Ext4Stat;
 }
 
+/**
+ * The symlink rule for edits. Preparation reads through guest symlinks (os-release is usually one), but
+ * writes only to the file it means to change:
+ * - a file under /etc is edited only when the path itself is a regular file: a symlink there (say
+ *   /etc/default/grub -> /etc/shadow, or -> ../../root/x) is left alone with a warning;
+ * - a boot loader file under /boot may be a symlink (EL on UEFI links /boot/grub2/grubenv into the ESP)
+ *   and is edited at its target only when every hop of the link stays inside /boot;
+ * - no directory on the way to any path preparation writes, creates or removes may be a symlink (checked
+ *   for every operation just before applying; such operations are dropped with a warning);
+ * - writes replace the directory entry (new inode), so a hard link to another file is never written
+ *   through, and links preparation creates or removes are themselves the object changed.
+ */
+function followAllowed(ref: FileRef): boolean {
+  if (ref.hops.length === 1) return true;
+  return ref.intended.startsWith('/boot/') && ref.hops.every((h) => h.startsWith('/boot/'));
+}
+
+/** One planned write with the change record it produces, so both are dropped together. */
+interface PlannedOp {
+  op: Ext4Op;
+  change: GuestChange;
+}
+
 class Plan {
-  readonly changes: GuestChange[] = [];
-  readonly ops: Ext4Op[] = [];
+  readonly planned: PlannedOp[] = [];
   readonly warnings: string[] = [];
   private files = new Map<string, FileRef | null>();
   private stats = new Map<string, Ext4Stat | null>();
+  private warned = new Set<string>();
 
   constructor(readonly vol: Ext4Volume) {}
+
+  get changes(): GuestChange[] {
+    return this.planned.map((p) => p.change);
+  }
+
+  get ops(): Ext4Op[] {
+    return this.planned.map((p) => p.op);
+  }
+
+  warn(message: string): void {
+    if (this.warned.has(message)) return;
+    this.warned.add(message);
+    this.warnings.push(message);
+  }
 
   async prefetch(paths: string[]): Promise<void> {
     const todo = paths.filter((p) => !this.files.has(p));
     if (!todo.length) return;
-    for (const [p, r] of await this.vol.readResolved(todo)) {
-      this.files.set(p, r ? { path: r.path, text: r.content.toString('utf8'), stat: r.stat } : null);
+    const safe = todo.filter((p) => {
+      if (isSafeGuestPath(p)) return true;
+      this.files.set(p, null);
+      this.warn(`${describePath(p)}: not a path that can be read safely; skipped`);
+      return false;
+    });
+    for (const [p, r] of await this.vol.readResolved(safe)) {
+      if (r && r.content === null) {
+        this.warn(`${p}: ${r.stat.size} bytes, over the ${MAX_GUEST_FILE_BYTES}-byte limit for configuration files; not read or changed`);
+        this.files.set(p, null);
+        continue;
+      }
+      this.files.set(
+        p,
+        r
+          ? { intended: normalizePath(p), path: r.path, hops: r.hops, text: r.content!.toString('utf8'), bytes: r.content!, stat: r.stat }
+          : null,
+      );
     }
   }
 
@@ -147,51 +233,133 @@ class Plan {
 
   /** lstat (the last component is not followed). */
   async lstatMany(paths: string[]): Promise<void> {
-    const todo = paths.filter((p) => !this.stats.has(p));
+    const todo = paths.map(normalizePath).filter((p) => !this.stats.has(p));
     if (!todo.length) return;
-    for (const [p, st] of await this.vol.statMany(todo)) this.stats.set(p, st);
+    for (const p of todo.filter((x) => !isSafeGuestPath(x))) this.stats.set(p, null);
+    for (const [p, st] of await this.vol.statMany(todo.filter(isSafeGuestPath))) this.stats.set(p, st);
   }
 
   async lstat(p: string): Promise<Ext4Stat | null> {
     await this.lstatMany([p]);
-    return this.stats.get(path.posix.normalize(p)) ?? null;
+    return this.stats.get(normalizePath(p)) ?? null;
   }
 
+  /** Directory entries whose names can be used in a path; others are skipped with a warning. */
   async list(dir: string) {
-    return this.vol.list(dir);
+    let entries = await this.vol.list(dir);
+    if (!entries) return null;
+    if (entries.length > MAX_DIR_ENTRIES) {
+      this.warn(`${dir} holds ${entries.length} entries; only the first ${MAX_DIR_ENTRIES} are looked at`);
+      entries = entries.slice(0, MAX_DIR_ENTRIES);
+    }
+    return entries.filter((e) => {
+      if (!e.name.includes('/') && isSafeGuestPath(`${dir}/${e.name}`)) return true;
+      this.warn(`${dir}: entry ${describePath(e.name)} has a name that cannot be handled safely; skipped`);
+      return false;
+    });
   }
 
-  /** Rewrites a file (at its resolved path) when the content differs. */
+  /** Rewrites a file when the content differs, under the symlink rule (see followAllowed). */
   edit(ref: FileRef, after: string, description: string): void {
     if (ref.text === after) return;
-    this.ops.push({ op: 'write', path: ref.path, content: after });
-    this.changes.push({ path: ref.path, before: trimForChange(ref.text), after: trimForChange(after), description });
+    if (!followAllowed(ref)) {
+      this.warn(
+        `${ref.intended} is a symlink to ${describePath(ref.hops[1] ?? ref.path)}; not followed, left unchanged (wanted: ${description})`,
+      );
+      return;
+    }
+    const via = ref.hops.length > 1 ? ` (through the symlink ${ref.intended})` : '';
+    this.planned.push({
+      op: { op: 'write', path: ref.path, content: after },
+      change: guestChange({
+        path: ref.path,
+        action: 'edit',
+        description: description + via,
+        before: ref.bytes,
+        after,
+        diffBefore: ref.text,
+        diffAfter: after,
+      }),
+    });
   }
 
-  create(p: string, content: string, mode: number, description: string, before: string | null = null): void {
-    if (before === content) return;
-    this.ops.push({ op: 'write', path: p, content, mode });
-    this.changes.push({ path: p, before: trimForChange(before), after: trimForChange(content), description });
+  /** Writes a file of our own at p (replacing whatever entry is there, a symlink included, without following it). */
+  async create(p: string, content: string | Buffer, mode: number, description: string): Promise<void> {
+    const before = await this.entryBytes(p);
+    if (before !== null && Buffer.from(content).equals(before)) return;
+    this.planned.push({
+      op: { op: 'write', path: p, content, mode },
+      change: guestChange({ path: p, action: 'create', description, before, after: content }),
+    });
   }
 
-  remove(p: string, before: string | null, description: string): void {
-    this.ops.push({ op: 'rm', path: p });
-    this.changes.push({ path: p, before: trimForChange(before), after: null, description });
+  async remove(p: string, description: string): Promise<void> {
+    const before = await this.entryBytes(p);
+    this.planned.push({
+      op: { op: 'rm', path: p },
+      change: guestChange({ path: p, action: 'remove', description, before, after: null }),
+    });
   }
 
-  symlink(p: string, target: string, before: string | null, description: string): void {
-    this.ops.push({ op: 'symlink', path: p, target });
-    this.changes.push({ path: p, before: trimForChange(before), after: `-> ${target}`, description });
+  async symlink(p: string, target: string, description: string): Promise<void> {
+    const st = await this.lstat(p);
+    const before = await this.entryBytes(p);
+    this.planned.push({
+      op: { op: 'symlink', path: p, target },
+      change: guestChange({
+        path: p,
+        action: 'symlink',
+        description,
+        before,
+        after: `-> ${target}`,
+        diffBefore: st?.type === 'symlink' ? `-> ${st.linkTarget ?? '?'}` : null,
+        diffAfter: `-> ${target}`,
+      }),
+    });
   }
 
-  /** Text describing what a path holds now, for a change's `before`. */
-  async describe(p: string): Promise<string | null> {
+  /** What the entry at p holds now, without following a final symlink: bytes of a file, `-> target` of a link. */
+  private async entryBytes(p: string): Promise<Buffer | null> {
     const st = await this.lstat(p);
     if (!st) return null;
-    if (st.type === 'symlink') return `-> ${st.linkTarget ?? '?'}`;
-    if (st.type === 'regular') return this.text(p);
-    return `(${st.type})`;
+    if (st.type === 'symlink') return Buffer.from(`-> ${st.linkTarget ?? '?'}`);
+    if (st.type !== 'regular') return Buffer.from(`(${st.type})`);
+    const f = await this.file(p);
+    return f && f.hops.length === 1 ? f.bytes : Buffer.from(`(regular file, ${st.size} bytes)`);
   }
+
+  /**
+   * Drops every planned operation below a symlinked directory (the symlink rule), with a warning each.
+   * Runs once, just before the operations are applied.
+   */
+  async enforceNoDirectorySymlinks(): Promise<void> {
+    const ancestors = new Set<string>();
+    for (const { op } of this.planned) {
+      for (let d = path.posix.dirname(normalizePath(op.path)); d !== '/'; d = path.posix.dirname(d)) ancestors.add(d);
+    }
+    await this.lstatMany([...ancestors]);
+    const kept: PlannedOp[] = [];
+    for (const p of this.planned) {
+      let linked: string | null = null;
+      for (let d = path.posix.dirname(normalizePath(p.op.path)); d !== '/' && !linked; d = path.posix.dirname(d)) {
+        if (this.stats.get(d)?.type === 'symlink') linked = d;
+      }
+      if (!linked) {
+        kept.push(p);
+        continue;
+      }
+      const target = this.stats.get(linked)?.linkTarget ?? '?';
+      this.warn(
+        `${p.op.path}: directory ${linked} is a symlink to ${describePath(target)}; not followed, left unchanged (wanted: ${p.change.description})`,
+      );
+    }
+    this.planned.splice(0, this.planned.length, ...kept);
+  }
+}
+
+function normalizePath(p: string): string {
+  const n = path.posix.normalize('/' + p);
+  return n.length > 1 && n.endsWith('/') ? n.slice(0, -1) : n;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -236,7 +404,9 @@ async function detectFamily(plan: Plan): Promise<{ family: LinuxFamily; osName: 
 async function detectNetworkStyle(plan: Plan, family: LinuxFamily): Promise<NetworkStyle | null> {
   const netplan = await plan.list('/etc/netplan');
   if (netplan && (family === 'ubuntu' || netplan.some((e) => e.name.endsWith('.yaml')))) return 'netplan';
-  if ((await plan.lstat('/etc/sysconfig/network-scripts'))?.type === 'directory') return 'ifcfg';
+  // Followed for detection only; edits below a symlinked directory are dropped (see followAllowed).
+  const scripts = (await plan.vol.resolveMany(['/etc/sysconfig/network-scripts'])).get('/etc/sysconfig/network-scripts');
+  if (scripts?.stat.type === 'directory') return 'ifcfg';
   if (await plan.file('/etc/network/interfaces')) return 'interfaces';
   return null;
 }
@@ -304,8 +474,18 @@ async function enableUnit(plan: Plan, family: LinuxFamily, names: string[], why:
     }
     if (!unitPath || unitText === null) continue;
 
-    if (masked) plan.remove(etcPath, '-> /dev/null', `unmask ${name} (${why})`);
+    if (masked) await plan.remove(etcPath, `unmask ${name} (${why})`);
     const install = parseInstall(unitText);
+    // Names from the unit file become paths under /etc/systemd/system: only valid unit names are used.
+    const valid = (what: string, units: string[]) =>
+      units.filter((u) => {
+        if (isUnitName(u)) return true;
+        plan.warn(`${unitPath}: ${what}=${describePath(u)} is not a valid unit name; ignored`);
+        return false;
+      });
+    install.wantedBy = valid('WantedBy', install.wantedBy);
+    install.requiredBy = valid('RequiredBy', install.requiredBy);
+    install.alias = valid('Alias', install.alias);
     const wantedBy = install.wantedBy.length || install.requiredBy.length ? install.wantedBy : ['multi-user.target'];
     const links = [
       ...wantedBy.map((t) => ({ at: `${SYSTEMD_ETC}/${t}.wants/${name}`, what: `WantedBy=${t}` })),
@@ -317,7 +497,7 @@ async function enableUnit(plan: Plan, family: LinuxFamily, names: string[], why:
     for (const l of links) {
       const target = resolved.get(l.at);
       if (target && target.stat.type === 'regular') continue;
-      plan.symlink(l.at, unitPath, await plan.describe(l.at), `enable ${name} (${l.what}): ${why}`);
+      await plan.symlink(l.at, unitPath, `enable ${name} (${l.what}): ${why}`);
     }
     return name;
   }
@@ -343,7 +523,7 @@ function fixUfw(plan: Plan, ref: FileRef, v6: boolean): void {
   if (lines.some((l) => acceptsSsh(l, new RegExp(`^-A ${chain}\\s`)))) return;
   const end = lines.findIndex((l) => l.trim() === '### END RULES ###');
   if (end < 0) {
-    plan.warnings.push(`${ref.path}: no "### END RULES ###" marker; SSH rule not added`);
+    plan.warn(`${ref.path}: ufw rules file has no "### END RULES ###" marker; SSH not opened`);
     return;
   }
   const any = v6 ? '::/0' : '0.0.0.0/0';
@@ -380,11 +560,15 @@ async function fixFirewalld(plan: Plan): Promise<boolean> {
   const etcZones = await plan.list('/etc/firewalld/zones');
   if (conf === null && etcZones === null) return false;
   const zone = (conf && parseShellVars(conf).get('DefaultZone')) || 'public';
+  if (!isZoneName(zone)) {
+    plan.warn(`firewalld: DefaultZone ${describePath(zone)} in /etc/firewalld/firewalld.conf is not a valid zone name; SSH not opened`);
+    return true;
+  }
   const etcPath = `/etc/firewalld/zones/${zone}.xml`;
   const etcRef = await plan.file(etcPath);
   const base = etcRef?.text ?? (await plan.text(`/usr/lib/firewalld/zones/${zone}.xml`));
   if (base === null) {
-    plan.warnings.push(`firewalld: zone ${zone} has no definition in /etc or /usr/lib; SSH not added`);
+    plan.warn(`firewalld: zone ${zone} has no definition in /etc or /usr/lib; SSH not opened`);
     return true;
   }
   const hasSsh =
@@ -392,14 +576,14 @@ async function fixFirewalld(plan: Plan): Promise<boolean> {
   if (hasSsh) return true;
   const close = base.lastIndexOf('</zone>');
   if (close < 0) {
-    plan.warnings.push(`firewalld: ${etcPath} has no </zone>; SSH not added`);
+    plan.warn(`firewalld: ${etcPath} has no </zone>; SSH not opened`);
     return true;
   }
   const after = `${base.slice(0, close)}  <service name="ssh"/>\n${base.slice(close)}`;
   const why = `firewalld: allow the ssh service in the default zone (${zone}) so SSH reaches the VM on Azure`;
   // A vendor zone is copied to /etc with the change, which is how firewall-cmd --permanent does it.
   if (etcRef) plan.edit(etcRef, after, why);
-  else plan.create(etcPath, after, 0o644, why);
+  else await plan.create(etcPath, after, 0o644, why);
   return true;
 }
 
@@ -432,20 +616,11 @@ async function fixUdevNetRules(plan: Plan): Promise<void> {
   const gen75 = '/etc/udev/rules.d/75-persistent-net-generator.rules';
   await plan.lstatMany([rules70, gen75]);
   if (await plan.lstat(rules70)) {
-    plan.remove(
-      rules70,
-      await plan.describe(rules70),
-      'remove NIC names pinned to VMware MAC addresses; the Azure NIC must come up as eth0',
-    );
+    await plan.remove(rules70, 'remove NIC names pinned to VMware MAC addresses; the Azure NIC must come up as eth0');
   }
   const st = await plan.lstat(gen75);
   if (!(st?.type === 'symlink' && st.linkTarget === '/dev/null')) {
-    plan.symlink(
-      gen75,
-      '/dev/null',
-      await plan.describe(gen75),
-      'mask the persistent net rules generator so it does not pin the Azure NIC MAC',
-    );
+    await plan.symlink(gen75, '/dev/null', 'mask the persistent net rules generator so it does not pin the Azure NIC MAC');
   }
 }
 
@@ -478,15 +653,20 @@ network:
     const ref = await plan.file(p);
     if (!ref || !netplanHasStatic(ref.text)) continue;
     const parked = `${p}${DISABLED_SUFFIX}`;
-    plan.create(parked, ref.text, ref.stat.mode, `copy of ${p}, kept for reference`, await plan.describe(parked));
-    plan.remove(
+    if (!followAllowed(ref)) {
+      plan.warn(
+        `${p} is a symlink to ${describePath(ref.hops[1] ?? ref.path)}; not followed, left in place (it may add static addresses to eth0)`,
+      );
+      continue;
+    }
+    await plan.create(parked, ref.bytes, ref.stat.mode, `copy of ${p}, kept for reference`);
+    await plan.remove(
       p,
-      ref.text,
       `park the VMware-era static addresses (netplan would merge them into the Azure NIC's DHCP config); kept as ${parked}`,
     );
   }
   // netplan warns about world-readable configs, hence 0600.
-  plan.create(NETPLAN_FILE, ours, 0o600, `DHCP on ${AZURE_NIC}: Azure assigns the VM's addresses by DHCP`, await plan.text(NETPLAN_FILE));
+  await plan.create(NETPLAN_FILE, ours, 0o600, `DHCP on ${AZURE_NIC}: Azure assigns the VM's addresses by DHCP`);
 }
 
 function setShellVars(text: string, set: Record<string, string>, drop: RegExp): string {
@@ -531,7 +711,7 @@ async function fixIfcfg(plan: Plan): Promise<void> {
       'NM_CONTROLLED=yes',
       '',
     ].join('\n');
-    plan.create(p, content, 0o644, `DHCP on ${AZURE_NIC}: Azure assigns the VM's addresses by DHCP`);
+    await plan.create(p, content, 0o644, `DHCP on ${AZURE_NIC}: Azure assigns the VM's addresses by DHCP`);
   }
   const net = await plan.file('/etc/sysconfig/network');
   if (net) {
@@ -685,7 +865,7 @@ function fixDefaultGrub(plan: Plan, ref: FileRef, rootUuid: string): void {
   if (idx >= 0) {
     const m = /^(\s*GRUB_CMDLINE_LINUX=)(["']?)(.*?)\2\s*$/.exec(lines[idx]);
     if (!m) {
-      plan.warnings.push(`${ref.path}: could not parse ${lines[idx].trim()}`);
+      plan.warn(`${ref.path}: could not parse its GRUB_CMDLINE_LINUX line (line ${idx + 1}); kernel command line not changed there`);
       return;
     }
     const quote = m[2] || '"';
@@ -717,7 +897,7 @@ function fixGrubenv(plan: Plan, ref: FileRef, rootUuid: string): void {
   if (args === m[1].trimEnd()) return;
   const body = ref.text.replace(/#+$/, '').replace(/^kernelopts=.*$/m, `kernelopts=${args} `);
   if (Buffer.byteLength(body) > 1024) {
-    plan.warnings.push(`${ref.path}: no room left in the 1 KiB environment block for ${KERNEL_ARGS.join(' ')}`);
+    plan.warn(`${ref.path}: no room left in the 1 KiB environment block for ${KERNEL_ARGS.join(' ')}`);
     return;
   }
   plan.edit(
@@ -743,7 +923,7 @@ function fixBlsEntry(plan: Plan, ref: FileRef, rootUuid: string): void {
 async function fixKernelCommandLine(plan: Plan, rootUuid: string): Promise<void> {
   const def = await plan.file('/etc/default/grub');
   if (def) fixDefaultGrub(plan, def, rootUuid);
-  else plan.warnings.push('/etc/default/grub not found; kernel command line not changed');
+  else if (!(await plan.lstat('/etc/default/grub'))) plan.warn('/etc/default/grub not found; kernel command line not changed');
   for (const p of ['/boot/grub/grub.cfg', '/boot/grub2/grub.cfg']) {
     const ref = await plan.file(p);
     if (ref) fixGrubCfg(plan, ref, rootUuid);
@@ -753,7 +933,11 @@ async function fixKernelCommandLine(plan: Plan, rootUuid: string): Promise<void>
     if (ref) fixGrubenv(plan, ref, rootUuid);
   }
   const entries = (await plan.list('/boot/loader/entries')) ?? [];
-  const confs = entries.filter((e) => e.name.endsWith('.conf')).map((e) => `/boot/loader/entries/${e.name}`);
+  let confs = entries.filter((e) => e.name.endsWith('.conf')).map((e) => `/boot/loader/entries/${e.name}`);
+  if (confs.length > MAX_BOOT_ENTRIES) {
+    plan.warn(`/boot/loader/entries holds ${confs.length} entries; only the first ${MAX_BOOT_ENTRIES} are prepared`);
+    confs = confs.slice(0, MAX_BOOT_ENTRIES);
+  }
   await plan.prefetch(confs);
   for (const p of confs) {
     const ref = await plan.file(p);
@@ -766,7 +950,7 @@ async function fixKernelCommandLine(plan: Plan, rootUuid: string): Promise<void>
 
 async function fixAgents(plan: Plan, family: LinuxFamily): Promise<void> {
   const agent = await enableUnit(plan, family, AGENT_UNITS, 'the Azure Linux agent reports readiness and runs extensions');
-  if (!agent) plan.warnings.push('Azure Linux agent (WALinuxAgent) is not installed; install it for provisioning and extensions');
+  if (!agent) plan.warn('Azure Linux agent (WALinuxAgent) is not installed; install it for provisioning and extensions');
   const dirs = vendorUnitDirs(family);
   await plan.prefetch(CLOUD_INIT_UNITS.flatMap((u) => dirs.map((d) => `${d}/${u}`)));
   let cloudInit = false;
@@ -775,7 +959,7 @@ async function fixAgents(plan: Plan, family: LinuxFamily): Promise<void> {
   }
   const marker = '/etc/cloud/cloud-init.disabled';
   if (cloudInit && (await plan.lstat(marker))) {
-    plan.remove(marker, await plan.describe(marker), 'cloud-init is skipped at boot while this marker exists');
+    await plan.remove(marker, 'cloud-init is skipped at boot while this marker exists');
   }
 }
 
@@ -822,14 +1006,14 @@ async function makePlan(imagePath: string, opts: LinuxPrepOptions) {
   ]);
 
   const ssh = await enableUnit(p, family.family, SSH_UNITS, 'SSH is the way into a Linux VM on Azure');
-  if (!ssh) p.warnings.push('OpenSSH server is not installed; the VM will not be reachable by SSH');
+  if (!ssh) p.warn('OpenSSH server is not installed; the VM will not be reachable by SSH');
   const firewalls = await fixFirewalls(p);
   await fixUdevNetRules(p);
   const networkStyle = await detectNetworkStyle(p, family.family);
   if (networkStyle === 'netplan') await fixNetplan(p);
   else if (networkStyle === 'ifcfg') await fixIfcfg(p);
   else if (networkStyle === 'interfaces') await fixInterfaces(p);
-  else p.warnings.push('no netplan, ifcfg or /etc/network/interfaces configuration found; DHCP not configured');
+  else p.warn('no netplan, ifcfg or /etc/network/interfaces configuration found; DHCP not configured');
   const known = opts.knownFilesystemUuids ? new Set(opts.knownFilesystemUuids.map((u) => u.toLowerCase())) : null;
   await fixFstab(p, root, imagePath, known);
   await fixKernelCommandLine(p, root.filesystem.uuid);
@@ -843,6 +1027,7 @@ async function makePlan(imagePath: string, opts: LinuxPrepOptions) {
  */
 export async function prepareLinuxDiskDetailed(imagePath: string, opts: LinuxPrepOptions = {}): Promise<LinuxPrepResult> {
   const { root, p, family, networkStyle, firewalls } = await makePlan(imagePath, opts);
+  await p.enforceNoDirectorySymlinks();
   await p.vol.apply(p.ops);
   return { root, ...family, networkStyle, firewalls, changes: p.changes, warnings: p.warnings };
 }
@@ -850,6 +1035,7 @@ export async function prepareLinuxDiskDetailed(imagePath: string, opts: LinuxPre
 /** What prepareLinuxDisk would change, without writing anything. */
 export async function inspectLinuxDisk(imagePath: string, opts: LinuxPrepOptions = {}): Promise<LinuxPrepResult> {
   const { root, p, family, networkStyle, firewalls } = await makePlan(imagePath, opts);
+  await p.enforceNoDirectorySymlinks();
   return { root, ...family, networkStyle, firewalls, changes: p.changes, warnings: p.warnings };
 }
 

@@ -9,7 +9,7 @@ import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FailureType, RestoreError } from '../domain/errors';
-import { run } from './exec';
+import { run, toolEnv } from './exec';
 
 const CHUNK = 1024 * 1024;
 const GRAIN = 4096;
@@ -160,7 +160,18 @@ export async function hasNtfsBootSector(image: string, offset: number): Promise<
   }
 }
 
+/**
+ * The path argument for the ntfs-3g tools: always absolute (so never read as an option) and free of
+ * control characters (the tools print names line by line).
+ */
 function ntfsPath(path: string): string {
+  // eslint-disable-next-line no-control-regex
+  if (/[\x00-\x1f\x7f]/.test(path) || path.length > 4000) {
+    throw new RestoreError(
+      FailureType.GuestPreparation,
+      `NTFS path ${JSON.stringify(path.slice(0, 120))} cannot be handled safely; refused`,
+    );
+  }
   return (
     '/' +
     path
@@ -170,12 +181,28 @@ function ntfsPath(path: string): string {
   );
 }
 
-/** A file's contents from an NTFS partition image, or null when it does not exist. */
-export async function ntfsReadFile(partPath: string, path: string): Promise<Buffer | null> {
-  const r = await run('ntfscat', [partPath, ntfsPath(path)], { allowExit: [1], timeoutMs: 300_000 });
-  if (r.code === 0) return r.stdoutBuffer;
-  if (/No such file|not found|Couldn't open|Failed to open/i.test(r.stderr)) return null;
-  throw new RestoreError(FailureType.GuestPreparation, `ntfscat ${path} failed: ${r.stderr.trim()}`);
+/** Files read from a guest volume (hives, the staged installer) larger than this are refused. */
+export const MAX_NTFS_READ_BYTES = 512 * 1024 * 1024;
+
+/**
+ * A file's contents from an NTFS partition image, or null when it does not exist. ntfscat writes to a
+ * file beside the partition image (not into memory), and more than maxBytes is refused.
+ */
+export async function ntfsReadFile(partPath: string, path: string, maxBytes = MAX_NTFS_READ_BYTES): Promise<Buffer | null> {
+  const out = `${partPath}.read-${process.pid}-${Date.now()}`;
+  try {
+    const r = await run('ntfscat', [partPath, ntfsPath(path)], {
+      allowExit: [1],
+      timeoutMs: 300_000,
+      stdoutFile: out,
+      maxStdoutBytes: maxBytes,
+    });
+    if (r.code === 0) return await fsp.readFile(out);
+    if (/No such file|not found|Couldn't open|Failed to open/i.test(r.stderr)) return null;
+    throw new RestoreError(FailureType.GuestPreparation, `ntfscat ${path} failed: ${r.stderr.trim().slice(0, 500)}`);
+  } finally {
+    await fsp.rm(out, { force: true });
+  }
 }
 
 /** Writes a local file into an existing directory of an NTFS partition image (created or overwritten). */
@@ -209,7 +236,7 @@ async function isMounted(dir: string): Promise<boolean> {
  */
 export async function withNtfsMount<T>(partPath: string, workDir: string, fn: (root: string) => Promise<T>): Promise<T> {
   const mnt = await fsp.mkdtemp(join(workDir, 'mnt-'));
-  const child = spawn('ntfs-3g', ['-o', 'no_detach', partPath, mnt], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn('ntfs-3g', ['-o', 'no_detach', partPath, mnt], { env: toolEnv(), stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
   const exited = new Promise<number | null>((resolve) => {
@@ -225,7 +252,7 @@ export async function withNtfsMount<T>(partPath: string, workDir: string, fn: (r
         if (exitCode === undefined) child.kill('SIGKILL');
         throw new RestoreError(
           FailureType.GuestPreparation,
-          `ntfs-3g could not mount ${partPath} (FUSE needs /dev/fuse and root): ${stderr.trim() || 'timed out'}`,
+          `ntfs-3g could not mount ${partPath} (FUSE needs /dev/fuse, and root or a setuid-root ntfs-3g): ${stderr.trim() || 'timed out'}`,
         );
       }
       await sleep(20);

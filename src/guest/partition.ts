@@ -1,4 +1,5 @@
 import { promises as fsp } from 'node:fs';
+import { crc32 } from 'node:zlib';
 import { FailureType, RestoreError } from '../domain/errors';
 import { run } from './exec';
 
@@ -96,7 +97,10 @@ function u64(b: Buffer, off: number): number {
   return Number(v);
 }
 
-type Reader = (offset: number, length: number) => Promise<Buffer>;
+type Reader = ((offset: number, length: number) => Promise<Buffer>) & {
+  /** Size of the whole disk when known (an image file); a buffer may hold only the disk's start. */
+  diskBytes?: number;
+};
 
 function bufferReader(buf: Buffer): Reader {
   return async (offset, length) => {
@@ -110,11 +114,13 @@ async function withImageReader<T>(image: string | Buffer, fn: (read: Reader) => 
   if (Buffer.isBuffer(image)) return fn(bufferReader(image));
   const fh = await fsp.open(image, 'r');
   try {
-    return await fn(async (offset, length) => {
+    const read: Reader = async (offset, length) => {
       const out = Buffer.alloc(length);
       await fh.read(out, 0, length, offset);
       return out;
-    });
+    };
+    read.diskBytes = (await fh.stat()).size;
+    return await fn(read);
   } finally {
     await fh.close();
   }
@@ -195,14 +201,43 @@ async function readLogical(read: Reader, extStartLba: number): Promise<Partition
   return out;
 }
 
+/** GPT bounds: entries are 128 × 2^n bytes (UEFI 2.10 §5.3.2); tables beyond these sizes are not real. */
+const GPT_MAX_ENTRY_SIZE = 4096;
+const GPT_MAX_ENTRIES = 4096;
+const GPT_MAX_TABLE_BYTES = 1024 * 1024;
+
+function gptError(what: string): RestoreError {
+  return new RestoreError(FailureType.GuestPreparation, `implausible GPT: ${what}; refused`);
+}
+
 async function readGpt(read: Reader, hdr: Buffer, sectorSize: number): Promise<PartitionTable> {
+  const headerSize = hdr.readUInt32LE(12);
   const entriesLba = u64(hdr, 72);
   const count = hdr.readUInt32LE(80);
   const entrySize = hdr.readUInt32LE(84);
-  if (entrySize < 128 || count > 4096) {
-    throw new RestoreError(FailureType.GuestPreparation, `implausible GPT header (${count} entries of ${entrySize} bytes)`);
+  const firstUsable = u64(hdr, 40);
+  const lastUsable = u64(hdr, 48);
+  if (headerSize < 92 || headerSize > sectorSize) throw gptError(`header size ${headerSize} bytes`);
+  const full = await read(sectorSize, headerSize);
+  const crc = full.readUInt32LE(16);
+  full.writeUInt32LE(0, 16);
+  if (crc32(full) !== crc) throw gptError('header CRC32 does not match');
+  if (entrySize < 128 || entrySize > GPT_MAX_ENTRY_SIZE || entrySize % 128 !== 0 || (entrySize & (entrySize - 1)) !== 0) {
+    throw gptError(`entry size ${entrySize} bytes (must be 128 × 2^n, at most ${GPT_MAX_ENTRY_SIZE})`);
+  }
+  if (count > GPT_MAX_ENTRIES || count * entrySize > GPT_MAX_TABLE_BYTES) {
+    throw gptError(`${count} entries of ${entrySize} bytes (at most ${GPT_MAX_ENTRIES} entries and ${GPT_MAX_TABLE_BYTES} bytes)`);
+  }
+  const diskSectors = read.diskBytes === undefined ? undefined : Math.floor(read.diskBytes / sectorSize);
+  const tableSectors = Math.ceil((count * entrySize) / sectorSize);
+  if (entriesLba < 2 || (diskSectors !== undefined && entriesLba + tableSectors > diskSectors)) {
+    throw gptError(`partition entries at LBA ${entriesLba} (${tableSectors} sectors) outside the disk`);
+  }
+  if (firstUsable > lastUsable || (diskSectors !== undefined && lastUsable >= diskSectors)) {
+    throw gptError(`usable LBAs ${firstUsable}..${lastUsable} outside the disk`);
   }
   const table = await read(entriesLba * sectorSize, count * entrySize);
+  if (crc32(table) !== hdr.readUInt32LE(88)) throw gptError('partition entry array CRC32 does not match');
   const partitions: PartitionEntry[] = [];
   for (let i = 0; i < count; i++) {
     const e = table.subarray(i * entrySize, (i + 1) * entrySize);
@@ -211,6 +246,9 @@ async function readGpt(read: Reader, hdr: Buffer, sectorSize: number): Promise<P
     const typeCode = guidFromBytes(typeBytes);
     const first = u64(e, 32);
     const last = u64(e, 40);
+    if (first > last || first < firstUsable || last > lastUsable) {
+      throw gptError(`entry ${i + 1} spans LBA ${first}..${last}, outside the usable ${firstUsable}..${lastUsable}`);
+    }
     const attrs = e.readBigUInt64LE(48);
     partitions.push({
       index: i + 1,
@@ -247,7 +285,14 @@ export async function writePartitionTable(imagePath: string, layout: PartitionLa
       if (p.bootable) fields.push('bootable');
     } else {
       if (p.uuid) fields.push(`uuid=${p.uuid}`);
-      if (p.name) fields.push(`name="${p.name.replace(/"/g, '')}"`);
+      if (p.name) {
+        // sfdisk script syntax: a quoted name must stay on its line and cannot contain a quote.
+        // eslint-disable-next-line no-control-regex
+        if (/["\\\x00-\x1f\x7f]/.test(p.name) || p.name.length > 36) {
+          throw new RestoreError(FailureType.InvalidRequest, `GPT partition name ${JSON.stringify(p.name)} is not allowed`);
+        }
+        fields.push(`name="${p.name}"`);
+      }
       if (p.bootable) fields.push('attrs="LegacyBIOSBootable"');
     }
     lines.push(fields.join(', '));

@@ -10,7 +10,7 @@
  * `hivexsh setval` replaces every value of a key, so single-value edits read the key's current values
  * byte-exact with the parser below and write them all back.
  */
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FailureType, RestoreError } from '../domain/errors';
@@ -65,8 +65,17 @@ const BASE_BLOCK_SIZE = 0x1000;
 const HBIN_SIZE = 0x1000;
 const HBIN_HEADER_SIZE = 0x20;
 const NO_CELL = 0xffffffff;
-/** hivexsh reads input lines with an 8 KiB buffer: longer lines would be split into two commands. */
-const HIVEXSH_MAX_LINE = 8000;
+/**
+ * hivexsh reads scripted input with fgets into an 8192-byte buffer: a longer line is split and its
+ * remainder read as the next line, which can shift a setval block so that guest data (a value name)
+ * lands where a command is expected (`commit <path>` writes the hive anywhere). Every line we emit is
+ * checked against this limit in bytes and refused, never truncated.
+ */
+export const HIVEXSH_MAX_LINE = 8000;
+/** hivexsh's setval takes at most this many values. */
+const HIVEXSH_MAX_VALUES = 1000;
+/** Hives are read whole; a real SOFTWARE hive is well under this. */
+export const MAX_HIVE_BYTES = 512 * 1024 * 1024;
 
 // ---------------------------------------------------------------------------------------------------
 // Empty hive generator
@@ -256,6 +265,13 @@ export class HiveReader {
   }
 
   static async open(path: string): Promise<HiveReader> {
+    const { size } = await stat(path);
+    if (size > MAX_HIVE_BYTES) {
+      throw new RestoreError(
+        FailureType.GuestPreparation,
+        `registry hive ${path} is ${size} bytes, over the ${MAX_HIVE_BYTES}-byte limit; refused`,
+      );
+    }
     return new HiveReader(await readFile(path));
   }
 
@@ -464,39 +480,66 @@ function setvalLine(regType: number, data: Buffer): string {
   return `hex:${regType}:${data.toString('hex')}`;
 }
 
-function hivexshKeyLine(name: string): string {
+/** A bounded rendering of a registry name for messages. */
+function shown(name: string): string {
+  return name.length > 80 ? `${JSON.stringify(name.slice(0, 80))}… (${name.length} characters)` : JSON.stringify(name);
+}
+
+/**
+ * The key line of a setval block. hivexsh takes it verbatim (no trimming, no comment skipping) and hivex
+ * encodes its UTF-8 as Latin-1 or UTF-16; control characters (a newline would end the line early) and
+ * text that does not survive UTF-8 (lone surrogates) are refused, and so are names over the line limit.
+ */
+function hivexshKeyLine(name: string, where: string): string {
   if (name === '') return '@';
-  if (/[\r\n]/.test(name) || name === '@') {
-    throw new RestoreError(FailureType.GuestPreparation, `registry value name ${JSON.stringify(name)} cannot be written with hivexsh`);
+  // eslint-disable-next-line no-control-regex
+  if (name === '@' || /[\x00-\x1f\x7f-\x9f]/.test(name) || Buffer.from(name, 'utf8').toString('utf8') !== name) {
+    throw new RestoreError(
+      FailureType.GuestPreparation,
+      `registry value name ${shown(name)} in ${where} cannot be written back through hivexsh (control characters or invalid text); refused`,
+    );
   }
-  return name;
+  return checkLine(name, `value name ${shown(name)} in ${where}`);
 }
 
 function checkLine(line: string, what: string): string {
-  if (line.length > HIVEXSH_MAX_LINE) {
-    throw new RestoreError(FailureType.GuestPreparation, `${what} is too large (${line.length} characters) to be written through hivexsh`);
+  const bytes = Buffer.byteLength(line);
+  if (bytes > HIVEXSH_MAX_LINE) {
+    throw new RestoreError(
+      FailureType.GuestPreparation,
+      `${what} is too large (${bytes} bytes, over hivexsh's ${HIVEXSH_MAX_LINE}-byte line limit) to be written through hivexsh; refused`,
+    );
   }
   return line;
 }
 
 function setvalBlock(values: RawHiveValue[], where: string): string[] {
+  if (values.length > HIVEXSH_MAX_VALUES) {
+    throw new RestoreError(
+      FailureType.GuestPreparation,
+      `registry key ${where} has ${values.length} values; hivexsh rewrites at most ${HIVEXSH_MAX_VALUES}; refused`,
+    );
+  }
   const lines = [`setval ${values.length}`];
   for (const v of values) {
-    lines.push(hivexshKeyLine(v.name));
-    lines.push(checkLine(setvalLine(v.regType, v.data), `value '${v.name}' of ${where}`));
+    lines.push(hivexshKeyLine(v.name, where));
+    lines.push(checkLine(setvalLine(v.regType, v.data), `value ${shown(v.name)} of ${where}`));
   }
   return lines;
 }
 
-function cdLine(keyPath: string): string {
-  const parts = splitKeyPath(keyPath);
-  for (const p of parts) {
-    if (/[\r\n]/.test(p) || p === '.' || p === '..') {
-      throw new RestoreError(FailureType.GuestPreparation, `registry key path '${keyPath}' cannot be written with hivexsh`);
-    }
+/** Key names in `cd` and `add` lines: hivexsh trims these lines and skips those starting with `#`. */
+function checkKeyName(name: string, keyPath: string): string {
+  if (!/^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$/.test(name) || name === '.' || name === '..') {
+    throw new RestoreError(FailureType.GuestPreparation, `registry key path ${shown(keyPath)} cannot be written with hivexsh; refused`);
   }
+  return name;
+}
+
+function cdLine(keyPath: string): string {
+  const parts = splitKeyPath(keyPath).map((p) => checkKeyName(p, keyPath));
   // `cd \` plus a trailing element list; the root alone needs the backslash followed by nothing.
-  return `cd \\${parts.join('\\')}`;
+  return checkLine(`cd \\${parts.join('\\')}`, `registry key path ${shown(keyPath)}`);
 }
 
 /** hivexsh creates ~/.hivexsh (readline history) even when scripted; without HOME it leaves no trace. */
@@ -504,6 +547,11 @@ const NO_HISTORY = { HOME: undefined };
 
 async function runHivexsh(hivePath: string, script: string[]): Promise<void> {
   script.push('commit', 'quit');
+  for (const line of script) {
+    // eslint-disable-next-line no-control-regex
+    if (/[\x00\n\r]/.test(line)) throw new RestoreError(FailureType.GuestPreparation, `unsafe hivexsh input line ${shown(line)}; refused`);
+    checkLine(line, `hivexsh input line ${shown(line)}`);
+  }
   await run('hivexsh', ['-w', hivePath], {
     input: `${script.join('\n')}\n`,
     timeoutMs: 120_000,
@@ -526,10 +574,10 @@ function addKeyLines(keyPath: string, known: Set<string>, reader: HiveReader | n
       known.add(upper);
       continue;
     }
-    if (/[\r\n]/.test(parts[i]!)) {
-      throw new RestoreError(FailureType.GuestPreparation, `registry key name '${parts[i]}' cannot be written with hivexsh`);
-    }
-    lines.push(cdLine(parts.slice(0, i).join('\\')), `add ${parts[i]}`);
+    lines.push(
+      cdLine(parts.slice(0, i).join('\\')),
+      checkLine(`add ${checkKeyName(parts[i]!, keyPath)}`, `registry key ${shown(keyPath)}`),
+    );
     known.add(upper);
   }
   return lines;
@@ -602,7 +650,7 @@ export async function setHiveValues(path: string, edits: HiveEdit[]): Promise<bo
     if (!changed) continue;
     if (current === null && values.length === 0 && keyEdits.every((e) => e.value === null)) continue;
     script.push(...addKeyLines(keyPath, known, reader));
-    script.push(cdLine(keyPath), ...setvalBlock(values, keyPath));
+    script.push(cdLine(keyPath), ...setvalBlock(values, keyPath || '<root>'));
   }
   if (script.length === 0) return false;
   await runHivexsh(path, script);
@@ -668,7 +716,7 @@ export async function hiveToXml(path: string): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'hivexml-'));
   try {
     const out = join(dir, 'hive.xml');
-    await run('sh', ['-c', 'exec hivexml "$1" > "$2"', 'hivexml', path, out], { timeoutMs: 120_000 });
+    await run('hivexml', [path], { stdoutFile: out, maxStdoutBytes: 4 * MAX_HIVE_BYTES, timeoutMs: 120_000 });
     return await readFile(out, 'utf8');
   } finally {
     await rm(dir, { recursive: true, force: true });

@@ -6,14 +6,22 @@
  * that installs it. Every change is returned with its before/after value, and a second run changes
  * nothing (and returns []).
  */
-import { createHash } from 'node:crypto';
-import { promises as fsp } from 'node:fs';
+import { constants as fsConstants, promises as fsp } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { FailureType, RestoreError } from '../domain/errors';
 import { NoPartitionTableError, readPartitionTable } from './partition';
 import { PartitionCopy, hasNtfsBootSector, ntfsListDir, ntfsReadFile, ntfsResolvePath, ntfsWriteFile, withNtfsMount } from './ntfs';
-import { HiveReader, decodeValue, getHiveValue, hiveValueText, setHiveValues, type HiveEdit, type HiveValueData } from './regf';
-import type { GuestChange } from './types';
+import {
+  HiveReader,
+  decodeValue,
+  encodeValue,
+  getHiveValue,
+  hiveValueText,
+  setHiveValues,
+  type HiveEdit,
+  type HiveValueData,
+} from './regf';
+import { guestChange, type GuestChange, type GuestPreparationResult } from './types';
 import { RDP_RULE_TCP, RDP_RULE_UDP, remoteDesktopRule } from './windows-image';
 
 export type WindowsHive = 'SYSTEM' | 'SOFTWARE';
@@ -127,12 +135,15 @@ function plan(
     keyPath,
     name: raw?.name ?? name,
     value,
-    change: {
+    change: guestChange({
       path: regPath(hive, keyPath, raw?.name ?? name),
-      before: current ? hiveValueText(current) : null,
-      after: hiveValueText(value),
+      action: 'set-value',
       description,
-    },
+      before: raw ? raw.data : null,
+      after: encodeValue(value).data,
+      diffBefore: current ? hiveValueText(current) : null,
+      diffAfter: hiveValueText(value),
+    }),
   });
 }
 
@@ -256,10 +267,6 @@ const PLACEHOLDER_AGENT = Buffer.from(
     'Install WindowsAzureVmAgent.msi (https://go.microsoft.com/fwlink/?LinkID=394789) on the VM.\r\n',
 );
 
-function fileDigest(b: Buffer): string {
-  return `sha256:${createHash('sha256').update(b).digest('hex')} (${b.length} bytes)`;
-}
-
 /** Stages the agent installer in \Windows\AzureAgent; returns the change or null when it is already there. */
 async function stageAgent(vol: WindowsVolume, dir: string, systemRoot: string, installer: string | undefined): Promise<GuestChange | null> {
   const content = installer ? await fsp.readFile(installer) : PLACEHOLDER_AGENT;
@@ -280,19 +287,29 @@ async function stageAgent(vol: WindowsVolume, dir: string, systemRoot: string, i
     const windowsDir = await ntfsResolvePath(part, 'Windows');
     if (!windowsDir) throw new RestoreError(FailureType.GuestPreparation, 'the Windows volume has no \\Windows directory');
     await withNtfsMount(part, dir, async (root) => {
-      const target = join(root, windowsDir, 'AzureAgent');
-      await fsp.mkdir(target, { recursive: true });
-      await fsp.copyFile(local, join(target, AGENT_FILE));
+      // Through the mount a guest reparse point would be a host symlink: only a real directory is used,
+      // and nothing existing is followed or overwritten.
+      const windows = join(root, windowsDir);
+      if (!(await fsp.lstat(windows)).isDirectory()) {
+        throw new RestoreError(
+          FailureType.GuestPreparation,
+          "the Windows volume's \\Windows is not a plain directory (a reparse point?); refused",
+        );
+      }
+      const target = join(windows, 'AzureAgent');
+      await fsp.mkdir(target);
+      await fsp.copyFile(local, join(target, AGENT_FILE), fsConstants.COPYFILE_EXCL);
     });
   }
-  return {
+  return guestChange({
     path: `${systemRoot}\\AzureAgent\\${AGENT_FILE}`,
-    before: existing ? fileDigest(existing) : null,
-    after: fileDigest(content),
+    action: existing ? 'edit' : 'create',
+    before: existing,
+    after: content,
     description: installer
-      ? 'Stage the Azure VM agent installer (installed by the RunOnce entry, or after power-on)'
+      ? `Stage the Azure VM agent installer (${content.length} bytes; installed by the RunOnce entry, or after power-on)`
       : 'Stage a PLACEHOLDER for the Azure VM agent installer: no installer was supplied, so the agent must be installed after power-on',
-  };
+  });
 }
 
 /**
@@ -300,6 +317,11 @@ async function stageAgent(vol: WindowsVolume, dir: string, systemRoot: string, i
  * The image is edited in place; only changed 4 KiB blocks are written.
  */
 export async function prepareWindowsDisk(imagePath: string, opts: PrepareWindowsOptions = {}): Promise<GuestChange[]> {
+  return (await prepareWindowsDiskDetailed(imagePath, opts)).changes;
+}
+
+/** prepareWindowsDisk with the warnings (things it could not do, placeholders staged). */
+export async function prepareWindowsDiskDetailed(imagePath: string, opts: PrepareWindowsOptions = {}): Promise<GuestPreparationResult> {
   if (opts.agentInstallerPath) {
     await fsp.access(opts.agentInstallerPath).catch(() => {
       throw new RestoreError(FailureType.InvalidRequest, `agent installer ${opts.agentInstallerPath} is not readable`);
@@ -309,6 +331,7 @@ export async function prepareWindowsDisk(imagePath: string, opts: PrepareWindows
     const vol = await locateWindowsVolume(imagePath, dir);
     const part = vol.copy.partPath;
     const changes: GuestChange[] = [];
+    const warnings: string[] = [];
 
     const driversDir = await ntfsResolvePath(part, DRIVERS_DIR);
     const driverFiles = new Set(((driversDir && (await ntfsListDir(part, driversDir))) || []).map((n) => n.toUpperCase()));
@@ -340,9 +363,12 @@ export async function prepareWindowsDisk(imagePath: string, opts: PrepareWindows
 
     const agent = await stageAgent(vol, dir, systemRoot, opts.agentInstallerPath);
     if (agent) changes.push(agent);
+    if (!opts.agentInstallerPath) {
+      warnings.push('no Azure VM agent installer was supplied: a placeholder is staged; install the agent after power-on');
+    }
 
     if (changes.length > 0) await vol.copy.writeBack();
-    return changes;
+    return { changes, warnings };
   });
 }
 

@@ -71,10 +71,16 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
     );
 
     let guestChanges: GuestChange[] = [];
+    let guestWarnings: string[] = [];
     const deleteDisks = () => control.deleteManagedDisks({ plan });
     if (plan.osType === 'Windows') {
       setPhase('preparing-guest', 'OS disk mounted on the backup server');
-      guestChanges = await longRunning('mount, prepare and unmount the Windows OS disk').prepareGuestDisk({ plan, where: 'backup-server' });
+      ({ changes: guestChanges, warnings: guestWarnings } = await longRunning(
+        'mount, prepare and unmount the Windows OS disk',
+      ).prepareGuestDisk({
+        plan,
+        where: 'backup-server',
+      }));
       await releaseProxy();
       compensations.unshift(deleteDisks);
       await control.createManagedDisks({ plan });
@@ -98,10 +104,10 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
       await control.attachToHelper({ plan });
       await lease.acquireLeaseActivity({ target: helper, holder, request: { slots: plan.disks.length } });
       // Runs on the worker inside the helper appliance; one that never picks it up fails the restore.
-      guestChanges = await longRunning(`prepare the Linux disks on helper ${helper.vmName}`, {
+      ({ changes: guestChanges, warnings: guestWarnings } = await longRunning(`prepare the Linux disks on helper ${helper.vmName}`, {
         taskQueue: plan.helperTaskQueue,
         scheduleToStartTimeout: '15 minutes',
-      }).prepareGuestDisk({ plan, where: 'helper-appliance' });
+      }).prepareGuestDisk({ plan, where: 'helper-appliance' }));
       await detach();
       compensations.splice(compensations.indexOf(detach), 1);
       await releaseHelper();
@@ -128,6 +134,7 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
       osType: plan.osType,
       disks: uploads,
       guestChanges,
+      guestWarnings,
       agentInstalled,
     };
   } catch (err) {

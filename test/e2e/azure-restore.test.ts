@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, openSync, rmSync, writeSync, closeSync, writeFileSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, openSync, readFileSync, rmSync, writeSync, closeSync, writeFileSync, mkdirSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -16,7 +16,7 @@ import { readGuestFile } from '../../src/guest/linux-prep';
 import { readHiveValueFromDisk } from '../../src/guest/windows-prep';
 import { readPartitionTable } from '../../src/guest/partition';
 import { getRestorePoint } from '../../src/repository';
-import { failureMessage, startAzureRestore } from '../../src/restore-client';
+import { failureMessage, getRestoreStatus, startAzureRestore } from '../../src/restore-client';
 import {
   acquireLease,
   azureProgressQuery,
@@ -252,6 +252,11 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
       networkStyle: 'netplan',
       firewall: 'ufw',
       usedMiB: 8,
+      // A guest preparation warning must reach the restore result and `status --json`.
+      customize: async (root) => {
+        const rules = path.join(root, 'etc/ufw/user6.rules');
+        writeFileSync(rules, readFileSync(rules, 'utf8').replace('### END RULES ###\n', ''));
+      },
     });
     const restorePointId = await importTestVm(env.config.repository.path, dir, {
       name: 'uefi-linux',
@@ -262,8 +267,13 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
     // Generation 1 (the default) would need a UEFI-to-BIOS conversion: refused, naming the way out.
     const gen1 = await startAzureRestore(env.client, { restorePointId, vmName }, { taskQueue: env.taskQueue });
     assert.match(failureMessage(await gen1.result().catch((e: unknown) => e)), /UEFI.*--generation 2/);
-    const result = await restore({ restorePointId, vmName, generation: 2 });
+    const handle = await startAzureRestore(env.client, { restorePointId, vmName, generation: 2 }, { taskQueue: env.taskQueue });
+    const result = await handle.result();
     assert.equal(result.generation, 2);
+    const ufwWarning = '/etc/ufw/user6.rules: ufw rules file has no "### END RULES ###" marker; SSH not opened';
+    assert.deepEqual(result.guestWarnings, [ufwWarning]);
+    const status = await getRestoreStatus(env.client, handle.workflowId);
+    assert.deepEqual((status.result as AzureRestoreResult).guestWarnings, [ufwWarning], 'status --json shows the warning');
     const { compute } = labArm();
     const a = labAzure();
     assert.equal((await compute.virtualMachines.instanceView(a.resourceGroup, vmName)).hyperVGeneration, 'V2');
@@ -301,6 +311,11 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
     const runOnce = await readHiveValueFromDisk(osd.raw, 'SOFTWARE', 'Microsoft\\Windows\\CurrentVersion\\RunOnce', 'AzureVmAgent');
     assert.match(runOnce ?? '', /msiexec/i);
     assert.ok(result.guestChanges.length >= 10);
+    for (const c of result.guestChanges) assert.match(c.sha256After ?? '', /^sha256:[0-9a-f]{64}$/, c.path);
+    assert.ok(
+      result.guestWarnings.some((w) => /no Azure VM agent installer was supplied: a placeholder is staged/.test(w)),
+      result.guestWarnings.join('\n'),
+    );
     const { compute } = labArm();
     const disk = await compute.disks.get(labAzure().resourceGroup, `${vmName}-osdisk`);
     assert.equal(disk.osType, 'Windows');

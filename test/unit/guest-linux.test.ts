@@ -56,6 +56,10 @@ async function e2fsckClean(image: string, offset: number): Promise<void> {
   assert.equal(r.code, 0, `e2fsck -fn reported problems:\n${r.stdout}${r.stderr}`);
 }
 
+function sha256(s: string | Buffer): string {
+  return `sha256:${createHash('sha256').update(s).digest('hex')}`;
+}
+
 function changeFor(changes: GuestChange[], p: string): GuestChange {
   const c = changes.find((x) => x.path === p);
   assert.ok(c, `expected a change for ${p}; got ${changes.map((x) => x.path).join(', ')}`);
@@ -354,7 +358,7 @@ describe('Linux demo images and guest preparation', () => {
     const changes = result.changes;
     for (const c of changes) {
       assert.ok(c.description.length > 10, c.path);
-      assert.notEqual(c.before, c.after, c.path);
+      assert.notEqual(c.sha256Before, c.sha256After, c.path);
     }
 
     const wants = '/etc/systemd/system/multi-user.target.wants';
@@ -365,17 +369,27 @@ describe('Linux demo images and guest preparation', () => {
     });
     assert.equal((await debugfsStat(img, off, '/etc/systemd/system/sshd.service'))?.link, '/lib/systemd/system/ssh.service');
     assert.equal((await debugfsStat(img, off, `${wants}/walinuxagent.service`))?.link, '/lib/systemd/system/walinuxagent.service');
-    assert.equal(changeFor(changes, `${wants}/ssh.service`).after, '-> /lib/systemd/system/ssh.service');
+    assert.deepEqual(changeFor(changes, `${wants}/ssh.service`).diff, ['+ -> /lib/systemd/system/ssh.service']);
+    assert.equal(changeFor(changes, `${wants}/ssh.service`).sha256After, sha256('-> /lib/systemd/system/ssh.service'));
 
     const ufw = await debugfsCat(img, off, '/etc/ufw/user.rules');
     assert.match(ufw, /^-A ufw-user-input -p tcp --dport 22 -j ACCEPT$/m);
     assert.ok(ufw.indexOf('--dport 22') < ufw.indexOf('### END RULES ###'));
     assert.match(await debugfsCat(img, off, '/etc/ufw/user6.rules'), /^-A ufw6-user-input -p tcp --dport 22 -j ACCEPT$/m);
     assert.equal((await debugfsStat(img, off, '/etc/ufw/user.rules'))?.mode, '0640', 'mode kept on rewrite');
-    assert.equal(changeFor(changes, '/etc/ufw/user.rules').after, ufw);
+    const ufwChange = changeFor(changes, '/etc/ufw/user.rules');
+    assert.equal(ufwChange.sha256After, sha256(ufw));
+    assert.deepEqual(ufwChange.diff, [
+      '+ ### tuple ### allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 in',
+      '+ -A ufw-user-input -p tcp --dport 22 -j ACCEPT',
+      '+ ',
+    ]);
 
     assert.equal(await debugfsStat(img, off, '/etc/udev/rules.d/70-persistent-net.rules'), null);
-    assert.equal(changeFor(changes, '/etc/udev/rules.d/70-persistent-net.rules').after, null);
+    const udev = changeFor(changes, '/etc/udev/rules.d/70-persistent-net.rules');
+    assert.equal(udev.action, 'remove');
+    assert.equal(udev.sha256After, null);
+    assert.match(udev.sha256Before!, /^sha256:[0-9a-f]{64}$/);
     assert.equal((await debugfsStat(img, off, '/etc/udev/rules.d/75-persistent-net-generator.rules'))?.link, '/dev/null');
 
     const netplan = await debugfsCat(img, off, '/etc/netplan/90-vmrestore-azure-dhcp.yaml');
@@ -426,7 +440,7 @@ describe('Linux demo images and guest preparation', () => {
     assert.match(ifcfg, /^ONBOOT=yes$/m);
     assert.match(ifcfg, /^DEVICE=eth0$/m);
     assert.doesNotMatch(ifcfg, /^(IPADDR|PREFIX|GATEWAY|HWADDR)=/m);
-    assert.match(changeFor(changes, '/etc/sysconfig/network-scripts/ifcfg-eth0').before!, /^IPADDR=/m);
+    assert.ok(changeFor(changes, '/etc/sysconfig/network-scripts/ifcfg-eth0').diff.some((l) => /^- IPADDR=/.test(l)));
     assert.doesNotMatch(await debugfsCat(img, off, '/etc/sysconfig/network'), /GATEWAY/);
 
     const fstab = await debugfsCat(img, off, '/etc/fstab');
@@ -465,7 +479,9 @@ describe('Linux demo images and guest preparation', () => {
     await e2fsckClean(img, off);
 
     const changes = await prepareLinuxDisk(img);
-    assert.equal(changeFor(changes, '/etc/systemd/system/ssh.service').before, '-> /dev/null');
+    const unmask = changeFor(changes, '/etc/systemd/system/ssh.service');
+    assert.equal(unmask.action, 'remove');
+    assert.equal(unmask.sha256Before, sha256('-> /dev/null'));
     assert.equal(await debugfsStat(img, off, '/etc/systemd/system/ssh.service'), null, 'mask removed');
     assert.equal(
       (await debugfsStat(img, off, '/etc/systemd/system/multi-user.target.wants/ssh.service'))?.link,
@@ -511,7 +527,11 @@ describe('Linux demo images and guest preparation', () => {
     ).imagePath;
     const changes = await prepareLinuxDisk(img);
     const c = changeFor(changes, '/etc/network/interfaces');
-    assert.match(c.before!, /iface eth0 inet static\n\taddress /);
+    assert.ok(c.diff.includes('- iface eth0 inet static'), c.diff.join('\n'));
+    assert.ok(
+      c.diff.some((l) => /^- \taddress /.test(l)),
+      c.diff.join('\n'),
+    );
     const after = (await readGuestFile(img, MiB, '/etc/network/interfaces'))!;
     assert.match(after, /^allow-hotplug eth0\niface eth0 inet dhcp\n$/m);
     assert.doesNotMatch(after, /address|gateway|dns-/);
@@ -520,7 +540,10 @@ describe('Linux demo images and guest preparation', () => {
   it('flags UUID entries of filesystems that are not restored when told which ones are', async () => {
     const r = await inspectLinuxDisk(ubuntu.imagePath, { knownFilesystemUuids: [ubuntu.rootFsUuid] });
     const fstab = changeFor(r.changes, '/etc/fstab');
-    assert.match(fstab.after!, /^UUID=\S+ \/srv\/backup xfs defaults,nofail 0 2$/m);
+    assert.ok(
+      fstab.diff.some((l) => /^\+ UUID=\S+ \/srv\/backup xfs defaults,nofail 0 2$/.test(l)),
+      fstab.diff.join('\n'),
+    );
     assert.doesNotMatch(
       (await readGuestFile(ubuntu.imagePath, MiB, '/etc/fstab'))!,
       /backup xfs defaults,nofail/,

@@ -30,6 +30,16 @@ after(async () => {
   await fsp.rm(dir, { recursive: true, force: true });
 });
 
+function sha256Hex(b: Buffer): string {
+  return `sha256:${createHash('sha256').update(b).digest('hex')}`;
+}
+
+function dwordBytes(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(n);
+  return b;
+}
+
 async function sha256OfRange(file: string, start: number, length: number): Promise<string> {
   const fh = await fsp.open(file, 'r');
   try {
@@ -214,8 +224,10 @@ describe('Windows demo image and guest preparation', { skip: noFuse }, () => {
       const expect = (key: string, name: string, before: string, after: string) => {
         const c = byPath.get(`HKLM\\SYSTEM\\${cs}\\${key}\\${name}`);
         assert.ok(c, `change recorded for ${cs}\\${key}\\${name}`);
-        assert.equal(c.before, before);
-        assert.equal(c.after, after);
+        assert.equal(c.action, 'set-value');
+        assert.deepEqual(c.diff, [`- ${before}`, `+ ${after}`]);
+        assert.equal(c.sha256Before, sha256Hex(dwordBytes(Number(before))));
+        assert.equal(c.sha256After, sha256Hex(dwordBytes(Number(after))));
         assert.ok(c.description.length > 0);
       };
       expect('Control\\Terminal Server', 'fDenyTSConnections', '1', '0');
@@ -227,18 +239,21 @@ describe('Windows demo image and guest preparation', { skip: noFuse }, () => {
       for (const rule of ['RemoteDesktop-UserMode-In-TCP', 'RemoteDesktop-UserMode-In-UDP']) {
         const c = byPath.get(`HKLM\\SYSTEM\\${cs}\\${rules}\\${rule}`);
         assert.ok(c, rule);
-        assert.match(c.before!, /\|Active=FALSE\|/);
-        assert.match(c.after!, /\|Active=TRUE\|/);
-        assert.equal(c.after, c.before!.replace('|Active=FALSE|', '|Active=TRUE|'));
+        assert.equal(c.diff.length, 2);
+        assert.match(c.diff[0]!, /^- .*\|Active=FALSE\|/);
+        assert.match(c.diff[1]!, /^\+ .*\|Active=TRUE\|/);
+        assert.notEqual(c.sha256Before, c.sha256After);
       }
     }
     const runOnce = byPath.get('HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\RunOnce\\AzureVmAgent');
     assert.ok(runOnce);
-    assert.equal(runOnce.before, null);
-    assert.match(runOnce.after!, /^msiexec\.exe \/i "C:\\Windows\\AzureAgent\\WindowsAzureVmAgent\.msi" \/quiet/);
+    assert.equal(runOnce.sha256Before, null);
+    assert.match(runOnce.diff[0]!, /^\+ msiexec\.exe \/i "C:\\Windows\\AzureAgent\\WindowsAzureVmAgent\.msi" \/quiet/);
     const staged = byPath.get('C:\\Windows\\AzureAgent\\WindowsAzureVmAgent.msi');
     assert.ok(staged);
-    assert.equal(staged.before, null);
+    assert.equal(staged.sha256Before, null);
+    assert.equal(staged.sha256After, sha256Hex(await fsp.readFile(agent)));
+    assert.deepEqual(staged.diff, [], 'file contents are not recorded');
     assert.doesNotMatch(staged.description, /placeholder/i);
     assert.equal(changes.length, 2 * 8 + 2);
 
@@ -250,7 +265,12 @@ describe('Windows demo image and guest preparation', { skip: noFuse }, () => {
       return { hive: hive as 'SYSTEM' | 'SOFTWARE', keyPath: rest.join('\\'), valueName };
     });
     const now = await readHiveValuesFromDisk(mbrImage, queries);
-    regChanges.forEach((c, i) => assert.equal(now[i], c.after, c.path));
+    regChanges.forEach((c, i) => {
+      const text = now[i]!;
+      const bytes = /^\d+$/.test(text) ? dwordBytes(Number(text)) : Buffer.from(`${text}\0`, 'utf16le');
+      assert.equal(sha256Hex(bytes), c.sha256After, c.path);
+      assert.ok(text.startsWith(c.diff[c.diff.length - 1]!.slice(2).replace(/…$/, '')), c.path);
+    });
     // Rules we do not own stay as they were.
     assert.match(
       (await readHiveValueFromDisk(mbrImage, 'SYSTEM', `ControlSet002\\${rules}`, 'RemoteDesktop-Shadow-In-TCP'))!,
@@ -290,8 +310,10 @@ describe('Windows demo image and guest preparation', { skip: noFuse }, () => {
     await fsp.writeFile(newer, seededStream('agent-v2')(120 * 1024));
     const changes = await prepareWindowsDisk(mbrImage, { agentInstallerPath: newer });
     assert.equal(changes.length, 1);
-    assert.match(changes[0]!.before!, /^sha256:[0-9a-f]{64} \(307200 bytes\)$/);
-    assert.match(changes[0]!.after!, /\(122880 bytes\)$/);
+    assert.equal(changes[0]!.action, 'edit');
+    assert.match(changes[0]!.sha256Before!, /^sha256:[0-9a-f]{64}$/);
+    assert.equal(changes[0]!.sha256After, sha256Hex(await fsp.readFile(newer)));
+    assert.match(changes[0]!.description, /122880 bytes/);
     const msi = await readWindowsFileFromDisk(mbrImage, 'Windows/AzureAgent/WindowsAzureVmAgent.msi');
     assert.ok(msi && msi.equals(await fsp.readFile(newer)));
     assert.deepEqual(await prepareWindowsDisk(mbrImage, { agentInstallerPath: newer }), []);

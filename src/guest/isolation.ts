@@ -1,0 +1,228 @@
+/**
+ * Guest preparation in a separate, unprivileged process.
+ *
+ * Guest images are hostile input, and the worker holds the Temporal connection, Azure/vCenter
+ * credentials, storage keys and the payload encryption key. So the code that parses and edits a guest
+ * image (the editors in this directory and the tools they drive: debugfs, hivexsh, ntfs-3g) runs in a
+ * child process that:
+ * - starts with a scrubbed environment: PATH, LC_ALL=C and a private HOME and TMPDIR, nothing else, and
+ *   gets no configuration (its request is the image path and the OS type);
+ * - when the worker runs as root, runs as an unprivileged uid/gid (65534, `nobody`/`nogroup`, unless
+ *   told otherwise) and reaches only the working image, which is hard-linked (or, across filesystems,
+ *   moved) into a directory private to that uid (mode 0700) for the run and handed back afterwards;
+ * - is killed with its tools (its own process group) on timeout or cancellation.
+ * No step needs root: ntfs-3g's FUSE mount (used only to create \Windows\AzureAgent) works for an
+ * unprivileged user because Debian installs ntfs-3g setuid root for exactly this, and it unmounts
+ * through umount's user-mount rule for FUSE. The parent keeps the clients and only sees the result.
+ */
+import { spawn } from 'node:child_process';
+import { promises as fsp } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { FailureType, RestoreError, type FailureType as FailureTypeName } from '../domain/errors';
+import type { GuestPreparationResult } from './types';
+
+export type GuestOsType = 'Linux' | 'Windows';
+
+/** What the child is told: nothing but where the image is and what it holds. */
+export interface GuestPrepRequest {
+  osType: GuestOsType;
+  imagePath: string;
+  /** Windows only: a local installer to stage; it is copied into the private directory first. */
+  agentInstallerPath?: string;
+}
+
+/** How the child ran, reported by the child itself (environment names only, never values). */
+export interface SandboxReport {
+  pid: number;
+  uid: number;
+  gid: number;
+  groups: number[];
+  envKeys: string[];
+}
+
+export interface IsolatedPrepResult extends GuestPreparationResult {
+  sandbox: SandboxReport;
+}
+
+export interface IsolationOptions {
+  /** Identity to drop to when running as root (default 65534:65534). Ignored when not root. */
+  uid?: number;
+  gid?: number;
+  /** Kills the child and its tools after this long (default 30 minutes). */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+/** Messages the child sends on its IPC channel. */
+export type ChildMessage =
+  | { ok: true; result: GuestPreparationResult; sandbox: SandboxReport }
+  | { ok: false; error: { type: string; message: string; name: string }; sandbox?: SandboxReport };
+
+export const UNPRIVILEGED_ID = 65534;
+const DEFAULT_TIMEOUT_MS = 30 * 60_000;
+const MAX_STDERR = 64 * 1024;
+
+function childCommand(): string[] {
+  const here = __filename;
+  if (here.endsWith('.ts')) {
+    // Running from source (tests, `bin/vmrestore.cjs`): the child loads TypeScript through tsx too.
+    return ['--require', require.resolve('tsx/cjs'), path.join(path.dirname(here), 'prep-child.ts')];
+  }
+  return [path.join(path.dirname(here), 'prep-child.js')];
+}
+
+/** The child's whole environment. */
+function childEnv(home: string, tmp: string): NodeJS.ProcessEnv {
+  return {
+    PATH: process.env.PATH ?? '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+    LC_ALL: 'C',
+    HOME: home,
+    TMPDIR: tmp,
+  };
+}
+
+/**
+ * Prepares the guest on a local whole-disk image in an isolated child process (see the module comment)
+ * and returns its changes and warnings. The image is edited in place and is back at imagePath afterwards,
+ * on failure too.
+ */
+export async function prepareGuestDiskIsolated(req: GuestPrepRequest, opts: IsolationOptions = {}): Promise<IsolatedPrepResult> {
+  const asRoot = process.getuid?.() === 0;
+  const uid = asRoot ? (opts.uid ?? UNPRIVILEGED_ID) : undefined;
+  const gid = asRoot ? (opts.gid ?? UNPRIVILEGED_ID) : undefined;
+  const imagePath = path.resolve(req.imagePath);
+  const imageDir = path.dirname(imagePath);
+  if ((await fsp.lstat(imagePath).catch(() => null))?.isSymbolicLink()) {
+    throw new RestoreError(FailureType.GuestPreparation, `guest image ${imagePath} is a symlink; refused`);
+  }
+  const imageStat = await fsp.stat(imagePath).catch(() => {
+    throw new RestoreError(FailureType.GuestPreparation, `guest image ${imagePath} does not exist`);
+  });
+
+  // The private directory: under the temporary directory (world-traversable) with the image hard-linked
+  // in, or, when that is another filesystem, beside the image with the image moved in.
+  let box = await fsp.mkdtemp(path.join(os.tmpdir(), 'vmrestore-guest-prep-'));
+  let boxedImage = path.join(box, 'disk.img');
+  let placed: 'linked' | 'moved' | null = null;
+  let restoreDirMode: number | null = null;
+  try {
+    try {
+      await fsp.link(imagePath, boxedImage);
+      placed = 'linked';
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EXDEV') throw e;
+      await fsp.rm(box, { recursive: true, force: true });
+      box = await fsp.mkdtemp(path.join(imageDir, '.guest-prep-'));
+      boxedImage = path.join(box, 'disk.img');
+      await fsp.rename(imagePath, boxedImage);
+      placed = 'moved';
+      const mode = (await fsp.stat(imageDir)).mode & 0o7777;
+      // The child must pass through the image's directory to reach its own: search permission only.
+      if (uid !== undefined && !(mode & 0o001)) {
+        await fsp.chmod(imageDir, mode | 0o001);
+        restoreDirMode = mode;
+      }
+    }
+    const home = path.join(box, 'home');
+    const tmp = path.join(box, 'tmp');
+    await fsp.mkdir(home, { mode: 0o700 });
+    await fsp.mkdir(tmp, { mode: 0o700 });
+    let installer: string | undefined;
+    if (req.agentInstallerPath) {
+      installer = path.join(box, 'agent-installer.msi');
+      await fsp.copyFile(req.agentInstallerPath, installer);
+    }
+    if (uid !== undefined && gid !== undefined) {
+      for (const p of [box, home, tmp, boxedImage, ...(installer ? [installer] : [])]) await fsp.chown(p, uid, gid);
+    }
+    const request: GuestPrepRequest = { osType: req.osType, imagePath: boxedImage, agentInstallerPath: installer };
+    return await runChild(request, { box, home, tmp, uid, gid, timeoutMs: opts.timeoutMs ?? DEFAULT_TIMEOUT_MS, signal: opts.signal });
+  } finally {
+    if (placed === 'moved') await fsp.rename(boxedImage, imagePath);
+    if (placed && uid !== undefined) await fsp.chown(imagePath, imageStat.uid, imageStat.gid);
+    if (restoreDirMode !== null) await fsp.chmod(imageDir, restoreDirMode).catch(() => undefined);
+    await fsp.rm(box, { recursive: true, force: true });
+  }
+}
+
+interface ChildSetup {
+  box: string;
+  home: string;
+  tmp: string;
+  uid?: number;
+  gid?: number;
+  timeoutMs: number;
+  signal?: AbortSignal;
+}
+
+function runChild(request: GuestPrepRequest, s: ChildSetup): Promise<IsolatedPrepResult> {
+  return new Promise<IsolatedPrepResult>((resolve, reject) => {
+    if (s.signal?.aborted) {
+      reject(s.signal.reason ?? new Error('aborted'));
+      return;
+    }
+    const child = spawn(process.execPath, [...childCommand(), JSON.stringify(request)], {
+      cwd: s.box,
+      env: childEnv(s.home, s.tmp),
+      uid: s.uid,
+      gid: s.gid,
+      // Its own process group, so a kill reaches the disk tools it started as well.
+      detached: true,
+      stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
+    });
+    let message: ChildMessage | undefined;
+    let stderr = '';
+    let stopped: string | undefined;
+    const killGroup = (why: string) => {
+      stopped ??= why;
+      try {
+        if (child.pid) process.kill(-child.pid, 'SIGKILL');
+      } catch {
+        // Already gone.
+      }
+    };
+    const timer = setTimeout(() => killGroup(`timed out after ${s.timeoutMs} ms`), s.timeoutMs);
+    const onAbort = () => killGroup('cancelled');
+    s.signal?.addEventListener('abort', onAbort, { once: true });
+    child.stderr!.on('data', (b: Buffer) => {
+      if (stderr.length < MAX_STDERR) stderr += b.toString('utf8');
+    });
+    child.on('message', (m: ChildMessage) => {
+      message ??= m;
+    });
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      s.signal?.removeEventListener('abort', onAbort);
+      reject(new RestoreError(FailureType.GuestPreparation, `could not start the guest preparation process: ${e.message}`));
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      s.signal?.removeEventListener('abort', onAbort);
+      // Tools the child left behind go with it.
+      killGroup(stopped ?? 'finished');
+      if (stopped === 'cancelled') {
+        reject(s.signal?.reason ?? new Error('guest preparation cancelled'));
+      } else if (stopped && stopped !== 'finished') {
+        reject(
+          new RestoreError(FailureType.GuestPreparation, `guest preparation of ${request.osType} disk ${stopped}; its process was killed`),
+        );
+      } else if (message?.ok) {
+        resolve({ ...message.result, sandbox: message.sandbox });
+      } else if (message && !message.ok) {
+        const type = (Object.values(FailureType) as string[]).includes(message.error.type)
+          ? (message.error.type as FailureTypeName)
+          : FailureType.GuestPreparation;
+        reject(new RestoreError(type, message.error.message));
+      } else {
+        const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
+        reject(
+          new RestoreError(
+            FailureType.GuestPreparation,
+            `guest preparation process ${how} without a result${stderr.trim() ? `: ${stderr.trim().slice(-2000)}` : ''}`,
+          ),
+        );
+      }
+    });
+  });
+}
