@@ -14,6 +14,8 @@ import {
 } from './format';
 import { loadAllRestorePoints, saveRestorePoint } from './restorePoints';
 import { readVmJson } from './vmJson';
+import { openDiskImage, type DiskImage } from './formats';
+import type { VmConfig } from '../domain/vm';
 
 export interface ImportProgress {
   diskIndex: number;
@@ -46,24 +48,47 @@ export interface ImportResult {
   stats: ImportStats;
 }
 
-/** Large sequential reads: several blocks per read, never less than one block. */
-const READ_SEGMENT_BYTES = 16 * 1024 * 1024;
-/** Chunk writes in flight; each holds a block-sized slice of a read segment. */
+/** Chunk writes in flight; each holds a block-sized slice of what the image reader returned. */
 const WRITES_IN_FLIGHT = 16;
 
+/** A VM to import: its config, and each disk's image opened on demand, in disk order. */
+export interface ImportSource {
+  vm: VmConfig;
+  openDisk(index: number): Promise<DiskImage>;
+  /** Runs after every disk was read and before the restore point is saved (e.g. manifest checks). */
+  beforeSave?(): Promise<void>;
+}
+
 /**
- * Imports raw disk images described by a vm.json as a new restore point. Chunks are content-addressed,
- * so an import of a VM that already has restore points writes only the blocks that changed.
+ * Imports the disk images described by a vm.json (any supported format) as a new restore point. Chunks are
+ * content-addressed, so an import of a VM that already has restore points writes only the blocks that changed.
  */
 export async function importRestorePoint(repoDir: string, vmJsonPath: string, opts: ImportOptions = {}): Promise<ImportResult> {
-  const blockSize = opts.blockSize ?? DEFAULT_BLOCK_SIZE;
+  checkBlockSize(opts.blockSize ?? DEFAULT_BLOCK_SIZE);
+  const source = await readVmJson(vmJsonPath);
+  return importVm(
+    repoDir,
+    {
+      vm: source.vm,
+      openDisk: (index) => openDiskImage(source.diskImagePaths[index], { expectedFormat: source.diskFormats[index] }),
+    },
+    opts,
+  );
+}
+
+function checkBlockSize(blockSize: number): void {
   if (!Number.isSafeInteger(blockSize) || blockSize < SECTOR_SIZE || blockSize > MAX_BLOCK_SIZE || blockSize % SECTOR_SIZE !== 0) {
     throw new RestoreError(
       FailureType.InvalidRequest,
       `blockSize ${blockSize} must be a multiple of ${SECTOR_SIZE} from ${SECTOR_SIZE} to ${MAX_BLOCK_SIZE}`,
     );
   }
-  const source = await readVmJson(vmJsonPath);
+}
+
+/** Imports a VM whose disks come from any image source (vm.json, OVF, OVA) as a new restore point. */
+export async function importVm(repoDir: string, source: ImportSource, opts: ImportOptions = {}): Promise<ImportResult> {
+  const blockSize = opts.blockSize ?? DEFAULT_BLOCK_SIZE;
+  checkBlockSize(blockSize);
   const existing = await loadAllRestorePoints(repoDir);
   const parent = existing.find((rp) => rp.vm.name === source.vm.name) ?? null;
 
@@ -79,18 +104,31 @@ export async function importRestorePoint(repoDir: string, vmJsonPath: string, op
   const totalBytes = source.vm.disks.reduce((sum, d) => sum + d.capacityBytes, 0);
   const disks: RestorePointDisk[] = [];
   for (const vmDisk of source.vm.disks) {
-    const blocks = await importDisk(writer, source.diskImagePaths[vmDisk.index], vmDisk.capacityBytes, blockSize, stats, (diskBytesRead) =>
-      opts.onProgress?.({
-        diskIndex: vmDisk.index,
-        diskBytesRead,
-        diskCapacityBytes: vmDisk.capacityBytes,
-        bytesRead: stats.bytesRead,
-        totalBytes,
-      }),
-    );
+    const image = await source.openDisk(vmDisk.index);
+    let blocks: (string | null)[];
+    try {
+      if (image.capacityBytes !== vmDisk.capacityBytes) {
+        throw new RestoreError(
+          FailureType.InvalidRequest,
+          `disk ${vmDisk.index} image ${image.path} holds ${image.capacityBytes} bytes, but the VM config says ${vmDisk.capacityBytes}`,
+        );
+      }
+      blocks = await importDisk(writer, image, blockSize, stats, (diskBytesRead) =>
+        opts.onProgress?.({
+          diskIndex: vmDisk.index,
+          diskBytesRead,
+          diskCapacityBytes: vmDisk.capacityBytes,
+          bytesRead: stats.bytesRead,
+          totalBytes,
+        }),
+      );
+    } finally {
+      await image.close();
+    }
     disks.push({ index: vmDisk.index, capacityBytes: vmDisk.capacityBytes, blocks });
     stats.disks++;
   }
+  await source.beforeSave?.();
   await writer.syncWrittenDirs();
 
   const createdAt = new Date();
@@ -109,96 +147,106 @@ export async function importRestorePoint(repoDir: string, vmJsonPath: string, op
   return { restorePointId: id, parentId: restorePoint.parentId, stats };
 }
 
+/**
+ * Cuts an image's extents into blocks: zero extents become zero blocks without a byte looked at, data
+ * blocks are hashed and stored unless all zeros. Whole blocks inside one extent are never copied.
+ */
 async function importDisk(
   writer: ChunkWriter,
-  imagePath: string,
-  capacityBytes: number,
+  image: DiskImage,
   blockSize: number,
   stats: ImportStats,
-  onSegment: (diskBytesRead: number) => void,
+  onProgress: (diskBytesRead: number) => void,
 ): Promise<(string | null)[]> {
+  const capacityBytes = image.capacityBytes;
   const zeroBlock = Buffer.alloc(blockSize);
-  const segmentBytes = Math.max(1, Math.floor(READ_SEGMENT_BYTES / blockSize)) * blockSize;
   const blocks: (string | null)[] = new Array<string | null>(blockCount(capacityBytes, blockSize)).fill(null);
   // Identical blocks whose chunk is still being written share that write; later ones find the file.
   const pendingChunks = new Map<string, Promise<void>>();
   const writeFailures: unknown[] = [];
-  let diskBytesRead = 0;
 
-  const handle = await fs.open(imagePath, 'r');
-  try {
-    const readSegment = async (offset: number): Promise<Buffer> => {
-      const length = Math.min(segmentBytes, capacityBytes - offset);
-      const segment = Buffer.allocUnsafe(length);
-      let filled = 0;
-      while (filled < length) {
-        const { bytesRead } = await handle.read(segment, filled, length - filled, offset + filled);
-        if (bytesRead === 0) {
-          throw new RestoreError(
-            FailureType.InvalidRequest,
-            `disk image ${imagePath} ended at ${offset + filled} bytes while importing ${capacityBytes}; was it changed during the import?`,
-          );
-        }
-        filled += bytesRead;
-      }
-      return segment;
-    };
-
-    const storeBlock = (hash: string, data: Buffer): void => {
-      if (pendingChunks.has(hash)) {
+  const storeBlock = (hash: string, data: Buffer): void => {
+    if (pendingChunks.has(hash)) {
+      stats.chunksReused++;
+      return;
+    }
+    const pending = (async () => {
+      if (await writer.has(hash, data.length)) {
         stats.chunksReused++;
         return;
       }
-      const pending = (async () => {
-        if (await writer.has(hash, data.length)) {
-          stats.chunksReused++;
-          return;
-        }
-        await writer.write(hash, data);
-        stats.chunksWritten++;
-        stats.bytesWritten += data.length;
-      })();
-      pendingChunks.set(hash, pending);
-      pending.then(
-        () => pendingChunks.delete(hash),
-        (error: unknown) => {
-          pendingChunks.delete(hash);
-          writeFailures.push(error);
-        },
-      );
-    };
+      await writer.write(hash, data);
+      stats.chunksWritten++;
+      stats.bytesWritten += data.length;
+    })();
+    pendingChunks.set(hash, pending);
+    pending.then(
+      () => pendingChunks.delete(hash),
+      (error: unknown) => {
+        pendingChunks.delete(hash);
+        writeFailures.push(error);
+      },
+    );
+  };
 
-    // Double buffering: the next segment is read while this one is hashed and written.
-    let nextRead: Promise<Buffer> | null = readSegment(0);
-    for (let segmentOffset = 0; nextRead; segmentOffset += segmentBytes) {
-      const segment: Buffer = await nextRead;
-      const following = segmentOffset + segmentBytes;
-      nextRead = following < capacityBytes ? readSegment(following) : null;
-      // A failed read-ahead is reported by the await above on the next round, never as unhandled.
-      nextRead?.catch(() => undefined);
-
-      for (let within = 0; within < segment.length; within += blockSize) {
-        const data = segment.subarray(within, Math.min(within + blockSize, segment.length));
-        const blockIndex = (segmentOffset + within) / blockSize;
-        if (data.equals(data.length === blockSize ? zeroBlock : zeroBlock.subarray(0, data.length))) {
-          stats.zeroBlocks++;
-          continue;
-        }
-        const hash = sha256Hex(data);
-        blocks[blockIndex] = hash;
-        storeBlock(hash, data);
-        if (pendingChunks.size >= WRITES_IN_FLIGHT) await Promise.race(pendingChunks.values()).catch(() => undefined);
-        if (writeFailures.length > 0) throw writeFailures[0];
-      }
-      diskBytesRead += segment.length;
-      stats.bytesRead += segment.length;
-      onSegment(diskBytesRead);
+  const takeBlock = async (blockIndex: number, data: Buffer | null): Promise<void> => {
+    if (data === null || data.equals(data.length === blockSize ? zeroBlock : zeroBlock.subarray(0, data.length))) {
+      stats.zeroBlocks++;
+      return;
     }
-    await Promise.allSettled(pendingChunks.values());
+    const hash = sha256Hex(data);
+    blocks[blockIndex] = hash;
+    storeBlock(hash, data);
+    if (pendingChunks.size >= WRITES_IN_FLIGHT) await Promise.race(pendingChunks.values()).catch(() => undefined);
     if (writeFailures.length > 0) throw writeFailures[0];
-  } finally {
-    await handle.close();
+  };
+
+  // A block that spans extents is assembled here; a fresh buffer for each, since writes hold on to it.
+  let partial: Buffer | null = null;
+  let partialHasData = false;
+  let expected = 0;
+  for await (const extent of image.extents()) {
+    if (extent.offset !== expected || extent.length <= 0 || extent.offset + extent.length > capacityBytes) {
+      throw new RestoreError(
+        FailureType.InvalidRequest,
+        `disk image ${image.path}: reader returned ${extent.offset}+${extent.length} where ${expected} was next (capacity ${capacityBytes})`,
+      );
+    }
+    for (let pos = 0; pos < extent.length; ) {
+      const at = extent.offset + pos;
+      const blockIndex = Math.floor(at / blockSize);
+      const blockStart = blockIndex * blockSize;
+      const blockLen = Math.min(blockSize, capacityBytes - blockStart);
+      const take = Math.min(extent.length - pos, blockStart + blockLen - at);
+      if (at === blockStart && take === blockLen) {
+        await takeBlock(blockIndex, extent.data && extent.data.subarray(pos, pos + take));
+      } else {
+        partial ??= Buffer.allocUnsafe(blockLen);
+        const within = at - blockStart;
+        if (extent.data) {
+          extent.data.copy(partial, within, pos, pos + take);
+          partialHasData = true;
+        } else partial.fill(0, within, within + take);
+        if (within + take === blockLen) {
+          await takeBlock(blockIndex, partialHasData ? partial : null);
+          partial = null;
+          partialHasData = false;
+        }
+      }
+      pos += take;
+    }
+    expected = extent.offset + extent.length;
+    stats.bytesRead += extent.length;
+    onProgress(expected);
   }
+  if (expected !== capacityBytes) {
+    throw new RestoreError(
+      FailureType.InvalidRequest,
+      `disk image ${image.path} ended at ${expected} bytes of ${capacityBytes}; was it changed during the import?`,
+    );
+  }
+  await Promise.allSettled(pendingChunks.values());
+  if (writeFailures.length > 0) throw writeFailures[0];
   return blocks;
 }
 
