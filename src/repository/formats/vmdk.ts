@@ -2,7 +2,6 @@ import * as path from 'node:path';
 import {
   ImageFile,
   MAX_TABLE_BYTES,
-  MiB,
   SECTOR,
   checkCapacity,
   checkRange,
@@ -159,10 +158,15 @@ export async function* readVmdkStream(
   const grainBytes = header.grainSectors * SECTOR;
   const capacity = header.capacityBytes;
   const maxCompressed = 2 * grainBytes + 4096;
-  if (header.overHeadSectors < 1 || header.overHeadSectors * SECTOR > 1024 * MiB) {
+  if (header.overHeadSectors < 1 || header.overHeadSectors * SECTOR > MAX_TABLE_BYTES) {
     throw fail('overHead', `${header.overHeadSectors} sectors is out of range`);
   }
-  if (!(await reader.skip(header.overHeadSectors * SECTOR - reader.position))) throw truncated();
+  // qemu writes its grain directory and tables inside the overhead and no end-of-stream marker; their
+  // allocated-grain count then tells a complete stream from a truncated one.
+  const overhead = await reader.readExact(header.overHeadSectors * SECTOR - reader.position);
+  if (!overhead) throw truncated();
+  const expectedGrains = header.gdOffset === GD_AT_END ? null : grainsInOverhead(overhead, header);
+  let grains = 0;
 
   const queue: { offset: number; length: number; data: Promise<Buffer | null> }[] = [];
   const clip = (e: { offset: number; length: number; data: Buffer | null }): Extent | null => {
@@ -177,7 +181,10 @@ export async function* readVmdkStream(
     if (next >= to) break;
     const markerAt = reader.position;
     const sector = await reader.readExact(SECTOR);
-    if (!sector) throw truncated();
+    if (!sector) {
+      if (expectedGrains !== null && reader.position === markerAt && grains === expectedGrains) break;
+      throw truncated();
+    }
     const value = sector.readBigUInt64LE(0);
     const size = sector.readUInt32LE(8);
     if (size === 0) {
@@ -216,6 +223,7 @@ export async function* readVmdkStream(
       queue.push({ offset, length, data: Promise.resolve(null) });
     }
     next = offset + length;
+    grains++;
     while (queue.length > INFLATE_AHEAD) {
       const first = queue.shift()!;
       const out = clip({ offset: first.offset, length: first.length, data: await first.data });
@@ -228,6 +236,21 @@ export async function* readVmdkStream(
     const out = clip({ offset: first.offset, length: first.length, data: await first.data });
     if (out) yield out;
   }
+}
+
+/** Grains the tables in the overhead mark allocated, or null when the tables are not there. */
+function grainsInOverhead(overhead: Buffer, header: SparseHeader): number | null {
+  const gdAt = Number(header.gdOffset) * SECTOR - SECTOR;
+  const gdEntries = Math.ceil(header.capacityBytes / (header.numGTEsPerGT * header.grainSectors * SECTOR));
+  if (gdAt < 0 || gdAt + gdEntries * 4 > overhead.length) return null;
+  let count = 0;
+  for (let i = 0; i < gdEntries; i++) {
+    const gtAt = overhead.readUInt32LE(gdAt + i * 4) * SECTOR - SECTOR;
+    if (gtAt < 0) continue;
+    if (gtAt + header.numGTEsPerGT * 4 > overhead.length) return null;
+    for (let j = 0; j < header.numGTEsPerGT; j++) if (overhead.readUInt32LE(gtAt + j * 4) !== 0) count++;
+  }
+  return count;
 }
 
 /** A streamOptimized image in a file: every extents() call is one pass over the file. */
