@@ -7,7 +7,14 @@ import { FailureType, RestoreError } from './domain/errors';
 import type { DiskFormat, TransportRequest, VSphereRestoreRequest } from './domain/restore';
 import { DISK_FORMATS, TASK_QUEUE, TRANSPORT_REQUESTS } from './domain/restore';
 import { labDown, labStatus, labUp } from './lab';
-import { importRestorePoint, getRestorePoint, listRestorePoints, verifyRepository } from './repository';
+import {
+  importOvaRestorePoint,
+  importOvfRestorePoint,
+  importRestorePoint,
+  getRestorePoint,
+  listRestorePoints,
+  verifyRepository,
+} from './repository';
 import {
   connectClient,
   failureMessage,
@@ -31,7 +38,7 @@ export type { VSphereRestoreRequest, VSphereRestoreResult } from './domain/resto
 const USAGE = `vmrestore: restore whole VMs from backups to vSphere (and Azure) on Temporal
 
   vmrestore lab up|status|down [--json] [--purge]
-  vmrestore repo import --vm vm.json [--json]
+  vmrestore repo import --vm vm.json | --ovf vm.ovf | --ova vm.ova [--json]
   vmrestore repo list|show ID|verify [ID] [--json]
   vmrestore repo seed-demo [--json]
   vmrestore codec-server [--port 8888] [--host ADDR] [--origin URL]... [--allowed-host NAME]...
@@ -138,13 +145,18 @@ async function repoCommand(sub: string | undefined, args: string[]): Promise<num
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
-    options: { json: { type: 'boolean' }, vm: { type: 'string' } },
+    options: { json: { type: 'boolean' }, vm: { type: 'string' }, ovf: { type: 'string' }, ova: { type: 'string' } },
   });
   const repo = repositoryPath();
   switch (sub) {
     case 'import': {
-      if (!values.vm) usageError('repo import needs --vm vm.json');
-      const res = await importRestorePoint(repo, values.vm);
+      const sources = [values.vm, values.ovf, values.ova].filter((v) => v !== undefined);
+      if (sources.length !== 1) usageError('repo import needs exactly one of --vm vm.json, --ovf vm.ovf, --ova vm.ova');
+      const res = values.vm
+        ? await importRestorePoint(repo, values.vm)
+        : values.ovf
+          ? await importOvfRestorePoint(repo, values.ovf)
+          : await importOvaRestorePoint(repo, values.ova!);
       if (values.json) out(JSON.stringify({ restorePointId: res.restorePointId, parentId: res.parentId, stats: res.stats }));
       else out(`restore point ${res.restorePointId} (parent ${res.parentId ?? 'none'}): ${JSON.stringify(res.stats)}`);
       return 0;

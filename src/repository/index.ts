@@ -4,7 +4,17 @@
  *   restore-points/<id>.json         VM config + per-disk block map (null = all-zero block, not stored)
  */
 export { DEFAULT_BLOCK_SIZE, type RestorePoint, type RestorePointDisk, type RestorePointSummary } from './format';
-export { importRestorePoint, type ImportOptions, type ImportProgress, type ImportResult, type ImportStats } from './importer';
+export {
+  importOvaRestorePoint,
+  importOvfRestorePoint,
+  importRestorePoint,
+  importVm,
+  type ImportSource,
+  type ImportOptions,
+  type ImportProgress,
+  type ImportResult,
+  type ImportStats,
+} from './importer';
 export {
   DEFAULT_READ_CONCURRENCY,
   diskLayout,

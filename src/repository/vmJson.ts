@@ -3,17 +3,19 @@ import * as path from 'node:path';
 import { FailureType, RestoreError } from '../domain/errors';
 import type { DiskProvisioning, Firmware, GuestOsFamily, VmConfig, VmNic } from '../domain/vm';
 import { SECTOR_SIZE } from './format';
+import { DISK_IMAGE_FORMATS, detectDiskImageFormat, probeDiskImage, type DiskImageFormat } from './formats';
 import { isErrno } from './files';
 
-/** A VM to import: its config plus the absolute path of each disk's raw image, by disk index. */
+/** A VM to import: its config plus the absolute path and detected format of each disk's image, by disk index. */
 export interface VmImportSource {
   vm: VmConfig;
   diskImagePaths: string[];
+  diskFormats: DiskImageFormat[];
 }
 
 const TOP_KEYS = ['name', 'guestOs', 'firmware', 'cpus', 'memoryMiB', 'nics', 'disks'];
 const NIC_KEYS = ['network', 'macAddress'];
-const DISK_KEYS = ['path', 'provisioning', 'label'];
+const DISK_KEYS = ['path', 'provisioning', 'label', 'format'];
 const GUEST_OS: GuestOsFamily[] = ['linux', 'windows'];
 const FIRMWARE: Firmware[] = ['bios', 'efi'];
 const PROVISIONING: DiskProvisioning[] = ['thin', 'thick'];
@@ -99,7 +101,7 @@ export async function readVmJson(vmJsonPath: string): Promise<VmImportSource> {
     });
   }
 
-  const disks: { path: string; provisioning: DiskProvisioning; label: string }[] = [];
+  const disks: { path: string; provisioning: DiskProvisioning; label: string; format?: DiskImageFormat }[] = [];
   if (!Array.isArray(raw.disks) || raw.disks.length === 0) {
     problem('disks', `${show(raw.disks)} must be a non-empty array`);
   } else {
@@ -110,10 +112,12 @@ export async function readVmJson(vmJsonPath: string): Promise<VmImportSource> {
       const diskPath = nonEmptyString(disk.path, `${where}.path`);
       const provisioning = oneOf(disk.provisioning, PROVISIONING, `${where}.provisioning`);
       if (disk.label !== undefined) nonEmptyString(disk.label, `${where}.label`, 255);
+      const format = disk.format === undefined ? undefined : oneOf(disk.format, DISK_IMAGE_FORMATS, `${where}.format`);
       disks.push({
         path: diskPath,
         provisioning: provisioning ?? 'thin',
         label: typeof disk.label === 'string' ? disk.label : `Hard disk ${i + 1}`,
+        format,
       });
     });
   }
@@ -125,7 +129,7 @@ export async function readVmJson(vmJsonPath: string): Promise<VmImportSource> {
   const imageChecks = await Promise.all(
     disks.map(
       (disk, i): Promise<DiskImageCheck> =>
-        diskImagePaths[i] === '' ? Promise.resolve({ size: 0 }) : checkDiskImage(disk.path, diskImagePaths[i]),
+        diskImagePaths[i] === '' ? Promise.resolve({ size: 0, format: 'raw' }) : checkDiskImage(disk.path, diskImagePaths[i], disk.format),
     ),
   );
   // Reported in disk order, after the checks that ran concurrently have all finished.
@@ -150,27 +154,34 @@ export async function readVmJson(vmJsonPath: string): Promise<VmImportSource> {
       })),
     },
     diskImagePaths,
+    diskFormats: imageChecks.map((check) => check.format),
   };
 }
 
 interface DiskImageCheck {
   size: number;
+  format: DiskImageFormat;
   problem?: string;
 }
 
-/** Capacity of a raw image, or why it cannot be imported. */
-async function checkDiskImage(given: string, resolved: string): Promise<DiskImageCheck> {
+/** Virtual size and format of an image (detected from the file; must match `format` if given), or why it cannot be imported. */
+async function checkDiskImage(given: string, resolved: string, format: DiskImageFormat | undefined): Promise<DiskImageCheck> {
   const fail = (what: string): DiskImageCheck => ({
     size: 0,
+    format: 'raw',
     problem: `${show(given)} ${what} (resolved to ${resolved})`,
   });
   try {
     const stat = await fs.stat(resolved);
     if (!stat.isFile()) return fail('is not a regular file');
     if (stat.size === 0) return fail('is empty');
-    if (stat.size % SECTOR_SIZE !== 0) return fail(`size ${stat.size} bytes is not a multiple of ${SECTOR_SIZE}`);
-    return { size: stat.size };
+    if (stat.size % SECTOR_SIZE !== 0 && (await detectDiskImageFormat(resolved)) === 'raw') {
+      return fail(`size ${stat.size} bytes is not a multiple of ${SECTOR_SIZE}`);
+    }
+    const probe = await probeDiskImage(resolved, { expectedFormat: format });
+    return { size: probe.capacityBytes, format: probe.format };
   } catch (err) {
-    return fail(isErrno(err, 'ENOENT') ? 'not found' : `cannot be read: ${(err as Error).message}`);
+    if (isErrno(err, 'ENOENT')) return fail('not found');
+    return fail(err instanceof RestoreError ? `cannot be imported: ${err.message}` : `cannot be read: ${(err as Error).message}`);
   }
 }
