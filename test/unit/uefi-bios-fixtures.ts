@@ -32,14 +32,14 @@ export async function findBaseTree(): Promise<string | null> {
 }
 
 /** The lab builder's own UEFI Debian guest image, if it has been built here. */
-export async function findBuiltUefiGuest(): Promise<{ osDisk: string; rootUuid: string } | null> {
+export async function findBuiltUefiGuest(): Promise<{ osDisk: string; dataDisk: string; rootUuid: string } | null> {
   const dir = join(homedir(), '.cache/vmrestore/guests');
   for (const n of await fsp.readdir(dir).catch(() => [] as string[])) {
     const meta = await fsp.readFile(join(dir, n, 'guest.json'), 'utf8').catch(() => null);
     if (!meta) continue;
-    const g = JSON.parse(meta) as { firmware?: string; osDisk?: string; rootPartition?: { fsUuid?: string } };
-    if (g.firmware === 'uefi' && g.osDisk && existsSync(g.osDisk) && g.rootPartition?.fsUuid) {
-      return { osDisk: g.osDisk, rootUuid: g.rootPartition.fsUuid };
+    const g = JSON.parse(meta) as { firmware?: string; osDisk?: string; dataDisk?: string; rootPartition?: { fsUuid?: string } };
+    if (g.firmware === 'uefi' && g.osDisk && g.dataDisk && existsSync(g.osDisk) && existsSync(g.dataDisk) && g.rootPartition?.fsUuid) {
+      return { osDisk: g.osDisk, dataDisk: g.dataDisk, rootUuid: g.rootPartition.fsUuid };
     }
   }
   return null;
@@ -59,11 +59,22 @@ async function sparse(p: string, size: number): Promise<void> {
   await fh.close();
 }
 
-export async function buildUefiLinuxDisk(dir: string, opts: { baseTree: string | null; firstLba?: number }): Promise<UefiLinuxDisk> {
+export interface UefiLinuxDiskOptions {
+  baseTree: string | null;
+  /** First sector of the first partition (2048 by default). */
+  firstLba?: number;
+  /**
+   * ESP right after the GPT (sector 34), then GRUB's BIOS boot partition (1 MiB), then the root, and an
+   * fstab naming them the way that breaks with an MBR: /dev/sda3 and PARTUUID=.
+   */
+  biosBootPartition?: boolean;
+}
+
+export async function buildUefiLinuxDisk(dir: string, opts: UefiLinuxDiskOptions): Promise<UefiLinuxDisk> {
   const imagePath = join(dir, 'uefi-linux.img');
   const size = opts.baseTree ? 2048 * MiB : 160 * MiB;
   await sparse(imagePath, size);
-  const espStart = (opts.firstLba ?? 2048) * 512;
+  const espStart = (opts.biosBootPartition ? 34 : (opts.firstLba ?? 2048)) * 512;
   const esp: PartitionSpec = {
     startBytes: espStart,
     sizeBytes: 33 * MiB,
@@ -71,7 +82,8 @@ export async function buildUefiLinuxDisk(dir: string, opts: { baseTree: string |
     name: 'EFI System',
     uuid: 'C0FFEE00-0000-4000-8000-000000000001',
   };
-  const rootStart = Math.ceil((espStart + esp.sizeBytes) / MiB) * MiB;
+  const biosBootStart = Math.ceil((espStart + esp.sizeBytes) / MiB) * MiB;
+  const rootStart = opts.biosBootPartition ? biosBootStart + MiB : biosBootStart;
   const root: PartitionSpec = {
     startBytes: rootStart,
     sizeBytes: size - rootStart - MiB,
@@ -79,7 +91,7 @@ export async function buildUefiLinuxDisk(dir: string, opts: { baseTree: string |
     name: 'root',
     uuid: 'C0FFEE00-0000-4000-8000-000000000002',
   };
-  if (opts.firstLba === undefined) {
+  if (opts.firstLba === undefined && !opts.biosBootPartition) {
     await writePartitionTable(imagePath, { scheme: 'gpt', diskId: '5EED0000-1111-4222-8333-444455556666', partitions: [esp, root] });
   } else {
     // A table with no alignment gap (first usable sector right after the GPT entries), as old tools made.
@@ -87,8 +99,9 @@ export async function buildUefiLinuxDisk(dir: string, opts: { baseTree: string |
     const script = [
       'label: gpt',
       'first-lba: 34',
-      line(esp, 'C12A7328-F81F-11D2-BA4B-00A0C93EC93B'),
-      line(root, '0FC63DAF-8483-4772-8E79-3D69D8477DE4'),
+      `${line(esp, 'C12A7328-F81F-11D2-BA4B-00A0C93EC93B')}, uuid=${esp.uuid}`,
+      ...(opts.biosBootPartition ? [`start=${biosBootStart / 512}, size=2048, type=21686148-6449-6E6F-744E-656564454649`] : []),
+      `${line(root, '0FC63DAF-8483-4772-8E79-3D69D8477DE4')}, uuid=${root.uuid}`,
     ];
     await run('sfdisk', ['--no-reread', '--no-tell-kernel', '-q', imagePath], { input: script.join('\n') + '\n', env: { LC_ALL: 'C' } });
   }
@@ -145,8 +158,8 @@ export async function buildUefiLinuxDisk(dir: string, opts: { baseTree: string |
       path: '/etc/fstab',
       content: [
         '# /etc/fstab: static file system information.',
-        `UUID=${ROOT_UUID} /               ext4    errors=remount-ro 0       1`,
-        `UUID=${ESP_UUID}  /boot/efi       vfat    umask=0077      0       1`,
+        `${opts.biosBootPartition ? '/dev/sda3' : `UUID=${ROOT_UUID}`} /               ext4    errors=remount-ro 0       1`,
+        `${opts.biosBootPartition ? `PARTUUID=${esp.uuid!.toLowerCase()}` : `UUID=${ESP_UUID}`}  /boot/efi       vfat    umask=0077      0       1`,
         '',
       ].join('\n'),
     },
@@ -172,10 +185,17 @@ export interface SerialBoot {
 }
 
 /**
- * Boots a disk image under SeaBIOS in qemu (TCG, snapshot so the image stays unchanged) and watches
- * the serial console until every pattern appeared or the time is up.
+ * Boots disk images under SeaBIOS in qemu (TCG, snapshot so the images stay unchanged) as SCSI disks,
+ * the first one booted (sda, as Azure Generation 1 presents the OS disk), and watches the serial
+ * console until every pattern appeared or the time is up.
  */
-export async function bootUnderSeaBios(image: string, logPath: string, patterns: string[], timeoutMs: number): Promise<SerialBoot> {
+export async function bootUnderSeaBios(disks: string[], logPath: string, patterns: string[], timeoutMs: number): Promise<SerialBoot> {
+  const drives = disks.flatMap((d, i) => [
+    '-drive',
+    `file=${d},format=raw,if=none,id=disk${i},snapshot=on`,
+    '-device',
+    `scsi-hd,drive=disk${i},bus=scsi0.0,scsi-id=${i}${i === 0 ? ',bootindex=0' : ''}`,
+  ]);
   const bios = existsSync('/usr/share/seabios/bios.bin') ? ['-bios', '/usr/share/seabios/bios.bin'] : [];
   const child = spawn(
     'qemu-system-x86_64',
@@ -193,8 +213,9 @@ export async function bootUnderSeaBios(image: string, logPath: string, patterns:
       'none',
       '-serial',
       `file:${logPath}`,
-      '-drive',
-      `file=${image},format=raw,if=virtio,snapshot=on`,
+      '-device',
+      'virtio-scsi-pci,id=scsi0',
+      ...drives,
       '-nic',
       'none',
       '-no-reboot',

@@ -166,10 +166,10 @@ describe('UEFI Linux disk converted to BIOS boot', () => {
 
   it('boots under SeaBIOS: GRUB runs grub.cfg from the ext4 root and starts the kernel on the serial console', async (t) => {
     const patterns = [`Loading Linux ${disk.kernelVersion} ...`];
-    if (disk.bootable) patterns.push('Linux version', 'EXT4-fs (vda2): mounted filesystem');
+    if (disk.bootable) patterns.push('Linux version', 'EXT4-fs (sda2): mounted filesystem');
     else patterns.push('Loading initial ramdisk ...');
     const started = Date.now();
-    const boot = await bootUnderSeaBios(disk.imagePath, join(dir, 'serial.log'), patterns, disk.bootable ? 180_000 : 60_000);
+    const boot = await bootUnderSeaBios([disk.imagePath], join(dir, 'serial.log'), patterns, disk.bootable ? 180_000 : 60_000);
     const missing = patterns.filter((p) => !boot.seen.has(p));
     assert.deepEqual(missing, [], `serial log tail:\n${boot.log.slice(-3000)}`);
     t.diagnostic(
@@ -234,8 +234,48 @@ describe('UEFI to BIOS refusals (nothing written)', () => {
   });
 });
 
+describe('UEFI Linux disk with a BIOS boot partition and no gap after the GPT', () => {
+  it('puts core.img into the former BIOS boot partition, rewrites renumbered and PARTUUID fstab entries, and boots', async () => {
+    const d = join(dir, 'biosboot');
+    await fsp.mkdir(join(d, 'work'), { recursive: true });
+    const disk = await buildUefiLinuxDisk(d, { baseTree: null, biosBootPartition: true });
+    const r = await convertLinuxUefiToBios(disk.imagePath, { workDir: join(d, 'work') });
+
+    const table = await readPartitionTable(disk.imagePath);
+    assert.deepEqual(
+      table.partitions.map((p) => [p.index, p.startBytes / 512, p.typeCode, p.bootable]),
+      [
+        [1, 34, 'ef', false],
+        [2, disk.root.startBytes / 512, '83', true],
+      ],
+    );
+    const sector0 = await readAt(disk.imagePath, 0, 512);
+    const biosBootLba = disk.root.startBytes / 512 - 2048;
+    assert.equal(bootCodeCoreLba(sector0), biosBootLba, 'boot.img points at the former BIOS boot partition');
+    assert.equal(coreBlocklistStart(await readAt(disk.imagePath, biosBootLba * 512, 512)), biosBootLba + 1);
+    const fstab = (await new Ext4Volume(disk.imagePath, disk.root.startBytes).readText('/etc/fstab'))!;
+    assert.match(fstab, new RegExp(`^UUID=${ROOT_UUID} /\\s`, 'm'), fstab);
+    assert.match(fstab, new RegExp(`^UUID=${ESP_UUID}\\s+/boot/efi\\s+vfat\\s+umask=0077,nofail\\s`, 'm'), fstab);
+    assert.match(r.warnings.join('\n'), /GPT partition 2 not carried into the MBR: BIOS boot partition/);
+    const cfg = (await new Ext4Volume(disk.imagePath, disk.root.startBytes).readText('/boot/grub/grub.cfg'))!;
+    assert.ok(cfg.indexOf('Linux 6.1.0-99-amd64') < cfg.indexOf('Linux 5.10.0-9-amd64'), 'newest kernel first');
+
+    // GRUB's prefix search finds the root on MBR partition 2 although the disk numbering changed.
+    const boot = await bootUnderSeaBios(
+      [disk.imagePath],
+      join(d, 'serial.log'),
+      ['Loading Linux 6.1.0-99-amd64 ...', 'Loading initial ramdisk ...'],
+      90_000,
+    );
+    assert.equal(boot.seen.size, 2, boot.log.slice(-2000));
+    await fsp.rm(d, { recursive: true, force: true });
+  });
+});
+
 describe("the lab builder's UEFI Debian guest", () => {
   it('converts and boots under SeaBIOS', async (t) => {
+    // The guest as the builder made it, without Azure preparation: its fstab names /dev/sda1 (ESP) and
+    // /dev/sdb1 (data disk), so both disks are attached as SCSI disks, OS disk first.
     const guest = await findBuiltUefiGuest();
     if (!guest) {
       t.skip('no UEFI guest built in ~/.cache/vmrestore/guests yet');
@@ -247,7 +287,7 @@ describe("the lab builder's UEFI Debian guest", () => {
     const r = await convertUefiToBios(img, { osType: 'linux', workDir: join(dir, 'work2') });
     assert.ok(r.changes.length > 0);
     const patterns = ['Loading Linux', 'Linux version', 'login:'];
-    const boot = await bootUnderSeaBios(img, join(dir, 'serial2.log'), patterns, 240_000);
+    const boot = await bootUnderSeaBios([img, guest.dataDisk], join(dir, 'serial2.log'), patterns, 240_000);
     assert.deepEqual(
       patterns.filter((p) => !boot.seen.has(p)),
       [],

@@ -1,5 +1,6 @@
 import { promises as fsp } from 'node:fs';
 import { FailureType, RestoreError } from '../../domain/errors';
+import { run } from '../exec';
 import { probeFilesystem, readPartitionTable, type PartitionEntry } from '../partition';
 import { sectorChange, type BootChange } from './boot-change';
 
@@ -97,6 +98,13 @@ export interface PlanOptions {
   diskSignature?: number;
 }
 
+/** Size of a disk image file, or of a block device (an attached disk), in bytes. */
+export async function diskSize(imagePath: string): Promise<number> {
+  const st = await fsp.stat(imagePath);
+  if (!st.isBlockDevice()) return st.size;
+  return Number((await run('blockdev', ['--getsize64', imagePath])).stdout.trim());
+}
+
 function refuse(imagePath: string, why: string): never {
   throw new RestoreError(FailureType.GuestPreparation, `${imagePath}: cannot convert GPT to MBR for BIOS boot: ${why}`);
 }
@@ -143,7 +151,7 @@ function mbrTypeOf(imagePath: string, p: PartitionEntry, fsType: string | null):
  * Decides the MBR of a GPT disk image, or throws naming what stands in the way. Reads only.
  */
 export async function planGptToMbr(imagePath: string, opts: PlanOptions = {}): Promise<GptToMbrPlan> {
-  const diskBytes = (await fsp.stat(imagePath)).size;
+  const diskBytes = await diskSize(imagePath);
   const table = await readPartitionTable(imagePath);
   if (table.scheme !== 'gpt') refuse(imagePath, `the disk has an ${table.scheme.toUpperCase()} partition table, not GPT`);
   if (table.sectorSize !== SECTOR)
@@ -215,6 +223,18 @@ export async function planGptToMbr(imagePath: string, opts: PlanOptions = {}): P
     gpt,
     renumbered: new Map(entries.map((e) => [e.gptIndex, e.mbrIndex])),
   };
+}
+
+/** `count` sectors from `lba` of a disk image (zeros past its end). */
+export async function readSectors(imagePath: string, lba: number, count = 1): Promise<Buffer> {
+  const fh = await fsp.open(imagePath, 'r');
+  try {
+    const b = Buffer.alloc(count * SECTOR);
+    await fh.read(b, 0, b.length, lba * SECTOR);
+    return b;
+  } finally {
+    await fh.close();
+  }
 }
 
 /** CHS of an LBA with the conventional 255 heads × 63 sectors; beyond cylinder 1023 the maximum. */

@@ -4,7 +4,7 @@ import { FailureType, RestoreError } from '../../domain/errors';
 import { Ext4Volume, type Ext4Op } from '../linux-ext4';
 import { probeFilesystem, readPartitionTable, type FilesystemInfo } from '../partition';
 import { lineDiff, sectorChange, sha256Of, type BootChange, type BootConversionResult } from './boot-change';
-import { SECTOR, planGptToMbr, writeMbr, type GptToMbrPlan, type MbrEntryPlan } from './gpt-to-mbr';
+import { SECTOR, planGptToMbr, readSectors, writeMbr, type GptToMbrPlan, type MbrEntryPlan } from './gpt-to-mbr';
 import {
   CORE_MODULES,
   GRUB_I386_PC_DIR,
@@ -134,17 +134,6 @@ function osNameOf(osRelease: string | null): string {
   return m?.[1]?.trim() || 'Linux';
 }
 
-async function readSectors(imagePath: string, lba: number, count: number): Promise<Buffer> {
-  const fh = await fsp.open(imagePath, 'r');
-  try {
-    const b = Buffer.alloc(count * SECTOR);
-    await fh.read(b, 0, b.length, lba * SECTOR);
-    return b;
-  } finally {
-    await fh.close();
-  }
-}
-
 /** A disk this conversion already made BIOS-bootable: MBR, GRUB boot code, core image where it points. */
 async function alreadyConverted(imagePath: string, grubDir: string): Promise<boolean> {
   const table = await readPartitionTable(imagePath).catch(() => null);
@@ -256,27 +245,28 @@ export async function convertLinuxUefiToBios(imagePath: string, opts: LinuxUefiT
   const newLines = fstab.map((l) => {
     if (!l.fields) return l.raw;
     const [spec, mnt] = l.fields as [string, string];
-    if (EFI_MOUNTS.has(mnt)) {
-      if (!espKept) {
-        fstabChanges.push(`${mnt} commented out: the EFI system partition is not in the MBR`);
-        return `# ${l.raw} # disabled by vmrestore: no EFI system partition after conversion to BIOS boot`;
-      }
-      const options = (l.fields[3] ?? 'defaults').split(',');
-      if (options.includes('nofail')) return l.raw;
-      fstabChanges.push(`${mnt} mounted with nofail: BIOS boot does not need it`);
-      return withField(l.raw, 3, [...options.filter((o) => o !== 'defaults' || options.length === 1), 'nofail'].join(','));
+    if (EFI_MOUNTS.has(mnt) && !espKept) {
+      fstabChanges.push(`${mnt} commented out: the EFI system partition is not in the MBR`);
+      return `# ${l.raw} # disabled by vmrestore: no EFI system partition after conversion to BIOS boot`;
     }
+    let line = l.raw;
     const isPartuuid = /^PARTUUID=|^\/dev\/disk\/by-partuuid\//.test(spec);
     const dev = /^\/dev\/(?:[sv]da|xvda|hda|nvme0n1p)(\d+)$/.exec(spec);
     const target = resolveSpec(spec, candidates, gptUuids);
     const renumbered = dev && target && target.entry.mbrIndex !== target.entry.gptIndex;
     if ((isPartuuid || renumbered) && target && target.fs.uuid) {
-      fstabChanges.push(
-        `${mnt} by UUID=${target.fs.uuid}: ${isPartuuid ? 'GPT partition UUIDs do not exist with an MBR' : 'the partition number changes with the MBR'}`,
-      );
-      return withField(l.raw, 0, `UUID=${target.fs.uuid}`);
+      const why = isPartuuid ? 'GPT partition UUIDs do not exist with an MBR' : 'the partition number changes with the MBR';
+      fstabChanges.push(`${mnt} by UUID=${target.fs.uuid}: ${why}`);
+      line = withField(line, 0, `UUID=${target.fs.uuid}`);
     }
-    return l.raw;
+    if (EFI_MOUNTS.has(mnt)) {
+      const options = (l.fields[3] ?? 'defaults').split(',');
+      if (!options.includes('nofail')) {
+        fstabChanges.push(`${mnt} mounted with nofail: BIOS boot does not need it`);
+        line = withField(line, 3, [...options.filter((o) => o !== 'defaults' || options.length === 1), 'nofail'].join(','));
+      }
+    }
+    return line;
   });
   const newFstab = newLines.join('\n');
 

@@ -2,7 +2,7 @@ import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { FailureType, RestoreError } from '../../domain/errors';
 import { sha256Of, type BootChange, type BootConversionResult } from '../disk/boot-change';
-import { SECTOR, planGptToMbr, writeMbr, type MbrEntryPlan } from '../disk/gpt-to-mbr';
+import { SECTOR, planGptToMbr, readSectors, writeMbr, type MbrEntryPlan } from '../disk/gpt-to-mbr';
 import { PartitionCopy, hasNtfsBootSector, ntfsListDir, ntfsReadFile, ntfsResolvePath, withNtfsMount } from '../ntfs';
 import { readPartitionTable } from '../partition';
 import { HiveReader, decodeValue } from '../regf';
@@ -49,22 +49,11 @@ async function readMbrCode(file: string): Promise<Buffer> {
   return code;
 }
 
-async function readSector(imagePath: string, lba: number, count = 1): Promise<Buffer> {
-  const fh = await fsp.open(imagePath, 'r');
-  try {
-    const b = Buffer.alloc(SECTOR * count);
-    await fh.read(b, 0, b.length, lba * SECTOR);
-    return b;
-  } finally {
-    await fh.close();
-  }
-}
-
 /** MBR with our code and an active NTFS partition holding \bootmgr and \Boot\BCD: converted before. */
 async function alreadyConverted(imagePath: string, code: Buffer, dir: string): Promise<boolean> {
   const table = await readPartitionTable(imagePath).catch(() => null);
   if (table?.scheme !== 'mbr') return false;
-  if (!(await readSector(imagePath, 0)).subarray(0, code.length).equals(code)) return false;
+  if (!(await readSectors(imagePath, 0)).subarray(0, code.length).equals(code)) return false;
   const active = table.partitions.find((p) => p.bootable);
   if (!active || !(await hasNtfsBootSector(imagePath, active.startBytes))) return false;
   const part = join(dir, 'active.img');
@@ -226,7 +215,7 @@ export async function convertWindowsUefiToBios(imagePath: string, opts: WindowsU
       });
     }
 
-    const warnings = checkBootSector(await readSector(part, 0, 16), win.entry.startLba);
+    const warnings = checkBootSector(await readSectors(part, 0, 16), win.entry.startLba);
     await win.copy.writeBack();
     changes.push(...(await writeMbr(imagePath, plan, code, `MBR code that starts the active partition (${codePath})`)));
     for (const d of plan.dropped) warnings.push(`GPT partition ${d.gptIndex} not carried into the MBR: ${d.reason}`);
