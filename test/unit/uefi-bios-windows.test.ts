@@ -161,6 +161,32 @@ describe('UEFI Windows disk converted to BIOS boot', () => {
   });
 });
 
+describe('BCD device records', () => {
+  it('encode an MBR partition as type 6 with the byte offset and the MBR disk signature', () => {
+    const b = mbrPartitionDevice(0x1234abcd, 105 * MiB);
+    assert.equal(b.length, 88);
+    assert.ok(
+      b.subarray(0, 16).every((x) => x === 0),
+      'no additional options',
+    );
+    assert.deepEqual(
+      [
+        b.readUInt32LE(0x10),
+        b.readUInt32LE(0x18),
+        Number(b.readBigUInt64LE(0x20)),
+        b.readUInt32LE(0x30),
+        b.readUInt32LE(0x34),
+        b.readUInt32LE(0x38),
+      ],
+      [6, 0x48, 105 * MiB, 0, 1, 0x1234abcd],
+    );
+    assert.deepEqual(parseMbrPartitionDevice(b), { diskSignature: 0x1234abcd, partitionOffsetBytes: 105 * MiB });
+    const gptStyle = Buffer.from(b);
+    gptStyle.writeUInt32LE(0, 0x34);
+    assert.equal(parseMbrPartitionDevice(gptStyle), null);
+  });
+});
+
 describe('Windows GPT partitions in the MBR', () => {
   it('drops the Microsoft reserved partition and keeps ESP, Windows and recovery with their MBR types', async () => {
     const img = join(dir, 'layout.img');

@@ -49,11 +49,14 @@ async function readMbrCode(file: string): Promise<Buffer> {
   return code;
 }
 
-/** MBR with our code and an active NTFS partition holding \bootmgr and \Boot\BCD: converted before. */
-async function alreadyConverted(imagePath: string, code: Buffer, dir: string): Promise<boolean> {
+/**
+ * MBR boot code and an active NTFS partition holding \bootmgr and \Boot\BCD: converted before, or a
+ * BIOS installation to begin with.
+ */
+async function alreadyBios(imagePath: string, dir: string): Promise<boolean> {
   const table = await readPartitionTable(imagePath).catch(() => null);
   if (table?.scheme !== 'mbr') return false;
-  if (!(await readSectors(imagePath, 0)).subarray(0, code.length).equals(code)) return false;
+  if ((await readSectors(imagePath, 0)).subarray(0, 440).every((b) => b === 0)) return false;
   const active = table.partitions.find((p) => p.bootable);
   if (!active || !(await hasNtfsBootSector(imagePath, active.startBytes))) return false;
   const part = join(dir, 'active.img');
@@ -129,7 +132,7 @@ export async function convertWindowsUefiToBios(imagePath: string, opts: WindowsU
   const code = await readMbrCode(codePath);
   const dir = await fsp.mkdtemp(join(opts.workDir, '.winbios-'));
   try {
-    if (await alreadyConverted(imagePath, code, dir)) {
+    if (await alreadyBios(imagePath, dir)) {
       return {
         changes: [],
         warnings: [`${imagePath} already boots with BIOS from an MBR (active partition with \\bootmgr and \\Boot\\BCD); nothing converted`],
