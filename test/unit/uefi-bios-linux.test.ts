@@ -272,6 +272,71 @@ describe('UEFI Linux disk with a BIOS boot partition and no gap after the GPT', 
   });
 });
 
+describe('UEFI Linux disk with /boot on its own filesystem', () => {
+  it('writes GRUB files into the /boot filesystem, with kernel paths relative to it, and boots GRUB from there', async () => {
+    const d = join(dir, 'sepboot');
+    await fsp.mkdir(join(d, 'work'), { recursive: true });
+    const img = await sparse('sepboot.img', 160 * MiB);
+    const esp = { startBytes: MiB, sizeBytes: 16 * MiB, type: 'efi' as const };
+    const bootPart = { startBytes: 17 * MiB, sizeBytes: 32 * MiB, type: 'linux' as const };
+    const rootPart = { startBytes: 49 * MiB, sizeBytes: 110 * MiB, type: 'linux' as const };
+    await writePartitionTable(img, { scheme: 'gpt', partitions: [esp, bootPart, rootPart] });
+    const bootUuid = '7d1e0b5c-2f43-4a8e-9c61-0a2b3c4d5e6f';
+    const mkfs = async (uuid: string, part: { startBytes: number; sizeBytes: number }, files: Record<string, string>) => {
+      const tree = join(d, uuid);
+      for (const [f, content] of Object.entries(files)) {
+        await fsp.mkdir(join(tree, f, '..'), { recursive: true });
+        await fsp.writeFile(join(tree, f), content);
+      }
+      await run('mke2fs', [
+        '-q',
+        '-t',
+        'ext4',
+        '-F',
+        '-U',
+        uuid,
+        '-E',
+        `root_owner=0:0,offset=${part.startBytes}`,
+        '-d',
+        tree,
+        img,
+        `${part.sizeBytes / 1024}k`,
+      ]);
+    };
+    await mkfs(bootUuid, bootPart, {
+      'vmlinuz-6.1.0-99-amd64': 'placeholder kernel\n',
+      'initrd.img-6.1.0-99-amd64': 'placeholder initrd\n',
+    });
+    await mkfs(ROOT_UUID, rootPart, {
+      'etc/fstab': `UUID=${ROOT_UUID} / ext4 defaults 0 1\nUUID=${bootUuid} /boot ext4 defaults 0 2\nUUID=${ESP_UUID} /boot/efi vfat umask=0077 0 1\n`,
+      'etc/os-release': 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\n',
+    });
+
+    await convertLinuxUefiToBios(img, { workDir: join(d, 'work') });
+    const bootVol = new Ext4Volume(img, bootPart.startBytes);
+    const cfg = (await bootVol.readText('/grub/grub.cfg'))!;
+    assert.match(cfg, new RegExp(`^search --no-floppy --fs-uuid --set=root ${bootUuid}$`, 'm'));
+    assert.match(cfg, new RegExp(`^\\tlinux /vmlinuz-6.1.0-99-amd64 root=UUID=${ROOT_UUID} ro console=tty0 console=ttyS0,115200n8$`, 'm'));
+    assert.match(cfg, /^\tinitrd \/initrd.img-6.1.0-99-amd64$/m);
+    assert.ok(await bootVol.stat('/grub/i386-pc/normal.mod'));
+    assert.equal(await new Ext4Volume(img, rootPart.startBytes).stat('/boot/grub'), null, 'nothing GRUB-related on the root filesystem');
+    const table = await readPartitionTable(img);
+    assert.deepEqual(
+      table.partitions.filter((p) => p.bootable).map((p) => p.startBytes),
+      [bootPart.startBytes],
+      'the /boot partition is active',
+    );
+    const boot = await bootUnderSeaBios(
+      [img],
+      join(d, 'serial.log'),
+      ['Loading Linux 6.1.0-99-amd64 ...', 'Loading initial ramdisk ...'],
+      90_000,
+    );
+    assert.equal(boot.seen.size, 2, boot.log.slice(-2000));
+    await fsp.rm(d, { recursive: true, force: true });
+  });
+});
+
 describe("the lab builder's UEFI Debian guest", () => {
   it('converts and boots under SeaBIOS', async (t) => {
     // The guest as the builder made it, without Azure preparation: its fstab names /dev/sda1 (ESP) and
