@@ -2,8 +2,11 @@ import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import type net from 'node:net';
-import { randomBytes, randomUUID } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import path from 'node:path';
+import { ensureDiskStores } from './compute';
+import { serveDiskAccess } from './diskaccess';
+import { DiskStore } from './diskstore';
 import { ArmSim, type QuotaLimits, type RunCommandHandler, type RunCommandResponseRule, type SimSettings } from './engine';
 import type { Reply, ReqCtx } from './common';
 import { ArmError } from './errors';
@@ -48,6 +51,14 @@ export interface ArmSimulatorOptions {
   runCommand?: RunCommandHandler;
   /** Request-log entries kept in memory (default 50000). */
   logLimit?: number;
+  /**
+   * Where running VMs' disks appear as devices, as an Azure Linux VM sees them under /dev/disk/azure:
+   * `<deviceRoot>/<vmName>/scsi1/lun<N>` (data disks) and `<deviceRoot>/<vmName>/root` (OS disk), symlinks
+   * to the disks' stores. Undefined: no device paths.
+   */
+  deviceRoot?: string;
+  /** Port of the listener that serves disks' read SAS URLs (default 0: a free one). */
+  diskAccessPort?: number;
 }
 
 export interface RequestLogEntry {
@@ -73,6 +84,10 @@ export interface ArmSimulator {
   /** PEM of the lab CA (undefined in plain-http mode). */
   caCertPath?: string;
   port: number;
+  /** Base URL of the listener serving read SAS URLs of disks (same CA as `endpoint`). */
+  diskAccessEndpoint: string;
+  /** The file holding a managed disk's bytes (its data, without a VHD footer), by disk id. */
+  diskStorePath(diskId: string): string | undefined;
   stateFile: string;
   close(): Promise<void>;
   setFaults(rules: FaultRule[], append?: boolean): ActiveFault[];
@@ -97,9 +112,10 @@ export async function startArmSimulator(opts: ArmSimulatorOptions): Promise<ArmS
     quotas: { ...DEFAULT_QUOTAS, ...opts.quotas, families: { ...DEFAULT_QUOTAS.families, ...opts.quotas?.families } },
     runCommand: opts.runCommand,
   };
-  const sim = new ArmSim(store, settings);
+  const sim = new ArmSim(store, settings, new DiskStore(opts.stateDir, opts.deviceRoot));
   bindStorageAccounts(sim, opts.blob);
   if (opts.seed) applySeed(sim, opts.seed, opts.blob);
+  await ensureDiskStores(sim);
   store.save();
 
   const faults = new FaultBook();
@@ -140,6 +156,24 @@ export async function startArmSimulator(opts: ArmSimulatorOptions): Promise<ArmS
   const publicHost = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host;
   const scheme = useTls ? 'https' : 'http';
   const endpoint = `${scheme}://${publicHost}:${port}`;
+
+  // Read SAS URLs of disks are served on a listener of their own, as Azure serves them from a storage host.
+  const diskHandler = (req: http.IncomingMessage, res: http.ServerResponse): void => {
+    void serveDiskAccess(sim, req, res).catch((err: unknown) => {
+      process.stderr.write(`armsim: disk access: ${(err as Error).stack ?? String(err)}\n`);
+      if (!res.headersSent) res.writeHead(500);
+      res.destroy();
+    });
+  };
+  const diskServer =
+    useTls && cert
+      ? https.createServer({ key: fs.readFileSync(cert.keyPath), cert: fs.readFileSync(cert.certPath) }, diskHandler)
+      : http.createServer(diskHandler);
+  const diskAccessEndpoint = `${scheme}://${publicHost}:${await listenTracked(diskServer, opts.diskAccessPort ?? 0, host, sockets)}`;
+  sim.diskAccess = {
+    endpoint: diskAccessEndpoint,
+    key: createHash('sha256').update('disk-sas').update(signingKey(opts.stateDir)).digest(),
+  };
 
   async function handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const started = Date.now();
@@ -403,14 +437,18 @@ export async function startArmSimulator(opts: ArmSimulatorOptions): Promise<ArmS
     endpoint,
     caCertPath: cert?.caCertPath,
     port,
+    diskAccessEndpoint,
+    diskStorePath: (diskId) => {
+      const d = store.state.disks[diskId.toLowerCase()];
+      return d ? sim.disks.pathOf(d) : undefined;
+    },
     stateFile: store.file,
     async close() {
       if (closed) return;
       closed = true;
-      await new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        for (const s of sockets) s.destroy();
-      });
+      const closing = [server, diskServer].map((srv) => new Promise<void>((resolve) => srv.close(() => resolve())));
+      for (const s of sockets) s.destroy();
+      await Promise.all(closing);
       store.save();
     },
     setFaults: (rules, append) => faults.set(rules, append),
@@ -421,6 +459,22 @@ export async function startArmSimulator(opts: ArmSimulatorOptions): Promise<ArmS
     },
     state: () => store.state,
   };
+}
+
+/** Starts `server` listening, keeping its sockets in `sockets` so close() can end them; resolves to the port. */
+async function listenTracked(server: http.Server, port: number, host: string, sockets: Set<net.Socket>): Promise<number> {
+  server.on('connection', (s: net.Socket) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  return (server.address() as net.AddressInfo).port;
 }
 
 /** The HMAC key for issued tokens, kept with the simulator's state so tokens survive a restart. */
