@@ -152,7 +152,12 @@ export async function serveDiskAccess(sim: ArmSim, req: http.IncomingMessage, re
       ? Object.values(sim.state.disks).find((x) => x.access?.container === container)
       : undefined;
   if (!e || !d || !d.access) {
-    storageError(res, 404, 'BlobNotFound', 'The specified blob does not exist.');
+    // A SAS whose access was revoked (its signed identifier is gone) fails authentication, as on Azure.
+    if (url.searchParams.has('sig')) {
+      storageError(res, 403, 'AuthenticationFailed', AUTH_FAILED, 'Signed identifier not found: the access to this disk was revoked.');
+    } else {
+      storageError(res, 404, 'ResourceNotFound', 'The specified resource does not exist.');
+    }
     return;
   }
   const g = d.access;
