@@ -14,6 +14,8 @@ const MiB = 1024 * 1024;
 /** Reads of the source blob stay within the 4 MiB Azure serves per page request. */
 const COPY_CHUNK = 4 * MiB;
 const COPY_CONCURRENCY = 4;
+/** Gaps between page ranges shorter than this are read through rather than split into another request. */
+const MAX_READ_GAP = 256 * 1024;
 
 export interface ImportStats {
   bytesCopied: number;
@@ -60,38 +62,40 @@ export class DiskStore {
    */
   async importPageBlob(d: DiskRec, blob: PageBlobClient, virtualSize: number): Promise<ImportStats> {
     const file = this.pathOf(d);
-    const chunks: Array<{ offset: number; count: number }> = [];
-    let ranges = 0;
+    const ranges: Array<{ start: number; end: number }> = [];
     for await (const page of blob.listPageRanges().byPage()) {
       for (const r of page.pageRange ?? []) {
         const end = Math.min(r.end + 1, virtualSize);
-        if (r.start >= end) continue;
-        ranges++;
-        for (let off = r.start; off < end; off += COPY_CHUNK) chunks.push({ offset: off, count: Math.min(COPY_CHUNK, end - off) });
+        if (r.start < end) ranges.push({ start: r.start, end });
       }
     }
+    const reads = coalesce(ranges);
     const fh = await fs.promises.open(file, 'w');
     let bytesCopied = 0;
     try {
       await fh.truncate(d.diskSizeBytes);
       let next = 0;
       const worker = async (): Promise<void> => {
-        while (next < chunks.length) {
-          const c = chunks[next++];
-          const buf = await blob.downloadToBuffer(c.offset, c.count);
-          if (buf.length !== c.count) throw new Error(`short read of ${blob.url} at ${c.offset}: ${buf.length} of ${c.count} bytes`);
-          await fh.write(buf, 0, buf.length, c.offset);
-          bytesCopied += buf.length;
+        while (next < reads.length) {
+          const read = reads[next++];
+          const count = read.end - read.start;
+          const buf = await blob.downloadToBuffer(read.start, count);
+          if (buf.length !== count) throw new Error(`short read of ${blob.url} at ${read.start}: ${buf.length} of ${count} bytes`);
+          // Only the page ranges are written, so the gaps a read spans stay holes.
+          for (const r of read.parts) {
+            await fh.write(buf, r.start - read.start, r.end - r.start, r.start);
+            bytesCopied += r.end - r.start;
+          }
         }
       };
-      await Promise.all(Array.from({ length: Math.min(COPY_CONCURRENCY, chunks.length) }, worker));
+      await Promise.all(Array.from({ length: Math.min(COPY_CONCURRENCY, reads.length) }, worker));
     } catch (err) {
       await fh.close();
       fs.rmSync(file, { force: true });
       throw err;
     }
     await fh.close();
-    return { bytesCopied, ranges };
+    return { bytesCopied, ranges: ranges.length };
   }
 
   /** A Copy disk starts as the source's bytes (kept sparse), grown to its own size. */
@@ -161,6 +165,30 @@ export class DiskStore {
   removeDevices(vmName: string): void {
     if (this.deviceRoot) fs.rmSync(path.join(this.deviceRoot, vmName), { recursive: true, force: true });
   }
+}
+
+/**
+ * Groups page ranges into reads of at most COPY_CHUNK that skip only gaps of MAX_READ_GAP or more: a blob
+ * uploaded without its zero sectors has many small ranges, and one read per range would be thousands.
+ */
+function coalesce(ranges: Array<{ start: number; end: number }>): Array<{ start: number; end: number; parts: typeof ranges }> {
+  const reads: Array<{ start: number; end: number; parts: typeof ranges }> = [];
+  for (const r of [...ranges].sort((a, b) => a.start - b.start)) {
+    for (let off = r.start; off < r.end; ) {
+      const last = reads[reads.length - 1];
+      if (last && off - last.end < MAX_READ_GAP && off + 1 - last.start <= COPY_CHUNK) {
+        const end = Math.min(r.end, last.start + COPY_CHUNK);
+        last.parts.push({ start: off, end });
+        last.end = end;
+        off = end;
+      } else {
+        const end = Math.min(r.end, off + COPY_CHUNK);
+        reads.push({ start: off, end, parts: [{ start: off, end }] });
+        off = end;
+      }
+    }
+  }
+  return reads;
 }
 
 function readlinkOrUndefined(link: string): string | undefined {
