@@ -24,6 +24,7 @@ const MAX_DURATION_SECONDS = 60 * 24 * 3600;
 
 /** Where SAS URLs point and the key that signs them; set by the server once its listener is up. */
 export interface DiskAccessEndpoint {
+  /** `scheme://host:port` of the listener as the simulator's own host sees it. */
   endpoint: string;
   key: Buffer;
 }
@@ -75,7 +76,7 @@ export function grantAccess(sim: ArmSim, ctx: ReqCtx, d: DiskRec): Reply {
     resourceKey: key(d.id),
     action: 'beginGetAccess',
     grant,
-    result: { accessSAS: sasUrl(endpoint, d, grant) },
+    result: { accessSAS: sasUrl(sasBase(endpoint.endpoint, ctx.baseUrl), endpoint.key, d, grant) },
   });
   sim.save();
   return { status: 202, headers: sim.operationHeaders(ctx, op) };
@@ -106,9 +107,20 @@ function signature(k: Buffer, d: DiskRec, g: DiskAccessGrant): string {
   return createHmac('sha256', k).update(`disk-sas\n${d.uniqueId}\n${g.id}\n${g.container}\n${g.expiresAt}\nr`).digest('base64');
 }
 
-function sasUrl(e: DiskAccessEndpoint, d: DiskRec, g: DiskAccessGrant): string {
-  const q = new URLSearchParams({ sv: SAS_VERSION, sr: 'b', si: g.id, sig: signature(e.key, d, g) });
-  return `${e.endpoint}/${g.container}/${EXPORT_BLOB}?${q.toString()}`;
+/** The listener's port on the host name the client used for ARM (a container's service name, say). */
+function sasBase(listener: string, armBaseUrl: string): string {
+  const u = new URL(listener);
+  try {
+    u.hostname = new URL(armBaseUrl).hostname;
+  } catch {
+    // Keep the listener's own host.
+  }
+  return u.origin;
+}
+
+function sasUrl(base: string, k: Buffer, d: DiskRec, g: DiskAccessGrant): string {
+  const q = new URLSearchParams({ sv: SAS_VERSION, sr: 'b', si: g.id, sig: signature(k, d, g) });
+  return `${base}/${g.container}/${EXPORT_BLOB}?${q.toString()}`;
 }
 
 // ---- the SAS listener ----------------------------------------------------------------------------

@@ -91,7 +91,12 @@ export class ArmSim {
 
   /** Requests are handled one at a time so validation that awaits blob reads cannot interleave with other writes. */
   handle(ctx: ReqCtx): Promise<Reply> {
-    const run = this.lock.then(() => this.dispatch(ctx));
+    return this.exclusive(() => this.dispatch(ctx));
+  }
+
+  /** Runs `fn` in turn with the requests, none of which runs meanwhile. */
+  exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.lock.then(fn);
     this.lock = run.catch(() => undefined);
     return run;
   }

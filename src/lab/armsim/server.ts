@@ -115,8 +115,13 @@ export async function startArmSimulator(opts: ArmSimulatorOptions): Promise<ArmS
   const sim = new ArmSim(store, settings, new DiskStore(opts.stateDir, opts.deviceRoot));
   bindStorageAccounts(sim, opts.blob);
   if (opts.seed) applySeed(sim, opts.seed, opts.blob);
-  await ensureDiskStores(sim);
   store.save();
+  // Disks from an older state get their stores before any request runs, without holding up the start.
+  void sim
+    .exclusive(() => ensureDiskStores(sim))
+    .catch((err: unknown) => {
+      process.stderr.write(`armsim: preparing disk stores: ${(err as Error).stack ?? String(err)}\n`);
+    });
 
   const faults = new FaultBook();
   const log: RequestLogEntry[] = [];
