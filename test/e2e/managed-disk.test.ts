@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import https from 'node:https';
+import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { PageBlobClient } from '@azure/storage-blob';
@@ -9,6 +10,8 @@ import { attachedDiskDevice, findLunDevice, lunOfDisk } from '../../src/azure/at
 import { parseManagedDiskId, withManagedDiskRead } from '../../src/azure/managed-disk-read';
 import { buildFixedVhdFooter, parseVhdFooter } from '../../src/azure/vhd';
 import { labConfig } from '../../src/app-config';
+import { buildLinuxDiskImage } from '../../src/guest/linux-image';
+import { prepareLinuxDisk, readGuestFile } from '../../src/guest/linux-prep';
 import { labDir, labUp, readLabState } from '../../src/lab';
 import type { ArmClients } from '../../src/lab/armsim';
 import { labArm, labAzure, labContainer } from '../helpers/azure';
@@ -69,6 +72,7 @@ describe('managed disks in the lab keep their own data (Azure semantics)', () =>
   const osDiskName = `md-${run}-os`;
   const vmName = `md-${run}-vm`;
   const nicName = `md-${run}-nic`;
+  const linuxName = `md-${run}-linux`;
 
   const readWhole = (id: string) =>
     withManagedDiskRead(arm, id, (r) => r.read(0, r.vhdSize), { caCertPath: labAzure().caCertPath, durationSeconds: 300 });
@@ -100,11 +104,12 @@ describe('managed disks in the lab keep their own data (Azure semantics)', () =>
   after(async () => {
     await arm.compute.virtualMachines.delete(rg, vmName).catch(() => undefined);
     await arm.network.networkInterfaces.beginDeleteAndWait(rg, nicName).catch(() => undefined);
-    for (const d of [diskName, osDiskName]) {
+    for (const d of [diskName, osDiskName, linuxName]) {
       await arm.compute.disks.revokeAccess(rg, d).catch(() => undefined);
       await arm.compute.disks.delete(rg, d).catch(() => undefined);
     }
     await blob?.deleteIfExists();
+    await labContainer().getPageBlobClient(`${linuxName}.vhd`).deleteIfExists();
   });
 
   it('copies the blob at import, sparsely, so later blob writes do not reach the disk', async () => {
@@ -258,6 +263,55 @@ describe('managed disks in the lab keep their own data (Azure semantics)', () =>
 
     await arm.compute.virtualMachines.deallocate(rg, vmName);
     assert.equal(fs.existsSync(deviceRoot), false, 'a deallocated VM has no devices');
+  });
+
+  it('Linux preparation through the attached device edits the managed disk and leaves the blob as uploaded', async () => {
+    const a = labAzure();
+    const deviceRoot = path.join(a.deviceRoot!, vmName);
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'managed-disk-test-'));
+    try {
+      const size = 64 * MiB;
+      const image = await buildLinuxDiskImage(path.join(tmp, 'disk0.img'), {
+        sizeBytes: size,
+        scheme: 'mbr',
+        hostname: 'attached',
+        networkStyle: 'interfaces',
+        firewall: 'iptables',
+        usedMiB: 4,
+      });
+      const raw = fs.readFileSync(image.imagePath);
+      const linuxBlob = labContainer().getPageBlobClient(`${linuxName}.vhd`);
+      await linuxBlob.create(size + 512);
+      for (let off = 0; off < size; off += 4 * MiB) {
+        const chunk = raw.subarray(off, off + 4 * MiB);
+        if (chunk.some((x) => x !== 0)) await linuxBlob.uploadPages(chunk, off, chunk.length);
+      }
+      await linuxBlob.uploadPages(buildFixedVhdFooter({ currentSize: size, uuid: randomBytes(16) }), size, 512);
+      const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+      const uploaded = sha(raw);
+      const disk = await arm.compute.disks.createOrUpdate(rg, linuxName, {
+        location,
+        sku: { name: 'Standard_LRS' },
+        osType: 'Linux',
+        creationData: { createOption: 'Import', sourceUri: linuxBlob.url, storageAccountId: a.storageAccountId },
+      });
+
+      await arm.compute.virtualMachines.start(rg, vmName);
+      await arm.compute.virtualMachines.attachDetachDataDisks(rg, vmName, { dataDisksToAttach: [{ diskId: disk.id!, lun: 0 }] });
+      const { device } = await attachedDiskDevice(arm, { resourceGroup: rg, vmName, deviceRoot }, disk.id!);
+      const changes = await prepareLinuxDisk(device);
+      assert.ok(changes.length > 0, 'the preparation changed the guest');
+      const fstab = await readGuestFile(device, image.rootPartitionOffset, '/etc/fstab');
+      await arm.compute.virtualMachines.attachDetachDataDisks(rg, vmName, { dataDisksToDetach: [{ diskId: disk.id! }] });
+
+      const managed = await withManagedDiskRead(arm, disk.id!, (r) => r.read(0, r.dataSize), { caCertPath: a.caCertPath });
+      assert.notEqual(sha(managed), uploaded, 'the managed disk holds the prepared guest');
+      fs.writeFileSync(path.join(tmp, 'managed.img'), managed);
+      assert.equal(await readGuestFile(path.join(tmp, 'managed.img'), image.rootPartitionOffset, '/etc/fstab'), fstab);
+      assert.equal(sha(await linuxBlob.downloadToBuffer(0, size)), uploaded, 'the blob is still the unprepared upload');
+    } finally {
+      fs.rmSync(tmp, { recursive: true, force: true });
+    }
   });
 
   it('removes the disk store when the disk is deleted', async () => {
