@@ -68,10 +68,10 @@ export async function withManagedDiskRead<T>(
   if (!Number.isInteger(durationInSeconds) || durationInSeconds <= 0) {
     throw new RestoreError(FailureType.InvalidRequest, `durationSeconds must be a positive whole number, got ${durationInSeconds}`);
   }
-  const { compute } = clients;
+  const ca = opts.caCertPath ? readCa(opts.caCertPath) : undefined;
   let sas: string | undefined;
   try {
-    const granted = await compute.disks.grantAccess(
+    const granted = await clients.compute.disks.grantAccess(
       ref.resourceGroup,
       ref.name,
       { access: 'Read', durationInSeconds },
@@ -79,10 +79,12 @@ export async function withManagedDiskRead<T>(
     );
     sas = granted.accessSAS;
   } catch (err) {
+    // An aborted grant may still complete in Azure: do not leave the disk exported.
+    if (opts.signal?.aborted) await revoke(clients, ref, diskId).catch(() => undefined);
     throw armError(`granting read access to managed disk '${diskId}'`, err);
   }
   let result: T;
-  const agent = new https.Agent({ keepAlive: true, ...(opts.caCertPath ? { ca: fs.readFileSync(opts.caCertPath) } : {}) });
+  const agent = new https.Agent({ keepAlive: true, ...(ca ? { ca } : {}) });
   try {
     if (!sas) throw new RestoreError(FailureType.AzureFault, `granting read access to managed disk '${diskId}' returned no accessSAS`);
     const reader = await openReader(diskId, sas, agent, opts.signal);
@@ -95,6 +97,14 @@ export async function withManagedDiskRead<T>(
   }
   await revoke(clients, ref, diskId);
   return result;
+}
+
+function readCa(file: string): Buffer {
+  try {
+    return fs.readFileSync(file);
+  } catch (err) {
+    throw new RestoreError(FailureType.Configuration, `cannot read the CA certificate ${file}: ${(err as Error).message}`);
+  }
 }
 
 async function revoke(clients: Pick<ArmClients, 'compute'>, ref: ManagedDiskRef, diskId: string): Promise<void> {
