@@ -86,6 +86,8 @@ function labAzureConfig(a: LabAzure, blobConnectionString: string): AzureConfig 
         // The lab's helper appliance is a simulated VM, so the lab worker serves its queue too, unless told
         // that a separate `vmrestore worker --helper <location>` does (as inside a real appliance).
         embeddedWorker: process.env.VMRESTORE_LAB_HELPER_WORKER !== 'separate',
+        // The simulator shows the helper's attached disks there, as /dev/disk/azure inside a real appliance.
+        deviceRoot: path.join(a.deviceRoot ?? path.join(labDir(), 'devices'), a.helperVmName),
       },
     },
   };

@@ -86,7 +86,15 @@ export interface HelperApplianceConfig {
    * simulated VMs; a real deployment runs the helper worker inside the appliance and leaves this false.
    */
   embeddedWorker: boolean;
+  /**
+   * Where the helper's worker finds the data disks attached to the appliance, by LUN: `<deviceRoot>/scsi1/lun<N>`
+   * (Azure's udev rules). `/dev/disk/azure` on Azure; the lab points it at the simulator's device folder.
+   */
+  deviceRoot: string;
 }
+
+/** The udev-maintained folder where an Azure Linux VM sees its disks by LUN. */
+export const AZURE_DEVICE_ROOT = '/dev/disk/azure';
 
 /** The task queue the helper appliance of `location` serves. */
 export function helperTaskQueue(config: Pick<AppConfig, 'temporal'>, location: string, helper: HelperApplianceConfig): string {
@@ -423,6 +431,7 @@ function parseAzure(a: Record<string, unknown>): AzureConfig {
             idleTimeoutSeconds: int(h, 'idleTimeoutSeconds', `azure.helpers.${loc}`, 60, 0),
             taskQueue: str(h, 'taskQueue', `azure.helpers.${loc}`, false),
             embeddedWorker: bool(h, 'embeddedWorker', `azure.helpers.${loc}`, false),
+            deviceRoot: str(h, 'deviceRoot', `azure.helpers.${loc}`, false) ?? AZURE_DEVICE_ROOT,
           },
         ];
       }),

@@ -23,6 +23,8 @@ export interface LabAzure {
   container: string;
   proxyVmName: string;
   helperVmName: string;
+  /** Where the simulator lays out running VMs' disks as devices: `<deviceRoot>/<vmName>/scsi1/lun<N>`. */
+  deviceRoot?: string;
   /** The lab's app registration: the worker signs in with it through the simulator's identity endpoint. */
   tenantId: string;
   clientId: string;
@@ -78,15 +80,20 @@ function adminOk(endpoint: string, caCertPath?: string, adminTokenFile?: string)
   });
 }
 
+/** Where the lab's simulated VMs show their disks as devices (one folder per VM). */
+export function labDeviceRoot(): string {
+  return path.join(labDir(), 'devices');
+}
+
 /** The ARM simulator joins the lab as a child process, pointed at the lab's Azurite. */
 async function startArmSim(state: LabState, log: (s: string) => void, taken: Set<number>): Promise<LabState> {
   const prev = state.azure as LabAzure | undefined;
   if (prev && pidAlive(prev.pid) && (await adminOk(prev.armEndpoint, prev.caCertPath, prev.adminTokenFile).catch(() => false))) {
-    if (prev.clientId && prev.adminTokenFile) {
+    if (prev.clientId && prev.adminTokenFile && prev.deviceRoot) {
       log(`armsim: reusing pid ${prev.pid} at ${prev.armEndpoint}`);
       return state;
     }
-    // Started before the lab had an app registration or an admin token: restart it.
+    // Started before the lab had an app registration, an admin token or disk devices: restart it.
     process.kill(prev.pid, 'SIGTERM');
     await waitFor('ARM simulator to stop', async () => !pidAlive(prev.pid), { timeoutMs: 10_000 });
   }
@@ -97,6 +104,7 @@ async function startArmSim(state: LabState, log: (s: string) => void, taken: Set
   const port = await pickPort(preferred, taken);
   const stateDir = path.join(labDir(), 'armsim');
   mkdirSync(stateDir, { recursive: true });
+  const deviceRoot = labDeviceRoot();
   const logs = path.join(labDir(), 'logs');
   mkdirSync(logs, { recursive: true });
   const logFile = path.join(logs, 'armsim.log');
@@ -128,6 +136,8 @@ async function startArmSim(state: LabState, log: (s: string) => void, taken: Set
       '--principals',
       `@${principal.principalsFile}`,
       '--only-issued-tokens',
+      '--device-root',
+      deviceRoot,
     ],
     { detached: true, stdio: ['ignore', fd, errFd], cwd: path.join(__dirname, '..', '..') },
   );
@@ -164,6 +174,7 @@ async function startArmSim(state: LabState, log: (s: string) => void, taken: Set
     clientId: L.clientId,
     clientSecretFile: principal.clientSecretFile,
     adminTokenFile: ready!.adminTokenFile ?? path.join(stateDir, 'admin-token'),
+    deviceRoot,
   };
   log(`armsim: started pid ${pid} at ${azure.armEndpoint}`);
   return { ...state, azure };

@@ -1,4 +1,4 @@
-import { BlobServiceClient, StorageSharedKeyCredential } from '@azure/storage-blob';
+import { BlobServiceClient, StorageSharedKeyCredential, type PageBlobClient } from '@azure/storage-blob';
 import type { StorageAccountRec } from './state';
 import { VHD_FOOTER_SIZE } from './vhd';
 
@@ -48,6 +48,11 @@ export class BlobInspector {
       info.footer = await client.downloadToBuffer(size - VHD_FOOTER_SIZE, VHD_FOOTER_SIZE);
     }
     return info;
+  }
+
+  /** The page blob behind an import source, read with the account key. */
+  pageBlob(account: StorageAccountRec, container: string, blob: string): PageBlobClient {
+    return this.serviceClient(account).getContainerClient(container).getPageBlobClient(blob);
   }
 
   private serviceClient(account: StorageAccountRec): BlobServiceClient {

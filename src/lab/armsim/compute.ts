@@ -1,6 +1,8 @@
 /** Microsoft.Compute: managed disks and virtual machines, with the validation CRP applies. */
+import type { PageBlobClient } from '@azure/storage-blob';
 import { blobPathInAccount } from './blobs';
 import { checkPutPreconditions, methodNotAllowed, normLocation, unknownRoute, type Reply, type ReqCtx } from './common';
+import { activeGrant, grantAccess, revokeAccess } from './diskaccess';
 import type { ArmSim } from './engine';
 import { ArmError, badRequest, invalidParameter, missingParameter, operationNotAllowed, resourceNotFound } from './errors';
 import { findVmSize, VM_SIZES, type VmSizeInfo } from './sizes';
@@ -98,9 +100,15 @@ const VM_MODELLED = ['hardwareProfile', 'storageProfile', 'networkProfile'];
 export async function disksRoute(sim: ArmSim, ctx: ReqCtx, rg: string, name: string | undefined, rest: string[]): Promise<Reply> {
   const target = sim.routeTarget(ctx, rg, name, COMPUTE, 'disks');
   if (target.list) return target.list;
-  if (rest.length > 0 || name === undefined) throw unknownRoute(ctx);
+  if (rest.length > 1 || name === undefined) throw unknownRoute(ctx);
   const { rgName, id, k } = target;
   const existing = sim.state.disks[k];
+  if (rest.length === 1) {
+    if (rest[0] !== 'begingetaccess' && rest[0] !== 'endgetaccess') throw unknownRoute(ctx);
+    if (ctx.method !== 'POST') throw methodNotAllowed(ctx);
+    if (!existing) throw resourceNotFound('Microsoft.Compute/disks', name, rgName);
+    return rest[0] === 'begingetaccess' ? grantAccess(sim, ctx, existing) : revokeAccess(sim, ctx, existing);
+  }
   switch (ctx.method) {
     case 'GET':
       if (!existing) throw resourceNotFound('Microsoft.Compute/disks', name, rgName);
@@ -132,6 +140,11 @@ export async function disksRoute(sim: ArmSim, ctx: ReqCtx, rg: string, name: str
       if (existing.managedBy) {
         const vm = sim.state.vms[existing.managedBy];
         throw operationNotAllowed(`Disk ${existing.name} is attached to VM ${vm?.id ?? existing.managedBy}.`);
+      }
+      if (activeGrant(existing)) {
+        throw operationNotAllowed(
+          `Disk ${existing.name} cannot be deleted while it is in state 'ActiveSAS'. Revoke access to the disk (endGetAccess) first.`,
+        );
       }
       return sim.acceptDelete(ctx, existing, { provider: COMPUTE, kind: 'diskDelete', resourceKey: k });
     }
@@ -205,6 +218,8 @@ async function createDisk(sim: ArmSim, ctx: ReqCtx, id: string, rgName: string, 
   let diskSizeGB: number;
   let osType = spec.osType;
   let hyperVGeneration = spec.hyperVGeneration;
+  let importFrom: { virtualSize: number; blob: PageBlobClient } | undefined;
+  let copyOf: DiskRec | undefined;
   switch (cd.createOption) {
     case 'Empty':
       if (spec.diskSizeGB === undefined) throw missingParameter('diskSizeGB', 'BadRequest');
@@ -212,7 +227,9 @@ async function createDisk(sim: ArmSim, ctx: ReqCtx, id: string, rgName: string, 
       diskSizeBytes = diskSizeGB * GiB;
       break;
     case 'Import': {
-      const virtualSize = await checkImportSource(sim, cd.sourceUri, cd.storageAccountId);
+      const source = await checkImportSource(sim, cd.sourceUri, cd.storageAccountId);
+      importFrom = source;
+      const virtualSize = source.virtualSize;
       const needGB = Math.ceil(virtualSize / GiB);
       if (spec.diskSizeGB !== undefined && spec.diskSizeGB < needGB) {
         throw badRequest(
@@ -233,6 +250,7 @@ async function createDisk(sim: ArmSim, ctx: ReqCtx, id: string, rgName: string, 
       }
       diskSizeGB = Math.max(spec.diskSizeGB ?? 0, src.diskSizeGB);
       diskSizeBytes = spec.diskSizeGB !== undefined && spec.diskSizeGB > src.diskSizeGB ? spec.diskSizeGB * GiB : src.diskSizeBytes;
+      copyOf = src;
       osType ??= src.osType;
       hyperVGeneration ??= src.hyperVGeneration;
       break;
@@ -264,6 +282,18 @@ async function createDisk(sim: ArmSim, ctx: ReqCtx, id: string, rgName: string, 
     provisioningState: 'Updating',
     extraProperties: Object.keys(spec.extraProperties).length ? spec.extraProperties : undefined,
   };
+  // The disk's own copy of its data, taken now: later writes to a source blob or disk do not reach it.
+  if (importFrom) {
+    try {
+      await sim.disks.importPageBlob(rec, importFrom.blob, importFrom.virtualSize);
+    } catch (err) {
+      throw invalidParameter(`Unable to copy the source blob ${cd.sourceUri ?? ''}: ${(err as Error).message}`, 'sourceUri');
+    }
+  } else if (copyOf && sim.disks.has(copyOf)) {
+    sim.disks.copy(copyOf, rec);
+  } else {
+    sim.disks.createEmpty(rec);
+  }
   const k = key(id);
   sim.state.disks[k] = rec;
   const op = sim.startOperation(ctx, { provider: COMPUTE, location: rec.location, kind: 'diskPut', resourceKey: k, action: 'PUT' });
@@ -272,7 +302,11 @@ async function createDisk(sim: ArmSim, ctx: ReqCtx, id: string, rgName: string, 
 }
 
 /** Azure's checks on an Import source: account, blob, page blob, N MiB + 512 bytes, fixed-VHD footer. */
-async function checkImportSource(sim: ArmSim, sourceUri: string | undefined, storageAccountId: string | undefined): Promise<number> {
+async function checkImportSource(
+  sim: ArmSim,
+  sourceUri: string | undefined,
+  storageAccountId: string | undefined,
+): Promise<{ virtualSize: number; blob: PageBlobClient }> {
   if (!storageAccountId) throw missingParameter('storageAccountId', 'BadRequest');
   if (!sourceUri) throw missingParameter('sourceUri', 'BadRequest');
   const acct = sim.state.storageAccounts[key(storageAccountId)];
@@ -315,7 +349,7 @@ async function checkImportSource(sim: ArmSim, sourceUri: string | undefined, sto
   if (sizeProblem) throw vhdError(sizeProblem, sourceUri, where.blob);
   const footerProblem = checkVhdFooter(size, parseVhdFooter(info.footer ?? Buffer.alloc(512)));
   if (footerProblem) throw vhdError(footerProblem, sourceUri, where.blob);
-  return size - 512;
+  return { virtualSize: size - 512, blob: sim.blobs.pageBlob(acct, where.container, where.blob) };
 }
 
 function vhdError(p: VhdProblem, uri: string, blob: string): ArmError {
@@ -399,6 +433,7 @@ function updateDisk(sim: ArmSim, ctx: ReqCtx, d: DiskRec, spec: DiskSpec, patch 
   }
   if (next.diskSizeGB !== d.diskSizeGB) d.diskSizeBytes = next.diskSizeGB * GiB;
   Object.assign(d, next);
+  sim.disks.resize(d);
   d.provisioningState = 'Updating';
   const op = sim.startOperation(ctx, {
     provider: COMPUTE,
@@ -422,6 +457,7 @@ const SKU_TIER: Record<string, string> = {
 };
 
 export function diskState(sim: ArmSim, d: DiskRec): string {
+  if (activeGrant(d)) return 'ActiveSAS';
   if (!d.managedBy) return 'Unattached';
   // A disk of a stopped-deallocated VM is 'Reserved': still owned, but not mounted on a host.
   return sim.state.vms[d.managedBy]?.powerState === 'deallocated' ? 'Reserved' : 'Attached';
@@ -460,6 +496,28 @@ export function renderDisk(sim: ArmSim, d: DiskRec): Json {
       publicNetworkAccess: (d.extraProperties?.publicNetworkAccess as string | undefined) ?? 'Enabled',
     },
   };
+}
+
+/**
+ * Gives every disk its store (disks from a state written before disks had stores, and seeded ones): an
+ * imported disk copies its source blob if that still exists, any other starts empty. Then the running VMs'
+ * device paths are laid out.
+ */
+export async function ensureDiskStores(sim: ArmSim): Promise<void> {
+  for (const d of Object.values(sim.state.disks)) {
+    if (sim.disks.has(d)) continue;
+    const acct = d.storageAccountId ? sim.state.storageAccounts[key(d.storageAccountId)] : undefined;
+    const where = acct && d.sourceUri ? blobPathInAccount(acct, d.sourceUri) : undefined;
+    if (acct && where) {
+      const info = await sim.blobs.inspect(acct, where.container, where.blob).catch(() => undefined);
+      if (info?.exists && info.size !== undefined) {
+        await sim.disks.importPageBlob(d, sim.blobs.pageBlob(acct, where.container, where.blob), info.size - 512);
+        continue;
+      }
+    }
+    sim.disks.createEmpty(d);
+  }
+  for (const vm of Object.values(sim.state.vms)) sim.disks.syncDevices(vm, sim.state.disks);
 }
 
 // ---- virtual machines ----------------------------------------------------------------------------
@@ -864,6 +922,11 @@ function checkDiskUsable(sim: ArmSim, disk: DiskRec, vmKey: string, vmName: stri
       `Cannot attach disk '${disk.name}' to VM '${vmName}' because it is already attached to VM '${owner?.id ?? disk.managedBy}'. A disk can be attached to only one VM at a time.`,
     );
   }
+  if (disk.managedBy !== vmKey && activeGrant(disk)) {
+    throw operationNotAllowed(
+      `Cannot attach disk '${disk.name}' to VM '${vmName}' because the disk is in state 'ActiveSAS'. Revoke access to the disk (endGetAccess) first.`,
+    );
+  }
   if (disk.location !== location) {
     throw invalidParameter(
       `Disk ${disk.id} is in location '${disk.location}' and cannot be attached to a virtual machine in location '${location}'.`,
@@ -893,6 +956,7 @@ function diskRefsFromPlan(sim: ArmSim, vmKey: string, rgName: string, location: 
         timeCreated: nowIso(),
         provisioningState: 'Succeeded',
       };
+      sim.disks.createEmpty(d);
       sim.state.disks[key(id)] = d;
     }
     if (!d) throw new Error('unreachable: data disk plan without disk');
@@ -1051,6 +1115,14 @@ const TRANSITION: Record<string, { during: PowerState; target: PowerState }> = {
 function powerOp(sim: ArmSim, ctx: ReqCtx, vm: VmRec, action: 'start' | 'powerOff' | 'deallocate' | 'restart'): Reply {
   if (action === 'restart' && vm.powerState !== 'running') {
     throw operationNotAllowed(`Operation 'restart' is not allowed on VM '${vm.name}' since the VM is not running.`);
+  }
+  if (action === 'start' || action === 'restart') {
+    const exported = [vm.osDisk, ...vm.dataDisks].map((r) => sim.state.disks[r.diskId]).find((d) => d && activeGrant(d));
+    if (exported) {
+      throw operationNotAllowed(
+        `Cannot start VM '${vm.name}' because its disk '${exported.name}' is in state 'ActiveSAS'. Revoke access to the disk (endGetAccess) first.`,
+      );
+    }
   }
   const previous = vm.powerState;
   let { during, target } = TRANSITION[action];
@@ -1226,6 +1298,7 @@ export function completeOperation(sim: ArmSim, op: OperationRec, failed: boolean
     const d = st.disks[op.resourceKey];
     if (!d) return;
     if (op.kind === 'diskDelete' && !failed) {
+      sim.disks.remove(d);
       delete st.disks[op.resourceKey];
       return;
     }
@@ -1260,6 +1333,7 @@ export function completeOperation(sim: ArmSim, op: OperationRec, failed: boolean
         if (op.targetPower) vm.powerState = op.targetPower;
       }
       release();
+      sim.disks.syncDevices(vm, st.disks);
       op.result = op.kind === 'vmAttachDetach' ? renderStorageProfile(sim, vm) : renderVm(sim, vm, false);
       return;
     case 'vmPower':
@@ -1272,6 +1346,7 @@ export function completeOperation(sim: ArmSim, op: OperationRec, failed: boolean
         vm.provisioningState = 'Succeeded';
         delete vm.lastFailureCode;
       }
+      sim.disks.syncDevices(vm, st.disks);
       return;
     case 'vmRunCommand':
       return;
@@ -1283,7 +1358,12 @@ export function completeOperation(sim: ArmSim, op: OperationRec, failed: boolean
       }
       delete st.vms[op.resourceKey];
       release();
-      for (const id of op.deleteDiskIds ?? []) delete st.disks[id];
+      sim.disks.removeDevices(vm.name);
+      for (const id of op.deleteDiskIds ?? []) {
+        const d = st.disks[id];
+        if (d) sim.disks.remove(d);
+        delete st.disks[id];
+      }
       for (const id of op.deleteNicIds ?? []) delete st.nics[id];
       return;
     }

@@ -2,6 +2,8 @@ import { methodNotAllowed, normLocation, unknownRoute, type Reply, type ReqCtx }
 import { ArmError, resourceGroupNotFound } from './errors';
 import { BlobInspector } from './blobs';
 import * as compute from './compute';
+import { completeAccessOperation, type DiskAccessEndpoint } from './diskaccess';
+import type { DiskStore } from './diskstore';
 import * as network from './network';
 import { findVmSize, VM_SIZES } from './sizes';
 import {
@@ -68,11 +70,15 @@ const NETWORK = 'Microsoft.Network';
 export class ArmSim {
   readonly blobs = new BlobInspector();
   runCommandRules: Array<RunCommandResponseRule & { used: number }> = [];
+  /** Where read SAS URLs point; set once the disk access listener is up. */
+  diskAccess?: DiskAccessEndpoint;
   private lock: Promise<unknown> = Promise.resolve();
 
   constructor(
     readonly store: StateStore,
     readonly settings: SimSettings,
+    /** Each managed disk's bytes, and the device paths of running VMs. */
+    readonly disks: DiskStore,
   ) {}
 
   get state(): SimState {
@@ -85,7 +91,12 @@ export class ArmSim {
 
   /** Requests are handled one at a time so validation that awaits blob reads cannot interleave with other writes. */
   handle(ctx: ReqCtx): Promise<Reply> {
-    const run = this.lock.then(() => this.dispatch(ctx));
+    return this.exclusive(() => this.dispatch(ctx));
+  }
+
+  /** Runs `fn` in turn with the requests, none of which runs meanwhile. */
+  exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.lock.then(fn);
     this.lock = run.catch(() => undefined);
     return run;
   }
@@ -250,7 +261,10 @@ export class ArmSim {
       resourceKey: string;
       action: string;
     } & Partial<
-      Pick<OperationRec, 'targetPower' | 'previousPower' | 'releaseDiskIds' | 'deleteDiskIds' | 'releaseNicIds' | 'deleteNicIds' | 'result'>
+      Pick<
+        OperationRec,
+        'targetPower' | 'previousPower' | 'releaseDiskIds' | 'deleteDiskIds' | 'releaseNicIds' | 'deleteNicIds' | 'result' | 'grant'
+      >
     >,
   ): OperationRec {
     const op: OperationRec = {
@@ -345,6 +359,10 @@ export class ArmSim {
       case 'vmRunCommand':
       case 'vmAttachDetach':
         compute.completeOperation(this, op, failed);
+        break;
+      case 'diskGrantAccess':
+      case 'diskRevokeAccess':
+        if (!failed) completeAccessOperation(this, op);
         break;
       case 'nicPut':
       case 'nicDelete':

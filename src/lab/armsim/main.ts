@@ -9,6 +9,7 @@
  *     [--seed JSON|@file.json] [--quotas JSON|@file.json]
  *     [--principals JSON|@file.json (app registrations: [{tenantId, clientId, clientSecret | clientSecretFile}])]
  *     [--only-issued-tokens] [--cert-host NAME]...
+ *     [--device-root DIR (running VMs' disks as DIR/<vm>/scsi1/lun<N>)] [--disk-access-port 0]
  */
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -67,6 +68,8 @@ async function main(): Promise<void> {
       'cert-host': { type: 'string', multiple: true },
       seed: { type: 'string' },
       quotas: { type: 'string' },
+      'device-root': { type: 'string' },
+      'disk-access-port': { type: 'string' },
     },
     strict: true,
   });
@@ -98,9 +101,11 @@ async function main(): Promise<void> {
     principals: readPrincipals(jsonArg<PrincipalArg[]>(values.principals ?? env.ARMSIM_PRINCIPALS, 'principals')),
     certHosts: values['cert-host'] ?? (env.ARMSIM_CERT_HOSTS ? env.ARMSIM_CERT_HOSTS.split(',') : undefined),
     onlyIssuedTokens: values['only-issued-tokens'] ?? /^(1|true|yes)$/i.test(env.ARMSIM_ONLY_ISSUED_TOKENS ?? ''),
+    deviceRoot: values['device-root'] ?? env.ARMSIM_DEVICE_ROOT,
+    diskAccessPort: num(values['disk-access-port'] ?? env.ARMSIM_DISK_ACCESS_PORT, 'disk-access-port'),
   });
   process.stdout.write(
-    `${JSON.stringify({ endpoint: sim.endpoint, caCertPath: sim.caCertPath ?? null, port: sim.port, pid: process.pid, stateFile: sim.stateFile, adminTokenFile: sim.adminTokenFile ?? null })}\n`,
+    `${JSON.stringify({ endpoint: sim.endpoint, caCertPath: sim.caCertPath ?? null, port: sim.port, diskAccessEndpoint: sim.diskAccessEndpoint, pid: process.pid, stateFile: sim.stateFile, adminTokenFile: sim.adminTokenFile ?? null })}\n`,
   );
   let stopping = false;
   const stop = (): void => {

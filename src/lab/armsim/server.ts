@@ -4,6 +4,9 @@ import https from 'node:https';
 import type net from 'node:net';
 import { createHash, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
 import path from 'node:path';
+import { ensureDiskStores } from './compute';
+import { serveDiskAccess } from './diskaccess';
+import { DiskStore } from './diskstore';
 import { ArmSim, type QuotaLimits, type RunCommandHandler, type RunCommandResponseRule, type SimSettings } from './engine';
 import type { Reply, ReqCtx } from './common';
 import { ArmError } from './errors';
@@ -54,6 +57,14 @@ export interface ArmSimulatorOptions {
    * loopback address, whatever address the ARM endpoints listen on.
    */
   adminToken?: string;
+  /**
+   * Where running VMs' disks appear as devices, as an Azure Linux VM sees them under /dev/disk/azure:
+   * `<deviceRoot>/<vmName>/scsi1/lun<N>` (data disks) and `<deviceRoot>/<vmName>/root` (OS disk), symlinks
+   * to the disks' stores. Undefined: no device paths.
+   */
+  deviceRoot?: string;
+  /** Port of the listener that serves disks' read SAS URLs (default 0: a free one). */
+  diskAccessPort?: number;
 }
 
 export interface RequestLogEntry {
@@ -79,6 +90,10 @@ export interface ArmSimulator {
   /** PEM of the lab CA (undefined in plain-http mode). */
   caCertPath?: string;
   port: number;
+  /** Base URL of the listener serving read SAS URLs of disks (same CA as `endpoint`). */
+  diskAccessEndpoint: string;
+  /** The file holding a managed disk's bytes (its data, without a VHD footer), by disk id. */
+  diskStorePath(diskId: string): string | undefined;
   stateFile: string;
   /** What `X-Admin-Token` must say on `/_admin/...` requests, and the file holding it. */
   adminToken: string;
@@ -106,10 +121,16 @@ export async function startArmSimulator(opts: ArmSimulatorOptions): Promise<ArmS
     quotas: { ...DEFAULT_QUOTAS, ...opts.quotas, families: { ...DEFAULT_QUOTAS.families, ...opts.quotas?.families } },
     runCommand: opts.runCommand,
   };
-  const sim = new ArmSim(store, settings);
+  const sim = new ArmSim(store, settings, new DiskStore(opts.stateDir, opts.deviceRoot));
   bindStorageAccounts(sim, opts.blob);
   if (opts.seed) applySeed(sim, opts.seed, opts.blob);
   store.save();
+  // Disks from an older state get their stores before any request runs, without holding up the start.
+  void sim
+    .exclusive(() => ensureDiskStores(sim))
+    .catch((err: unknown) => {
+      process.stderr.write(`armsim: preparing disk stores: ${(err as Error).stack ?? String(err)}\n`);
+    });
 
   const faults = new FaultBook();
   const log: RequestLogEntry[] = [];
@@ -152,6 +173,24 @@ export async function startArmSimulator(opts: ArmSimulatorOptions): Promise<ArmS
   const publicHost = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host;
   const scheme = useTls ? 'https' : 'http';
   const endpoint = `${scheme}://${publicHost}:${port}`;
+
+  // Read SAS URLs of disks are served on a listener of their own, as Azure serves them from a storage host.
+  const diskHandler = (req: http.IncomingMessage, res: http.ServerResponse): void => {
+    void serveDiskAccess(sim, req, res).catch((err: unknown) => {
+      process.stderr.write(`armsim: disk access: ${(err as Error).stack ?? String(err)}\n`);
+      if (!res.headersSent) res.writeHead(500);
+      res.destroy();
+    });
+  };
+  const diskServer =
+    useTls && cert
+      ? https.createServer({ key: fs.readFileSync(cert.keyPath), cert: fs.readFileSync(cert.certPath) }, diskHandler)
+      : http.createServer(diskHandler);
+  const diskAccessEndpoint = `${scheme}://${publicHost}:${await listenTracked(diskServer, opts.diskAccessPort ?? 0, host, sockets)}`;
+  sim.diskAccess = {
+    endpoint: diskAccessEndpoint,
+    key: createHash('sha256').update('disk-sas').update(signingKey(opts.stateDir)).digest(),
+  };
 
   async function handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const started = Date.now();
@@ -434,16 +473,20 @@ export async function startArmSimulator(opts: ArmSimulatorOptions): Promise<ArmS
     endpoint,
     caCertPath: cert?.caCertPath,
     port,
+    diskAccessEndpoint,
+    diskStorePath: (diskId) => {
+      const d = store.state.disks[diskId.toLowerCase()];
+      return d ? sim.disks.pathOf(d) : undefined;
+    },
     stateFile: store.file,
     adminToken: admin.token,
     adminTokenFile: admin.file,
     async close() {
       if (closed) return;
       closed = true;
-      await new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        for (const s of sockets) s.destroy();
-      });
+      const closing = [server, diskServer].map((srv) => new Promise<void>((resolve) => srv.close(() => resolve())));
+      for (const s of sockets) s.destroy();
+      await Promise.all(closing);
       store.save();
     },
     setFaults: (rules, append) => faults.set(rules, append),
@@ -474,6 +517,22 @@ export function isLoopback(address: string | undefined): boolean {
   if (!address) return false;
   const a = address.toLowerCase();
   return a === '::1' || /^(::ffff:)?127\./.test(a);
+}
+
+/** Starts `server` listening, keeping its sockets in `sockets` so close() can end them; resolves to the port. */
+async function listenTracked(server: http.Server, port: number, host: string, sockets: Set<net.Socket>): Promise<number> {
+  server.on('connection', (s: net.Socket) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  return (server.address() as net.AddressInfo).port;
 }
 
 /** The HMAC key for issued tokens, kept with the simulator's state so tokens survive a restart. */

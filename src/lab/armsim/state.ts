@@ -63,8 +63,18 @@ export interface DiskRec {
   provisioningState: ProvisioningState;
   /** Lower-cased id of the VM the disk is attached to (ARM `managedBy`). */
   managedBy?: string;
+  /** Read access granted with beginGetAccess (diskState ActiveSAS until revoked or expired). */
+  access?: DiskAccessGrant;
   /** Writable properties the simulator does not model, echoed back unchanged. */
   extraProperties?: Record<string, unknown>;
+}
+
+/** A read SAS on a disk: its URL path is `/<container>/abcd`, its query names `id` and carries a signature. */
+export interface DiskAccessGrant {
+  id: string;
+  container: string;
+  /** Epoch ms after which the SAS is refused and the disk is no longer ActiveSAS. */
+  expiresAt: number;
 }
 
 export interface VmDiskRef {
@@ -139,6 +149,8 @@ export type OperationKind =
   | 'vmPower'
   | 'vmRunCommand'
   | 'vmAttachDetach'
+  | 'diskGrantAccess'
+  | 'diskRevokeAccess'
   | 'nicPut'
   | 'nicDelete'
   | 'vnetPut';
@@ -166,6 +178,8 @@ export interface OperationRec {
   previousPower?: PowerState;
   /** Disks and NICs the operation releases (or deletes) when it completes. */
   releaseDiskIds?: string[];
+  /** The grant a diskGrantAccess operation puts in place when it completes. */
+  grant?: DiskAccessGrant;
   deleteDiskIds?: string[];
   releaseNicIds?: string[];
   deleteNicIds?: string[];
