@@ -1,0 +1,3 @@
+export * from './build';
+export * from './recipes';
+export { debianMirror, readAptSources } from './mirror';
