@@ -3,6 +3,7 @@ import { describe, it } from 'node:test';
 import { RestoreError } from '../../src/domain/errors';
 import { debianMirror, parseDeb822Sources, parseOneLineSources } from '../../src/lab/guests/mirror';
 import { readGuestTraffic, resolveNetwork, verifyBoot } from '../../src/verify';
+import { verifyRequestFromArgs } from '../../src/verify/cli';
 import { qemuArgs } from '../../src/verify/qemu';
 
 const GUEST = '00:50:56:a1:5e:01';
@@ -215,5 +216,52 @@ describe('Debian mirror from the apt sources', () => {
     } finally {
       if (saved !== undefined) process.env.VMRESTORE_DEBIAN_MIRROR = saved;
     }
+  });
+});
+
+describe('vmrestore verify command line', () => {
+  it('describes a boot of a disk set with the target NIC and network, and refuses bad values by name', async () => {
+    const req = await verifyRequestFromArgs(
+      [
+        '--firmware',
+        'uefi',
+        '--disk',
+        '/d/os.vhd',
+        '--disk',
+        '/d/res.img',
+        '--mac',
+        '00:0d:3a:00:00:01',
+        '--scsi',
+        'lsi',
+        '--no-serial',
+        '--timeout',
+        '90',
+      ],
+      () => {},
+    );
+    assert.deepEqual(req.disks, [
+      { path: '/d/os.vhd', format: 'vpc' },
+      { path: '/d/res.img', format: 'raw' },
+    ]);
+    assert.equal(req.firmware, 'uefi');
+    assert.equal(req.scsiController, 'lsi');
+    assert.deepEqual(req.expect, { dhcp: true, serialConsole: false });
+    assert.equal(req.timeoutMs, 90_000);
+    await assert.rejects(
+      verifyRequestFromArgs(['--firmware', 'efi'], () => {}),
+      /--firmware must be bios or uefi \(got 'efi'\)/,
+    );
+    await assert.rejects(
+      verifyRequestFromArgs(['--firmware', 'bios', '--mac', GUEST], () => {}),
+      /at least one --disk/,
+    );
+    await assert.rejects(
+      verifyRequestFromArgs(['--firmware', 'bios', '--disk', 'x', '--mac', GUEST, '--scsi', 'ide'], () => {}),
+      /--scsi 'ide'/,
+    );
+    await assert.rejects(
+      verifyRequestFromArgs(['--guest', 'debian11'], () => {}),
+      /--guest 'debian11' must be one of debian12-bios, debian12-uefi/,
+    );
   });
 });

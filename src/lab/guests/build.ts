@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -33,6 +33,7 @@ const GRUB_DIR = '/usr/lib/grub';
 /** A built guest: its disks, and what a test needs to reach it as the VMware VM it imitates. */
 export interface GuestImage {
   name: GuestName;
+  hostname: string;
   /** Hash of the recipe sources, the package list and the host's GRUB; names the cache directory. */
   recipeHash: string;
   dir: string;
@@ -92,13 +93,13 @@ function sha256(...parts: (string | Buffer)[]): string {
   return h.digest('hex');
 }
 
-/** The recipe modules' own source: changing any of them changes the hash. */
+/** The modules that shape the image (recipe and build steps): changing either changes the hash. */
 function recipeSources(): Buffer[] {
-  const dir = __dirname;
-  return readdirSync(dir)
-    .filter((f) => /\.(ts|js)$/.test(f))
-    .sort()
-    .map((f) => Buffer.concat([Buffer.from(f), readFileSync(path.join(dir, f))]));
+  const ext = path.extname(__filename);
+  return ['recipes', 'build'].map((m) => {
+    const file = path.join(__dirname, `${m}${ext}`);
+    return Buffer.concat([Buffer.from(m), readFileSync(file)]);
+  });
 }
 
 function hostGrubVersion(): string {
@@ -425,6 +426,7 @@ async function build(name: GuestName, cacheDir: string, finalDir: string, log: (
     const prefixLength = Number(prefix);
     const image: GuestImage = {
       name,
+      hostname: recipe.hostname,
       recipeHash: path.basename(finalDir),
       dir: finalDir,
       firmware: recipe.firmware,
@@ -458,10 +460,30 @@ async function build(name: GuestName, cacheDir: string, finalDir: string, log: (
     await fsp.writeFile(path.join(work, 'guest.json'), `${JSON.stringify(image, null, 2)}\n`);
     await fsp.rm(finalDir, { recursive: true, force: true });
     await fsp.rename(work, finalDir);
+    await pruneStale(cacheDir, name, finalDir);
     return image;
   } catch (e) {
     await fsp.rm(work, { recursive: true, force: true });
     throw e;
+  }
+}
+
+/** Earlier builds of the same guest and base trees of other recipes: gigabytes nothing reads any more. */
+async function pruneStale(cacheDir: string, name: GuestName, keep: string): Promise<void> {
+  const currentBase = `base-${baseTreeHash()}`;
+  for (const entry of await fsp.readdir(cacheDir)) {
+    const dir = path.join(cacheDir, entry);
+    if (dir === keep || entry === currentBase || entry.startsWith('.')) continue;
+    if (entry.startsWith('base-')) {
+      await fsp.rm(dir, { recursive: true, force: true });
+      continue;
+    }
+    try {
+      const other = JSON.parse(await fsp.readFile(path.join(dir, 'guest.json'), 'utf8')) as GuestImage;
+      if (other.name === name) await fsp.rm(dir, { recursive: true, force: true });
+    } catch {
+      // not a finished guest build: another process may be writing it
+    }
   }
 }
 
