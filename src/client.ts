@@ -20,6 +20,7 @@ import type { AzureRestoreRequest } from './domain/azure';
 import { runWorker } from './worker';
 import { AesGcmCodec, startCodecServer } from './codec';
 import { runDemo, seedDemoRepository } from './demo';
+import { VERIFY_USAGE, verifyCommand } from './verify/cli';
 
 export { TASK_QUEUE };
 export { startVSphereRestore, getRestoreStatus, vsphereWorkflowId } from './restore-client';
@@ -30,7 +31,7 @@ const USAGE = `vmrestore: restore whole VMs from backups to vSphere (and Azure) 
   vmrestore lab up|status|down [--json] [--purge]
   vmrestore repo import --vm vm.json [--json]
   vmrestore repo list|show ID|verify [ID] [--json]
-  vmrestore repo seed-demo [--json]
+  vmrestore repo seed-demo [--bootable-guests] [--json]   (or VMRESTORE_DEMO_BOOTABLE_GUESTS=1)
   vmrestore codec-server [--port 8888] [--origin URL]...   (decrypts payloads for the Web UI)
   vmrestore worker [--helper LOCATION]   (--helper: the worker inside that location's helper appliance)
   vmrestore restore vsphere --restore-point ID --vm-name NAME [--datastore DS] [--folder F]
@@ -41,6 +42,7 @@ const USAGE = `vmrestore: restore whole VMs from backups to vSphere (and Azure) 
         [--vm-size S] [--subnet ID] [--generation 1|2] [--proxy NAME] [--keep-on-failure] [--wait] [--json]
   vmrestore status WORKFLOW_ID [--json]
   vmrestore cancel WORKFLOW_ID
+${VERIFY_USAGE}
   vmrestore demo            (what npm start runs)
 `;
 
@@ -71,6 +73,8 @@ export async function main(argv: string[]): Promise<number> {
         return await cancelCommand(sub);
       case 'demo':
         return await runDemo({ log: out });
+      case 'verify':
+        return await verifyCommand(sub === undefined ? [] : [sub, ...rest], out);
       case undefined:
       case 'help':
       case '--help':
@@ -121,7 +125,7 @@ async function repoCommand(sub: string | undefined, args: string[]): Promise<num
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
-    options: { json: { type: 'boolean' }, vm: { type: 'string' } },
+    options: { json: { type: 'boolean' }, vm: { type: 'string' }, 'bootable-guests': { type: 'boolean' } },
   });
   const repo = repositoryPath();
   switch (sub) {
@@ -165,7 +169,7 @@ async function repoCommand(sub: string | undefined, args: string[]): Promise<num
       return res.ok ? 0 : 1;
     }
     case 'seed-demo': {
-      const seeded = await seedDemoRepository(repo, values.json ? () => {} : out);
+      const seeded = await seedDemoRepository(repo, values.json ? () => {} : out, { bootableGuests: values['bootable-guests'] });
       if (values.json) out(JSON.stringify(seeded));
       return 0;
     }
