@@ -30,6 +30,7 @@ import { AesGcmCodec, loadCodecServerToken, startCodecServer } from './codec';
 import { runDemo, seedDemoRepository } from './demo';
 import { ensureExternalTools } from './lab/prereqs';
 import { formatSweepReport, installSweepSchedule, runSweep } from './sweep-client';
+import { VERIFY_USAGE, verifyCommand } from './verify/cli';
 
 export { TASK_QUEUE };
 export { startVSphereRestore, getRestoreStatus, vsphereWorkflowId } from './restore-client';
@@ -40,7 +41,7 @@ const USAGE = `vmrestore: restore whole VMs from backups to vSphere (and Azure) 
   vmrestore lab up|status|down [--json] [--purge]
   vmrestore repo import --vm vm.json | --ovf vm.ovf | --ova vm.ova [--json]
   vmrestore repo list|show ID|verify [ID] [--json]
-  vmrestore repo seed-demo [--json]
+  vmrestore repo seed-demo [--bootable-guests] [--json]   (or VMRESTORE_DEMO_BOOTABLE_GUESTS=1)
   vmrestore codec-server [--port 8888] [--host ADDR] [--origin URL]... [--allowed-host NAME]...
         [--token-file FILE]   (decrypts payloads for the Web UI; bearer token from VMRESTORE_CODEC_TOKEN or the file)
   vmrestore worker [--helper LOCATION]   (--helper: the worker inside that location's helper appliance)
@@ -53,6 +54,7 @@ const USAGE = `vmrestore: restore whole VMs from backups to vSphere (and Azure) 
   vmrestore status WORKFLOW_ID [--json]
   vmrestore cancel WORKFLOW_ID
   vmrestore sweep [--dry-run] [--json] | --install-schedule [--every MINUTES]   (remove what closed restores left)
+${VERIFY_USAGE}
   vmrestore demo            (what npm start runs)
   vmrestore prereqs [--for start|test] [--no-install]   (checks, and as root installs, the Debian tools)
 `;
@@ -95,6 +97,8 @@ export async function main(argv: string[]): Promise<number> {
         return await runDemo({ log: out });
       case 'prereqs':
         return prereqsCommand([sub, ...rest].filter((x) => x !== undefined));
+      case 'verify':
+        return await verifyCommand(sub === undefined ? [] : [sub, ...rest], out);
       case undefined:
       case 'help':
       case '--help':
@@ -145,7 +149,13 @@ async function repoCommand(sub: string | undefined, args: string[]): Promise<num
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
-    options: { json: { type: 'boolean' }, vm: { type: 'string' }, ovf: { type: 'string' }, ova: { type: 'string' } },
+    options: {
+      json: { type: 'boolean' },
+      vm: { type: 'string' },
+      ovf: { type: 'string' },
+      ova: { type: 'string' },
+      'bootable-guests': { type: 'boolean' },
+    },
   });
   const repo = repositoryPath();
   switch (sub) {
@@ -194,7 +204,7 @@ async function repoCommand(sub: string | undefined, args: string[]): Promise<num
       return res.ok ? 0 : 1;
     }
     case 'seed-demo': {
-      const seeded = await seedDemoRepository(repo, values.json ? () => {} : out);
+      const seeded = await seedDemoRepository(repo, values.json ? () => {} : out, { bootableGuests: values['bootable-guests'] });
       if (values.json) out(JSON.stringify(seeded));
       return 0;
     }

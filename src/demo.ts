@@ -10,6 +10,7 @@ import { buildLinuxDiskImage } from './guest/linux-image';
 import { buildWindowsDiskImage } from './guest/windows-image';
 import { connectClient, startAzureRestore, startVSphereRestore, waitWithProgress } from './restore-client';
 import { runWorker } from './worker';
+import { ensureGuestImage, guestVmJson, type GuestName } from './lab/guests';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
@@ -140,17 +141,55 @@ export async function buildDemoVms(root: string, log: (s: string) => void = () =
   return vms;
 }
 
+/** Bootable Debian 12 guests (debootstrap, cached): seeded only on request, since a cold build takes minutes. */
+export const BOOTABLE_DEMO_VMS: Record<string, GuestName> = { 'demo-deb12-bios': 'debian12-bios', 'demo-deb12-uefi': 'debian12-uefi' };
+
+export interface SeedDemoOptions {
+  /** Also seed the bootable guests; default from VMRESTORE_DEMO_BOOTABLE_GUESTS=1. */
+  bootableGuests?: boolean;
+}
+
+async function seedBootableGuests(
+  repo: string,
+  imagesDir: string,
+  have: Map<string, string>,
+  log: (s: string) => void,
+): Promise<Record<string, string>> {
+  const ids: Record<string, string> = {};
+  for (const [vmName, guest] of Object.entries(BOOTABLE_DEMO_VMS)) {
+    const known = have.get(vmName);
+    if (known) {
+      ids[vmName] = known;
+      continue;
+    }
+    const { image, cached } = await ensureGuestImage(guest, { log });
+    log(`${vmName}: ${guest} ${cached ? 'from the guest cache' : `built in ${image.build.seconds.toFixed(0)} s`} (${image.dir})`);
+    const dir = path.join(imagesDir, vmName);
+    mkdirSync(dir, { recursive: true });
+    const res = await importRestorePoint(repo, writeVmJson(dir, guestVmJson(image, vmName)));
+    ids[vmName] = res.restorePointId;
+    log(`imported ${vmName} as ${res.restorePointId} (${res.stats.chunksWritten} chunks, ${res.stats.zeroBlocks} zero blocks not stored)`);
+  }
+  return ids;
+}
+
 /** Makes the demo restore points unless the repository already has them. */
-export async function seedDemoRepository(repo: string, log: (s: string) => void = () => {}): Promise<Record<string, string>> {
+export async function seedDemoRepository(
+  repo: string,
+  log: (s: string) => void = () => {},
+  opts: SeedDemoOptions = {},
+): Promise<Record<string, string>> {
   mkdirSync(repo, { recursive: true });
   const existing = await listRestorePoints(repo);
   const have = new Map(existing.map((r) => [r.vmName, r.id]));
   const missing = new Set<string>(DEMO_VMS.filter((n) => !have.has(n)));
+  const imagesDir = path.join(path.dirname(repo), 'demo-images');
+  const bootable =
+    (opts.bootableGuests ?? process.env.VMRESTORE_DEMO_BOOTABLE_GUESTS === '1') ? await seedBootableGuests(repo, imagesDir, have, log) : {};
   if (missing.size === 0) {
     log(`demo restore points already in ${repo}`);
-    return Object.fromEntries(DEMO_VMS.map((n) => [n, have.get(n)!]));
+    return { ...Object.fromEntries(DEMO_VMS.map((n) => [n, have.get(n)!])), ...bootable };
   }
-  const imagesDir = path.join(path.dirname(repo), 'demo-images');
   const vms = await buildDemoVms(imagesDir, log, missing);
   const ids: Record<string, string> = Object.fromEntries([...have.entries()].filter(([n]) => (DEMO_VMS as readonly string[]).includes(n)));
   for (const vm of vms) {
@@ -158,7 +197,7 @@ export async function seedDemoRepository(repo: string, log: (s: string) => void 
     ids[vm.name] = res.restorePointId;
     log(`imported ${vm.name} as ${res.restorePointId} (${res.stats.chunksWritten} chunks, ${res.stats.zeroBlocks} zero blocks not stored)`);
   }
-  return ids;
+  return { ...ids, ...bootable };
 }
 
 /** npm start: lab up (unless real endpoints are configured), seed, worker, one demo restore, then serve. */

@@ -11,7 +11,7 @@ import { FailureType, RestoreError } from '../domain/errors';
 export type Purpose = 'start' | 'test';
 
 export interface ExternalTool {
-  /** An executable looked up in PATH, as the code runs it; or an absolute file path. */
+  /** An executable looked up in PATH, as the code runs it; or the absolute path of a file a package installs. */
   command: string;
   debianPackage: string;
   /** What it is used for, said once when it is missing. */
@@ -32,6 +32,21 @@ export const EXTERNAL_TOOLS: readonly ExternalTool[] = [
   { command: 'blkid', debianPackage: 'util-linux', why: 'filesystem UUIDs of guest disks', purpose: 'start' },
   { command: 'qemu-img', debianPackage: 'qemu-utils', why: 'an independent reader of restored disks in tests', purpose: 'test' },
   { command: 'chromium', debianPackage: 'chromium', why: 'the Web UI browser test', purpose: 'test' },
+  { command: 'debootstrap', debianPackage: 'debootstrap', why: 'bootable Debian test guests', purpose: 'test' },
+  { command: '/usr/lib/grub/i386-pc/boot.img', debianPackage: 'grub-pc-bin', why: 'GRUB for BIOS guests', purpose: 'test' },
+  { command: '/usr/lib/grub/x86_64-efi/modinfo.sh', debianPackage: 'grub-efi-amd64-bin', why: 'GRUB for UEFI guests', purpose: 'test' },
+  { command: 'mkfs.fat', debianPackage: 'dosfstools', why: 'EFI system partitions', purpose: 'test' },
+  { command: 'mcopy', debianPackage: 'mtools', why: 'files on EFI system partitions', purpose: 'test' },
+  { command: 'qemu-system-x86_64', debianPackage: 'qemu-system-x86', why: 'boot verification of restored guests', purpose: 'test' },
+  { command: '/usr/share/seabios/bios.bin', debianPackage: 'seabios', why: 'BIOS firmware for boot verification', purpose: 'test' },
+  { command: '/usr/share/OVMF/OVMF_CODE_4M.fd', debianPackage: 'ovmf', why: 'UEFI firmware for boot verification', purpose: 'test' },
+  {
+    command: '/usr/lib/syslinux/mbr/mbr.bin',
+    debianPackage: 'syslinux-common',
+    why: 'MBR boot code for UEFI-to-BIOS conversion',
+    purpose: 'test',
+  },
+  { command: 'ssh-keygen', debianPackage: 'openssh-client', why: 'SSH keys of test guests', purpose: 'test' },
 ];
 
 export type MissingTool = ExternalTool;

@@ -1,0 +1,181 @@
+import assert from 'node:assert/strict';
+import { promises as fsp } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it, type TestContext } from 'node:test';
+import { run } from '../../src/guest/exec';
+import { ensureGuestImage, type GuestImage } from '../../src/lab/guests';
+import { verifyBoot, type BootCheckName, type BootReport, type BootRequest } from '../../src/verify';
+
+/**
+ * Real boots of the lab's Debian 12 guests under qemu (TCG). The guests came from VMware: a static
+ * address on the VMware NIC name, pinned to its MAC by a persistent-net rule, and no serial console.
+ */
+
+const BUILD_TIMEOUT = 30 * 60_000;
+/** Under TCG a boot takes 30-90 s on an idle 2-core machine, several minutes on a loaded one. */
+const BOOT_LIMIT_MS = 600_000;
+const TEST_TIMEOUT = BOOT_LIMIT_MS + 120_000;
+
+let dir: string;
+let bios: GuestImage;
+let uefi: GuestImage;
+/** The BIOS guest's time to banner as it was, the yardstick for how long the negative control waits. */
+let biosRecoveryMs: number | undefined;
+
+before(
+  async () => {
+    dir = await fsp.mkdtemp(join(tmpdir(), 'boot-e2e-'));
+    const built = await Promise.all([ensureGuestImage('debian12-bios'), ensureGuestImage('debian12-uefi')]);
+    [bios, uefi] = built.map((b) => b.image);
+  },
+  { timeout: BUILD_TIMEOUT },
+);
+
+after(async () => {
+  await fsp.rm(dir, { recursive: true, force: true });
+});
+
+function check(report: BootReport, name: BootCheckName) {
+  const c = report.checks.find((x) => x.name === name);
+  assert.ok(c, `check ${name} missing from ${JSON.stringify(report.checks)}`);
+  return c;
+}
+
+function explain(report: BootReport): string {
+  return JSON.stringify({ checks: report.checks, stoppedBy: report.stoppedBy, serialTail: report.serialTail }, null, 1);
+}
+
+/** The verification lab presenting the VM as it was on VMware: its disks in order, its NIC's MAC, its own subnet. */
+function asItWas(image: GuestImage, name: string): BootRequest {
+  return {
+    name,
+    firmware: image.firmware,
+    disks: [
+      { path: image.osDisk, role: 'os' },
+      { path: image.dataDisk, role: 'data' },
+    ],
+    nic: { model: 'virtio-net-pci', mac: image.network.mac },
+    network: { subnet: image.network.subnet, host: image.network.gateway, guestAddress: image.network.address },
+    expect: { dhcp: false, serialConsole: false },
+    timeoutMs: BOOT_LIMIT_MS,
+    workDir: join(dir, name),
+  };
+}
+
+/** Logs in with the guest's test key, trusting only the host keys the build recorded. */
+async function sshInto(image: GuestImage, port: number, command: string): Promise<string> {
+  const knownHosts = join(dir, `known_hosts-${image.name}-${port}`);
+  await fsp.writeFile(knownHosts, image.ssh.hostKeys.map((k) => `[127.0.0.1]:${port} ${k}\n`).join(''));
+  const r = await run(
+    'ssh',
+    [
+      '-i',
+      image.ssh.privateKeyPath,
+      '-p',
+      String(port),
+      '-o',
+      `UserKnownHostsFile=${knownHosts}`,
+      '-o',
+      'StrictHostKeyChecking=yes',
+      '-o',
+      'BatchMode=yes',
+      '-o',
+      'ConnectTimeout=30',
+      `${image.ssh.user}@127.0.0.1`,
+      command,
+    ],
+    { timeoutMs: 120_000 },
+  );
+  return r.stdout;
+}
+
+const GUEST_STATE = [
+  'cat /sys/class/net/$NIC/address',
+  'ip -4 -o addr show dev $NIC',
+  'findmnt -n -o SOURCE /srv/data',
+  'cat /srv/data/DISK-IDENTITY',
+  'systemctl is-system-running || true',
+].join('; ');
+
+async function bootAsItWas(t: TestContext, image: GuestImage, firmwareName: string): Promise<BootReport> {
+  let inside = '';
+  const report = await verifyBoot({
+    ...asItWas(image, `${image.name}-as-it-was`),
+    whileUp: async ({ port }) => {
+      inside = await sshInto(image, port, GUEST_STATE.replace(/\$NIC/g, image.network.nicName));
+    },
+  });
+  t.diagnostic(`${image.name} under ${firmwareName} (TCG): SSH banner after ${((report.recoveryTimeMs ?? NaN) / 1000).toFixed(1)} s`);
+  assert.equal(report.verdict, 'passed', explain(report));
+  for (const name of ['bootLoader', 'kernelStarted', 'sshBanner', 'noEmergencyMode'] as const) {
+    assert.equal(check(report, name).status, 'passed', `${name}: ${explain(report)}`);
+  }
+  const times = ['bootLoader', 'kernelStarted', 'sshBanner'].map((n) => check(report, n as BootCheckName).elapsedMs!);
+  assert.ok(times[0] <= times[1] && times[1] <= times[2], `checks out of order: ${times.join(' > ')}`);
+  assert.equal(report.recoveryTimeMs, check(report, 'sshBanner').elapsedMs);
+  assert.match(report.sshBanner ?? '', /^SSH-2\.0-OpenSSH/);
+  // The guest has no console=ttyS0: reported missing, not required here.
+  const serial = check(report, 'serialConsole');
+  assert.equal(serial.status, 'failed');
+  assert.equal(serial.required, false);
+  // Static address: the wire shows the guest speaking from it, and no DHCP.
+  assert.deepEqual(report.traffic.guestAddresses, [image.network.address]);
+  assert.equal(check(report, 'dhcpLease').status, 'failed');
+  assert.equal(report.whileUpError, undefined);
+  // Logged in through the forward with the recorded host key: the NIC kept its VMware name and address,
+  // and the second disk was mounted where fstab says.
+  const lines = inside.trim().split('\n');
+  assert.equal(lines[0], image.network.mac);
+  assert.match(lines[1], new RegExp(`inet ${image.network.address.replace(/\./g, '\\.')}/${image.network.prefixLength}`));
+  assert.equal(lines[2], '/dev/sdb1');
+  assert.equal(lines[3], `data disk of ${image.hostname}`);
+  return report;
+}
+
+describe('lab guests boot in the verification lab as they were on VMware', { concurrency: true }, () => {
+  it('the BIOS guest boots under SeaBIOS and answers SSH on its static address on ens192', { timeout: TEST_TIMEOUT }, async (t) => {
+    const report = await bootAsItWas(t, bios, 'SeaBIOS');
+    assert.match(check(report, 'bootLoader').detail, /SeaBIOS/);
+    biosRecoveryMs = report.recoveryTimeMs;
+  });
+
+  it('the UEFI guest boots under OVMF and answers SSH on its static address (systemd-networkd)', { timeout: TEST_TIMEOUT }, async (t) => {
+    const report = await bootAsItWas(t, uefi, 'OVMF');
+    assert.match(check(report, 'bootLoader').detail, /OVMF/);
+  });
+});
+
+describe('negative control: checks fail when the guest cannot reach the network', () => {
+  it('the BIOS guest behind another NIC on a DHCP-only network gets no lease and no SSH', { timeout: TEST_TIMEOUT }, async (t) => {
+    // Twice the time it took to answer as it was (at least a minute): long enough that silence means failure.
+    const timeoutMs = Math.min(BOOT_LIMIT_MS, Math.max(60_000, 2 * (biosRecoveryMs ?? BOOT_LIMIT_MS)));
+    const report = await verifyBoot({
+      name: 'debian12-bios-other-nic',
+      firmware: 'bios',
+      disks: [
+        { path: bios.osDisk, role: 'os' },
+        { path: bios.dataDisk, role: 'data' },
+      ],
+      // Azure's OUI: the persistent-net rule does not match, so the NIC keeps the kernel's name.
+      nic: { model: 'virtio-net-pci', mac: '00:0d:3a:5e:00:01' },
+      expect: { dhcp: true, serialConsole: false },
+      timeoutMs,
+      workDir: join(dir, 'other-nic'),
+    });
+    t.diagnostic(`negative control: stopped by ${report.stoppedBy} after ${(report.durationMs / 1000).toFixed(1)} s`);
+    assert.equal(report.verdict, 'failed', explain(report));
+    assert.equal(report.stoppedBy, 'time-limit');
+    // It booted: what fails is the network.
+    assert.equal(check(report, 'kernelStarted').status, 'passed', explain(report));
+    const dhcp = check(report, 'dhcpLease');
+    assert.equal(dhcp.status, 'failed');
+    assert.equal(dhcp.required, true);
+    assert.match(dhcp.detail, /no frame from the guest|no DHCP request/);
+    assert.equal(check(report, 'sshBanner').status, 'failed');
+    assert.match(check(report, 'sshBanner').detail, /time limit/);
+    assert.equal(report.recoveryTimeMs, undefined);
+    assert.equal(report.traffic.dhcp.filter((d) => d.type === 'ack').length, 0);
+    assert.ok(report.serialTail !== undefined, 'a failed verification carries the serial log tail');
+  });
+});
