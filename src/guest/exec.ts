@@ -34,9 +34,20 @@ const MAX_STDERR_IN_MESSAGE = 2000;
 const DEFAULT_MAX_STDOUT = 64 * 1024 * 1024;
 const MAX_STDERR_KEPT = 1024 * 1024;
 
+const SBIN_DIRS = ['/usr/local/sbin', '/usr/sbin', '/sbin'];
+
+/**
+ * The search path for disk tools: PATH plus the sbin directories, where Debian keeps mke2fs, debugfs,
+ * sfdisk and mkfs.fat, since a non-root user's PATH often lacks them.
+ */
+export function toolSearchPath(envPath = process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin'): string {
+  const dirs = envPath.split(':').filter(Boolean);
+  return [...dirs, ...SBIN_DIRS.filter((d) => !dirs.includes(d))].join(':');
+}
+
 /** The only variables a disk tool inherits. */
 export function toolEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { PATH: process.env.PATH ?? '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C' };
+  const env: NodeJS.ProcessEnv = { PATH: toolSearchPath(), LC_ALL: 'C' };
   if (process.env.HOME) env.HOME = process.env.HOME;
   if (process.env.TMPDIR) env.TMPDIR = process.env.TMPDIR;
   for (const [k, v] of Object.entries(extra)) {

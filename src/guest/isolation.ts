@@ -21,6 +21,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { FailureType, RestoreError, type FailureType as FailureTypeName } from '../domain/errors';
 import type { GuestPreparationResult } from './types';
+import { toolSearchPath } from './exec';
 
 export type GuestOsType = 'Linux' | 'Windows';
 
@@ -75,7 +76,7 @@ function childCommand(): string[] {
 /** The child's whole environment. */
 function childEnv(home: string, tmp: string): NodeJS.ProcessEnv {
   return {
-    PATH: process.env.PATH ?? '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+    PATH: toolSearchPath(),
     LC_ALL: 'C',
     HOME: home,
     TMPDIR: tmp,

@@ -2,6 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
 import path from 'node:path';
 import { FailureType, RestoreError } from '../domain/errors';
+import { toolSearchPath } from '../guest/exec';
 
 /**
  * The external tools `npm start` and `npm test` need, with the Debian package that ships each. One list,
@@ -58,9 +59,11 @@ function onPath(command: string, envPath: string): boolean {
         .split(path.delimiter)
         .filter(Boolean)
         .map((d) => path.join(d, command));
+  // An absolute path names a data file a package installs (firmware, boot loader images): it must exist.
+  const mode = path.isAbsolute(command) ? constants.F_OK : constants.X_OK;
   return candidates.some((c) => {
     try {
-      accessSync(c, constants.X_OK);
+      accessSync(c, mode);
       return true;
     } catch {
       return false;
@@ -71,7 +74,9 @@ function onPath(command: string, envPath: string): boolean {
 /** The tools of these purposes that are not on PATH (`test` includes what `start` needs). */
 export function missingTools(purpose: Purpose, envPath = process.env.PATH ?? '', tools = EXTERNAL_TOOLS): MissingTool[] {
   const wanted = tools.filter((t) => purpose === 'test' || t.purpose === 'start');
-  return wanted.filter((t) => !onPath(t.command, envPath));
+  // Looked up where the tools are run from: PATH plus the sbin directories (see toolSearchPath).
+  const search = toolSearchPath(envPath);
+  return wanted.filter((t) => !onPath(t.command, search));
 }
 
 function packagesOf(missing: readonly MissingTool[]): string[] {
@@ -121,9 +126,5 @@ export function ensureExternalTools(purpose: Purpose, opts: EnsureOptions = {}):
     missing = missingTools(purpose, envPath);
     if (missing.length === 0) return;
   }
-  const offPath = missing.filter((t) => onPath(t.command, SBIN_DIRS)).map((t) => t.command);
-  const hint = offPath.length ? ` (${offPath.join(', ')} found in /usr/sbin or /sbin, which PATH lacks: add them to PATH)` : '';
-  throw new RestoreError(FailureType.Configuration, missingToolsMessage(missing, root) + hint);
+  throw new RestoreError(FailureType.Configuration, missingToolsMessage(missing, root));
 }
-
-const SBIN_DIRS = ['/usr/local/sbin', '/usr/sbin', '/sbin'].join(path.delimiter);
