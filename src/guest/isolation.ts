@@ -64,13 +64,17 @@ export const UNPRIVILEGED_ID = 65534;
 const DEFAULT_TIMEOUT_MS = 30 * 60_000;
 const MAX_STDERR = 64 * 1024;
 
+/** A hostile image must not make the child grow without bound either. */
+const CHILD_HEAP_MIB = 2048;
+
 function childCommand(): string[] {
   const here = __filename;
+  const heap = `--max-old-space-size=${CHILD_HEAP_MIB}`;
   if (here.endsWith('.ts')) {
     // Running from source (tests, `bin/vmrestore.cjs`): the child loads TypeScript through tsx too.
-    return ['--require', require.resolve('tsx/cjs'), path.join(path.dirname(here), 'prep-child.ts')];
+    return [heap, '--require', require.resolve('tsx/cjs'), path.join(path.dirname(here), 'prep-child.ts')];
   }
-  return [path.join(path.dirname(here), 'prep-child.js')];
+  return [heap, path.join(path.dirname(here), 'prep-child.js')];
 }
 
 /** The child's whole environment. */

@@ -302,7 +302,9 @@ export class HiveReader {
     return flags & 0x20 ? nk.toString('latin1', 0x4c, 0x4c + len) : nk.toString('utf16le', 0x4c, 0x4c + len);
   }
 
-  private subkeyOffsets(listOffset: number, out: number[] = []): number[] {
+  private subkeyOffsets(listOffset: number, out: number[] = [], depth = 0): number[] {
+    // An index of indexes is one level deep in real hives; a cycle in a hostile one must not recurse forever.
+    if (depth > 4) throw new RestoreError(FailureType.GuestPreparation, 'hive subkey index nests too deep (a cycle?)');
     const list = this.cell(listOffset);
     const sig = list.toString('latin1', 0, 2);
     const count = list.readUInt16LE(2);
@@ -311,7 +313,7 @@ export class HiveReader {
     } else if (sig === 'li') {
       for (let i = 0; i < count; i++) out.push(list.readUInt32LE(4 + 4 * i));
     } else if (sig === 'ri') {
-      for (let i = 0; i < count; i++) this.subkeyOffsets(list.readUInt32LE(4 + 4 * i), out);
+      for (let i = 0; i < count; i++) this.subkeyOffsets(list.readUInt32LE(4 + 4 * i), out, depth + 1);
     } else {
       throw new RestoreError(FailureType.GuestPreparation, `unknown subkey list '${sig}' in hive`);
     }

@@ -201,6 +201,25 @@ describe('hostile Linux guests', { timeout: 600_000 }, () => {
     await e2fsckClean(image);
   });
 
+  it('parks a netplan file with an 8 KB interface name and `!` lines byte-exact', async () => {
+    const nic = `ens${'x'.repeat(9000)}${payload().replace(/[ /#]/g, '_')}`;
+    const yaml = `${payload()}\nnetwork:\n  ethernets:\n    ${nic}:\n      addresses:\n      - 10.1.2.3/24\n  version: 2\n${payload()}\n`;
+    const image = await hostileImage(
+      async (root) => {
+        await put(root, 'etc/netplan/00-installer-config.yaml', yaml, 0o600);
+      },
+      { scheme: 'mbr', networkStyle: 'netplan', firewall: 'ufw', nicName: 'ens192' },
+    );
+    const r = await prepare(image);
+    assert.equal(await lstatType(image, '/etc/netplan/00-installer-config.yaml'), null, 'static config parked');
+    assert.equal((await cat(image, '/etc/netplan/00-installer-config.yaml.vmrestore-disabled')).toString(), yaml);
+    assert.match((await cat(image, '/etc/netplan/90-vmrestore-azure-dhcp.yaml')).toString(), /dhcp4: true/);
+    const parked = r.changes.find((c) => c.path.endsWith('.vmrestore-disabled'));
+    assert.equal(parked?.sha256After, `sha256:${createHash('sha256').update(yaml).digest('hex')}`);
+    assert.deepEqual(parked?.diff, [], 'a copied guest file is recorded by digest only');
+    await e2fsckClean(image);
+  });
+
   it('never edits through a symlink out of the file it means to change; loops do not hang', async () => {
     const shadow = 'root:$6$saltsalt$QmT4yLn1hZ3b8sPqkRzWcEjV0uXyN2aFgHdKsLpQrTuVwXyZ0123456789abcdefghijkl:19700:0:99999:7:::\n';
     const image = await hostileImage(async (root) => {
