@@ -15,7 +15,7 @@
  * unprivileged user because Debian installs ntfs-3g setuid root for exactly this, and it unmounts
  * through umount's user-mount rule for FUSE. The parent keeps the clients and only sees the result.
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -94,8 +94,19 @@ function childEnv(home: string, tmp: string): NodeJS.ProcessEnv {
  */
 export async function prepareGuestDiskIsolated(req: GuestPrepRequest, opts: IsolationOptions = {}): Promise<IsolatedPrepResult> {
   const asRoot = process.getuid?.() === 0;
-  const uid = asRoot ? (opts.uid ?? UNPRIVILEGED_ID) : undefined;
-  const gid = asRoot ? (opts.gid ?? UNPRIVILEGED_ID) : undefined;
+  let uid = asRoot ? (opts.uid ?? UNPRIVILEGED_ID) : undefined;
+  let gid = asRoot ? (opts.gid ?? UNPRIVILEGED_ID) : undefined;
+  const privilegeWarnings: string[] = [];
+  if (uid !== undefined && gid !== undefined && !codeLoadableAs(uid, gid)) {
+    // Installed where the unprivileged user cannot read it (e.g. under /root): still a separate process
+    // with a scrubbed environment and no credentials, but said loudly, since it keeps root's rights.
+    privilegeWarnings.push(
+      `guest preparation ran as uid 0, not ${uid}: vmrestore's code (${path.dirname(__filename)}) is not readable by uid ${uid}; ` +
+        'install it where that user can read it to drop privileges',
+    );
+    uid = undefined;
+    gid = undefined;
+  }
   const imagePath = path.resolve(req.imagePath);
   const imageDir = path.dirname(imagePath);
   if ((await fsp.lstat(imagePath).catch(() => null))?.isSymbolicLink()) {
@@ -142,13 +153,46 @@ export async function prepareGuestDiskIsolated(req: GuestPrepRequest, opts: Isol
       for (const p of [box, home, tmp, boxedImage, ...(installer ? [installer] : [])]) await fsp.chown(p, uid, gid);
     }
     const request: GuestPrepRequest = { osType: req.osType, imagePath: boxedImage, agentInstallerPath: installer };
-    return await runChild(request, { box, home, tmp, uid, gid, timeoutMs: opts.timeoutMs ?? DEFAULT_TIMEOUT_MS, signal: opts.signal });
+    const result = await runChild(request, {
+      box,
+      home,
+      tmp,
+      uid,
+      gid,
+      timeoutMs: opts.timeoutMs ?? DEFAULT_TIMEOUT_MS,
+      signal: opts.signal,
+    });
+    return privilegeWarnings.length ? { ...result, warnings: [...privilegeWarnings, ...result.warnings] } : result;
   } finally {
     if (placed === 'moved') await fsp.rename(boxedImage, imagePath);
     if (placed && uid !== undefined) await fsp.chown(imagePath, imageStat.uid, imageStat.gid);
     if (restoreDirMode !== null) await fsp.chmod(imageDir, restoreDirMode).catch(() => undefined);
     await fsp.rm(box, { recursive: true, force: true });
   }
+}
+
+const loadable = new Map<string, boolean>();
+
+/** Whether a process running as uid:gid can load the preparation child's code (checked once per identity). */
+function codeLoadableAs(uid: number, gid: number): boolean {
+  const key = `${uid}:${gid}`;
+  let ok = loadable.get(key);
+  if (ok === undefined) {
+    const cmd = childCommand();
+    const script = cmd[cmd.length - 1];
+    const probe = `require('fs').accessSync(${JSON.stringify(script)}, require('fs').constants.R_OK)`;
+    const r = spawnSync(process.execPath, [...cmd.slice(0, -1), '-e', probe], {
+      uid,
+      gid,
+      cwd: os.tmpdir(),
+      env: { PATH: toolSearchPath(), LC_ALL: 'C' },
+      stdio: 'ignore',
+      timeout: 60_000,
+    });
+    ok = r.status === 0;
+    loadable.set(key, ok);
+  }
+  return ok;
 }
 
 interface ChildSetup {
