@@ -5,6 +5,7 @@ import {
   CancellationScope,
   defineQuery,
   isCancellation,
+  patched,
   proxyActivities,
   workflowInfo,
 } from '@temporalio/workflow';
@@ -58,7 +59,10 @@ type AzurePhase = RestorePhase | 'powering-on-proxy' | 'uploading' | 'preparing-
 export async function restoreToAzure(request: AzureRestoreRequest): Promise<AzureRestoreResult> {
   const info = workflowInfo();
   // Unique per run (the first run id survives reset), so a reused workflow id never adopts an earlier run's resources.
-  const restoreId = `${request.restoreId ?? info.workflowId}@${info.firstExecutionRunId}`;
+  // Restores started before this rule keep the id they began with.
+  const restoreId = patched('restore-id-per-run')
+    ? `${request.restoreId ?? info.workflowId}@${info.firstExecutionRunId}`
+    : (request.restoreId ?? info.workflowId);
   const tracker = new RestoreTracker('azure', restoreId, request.vmName, azureProgressQuery);
   const progress = tracker.progress;
   const setPhase = (phase: AzurePhase, message?: string) => tracker.phase(phase, message);
