@@ -148,6 +148,8 @@ export class ForeignBlobError extends RestoreError {
 
 /** Metadata key that ties a blob to the restore disk that created it. */
 export const VHD_UUID_METADATA_KEY = 'vmrestorediskuuid';
+/** Metadata key naming the restore that created the blob (URI-encoded: metadata values are ASCII). */
+export const VHD_RESTORE_ID_METADATA_KEY = 'vmrestorerestoreid';
 /**
  * Metadata key holding the upload's durable checkpoint: every non-zero byte below it is in the blob.
  * It is stored with a synchronous call, unlike a Temporal heartbeat, which the worker sends later and
@@ -303,6 +305,7 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
 
   const uuid = uuidFromRestoreId(restoreId, opts.diskIndex);
   const uuidText = formatUuid(uuid);
+  const ownerMetadata = { [VHD_UUID_METADATA_KEY]: uuidText, [VHD_RESTORE_ID_METADATA_KEY]: encodeURIComponent(restoreId) };
   const footer = buildFixedVhdFooter({ currentSize: virtualSize, uuid, timestamp: opts.footerTimestamp });
 
   const { ac, unlink } = linkAbort(opts.signal);
@@ -345,7 +348,7 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
       // Conditional, so a blob someone else creates (or replaces ours with) meanwhile is never clobbered.
       const conditions = existing ? { ifMatch: existing.etag } : { ifNoneMatch: '*' };
       try {
-        await blobClient.create(blobSize, { abortSignal: signal, conditions, metadata: { [VHD_UUID_METADATA_KEY]: uuidText } });
+        await blobClient.create(blobSize, { abortSignal: signal, conditions, metadata: ownerMetadata });
       } catch (err) {
         const status = (err as { statusCode?: number }).statusCode;
         if (status === 409 || status === 412) throw new ForeignBlobError(blobClient.url, undefined, uuidText);
@@ -390,11 +393,9 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
       ac.abort(err);
     };
     const storeCheckpoint = (at: number): Promise<void> =>
-      blobClient
-        .setMetadata({ [VHD_UUID_METADATA_KEY]: uuidText, [UPLOAD_CHECKPOINT_METADATA_KEY]: String(at) }, { abortSignal: signal })
-        .then(() => {
-          durable = Math.max(durable, at);
-        });
+      blobClient.setMetadata({ ...ownerMetadata, [UPLOAD_CHECKPOINT_METADATA_KEY]: String(at) }, { abortSignal: signal }).then(() => {
+        durable = Math.max(durable, at);
+      });
     /** Stores contiguousOffset in the blob when it has moved on enough (or `force`), one call at a time. */
     const checkpoint = (force: boolean): void => {
       if (checkpointing) return;
