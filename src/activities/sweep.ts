@@ -3,7 +3,7 @@ import { BlobServiceClient, type ContainerClient } from '@azure/storage-blob';
 import type { AppConfig, AzureConfig } from '../config';
 import type { LeaseOwner, LeaseTarget } from '../domain/azure';
 import type { SweepItem, SweepItemKind, SweepReport, SweepRequest } from '../domain/sweep';
-import { RESTORE_ID_METADATA_KEY } from '../azure/pageblob';
+import { VHD_RESTORE_ID_METADATA_KEY } from '../azure/pageblob';
 import { armClientsFor } from '../azure/credential';
 import type { ArmClients } from '../lab/armsim/clients';
 import type { VSphereSessions } from './vsphere-sessions';
@@ -335,13 +335,15 @@ export function createSweepActivities(deps: SweepDeps) {
     try {
       if (!(await c.exists())) return;
       for await (const b of c.listBlobsFlat({ includeMetadata: true })) {
-        const tag = b.metadata?.[RESTORE_ID_METADATA_KEY];
+        const stored = b.metadata?.[VHD_RESTORE_ID_METADATA_KEY];
+        const tag = stored === undefined ? undefined : safeDecode(stored);
         const f = await doomedTag(tag);
         if (!f) continue;
         await remove('vhd-blob', b.name, tag!, f.state, async () => {
           const blob = c.getBlobClient(b.name);
           const props = await blob.getProperties();
-          if (props.metadata?.[RESTORE_ID_METADATA_KEY] !== tag) throw new Error(`blob '${b.name}' no longer carries restore id ${tag}`);
+          if (props.metadata?.[VHD_RESTORE_ID_METADATA_KEY] !== stored)
+            throw new Error(`blob '${b.name}' no longer carries restore id ${tag}`);
           await blob.delete({ conditions: { ifMatch: props.etag } });
         });
       }
@@ -352,3 +354,12 @@ export function createSweepActivities(deps: SweepDeps) {
 }
 
 export type SweepActivities = ReturnType<typeof createSweepActivities>;
+
+/** A URI-encoded metadata value, or the value itself when it is not valid encoding. */
+function safeDecode(v: string): string {
+  try {
+    return decodeURIComponent(v);
+  } catch {
+    return v;
+  }
+}

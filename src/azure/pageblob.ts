@@ -150,13 +150,16 @@ export class ForeignBlobError extends RestoreError {
 /** Metadata key that ties a blob to the restore disk that created it. */
 export const VHD_UUID_METADATA_KEY = 'vmrestorediskuuid';
 /**
+ * Metadata key naming the restore that created the blob (URI-encoded: metadata values are ASCII): what
+ * the sweeper matches, never the name alone.
+ */
+export const VHD_RESTORE_ID_METADATA_KEY = 'vmrestorerestoreid';
+/**
  * Metadata key holding the upload's durable checkpoint: every non-zero byte below it is in the blob.
  * It is stored with a synchronous call, unlike a Temporal heartbeat, which the worker sends later and
  * throttled; that is what lets the uploader hold writes to checkpoint + window and so bound a resume.
  */
 export const UPLOAD_CHECKPOINT_METADATA_KEY = 'vmrestoreuploadedto';
-/** Metadata key naming the restore that created the blob: what the sweeper matches (never the name alone). */
-export const RESTORE_ID_METADATA_KEY = 'vmrestorerestoreid';
 
 const DEFAULT_MAX_PAGE_WRITE = AZURE_LIMITS.putPageMaxBytes;
 const DEFAULT_CONCURRENCY = 8;
@@ -301,6 +304,7 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
 
   const uuid = uuidFromRestoreId(restoreId, opts.diskIndex);
   const uuidText = formatUuid(uuid);
+  const ownerMetadata = { [VHD_UUID_METADATA_KEY]: uuidText, [VHD_RESTORE_ID_METADATA_KEY]: encodeURIComponent(restoreId) };
   const footer = buildFixedVhdFooter({ currentSize: virtualSize, uuid, timestamp: opts.footerTimestamp });
 
   const { ac, unlink } = linkAbort(opts.signal);
@@ -343,7 +347,7 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
       // Conditional, so a blob someone else creates (or replaces ours with) meanwhile is never clobbered.
       const conditions = existing ? { ifMatch: existing.etag } : { ifNoneMatch: '*' };
       try {
-        await blobClient.create(blobSize, { abortSignal: signal, conditions, metadata: { [VHD_UUID_METADATA_KEY]: uuidText, [RESTORE_ID_METADATA_KEY]: restoreId } });
+        await blobClient.create(blobSize, { abortSignal: signal, conditions, metadata: ownerMetadata });
       } catch (err) {
         const status = (err as { statusCode?: number }).statusCode;
         if (status === 409 || status === 412) throw new ForeignBlobError(blobUrlForRecord(blobClient.url), undefined, uuidText);
@@ -388,14 +392,9 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
       ac.abort(err);
     };
     const storeCheckpoint = (at: number): Promise<void> =>
-      blobClient
-        .setMetadata(
-          { [VHD_UUID_METADATA_KEY]: uuidText, [RESTORE_ID_METADATA_KEY]: restoreId, [UPLOAD_CHECKPOINT_METADATA_KEY]: String(at) },
-          { abortSignal: signal },
-        )
-        .then(() => {
-          durable = Math.max(durable, at);
-        });
+      blobClient.setMetadata({ ...ownerMetadata, [UPLOAD_CHECKPOINT_METADATA_KEY]: String(at) }, { abortSignal: signal }).then(() => {
+        durable = Math.max(durable, at);
+      });
     /** Stores contiguousOffset in the blob when it has moved on enough (or `force`), one call at a time. */
     const checkpoint = (force: boolean): void => {
       if (checkpointing) return;

@@ -1,5 +1,13 @@
 import { RestoreTracker } from './progress';
-import { type ActivityOptions, CancellationScope, defineQuery, isCancellation, proxyActivities, workflowInfo } from '@temporalio/workflow';
+import {
+  type ActivityOptions,
+  patched,
+  CancellationScope,
+  defineQuery,
+  isCancellation,
+  proxyActivities,
+  workflowInfo,
+} from '@temporalio/workflow';
 import type { AzureActivities } from '../activities/azure';
 import type { AzureDiskResult, AzurePlan, AzureRestoreRequest, AzureRestoreResult } from '../domain/azure';
 import { controlOptions, leaseWaitOptions, transferOptions } from './activity-options';
@@ -26,7 +34,10 @@ type AzurePhase = RestorePhase | 'powering-on-proxy' | 'uploading' | 'preparing-
 export async function restoreToAzure(request: AzureRestoreRequest): Promise<AzureRestoreResult> {
   const info = workflowInfo();
   // Unique per run (the first run id survives reset), so a reused workflow id never adopts an earlier run's resources.
-  const restoreId = `${request.restoreId ?? info.workflowId}@${info.firstExecutionRunId}`;
+  // Restores started before this rule keep the id they began with.
+  const restoreId = patched('restore-id-per-run')
+    ? `${request.restoreId ?? info.workflowId}@${info.firstExecutionRunId}`
+    : (request.restoreId ?? info.workflowId);
   const tracker = new RestoreTracker('azure', restoreId, request.vmName, azureProgressQuery, request.keepOnFailure ?? false);
   const progress = tracker.progress;
   const setPhase = (phase: AzurePhase, message?: string) => tracker.phase(phase, message);

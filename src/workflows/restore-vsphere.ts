@@ -4,6 +4,7 @@ import {
   CancellationScope,
   defineQuery,
   isCancellation,
+  patched,
   proxyActivities,
   workflowInfo,
   ActivityFailure,
@@ -41,7 +42,10 @@ function failureType(err: unknown): string | undefined {
 export async function restoreToVSphere(request: VSphereRestoreRequest): Promise<VSphereRestoreResult> {
   const info = workflowInfo();
   // Unique per run (the first run id survives reset), so a reused workflow id never adopts an earlier run's VM.
-  const restoreId = `${request.restoreId ?? info.workflowId}@${info.firstExecutionRunId}`;
+  // Restores started before this rule keep the id they began with.
+  const restoreId = patched('restore-id-per-run')
+    ? `${request.restoreId ?? info.workflowId}@${info.firstExecutionRunId}`
+    : (request.restoreId ?? info.workflowId);
   const tracker = new RestoreTracker('vsphere', restoreId, request.vmName, progressQuery, request.keepOnFailure ?? false);
   const progress = tracker.progress;
   const setPhase = (phase: RestorePhase, message?: string) => tracker.phase(phase, message);

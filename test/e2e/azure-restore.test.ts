@@ -37,6 +37,7 @@ import {
   startWorkerProcess,
   type TestEnv,
   type WorkerProcess,
+  writeZeroRestorePoint as writeZeroRp,
 } from '../helpers/env';
 import { armLog, clearFaults, labArm, labAzure, labContainer, setFaults } from '../helpers/azure';
 
@@ -86,39 +87,7 @@ async function checkVhd(blobUrl: string, capacityBytes: number): Promise<{ raw: 
   return { raw };
 }
 
-/** Writes a restore point whose disks hold only zero blocks (no chunk data needed), for input checks. */
-function writeZeroRestorePoint(name: string, capacities: number[]): { id: string; remove: () => void } {
-  const id = `rp-20990101000000-${Math.random().toString(16).slice(2, 8)}`;
-  const blockSize = 64 * MiB;
-  const file = path.join(env.config.repository.path, 'restore-points', `${id}.json`);
-  mkdirSync(path.dirname(file), { recursive: true });
-  writeFileSync(
-    file,
-    JSON.stringify({
-      formatVersion: 1,
-      id,
-      createdAt: new Date().toISOString(),
-      parentId: null,
-      blockSize,
-      vm: {
-        name,
-        guestOs: 'linux',
-        firmware: 'bios',
-        cpus: 1,
-        memoryMiB: 512,
-        nics: [],
-        disks: capacities.map((c, index) => ({
-          index,
-          label: index === 0 ? 'root' : `data${index}`,
-          capacityBytes: c,
-          provisioning: 'thin',
-        })),
-      },
-      disks: capacities.map((c, index) => ({ index, capacityBytes: c, blocks: new Array(Math.ceil(c / blockSize)).fill(null) })),
-    }),
-  );
-  return { id, remove: () => rmSync(file) };
-}
+const writeZeroRestorePoint = (name: string, capacities: number[]) => writeZeroRp(env.config.repository.path, name, capacities);
 
 describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
   before(async () => {

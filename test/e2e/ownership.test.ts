@@ -6,7 +6,7 @@
  * real workflows create nothing and leave the worker running.
  */
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -25,7 +25,7 @@ import { restorePlan, restoreToAzure, restoreToVSphere } from '../../src/workflo
 import type { RestorePlanRequest } from '../../src/workflows/restore-plan';
 import { AZURE_FIELDS, VSPHERE_FIELDS, badRequest } from '../helpers/bad-requests';
 import { armLog, clearFaults, labArm, labAzure, labContainer, setFaults } from '../helpers/azure';
-import { importTestVm, openTestEnv, startWorkerProcess, type TestEnv, type WorkerProcess } from '../helpers/env';
+import { importTestVm, openTestEnv, startWorkerProcess, writeZeroRestorePoint, type TestEnv, type WorkerProcess } from '../helpers/env';
 import { labVSphere } from '../helpers/vsphere';
 
 const MiB = 1024 * 1024;
@@ -40,34 +40,6 @@ let linuxRp: string;
 /** One all-zero 64 MiB disk: restores to vSphere without chunk data. */
 let zeroRp: string;
 const uid = () => `${Date.now().toString(36)}${Math.random().toString(36).slice(2, 5)}`;
-
-function writeZeroRestorePoint(name: string, capacities: number[]): string {
-  const id = `rp-20990102000000-${Math.random().toString(16).slice(2, 8).padEnd(6, '0')}`;
-  const blockSize = 64 * MiB;
-  const file = path.join(env.config.repository.path, 'restore-points', `${id}.json`);
-  mkdirSync(path.dirname(file), { recursive: true });
-  writeFileSync(
-    file,
-    JSON.stringify({
-      formatVersion: 1,
-      id,
-      createdAt: new Date().toISOString(),
-      parentId: null,
-      blockSize,
-      vm: {
-        name,
-        guestOs: 'linux',
-        firmware: 'bios',
-        cpus: 1,
-        memoryMiB: 512,
-        nics: [{ network: 'VM Network' }],
-        disks: capacities.map((c, index) => ({ index, label: `disk${index}`, capacityBytes: c, provisioning: 'thin' })),
-      },
-      disks: capacities.map((c, index) => ({ index, capacityBytes: c, blocks: new Array(Math.ceil(c / blockSize)).fill(null) })),
-    }),
-  );
-  return id;
-}
 
 /** The failure type of a failed workflow (the ApplicationFailure at the bottom of the cause chain). */
 function failureType(err: unknown): string | undefined {
@@ -188,7 +160,7 @@ describe('a restore never takes over or deletes what it did not create', () => {
       name: 'ownership-linux',
       disks: [{ path: 'disk0.img', provisioning: 'thin' }],
     });
-    zeroRp = writeZeroRestorePoint('ownership-zero', [64 * MiB]);
+    zeroRp = writeZeroRestorePoint(env.config.repository.path, 'ownership-zero', [64 * MiB], [{ network: 'VM Network' }]).id;
   });
   after(async () => {
     await clearFaults().catch(() => {});
@@ -426,7 +398,7 @@ describe('a restore never takes over or deletes what it did not create', () => {
       ...fc.sample(badRequest(azBase, AZURE_FIELDS), { numRuns: 6, seed: 7 }).map((c) => ({ ...c, target: 'azure' as const })),
     ];
     // A disk over the 8 TiB page-blob limit (fine for a 32 TiB managed disk): refused before the proxy is on.
-    const nine = writeZeroRestorePoint('nine-tib', [64 * MiB, 9 * TiB]);
+    const nine = writeZeroRestorePoint(env.config.repository.path, 'nine-tib', [64 * MiB, 9 * TiB]);
     const inv = await inventory();
     for (const c of cases) {
       const workflowId = `restore-bad-${uid()}`;
@@ -446,17 +418,17 @@ describe('a restore never takes over or deletes what it did not create', () => {
     }
     const big = await startAzureRestore(
       env.client,
-      { restorePointId: nine, vmName: `t-9tib-${uid()}`, proxy: 'lab-azure-proxy' },
+      { restorePointId: nine.id, vmName: `t-9tib-${uid()}`, proxy: 'lab-azure-proxy' },
       { taskQueue: env.taskQueue },
     );
     const bigErr = await big.result().catch((e: unknown) => e);
     assert.equal(failureType(bigErr), FailureType.AzureLimit);
     assert.match(
       failureMessage(bigErr),
-      /disk 'nine-tib disk 1 \(disk1\)' of \d+ bytes \(9 TiB\) .*exceeds the Azure page blob maximum of \d+ bytes \(8 TiB\)/,
+      /disk 'nine-tib disk 1 \(data1\)' of \d+ bytes \(9 TiB\) .*exceeds the Azure page blob maximum of \d+ bytes \(8 TiB\)/,
     );
     assert.deepEqual(await scheduledActivities(big.workflowId), ['prepareAzureRestore'], 'the proxy was never powered on');
-    rmSync(path.join(env.config.repository.path, 'restore-points', `${nine}.json`));
+    nine.remove();
 
     assert.deepEqual(await inventory(), inv, 'no VM in vcsim, no resource in the ARM simulator, no blob was created');
     assert.equal(worker.child.exitCode, null, 'the worker is still running');

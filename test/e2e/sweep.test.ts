@@ -7,7 +7,7 @@ import { after, before, describe, it } from 'node:test';
 import type { WorkflowHandle } from '@temporalio/client';
 import { buildDataDiskImage } from '../../src/demo';
 import { sweepScheduleId, type SweepReport } from '../../src/domain/sweep';
-import { RESTORE_ID_METADATA_KEY } from '../../src/azure/pageblob';
+import { VHD_RESTORE_ID_METADATA_KEY } from '../../src/azure/pageblob';
 import { startAzureRestore, startVSphereRestore } from '../../src/restore-client';
 import type { VSphereClient } from '../../src/vsphere';
 import { ROOT, importTestVm, openTestEnv, startWorkerProcess, type TestEnv, type WorkerProcess } from '../helpers/env';
@@ -221,7 +221,7 @@ describe('the sweeper removes what closed restores left behind, and nothing else
     for (const d of [`${azVmName}-osdisk`, `t-swh-${stamp}-osdisk`])
       assert.ok(await gone(compute.disks.get(a.resourceGroup, d)), `${d} removed`);
     for await (const b of labContainer().listBlobsFlat({ includeMetadata: true })) {
-      assert.ok(!dead.has(b.metadata?.[RESTORE_ID_METADATA_KEY] ?? ''), `blob ${b.name} removed`);
+      assert.ok(!dead.has(decodeURIComponent(b.metadata?.[VHD_RESTORE_ID_METADATA_KEY] ?? '')), `blob ${b.name} removed`);
     }
 
     // What is not ours, and what the completed restore made, is still there.

@@ -70,6 +70,9 @@ describe('bad restore requests fail before anything is created', () => {
     await expectRejected({ vmName: 'bad/name' }, /not allowed/);
     await expectRejected({ vmName: 'x'.repeat(81) }, /at most 80/);
     await expectRejected({ vmName: ' padded ' }, /spaces/);
+    await expectRejected({ vmName: '.' }, /VM name '\.' is not allowed/);
+    await expectRejected({ vmName: '..' }, /VM name '\.\.' is not allowed/);
+    await expectRejected({ vmName: 'nul\u0000byte' }, /contains '\\u0000'/);
   });
   it('a datastore without enough free space', async () => {
     const dc = await vs.datacenter('DC0');

@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, openSync, readSync, closeSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createReadStream, openSync, readSync, closeSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Client, Connection } from '@temporalio/client';
 import { Worker } from '@temporalio/worker';
@@ -173,4 +173,46 @@ export async function importTestVm(
     JSON.stringify({ guestOs: 'linux', firmware: 'bios', cpus: 1, memoryMiB: 1024, nics: [{ network: 'VM Network' }], ...vm }),
   );
   return (await importRestorePoint(repoDir, file)).restorePointId;
+}
+
+/**
+ * Writes a restore point whose disks hold only zero blocks (no chunk data needed), for input checks and
+ * restores that need no real bytes. `remove` deletes it again.
+ */
+export function writeZeroRestorePoint(
+  repoDir: string,
+  name: string,
+  capacities: number[],
+  nics: { network: string }[] = [],
+): { id: string; remove: () => void } {
+  const id = `rp-20990101000000-${randomBytes(3).toString('hex')}`;
+  const blockSize = 64 * 1024 * 1024;
+  const file = path.join(repoDir, 'restore-points', `${id}.json`);
+  mkdirSync(path.dirname(file), { recursive: true });
+  writeFileSync(
+    file,
+    JSON.stringify({
+      formatVersion: 1,
+      id,
+      createdAt: new Date().toISOString(),
+      parentId: null,
+      blockSize,
+      vm: {
+        name,
+        guestOs: 'linux',
+        firmware: 'bios',
+        cpus: 1,
+        memoryMiB: 512,
+        nics,
+        disks: capacities.map((c, index) => ({
+          index,
+          label: index === 0 ? 'root' : `data${index}`,
+          capacityBytes: c,
+          provisioning: 'thin',
+        })),
+      },
+      disks: capacities.map((c, index) => ({ index, capacityBytes: c, blocks: new Array(Math.ceil(c / blockSize)).fill(null) })),
+    }),
+  );
+  return { id, remove: () => rmSync(file) };
 }

@@ -7,6 +7,7 @@ import { MiB, TiB, parseVhdFooter, uuidFromRestoreId, vhdVirtualSize } from '../
 import {
   BlobSizeMismatchError,
   ForeignBlobError,
+  VHD_RESTORE_ID_METADATA_KEY,
   VHD_UUID_METADATA_KEY,
   assertPageWrite,
   deleteOwnedVhdBlob,
@@ -487,6 +488,18 @@ describe('page blob upload against Azurite', () => {
     const target = blob();
     await target.create(20 * MiB + 512, { metadata: { [VHD_UUID_METADATA_KEY]: vhdOwnerUuid('r-own', 3) } });
     assert.equal(await deleteOwnedVhdBlob(target, 'r-other', 3), 'foreign');
+    // What an upload stamps: the disk uuid and the restore id that a sweeper can look up.
+    const stamped = blob();
+    await uploadFixedVhd({
+      blobClient: stamped,
+      capacityBytes: 20 * MiB,
+      blocks: blocksOf(Buffer.alloc(20 * MiB)),
+      restoreId: 'restore-x@1/é',
+      diskIndex: 3,
+    });
+    const meta = (await stamped.getProperties()).metadata!;
+    assert.equal(meta[VHD_UUID_METADATA_KEY], vhdOwnerUuid('restore-x@1/é', 3));
+    assert.equal(decodeURIComponent(meta[VHD_RESTORE_ID_METADATA_KEY]), 'restore-x@1/é');
     assert.equal(await deleteOwnedVhdBlob(target, 'r-own', 2), 'foreign', 'another disk of the same restore is not this one');
     assert.equal(await deleteOwnedVhdBlob(target, 'r-own', 3), 'ours');
     assert.equal(await target.exists(), false);
