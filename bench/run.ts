@@ -1,11 +1,16 @@
 import { runVSphereBench } from './vsphere-restore';
 import { runAzureUploadBench } from './azure-upload';
+import { runVmdkImportBench } from './vmdk-import';
 
 async function main(): Promise<void> {
   const only = process.argv[2];
   if (!only || only === 'vsphere') {
     console.log('== restore to vSphere (lab: vcsim datastore on local disk) ==');
     await runVSphereBench();
+  }
+  if (!only || only === 'import') {
+    console.log('== import a streamOptimized VMDK (against qemu-img convert -O raw) ==');
+    await runVmdkImportBench();
   }
   if (!only || only === 'azure') {
     console.log('== upload to Azure page blob (Azurite) ==');

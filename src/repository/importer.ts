@@ -265,7 +265,7 @@ function blankDisk(label: string, capacityBytes: number): DiskImage {
     format: 'raw',
     subformat: 'blank',
     capacityBytes,
-    // eslint-disable-next-line @typescript-eslint/require-await
+
     extents: async function* () {
       yield { offset: 0, length: capacityBytes, data: null };
     },
