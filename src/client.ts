@@ -53,7 +53,8 @@ const USAGE = `vmrestore: restore whole VMs from backups to vSphere (and Azure) 
         [--vm-size S] [--subnet ID] [--generation 1|2] [--proxy NAME] [--keep-on-failure] [--wait] [--json]
   vmrestore status WORKFLOW_ID [--json]
   vmrestore cancel WORKFLOW_ID
-  vmrestore sweep [--dry-run] [--json] | --install-schedule [--every MINUTES]   (remove what closed restores left)
+  vmrestore sweep [--dry-run] [--include-orphans] [--json] | --install-schedule [--every MINUTES]
+        (remove what restores that closed without completing left behind)
 ${VERIFY_USAGE}
   vmrestore demo            (what npm start runs)
   vmrestore prereqs [--for start|test] [--no-install]   (checks, and as root installs, the Debian tools)
@@ -457,6 +458,7 @@ async function sweepCommand(args: string[]): Promise<number> {
     args,
     options: {
       'dry-run': { type: 'boolean' },
+      'include-orphans': { type: 'boolean' },
       json: { type: 'boolean' },
       'install-schedule': { type: 'boolean' },
       every: { type: 'string' },
@@ -472,7 +474,10 @@ async function sweepCommand(args: string[]): Promise<number> {
       out(`schedule '${id}' runs the sweeper every ${every} min on task queue '${config.temporal.taskQueue}'`);
       return 0;
     }
-    const report = await runSweep(client, config.temporal.taskQueue, { dryRun: values['dry-run'] });
+    const report = await runSweep(client, config.temporal.taskQueue, {
+      dryRun: values['dry-run'],
+      includeOrphans: values['include-orphans'],
+    });
     if (values.json) out(JSON.stringify(report));
     else for (const line of formatSweepReport(report)) out(line);
     return report.items.some((i) => i.action === 'failed') ? 1 : 0;

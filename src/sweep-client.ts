@@ -3,11 +3,15 @@ import { randomBytes } from 'node:crypto';
 import { sweepScheduleId, type SweepItem, type SweepReport } from './domain/sweep';
 
 /** Runs the sweeper workflow once on `taskQueue` (a worker must serve it) and returns its report. */
-export async function runSweep(client: Client, taskQueue: string, opts: { dryRun?: boolean } = {}): Promise<SweepReport> {
+export async function runSweep(
+  client: Client,
+  taskQueue: string,
+  opts: { dryRun?: boolean; includeOrphans?: boolean } = {},
+): Promise<SweepReport> {
   return client.workflow.execute('sweepRestores', {
     taskQueue,
     workflowId: `vmrestore-sweep-${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`,
-    args: [{ dryRun: opts.dryRun ?? false }],
+    args: [{ dryRun: opts.dryRun ?? false, includeOrphans: opts.includeOrphans ?? false }],
     staticSummary: opts.dryRun
       ? 'sweep (dry run): list what closed restores left behind'
       : 'sweep: remove what closed restores left behind',
@@ -44,7 +48,7 @@ export function formatSweepReport(r: SweepReport): string[] {
   const failed = r.items.filter((i) => i.action === 'failed').length;
   lines.push(
     `${r.dryRun ? 'would remove' : 'removed'} ${r.items.length - failed} item(s)${failed ? `, ${failed} failed` : ''}; ` +
-      `kept ${r.kept} resource(s) of running, completed or kept restores (${r.seconds.toFixed(1)} s)`,
+      `kept ${r.kept} resource(s) of running, completed or kept restores (or with no workflow) (${r.seconds.toFixed(1)} s)`,
   );
   for (const e of r.errors) lines.push(`error: ${e}`);
   return lines;

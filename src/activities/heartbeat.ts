@@ -1,12 +1,13 @@
 import { Context } from '@temporalio/activity';
+import { taskWaitContext } from '../vsphere/task';
 
 /** Activities that heartbeat their own checkpoints: a bare heartbeat would overwrite those details. */
 export const SELF_HEARTBEATING = ['writeDisk', 'uploadVhd', 'prepareGuestDisk'];
 
 /**
  * Wraps every function of an activity object (but `except`) so that it heartbeats from this worker
- * every `intervalMs` while it runs: through ARM long-running-operation polls, vSphere task waits and
- * lease updates alike. With a heartbeat timeout on the activity, a worker that dies mid-call is noticed
+ * every `intervalMs` while it runs: through ARM long-running-operation polls and lease updates alike,
+ * and on every poll of a vSphere task wait, which also stops waiting when the activity is cancelled. With a heartbeat timeout on the activity, a worker that dies mid-call is noticed
  * within that timeout and the activity retried elsewhere, instead of after its start-to-close timeout.
  * Heartbeats also let cancellation reach the activity. Outside an activity (unit tests) it calls through.
  */
@@ -32,7 +33,7 @@ export function withHeartbeat<T extends Record<string, (...args: never[]) => Pro
       ctx.heartbeat();
       const beat = setInterval(() => ctx.heartbeat(), intervalMs);
       try {
-        return await fn(...args);
+        return await taskWaitContext.run({ beat: () => ctx.heartbeat(), signal: ctx.cancellationSignal }, () => fn(...args));
       } finally {
         clearInterval(beat);
       }

@@ -68,9 +68,11 @@ export function createSweepActivities(deps: SweepDeps) {
   /**
    * A restore's fate from its workflow executions: found by the `RestoreId` search attribute, or by the
    * restore id as workflow id (the default). Running, completed, or closed with `keepOnFailure` keeps
-   * what it made; any other close, or no workflow at all, sweeps it.
+   * what it made; any other close sweeps it. No workflow at all sweeps it only with `includeOrphans`: a
+   * completed restore's history also disappears once the namespace's retention has passed, and another
+   * installation on another namespace may share the resource group.
    */
-  const fateOf = async (restoreId: string): Promise<RestoreFate> => {
+  const fateOf = async (restoreId: string, includeOrphans: boolean): Promise<RestoreFate> => {
     const runs: Array<{ workflowId: string; runId: string; status: string; startTime: number }> = [];
     try {
       const query = `RestoreId = "${restoreId.replace(/["\\]/g, '\\$&')}"`;
@@ -88,7 +90,7 @@ export function createSweepActivities(deps: SweepDeps) {
         if (!isNotFound(err)) throw err;
       }
     }
-    if (runs.length === 0) return { sweep: true, state: 'no workflow' };
+    if (runs.length === 0) return { sweep: includeOrphans, state: 'no workflow' };
     if (runs.some((r) => r.status === 'RUNNING')) return { sweep: false, state: 'RUNNING' };
     if (runs.some((r) => r.status === 'COMPLETED')) return { sweep: false, state: 'COMPLETED' };
     const last = runs.sort((x, y) => y.startTime - x.startTime)[0];
@@ -131,7 +133,7 @@ export function createSweepActivities(deps: SweepDeps) {
       const fates = new Map<string, Promise<RestoreFate>>();
       const fate = (id: string): Promise<RestoreFate> => {
         let f = fates.get(id);
-        if (!f) fates.set(id, (f = fateOf(id)));
+        if (!f) fates.set(id, (f = fateOf(id, req.includeOrphans ?? false)));
         return f;
       };
       /** Records one item and removes it (unless a dry run); an error is reported, not thrown. */

@@ -23,12 +23,20 @@ export interface SweepItem {
 
 export interface SweepRequest {
   dryRun?: boolean;
+  /**
+   * Also remove what carries a restore id with no workflow at all. Off by default: a completed
+   * restore's workflow disappears too once the namespace's retention has passed.
+   */
+  includeOrphans?: boolean;
 }
 
 export interface SweepReport {
   dryRun: boolean;
   items: SweepItem[];
-  /** Tagged resources left alone because their restore runs, completed, or keeps what it made on failure. */
+  /**
+   * Tagged resources left alone because their restore runs, completed, keeps what it made on failure, or
+   * (without `includeOrphans`) has no workflow any more.
+   */
   kept: number;
   /** Targets that could not be listed (unreachable vCenter, no Azure configured is not an error). */
   errors: string[];

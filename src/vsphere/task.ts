@@ -1,3 +1,4 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
 import type { VSphereClient } from './client';
 import { VSphereFaultError, describeFault, obj, str, type MoRef, type VimValue } from './soap';
 
@@ -22,6 +23,13 @@ export interface TaskWaitOptions {
   /** Default 2000 ms. */
   maxPollIntervalMs?: number;
 }
+
+/**
+ * What the caller of a task wait is, for waits that do not pass options through: a Temporal activity sets
+ * `beat` to its heartbeat (so a long task keeps the activity alive while it polls, and a dead worker is
+ * noticed within the heartbeat timeout) and `signal` to its cancellation signal.
+ */
+export const taskWaitContext = new AsyncLocalStorage<{ beat?: () => void; signal?: AbortSignal }>();
 
 /** A vSphere `*_Task`: one object to poll, whatever operation started it (govmomi object.Task). */
 export class Task {
@@ -59,8 +67,11 @@ export class Task {
     let interval = opts.pollIntervalMs ?? 100;
     const maxInterval = opts.maxPollIntervalMs ?? 2000;
     let lastProgress = -1;
+    const ambient = taskWaitContext.getStore();
+    const signal = opts.signal ?? ambient?.signal;
     for (;;) {
-      opts.signal?.throwIfAborted();
+      signal?.throwIfAborted();
+      ambient?.beat?.();
       const info = await this.info();
       if (info.state === 'success') {
         if (lastProgress !== 100) opts.onProgress?.(100);
@@ -74,7 +85,7 @@ export class Task {
         lastProgress = info.progress;
         opts.onProgress?.(info.progress);
       }
-      await sleep(interval, opts.signal);
+      await sleep(interval, signal);
       interval = Math.min(maxInterval, Math.round(interval * 1.5));
     }
   }

@@ -176,7 +176,25 @@ describe('the sweeper removes what closed restores left behind, and nothing else
         .map((i) => `${i.kind} ${i.name}`)
         .sort();
 
+    // A disk tagged with a restore id that has no workflow at all: kept unless orphans are asked for.
+    const orphanId = `restore-azure-never-ran-${stamp}`;
+    const orphanDisk = `orphan-${stamp}`;
+    await compute.disks.createOrUpdate(a.resourceGroup, orphanDisk, {
+      location: a.location,
+      tags: { vmrestoreRestoreId: orphanId },
+      sku: { name: 'Standard_LRS' },
+      creationData: { createOption: 'Empty' },
+      diskSizeGB: 1,
+    });
+
     const dry = await cliSweep(['--dry-run']);
+    assert.ok(!dry.items.some((i) => i.restoreId === orphanId), 'a restore id without a workflow is kept by default');
+    const orphans = await cliSweep(['--dry-run', '--include-orphans']);
+    assert.deepEqual(
+      orphans.items.filter((i) => i.restoreId === orphanId).map((i) => [i.kind, i.name, i.restoreState, i.action]),
+      [['azure-disk', `${a.resourceGroup}/${orphanDisk}`, 'no workflow', 'would remove']],
+    );
+    await compute.disks.delete(a.resourceGroup, orphanDisk);
     assert.equal(dry.dryRun, true);
     assert.ok(
       ours(dry).every((i) => i.action === 'would remove' && i.restoreState === 'TERMINATED'),
