@@ -43,6 +43,8 @@ export function labConfig(lab: LabState): AppConfig {
     ],
     restore: { diskConcurrency: 2, readConcurrency: 4, checkpointBytes: 16 * 1024 * 1024 },
     azure: lab.azure && lab.blob ? labAzureConfig(lab.azure as LabAzure, lab.blob.connectionString) : undefined,
+    // The lab worker boots restored disks itself, unless a separate `vmrestore worker --verifier` does.
+    verifier: { embeddedWorker: process.env.VMRESTORE_LAB_VERIFIER_WORKER !== 'separate' },
     fromLab: true,
     source: path.join(labDir(), 'lab.json'),
   };

@@ -25,6 +25,7 @@ import {
   waitWithProgress,
 } from './restore-client';
 import type { AzureRestoreRequest } from './domain/azure';
+import type { RestoreVerification, VerifyRequestFields } from './domain/verification';
 import { runWorker } from './worker';
 import { AesGcmCodec, loadCodecServerToken, startCodecServer } from './codec';
 import { runDemo, seedDemoRepository } from './demo';
@@ -44,13 +45,16 @@ const USAGE = `vmrestore: restore whole VMs from backups to vSphere (and Azure) 
   vmrestore repo seed-demo [--bootable-guests] [--json]   (or VMRESTORE_DEMO_BOOTABLE_GUESTS=1)
   vmrestore codec-server [--port 8888] [--host ADDR] [--origin URL]... [--allowed-host NAME]...
         [--token-file FILE]   (decrypts payloads for the Web UI; bearer token from VMRESTORE_CODEC_TOKEN or the file)
-  vmrestore worker [--helper LOCATION]   (--helper: the worker inside that location's helper appliance)
+  vmrestore worker [--helper LOCATION | --verifier]   (--helper: the worker inside that location's helper appliance;
+        --verifier: only boot verification, on a machine with qemu)
   vmrestore restore vsphere --restore-point ID --vm-name NAME [--datastore DS] [--folder F]
         [--resource-pool P] [--network SRC=DST]... [--transport auto|direct-san|direct-nas|hotadd|nbd]
         [--disk-format same|thin|thick-lazy|thick-eager] [--proxy NAME] [--power-on]
         [--keep-on-failure] [--throttle-mbps N] [--wait] [--json]
+        [--verify [--verify-address IP/N [--verify-gateway IP]] [--verify-timeout S] [--keep-on-verify-failure]]
   vmrestore restore azure --restore-point ID --vm-name NAME [--resource-group RG] [--location L]
         [--vm-size S] [--subnet ID] [--generation 1|2] [--proxy NAME] [--keep-on-failure] [--wait] [--json]
+        [--verify [--verify-timeout S] [--keep-on-verify-failure]]
   vmrestore status WORKFLOW_ID [--json]
   vmrestore cancel WORKFLOW_ID
   vmrestore sweep [--dry-run] [--include-orphans] [--json] | --install-schedule [--every MINUTES]
@@ -263,14 +267,14 @@ async function codecServerCommand(args: string[]): Promise<number> {
 }
 
 async function workerCommand(args: string[]): Promise<number> {
-  const { values } = parseArgs({ args, options: { helper: { type: 'string' } }, allowPositionals: false });
+  const { values } = parseArgs({ args, options: { helper: { type: 'string' }, verifier: { type: 'boolean' } }, allowPositionals: false });
   // runWorker prints the insecure-profile warnings itself.
   const config = loadAppConfig();
   const stop = new Promise<void>((resolve) => {
     process.once('SIGINT', resolve);
     process.once('SIGTERM', resolve);
   });
-  await runWorker({ config, log: out, until: stop, helperLocation: values.helper });
+  await runWorker({ config, log: out, until: stop, helperLocation: values.helper, verifier: values.verifier });
   return 0;
 }
 
@@ -287,6 +291,9 @@ async function restoreAzureCommand(args: string[]): Promise<number> {
       generation: { type: 'string' },
       proxy: { type: 'string' },
       'keep-on-failure': { type: 'boolean' },
+      verify: { type: 'boolean' },
+      'verify-timeout': { type: 'string' },
+      'keep-on-verify-failure': { type: 'boolean' },
       wait: { type: 'boolean' },
       json: { type: 'boolean' },
     },
@@ -306,6 +313,7 @@ async function restoreAzureCommand(args: string[]): Promise<number> {
     generation: generation as 1 | 2 | undefined,
     proxy: values.proxy,
     keepOnFailure: values['keep-on-failure'] ?? false,
+    ...verifyFlags(values),
   };
   const config = loadConfig();
   return startAndReport(config, (client) => startAzureRestore(client, request, { taskQueue: config.temporal.taskQueue }), values);
@@ -331,6 +339,11 @@ async function restoreCommand(kind: string | undefined, args: string[]): Promise
       'power-on': { type: 'boolean' },
       'keep-on-failure': { type: 'boolean' },
       'throttle-mbps': { type: 'string' },
+      verify: { type: 'boolean' },
+      'verify-timeout': { type: 'string' },
+      'keep-on-verify-failure': { type: 'boolean' },
+      'verify-address': { type: 'string' },
+      'verify-gateway': { type: 'string' },
       wait: { type: 'boolean' },
       json: { type: 'boolean' },
     },
@@ -364,9 +377,45 @@ async function restoreCommand(kind: string | undefined, args: string[]): Promise
     powerOn: values['power-on'] ?? false,
     keepOnFailure: values['keep-on-failure'] ?? false,
     throttleMBps: throttle,
+    ...verifyFlags(values),
   };
   const config = loadConfig();
   return startAndReport(config, (client) => startVSphereRestore(client, request, { taskQueue: config.temporal.taskQueue }), values);
+}
+
+/** The verification fields of a restore request from `--verify` and its companions. */
+function verifyFlags(values: {
+  verify?: boolean;
+  'verify-timeout'?: string;
+  'keep-on-verify-failure'?: boolean;
+  'verify-address'?: string;
+  'verify-gateway'?: string;
+}): VerifyRequestFields {
+  const companions = ['verify-timeout', 'keep-on-verify-failure', 'verify-address', 'verify-gateway'] as const;
+  const stray = companions.find((k) => values[k] !== undefined);
+  if (!values.verify) {
+    if (stray) usageError(`--${stray} needs --verify`);
+    return {};
+  }
+  const fields: VerifyRequestFields = { verify: true, keepOnVerifyFailure: values['keep-on-verify-failure'] ?? false };
+  if (values['verify-timeout'] !== undefined) {
+    const t = Number(values['verify-timeout']);
+    if (!Number.isInteger(t) || t < 10 || t > 3600)
+      usageError(`--verify-timeout must be whole seconds from 10 to 3600, got '${values['verify-timeout']}'`);
+    fields.verifyTimeoutSeconds = t;
+  }
+  if (values['verify-address'] !== undefined) {
+    const m = /^(\d+\.\d+\.\d+\.\d+)(?:\/(\d+))?$/.exec(values['verify-address']);
+    if (!m) usageError(`--verify-address must look like 192.168.50.20/24, got '${values['verify-address']}'`);
+    fields.verifyNetwork = {
+      address: m[1],
+      prefixLength: m[2] === undefined ? undefined : Number(m[2]),
+      gateway: values['verify-gateway'],
+    };
+  } else if (values['verify-gateway'] !== undefined) {
+    usageError('--verify-gateway needs --verify-address');
+  }
+  return fields;
 }
 
 /** Starts a restore; with --wait follows it to the end, printing progress or one JSON object. */
@@ -387,7 +436,10 @@ async function startAndReport(
     const final = await waitWithProgress(client, workflowId, opts.json ? undefined : out);
     if (opts.json)
       out(JSON.stringify({ workflowId, status: final.status, phase: final.phase, result: final.result, error: final.failure }));
-    else printGuestWarnings(final.result);
+    else {
+      printGuestWarnings(final.result);
+      printVerification(final.result, final.failureDetails);
+    }
     return final.status === 'COMPLETED' ? 0 : 1;
   } finally {
     await connection.close();
@@ -417,6 +469,7 @@ async function statusCommand(args: string[]): Promise<number> {
             bytesTotal: d.bytesTotal,
           })),
           result: s.result,
+          verification: verificationOf(s.result, s.failureDetails),
           error: s.failure,
         }),
       );
@@ -425,11 +478,43 @@ async function statusCommand(args: string[]): Promise<number> {
       for (const d of s.disks)
         out(`  disk ${d.diskIndex} ${d.label} [${d.transport ?? '-'}] ${d.state} ${fmtBytes(d.bytesDone)} / ${fmtBytes(d.bytesTotal)}`);
       printGuestWarnings(s.result);
+      printVerification(s.result, s.failureDetails);
       if (s.failure) out(`  error: ${s.failure}`);
     }
     return 0;
   } finally {
     await connection.close();
+  }
+}
+
+/** The verification a result carries, or a failed restore's (in its failure details). */
+function verificationOf(result: unknown, failureDetails: unknown): RestoreVerification | undefined {
+  const fromResult = (result as { verification?: RestoreVerification } | undefined)?.verification;
+  if (fromResult) return fromResult;
+  const d = failureDetails as RestoreVerification | undefined;
+  return d && typeof d === 'object' && 'status' in d ? d : undefined;
+}
+
+/** The boot verification: verdict, time to SSH banner, each check with its time; the serial tail on failure. */
+function printVerification(result: unknown, failureDetails: unknown): void {
+  const v = verificationOf(result, failureDetails);
+  if (!v) return;
+  const r = v.report;
+  if (!r) {
+    out(`  boot verification: ${v.status}`);
+    return;
+  }
+  const banner = r.recoveryTimeMs === undefined ? 'no SSH banner' : `SSH banner after ${(r.recoveryTimeMs / 1000).toFixed(1)} s`;
+  out(
+    `  boot verification: ${v.status}${v.kept ? ' (VM kept)' : ''}, ${r.firmware}/${r.accelerator}, ${banner}, stopped by ${r.stoppedBy}`,
+  );
+  for (const c of r.checks) {
+    const at = c.elapsedMs === undefined ? '' : ` at ${(c.elapsedMs / 1000).toFixed(1)} s`;
+    out(`    ${c.status.padEnd(7)} ${c.name}${c.required ? '' : ' (not required)'}${at}: ${c.detail}`);
+  }
+  if (r.serialTail) {
+    out('    serial console (last lines):');
+    for (const l of r.serialTail.split('\n')) out(`      ${l}`);
   }
 }
 

@@ -115,6 +115,11 @@ export interface AppConfig {
   proxies: ProxyConfig[];
   restore: { diskConcurrency: number; readConcurrency: number; checkpointBytes: number };
   azure?: AzureConfig;
+  /**
+   * Boot verification: `verifyBoot` runs on `<temporal.taskQueue>-verifier`, served by `vmrestore worker
+   * --verifier` (a machine with qemu), or by the main worker too when `embeddedWorker` is true (the lab).
+   */
+  verifier?: { embeddedWorker: boolean };
   /** True when the endpoints come from the embedded lab rather than a config file. */
   fromLab: boolean;
   source: string;
@@ -297,6 +302,10 @@ export function parseConfig(raw: unknown, source: string, baseDir: string): AppC
     vsphere: { defaultProfile, profiles },
     proxies,
     restore,
+    verifier:
+      root.verifier === undefined
+        ? undefined
+        : { embeddedWorker: bool(record(root.verifier, 'verifier'), 'embeddedWorker', 'verifier', false) },
     fromLab: false,
     source,
   };

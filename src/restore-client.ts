@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { Client, Connection, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
-import type { DataConverter } from '@temporalio/common';
+import { ApplicationFailure, type DataConverter } from '@temporalio/common';
 import { decodeFromPayloadsAtIndex } from '@temporalio/common/lib/internal-non-workflow';
 import { AesGcmCodec } from './codec';
 import { FailureType, RestoreError } from './domain/errors';
@@ -17,6 +17,8 @@ export interface RestoreStatus {
   disks: DiskProgress[];
   result?: unknown;
   failure?: string;
+  /** The details of the workflow's own failure (a failed boot verification carries its report there). */
+  failureDetails?: unknown;
 }
 
 /**
@@ -149,6 +151,8 @@ export async function getRestoreStatus(client: Client, workflowId: string): Prom
       await handle.result();
     } catch (err) {
       out.failure = failureMessage(err);
+      const cause = err instanceof WorkflowFailedError ? err.cause : undefined;
+      if (cause instanceof ApplicationFailure && cause.details?.length) out.failureDetails = cause.details[0];
     }
   }
   return out;

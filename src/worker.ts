@@ -8,6 +8,8 @@ import { VSphereSessions } from './activities/vsphere-sessions';
 import { withFailureMapping } from './activities/failures';
 import { withHeartbeat } from './activities/heartbeat';
 import { createSweepActivities } from './activities/sweep';
+import { createMappedVerifyActivities } from './activities/verify';
+import { verifierTaskQueue } from './domain/verification';
 import { dataConverterFor } from './restore-client';
 
 export interface RunWorkerOptions {
@@ -21,6 +23,11 @@ export interface RunWorkerOptions {
    * instead of the main queue plus the helper queues configured as embedded.
    */
   helperLocation?: string;
+  /**
+   * Serve only the boot verification queue (`<queue>-verifier`): what runs on a machine with qemu. The
+   * main worker serves it too when `verifier.embeddedWorker` is set (the lab).
+   */
+  verifier?: boolean;
 }
 
 /** Helper-appliance queues this worker serves: one location's, or every embedded one. */
@@ -61,7 +68,8 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
       shutdownGraceTime: '5 seconds',
     } as const;
     const workers: Worker[] = [];
-    if (opts.helperLocation === undefined) {
+    if (opts.helperLocation !== undefined && opts.verifier) throw new Error('a worker is either --helper or --verifier, not both');
+    if (opts.helperLocation === undefined && !opts.verifier) {
       workers.push(
         await Worker.create({
           ...common,
@@ -78,7 +86,7 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
       log(`worker polling task queue '${taskQueue}' on ${config.temporal.address} (namespace ${config.temporal.namespace})`);
     }
     // A helper appliance's worker prepares the disks attached to it, and does nothing else.
-    for (const h of helperQueues(served, opts.helperLocation)) {
+    for (const h of opts.verifier ? [] : helperQueues(served, opts.helperLocation)) {
       workers.push(
         await Worker.create({
           ...common,
@@ -88,6 +96,19 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
         }),
       );
       log(`helper appliance worker (${h.location}) polling task queue '${h.taskQueue}'`);
+    }
+    // The verification worker boots restored disks under qemu, and does nothing else; it heartbeats itself.
+    if (opts.verifier || (opts.helperLocation === undefined && config.verifier?.embeddedWorker)) {
+      const queue = verifierTaskQueue(taskQueue);
+      workers.push(
+        await Worker.create({
+          ...common,
+          taskQueue: queue,
+          identity: `${process.pid}@${hostname()}/vmrestore-verifier`,
+          activities: createMappedVerifyActivities({ config, sessions }),
+        }),
+      );
+      log(`verification worker polling task queue '${queue}'`);
     }
     // One worker failing stops the others, so the process never runs half its queues.
     let stopAll!: () => void;

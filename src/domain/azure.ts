@@ -1,7 +1,8 @@
 import type { GuestChange } from '../guest/types';
+import type { RestoreVerification, VerifyRequestFields } from './verification';
 import type { VmConfig } from './vm';
 
-export interface AzureRestoreRequest {
+export interface AzureRestoreRequest extends VerifyRequestFields {
   restoreId?: string;
   restorePointId: string;
   vmName: string;
@@ -109,6 +110,8 @@ export interface AzureRestoreResult {
   /** What guest preparation left alone or could not do (a symlink not followed, SSH not opened, ...). */
   guestWarnings: string[];
   agentInstalled?: boolean;
+  /** The boot verification: `skipped` unless the request asked for it. */
+  verification: RestoreVerification;
 }
 
 /** Heartbeat of a VHD upload: highest contiguous offset that is durably in the blob. */

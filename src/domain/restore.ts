@@ -1,3 +1,4 @@
+import type { RestoreVerification, VerifyRequestFields } from './verification';
 import type { VmConfig } from './vm';
 
 /** Default task queue the worker polls; exported so parent workflows can start restores as children. */
@@ -9,7 +10,7 @@ export type DiskFormat = 'same' | 'thin' | 'thick-lazy' | 'thick-eager';
 export const TRANSPORT_REQUESTS: TransportRequest[] = ['auto', 'direct-san', 'direct-nas', 'hotadd', 'nbd'];
 export const DISK_FORMATS: DiskFormat[] = ['same', 'thin', 'thick-lazy', 'thick-eager'];
 
-export interface VSphereRestoreRequest {
+export interface VSphereRestoreRequest extends VerifyRequestFields {
   /** Unique id of this restore; defaults to the workflow id's suffix. */
   restoreId?: string;
   restorePointId: string;
@@ -94,6 +95,8 @@ export interface VSphereRestoreResult {
   proxy: string;
   poweredOn: boolean;
   disks: DiskWriteResult[];
+  /** The boot verification: `skipped` unless the request asked for it. */
+  verification: RestoreVerification;
 }
 
 export type RestorePhase =
@@ -103,6 +106,7 @@ export type RestorePhase =
   | 'writing-disks'
   | 'committing-snapshot'
   | 'powering-on'
+  | 'verifying-boot'
   | 'compensating'
   | 'completed'
   | 'failed'

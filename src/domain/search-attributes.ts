@@ -7,6 +7,9 @@ export const RestoreTarget = defineSearchAttributeKey('RestoreTarget', SearchAtt
 /** The restore id that tags what a restore creates; the sweeper finds a resource's workflow by it. */
 export const RestoreIdKey = defineSearchAttributeKey('RestoreId', SearchAttributeType.KEYWORD);
 
+/** passed | failed | skipped: the restore's boot verification. */
+export const RestoreVerified = defineSearchAttributeKey('RestoreVerified', SearchAttributeType.KEYWORD);
+
 /** Registered on the Temporal server by the lab (and by operators for real clusters). */
 export const SEARCH_ATTRIBUTES: Record<string, 'Keyword'> = {
   RestoreKind: 'Keyword',
@@ -14,4 +17,5 @@ export const SEARCH_ATTRIBUTES: Record<string, 'Keyword'> = {
   RestorePhase: 'Keyword',
   RestoreTarget: 'Keyword',
   RestoreId: 'Keyword',
+  RestoreVerified: 'Keyword',
 };

@@ -1,4 +1,5 @@
 import { FailureType, RestoreError } from './errors';
+import { validateVerifyFields } from './verification';
 
 /**
  * vSphere display names: 1-80 characters, no path separators, wildcards or control characters, and not
@@ -111,6 +112,7 @@ function checkCommon(req: unknown): Record<string, unknown> {
   optText(req, 'restorePointId', RESTORE_POINT_ID);
   optText(req, 'proxy', INVENTORY_NAME);
   optBool(req, 'keepOnFailure');
+  validateVerifyFields(req);
   return req;
 }
 

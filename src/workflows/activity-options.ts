@@ -68,3 +68,21 @@ export function transferOptions(summary: string, where?: Pick<ActivityOptions, '
     summary,
   };
 }
+
+/**
+ * Boot verification on the verifier's queue: minutes of emulation, heartbeating every 5 s. A worker that
+ * dies mid-boot costs one heartbeat timeout and a new boot; a guest that does not boot is a report, not
+ * an error, so retries cover only the reading and the worker.
+ */
+export function verifyOptions(summary: string, taskQueue: string): ActivityOptions {
+  return {
+    taskQueue,
+    summary,
+    // No verifier serving the queue fails the restore instead of parking it.
+    scheduleToStartTimeout: '15 minutes',
+    startToCloseTimeout: '2 hours',
+    heartbeatTimeout: '30 seconds',
+    cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+    retry: retry(3),
+  };
+}

@@ -13,6 +13,8 @@ import type { AzureDiskResult, AzurePlan, AzureRestoreRequest, AzureRestoreResul
 import { controlOptions, leaseWaitOptions, transferOptions } from './activity-options';
 import type { RestorePhase, RestoreProgress } from '../domain/restore';
 import type { GuestChange } from '../guest/types';
+import type { RestoreVerification } from '../domain/verification';
+import { markVerification, verifyRestoredBoot } from './restore-verify';
 
 export const azureProgressQuery = defineQuery<RestoreProgress>('progress');
 
@@ -125,6 +127,20 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
       await releaseProxy();
     }
 
+    // Verified once prepared and detached, before the VM exists: Azure grants read access only to a disk no
+    // running VM holds, and a VM that fails never runs in production, not even once.
+    let verification: RestoreVerification = { status: 'skipped' };
+    if (request.verify) {
+      setPhase('verifying-boot', `managed disks of ${plan.vmName} booted as Gen${plan.generation} in the verification lab`);
+      verification = await verifyRestoredBoot(
+        { target: 'azure', plan, timeoutSeconds: request.verifyTimeoutSeconds },
+        request.keepOnVerifyFailure ?? false,
+        `the managed disks of '${plan.vmName}'`,
+      );
+    } else {
+      markVerification('skipped');
+    }
+
     setPhase('registering-vm', `${plan.vmName} (${plan.vmSize}, Gen${plan.generation})`);
     compensations.unshift(() => control.deleteNic({ plan }));
     await control.createNic({ plan });
@@ -147,6 +163,7 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
       guestChanges,
       guestWarnings,
       agentInstalled,
+      verification,
     };
   } catch (err) {
     const cancelled = isCancellation(err);

@@ -22,6 +22,8 @@ import type {
   VSphereRestoreRequest,
   VSphereRestoreResult,
 } from '../domain/restore';
+import type { RestoreVerification } from '../domain/verification';
+import { markVerification, verifyRestoredBoot } from './restore-verify';
 
 export const progressQuery = defineQuery<RestoreProgress>('progress');
 
@@ -104,19 +106,35 @@ export async function restoreToVSphere(request: VSphereRestoreRequest): Promise<
     setPhase('committing-snapshot');
     await control.commitSnapshot({ plan, vmRef: vm.vmRef });
 
-    if (plan.powerOn) {
+    // Verified before power-on: the flat extents are what was written, with no running VM changing them.
+    let verification: RestoreVerification = { status: 'skipped' };
+    if (request.verify) {
+      setPhase('verifying-boot', `${plan.vmName} booted from the datastore in the verification lab`);
+      verification = await verifyRestoredBoot(
+        { target: 'vsphere', plan, vmRef: vm.vmRef, network: request.verifyNetwork, timeoutSeconds: request.verifyTimeoutSeconds },
+        request.keepOnVerifyFailure ?? false,
+        `VM '${plan.vmName}'`,
+      );
+    } else {
+      markVerification('skipped');
+    }
+
+    // A VM that did not boot in the lab and was only kept for a look is not started.
+    const powerOn = plan.powerOn && verification.status !== 'failed';
+    if (powerOn) {
       setPhase('powering-on');
       await control.powerOnVm({ plan, vmRef: vm.vmRef });
     }
-    setPhase('completed');
+    setPhase('completed', verification.kept ? 'boot verification failed; VM kept (keepOnVerifyFailure)' : undefined);
     return {
       restoreId,
       vmName: plan.vmName,
       vmRef: vm.vmRef,
       datastore: plan.datastore,
       proxy: plan.proxy,
-      poweredOn: plan.powerOn,
+      poweredOn: powerOn,
       disks: results,
+      verification,
     };
   } catch (err) {
     const cancelled = isCancellation(err);
