@@ -280,7 +280,7 @@ async function bootOnce(req: BootRequest): Promise<BootReport> {
   // A unix socket path is limited to about 108 bytes: keep it short, outside workDir.
   const qmpSocket = path.join(os.tmpdir(), `vmr-qmp-${process.pid}-${Math.random().toString(36).slice(2, 8)}.sock`);
   let ovmf: { code: string; varsCopy: string } | undefined;
-  if (req.firmware === 'uefi') {
+  if (req.firmware === 'efi') {
     const found = findOvmf();
     const varsCopy = path.join(workDir, 'OVMF_VARS.fd');
     await fsp.copyFile(found.vars, varsCopy);

@@ -1,7 +1,9 @@
 import { existsSync } from 'node:fs';
 import { FailureType, RestoreError } from '../domain/errors';
+import type { Firmware } from '../domain/vm';
 
-export type BootFirmware = 'bios' | 'uefi';
+/** The repository's `Firmware`: `bios` boots SeaBIOS (Azure Generation 1), `efi` OVMF (Generation 2). */
+export type BootFirmware = Firmware;
 export type ScsiController = 'virtio-scsi' | 'lsi' | 'pvscsi';
 export type NicModel = 'virtio-net-pci' | 'vmxnet3' | 'e1000' | 'e1000e' | 'rtl8139';
 
@@ -109,7 +111,7 @@ export function qemuArgs(l: QemuLayout): string[] {
     '-qmp',
     `unix:${optValue(l.qmpSocket)},server=on,wait=off`,
   ];
-  if (l.firmware === 'uefi') {
+  if (l.firmware === 'efi') {
     if (!l.ovmf) throw new Error('uefi layout without OVMF files');
     args.push(
       '-drive',

@@ -132,7 +132,7 @@ async function requireTools(firmware: GuestFirmware): Promise<void> {
     ['grub-mkimage', firmware === 'bios' ? 'grub-pc-bin' : 'grub-efi-amd64-bin'],
     ['ssh-keygen', 'openssh-client'],
   ];
-  if (firmware === 'uefi') needed.push(['mkfs.fat', 'dosfstools'], ['mcopy', 'mtools']);
+  if (firmware === 'efi') needed.push(['mkfs.fat', 'dosfstools'], ['mcopy', 'mtools']);
   const platform = firmware === 'bios' ? 'i386-pc' : 'x86_64-efi';
   const missing: string[] = [];
   for (const [tool, pkg] of needed) {
@@ -249,7 +249,7 @@ async function writeAt(image: string, offset: number, data: Buffer): Promise<voi
   }
 }
 
-const GRUB_PLATFORM: Record<GuestFirmware, string> = { bios: 'i386-pc', uefi: 'x86_64-efi' };
+const GRUB_PLATFORM: Record<GuestFirmware, string> = { bios: 'i386-pc', efi: 'x86_64-efi' };
 
 /** A GRUB core image with the early config that finds the root filesystem by UUID and loads its grub.cfg. */
 async function grubCoreImage(firmware: GuestFirmware, rootFsUuid: string, work: string): Promise<string> {
@@ -284,7 +284,7 @@ async function installGrubBios(image: string, rootFsUuid: string, work: string):
 
 /** GRUB for x86_64-efi at the removable-media path of a FAT32 ESP built in place with mkfs.fat and mtools. */
 async function installGrubEfi(image: string, espOffset: number, espBytes: number, rootFsUuid: string, work: string): Promise<void> {
-  const efi = await grubCoreImage('uefi', rootFsUuid, work);
+  const efi = await grubCoreImage('efi', rootFsUuid, work);
   // Cluster size and hidden sectors explicit: mkfs.fat would size them for the whole image file otherwise.
   await run('mkfs.fat', [
     '-F',
@@ -350,7 +350,7 @@ async function build(name: GuestName, cacheDir: string, finalDir: string, log: (
       throw new RestoreError(FailureType.Configuration, `expected one kernel in the base tree, found: ${kernels.join(', ') || 'none'}`);
     const kernelVersion = kernels[0].slice('vmlinuz-'.length);
 
-    const uefi = recipe.firmware === 'uefi';
+    const uefi = recipe.firmware === 'efi';
     const rootFsUuid = await readUuid();
     const rootIndex = uefi ? 2 : 1;
     const files = guestFiles({
