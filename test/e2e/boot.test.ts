@@ -96,7 +96,9 @@ const GUEST_STATE = [
   'findmnt -n -o SOURCE /srv/data',
   'cat /srv/data/DISK-IDENTITY',
   'systemctl is-system-running || true',
-].join('; ');
+]
+  .map((c) => `${c} 2>&1`)
+  .join('; ');
 
 async function bootAsItWas(t: TestContext, image: GuestImage, firmwareName: string): Promise<BootReport> {
   let inside = '';
@@ -126,6 +128,7 @@ async function bootAsItWas(t: TestContext, image: GuestImage, firmwareName: stri
   // Logged in through the forward with the recorded host key: the NIC kept its VMware name and address,
   // and the second disk was mounted where fstab says.
   const lines = inside.trim().split('\n');
+  t.diagnostic(`inside ${image.name}: ${lines.join(' | ')}`);
   assert.equal(lines[0], image.network.mac);
   assert.match(lines[1], new RegExp(`inet ${image.network.address.replace(/\./g, '\\.')}/${image.network.prefixLength}`));
   assert.equal(lines[2], '/dev/sdb1');

@@ -185,8 +185,13 @@ async function ensureBaseTree(
     }
     const seconds = (Date.now() - started) / 1000;
     await fsp.writeFile(path.join(tmp, 'complete.json'), JSON.stringify({ suite: DEBIAN_SUITE, packages: BASE_PACKAGES, mirror, seconds }));
-    await fsp.rm(dir, { recursive: true, force: true });
-    await fsp.rename(tmp, dir);
+    try {
+      await fsp.rename(tmp, dir);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if ((code !== 'ENOTEMPTY' && code !== 'EEXIST') || !existsSync(stamp)) throw e;
+      await fsp.rm(tmp, { recursive: true, force: true }); // another process bootstrapped it first
+    }
     return { root, seconds, cached: false, mirror };
   } catch (e) {
     await fsp.rm(tmp, { recursive: true, force: true });
@@ -458,8 +463,15 @@ async function build(name: GuestName, cacheDir: string, finalDir: string, log: (
       },
     };
     await fsp.writeFile(path.join(work, 'guest.json'), `${JSON.stringify(image, null, 2)}\n`);
-    await fsp.rm(finalDir, { recursive: true, force: true });
-    await fsp.rename(work, finalDir);
+    try {
+      await fsp.rename(work, finalDir);
+    } catch (e) {
+      // Another process finished the same recipe first: its images, key and host keys belong together.
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw e;
+      await fsp.rm(work, { recursive: true, force: true });
+      return JSON.parse(await fsp.readFile(path.join(finalDir, 'guest.json'), 'utf8')) as GuestImage;
+    }
     await pruneStale(cacheDir, name, finalDir);
     return image;
   } catch (e) {
