@@ -168,7 +168,11 @@ async function ensureBaseTree(
   const root = path.join(dir, 'root');
   const stamp = path.join(dir, 'complete.json');
   const mirror = debianMirror(DEBIAN_SUITE);
-  if (existsSync(stamp)) return { root, seconds: (Date.now() - started) / 1000, cached: true, mirror };
+  if (existsSync(stamp)) {
+    const now = new Date();
+    await fsp.utimes(stamp, now, now).catch(() => undefined);
+    return { root, seconds: (Date.now() - started) / 1000, cached: true, mirror };
+  }
 
   const tmp = await fsp.mkdtemp(path.join(cacheDir, '.base-'));
   try {
@@ -480,21 +484,26 @@ async function build(name: GuestName, cacheDir: string, finalDir: string, log: (
   }
 }
 
-/** Earlier builds of the same guest and base trees of other recipes: gigabytes nothing reads any more. */
+/** A build not used for this long is removed by the next build of the same guest. */
+const STALE_AFTER_MS = 24 * 3600_000;
+
+/**
+ * Builds of the same guest from other recipes that no one used for a day, and base trees of other
+ * package lists as old: other checkouts share the cache, so anything recent may be booting right now.
+ */
 async function pruneStale(cacheDir: string, name: GuestName, keep: string): Promise<void> {
   const currentBase = `base-${baseTreeHash()}`;
+  const cutoff = Date.now() - STALE_AFTER_MS;
   for (const entry of await fsp.readdir(cacheDir)) {
     const dir = path.join(cacheDir, entry);
     if (dir === keep || entry === currentBase || entry.startsWith('.')) continue;
-    if (entry.startsWith('base-')) {
-      await fsp.rm(dir, { recursive: true, force: true });
-      continue;
-    }
     try {
-      const other = JSON.parse(await fsp.readFile(path.join(dir, 'guest.json'), 'utf8')) as GuestImage;
-      if (other.name === name) await fsp.rm(dir, { recursive: true, force: true });
+      const stamp = path.join(dir, entry.startsWith('base-') ? 'complete.json' : 'guest.json');
+      if ((await fsp.stat(stamp)).mtimeMs > cutoff) continue;
+      if (!entry.startsWith('base-') && (JSON.parse(await fsp.readFile(stamp, 'utf8')) as GuestImage).name !== name) continue;
+      await fsp.rm(dir, { recursive: true, force: true });
     } catch {
-      // not a finished guest build: another process may be writing it
+      // not a finished build: another process may be writing it
     }
   }
 }
@@ -525,6 +534,9 @@ export function ensureGuestImage(name: GuestName, opts: EnsureGuestOptions = {})
     const manifest = path.join(finalDir, 'guest.json');
     if (existsSync(manifest)) {
       const image = JSON.parse(await fsp.readFile(manifest, 'utf8')) as GuestImage;
+      // Marks the build as in use, so that pruning leaves it alone.
+      const now = new Date();
+      await fsp.utimes(manifest, now, now).catch(() => undefined);
       return { image, cached: true, seconds: (Date.now() - started) / 1000 };
     }
     await fsp.mkdir(cacheDir, { recursive: true });
