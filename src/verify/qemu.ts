@@ -110,6 +110,10 @@ export function qemuArgs(l: QemuLayout): string[] {
     'isa-debugcon,iobase=0x402,chardev=fwlog',
     '-qmp',
     `unix:${optValue(l.qmpSocket)},server=on,wait=off`,
+    // Host entropy, as vSphere and Azure hosts give their guests: under TCG alone the kernel's random pool
+    // can take minutes to initialise, and sshd waits for it.
+    '-device',
+    'virtio-rng-pci',
   ];
   if (l.firmware === 'efi') {
     if (!l.ovmf) throw new Error('uefi layout without OVMF files');
