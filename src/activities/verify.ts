@@ -209,7 +209,7 @@ export function createVerifyActivities(deps: VerifyDeps) {
     const mac = backedUp ?? restored;
     if (!mac) throw new RestoreError(FailureType.InvalidRequest, `VM '${plan.vmName}' has no NIC with a MAC address to verify with`);
     return {
-      firmware: cfg.firmware === 'efi' ? ('uefi' as const) : ('bios' as const),
+      firmware: cfg.firmware,
       disks: out,
       mac: mac.toLowerCase(),
       macFrom: backedUp ? 'the backed-up VM config' : 'the restored VM config',
@@ -254,7 +254,7 @@ export function createVerifyActivities(deps: VerifyDeps) {
     ];
     for (const [i, d] of ordered.slice(1).entries()) disks.push(await read(d, i + 2));
     return {
-      firmware: plan.generation === 2 ? ('uefi' as const) : ('bios' as const),
+      firmware: plan.generation === 2 ? ('efi' as const) : ('bios' as const),
       disks,
       mac: azureMac(plan.restoreId),
       macFrom: "Azure's OUI (the NIC is created after verification)",

@@ -42,7 +42,7 @@ export interface VerificationCheck {
 /** What a restore result carries of a boot: checks and times, no files, no command lines, no secrets. */
 export interface VerificationReport {
   verdict: 'passed' | 'failed';
-  firmware: 'bios' | 'uefi';
+  firmware: 'bios' | 'efi';
   accelerator: 'tcg';
   /** Time from power-on to the SSH banner: the measured recovery time. */
   recoveryTimeMs?: number;

@@ -99,10 +99,12 @@ export interface BootReport {
 
 const DEFAULT_TIMEOUT_MS = 300_000;
 const POLL_MS = 500;
+const PROBE_INTERVAL_MS = 2_000;
 /** After the banner, a little longer for late serial output (a getty prompt) to land. */
 const SETTLE_MS = 2_000;
 const TAIL_LINES = 40;
 
+const SSH_BANNER = /^SSH-(2\.0|1\.99)-/;
 const KERNEL_LINE = /Linux version \d|\[\s*\d+\.\d{6}\]|login:|Welcome to .*(Debian|Linux)|systemd\[1\]|Reached target|Started .*\.service/;
 const EMERGENCY = [
   /You are in emergency mode/,
@@ -261,6 +263,8 @@ interface Observed {
   emergencyLine?: string;
   bannerMs?: number;
   banner?: string;
+  /** The last line the SSH port sent that was not a banner. */
+  lastNonBanner?: string;
   dhcpMs?: number;
   dhcpAddress?: string;
 }
@@ -280,7 +284,7 @@ async function bootOnce(req: BootRequest): Promise<BootReport> {
   // A unix socket path is limited to about 108 bytes: keep it short, outside workDir.
   const qmpSocket = path.join(os.tmpdir(), `vmr-qmp-${process.pid}-${Math.random().toString(36).slice(2, 8)}.sock`);
   let ovmf: { code: string; varsCopy: string } | undefined;
-  if (req.firmware === 'uefi') {
+  if (req.firmware === 'efi') {
     const found = findOvmf();
     const varsCopy = path.join(workDir, 'OVMF_VARS.fd');
     await fsp.copyFile(found.vars, varsCopy);
@@ -335,6 +339,7 @@ async function bootOnce(req: BootRequest): Promise<BootReport> {
     qmp = await Promise.race([QmpClient.connect(qmpSocket), exitedPromise.then(() => undefined)]);
     let bannerProbe: Promise<void> | undefined;
     let settleUntil: number | undefined;
+    let nextProbeAt = 0;
     for (;;) {
       const now = Date.now();
       const elapsed = now - started;
@@ -404,12 +409,17 @@ async function bootOnce(req: BootRequest): Promise<BootReport> {
           seen.dhcpAddress = ack.yourAddress;
         }
       }
-      if (seen.bannerMs === undefined && !bannerProbe) {
+      if (seen.bannerMs === undefined && !bannerProbe && now >= nextProbeAt) {
+        // Spaced out: each probe slirp holds open becomes an unauthenticated connection once sshd listens.
+        nextProbeAt = now + PROBE_INTERVAL_MS;
         bannerProbe = probeBanner(port, 3_000).then((line) => {
           bannerProbe = undefined;
-          if (line && seen.bannerMs === undefined) {
+          // Only a protocol banner counts: sshd refusing ("Exceeded MaxStartups") is not an answer.
+          if (line && SSH_BANNER.test(line) && seen.bannerMs === undefined) {
             seen.bannerMs = Date.now() - started;
             seen.banner = line;
+          } else if (line) {
+            seen.lastNonBanner = line;
           }
         });
       }
@@ -570,7 +580,7 @@ function decide(
           name: 'sshBanner',
           status: 'failed',
           required: true,
-          detail: `no SSH banner from ${n.guestAddress}:${req.sshPort ?? 22}: ${notReached}`,
+          detail: `no SSH banner from ${n.guestAddress}:${req.sshPort ?? 22}: ${notReached}${seen.lastNonBanner ? ` (it answered "${seen.lastNonBanner}")` : ''}`,
         },
   );
 

@@ -4,7 +4,7 @@ import { ensureGuestImage, GUEST_RECIPES, type GuestName } from '../lab/guests';
 import { verifyBoot, type BootReport, type BootRequest } from './boot';
 import type { NicModel, ScsiController } from './qemu';
 
-export const VERIFY_USAGE = `  vmrestore verify --firmware bios|uefi --disk IMAGE [--disk IMAGE]... --mac MAC [--nic-model M]
+export const VERIFY_USAGE = `  vmrestore verify --firmware bios|efi --disk IMAGE [--disk IMAGE]... --mac MAC [--nic-model M]
         [--scsi virtio-scsi|lsi|pvscsi] [--subnet CIDR] [--gateway IP] [--guest-address IP]
         [--no-dhcp] [--no-serial] [--timeout SECONDS] [--json]
   vmrestore verify --guest ${Object.keys(GUEST_RECIPES).join('|')} [--json]   (a lab guest, as it was on VMware)`;
@@ -62,7 +62,7 @@ export async function verifyRequestFromArgs(args: string[], log: (s: string) => 
       timeoutMs,
     };
   }
-  if (values.firmware !== 'bios' && values.firmware !== 'uefi') bad(`--firmware must be bios or uefi (got '${values.firmware ?? ''}')`);
+  if (values.firmware !== 'bios' && values.firmware !== 'efi') bad(`--firmware must be bios or efi (got '${values.firmware ?? ''}')`);
   if (!values.disk || values.disk.length === 0) bad('verify needs at least one --disk IMAGE (the boot disk first)');
   if (!values.mac) bad('verify needs --mac, the MAC address the guest expects on its NIC');
   return {

@@ -1,7 +1,9 @@
 import { existsSync } from 'node:fs';
 import { FailureType, RestoreError } from '../domain/errors';
+import type { Firmware } from '../domain/vm';
 
-export type BootFirmware = 'bios' | 'uefi';
+/** The repository's `Firmware`: `bios` boots SeaBIOS (Azure Generation 1), `efi` OVMF (Generation 2). */
+export type BootFirmware = Firmware;
 export type ScsiController = 'virtio-scsi' | 'lsi' | 'pvscsi';
 export type NicModel = 'virtio-net-pci' | 'vmxnet3' | 'e1000' | 'e1000e' | 'rtl8139';
 
@@ -108,8 +110,12 @@ export function qemuArgs(l: QemuLayout): string[] {
     'isa-debugcon,iobase=0x402,chardev=fwlog',
     '-qmp',
     `unix:${optValue(l.qmpSocket)},server=on,wait=off`,
+    // Host entropy, as vSphere and Azure hosts give their guests: under TCG alone the kernel's random pool
+    // can take minutes to initialise, and sshd waits for it.
+    '-device',
+    'virtio-rng-pci',
   ];
-  if (l.firmware === 'uefi') {
+  if (l.firmware === 'efi') {
     if (!l.ovmf) throw new Error('uefi layout without OVMF files');
     args.push(
       '-drive',

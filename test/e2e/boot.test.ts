@@ -13,8 +13,8 @@ import { verifyBoot, type BootCheckName, type BootReport, type BootRequest } fro
  */
 
 const BUILD_TIMEOUT = 30 * 60_000;
-/** Under TCG a boot takes 30-90 s on an idle 2-core machine, several minutes on a loaded one. */
-const BOOT_LIMIT_MS = 600_000;
+/** Under TCG a boot takes 1-3 min on a 2-core machine, up to ten when other work shares the cores. */
+const BOOT_LIMIT_MS = 900_000;
 const TEST_TIMEOUT = BOOT_LIMIT_MS + 120_000;
 
 let dir: string;
@@ -96,7 +96,9 @@ const GUEST_STATE = [
   'findmnt -n -o SOURCE /srv/data',
   'cat /srv/data/DISK-IDENTITY',
   'systemctl is-system-running || true',
-].join('; ');
+]
+  .map((c) => `${c} 2>&1`)
+  .join('; ');
 
 async function bootAsItWas(t: TestContext, image: GuestImage, firmwareName: string): Promise<BootReport> {
   let inside = '';
@@ -126,6 +128,7 @@ async function bootAsItWas(t: TestContext, image: GuestImage, firmwareName: stri
   // Logged in through the forward with the recorded host key: the NIC kept its VMware name and address,
   // and the second disk was mounted where fstab says.
   const lines = inside.trim().split('\n');
+  t.diagnostic(`inside ${image.name}: ${lines.join(' | ')}`);
   assert.equal(lines[0], image.network.mac);
   assert.match(lines[1], new RegExp(`inet ${image.network.address.replace(/\./g, '\\.')}/${image.network.prefixLength}`));
   assert.equal(lines[2], '/dev/sdb1');
@@ -148,8 +151,8 @@ describe('lab guests boot in the verification lab as they were on VMware', { con
 
 describe('negative control: checks fail when the guest cannot reach the network', () => {
   it('the BIOS guest behind another NIC on a DHCP-only network gets no lease and no SSH', { timeout: TEST_TIMEOUT }, async (t) => {
-    // Twice the time it took to answer as it was (at least a minute): long enough that silence means failure.
-    const timeoutMs = Math.min(BOOT_LIMIT_MS, Math.max(60_000, 2 * (biosRecoveryMs ?? BOOT_LIMIT_MS)));
+    // Twice the time it took to answer as it was (90 s to 10 min): long enough that silence means failure.
+    const timeoutMs = Math.min(600_000, Math.max(90_000, 2 * (biosRecoveryMs ?? 300_000)));
     const report = await verifyBoot({
       name: 'debian12-bios-other-nic',
       firmware: 'bios',

@@ -1,3 +1,4 @@
+import { ensureGuestImage } from '../../src/lab/guests';
 import { spawn } from 'node:child_process';
 import { existsSync, promises as fsp } from 'node:fs';
 import { homedir } from 'node:os';
@@ -31,18 +32,10 @@ export async function findBaseTree(): Promise<string | null> {
   return null;
 }
 
-/** The lab builder's own UEFI Debian guest image, if it has been built here. */
-export async function findBuiltUefiGuest(): Promise<{ osDisk: string; dataDisk: string; rootUuid: string } | null> {
-  const dir = join(homedir(), '.cache/vmrestore/guests');
-  for (const n of await fsp.readdir(dir).catch(() => [] as string[])) {
-    const meta = await fsp.readFile(join(dir, n, 'guest.json'), 'utf8').catch(() => null);
-    if (!meta) continue;
-    const g = JSON.parse(meta) as { firmware?: string; osDisk?: string; dataDisk?: string; rootPartition?: { fsUuid?: string } };
-    if (g.firmware === 'uefi' && g.osDisk && g.dataDisk && existsSync(g.osDisk) && existsSync(g.dataDisk) && g.rootPartition?.fsUuid) {
-      return { osDisk: g.osDisk, dataDisk: g.dataDisk, rootUuid: g.rootPartition.fsUuid };
-    }
-  }
-  return null;
+/** The lab builder's own UEFI Debian guest image (built once with debootstrap, then cached). */
+export async function findBuiltUefiGuest(): Promise<{ osDisk: string; dataDisk: string; rootUuid: string }> {
+  const { image } = await ensureGuestImage('debian12-uefi');
+  return { osDisk: image.osDisk, dataDisk: image.dataDisk, rootUuid: image.rootPartition.fsUuid };
 }
 
 export interface UefiLinuxDisk {

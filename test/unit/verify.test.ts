@@ -1,7 +1,12 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { RestoreError } from '../../src/domain/errors';
+import { promises as fsp } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { GUEST_RECIPES, guestVmJson, type GuestImage } from '../../src/lab/guests';
 import { debianMirror, parseDeb822Sources, parseOneLineSources } from '../../src/lab/guests/mirror';
+import { readVmJson } from '../../src/repository/vmJson';
 import { readGuestTraffic, resolveNetwork, verifyBoot } from '../../src/verify';
 import { verifyRequestFromArgs } from '../../src/verify/cli';
 import { qemuArgs } from '../../src/verify/qemu';
@@ -129,7 +134,7 @@ describe('verification network and qemu command line', () => {
 
   it('puts the disks on one SCSI controller in the given order and boots the first', () => {
     const args = qemuArgs({
-      firmware: 'uefi',
+      firmware: 'efi',
       ovmf: { code: '/fw/CODE.fd', varsCopy: '/w/VARS,copy.fd' },
       cpus: 2,
       memoryMiB: 2048,
@@ -224,7 +229,7 @@ describe('vmrestore verify command line', () => {
     const req = await verifyRequestFromArgs(
       [
         '--firmware',
-        'uefi',
+        'efi',
         '--disk',
         '/d/os.vhd',
         '--disk',
@@ -243,13 +248,13 @@ describe('vmrestore verify command line', () => {
       { path: '/d/os.vhd', format: 'vpc' },
       { path: '/d/res.img', format: 'raw' },
     ]);
-    assert.equal(req.firmware, 'uefi');
+    assert.equal(req.firmware, 'efi');
     assert.equal(req.scsiController, 'lsi');
     assert.deepEqual(req.expect, { dhcp: true, serialConsole: false });
     assert.equal(req.timeoutMs, 90_000);
     await assert.rejects(
-      verifyRequestFromArgs(['--firmware', 'efi'], () => {}),
-      /--firmware must be bios or uefi \(got 'efi'\)/,
+      verifyRequestFromArgs(['--firmware', 'uefi'], () => {}),
+      /--firmware must be bios or efi \(got 'uefi'\)/,
     );
     await assert.rejects(
       verifyRequestFromArgs(['--firmware', 'bios', '--mac', GUEST], () => {}),
@@ -263,5 +268,36 @@ describe('vmrestore verify command line', () => {
       verifyRequestFromArgs(['--guest', 'debian11'], () => {}),
       /--guest 'debian11' must be one of debian12-bios, debian12-uefi/,
     );
+  });
+});
+
+describe('lab guests as repository VMs', () => {
+  it('gives a vm.json the repository accepts: firmware, the persistent-net MAC, OS then data disk', async () => {
+    const dir = await fsp.mkdtemp(join(tmpdir(), 'guest-vmjson-'));
+    try {
+      const r = GUEST_RECIPES['debian12-uefi'];
+      const image = {
+        firmware: r.firmware,
+        osDisk: join(dir, 'os.img'),
+        dataDisk: join(dir, 'data.img'),
+        network: { mac: r.mac },
+      } as GuestImage;
+      await fsp.writeFile(image.osDisk, Buffer.alloc(1024 * 1024));
+      await fsp.writeFile(image.dataDisk, Buffer.alloc(512 * 1024));
+      await fsp.writeFile(join(dir, 'vm.json'), JSON.stringify(guestVmJson(image, 'demo-deb12-uefi')));
+      const { vm, diskImagePaths } = await readVmJson(join(dir, 'vm.json'));
+      assert.equal(vm.firmware, 'efi');
+      assert.deepEqual(vm.nics, [{ network: 'VM Network', macAddress: r.mac }]);
+      assert.deepEqual(diskImagePaths, [image.osDisk, image.dataDisk]);
+      assert.deepEqual(
+        vm.disks.map((d) => [d.label, d.capacityBytes]),
+        [
+          ['root', 1024 * 1024],
+          ['data', 512 * 1024],
+        ],
+      );
+    } finally {
+      await fsp.rm(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -132,7 +132,7 @@ async function requireTools(firmware: GuestFirmware): Promise<void> {
     ['grub-mkimage', firmware === 'bios' ? 'grub-pc-bin' : 'grub-efi-amd64-bin'],
     ['ssh-keygen', 'openssh-client'],
   ];
-  if (firmware === 'uefi') needed.push(['mkfs.fat', 'dosfstools'], ['mcopy', 'mtools']);
+  if (firmware === 'efi') needed.push(['mkfs.fat', 'dosfstools'], ['mcopy', 'mtools']);
   const platform = firmware === 'bios' ? 'i386-pc' : 'x86_64-efi';
   const missing: string[] = [];
   for (const [tool, pkg] of needed) {
@@ -168,7 +168,11 @@ async function ensureBaseTree(
   const root = path.join(dir, 'root');
   const stamp = path.join(dir, 'complete.json');
   const mirror = debianMirror(DEBIAN_SUITE);
-  if (existsSync(stamp)) return { root, seconds: (Date.now() - started) / 1000, cached: true, mirror };
+  if (existsSync(stamp)) {
+    const now = new Date();
+    await fsp.utimes(stamp, now, now).catch(() => undefined);
+    return { root, seconds: (Date.now() - started) / 1000, cached: true, mirror };
+  }
 
   const tmp = await fsp.mkdtemp(path.join(cacheDir, '.base-'));
   try {
@@ -185,8 +189,13 @@ async function ensureBaseTree(
     }
     const seconds = (Date.now() - started) / 1000;
     await fsp.writeFile(path.join(tmp, 'complete.json'), JSON.stringify({ suite: DEBIAN_SUITE, packages: BASE_PACKAGES, mirror, seconds }));
-    await fsp.rm(dir, { recursive: true, force: true });
-    await fsp.rename(tmp, dir);
+    try {
+      await fsp.rename(tmp, dir);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if ((code !== 'ENOTEMPTY' && code !== 'EEXIST') || !existsSync(stamp)) throw e;
+      await fsp.rm(tmp, { recursive: true, force: true }); // another process bootstrapped it first
+    }
     return { root, seconds, cached: false, mirror };
   } catch (e) {
     await fsp.rm(tmp, { recursive: true, force: true });
@@ -249,7 +258,7 @@ async function writeAt(image: string, offset: number, data: Buffer): Promise<voi
   }
 }
 
-const GRUB_PLATFORM: Record<GuestFirmware, string> = { bios: 'i386-pc', uefi: 'x86_64-efi' };
+const GRUB_PLATFORM: Record<GuestFirmware, string> = { bios: 'i386-pc', efi: 'x86_64-efi' };
 
 /** A GRUB core image with the early config that finds the root filesystem by UUID and loads its grub.cfg. */
 async function grubCoreImage(firmware: GuestFirmware, rootFsUuid: string, work: string): Promise<string> {
@@ -284,7 +293,7 @@ async function installGrubBios(image: string, rootFsUuid: string, work: string):
 
 /** GRUB for x86_64-efi at the removable-media path of a FAT32 ESP built in place with mkfs.fat and mtools. */
 async function installGrubEfi(image: string, espOffset: number, espBytes: number, rootFsUuid: string, work: string): Promise<void> {
-  const efi = await grubCoreImage('uefi', rootFsUuid, work);
+  const efi = await grubCoreImage('efi', rootFsUuid, work);
   // Cluster size and hidden sectors explicit: mkfs.fat would size them for the whole image file otherwise.
   await run('mkfs.fat', [
     '-F',
@@ -350,7 +359,7 @@ async function build(name: GuestName, cacheDir: string, finalDir: string, log: (
       throw new RestoreError(FailureType.Configuration, `expected one kernel in the base tree, found: ${kernels.join(', ') || 'none'}`);
     const kernelVersion = kernels[0].slice('vmlinuz-'.length);
 
-    const uefi = recipe.firmware === 'uefi';
+    const uefi = recipe.firmware === 'efi';
     const rootFsUuid = await readUuid();
     const rootIndex = uefi ? 2 : 1;
     const files = guestFiles({
@@ -458,8 +467,15 @@ async function build(name: GuestName, cacheDir: string, finalDir: string, log: (
       },
     };
     await fsp.writeFile(path.join(work, 'guest.json'), `${JSON.stringify(image, null, 2)}\n`);
-    await fsp.rm(finalDir, { recursive: true, force: true });
-    await fsp.rename(work, finalDir);
+    try {
+      await fsp.rename(work, finalDir);
+    } catch (e) {
+      // Another process finished the same recipe first: its images, key and host keys belong together.
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw e;
+      await fsp.rm(work, { recursive: true, force: true });
+      return JSON.parse(await fsp.readFile(path.join(finalDir, 'guest.json'), 'utf8')) as GuestImage;
+    }
     await pruneStale(cacheDir, name, finalDir);
     return image;
   } catch (e) {
@@ -468,21 +484,26 @@ async function build(name: GuestName, cacheDir: string, finalDir: string, log: (
   }
 }
 
-/** Earlier builds of the same guest and base trees of other recipes: gigabytes nothing reads any more. */
+/** A build not used for this long is removed by the next build of the same guest. */
+const STALE_AFTER_MS = 24 * 3600_000;
+
+/**
+ * Builds of the same guest from other recipes that no one used for a day, and base trees of other
+ * package lists as old: other checkouts share the cache, so anything recent may be booting right now.
+ */
 async function pruneStale(cacheDir: string, name: GuestName, keep: string): Promise<void> {
   const currentBase = `base-${baseTreeHash()}`;
+  const cutoff = Date.now() - STALE_AFTER_MS;
   for (const entry of await fsp.readdir(cacheDir)) {
     const dir = path.join(cacheDir, entry);
     if (dir === keep || entry === currentBase || entry.startsWith('.')) continue;
-    if (entry.startsWith('base-')) {
-      await fsp.rm(dir, { recursive: true, force: true });
-      continue;
-    }
     try {
-      const other = JSON.parse(await fsp.readFile(path.join(dir, 'guest.json'), 'utf8')) as GuestImage;
-      if (other.name === name) await fsp.rm(dir, { recursive: true, force: true });
+      const stamp = path.join(dir, entry.startsWith('base-') ? 'complete.json' : 'guest.json');
+      if ((await fsp.stat(stamp)).mtimeMs > cutoff) continue;
+      if (!entry.startsWith('base-') && (JSON.parse(await fsp.readFile(stamp, 'utf8')) as GuestImage).name !== name) continue;
+      await fsp.rm(dir, { recursive: true, force: true });
     } catch {
-      // not a finished guest build: another process may be writing it
+      // not a finished build: another process may be writing it
     }
   }
 }
@@ -513,6 +534,9 @@ export function ensureGuestImage(name: GuestName, opts: EnsureGuestOptions = {})
     const manifest = path.join(finalDir, 'guest.json');
     if (existsSync(manifest)) {
       const image = JSON.parse(await fsp.readFile(manifest, 'utf8')) as GuestImage;
+      // Marks the build as in use, so that pruning leaves it alone.
+      const now = new Date();
+      await fsp.utimes(manifest, now, now).catch(() => undefined);
       return { image, cached: true, seconds: (Date.now() - started) / 1000 };
     }
     await fsp.mkdir(cacheDir, { recursive: true });

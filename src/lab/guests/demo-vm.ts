@@ -8,8 +8,7 @@ export function guestVmJson(image: GuestImage, name: string): Record<string, unk
   return {
     name,
     guestOs: 'linux',
-    // vm.json says 'efi', as vSphere does; the guest recipes say 'uefi'.
-    firmware: image.firmware === 'uefi' ? 'efi' : 'bios',
+    firmware: image.firmware,
     cpus: 2,
     memoryMiB: 2048,
     nics: [{ network: 'VM Network', macAddress: image.network.mac }],

@@ -1,3 +1,5 @@
+import type { Firmware } from '../../domain/vm';
+
 /**
  * Recipes of the bootable Debian 12 test guests. Each looks like a guest that lived on VMware: a static
  * address on the VMware NIC name, a persistent-net rule pinned to its VMware MAC, fstab by /dev/sdX with a
@@ -6,7 +8,8 @@
  */
 
 export type GuestName = 'debian12-bios' | 'debian12-uefi';
-export type GuestFirmware = 'bios' | 'uefi';
+/** As the repository's VM config names it (`Firmware`). */
+export type GuestFirmware = Firmware;
 export type GuestNetworkStyle = 'ifupdown' | 'networkd';
 
 export interface GuestRecipe {
@@ -60,7 +63,7 @@ export const GUEST_RECIPES: Record<GuestName, GuestRecipe> = {
   },
   'debian12-uefi': {
     name: 'debian12-uefi',
-    firmware: 'uefi',
+    firmware: 'efi',
     hostname: 'deb12-uefi',
     networkStyle: 'networkd',
     nicName: 'ens160',
@@ -217,7 +220,7 @@ export function guestFiles(ctx: GuestFileContext): Map<string, GuestFile> {
 /** grub.cfg in the shape update-grub writes, so tools that parse one find what they expect. */
 export function grubConfig(ctx: GuestFileContext): string {
   const k = ctx.kernelVersion;
-  const partModule = ctx.recipe.firmware === 'uefi' ? 'part_gpt' : 'part_msdos';
+  const partModule = ctx.recipe.firmware === 'efi' ? 'part_gpt' : 'part_msdos';
   const entry = [
     `menuentry 'Debian GNU/Linux' --class debian --class gnu-linux --class gnu --class os $menuentry_id_option 'gnulinux-simple-${ctx.rootFsUuid}' {`,
     '\tload_video',
@@ -270,5 +273,5 @@ export function grubEarlyConfig(rootFsUuid: string): string {
 /** Modules built into the GRUB core image, per platform. */
 export const GRUB_CORE_MODULES: Record<GuestFirmware, string[]> = {
   bios: ['biosdisk', 'part_msdos', 'ext2', 'search_fs_uuid', 'normal'],
-  uefi: ['part_gpt', 'part_msdos', 'fat', 'ext2', 'search_fs_uuid', 'normal', 'efi_gop', 'efi_uga'],
+  efi: ['part_gpt', 'part_msdos', 'fat', 'ext2', 'search_fs_uuid', 'normal', 'efi_gop', 'efi_uga'],
 };
