@@ -414,7 +414,8 @@ function parseAgentInstaller(v: unknown, baseDir: string): AgentInstallerConfig 
   const sha256 = str(r, 'sha256', w, false);
   if (sha256 !== undefined && !/^[0-9a-fA-F]{64}$/.test(sha256))
     bad(`${w}.sha256`, `expected 64 hex digits, got ${JSON.stringify(sha256)}`);
-  return { path: path.resolve(baseDir, str(r, 'path', w)!), sha256: sha256?.toLowerCase() };
+  const file = path.resolve(baseDir, str(r, 'path', w)!);
+  return sha256 === undefined ? { path: file } : { path: file, sha256: sha256.toLowerCase() };
 }
 
 function parseAzure(a: Record<string, unknown>, baseDir: string): AzureConfig {
