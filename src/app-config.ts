@@ -1,6 +1,7 @@
 import path from 'node:path';
 import { applyEnvOverrides, configFilePath, loadConfigFile, type AppConfig, type AzureConfig } from './config';
 import type { LabAzure } from './lab/azure';
+import { labAgentInstaller } from './lab/agent-installer';
 import { FailureType, RestoreError } from './domain/errors';
 import { labDir, readLabState, type LabState } from './lab/lab';
 
@@ -72,6 +73,8 @@ function labAzureConfig(a: LabAzure, blobConnectionString: string): AzureConfig 
     caCertPath: a.caCertPath || undefined,
     blobConnectionString,
     leaseHolderCheckSeconds: Number(process.env.VMRESTORE_AZURE_LEASE_CHECK_SECONDS ?? 30),
+    // A small, clearly marked stand-in the simulator recognises once staged: the lab restores Windows with the agent.
+    windowsAgentInstaller: { path: labAgentInstaller() },
     proxies: [
       {
         name: 'lab-azure-proxy',

@@ -70,6 +70,18 @@ export interface AzureConfig {
   leaseHolderCheckSeconds?: number;
   /** Location → helper appliance VM for Linux guest preparation. */
   helpers: Record<string, HelperApplianceConfig>;
+  /**
+   * WindowsAzureVmAgent.msi, staged on restored Windows disks with a RunOnce entry that installs it. Without
+   * it a Windows restore stages nothing for the agent, warns, and does not claim the agent.
+   */
+  windowsAgentInstaller?: AgentInstallerConfig;
+}
+
+export interface AgentInstallerConfig {
+  /** Absolute path on the worker (a relative one in a config file is taken from the file's directory). */
+  path: string;
+  /** Expected SHA-256 (64 hex digits); a file with another digest stops the restore. */
+  sha256?: string;
 }
 
 export interface HelperApplianceConfig {
@@ -297,7 +309,7 @@ export function parseConfig(raw: unknown, source: string, baseDir: string): AppC
   };
   return {
     temporal,
-    azure: root.azure === undefined ? undefined : parseAzure(record(root.azure, 'azure')),
+    azure: root.azure === undefined ? undefined : parseAzure(record(root.azure, 'azure'), baseDir),
     repository: { path: path.resolve(baseDir, repoPath) },
     vsphere: { defaultProfile, profiles },
     proxies,
@@ -323,6 +335,12 @@ export function applyEnvOverrides(cfg: AppConfig, env: NodeJS.ProcessEnv = proce
     const keyId = env.VMRESTORE_ENCRYPTION_KEY_ID || 'default';
     const keys = { ...out.temporal.encryption?.keys, [keyId]: { keyFile: path.resolve(env.VMRESTORE_ENCRYPTION_KEY_FILE) } };
     out.temporal.encryption = { keyId, keys };
+  }
+  const agent = env.VMRESTORE_AZURE_WINDOWS_AGENT_INSTALLER;
+  if (agent !== undefined && out.azure) {
+    // A path configures the installer (its digest unchecked); 'none' configures none.
+    const windowsAgentInstaller = agent === 'none' ? undefined : agent ? { path: path.resolve(agent) } : out.azure.windowsAgentInstaller;
+    out.azure = { ...out.azure, windowsAgentInstaller };
   }
   if (!/^[^:\s]+:\d+$/.test(out.temporal.address)) {
     bad('VMRESTORE_TEMPORAL_ADDRESS', `expected host:port, got '${out.temporal.address}'`);
@@ -397,7 +415,19 @@ function parseCredential(a: Record<string, unknown>): AzureCredentialConfig | un
   }
 }
 
-function parseAzure(a: Record<string, unknown>): AzureConfig {
+function parseAgentInstaller(v: unknown, baseDir: string): AgentInstallerConfig | undefined {
+  if (v === undefined) return undefined;
+  const w = 'azure.windowsAgentInstaller';
+  const r = record(v, w);
+  for (const k of Object.keys(r)) if (k !== 'path' && k !== 'sha256') bad(`${w}.${k}`, 'unknown key (known: path, sha256)');
+  const sha256 = str(r, 'sha256', w, false);
+  if (sha256 !== undefined && !/^[0-9a-fA-F]{64}$/.test(sha256))
+    bad(`${w}.sha256`, `expected 64 hex digits, got ${JSON.stringify(sha256)}`);
+  const file = path.resolve(baseDir, str(r, 'path', w)!);
+  return sha256 === undefined ? { path: file } : { path: file, sha256: sha256.toLowerCase() };
+}
+
+function parseAzure(a: Record<string, unknown>, baseDir: string): AzureConfig {
   const w = 'azure';
   const location = str(a, 'location', w)!;
   const locations = a.locations === undefined ? [location] : (a.locations as string[]);
@@ -420,6 +450,7 @@ function parseAzure(a: Record<string, unknown>): AzureConfig {
     credential: parseCredential(a),
     blobConnectionStringEnv: str(a, 'blobConnectionStringEnv', w, false),
     leaseHolderCheckSeconds: int(a, 'leaseHolderCheckSeconds', w, 60, 1),
+    windowsAgentInstaller: parseAgentInstaller(a.windowsAgentInstaller, baseDir),
     proxies: proxiesRaw.map((pr, i) => {
       const p = record(pr, `azure.proxies[${i}]`);
       return {

@@ -20,6 +20,7 @@ import { deleteOwnedVhdBlob, uploadFixedVhd, vhdBlobOwnership, verifyUploadedVhd
 import { assertAzureDiskSize } from '../azure/vhd';
 import { editVhdBlob } from '../azure/blob-image';
 import { blobUrlForRecord } from '../azure/blob-url';
+import { checkAgentInstaller } from '../azure/agent-installer';
 import { prepareGuestDiskIsolated } from '../guest/isolation';
 import type { GuestPreparationResult } from '../guest/types';
 import type { ArmClients } from '../lab/armsim/clients';
@@ -348,6 +349,7 @@ export function createAzureActivities(deps: AzureDeps) {
         helperTaskQueue: helperQueue,
         disks,
         keepOnFailure: req.keepOnFailure ?? false,
+        agentInstaller: osType === 'Windows' && a.windowsAgentInstaller ? await checkAgentInstaller(a.windowsAgentInstaller) : undefined,
       };
     },
 
@@ -488,7 +490,16 @@ export function createAzureActivities(deps: AzureDeps) {
           capacityBytes: osDisk.capacityBytes,
           workDir,
           signal: ctx.cancellationSignal,
-          edit: (image: string) => prepareGuestDiskIsolated({ osType: plan.osType, imagePath: image }, { signal: ctx.cancellationSignal }),
+          edit: (image: string) =>
+            prepareGuestDiskIsolated(
+              {
+                osType: plan.osType,
+                imagePath: image,
+                agentInstallerPath: plan.agentInstaller?.path,
+                agentInstallerSha256: plan.agentInstaller?.sha256,
+              },
+              { signal: ctx.cancellationSignal },
+            ),
         });
         return { changes: out.result.changes, warnings: out.result.warnings };
       } finally {

@@ -87,6 +87,14 @@ export interface AzurePlan {
   helperTaskQueue?: string;
   disks: AzureDiskPlan[];
   keepOnFailure: boolean;
+  /** Windows: the agent installer checked at the start (absent: none configured, the agent is not installed). */
+  agentInstaller?: AgentInstallerPlan;
+}
+
+export interface AgentInstallerPlan {
+  path: string;
+  sha256: string;
+  sizeBytes: number;
 }
 
 export interface AzureDiskResult {
@@ -109,6 +117,7 @@ export interface AzureRestoreResult {
   guestChanges: GuestChange[];
   /** What guest preparation left alone or could not do (a symlink not followed, SSH not opened, ...). */
   guestWarnings: string[];
+  /** Windows: true once Azure reports the staged agent Ready; false when no installer was configured. */
   agentInstalled?: boolean;
   /** The boot verification: `skipped` unless the request asked for it. */
   verification: RestoreVerification;

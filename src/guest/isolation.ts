@@ -16,6 +16,7 @@
  * through umount's user-mount rule for FUSE. The parent keeps the clients and only sees the result.
  */
 import { spawn, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -31,6 +32,12 @@ export interface GuestPrepRequest {
   imagePath: string;
   /** Windows only: a local installer to stage; it is copied into the private directory first. */
   agentInstallerPath?: string;
+}
+
+/** What the parent is asked to do: the child's request, plus the digest the installer's copy must have. */
+export interface IsolatedPrepRequest extends GuestPrepRequest {
+  /** SHA-256 the copy of agentInstallerPath must have (the one recorded when the restore started). */
+  agentInstallerSha256?: string;
 }
 
 /** How the child ran, reported by the child itself (environment names only, never values). */
@@ -92,7 +99,7 @@ function childEnv(home: string, tmp: string): NodeJS.ProcessEnv {
  * and returns its changes and warnings. The image is edited in place and is back at imagePath afterwards,
  * on failure too.
  */
-export async function prepareGuestDiskIsolated(req: GuestPrepRequest, opts: IsolationOptions = {}): Promise<IsolatedPrepResult> {
+export async function prepareGuestDiskIsolated(req: IsolatedPrepRequest, opts: IsolationOptions = {}): Promise<IsolatedPrepResult> {
   const asRoot = process.getuid?.() === 0;
   let uid = asRoot ? (opts.uid ?? UNPRIVILEGED_ID) : undefined;
   let gid = asRoot ? (opts.gid ?? UNPRIVILEGED_ID) : undefined;
@@ -148,6 +155,17 @@ export async function prepareGuestDiskIsolated(req: GuestPrepRequest, opts: Isol
     if (req.agentInstallerPath) {
       installer = path.join(box, 'agent-installer.msi');
       await fsp.copyFile(req.agentInstallerPath, installer);
+      const digest = req.agentInstallerSha256
+        ? createHash('sha256')
+            .update(await fsp.readFile(installer))
+            .digest('hex')
+        : undefined;
+      if (digest && digest !== req.agentInstallerSha256) {
+        throw new RestoreError(
+          FailureType.Configuration,
+          `config azure.windowsAgentInstaller: ${req.agentInstallerPath} changed since the restore started (SHA-256 ${digest}, recorded ${req.agentInstallerSha256})`,
+        );
+      }
     }
     if (uid !== undefined && gid !== undefined) {
       for (const p of [box, home, tmp, boxedImage, ...(installer ? [installer] : [])]) await fsp.chown(p, uid, gid);

@@ -2,10 +2,11 @@
  * Offline preparation of a Windows system disk for Azure, on a raw whole-disk image. Follows the
  * Azure Migrate/ASR hydration list: every ControlSet gets RDP allowed and its inbound firewall rules
  * enabled, SAN policy OnlineAll, DHCP automatic, the Hyper-V storage and VMBus drivers boot-start and
- * VMware Tools disabled; the Azure VM agent installer is staged on the volume with a RunOnce entry
- * that installs it. Every change is returned with its before/after value, and a second run changes
+ * VMware Tools disabled; the configured Azure VM agent installer is staged on the volume with a RunOnce
+ * entry that installs it (without one, nothing is staged and a warning says so). Every change is returned with its before/after value, and a second run changes
  * nothing (and returns []).
  */
+import { createHash } from 'node:crypto';
 import { constants as fsConstants, promises as fsp } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { FailureType, RestoreError } from '../domain/errors';
@@ -27,7 +28,10 @@ import { RDP_RULE_TCP, RDP_RULE_UDP, remoteDesktopRule } from './windows-image';
 export type WindowsHive = 'SYSTEM' | 'SOFTWARE';
 
 export interface PrepareWindowsOptions {
-  /** Local path of WindowsAzureVmAgent.msi; without it a placeholder is staged (and the change says so). */
+  /**
+   * Local path of WindowsAzureVmAgent.msi, staged with a RunOnce entry that installs it. Without it nothing
+   * is staged for the agent and the result carries a warning: the VM comes up without the agent.
+   */
   agentInstallerPath?: string;
   /** Scratch directory for the partition copy (sparse, as large as the volume). Default: beside the image. */
   workDir?: string;
@@ -261,15 +265,13 @@ export function agentInstallCommand(systemRoot: string): string {
   return `msiexec.exe /i "${systemRoot}\\AzureAgent\\${AGENT_FILE}" /quiet /norestart`;
 }
 
-/** Stand-in installer when none is supplied: identical bytes on every run keep preparation idempotent. */
-const PLACEHOLDER_AGENT = Buffer.from(
-  'vmrestore placeholder: no Azure VM agent installer was supplied to the restore.\r\n' +
-    'Install WindowsAzureVmAgent.msi (https://go.microsoft.com/fwlink/?LinkID=394789) on the VM.\r\n',
-);
+/** The warning a preparation without an installer returns (the restore then does not claim the agent). */
+export const NO_AGENT_INSTALLER_WARNING =
+  'no Azure VM agent installer configured (azure.windowsAgentInstaller); the agent is not installed';
 
 /** Stages the agent installer in \Windows\AzureAgent; returns the change or null when it is already there. */
-async function stageAgent(vol: WindowsVolume, dir: string, systemRoot: string, installer: string | undefined): Promise<GuestChange | null> {
-  const content = installer ? await fsp.readFile(installer) : PLACEHOLDER_AGENT;
+async function stageAgent(vol: WindowsVolume, dir: string, systemRoot: string, installer: string): Promise<GuestChange | null> {
+  const content = await fsp.readFile(installer);
   const part = vol.copy.partPath;
   const agentDir = await ntfsResolvePath(part, AGENT_DIR);
   const existingName = agentDir
@@ -306,9 +308,7 @@ async function stageAgent(vol: WindowsVolume, dir: string, systemRoot: string, i
     action: existing ? 'edit' : 'create',
     before: existing,
     after: content,
-    description: installer
-      ? `Stage the Azure VM agent installer (${content.length} bytes; installed by the RunOnce entry, or after power-on)`
-      : 'Stage a PLACEHOLDER for the Azure VM agent installer: no installer was supplied, so the agent must be installed after power-on',
+    description: `Stage the Azure VM agent installer (${content.length} bytes, sha256 ${createHash('sha256').update(content).digest('hex')}; installed by the RunOnce entry)`,
   });
 }
 
@@ -320,7 +320,7 @@ export async function prepareWindowsDisk(imagePath: string, opts: PrepareWindows
   return (await prepareWindowsDiskDetailed(imagePath, opts)).changes;
 }
 
-/** prepareWindowsDisk with the warnings (things it could not do, placeholders staged). */
+/** prepareWindowsDisk with the warnings (things it could not do, such as staging the agent without an installer). */
 export async function prepareWindowsDiskDetailed(imagePath: string, opts: PrepareWindowsOptions = {}): Promise<GuestPreparationResult> {
   if (opts.agentInstallerPath) {
     await fsp.access(opts.agentInstallerPath).catch(() => {
@@ -343,28 +343,29 @@ export async function prepareWindowsDiskDetailed(imagePath: string, opts: Prepar
       changes.push(...systemEdits.map((e) => e.change));
     }
 
-    const software = await extractHive(vol, 'SOFTWARE', dir);
-    const softwareReader = await HiveReader.open(software.local);
-    const systemRoot = systemRootOf(softwareReader);
-    const softwareEdits: PlannedEdit[] = [];
-    plan(
-      softwareEdits,
-      softwareReader,
-      'SOFTWARE',
-      RUNONCE_KEY,
-      RUNONCE_VALUE,
-      { type: 'string', value: agentInstallCommand(systemRoot) },
-      'Install the staged Azure VM agent at the first administrator logon',
-    );
-    if (await setHiveValues(software.local, softwareEdits)) {
-      await ntfsWriteFile(part, software.local, software.stored);
-      changes.push(...softwareEdits.map((e) => e.change));
-    }
-
-    const agent = await stageAgent(vol, dir, systemRoot, opts.agentInstallerPath);
-    if (agent) changes.push(agent);
-    if (!opts.agentInstallerPath) {
-      warnings.push('no Azure VM agent installer was supplied: a placeholder is staged; install the agent after power-on');
+    if (opts.agentInstallerPath) {
+      const software = await extractHive(vol, 'SOFTWARE', dir);
+      const softwareReader = await HiveReader.open(software.local);
+      const systemRoot = systemRootOf(softwareReader);
+      // The file first: a RunOnce entry never points at an installer that is not on the volume.
+      const agent = await stageAgent(vol, dir, systemRoot, opts.agentInstallerPath);
+      if (agent) changes.push(agent);
+      const softwareEdits: PlannedEdit[] = [];
+      plan(
+        softwareEdits,
+        softwareReader,
+        'SOFTWARE',
+        RUNONCE_KEY,
+        RUNONCE_VALUE,
+        { type: 'string', value: agentInstallCommand(systemRoot) },
+        'Install the staged Azure VM agent at the first administrator logon',
+      );
+      if (await setHiveValues(software.local, softwareEdits)) {
+        await ntfsWriteFile(part, software.local, software.stored);
+        changes.push(...softwareEdits.map((e) => e.change));
+      }
+    } else {
+      warnings.push(NO_AGENT_INSTALLER_WARNING);
     }
 
     if (changes.length > 0) await vol.copy.writeBack();
@@ -415,5 +416,38 @@ export async function readWindowsFileFromDisk(imagePath: string, path: string, w
     const vol = await locateWindowsVolume(imagePath, dir);
     const stored = await ntfsResolvePath(vol.copy.partPath, path);
     return stored ? ntfsReadFile(vol.copy.partPath, stored) : null;
+  });
+}
+
+/** What a disk carries for the Azure VM agent: the staged installer and the RunOnce entry that installs it. */
+export interface AgentStaging {
+  /** SHA-256 of \Windows\AzureAgent\WindowsAzureVmAgent.msi, or null when the file is missing. */
+  installerSha256: string | null;
+  installerBytes: number | null;
+  /** The RunOnce value as stored, or null when it is missing. */
+  runOnce: string | null;
+  /** Both are there and RunOnce runs the staged file. */
+  staged: boolean;
+}
+
+/** Reads the agent staging back from the Windows volume of a whole-disk image (ntfs-3g tools and hivex). */
+export async function readAgentStaging(imagePath: string, workDir?: string): Promise<AgentStaging> {
+  return withWorkDir(imagePath, workDir, async (dir) => {
+    const vol = await locateWindowsVolume(imagePath, dir);
+    const part = vol.copy.partPath;
+    const stored = await ntfsResolvePath(part, `${AGENT_DIR}/${AGENT_FILE}`);
+    const installer = stored ? await ntfsReadFile(part, stored) : null;
+    const software = await extractHive(vol, 'SOFTWARE', dir);
+    const reader = await HiveReader.open(software.local);
+    const raw = reader.value(RUNONCE_KEY, RUNONCE_VALUE);
+    const value = raw ? decodeValue(raw.regType, raw.data) : null;
+    const runOnce = value ? hiveValueText(value) : null;
+    const expected = agentInstallCommand(systemRootOf(reader));
+    return {
+      installerSha256: installer ? createHash('sha256').update(installer).digest('hex') : null,
+      installerBytes: installer ? installer.length : null,
+      runOnce,
+      staged: installer !== null && installer.length > 0 && runOnce !== null && runOnce.toLowerCase() === expected.toLowerCase(),
+    };
   });
 }

@@ -149,8 +149,13 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
 
     let agentInstalled: boolean | undefined;
     if (plan.osType === 'Windows') {
-      setPhase('installing-agent');
-      agentInstalled = await control.confirmAgentInstalled({ plan });
+      // Without a configured installer nothing was staged (guest preparation warned): no agent to wait for.
+      if (plan.agentInstaller) {
+        setPhase('installing-agent');
+        agentInstalled = await control.confirmAgentInstalled({ plan });
+      } else {
+        agentInstalled = false;
+      }
     }
     setPhase('completed');
     return {

@@ -13,7 +13,7 @@ import { buildDataDiskImage } from '../../src/demo';
 import type { AzureRestoreRequest, AzureRestoreResult, UploadCheckpoint } from '../../src/domain/azure';
 import { buildLinuxDiskImage } from '../../src/guest/linux-image';
 import { readGuestFile } from '../../src/guest/linux-prep';
-import { readHiveValueFromDisk } from '../../src/guest/windows-prep';
+import { readHiveValueFromDisk, readWindowsFileFromDisk } from '../../src/guest/windows-prep';
 import { readPartitionTable } from '../../src/guest/partition';
 import { getRestorePoint } from '../../src/repository';
 import { failureMessage, getRestoreStatus, startAzureRestore } from '../../src/restore-client';
@@ -281,13 +281,56 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
     assert.match(runOnce ?? '', /msiexec/i);
     assert.ok(result.guestChanges.length >= 10);
     for (const c of result.guestChanges) assert.match(c.sha256After ?? '', /^sha256:[0-9a-f]{64}$/, c.path);
-    assert.ok(
-      result.guestWarnings.some((w) => /no Azure VM agent installer was supplied: a placeholder is staged/.test(w)),
-      result.guestWarnings.join('\n'),
-    );
+    const installer = env.config.azure!.windowsAgentInstaller!;
+    const msi = await readWindowsFileFromDisk(osd.raw, 'Windows/AzureAgent/WindowsAzureVmAgent.msi');
+    assert.ok(msi && msi.equals(readFileSync(installer.path)), 'the configured installer is staged byte-exact');
+    assert.ok(!result.guestWarnings.some((w) => /agent/i.test(w)), result.guestWarnings.join('\n'));
     const { compute } = labArm();
     const disk = await compute.disks.get(labAzure().resourceGroup, `${vmName}-osdisk`);
     assert.equal(disk.osType, 'Windows');
+    const agent = (await compute.virtualMachines.instanceView(labAzure().resourceGroup, vmName)).vmAgent;
+    assert.equal(agent?.statuses?.[0]?.displayStatus, 'Ready');
+    assert.equal(agent?.statuses?.[0]?.code, 'ProvisioningState/succeeded');
+  });
+
+  it('restores a Windows VM without an agent installer configured: warns, stages nothing, agentInstalled false, agent Not Ready', async () => {
+    const queue = `${env.taskQueue}-noagent`;
+    const noAgent = await startWorkerProcess(queue, {
+      VMRESTORE_AZURE_WINDOWS_AGENT_INSTALLER: 'none',
+      VMRESTORE_AZURE_HELPER_IDLE_SECONDS: '1',
+    });
+    try {
+      const rpId = env.demo['demo-windows'];
+      const rp = await getRestorePoint(env.config.repository.path, rpId);
+      const vmName = `tnoa${Date.now().toString(36).slice(-6)}`;
+      const handle = await startAzureRestore(env.client, { restorePointId: rpId, vmName }, { taskQueue: queue });
+      const result = await handle.result();
+      finished.push(handle.workflowId);
+      assert.equal(result.osType, 'Windows');
+      assert.equal(result.agentInstalled, false);
+      assert.ok(
+        result.guestWarnings.includes('no Azure VM agent installer configured (azure.windowsAgentInstaller); the agent is not installed'),
+        result.guestWarnings.join('\n'),
+      );
+      assert.ok(!result.guestChanges.some((c) => /AzureAgent|RunOnce/.test(c.path)), 'no agent change in the change list');
+      const history = await handle.fetchHistory();
+      const scheduled = (history.events ?? []).map((e) => e.activityTaskScheduledEventAttributes?.activityType?.name).filter(Boolean);
+      assert.ok(!scheduled.includes('confirmAgentInstalled'), `no agent confirmation: ${scheduled.join(', ')}`);
+      // The disk the VM was made from carries neither the installer nor the RunOnce entry, but the rest of the preparation.
+      const osd = await checkVhd(result.disks[0].blobUrl, rp.vm.disks[0].capacityBytes);
+      assert.equal(await readWindowsFileFromDisk(osd.raw, 'Windows/AzureAgent/WindowsAzureVmAgent.msi'), null);
+      assert.equal(await readHiveValueFromDisk(osd.raw, 'SOFTWARE', 'Microsoft\\Windows\\CurrentVersion\\RunOnce', 'AzureVmAgent'), null);
+      assert.equal(await readHiveValueFromDisk(osd.raw, 'SYSTEM', 'ControlSet001\\Services\\storvsc', 'Start'), '0');
+      const { compute } = labArm();
+      const view = await compute.virtualMachines.instanceView(labAzure().resourceGroup, vmName);
+      assert.equal(view.statuses?.find((x) => x.code?.startsWith('PowerState/'))?.code, 'PowerState/running');
+      assert.deepEqual(
+        view.vmAgent?.statuses?.map((x) => [x.code, x.displayStatus, x.message]),
+        [['ProvisioningState/Unavailable', 'Not Ready', 'VM Agent is unresponsive.']],
+      );
+    } finally {
+      await noAgent.stop();
+    }
   });
 
   it('a parent workflow restores to Azure as a child; search attributes, progress query and replay', async () => {

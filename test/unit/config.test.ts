@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { VSphereSessions } from '../../src/activities/vsphere-sessions';
 import { labConfig } from '../../src/app-config';
@@ -13,6 +15,9 @@ import {
   resolvePassword,
 } from '../../src/config';
 import type { LabState } from '../../src/lab/lab';
+import { checkAgentInstaller } from '../../src/azure/agent-installer';
+import { RestoreError } from '../../src/domain/errors';
+import { LAB_AGENT_INSTALLER_CONTENT, labAgentInstaller } from '../../src/lab/agent-installer';
 
 const base = {
   vsphere: { profiles: { prod: { url: 'https://vc.example.com/sdk', username: 'svc-restore', passwordEnv: 'VC_PASS' } } },
@@ -163,5 +168,69 @@ describe('configuration', () => {
     const file = path.join(__dirname, '..', '..', 'deploy', 'compose-config.json');
     const compose = parseConfig(JSON.parse(readFileSync(file, 'utf8')), file, path.dirname(file));
     assert.equal(insecureWarnings(compose).length, 1, 'the compose lab runs vcsim with its self-signed certificate, and says so');
+  });
+});
+
+describe('azure.windowsAgentInstaller', () => {
+  const parse = (windowsAgentInstaller: unknown) =>
+    parseConfig({ ...base, azure: { ...azureBase, windowsAgentInstaller } }, 't', '/etc/vmrestore').azure!.windowsAgentInstaller;
+
+  it('is optional; a relative path is taken from the config file directory; the digest is kept in lower case', () => {
+    assert.equal(parse(undefined), undefined);
+    assert.deepEqual(parse({ path: 'agent/WindowsAzureVmAgent.msi', sha256: 'AB'.repeat(32) }), {
+      path: '/etc/vmrestore/agent/WindowsAzureVmAgent.msi',
+      sha256: 'ab'.repeat(32),
+    });
+  });
+
+  it('names the bad key', () => {
+    assert.throws(() => parse('/srv/agent.msi'), /config azure\.windowsAgentInstaller: expected an object/);
+    assert.throws(() => parse({}), /config azure\.windowsAgentInstaller\.path: is required/);
+    assert.throws(() => parse({ path: '/a.msi', sha256: 'abc' }), /config azure\.windowsAgentInstaller\.sha256: expected 64 hex digits/);
+    assert.throws(() => parse({ path: '/a.msi', sha: 'x' }), /config azure\.windowsAgentInstaller\.sha: unknown key/);
+  });
+
+  it('VMRESTORE_AZURE_WINDOWS_AGENT_INSTALLER sets a path or, with none, removes it', () => {
+    const cfg = parseConfig({ ...base, azure: { ...azureBase, windowsAgentInstaller: { path: '/a.msi' } } }, 't', '/');
+    assert.equal(applyEnvOverrides(cfg, { VMRESTORE_AZURE_WINDOWS_AGENT_INSTALLER: 'none' }).azure!.windowsAgentInstaller, undefined);
+    assert.deepEqual(applyEnvOverrides(cfg, { VMRESTORE_AZURE_WINDOWS_AGENT_INSTALLER: '/b.msi' }).azure!.windowsAgentInstaller, {
+      path: '/b.msi',
+    });
+    assert.deepEqual(applyEnvOverrides(cfg, {}).azure!.windowsAgentInstaller, { path: '/a.msi' });
+  });
+
+  it('the file is checked when a Windows restore starts: readable, non-empty, a regular file, the configured digest', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'vmrestore-agent-cfg-'));
+    try {
+      const file = path.join(dir, 'WindowsAzureVmAgent.msi');
+      writeFileSync(file, 'installer bytes');
+      const sha256 = createHash('sha256').update('installer bytes').digest('hex');
+      assert.deepEqual(await checkAgentInstaller({ path: file }), { path: file, sha256, sizeBytes: 15 });
+      assert.deepEqual(await checkAgentInstaller({ path: file, sha256 }), { path: file, sha256, sizeBytes: 15 });
+      await assert.rejects(
+        checkAgentInstaller({ path: file, sha256: '0'.repeat(64) }),
+        (e: Error) =>
+          e instanceof RestoreError &&
+          e.type === 'Configuration' &&
+          /azure\.windowsAgentInstaller: .* has SHA-256 [0-9a-f]{64}, not the configured 0{64}/.test(e.message),
+      );
+      await assert.rejects(
+        checkAgentInstaller({ path: path.join(dir, 'missing.msi') }),
+        /azure\.windowsAgentInstaller: .*missing\.msi cannot be read \(ENOENT\)/,
+      );
+      await assert.rejects(checkAgentInstaller({ path: dir }), /azure\.windowsAgentInstaller: .* is not a regular file/);
+      writeFileSync(file, '');
+      await assert.rejects(checkAgentInstaller({ path: file }), /azure\.windowsAgentInstaller: .* is empty/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('the lab config supplies its small stand-in installer', () => {
+    const file = labAgentInstaller();
+    const content = readFileSync(file);
+    assert.ok(content.equals(LAB_AGENT_INSTALLER_CONTENT));
+    assert.ok(content.length < 1024);
+    assert.match(content.toString(), /lab stand-in .*not an installer/);
   });
 });

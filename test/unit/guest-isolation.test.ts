@@ -3,7 +3,7 @@
  * unprivileged uid when the worker is root, killed with its tools on timeout or cancellation.
  */
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, promises as fsp, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -178,13 +178,34 @@ describe('guest preparation isolation', { timeout: 300_000 }, () => {
       await fsp.mkdir(join(dir, 'win'));
       const image = join(dir, 'win', 'disk.img');
       await buildWindowsDiskImage(image, { sizeBytes: 160 * MiB, scheme: 'gpt', hostname: 'iso01', usedMiB: 4 });
-      const r = await prepareGuestDiskIsolated({ osType: 'Windows', imagePath: image });
+      // The installer is staged from the copy in the private directory, which must have the recorded digest.
+      const installer = join(dir, 'win', 'WindowsAzureVmAgent.msi');
+      await fsp.writeFile(installer, 'agent installer bytes');
+      const sha256 = createHash('sha256').update('agent installer bytes').digest('hex');
+      await assert.rejects(
+        prepareGuestDiskIsolated({
+          osType: 'Windows',
+          imagePath: image,
+          agentInstallerPath: installer,
+          agentInstallerSha256: '0'.repeat(64),
+        }),
+        /azure\.windowsAgentInstaller: .* changed since the restore started/,
+      );
+      const r = await prepareGuestDiskIsolated({
+        osType: 'Windows',
+        imagePath: image,
+        agentInstallerPath: installer,
+        agentInstallerSha256: sha256,
+      });
       if (asRoot) assert.equal(r.sandbox.uid, UNPRIVILEGED_ID);
       assert.equal(r.changes.length, 18);
       assert.ok(r.changes.some((c) => c.path === 'C:\\Windows\\AzureAgent\\WindowsAzureVmAgent.msi' && c.action === 'create'));
-      assert.deepEqual(r.warnings, ['no Azure VM agent installer was supplied: a placeholder is staged; install the agent after power-on']);
+      assert.deepEqual(r.warnings, []);
       assert.equal(await readHiveValueFromDisk(image, 'SYSTEM', 'ControlSet001\\Control\\Terminal Server', 'fDenyTSConnections'), '0');
-      assert.ok(await readWindowsFileFromDisk(image, 'Windows/AzureAgent/WindowsAzureVmAgent.msi'));
+      assert.equal(
+        (await readWindowsFileFromDisk(image, 'Windows/AzureAgent/WindowsAzureVmAgent.msi'))?.toString(),
+        'agent installer bytes',
+      );
     },
   );
 

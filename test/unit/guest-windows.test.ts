@@ -11,7 +11,10 @@ import { readPartitionTable } from '../../src/guest/partition';
 import { HiveReader, buildEmptyHive, createHive, getHiveValue, hiveToXml, parseLsvalLine, setHiveValues } from '../../src/guest/regf';
 import { buildWindowsDiskImage, seededStream } from '../../src/guest/windows-image';
 import {
+  NO_AGENT_INSTALLER_WARNING,
   prepareWindowsDisk,
+  prepareWindowsDiskDetailed,
+  readAgentStaging,
   readHiveValueFromDisk,
   readHiveValuesFromDisk,
   readWindowsFileFromDisk,
@@ -319,7 +322,7 @@ describe('Windows demo image and guest preparation', { skip: noFuse }, () => {
     assert.deepEqual(await prepareWindowsDisk(mbrImage, { agentInstallerPath: newer }), []);
   });
 
-  it('prepares a GPT disk with a placeholder agent and leaves everything outside the NTFS volume alone', async () => {
+  it('prepares a GPT disk without an agent installer: nothing staged for the agent, a warning, and nothing outside the NTFS volume changes everything outside the NTFS volume alone', async () => {
     const image = join(dir, 'win-gpt.img');
     const built = await buildWindowsDiskImage(image, { sizeBytes: 160 * MiB, scheme: 'gpt', hostname: 'app02', usedMiB: 8 });
     const table = await readPartitionTable(image);
@@ -333,11 +336,12 @@ describe('Windows demo image and guest preparation', { skip: noFuse }, () => {
     const head = await sha256OfRange(image, 0, ntfs.startBytes);
     const tail = await sha256OfRange(image, ntfs.startBytes + ntfs.sizeBytes, 160 * MiB - ntfs.startBytes - ntfs.sizeBytes);
 
-    const changes = await prepareWindowsDisk(image);
-    assert.equal(changes.length, 18);
-    const staged = changes.find((c) => c.path.endsWith('WindowsAzureVmAgent.msi'));
-    assert.ok(staged);
-    assert.match(staged.description, /placeholder/i);
+    const { changes, warnings } = await prepareWindowsDiskDetailed(image);
+    assert.equal(changes.length, 16);
+    assert.ok(!changes.some((c) => /AzureAgent|RunOnce/.test(c.path)), changes.map((c) => c.path).join('\n'));
+    assert.deepEqual(warnings, [NO_AGENT_INSTALLER_WARNING]);
+    assert.equal(await readWindowsFileFromDisk(image, 'Windows/AzureAgent/WindowsAzureVmAgent.msi'), null);
+    assert.deepEqual(await readAgentStaging(image), { installerSha256: null, installerBytes: null, runOnce: null, staged: false });
     assert.equal(await sha256OfRange(image, 0, ntfs.startBytes), head);
     assert.equal(await sha256OfRange(image, ntfs.startBytes + ntfs.sizeBytes, 160 * MiB - ntfs.startBytes - ntfs.sizeBytes), tail);
     assert.equal(await readHiveValueFromDisk(image, 'SYSTEM', 'ControlSet002\\Services\\vmbus', 'Start'), '0');

@@ -2,6 +2,7 @@
 import type { PageBlobClient } from '@azure/storage-blob';
 import { blobPathInAccount } from './blobs';
 import { checkPutPreconditions, methodNotAllowed, normLocation, unknownRoute, type Reply, type ReqCtx } from './common';
+import { agentProbeFor, type AgentCheck, type AgentProbe } from './agent';
 import { activeGrant, grantAccess, revokeAccess } from './diskaccess';
 import type { ArmSim } from './engine';
 import { ArmError, badRequest, invalidParameter, missingParameter, operationNotAllowed, resourceNotFound } from './errors';
@@ -536,7 +537,9 @@ export async function vmsRoute(sim: ArmSim, ctx: ReqCtx, rg: string, name: strin
     switch (ctx.method) {
       case 'GET': {
         const expand = ctx.query.get('$expand')?.toLowerCase();
-        return { status: 200, body: renderVm(sim, need(), expand === 'instanceview') };
+        const vm = need();
+        if (expand !== 'instanceview') return { status: 200, body: renderVm(sim, vm, false) };
+        return { status: 200, body: renderVm(sim, vm, true, await vmAgentCheck(sim, vm)) };
       }
       case 'PUT': {
         checkResourceName(name, 'virtualMachines');
@@ -562,7 +565,10 @@ export async function vmsRoute(sim: ArmSim, ctx: ReqCtx, rg: string, name: strin
   if (rest.length !== 1) throw unknownRoute(ctx);
   const action = rest[0];
   if (ctx.method === 'GET') {
-    if (action === 'instanceview') return { status: 200, body: renderInstanceView(sim, need()) };
+    if (action === 'instanceview') {
+      const vm = need();
+      return { status: 200, body: renderInstanceView(sim, vm, await vmAgentCheck(sim, vm)) };
+    }
     if (action === 'vmsizes') {
       const vm = need();
       const gen = vm.hyperVGeneration;
@@ -1391,7 +1397,17 @@ export function renderStorageProfile(sim: ArmSim, vm: VmRec): Json {
   };
 }
 
-export function renderVm(sim: ArmSim, vm: VmRec, withInstanceView: boolean): Json {
+const agentProbes = new WeakMap<ArmSim, AgentProbe>();
+
+/** The VM agent's state as a running VM's guest would report it (only a running VM's agent reports). */
+export async function vmAgentCheck(sim: ArmSim, vm: VmRec): Promise<AgentCheck | undefined> {
+  if (vm.powerState !== 'running') return undefined;
+  let probe = agentProbes.get(sim);
+  if (!probe) agentProbes.set(sim, (probe = agentProbeFor(sim.disks)));
+  return probe.check(vm, sim.state.disks[vm.osDisk.diskId]);
+}
+
+export function renderVm(sim: ArmSim, vm: VmRec, withInstanceView: boolean, agent?: AgentCheck): Json {
   const properties: Json = {
     ...(vm.extraProperties ?? {}),
     vmId: vm.vmId,
@@ -1410,7 +1426,7 @@ export function renderVm(sim: ArmSim, vm: VmRec, withInstanceView: boolean): Jso
     provisioningState: vm.provisioningState,
     timeCreated: vm.timeCreated,
   };
-  if (withInstanceView) properties.instanceView = renderInstanceView(sim, vm);
+  if (withInstanceView) properties.instanceView = renderInstanceView(sim, vm, agent);
   return { id: vm.id, name: vm.name, type: 'Microsoft.Compute/virtualMachines', location: vm.location, tags: vm.tags, properties };
 }
 
@@ -1423,7 +1439,11 @@ const POWER_DISPLAY: Record<PowerState, string> = {
   deallocating: 'VM deallocating',
 };
 
-export function renderInstanceView(sim: ArmSim, vm: VmRec): Json {
+/**
+ * `agent`: the result of vmAgentCheck for the VM; a running VM without one (or with a check that failed)
+ * shows the agent as Azure does when no agent reports: Not Ready, "VM Agent is unresponsive.".
+ */
+export function renderInstanceView(sim: ArmSim, vm: VmRec, agent?: AgentCheck): Json {
   const time = vm.timeCreated;
   const provisioning: Json =
     vm.provisioningState === 'Failed'
@@ -1450,18 +1470,31 @@ export function renderInstanceView(sim: ArmSim, vm: VmRec): Json {
   };
   if (vm.powerState === 'running') {
     view.computerName = vm.name;
-    view.vmAgent = {
-      vmAgentVersion: '2.13.1.1',
-      statuses: [
-        {
-          code: 'ProvisioningState/succeeded',
-          level: 'Info',
-          displayStatus: 'Ready',
-          message: 'Guest Agent is running',
-          time: nowIso(),
-        },
-      ],
-    };
+    view.vmAgent = agent?.ready
+      ? {
+          vmAgentVersion: '2.13.1.1',
+          statuses: [
+            {
+              code: 'ProvisioningState/succeeded',
+              level: 'Info',
+              displayStatus: 'Ready',
+              message: 'Guest Agent is running',
+              time: nowIso(),
+            },
+          ],
+        }
+      : {
+          vmAgentVersion: 'Unknown',
+          statuses: [
+            {
+              code: 'ProvisioningState/Unavailable',
+              level: 'Warning',
+              displayStatus: 'Not Ready',
+              message: 'VM Agent is unresponsive.',
+              time: nowIso(),
+            },
+          ],
+        };
   }
   return view;
 }
