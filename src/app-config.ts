@@ -70,6 +70,7 @@ function labAzureConfig(a: LabAzure, blobConnectionString: string): AzureConfig 
     caCertPath: a.caCertPath || undefined,
     blobConnectionString,
     leaseHolderCheckSeconds: Number(process.env.VMRESTORE_AZURE_LEASE_CHECK_SECONDS ?? 30),
+    allowTestSwitches: true,
     proxies: [
       {
         name: 'lab-azure-proxy',

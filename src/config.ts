@@ -70,6 +70,11 @@ export interface AzureConfig {
   leaseHolderCheckSeconds?: number;
   /** Location → helper appliance VM for Linux guest preparation. */
   helpers: Record<string, HelperApplianceConfig>;
+  /**
+   * Honours the request switches that exist for tests only (`skipGuestPreparation`, the negative control of
+   * boot verification). Set by the lab's configuration alone; a configuration file cannot turn it on.
+   */
+  allowTestSwitches?: boolean;
 }
 
 export interface HelperApplianceConfig {

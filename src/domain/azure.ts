@@ -10,11 +10,16 @@ export interface AzureRestoreRequest {
   vmSize?: string;
   /** Full ARM id of the subnet for the VM's NIC. */
   subnetId?: string;
-  /** 1 (default, BIOS) or 2 (UEFI). */
+  /** 1 (default, BIOS; a UEFI guest is converted to BIOS) or 2 (UEFI). */
   generation?: 1 | 2;
   /** Name of a configured Azure proxy to power on for the transfer. */
   proxy?: string;
   keepOnFailure?: boolean;
+  /**
+   * Test only: restore the disks without guest preparation or boot conversion (the negative control of
+   * boot verification). Refused unless the target's configuration allows test switches (the lab's does).
+   */
+  skipGuestPreparation?: boolean;
 }
 
 export interface AzureDiskPlan {
@@ -76,6 +81,8 @@ export interface AzurePlan {
   vmSize: string;
   subnetId: string;
   generation: 1 | 2;
+  /** A UEFI guest restored as Generation 1: its OS disk is converted to boot with BIOS after preparation. */
+  bootConversion?: 'uefi-to-bios';
   osType: 'Linux' | 'Windows';
   container: string;
   storageAccountId: string;
@@ -86,6 +93,8 @@ export interface AzurePlan {
   helperTaskQueue?: string;
   disks: AzureDiskPlan[];
   keepOnFailure: boolean;
+  /** The test switch of the request: preparation and boot conversion are left out. */
+  skipGuestPreparation?: boolean;
 }
 
 export interface AzureDiskResult {
