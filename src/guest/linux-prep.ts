@@ -1027,6 +1027,12 @@ interface ArgPolicy {
 }
 
 const ROOTDELAY = /(^|\s)rootdelay=\S*(?=\s|$)/g;
+/**
+ * Arguments that hide the boot from the serial console: with `quiet` the kernel and systemd print nothing
+ * there, so Azure's boot diagnostics stay empty until a login prompt (and show nothing of a boot that
+ * fails); `splash` and `rhgb` draw a graphical screen instead. Azure's preparation guides remove them.
+ */
+const SILENT = /(^|\s)(quiet|splash|rhgb)(?=\s|$)/g;
 
 /**
  * Adds the Azure kernel arguments that are missing, points `root=/dev/sdXN` at the root filesystem's
@@ -1036,6 +1042,8 @@ const ROOTDELAY = /(^|\s)rootdelay=\S*(?=\s|$)/g;
 function fixArgs(args: string, k: ArgPolicy): string {
   let out = args.replace(/(^|\s)root=\/dev\/(?:sd|hd|vd|xvd)[a-z]+\d+(?=\s|$)/, `$1root=UUID=${k.rootUuid}`);
   if (k.dropRootdelay) out = out.replace(ROOTDELAY, '');
+  const loud = out.replace(SILENT, '');
+  if (loud !== out) out = loud.replace(/^\s+/, '');
   const list = out.split(/\s+/).filter(Boolean);
   const missing = KERNEL_ARGS.filter((a) => !hasArg(list, a));
   if (missing.length) out = [out.trimEnd(), ...missing].filter(Boolean).join(' ');
@@ -1047,6 +1055,7 @@ function argsWhy(where: string, before: string, after: string): string {
   const tokens = (t: string) => t.split(/[\s"']+/);
   const count = (t: string, a: string) => tokens(t).filter((x) => x === a).length;
   const delays = (t: string) => tokens(t).filter((x) => x.startsWith('rootdelay=')).length;
+  const silent = (t: string) => tokens(t).filter((x) => x === 'quiet' || x === 'splash' || x === 'rhgb').length;
   const added = KERNEL_ARGS.filter((a) => count(after, a) > count(before, a));
   const parts = added.length
     ? [
@@ -1054,6 +1063,9 @@ function argsWhy(where: string, before: string, after: string): string {
           'net.ifnames=0: the first NIC is eth0 on any bus, so DHCP comes up on it)',
       ]
     : [];
+  if (silent(before) > silent(after)) {
+    parts.push("remove quiet/splash/rhgb (the boot shows on the serial console, in Azure's boot diagnostics)");
+  }
   if (delays(before) > delays(after)) {
     parts.push('remove rootdelay (initramfs-tools sleeps that long on every boot; it waits up to 30 s for a late root device by itself)');
   }
@@ -1069,6 +1081,9 @@ function fixDefaultGrub(plan: Plan, ref: FileRef, k: ArgPolicy): void {
   let idx = -1;
   lines.forEach((l, i) => {
     if (/^\s*GRUB_CMDLINE_LINUX=/.test(l)) idx = i;
+    // The default entry's extra arguments: only the ones that silence the boot come out.
+    const d = /^(\s*GRUB_CMDLINE_LINUX_DEFAULT=)(["']?)(.*?)\2\s*$/.exec(l);
+    if (d && d[3].replace(SILENT, '') !== d[3]) lines[i] = `${d[1]}${d[2] || '"'}${d[3].replace(SILENT, '').trim()}${d[2] || '"'}`;
   });
   if (idx >= 0) {
     const m = /^(\s*GRUB_CMDLINE_LINUX=)(["']?)(.*?)\2\s*$/.exec(lines[idx]);

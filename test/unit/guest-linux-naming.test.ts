@@ -119,13 +119,14 @@ describe('Linux preparation that survives the platform device naming', () => {
     const grub = (await readGuestFile(img.imagePath, off, '/etc/default/grub'))!;
     assert.match(grub, /^GRUB_CMDLINE_LINUX="console=ttyS0,115200n8 earlyprintk=ttyS0 net\.ifnames=0"$/m);
     assert.doesNotMatch(grub, /rootdelay/);
+    assert.match(grub, /^GRUB_CMDLINE_LINUX_DEFAULT=""$/m, 'quiet removed: the boot shows on the serial console');
     const grubChange = r.changes.find((c) => c.path === '/etc/default/grub')!;
     assert.match(grubChange.description, /remove rootdelay \(initramfs-tools sleeps/);
     const cfg = await readGuestFile(img.imagePath, off, '/boot/grub/grub.cfg');
     if (cfg !== null) {
       for (const l of cfg.split('\n').filter((x) => /^\s*linux\s/.test(x))) {
         assert.match(l, /console=ttyS0,115200n8 earlyprintk=ttyS0 net\.ifnames=0/);
-        assert.doesNotMatch(l, /rootdelay/);
+        assert.doesNotMatch(l, /rootdelay|\bquiet\b/);
       }
     }
     assert.equal(await readGuestFile(img.imagePath, off, '/etc/udev/rules.d/70-persistent-net.rules'), null, 'MAC-pinned names removed');

@@ -409,7 +409,7 @@ describe('Linux demo images and guest preparation', () => {
 
     const grub = await debugfsCat(img, off, '/etc/default/grub');
     assert.match(grub, /^GRUB_CMDLINE_LINUX="console=ttyS0,115200n8 earlyprintk=ttyS0 net.ifnames=0"$/m);
-    assert.match(grub, /^GRUB_CMDLINE_LINUX_DEFAULT="quiet splash"$/m);
+    assert.match(grub, /^GRUB_CMDLINE_LINUX_DEFAULT=""$/m, 'quiet splash removed: the boot shows on the serial console');
     const cfg = await debugfsCat(img, off, '/boot/grub/grub.cfg');
     for (const l of cfg.split('\n').filter((x) => /^\s*linux\s/.test(x)))
       assert.match(l, / console=ttyS0,115200n8 earlyprintk=ttyS0 net.ifnames=0$/);
@@ -450,13 +450,13 @@ describe('Linux demo images and guest preparation', () => {
 
     assert.match(
       await debugfsCat(img, off, '/etc/default/grub'),
-      /^GRUB_CMDLINE_LINUX="rhgb quiet console=ttyS0,115200n8 earlyprintk=ttyS0 net.ifnames=0"$/m,
+      /^GRUB_CMDLINE_LINUX="console=ttyS0,115200n8 earlyprintk=ttyS0 net.ifnames=0"$/m,
     );
     const env = await debugfsCat(img, off, '/boot/grub2/grubenv');
     assert.equal(Buffer.byteLength(env), 1024, 'grubenv keeps its 1 KiB block size');
     assert.match(
       env,
-      new RegExp(`^kernelopts=root=UUID=${rocky.rootFsUuid} ro rhgb quiet console=ttyS0,115200n8 earlyprintk=ttyS0 net.ifnames=0 $`, 'm'),
+      new RegExp(`^kernelopts=root=UUID=${rocky.rootFsUuid} ro console=ttyS0,115200n8 earlyprintk=ttyS0 net.ifnames=0 $`, 'm'),
     );
     assert.equal(await debugfsStat(img, off, '/etc/udev/rules.d/70-persistent-net.rules'), null);
 
