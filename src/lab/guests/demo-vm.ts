@@ -8,7 +8,8 @@ export function guestVmJson(image: GuestImage, name: string): Record<string, unk
   return {
     name,
     guestOs: 'linux',
-    firmware: image.firmware,
+    // vm.json names UEFI firmware 'efi'.
+    firmware: image.firmware === 'uefi' ? 'efi' : 'bios',
     cpus: 2,
     memoryMiB: 2048,
     nics: [{ network: 'VM Network', macAddress: image.network.mac }],
