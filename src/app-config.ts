@@ -75,6 +75,7 @@ function labAzureConfig(a: LabAzure, blobConnectionString: string): AzureConfig 
     leaseHolderCheckSeconds: Number(process.env.VMRESTORE_AZURE_LEASE_CHECK_SECONDS ?? 30),
     // A small, clearly marked stand-in the simulator recognises once staged: the lab restores Windows with the agent.
     windowsAgentInstaller: { path: labAgentInstaller() },
+    allowTestSwitches: true,
     proxies: [
       {
         name: 'lab-azure-proxy',

@@ -75,6 +75,11 @@ export interface AzureConfig {
    * it a Windows restore stages nothing for the agent, warns, and does not claim the agent.
    */
   windowsAgentInstaller?: AgentInstallerConfig;
+  /**
+   * Honours the request switches that exist for tests only (`skipGuestPreparation`, the negative control of
+   * boot verification). Set by the lab's configuration alone; a configuration file cannot turn it on.
+   */
+  allowTestSwitches?: boolean;
 }
 
 export interface AgentInstallerConfig {

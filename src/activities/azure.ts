@@ -21,7 +21,8 @@ import { assertAzureDiskSize } from '../azure/vhd';
 import { editVhdBlob } from '../azure/blob-image';
 import { blobUrlForRecord } from '../azure/blob-url';
 import { checkAgentInstaller } from '../azure/agent-installer';
-import { prepareGuestDiskIsolated } from '../guest/isolation';
+import { attachedDiskDevice } from '../azure/attached-disks';
+import { prepareGuestDiskIsolated, type IsolatedPrepResult } from '../guest/isolation';
 import type { GuestPreparationResult } from '../guest/types';
 import type { ArmClients } from '../lab/armsim/clients';
 import { armClientsFor } from '../azure/credential';
@@ -192,13 +193,12 @@ export function createAzureActivities(deps: AzureDeps) {
       const rp = await getRestorePoint(config.repository.path, req.restorePointId);
       const osType = rp.vm.guestOs === 'windows' ? 'Windows' : 'Linux';
       validateAzureVmName(req.vmName, osType);
+      if (req.skipGuestPreparation && !a.allowTestSwitches)
+        invalid('skipGuestPreparation is a test switch; this target does not allow it (only the lab configuration does)');
       const generation = req.generation ?? 1;
       if (generation !== 1 && generation !== 2) invalid(`generation must be 1 or 2, got ${String(generation)}`);
-      if (rp.vm.firmware === 'efi' && generation === 1) {
-        invalid(
-          `VM '${rp.vm.name}' boots with UEFI; a Generation 1 VM needs BIOS and UEFI-to-BIOS conversion is not available yet: restore with --generation 2`,
-        );
-      }
+      // A Generation 1 VM boots with BIOS only: a UEFI guest's OS disk is converted after preparation.
+      const bootConversion = rp.vm.firmware === 'efi' && generation === 1 ? ('uefi-to-bios' as const) : undefined;
       if (rp.vm.firmware === 'bios' && generation === 2) {
         invalid(`VM '${rp.vm.name}' boots with BIOS; a Generation 2 VM boots with UEFI only: restore with --generation 1`);
       }
@@ -340,6 +340,7 @@ export function createAzureActivities(deps: AzureDeps) {
         vmSize,
         subnetId,
         generation,
+        bootConversion,
         osType,
         container: a.container,
         storageAccountId: a.storageAccountId,
@@ -350,6 +351,7 @@ export function createAzureActivities(deps: AzureDeps) {
         disks,
         keepOnFailure: req.keepOnFailure ?? false,
         agentInstaller: osType === 'Windows' && a.windowsAgentInstaller ? await checkAgentInstaller(a.windowsAgentInstaller) : undefined,
+        ...(req.skipGuestPreparation ? { skipGuestPreparation: true } : {}),
       };
     },
 
@@ -471,37 +473,63 @@ export function createAzureActivities(deps: AzureDeps) {
     },
 
     /**
-     * Mounts the uploaded OS disk (materialised from its page blob), applies the Azure preparation and
-     * writes back only the changed pages. `where` records which machine does it in a real deployment.
-     */
-    /**
-     * Edits the OS disk's guest for Azure. The editors run in an unprivileged child process without the
-     * worker's environment or credentials (guest/isolation.ts); only its changes and warnings come back.
+     * Edits the OS disk's guest for Azure, then, for a UEFI guest on a Generation 1 VM, converts it to boot
+     * with BIOS. The editors run in an unprivileged child process without the worker's environment or
+     * credentials (guest/isolation.ts); only its changes and warnings come back.
+     * - `helper-appliance` (Linux): runs on the helper's worker and edits the managed disks attached to
+     *   it, found by LUN under the helper's device root, as on Azure, where the import copied the blob and
+     *   later blob writes never reach the disk. The data disks are handed over too, read for their
+     *   filesystem UUIDs.
+     * - `backup-server` (Windows): edits the uploaded VHD blob (materialised locally, changed pages
+     *   written back) before the managed disks are imported from it.
      */
     async prepareGuestDisk(args: { plan: AzurePlan; where: 'backup-server' | 'helper-appliance' }): Promise<GuestPreparationResult> {
       const { plan } = args;
       const ctx = Context.current();
+      const signal = ctx.cancellationSignal;
       const osDisk = plan.disks.find((d) => d.os)!;
-      const workDir = path.join(os.tmpdir(), 'vmrestore-guest', plan.restoreId.replace(/[^A-Za-z0-9-]/g, '_'));
-      mkdirSync(workDir, { recursive: true });
+      if (plan.skipGuestPreparation) {
+        return { changes: [], warnings: ['guest preparation and boot conversion skipped (test switch skipGuestPreparation)'] };
+      }
       const beat = setInterval(() => ctx.heartbeat({ phase: 'preparing' }), 1000);
+      const merged = (out: IsolatedPrepResult): GuestPreparationResult => ({
+        changes: [...out.changes, ...(out.bootConversion?.changes ?? [])],
+        warnings: [...out.warnings, ...(out.bootConversion?.warnings ?? [])],
+      });
       try {
+        if (args.where === 'helper-appliance') {
+          const h = azure().helpers[plan.location];
+          if (!h) throw new RestoreError(FailureType.Configuration, `no helper appliance is configured for location '${plan.location}'`);
+          const at = { resourceGroup: h.resourceGroup, vmName: h.vmName, deviceRoot: h.deviceRoot };
+          const device = async (d: (typeof plan.disks)[number]) =>
+            (await attachedDiskDevice(clients(), at, d.managedDiskId, { signal })).device;
+          const dataDiskPaths: string[] = [];
+          for (const d of plan.disks.filter((x) => !x.os).sort((a, b) => a.diskIndex - b.diskIndex)) dataDiskPaths.push(await device(d));
+          const out = await prepareGuestDiskIsolated(
+            { osType: plan.osType, imagePath: await device(osDisk), dataDiskPaths, bootConversion: plan.bootConversion },
+            { signal, devices: true },
+          );
+          return merged(out);
+        }
+        const workDir = path.join(os.tmpdir(), 'vmrestore-guest', plan.restoreId.replace(/[^A-Za-z0-9-]/g, '_'));
+        mkdirSync(workDir, { recursive: true });
         const out = await editVhdBlob(blobs().getPageBlobClient(osDisk.blobName), {
           capacityBytes: osDisk.capacityBytes,
           workDir,
-          signal: ctx.cancellationSignal,
+          signal,
           edit: (image: string) =>
             prepareGuestDiskIsolated(
               {
                 osType: plan.osType,
                 imagePath: image,
+                bootConversion: plan.bootConversion,
                 agentInstallerPath: plan.agentInstaller?.path,
                 agentInstallerSha256: plan.agentInstaller?.sha256,
               },
-              { signal: ctx.cancellationSignal },
+              { signal },
             ),
         });
-        return { changes: out.result.changes, warnings: out.result.warnings };
+        return merged(out.result);
       } finally {
         clearInterval(beat);
       }

@@ -11,11 +11,16 @@ export interface AzureRestoreRequest extends VerifyRequestFields {
   vmSize?: string;
   /** Full ARM id of the subnet for the VM's NIC. */
   subnetId?: string;
-  /** 1 (default, BIOS) or 2 (UEFI). */
+  /** 1 (default, BIOS; a UEFI guest is converted to BIOS) or 2 (UEFI). */
   generation?: 1 | 2;
   /** Name of a configured Azure proxy to power on for the transfer. */
   proxy?: string;
   keepOnFailure?: boolean;
+  /**
+   * Test only: restore the disks without guest preparation or boot conversion (the negative control of
+   * boot verification). Refused unless the target's configuration allows test switches (the lab's does).
+   */
+  skipGuestPreparation?: boolean;
 }
 
 export interface AzureDiskPlan {
@@ -77,6 +82,8 @@ export interface AzurePlan {
   vmSize: string;
   subnetId: string;
   generation: 1 | 2;
+  /** A UEFI guest restored as Generation 1: its OS disk is converted to boot with BIOS after preparation. */
+  bootConversion?: 'uefi-to-bios';
   osType: 'Linux' | 'Windows';
   container: string;
   storageAccountId: string;
@@ -89,6 +96,8 @@ export interface AzurePlan {
   keepOnFailure: boolean;
   /** Windows: the agent installer checked at the start (absent: none configured, the agent is not installed). */
   agentInstaller?: AgentInstallerPlan;
+  /** The test switch of the request: preparation and boot conversion are left out. */
+  skipGuestPreparation?: boolean;
 }
 
 export interface AgentInstallerPlan {

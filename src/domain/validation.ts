@@ -166,4 +166,5 @@ export function validateAzureRestoreRequest(raw: unknown): void {
   optText(req, 'vmSize', { max: 64, pattern: /^[A-Za-z0-9_-]+$/, hint: 'a size name such as Standard_D2s_v5' });
   optText(req, 'subnetId', { max: 1024 });
   optOneOf(req, 'generation', [1, 2]);
+  optBool(req, 'skipGuestPreparation');
 }

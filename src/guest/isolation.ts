@@ -26,12 +26,24 @@ import { toolSearchPath } from './exec';
 
 export type GuestOsType = 'Linux' | 'Windows';
 
-/** What the child is told: nothing but where the image is and what it holds. */
+/** What the child is told: nothing but where the disks are, what they hold and what to do to them. */
 export interface GuestPrepRequest {
   osType: GuestOsType;
   imagePath: string;
   /** Windows only: a local installer to stage; it is copied into the private directory first. */
   agentInstallerPath?: string;
+  /**
+   * The VM's other disks in their order (disk 1, 2, ...): read for their filesystems' UUIDs, so fstab
+   * lines naming them by bus device can name them by UUID. Linux only.
+   */
+  dataDiskPaths?: string[];
+  /** After preparation, make the UEFI OS disk boot with BIOS (an Azure Generation 1 VM). */
+  bootConversion?: 'uefi-to-bios';
+}
+
+/** The child's reply: the preparation's changes, then the boot conversion's, when one was asked for. */
+export interface GuestPrepChildResult extends GuestPreparationResult {
+  bootConversion?: GuestPreparationResult;
 }
 
 /** What the parent is asked to do: the child's request, plus the digest the installer's copy must have. */
@@ -49,7 +61,7 @@ export interface SandboxReport {
   envKeys: string[];
 }
 
-export interface IsolatedPrepResult extends GuestPreparationResult {
+export interface IsolatedPrepResult extends GuestPrepChildResult {
   sandbox: SandboxReport;
 }
 
@@ -60,11 +72,18 @@ export interface IsolationOptions {
   /** Kills the child and its tools after this long (default 30 minutes). */
   timeoutMs?: number;
   signal?: AbortSignal;
+  /**
+   * The disk paths are attached disk devices (a link under the device root, such as
+   * `/dev/disk/azure/scsi1/lun0`, to a block device; in the lab, to the simulator's disk file). Each is
+   * resolved and handed to the child in place: owned by the child's uid for the run, its owner and mode put
+   * back afterwards. Without it, the paths are image files and a symlink is refused.
+   */
+  devices?: boolean;
 }
 
 /** Messages the child sends on its IPC channel. */
 export type ChildMessage =
-  | { ok: true; result: GuestPreparationResult; sandbox: SandboxReport }
+  | { ok: true; result: GuestPrepChildResult; sandbox: SandboxReport }
   | { ok: false; error: { type: string; message: string; name: string }; sandbox?: SandboxReport };
 
 export const UNPRIVILEGED_ID = 65534;
@@ -113,6 +132,12 @@ export async function prepareGuestDiskIsolated(req: IsolatedPrepRequest, opts: I
     );
     uid = undefined;
     gid = undefined;
+  }
+  const withPrivilegeWarnings = (r: IsolatedPrepResult): IsolatedPrepResult =>
+    privilegeWarnings.length ? { ...r, warnings: [...privilegeWarnings, ...r.warnings] } : r;
+  if (opts.devices) return withPrivilegeWarnings(await prepareDevicesIsolated(req, { ...opts, uid, gid }));
+  if (req.dataDiskPaths?.length) {
+    throw new RestoreError(FailureType.GuestPreparation, 'data disks are handed to guest preparation only as attached devices');
   }
   const imagePath = path.resolve(req.imagePath);
   const imageDir = path.dirname(imagePath);
@@ -170,7 +195,12 @@ export async function prepareGuestDiskIsolated(req: IsolatedPrepRequest, opts: I
     if (uid !== undefined && gid !== undefined) {
       for (const p of [box, home, tmp, boxedImage, ...(installer ? [installer] : [])]) await fsp.chown(p, uid, gid);
     }
-    const request: GuestPrepRequest = { osType: req.osType, imagePath: boxedImage, agentInstallerPath: installer };
+    const request: GuestPrepRequest = {
+      osType: req.osType,
+      imagePath: boxedImage,
+      agentInstallerPath: installer,
+      bootConversion: req.bootConversion,
+    };
     const result = await runChild(request, {
       box,
       home,
@@ -180,7 +210,7 @@ export async function prepareGuestDiskIsolated(req: IsolatedPrepRequest, opts: I
       timeoutMs: opts.timeoutMs ?? DEFAULT_TIMEOUT_MS,
       signal: opts.signal,
     });
-    return privilegeWarnings.length ? { ...result, warnings: [...privilegeWarnings, ...result.warnings] } : result;
+    return withPrivilegeWarnings(result);
   } finally {
     if (placed === 'moved') await fsp.rename(boxedImage, imagePath);
     if (placed && uid !== undefined) await fsp.chown(imagePath, imageStat.uid, imageStat.gid);
@@ -211,6 +241,98 @@ function codeLoadableAs(uid: number, gid: number): boolean {
     loadable.set(key, ok);
   }
   return ok;
+}
+
+/** A device handed to the child in place, with what to put back. */
+interface GrantedDevice {
+  path: string;
+  uid: number;
+  gid: number;
+  mode: number;
+}
+
+/**
+ * Device mode of prepareGuestDiskIsolated: the OS disk and data disk devices are resolved to their block
+ * device (or, in the lab, the simulator's disk file), each must be reachable by the child's uid (every
+ * directory above it searchable by others), and is owned by that uid, mode 0600, for the run only.
+ */
+async function prepareDevicesIsolated(
+  req: GuestPrepRequest,
+  opts: IsolationOptions & { uid?: number; gid?: number },
+): Promise<IsolatedPrepResult> {
+  const resolve = async (p: string, what: string): Promise<string> => {
+    let real: string;
+    try {
+      real = await fsp.realpath(p);
+    } catch {
+      throw new RestoreError(FailureType.GuestPreparation, `${what} device ${p} does not exist`);
+    }
+    const st = await fsp.stat(real);
+    if (!st.isBlockDevice() && !st.isFile()) {
+      throw new RestoreError(
+        FailureType.GuestPreparation,
+        `${what} device ${p} resolves to ${real}, neither a block device nor a disk image`,
+      );
+    }
+    if (opts.uid !== undefined) {
+      for (let d = path.dirname(real); ; d = path.dirname(d)) {
+        const ds = await fsp.stat(d);
+        if (!(ds.mode & 0o001) && ds.uid !== opts.uid) {
+          throw new RestoreError(
+            FailureType.GuestPreparation,
+            `${what} device ${real}: directory ${d} is not searchable by uid ${opts.uid}, so the preparation process cannot open it`,
+          );
+        }
+        if (d === path.dirname(d)) break;
+      }
+    }
+    return real;
+  };
+  const osDevice = await resolve(req.imagePath, 'OS disk');
+  const dataDevices: string[] = [];
+  for (const [i, p] of (req.dataDiskPaths ?? []).entries()) dataDevices.push(await resolve(p, `data disk ${i + 1}`));
+  const all = [osDevice, ...dataDevices];
+  if (new Set(all).size !== all.length) {
+    throw new RestoreError(FailureType.GuestPreparation, `two disks of the VM resolve to the same device (${all.join(', ')})`);
+  }
+  const box = await fsp.mkdtemp(path.join(os.tmpdir(), 'vmrestore-guest-prep-'));
+  const granted: GrantedDevice[] = [];
+  try {
+    const home = path.join(box, 'home');
+    const tmp = path.join(box, 'tmp');
+    await fsp.mkdir(home, { mode: 0o700 });
+    await fsp.mkdir(tmp, { mode: 0o700 });
+    if (opts.uid !== undefined && opts.gid !== undefined) {
+      for (const p of [box, home, tmp]) await fsp.chown(p, opts.uid, opts.gid);
+      for (const p of all) {
+        const st = await fsp.stat(p);
+        granted.push({ path: p, uid: st.uid, gid: st.gid, mode: st.mode & 0o7777 });
+        await fsp.chown(p, opts.uid, opts.gid);
+        await fsp.chmod(p, 0o600);
+      }
+    }
+    const request: GuestPrepRequest = {
+      osType: req.osType,
+      imagePath: osDevice,
+      dataDiskPaths: dataDevices,
+      bootConversion: req.bootConversion,
+    };
+    return await runChild(request, {
+      box,
+      home,
+      tmp,
+      uid: opts.uid,
+      gid: opts.gid,
+      timeoutMs: opts.timeoutMs ?? DEFAULT_TIMEOUT_MS,
+      signal: opts.signal,
+    });
+  } finally {
+    for (const g of granted.reverse()) {
+      await fsp.chown(g.path, g.uid, g.gid).catch(() => undefined);
+      await fsp.chmod(g.path, g.mode).catch(() => undefined);
+    }
+    await fsp.rm(box, { recursive: true, force: true });
+  }
 }
 
 interface ChildSetup {

@@ -23,6 +23,39 @@ export interface LinuxPrepOptions {
    * entries not among them get `nofail` too; without it UUID= entries are trusted to come along.
    */
   knownFilesystemUuids?: string[];
+  /**
+   * The filesystems of the VM's other disks, in disk order (disk 1 was /dev/sdb on VMware): fstab lines
+   * naming a data disk by bus device are rewritten to its filesystem's UUID. Their UUIDs count as known.
+   */
+  dataDisks?: DataDiskFilesystems[];
+}
+
+/** The filesystems on one data disk: by partition number, 0 for a filesystem on the whole disk. */
+export interface DataDiskFilesystems {
+  /** 1 for the first data disk (the second disk of the VM). */
+  diskIndex: number;
+  filesystems: { partition: number; type: string; uuid: string }[];
+}
+
+/** Reads the partition table and filesystem UUIDs of the VM's data disks (paths in disk order). */
+export async function dataDiskFilesystems(paths: string[]): Promise<DataDiskFilesystems[]> {
+  const out: DataDiskFilesystems[] = [];
+  for (const [i, p] of paths.entries()) {
+    let table: PartitionTable | null = null;
+    try {
+      table = await readPartitionTable(p);
+    } catch (e) {
+      if (!(e instanceof NoPartitionTableError)) throw e;
+    }
+    const parts = table ? table.partitions.map((x) => ({ partition: x.index, offset: x.startBytes })) : [{ partition: 0, offset: 0 }];
+    const filesystems: DataDiskFilesystems['filesystems'] = [];
+    for (const part of parts) {
+      const fs = await probeFilesystem(p, part.offset);
+      if (fs && /^[0-9A-Fa-f-]+$/.test(fs.uuid)) filesystems.push({ partition: part.partition, type: fs.type, uuid: fs.uuid });
+    }
+    out.push({ diskIndex: i + 1, filesystems });
+  }
+  return out;
 }
 
 export type LinuxFamily = 'ubuntu' | 'debian' | 'rhel' | 'suse' | 'unknown';
@@ -46,9 +79,19 @@ export interface LinuxPrepResult {
   warnings: string[];
 }
 
-/** Kernel arguments Azure needs: serial console for boot diagnostics, patience for slow disk attach. */
-const KERNEL_ARGS = ['console=ttyS0', 'rootdelay=300'];
+/**
+ * Kernel arguments for Azure: the serial console (boot diagnostics and the serial console need ttyS0,
+ * from the first kernel message on) and the kernel's own NIC names (net.ifnames=0), so that the VM's
+ * first NIC is eth0 whatever bus it sits on: hv_netvsc on Azure is eth0 anyway, PCI NICs (other NIC types,
+ * a verification lab) would otherwise be enpXsY. No `rootdelay`: initramfs-tools turns it into a sleep on
+ * every boot, and initramfs-tools (up to 30 s) and dracut (rd.retry, rd.timeout) wait for a late root
+ * device by themselves.
+ */
+const KERNEL_ARGS = ['console=ttyS0,115200n8', 'earlyprintk=ttyS0', 'net.ifnames=0'];
 const AZURE_NIC = 'eth0';
+/** Marks lines preparation commented out, so a reader (and a second run) can tell them apart. */
+const DISABLED_MARK = '# vmrestore-disabled: ';
+const NETWORKD_FILE = '/etc/systemd/network/05-vmrestore-azure-dhcp.network';
 const NETPLAN_FILE = '/etc/netplan/90-vmrestore-azure-dhcp.yaml';
 const DISABLED_SUFFIX = '.vmrestore-disabled';
 const SYSTEMD_ETC = '/etc/systemd/system';
@@ -635,13 +678,14 @@ function netplanHasStatic(text: string): boolean {
 
 async function fixNetplan(plan: Plan): Promise<void> {
   const entries = (await plan.list('/etc/netplan')) ?? [];
-  const ours = `# Written by vmrestore for Azure: DHCP on the first NIC (hv_netvsc).
+  // The first NIC is eth0 on any bus (net.ifnames=0 on the kernel command line): hv_netvsc on Azure,
+  // virtio or another PCI NIC elsewhere; a match by driver would miss those.
+  const ours = `# Written by vmrestore for Azure: DHCP on the first NIC, eth0 through net.ifnames=0.
 network:
   version: 2
   ethernets:
     ${AZURE_NIC}:
       match:
-        driver: hv_netvsc
         name: ${AZURE_NIC}
       dhcp4: true
 `;
@@ -719,13 +763,120 @@ async function fixIfcfg(plan: Plan): Promise<void> {
   }
 }
 
+/** A .network file that gives its link a static address or route (the VMware-era configuration). */
+function networkdHasStatic(text: string): boolean {
+  return /^\s*(Address|Gateway)\s*=/m.test(text) || /^\s*\[(Address|Route)\]/m.test(text);
+}
+
+/**
+ * systemd-networkd guests: the static .network files are parked (renamed, kept for reference) and one file
+ * brings up DHCP on the primary NIC by type and name pattern, whatever the kernel calls it, except a VF
+ * of accelerated networking (Mellanox, MANA), which is bonded to the synthetic NIC and must not run DHCP.
+ * Returns whether the guest uses networkd.
+ */
+async function fixNetworkd(plan: Plan, family: LinuxFamily): Promise<boolean> {
+  const dir = '/etc/systemd/network';
+  const entries = (await plan.list(dir)) ?? [];
+  const files = entries.filter((e) => e.name.endsWith('.network')).map((e) => `${dir}/${e.name}`);
+  const wants = `${SYSTEMD_ETC}/multi-user.target.wants/systemd-networkd.service`;
+  await plan.lstatMany([wants]);
+  if (!files.length && !(await plan.lstat(wants))) return false;
+  await plan.prefetch(files);
+  for (const p of files.filter((f) => f !== NETWORKD_FILE)) {
+    const ref = await plan.file(p);
+    if (!ref || !networkdHasStatic(ref.text)) continue;
+    const parked = `${p}${DISABLED_SUFFIX}`;
+    if (!followAllowed(ref)) {
+      plan.warn(
+        `${p} is a symlink to ${describePath(ref.hops[1] ?? ref.path)}; not followed, left in place (it may give a NIC a static address)`,
+      );
+      continue;
+    }
+    await plan.create(parked, ref.bytes, ref.stat.mode, `copy of ${p}, kept for reference`);
+    await plan.remove(p, `park the VMware-era static address (systemd-networkd would still apply it); kept as ${parked}`);
+  }
+  const ours = [
+    "# Written by vmrestore for Azure: DHCP on the VM's primary NIC, whatever name the kernel gives it.",
+    '[Match]',
+    'Type=ether',
+    'Name=eth* en*',
+    '# The VF of accelerated networking is bonded to the synthetic NIC and must not run DHCP of its own.',
+    'Driver=!mlx4_core mlx4_en mlx5_core mana',
+    '',
+    '[Network]',
+    'DHCP=ipv4',
+    'LinkLocalAddressing=no',
+    '',
+  ].join('\n');
+  await plan.create(
+    NETWORKD_FILE,
+    ours,
+    0o644,
+    'systemd-networkd: DHCP on the primary NIC matched by type (ether) and name (eth*, en*), not by its VMware-era name',
+  );
+  await enableUnit(plan, family, ['systemd-networkd.service'], 'it brings up DHCP on the primary NIC');
+  return true;
+}
+
 const IFACE_KEYWORDS = /^\s*(iface|mapping|auto|allow-\S+|source|source-directory|no-auto-down|no-scripts|rename)\b/;
 const STATIC_OPTIONS = /^\s*(address|netmask|gateway|broadcast|network|pointopoint|hwaddress|scope|metric|dns-\S+)\b/;
+const STATIC_IFACE = /^\s*iface\s+(\S+)\s+inet6?\s+static\b/;
+
+/** Names with a static stanza other than lo and the Azure NIC: the VMware-era NICs (ens192, ...). */
+function staticIfaceNames(text: string): string[] {
+  const names = new Set<string>();
+  for (const l of text.split('\n')) {
+    const m = STATIC_IFACE.exec(l);
+    if (m && m[1] !== 'lo' && m[1] !== AZURE_NIC) names.add(m[1]);
+  }
+  return [...names];
+}
+
+/**
+ * Comments out (with DISABLED_MARK) the static stanzas of `names` and their options, and takes those
+ * names off `auto`/`allow-*` lines, so ifupdown no longer brings them up. Lines are changed in place.
+ */
+function disableStanzas(lines: string[], names: Set<string>): void {
+  for (let i = 0; i < lines.length; i++) {
+    const m = STATIC_IFACE.exec(lines[i]);
+    if (m && names.has(m[1])) {
+      lines[i] = DISABLED_MARK + lines[i];
+      for (let j = i + 1; j < lines.length && !IFACE_KEYWORDS.test(lines[j]); j++) {
+        if (lines[j].trim() && !lines[j].trim().startsWith('#')) lines[j] = DISABLED_MARK + lines[j];
+      }
+      continue;
+    }
+    const auto = /^(\s*)(auto|allow-\S+)\s+(.*)$/.exec(lines[i]);
+    if (!auto) continue;
+    const ifaces = auto[3].trim().split(/\s+/);
+    const keep = ifaces.filter((n) => !names.has(n));
+    if (keep.length === ifaces.length) continue;
+    lines[i] = keep.length ? `${auto[1]}${auto[2]} ${keep.join(' ')}` : DISABLED_MARK + lines[i];
+  }
+}
 
 async function fixInterfaces(plan: Plan): Promise<void> {
   const ref = await plan.file('/etc/network/interfaces');
   if (!ref) return;
+  // Stanzas may also live in interfaces.d (Debian's default file sources it).
+  const parts = ((await plan.list('/etc/network/interfaces.d')) ?? [])
+    .filter((e) => e.type === 'regular')
+    .map((e) => `/etc/network/interfaces.d/${e.name}`);
+  await plan.prefetch(parts);
+  const partRefs = (await Promise.all(parts.map((p) => plan.file(p)))).filter((r): r is FileRef => r !== null);
+  const names = new Set([ref, ...partRefs].flatMap((r) => staticIfaceNames(r.text)));
+  const disabled = names.size ? `; the VMware-era static stanza of ${[...names].join(', ')} commented out ('vmrestore-disabled')` : '';
+  for (const part of partRefs) {
+    const pl = part.text.split('\n');
+    disableStanzas(pl, names);
+    plan.edit(
+      part,
+      pl.join('\n'),
+      `ifupdown: the VMware-era static stanza of ${[...names].join(', ')} commented out ('vmrestore-disabled')`,
+    );
+  }
   const lines = ref.text.replace(/\n$/, '').split('\n');
+  disableStanzas(lines, names);
   const ifaceRe = new RegExp(`^(\\s*iface\\s+${AZURE_NIC}\\s+inet\\s+)(\\S+)(.*)$`);
   const i = lines.findIndex((l) => ifaceRe.test(l));
   if (i >= 0) {
@@ -742,7 +893,11 @@ async function fixInterfaces(plan: Plan): Promise<void> {
   } else {
     lines.push('', '# Added by vmrestore for Azure: DHCP on the first NIC.', `auto ${AZURE_NIC}`, `iface ${AZURE_NIC} inet dhcp`);
   }
-  plan.edit(ref, lines.join('\n') + '\n', `DHCP on ${AZURE_NIC}: Azure assigns the VM's addresses by DHCP`);
+  plan.edit(
+    ref,
+    lines.join('\n') + '\n',
+    `DHCP on ${AZURE_NIC}, the first NIC's name on any bus with net.ifnames=0 on the kernel command line: Azure assigns the VM's addresses by DHCP${disabled}`,
+  );
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -751,7 +906,18 @@ async function fixInterfaces(plan: Plan): Promise<void> {
 /** Device names that belong to the old virtual bus and will change or vanish on Azure. */
 const BUS_DEVICE = /^\/dev\/(sd|hd|vd|xvd)([a-z]+)(\d*)$/;
 
-async function fixFstab(plan: Plan, root: LinuxRoot, imagePath: string, known: Set<string> | null): Promise<void> {
+/** 0 for `a`, 25 for `z`, 26 for `aa`: the disk's position behind a bus device name (sdb → 1). */
+function diskNumber(letters: string): number {
+  return [...letters].reduce((n, c) => n * 26 + (c.charCodeAt(0) - 96), 0) - 1;
+}
+
+async function fixFstab(
+  plan: Plan,
+  root: LinuxRoot,
+  imagePath: string,
+  known: Set<string> | null,
+  dataDisks: DataDiskFilesystems[] | undefined,
+): Promise<void> {
   const ref = await plan.file('/etc/fstab');
   if (!ref) return;
   const lines = ref.text.split('\n');
@@ -760,6 +926,8 @@ async function fixFstab(plan: Plan, root: LinuxRoot, imagePath: string, known: S
   const rootLine = lines.find((l) => isEntry(l) && fields(l)[1] === '/');
   const rootDisk = rootLine ? BUS_DEVICE.exec(fields(rootLine)[0]) : null;
   const osDisk = rootDisk ? `${rootDisk[1]}${rootDisk[2]}` : 'sda';
+  const osBus = rootDisk ? rootDisk[1] : 'sd';
+  const osNumber = diskNumber(rootDisk ? rootDisk[2] : 'a');
 
   const uuidCache = new Map<number, string | null>();
   const partitionUuid = async (n: number): Promise<string | null> => {
@@ -782,12 +950,22 @@ async function fixFstab(plan: Plan, root: LinuxRoot, imagePath: string, known: S
     if (opts.includes('bind') || opts.includes('noauto')) continue;
 
     let newDevice = device;
+    let dataDisk = false;
     const bus = BUS_DEVICE.exec(device);
     if (mountPoint === '/') {
       if (bus || device.startsWith('/dev/disk/by-')) newDevice = `UUID=${root.filesystem.uuid}`;
     } else if (bus && `${bus[1]}${bus[2]}` === osDisk && bus[3]) {
       const uuid = await partitionUuid(Number(bus[3]));
       if (uuid) newDevice = `UUID=${uuid}`;
+    } else if (bus && bus[1] === osBus && dataDisks) {
+      // On VMware the disks sit on the bus in the VM's order: sdb is data disk 1. On Azure sdb is the
+      // temporary resource disk, so the entry must name the filesystem, not the device.
+      const disk = dataDisks.find((d) => d.diskIndex === diskNumber(bus[2]) - osNumber);
+      const fs = disk?.filesystems.find((x) => x.partition === (bus[3] ? Number(bus[3]) : 0));
+      if (fs) {
+        newDevice = `UUID=${fs.uuid}`;
+        dataDisk = true;
+      }
     }
     const converted = newDevice !== device;
     let missing = false;
@@ -796,7 +974,8 @@ async function fixFstab(plan: Plan, root: LinuxRoot, imagePath: string, known: S
       const uuid = /^UUID=["']?([^"']+)["']?$/.exec(device);
       if (uuid && known && !known.has(uuid[1].toLowerCase())) missing = true;
     }
-    const addNofail = missing && !opts.includes('nofail');
+    // A data disk that is late or missing must not stop the boot (Azure attaches data disks separately).
+    const addNofail = (missing || dataDisk) && !opts.includes('nofail');
     if (!converted && !addNofail) continue;
 
     // Replace fields in place so the file keeps its column alignment and comments.
@@ -831,16 +1010,40 @@ function escapeRe(s: string): string {
 
 function hasArg(args: string[], want: string): boolean {
   const key = want.split('=')[0];
-  if (key === 'console') return args.some((a) => a === want || a.startsWith(`${want},`));
+  // Any console on the first serial port will do, whatever its speed.
+  if (key === 'console' || key === 'earlyprintk')
+    return args.some((a) => a === want.split(',')[0] || a.startsWith(`${want.split(',')[0]},`));
   return args.some((a) => a.split('=')[0] === key);
 }
 
+/** The guest's initramfs generator, which decides what a root-device wait on the kernel line does. */
+export type InitramfsTool = 'initramfs-tools' | 'dracut' | 'unknown';
+
+/** What the kernel command line edits do for this guest. */
+interface ArgPolicy {
+  rootUuid: string;
+  /** initramfs-tools sleeps `rootdelay` seconds unconditionally: an existing one is taken out. */
+  dropRootdelay: boolean;
+}
+
+const ROOTDELAY = /(^|\s)rootdelay=\S*(?=\s|$)/g;
 /**
- * Adds the Azure kernel arguments that are missing, and points `root=/dev/sdXN` at the root
- * filesystem's UUID since disk names differ on Azure. Returns args unchanged when nothing is needed.
+ * Arguments that hide the boot from the serial console: with `quiet` the kernel and systemd print nothing
+ * there, so Azure's boot diagnostics stay empty until a login prompt (and show nothing of a boot that
+ * fails); `splash` and `rhgb` draw a graphical screen instead. Azure's preparation guides remove them.
  */
-function fixArgs(args: string, rootUuid: string): string {
-  let out = args.replace(/(^|\s)root=\/dev\/(?:sd|hd|vd|xvd)[a-z]+\d+(?=\s|$)/, `$1root=UUID=${rootUuid}`);
+const SILENT = /(^|\s)(quiet|splash|rhgb)(?=\s|$)/g;
+
+/**
+ * Adds the Azure kernel arguments that are missing, points `root=/dev/sdXN` at the root filesystem's
+ * UUID since disk names differ on Azure, and on initramfs-tools guests removes `rootdelay`, which delays
+ * every boot by its value. Returns args unchanged when nothing is needed.
+ */
+function fixArgs(args: string, k: ArgPolicy): string {
+  let out = args.replace(/(^|\s)root=\/dev\/(?:sd|hd|vd|xvd)[a-z]+\d+(?=\s|$)/, `$1root=UUID=${k.rootUuid}`);
+  if (k.dropRootdelay) out = out.replace(ROOTDELAY, '');
+  const loud = out.replace(SILENT, '');
+  if (loud !== out) out = loud.replace(/^\s+/, '');
   const list = out.split(/\s+/).filter(Boolean);
   const missing = KERNEL_ARGS.filter((a) => !hasArg(list, a));
   if (missing.length) out = [out.trimEnd(), ...missing].filter(Boolean).join(' ');
@@ -848,19 +1051,39 @@ function fixArgs(args: string, rootUuid: string): string {
 }
 
 function argsWhy(where: string, before: string, after: string): string {
-  const count = (t: string, re: RegExp) => (t.match(re) ?? []).length;
-  const added = KERNEL_ARGS.filter((a) => count(after, new RegExp(`\\b${a}\\b`, 'g')) > count(before, new RegExp(`\\b${a}\\b`, 'g')));
-  const parts = added.length ? [`add ${added.join(' ')} (Azure serial console, slow disk attach)`] : [];
-  if (count(after, /root=UUID=/g) > count(before, /root=UUID=/g)) parts.push('root= by filesystem UUID (disk names differ on Azure)');
+  // Arguments sit in quoted shell values and config lines: quotes end them too.
+  const tokens = (t: string) => t.split(/[\s"']+/);
+  const count = (t: string, a: string) => tokens(t).filter((x) => x === a).length;
+  const delays = (t: string) => tokens(t).filter((x) => x.startsWith('rootdelay=')).length;
+  const silent = (t: string) => tokens(t).filter((x) => x === 'quiet' || x === 'splash' || x === 'rhgb').length;
+  const added = KERNEL_ARGS.filter((a) => count(after, a) > count(before, a));
+  const parts = added.length
+    ? [
+        `add ${added.join(' ')} (serial console on ttyS0 for Azure's boot diagnostics from the first kernel message; ` +
+          'net.ifnames=0: the first NIC is eth0 on any bus, so DHCP comes up on it)',
+      ]
+    : [];
+  if (silent(before) > silent(after)) {
+    parts.push("remove quiet/splash/rhgb (the boot shows on the serial console, in Azure's boot diagnostics)");
+  }
+  if (delays(before) > delays(after)) {
+    parts.push('remove rootdelay (initramfs-tools sleeps that long on every boot; it waits up to 30 s for a late root device by itself)');
+  }
+  if ((after.match(/root=UUID=/g) ?? []).length > (before.match(/root=UUID=/g) ?? []).length) {
+    parts.push('root= by filesystem UUID (disk names differ on Azure)');
+  }
   return `${where}: ${parts.join('; ')}`;
 }
 
-function fixDefaultGrub(plan: Plan, ref: FileRef, rootUuid: string): void {
+function fixDefaultGrub(plan: Plan, ref: FileRef, k: ArgPolicy): void {
   const lines = ref.text.split('\n');
   // The shell sources the file, so the last assignment wins.
   let idx = -1;
   lines.forEach((l, i) => {
     if (/^\s*GRUB_CMDLINE_LINUX=/.test(l)) idx = i;
+    // The default entry's extra arguments: only the ones that silence the boot come out.
+    const d = /^(\s*GRUB_CMDLINE_LINUX_DEFAULT=)(["']?)(.*?)\2\s*$/.exec(l);
+    if (d && d[3].replace(SILENT, '') !== d[3]) lines[i] = `${d[1]}${d[2] || '"'}${d[3].replace(SILENT, '').trim()}${d[2] || '"'}`;
   });
   if (idx >= 0) {
     const m = /^(\s*GRUB_CMDLINE_LINUX=)(["']?)(.*?)\2\s*$/.exec(lines[idx]);
@@ -869,7 +1092,7 @@ function fixDefaultGrub(plan: Plan, ref: FileRef, rootUuid: string): void {
       return;
     }
     const quote = m[2] || '"';
-    lines[idx] = `${m[1]}${quote}${fixArgs(m[3], rootUuid)}${quote}`;
+    lines[idx] = `${m[1]}${quote}${fixArgs(m[3], k)}${quote}`;
   } else {
     const at = lines.length && lines[lines.length - 1] === '' ? lines.length - 1 : lines.length;
     lines.splice(at, 0, `GRUB_CMDLINE_LINUX="${KERNEL_ARGS.join(' ')}"`);
@@ -878,22 +1101,22 @@ function fixDefaultGrub(plan: Plan, ref: FileRef, rootUuid: string): void {
 }
 
 /** grub.cfg is what boots before anyone runs update-grub, so its kernel lines get the args too. */
-function fixGrubCfg(plan: Plan, ref: FileRef, rootUuid: string): void {
+function fixGrubCfg(plan: Plan, ref: FileRef, k: ArgPolicy): void {
   const after = ref.text
     .split('\n')
     .map((l) => {
       const m = /^(\s*(?:linux|linux16|linuxefi)\s+\S+)(.*)$/.exec(l);
-      return m ? `${m[1]}${fixArgs(m[2], rootUuid).replace(/^(?!\s)/, ' ')}` : l;
+      return m ? `${m[1]}${fixArgs(m[2], k).replace(/^(?!\s)/, ' ')}` : l;
     })
     .join('\n');
   plan.edit(ref, after, argsWhy('grub.cfg kernel lines (used before update-grub runs)', ref.text, after));
 }
 
 /** EL8 BLS entries take `$kernelopts` from grubenv, a fixed 1024-byte block padded with '#'. */
-function fixGrubenv(plan: Plan, ref: FileRef, rootUuid: string): void {
+function fixGrubenv(plan: Plan, ref: FileRef, k: ArgPolicy): void {
   const m = /^kernelopts=(.*)$/m.exec(ref.text);
   if (!m) return;
-  const args = fixArgs(m[1].trimEnd(), rootUuid);
+  const args = fixArgs(m[1].trimEnd(), k);
   if (args === m[1].trimEnd()) return;
   const body = ref.text.replace(/#+$/, '').replace(/^kernelopts=.*$/m, `kernelopts=${args} `);
   if (Buffer.byteLength(body) > 1024) {
@@ -907,30 +1130,41 @@ function fixGrubenv(plan: Plan, ref: FileRef, rootUuid: string): void {
   );
 }
 
-function fixBlsEntry(plan: Plan, ref: FileRef, rootUuid: string): void {
+function fixBlsEntry(plan: Plan, ref: FileRef, k: ArgPolicy): void {
   const after = ref.text
     .split('\n')
     .map((l) => {
       const m = /^(options\s+)(.*)$/.exec(l);
       // Entries reading $kernelopts are covered by grubenv.
       if (!m || m[2].includes('$kernelopts')) return l;
-      return `${m[1]}${fixArgs(m[2], rootUuid)}`;
+      return `${m[1]}${fixArgs(m[2], k)}`;
     })
     .join('\n');
   plan.edit(ref, after, argsWhy('boot entry options', ref.text, after));
 }
 
+/** initramfs-tools and dracut each leave their files in the guest; neither means an unknown generator. */
+async function detectInitramfsTool(plan: Plan): Promise<InitramfsTool> {
+  const marks = ['/usr/share/initramfs-tools/init', '/usr/lib/dracut/dracut-version.sh', '/usr/lib/dracut/modules.d', '/etc/dracut.conf'];
+  await plan.lstatMany(marks);
+  if (await plan.lstat(marks[0])) return 'initramfs-tools';
+  for (const m of marks.slice(1)) if (await plan.lstat(m)) return 'dracut';
+  return 'unknown';
+}
+
 async function fixKernelCommandLine(plan: Plan, rootUuid: string): Promise<void> {
+  const initramfs = await detectInitramfsTool(plan);
+  const k: ArgPolicy = { rootUuid, dropRootdelay: initramfs === 'initramfs-tools' };
   const def = await plan.file('/etc/default/grub');
-  if (def) fixDefaultGrub(plan, def, rootUuid);
+  if (def) fixDefaultGrub(plan, def, k);
   else if (!(await plan.lstat('/etc/default/grub'))) plan.warn('/etc/default/grub not found; kernel command line not changed');
   for (const p of ['/boot/grub/grub.cfg', '/boot/grub2/grub.cfg']) {
     const ref = await plan.file(p);
-    if (ref) fixGrubCfg(plan, ref, rootUuid);
+    if (ref) fixGrubCfg(plan, ref, k);
   }
   for (const p of ['/boot/grub2/grubenv', '/boot/grub/grubenv']) {
     const ref = await plan.file(p);
-    if (ref) fixGrubenv(plan, ref, rootUuid);
+    if (ref) fixGrubenv(plan, ref, k);
   }
   const entries = (await plan.list('/boot/loader/entries')) ?? [];
   let confs = entries.filter((e) => e.name.endsWith('.conf')).map((e) => `/boot/loader/entries/${e.name}`);
@@ -941,7 +1175,7 @@ async function fixKernelCommandLine(plan: Plan, rootUuid: string): Promise<void>
   await plan.prefetch(confs);
   for (const p of confs) {
     const ref = await plan.file(p);
-    if (ref) fixBlsEntry(plan, ref, rootUuid);
+    if (ref) fixBlsEntry(plan, ref, k);
   }
 }
 
@@ -1013,9 +1247,19 @@ async function makePlan(imagePath: string, opts: LinuxPrepOptions) {
   if (networkStyle === 'netplan') await fixNetplan(p);
   else if (networkStyle === 'ifcfg') await fixIfcfg(p);
   else if (networkStyle === 'interfaces') await fixInterfaces(p);
-  else p.warn('no netplan, ifcfg or /etc/network/interfaces configuration found; DHCP not configured');
-  const known = opts.knownFilesystemUuids ? new Set(opts.knownFilesystemUuids.map((u) => u.toLowerCase())) : null;
-  await fixFstab(p, root, imagePath, known);
+  // netplan renders to networkd itself; other guests may run networkd beside or instead of ifupdown.
+  const networkd = networkStyle !== 'netplan' && (await fixNetworkd(p, family.family));
+  if (!networkStyle && !networkd)
+    p.warn('no netplan, ifcfg, /etc/network/interfaces or systemd-networkd configuration found; DHCP not configured');
+  // With the data disks known, every disk of the VM is: a UUID= entry naming none of them gets nofail.
+  const knownList = opts.dataDisks
+    ? [
+        ...(opts.knownFilesystemUuids ?? []),
+        ...[...(await dataDiskFilesystems([imagePath])), ...opts.dataDisks].flatMap((d) => d.filesystems.map((f) => f.uuid)),
+      ]
+    : opts.knownFilesystemUuids;
+  const known = knownList ? new Set(knownList.map((u) => u.toLowerCase())) : null;
+  await fixFstab(p, root, imagePath, known, opts.dataDisks);
   await fixKernelCommandLine(p, root.filesystem.uuid);
   await fixAgents(p, family.family);
   return { root, p, family, networkStyle, firewalls };

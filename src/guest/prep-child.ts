@@ -2,9 +2,13 @@
  * Entry point of the isolated guest preparation process (see isolation.ts). Reads its request from
  * argv, prepares the image, and sends the result (changes and warnings only) on the IPC channel.
  */
+import { mkdtempSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { RestoreError } from '../domain/errors';
-import type { ChildMessage, GuestPrepRequest, SandboxReport } from './isolation';
-import { prepareLinuxDiskDetailed } from './linux-prep';
+import type { ChildMessage, GuestPrepChildResult, GuestPrepRequest, SandboxReport } from './isolation';
+import { dataDiskFilesystems, prepareLinuxDiskDetailed } from './linux-prep';
+import { convertUefiToBios } from './uefi-to-bios';
 import { prepareWindowsDiskDetailed } from './windows-prep';
 
 function report(): SandboxReport {
@@ -35,8 +39,16 @@ async function main(): Promise<void> {
     const result =
       req.osType === 'Windows'
         ? await prepareWindowsDiskDetailed(req.imagePath, { agentInstallerPath: req.agentInstallerPath })
-        : await prepareLinuxDiskDetailed(req.imagePath);
-    await send({ ok: true, result: { changes: result.changes, warnings: result.warnings }, sandbox: report() });
+        : await prepareLinuxDiskDetailed(req.imagePath, {
+            dataDisks: req.dataDiskPaths?.length ? await dataDiskFilesystems(req.dataDiskPaths) : undefined,
+          });
+    const out: GuestPrepChildResult = { changes: result.changes, warnings: result.warnings };
+    if (req.bootConversion === 'uefi-to-bios') {
+      const workDir = mkdtempSync(path.join(os.tmpdir(), 'uefi-to-bios-'));
+      const conv = await convertUefiToBios(req.imagePath, { osType: req.osType === 'Windows' ? 'windows' : 'linux', workDir });
+      out.bootConversion = { changes: conv.changes, warnings: conv.warnings };
+    }
+    await send({ ok: true, result: out, sandbox: report() });
   } catch (e) {
     const err = e instanceof Error ? e : new Error(String(e));
     const type = e instanceof RestoreError ? e.type : 'GuestPreparation';

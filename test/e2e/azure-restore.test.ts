@@ -39,7 +39,7 @@ import {
   type WorkerProcess,
   writeZeroRestorePoint as writeZeroRp,
 } from '../helpers/env';
-import { armLog, clearFaults, labArm, labAzure, labContainer, setFaults } from '../helpers/azure';
+import { armLog, clearFaults, downloadManagedDisk, labArm, labAzure, labContainer, setFaults } from '../helpers/azure';
 
 const MiB = 1024 * 1024;
 let env: TestEnv;
@@ -105,7 +105,7 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
     rmSync(tmp, { recursive: true, force: true });
   });
 
-  it('restores a two-disk Linux VM: VHDs, managed disks, Gen1 VM, guest changes read back from the uploaded disk', async () => {
+  it('restores a two-disk Linux VM: VHDs, managed disks, Gen1 VM; the managed OS disk is prepared, its blob is not', async () => {
     const rpId = env.demo['demo-thick'];
     const rp = await getRestorePoint(env.config.repository.path, rpId);
     const vmName = `t-linux-${Date.now().toString(36)}`;
@@ -133,15 +133,32 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
       await sha256OfBackedUpDisk(env.config.repository.path, rpId, 1),
       'data disk VHD holds the backed-up bytes',
     );
-    // The OS disk carries the guest changes, read back from the uploaded VHD with debugfs.
-    const osd = await checkVhd(result.disks[0].blobUrl, rp.vm.disks[0].capacityBytes);
-    const table = await readPartitionTable(osd.raw);
+    // The preparation edited the managed disk attached to the helper: the uploaded blob is still the backup.
+    const osBlob = await checkVhd(result.disks[0].blobUrl, rp.vm.disks[0].capacityBytes);
+    const backedUpOs = await sha256OfBackedUpDisk(env.config.repository.path, rpId, 0);
+    assert.equal(await sha256File(osBlob.raw), backedUpOs, 'the OS disk blob is the unprepared disk');
+    // The managed disk carries the guest changes: read as on Azure, through a read SAS, once the VM is deallocated.
+    const { compute: arm } = labArm();
+    await arm.virtualMachines.deallocate(labAzure().resourceGroup, vmName);
+    const managedOs = path.join(tmp, `${vmName}-osdisk.img`);
+    await downloadManagedDisk(labArm(), result.disks[0].managedDiskId, managedOs);
+    assert.notEqual(await sha256File(managedOs), backedUpOs, 'the managed OS disk is prepared');
+    const table = await readPartitionTable(managedOs);
     const root = table.partitions.find((p) => p.type === 'linux')!;
-    const fstab = await readGuestFile(osd.raw, root.startBytes, '/etc/fstab');
+    const fstab = await readGuestFile(managedOs, root.startBytes, '/etc/fstab');
     assert.match(fstab!, /^UUID=\S+\s+\/\s/m, 'root fstab entry by UUID');
-    const grub = await readGuestFile(osd.raw, root.startBytes, '/etc/default/grub');
-    assert.match(grub!, /console=ttyS0/);
-    assert.match(grub!, /rootdelay=300/);
+    const grub = await readGuestFile(managedOs, root.startBytes, '/etc/default/grub');
+    assert.match(grub!, /console=ttyS0,115200n8/);
+    assert.match(grub!, /net\.ifnames=0/);
+    assert.doesNotMatch(grub!, /rootdelay/);
+    const managedData = path.join(tmp, `${vmName}-datadisk1.img`);
+    await downloadManagedDisk(labArm(), result.disks[1].managedDiskId, managedData);
+    assert.equal(
+      await sha256File(managedData),
+      await sha256OfBackedUpDisk(env.config.repository.path, rpId, 1),
+      'the data disk is only read',
+    );
+    await arm.virtualMachines.start(labAzure().resourceGroup, vmName);
     assert.ok(
       result.guestChanges.some((c) => /sshd?\.service/.test(c.path)),
       'sshd enabled',
@@ -233,9 +250,6 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
       disks: [{ path: 'disk0.img', provisioning: 'thin' }],
     });
     const vmName = `t-gen2-${Date.now().toString(36)}`;
-    // Generation 1 (the default) would need a UEFI-to-BIOS conversion: refused, naming the way out.
-    const gen1 = await startAzureRestore(env.client, { restorePointId, vmName }, { taskQueue: env.taskQueue });
-    assert.match(failureMessage(await gen1.result().catch((e: unknown) => e)), /UEFI.*--generation 2/);
     const handle = await startAzureRestore(env.client, { restorePointId, vmName, generation: 2 }, { taskQueue: env.taskQueue });
     const result = await handle.result();
     assert.equal(result.generation, 2);
@@ -249,11 +263,14 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
     const disk = await compute.disks.get(a.resourceGroup, `${vmName}-osdisk`);
     assert.equal(disk.hyperVGeneration, 'V2');
     assert.equal(disk.osType, 'Linux');
-    const osd = await checkVhd(result.disks[0].blobUrl, 256 * MiB);
-    const table = await readPartitionTable(osd.raw);
-    assert.equal(table.scheme, 'gpt');
+    await compute.virtualMachines.deallocate(a.resourceGroup, vmName);
+    const osd = path.join(tmp, `${vmName}-osdisk.img`);
+    await downloadManagedDisk(labArm(), result.disks[0].managedDiskId, osd);
+    const table = await readPartitionTable(osd);
+    assert.equal(table.scheme, 'gpt', 'Generation 2 keeps UEFI: no boot conversion');
+    assert.ok(!result.guestChanges.some((c) => /MBR|BIOS/.test(c.description)), 'no boot conversion changes');
     const root = table.partitions.find((p) => p.type === 'linux')!;
-    assert.match((await readGuestFile(osd.raw, root.startBytes, '/etc/default/grub'))!, /console=ttyS0/);
+    assert.match((await readGuestFile(osd, root.startBytes, '/etc/default/grub'))!, /console=ttyS0/);
   });
 
   it('restores a Windows VM: registry changes in every ControlSet, agent staged, VM running with the agent ready', async () => {
@@ -547,6 +564,7 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
         /subnet 'nope' .* not found/,
       ],
       [{ vmName: `t-gen-${Date.now().toString(36)}`, generation: 2 }, /BIOS; a Generation 2 VM/],
+      [{ vmName: `t-skip-${Date.now().toString(36)}`, skipGuestPreparation: 'yes' as unknown as boolean }, /skipGuestPreparation/],
     ];
     for (const [req, pattern] of cases) {
       const handle = await startAzureRestore(

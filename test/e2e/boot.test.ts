@@ -3,9 +3,9 @@ import { promises as fsp } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
-import { run } from '../../src/guest/exec';
 import { ensureGuestImage, type GuestImage } from '../../src/lab/guests';
 import { verifyBoot, type BootCheckName, type BootReport, type BootRequest } from '../../src/verify';
+import { bootCheck, explainBoot, sshIntoGuest } from '../helpers/lab-guests';
 
 /**
  * Real boots of the lab's Debian 12 guests under qemu (TCG). The guests came from VMware: a static
@@ -36,15 +36,8 @@ after(async () => {
   await fsp.rm(dir, { recursive: true, force: true });
 });
 
-function check(report: BootReport, name: BootCheckName) {
-  const c = report.checks.find((x) => x.name === name);
-  assert.ok(c, `check ${name} missing from ${JSON.stringify(report.checks)}`);
-  return c;
-}
-
-function explain(report: BootReport): string {
-  return JSON.stringify({ checks: report.checks, stoppedBy: report.stoppedBy, serialTail: report.serialTail }, null, 1);
-}
+const check = bootCheck;
+const explain = explainBoot;
 
 /** The verification lab presenting the VM as it was on VMware: its disks in order, its NIC's MAC, its own subnet. */
 function asItWas(image: GuestImage, name: string): BootRequest {
@@ -64,30 +57,8 @@ function asItWas(image: GuestImage, name: string): BootRequest {
 }
 
 /** Logs in with the guest's test key, trusting only the host keys the build recorded. */
-async function sshInto(image: GuestImage, port: number, command: string): Promise<string> {
-  const knownHosts = join(dir, `known_hosts-${image.name}-${port}`);
-  await fsp.writeFile(knownHosts, image.ssh.hostKeys.map((k) => `[127.0.0.1]:${port} ${k}\n`).join(''));
-  const r = await run(
-    'ssh',
-    [
-      '-i',
-      image.ssh.privateKeyPath,
-      '-p',
-      String(port),
-      '-o',
-      `UserKnownHostsFile=${knownHosts}`,
-      '-o',
-      'StrictHostKeyChecking=yes',
-      '-o',
-      'BatchMode=yes',
-      '-o',
-      'ConnectTimeout=30',
-      `${image.ssh.user}@127.0.0.1`,
-      command,
-    ],
-    { timeoutMs: 120_000 },
-  );
-  return r.stdout;
+function sshInto(image: GuestImage, port: number, command: string): Promise<string> {
+  return sshIntoGuest(image, port, command, dir);
 }
 
 const GUEST_STATE = [

@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { open } from 'node:fs/promises';
 import https from 'node:https';
 import { BlobServiceClient, type ContainerClient } from '@azure/storage-blob';
 import { readLabState } from '../../src/lab';
@@ -6,6 +7,7 @@ import type { LabAzure } from '../../src/lab/azure';
 import type { ArmClients } from '../../src/lab/armsim';
 import { armClientsFor } from '../../src/azure/credential';
 import { labConfig } from '../../src/app-config';
+import { withManagedDiskRead } from '../../src/azure/managed-disk-read';
 import type { FaultRule, RequestLogEntry } from '../../src/lab/armsim';
 
 export function labAzure(): LabAzure {
@@ -57,4 +59,37 @@ export const clearFaults = () => armAdmin('DELETE', '/_admin/faults');
 export async function armLog(): Promise<RequestLogEntry[]> {
   const r = await armAdmin<{ entries?: RequestLogEntry[]; log?: RequestLogEntry[] } | RequestLogEntry[]>('GET', '/_admin/log');
   return Array.isArray(r) ? r : (r.entries ?? r.log ?? []);
+}
+
+/**
+ * Reads a managed disk as one would on Azure (grant read access, read the VHD's data through the SAS,
+ * revoke) into a local sparse raw image; all-zero MiBs are skipped. The disk must not be attached to a
+ * running VM (deallocate it first).
+ */
+export async function downloadManagedDisk(arm: ArmClients, diskId: string, imagePath: string): Promise<{ bytes: number; seconds: number }> {
+  const started = Date.now();
+  const MiB = 1024 * 1024;
+  const bytes = await withManagedDiskRead(
+    arm,
+    diskId,
+    async (r) => {
+      const fh = await open(imagePath, 'w');
+      try {
+        await fh.truncate(r.dataSize);
+        const step = 16 * MiB;
+        for (let off = 0; off < r.dataSize; off += step) {
+          const buf = await r.read(off, Math.min(step, r.dataSize - off));
+          for (let i = 0; i < buf.length; i += MiB) {
+            const piece = buf.subarray(i, i + MiB);
+            if (piece.some((x) => x !== 0)) await fh.write(piece, 0, piece.length, off + i);
+          }
+        }
+      } finally {
+        await fh.close();
+      }
+      return r.dataSize;
+    },
+    { caCertPath: labAzure().caCertPath || undefined, durationSeconds: 900 },
+  );
+  return { bytes, seconds: (Date.now() - started) / 1000 };
 }

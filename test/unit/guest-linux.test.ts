@@ -408,10 +408,11 @@ describe('Linux demo images and guest preparation', () => {
     assert.equal(blkid, ubuntu.rootFsUuid);
 
     const grub = await debugfsCat(img, off, '/etc/default/grub');
-    assert.match(grub, /^GRUB_CMDLINE_LINUX="console=ttyS0 rootdelay=300"$/m);
-    assert.match(grub, /^GRUB_CMDLINE_LINUX_DEFAULT="quiet splash"$/m);
+    assert.match(grub, /^GRUB_CMDLINE_LINUX="console=ttyS0,115200n8 earlyprintk=ttyS0 net.ifnames=0"$/m);
+    assert.match(grub, /^GRUB_CMDLINE_LINUX_DEFAULT=""$/m, 'quiet splash removed: the boot shows on the serial console');
     const cfg = await debugfsCat(img, off, '/boot/grub/grub.cfg');
-    for (const l of cfg.split('\n').filter((x) => /^\s*linux\s/.test(x))) assert.match(l, /console=ttyS0 rootdelay=300$/);
+    for (const l of cfg.split('\n').filter((x) => /^\s*linux\s/.test(x)))
+      assert.match(l, / console=ttyS0,115200n8 earlyprintk=ttyS0 net.ifnames=0$/);
 
     await e2fsckClean(img, off);
     assert.deepEqual(await prepareLinuxDisk(img), [], 'second run changes nothing');
@@ -447,10 +448,16 @@ describe('Linux demo images and guest preparation', () => {
     assert.match(fstab, new RegExp(`^UUID=${rocky.rootFsUuid}\\s+/\\s`, 'm'));
     assert.match(fstab, /\/srv\/data\s+ext4\s+defaults,nofail/);
 
-    assert.match(await debugfsCat(img, off, '/etc/default/grub'), /^GRUB_CMDLINE_LINUX="rhgb quiet console=ttyS0 rootdelay=300"$/m);
+    assert.match(
+      await debugfsCat(img, off, '/etc/default/grub'),
+      /^GRUB_CMDLINE_LINUX="console=ttyS0,115200n8 earlyprintk=ttyS0 net.ifnames=0"$/m,
+    );
     const env = await debugfsCat(img, off, '/boot/grub2/grubenv');
     assert.equal(Buffer.byteLength(env), 1024, 'grubenv keeps its 1 KiB block size');
-    assert.match(env, new RegExp(`^kernelopts=root=UUID=${rocky.rootFsUuid} ro rhgb quiet console=ttyS0 rootdelay=300 $`, 'm'));
+    assert.match(
+      env,
+      new RegExp(`^kernelopts=root=UUID=${rocky.rootFsUuid} ro console=ttyS0,115200n8 earlyprintk=ttyS0 net.ifnames=0 $`, 'm'),
+    );
     assert.equal(await debugfsStat(img, off, '/etc/udev/rules.d/70-persistent-net.rules'), null);
 
     await e2fsckClean(img, off);
@@ -508,7 +515,8 @@ describe('Linux demo images and guest preparation', () => {
 
     const ifaces = await debugfsCat(img, off, '/etc/network/interfaces');
     assert.match(ifaces, /^auto eth0\niface eth0 inet dhcp\n$/m);
-    assert.match(ifaces, /^iface ens192 inet static$/m, 'the old NIC stanza stays (that device does not exist on Azure)');
+    assert.match(ifaces, /^# vmrestore-disabled: iface ens192 inet static$/m, 'the VMware-era stanza is commented out');
+    assert.doesNotMatch(ifaces, /^\s*(auto|allow-hotplug|iface)\s+ens192\b/m, 'and no longer brought up');
 
     await e2fsckClean(img, off);
     assert.deepEqual(await prepareLinuxDisk(img), []);
@@ -567,7 +575,10 @@ describe('Linux demo images and guest preparation', () => {
     const fstab = (await readGuestFile(img, 0, '/etc/fstab'))!;
     assert.match(fstab, new RegExp(`^UUID=${result.root.filesystem.uuid}  /  ext4`, 'm'));
     assert.match(fstab, /^\/dev\/vdb1 \/data ext4 defaults,nofail 0 2$/m);
-    assert.equal(await readGuestFile(img, 0, '/etc/default/grub'), 'GRUB_TIMEOUT=1\nGRUB_CMDLINE_LINUX="console=ttyS0 rootdelay=300"\n');
+    assert.equal(
+      await readGuestFile(img, 0, '/etc/default/grub'),
+      'GRUB_TIMEOUT=1\nGRUB_CMDLINE_LINUX="console=ttyS0,115200n8 earlyprintk=ttyS0 net.ifnames=0"\n',
+    );
     await e2fsckClean(img, 0);
     assert.deepEqual(await prepareLinuxDisk(img), []);
   });

@@ -8,6 +8,7 @@ import { run } from '../../src/guest/exec';
 import { PartitionCopy, ntfsCheck, withNtfsMount } from '../../src/guest/ntfs';
 import { readPartitionTable, writePartitionTable } from '../../src/guest/partition';
 import { getHiveValue, hiveToXml } from '../../src/guest/regf';
+import { prepareGuestDiskIsolated } from '../../src/guest/isolation';
 import { convertUefiToBios } from '../../src/guest/uefi-to-bios';
 import { BOOTMGR_GUID, BcdObjectType, mbrPartitionDevice, parseMbrPartitionDevice, readBcdObjects } from '../../src/guest/windows/bcd';
 import { SYSLINUX_MBR } from '../../src/guest/windows/bios-boot';
@@ -26,9 +27,9 @@ const FAKE_BOOTMGR = Buffer.concat([Buffer.from('BOOTMGR placeholder of the test
 const FAKE_MUI = Buffer.from('MUI placeholder\r\n');
 
 /** The demo Windows image as a UEFI (GPT) install, plus the BIOS boot files every Windows carries. */
-async function uefiWindowsDisk(): Promise<WindowsDiskImage> {
-  const img = await buildWindowsDiskImage(join(dir, 'win.img'), { sizeBytes: 256 * MiB, scheme: 'gpt', hostname: 'WIN-UEFI', usedMiB: 2 });
-  const part = join(dir, 'ntfs-edit.img');
+async function uefiWindowsDisk(name = 'win.img'): Promise<WindowsDiskImage> {
+  const img = await buildWindowsDiskImage(join(dir, name), { sizeBytes: 256 * MiB, scheme: 'gpt', hostname: 'WIN-UEFI', usedMiB: 2 });
+  const part = join(dir, `ntfs-edit-${name}`);
   const copy = await PartitionCopy.extract(img.imagePath, img.ntfsPartitionOffset, img.ntfsPartitionSize, part);
   await withNtfsMount(part, dir, async (root) => {
     await fsp.mkdir(join(root, 'Windows/Boot/PCAT/en-US'), { recursive: true });
@@ -230,5 +231,29 @@ describe('Windows GPT partitions in the MBR', () => {
     });
     await assert.rejects(convertUefiToBios(img.imagePath, { osType: 'windows', workDir: dir }), /no \\Windows\\Boot\\PCAT\\bootmgr/);
     assert.equal((await readPartitionTable(img.imagePath)).scheme, 'gpt');
+  });
+});
+
+describe('Windows restored as Generation 1: preparation, then conversion, in the isolated process', () => {
+  it('prepares the guest and converts it to BIOS boot in one unprivileged run, both in the change list', async () => {
+    const img = await uefiWindowsDisk('win-isolated.img');
+    const r = await prepareGuestDiskIsolated(
+      { osType: 'Windows', imagePath: img.imagePath, bootConversion: 'uefi-to-bios' },
+      { timeoutMs: 300_000 },
+    );
+    if (process.getuid?.() === 0) assert.equal(r.sandbox.uid, 65534, 'the child ran unprivileged');
+    assert.ok(
+      r.changes.some((c) => /ControlSet/.test(c.path)),
+      'preparation changed the registry',
+    );
+    assert.ok(r.bootConversion, 'the conversion ran');
+    assert.ok(
+      r.bootConversion.changes.some((c) => /MBR/.test(c.path + c.description)),
+      JSON.stringify(r.bootConversion.changes.map((c) => c.path)),
+    );
+    const table = await readPartitionTable(img.imagePath);
+    assert.equal(table.scheme, 'mbr');
+    const part = await ntfsPart(img, 'isolated-after.img');
+    assert.ok((await run('ntfsls', [part])).stdout.split('\n').includes('bootmgr'), 'bootmgr at the root of the active partition');
   });
 });

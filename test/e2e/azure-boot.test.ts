@@ -1,0 +1,238 @@
+import assert from 'node:assert/strict';
+import { promises as fsp } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it, type TestContext } from 'node:test';
+import type { AzureRestoreRequest, AzureRestoreResult } from '../../src/domain/azure';
+import { run } from '../../src/guest/exec';
+import { readPartitionTable } from '../../src/guest/partition';
+import { DATA_MOUNT, DATA_MARKER, ensureGuestImage, guestVmJson, type GuestImage } from '../../src/lab/guests';
+import { startAzureRestore } from '../../src/restore-client';
+import { verifyBoot, type BootReport } from '../../src/verify';
+import { downloadManagedDisk, labArm, labAzure } from '../helpers/azure';
+import { bootCheck, explainBoot, sshIntoGuest } from '../helpers/lab-guests';
+import { importTestVm, openTestEnv, startWorkerProcess, type TestEnv, type WorkerProcess } from '../helpers/env';
+
+/**
+ * The proof that an Azure restore boots: the lab's Debian 12 guests (VMware-era: static address on the
+ * VMware NIC name, persistent-net rule pinned to its MAC, fstab by /dev/sdX, no serial console) are
+ * imported as restore points, restored to Azure (Generation 1, with UEFI converted to BIOS, and
+ * Generation 2), and the managed disks (read through the grant-access SAS, as one would on Azure) are
+ * booted under qemu (TCG) as Azure presents them: the OS disk first SCSI disk, the temporary resource disk
+ * second, the data disk after, a NIC with a new MAC, DHCP on qemu's user network. The negative control is
+ * the same guest restored without preparation.
+ */
+
+const BUILD_TIMEOUT = 30 * 60_000;
+/** Under TCG a boot takes 30-90 s on an idle 2-core machine, several minutes on a loaded one. */
+const BOOT_LIMIT_MS = 600_000;
+const TEST_TIMEOUT = BOOT_LIMIT_MS + 15 * 60_000;
+const MiB = 1024 * 1024;
+
+let env: TestEnv;
+let worker: WorkerProcess;
+let dir: string;
+let bios: GuestImage;
+let uefi: GuestImage;
+const restorePoints: Record<string, string> = {};
+/** Time to SSH banner per case, for the summary. */
+const recovery: Record<string, number | undefined> = {};
+
+before(
+  async () => {
+    dir = await fsp.mkdtemp(join(tmpdir(), 'azure-boot-e2e-'));
+    const built = await Promise.all([ensureGuestImage('debian12-bios'), ensureGuestImage('debian12-uefi')]);
+    [bios, uefi] = built.map((b) => b.image);
+    env = await openTestEnv('azboot');
+    worker = await startWorkerProcess(env.taskQueue, { VMRESTORE_AZURE_HELPER_IDLE_SECONDS: '1' });
+    for (const image of [bios, uefi]) {
+      const vmDir = join(dir, `import-${image.name}`);
+      await fsp.mkdir(vmDir, { recursive: true });
+      const vm = guestVmJson(image, `azboot-${image.name}`) as unknown as Parameters<typeof importTestVm>[2];
+      restorePoints[image.name] = await importTestVm(env.config.repository.path, vmDir, vm);
+    }
+  },
+  { timeout: BUILD_TIMEOUT },
+);
+
+after(async () => {
+  await worker?.stop();
+  await env?.close();
+  await fsp.rm(dir, { recursive: true, force: true });
+});
+
+const check = bootCheck;
+const explain = explainBoot;
+
+interface Restored {
+  result: AzureRestoreResult;
+  osDisk: string;
+  resourceDisk: string;
+  dataDisk: string;
+  seconds: { restore: number; download: number };
+}
+
+/**
+ * Restores the guest to Azure, deallocates the VM (a disk attached to a running VM cannot be exported)
+ * and reads its managed disks into local sparse images, plus a temporary resource disk as Azure adds one.
+ */
+async function restoreAndFetch(image: GuestImage, vmName: string, req: Partial<AzureRestoreRequest>): Promise<Restored> {
+  const started = Date.now();
+  const handle = await startAzureRestore(
+    env.client,
+    { restorePointId: restorePoints[image.name], vmName, ...req },
+    { taskQueue: env.taskQueue },
+  );
+  const result = await handle.result();
+  const restoreSeconds = (Date.now() - started) / 1000;
+  const a = labAzure();
+  const arm = labArm();
+  await arm.compute.virtualMachines.deallocate(a.resourceGroup, vmName);
+  const work = join(dir, vmName);
+  await fsp.mkdir(work, { recursive: true });
+  const fetchStarted = Date.now();
+  const osDisk = join(work, 'osdisk.img');
+  const dataDisk = join(work, 'datadisk1.img');
+  await downloadManagedDisk(arm, result.disks[0].managedDiskId, osDisk);
+  await downloadManagedDisk(arm, result.disks[1].managedDiskId, dataDisk);
+  const downloadSeconds = (Date.now() - fetchStarted) / 1000;
+  // The temporary resource disk: what Azure gives a new VM, an MBR disk with one NTFS-typed partition.
+  const resourceDisk = join(work, 'resource.img');
+  const fh = await fsp.open(resourceDisk, 'w');
+  await fh.truncate(256 * MiB);
+  await fh.close();
+  await run('sfdisk', ['--no-reread', '--no-tell-kernel', '-q', resourceDisk], { input: 'label: dos\nstart=2048, type=7\n' });
+  return { result, osDisk, resourceDisk, dataDisk, seconds: { restore: restoreSeconds, download: downloadSeconds } };
+}
+
+/** A MAC from Azure's range: nothing in the guest knows it. */
+function azureMac(n: number): string {
+  return `00:0d:3a:5e:0b:${n.toString(16).padStart(2, '0')}`;
+}
+
+const GUEST_STATE = [
+  'cat /sys/class/net/eth0/address',
+  'ip -4 -o addr show dev eth0',
+  `findmnt -n -o UUID,OPTIONS ${DATA_MOUNT}`,
+  `cat ${DATA_MOUNT}/${DATA_MARKER}`,
+  'cat /proc/cmdline',
+].join('; ');
+
+async function bootOnAzureLayout(
+  t: TestContext,
+  image: GuestImage,
+  label: string,
+  r: Restored,
+  generation: 1 | 2,
+  mac: string,
+  timeoutMs = BOOT_LIMIT_MS,
+): Promise<{ report: BootReport; inside: string }> {
+  let inside = '';
+  const report = await verifyBoot({
+    name: label,
+    firmware: generation === 1 ? 'bios' : 'efi',
+    disks: [
+      { path: r.osDisk, role: 'os' },
+      { path: r.resourceDisk, role: 'resource' },
+      { path: r.dataDisk, role: 'data' },
+    ],
+    nic: { model: 'virtio-net-pci', mac },
+    expect: { dhcp: true, serialConsole: true },
+    timeoutMs,
+    workDir: join(dir, `${label}-boot`),
+    whileUp: async ({ port }) => {
+      inside = await sshIntoGuest(image, port, GUEST_STATE, dir);
+    },
+  });
+  recovery[label] = report.recoveryTimeMs;
+  t.diagnostic(
+    `${label}: restore ${r.seconds.restore.toFixed(0)} s, managed disks read ${r.seconds.download.toFixed(0)} s; ` +
+      `boot stopped by ${report.stoppedBy}, SSH banner after ${report.recoveryTimeMs === undefined ? '-' : (report.recoveryTimeMs / 1000).toFixed(1)} s (TCG)`,
+  );
+  return { report, inside };
+}
+
+function assertBootedOnAzure(report: BootReport, inside: string, image: GuestImage, mac: string): void {
+  assert.equal(report.verdict, 'passed', explain(report));
+  for (const name of ['bootLoader', 'kernelStarted', 'serialConsole', 'dhcpLease', 'sshBanner', 'noEmergencyMode'] as const) {
+    assert.equal(check(report, name).status, 'passed', `${name}: ${explain(report)}`);
+  }
+  assert.match(report.sshBanner ?? '', /^SSH-2\.0-OpenSSH/);
+  assert.ok(
+    report.traffic.dhcp.some((d) => d.type === 'ack'),
+    'the guest got a DHCP lease',
+  );
+  const lines = inside.trim().split('\n');
+  assert.equal(lines[0], mac, 'eth0 is the new NIC');
+  assert.match(lines[1], /inet 10\.0\.2\.15\//, 'eth0 holds the DHCP address');
+  // Kernel disk names follow the order the SCSI targets answer in, which is not fixed: the mount is by UUID.
+  const [uuid, options] = lines[2].split(/\s+/);
+  assert.equal(uuid, image.dataPartition.fsUuid, 'the data disk is mounted by its filesystem, not by /dev/sdb1 (the resource disk)');
+  assert.match(options, /rw/);
+  assert.equal(lines[3], `data disk of ${image.hostname}`, 'the data disk, found by UUID on the third disk');
+  assert.match(lines[4], /console=ttyS0,115200n8/);
+  assert.doesNotMatch(lines[4], /rootdelay/);
+}
+
+describe('Debian guests restored to Azure boot from their managed disks', { concurrency: 2 }, () => {
+  it('BIOS guest, Generation 1: DHCP lease on eth0 and SSH', { timeout: TEST_TIMEOUT }, async (t) => {
+    const vmName = `azb-bios-${Date.now().toString(36)}`;
+    const r = await restoreAndFetch(bios, vmName, { generation: 1 });
+    const ifaces = r.result.guestChanges.find((c) => c.path === '/etc/network/interfaces');
+    assert.ok(ifaces, 'the ifupdown configuration was changed');
+    assert.match(ifaces.description, /net\.ifnames=0/, 'the change list names the way taken');
+    assert.ok(r.result.guestChanges.some((c) => c.path === '/etc/fstab' && /UUID=/.test(c.diff.join('\n'))));
+    const mac = azureMac(1);
+    const { report, inside } = await bootOnAzureLayout(t, bios, 'bios-gen1', r, 1, mac);
+    assertBootedOnAzure(report, inside, bios, mac);
+    assert.match(check(report, 'bootLoader').detail, /SeaBIOS/);
+  });
+
+  it('UEFI guest, Generation 1 (converted to BIOS): boots under SeaBIOS, DHCP lease and SSH', { timeout: TEST_TIMEOUT }, async (t) => {
+    const vmName = `azb-u2b-${Date.now().toString(36)}`;
+    const r = await restoreAndFetch(uefi, vmName, {});
+    assert.equal(r.result.generation, 1, 'Generation 1 is the default');
+    assert.equal((await readPartitionTable(r.osDisk)).scheme, 'mbr', 'the managed OS disk was converted to MBR');
+    assert.ok(
+      r.result.guestChanges.some((c) => /MBR/.test(c.path + c.description)),
+      `the conversion is in the change list: ${r.result.guestChanges.map((c) => c.path).join(', ')}`,
+    );
+    assert.ok(r.result.guestChanges.some((c) => c.path === '/etc/systemd/network/05-vmrestore-azure-dhcp.network'));
+    const mac = azureMac(2);
+    const { report, inside } = await bootOnAzureLayout(t, uefi, 'uefi-gen1', r, 1, mac);
+    assertBootedOnAzure(report, inside, uefi, mac);
+    assert.match(check(report, 'bootLoader').detail, /SeaBIOS/);
+  });
+
+  it('UEFI guest, Generation 2: boots under OVMF, DHCP lease and SSH', { timeout: TEST_TIMEOUT }, async (t) => {
+    const vmName = `azb-uefi-${Date.now().toString(36)}`;
+    const r = await restoreAndFetch(uefi, vmName, { generation: 2 });
+    assert.equal((await readPartitionTable(r.osDisk)).scheme, 'gpt', 'Generation 2 keeps UEFI');
+    const mac = azureMac(3);
+    const { report, inside } = await bootOnAzureLayout(t, uefi, 'uefi-gen2', r, 2, mac);
+    assertBootedOnAzure(report, inside, uefi, mac);
+    assert.match(check(report, 'bootLoader').detail, /OVMF/);
+  });
+
+  it(
+    'negative control: the BIOS guest restored without preparation gets no DHCP lease and no SSH',
+    { timeout: TEST_TIMEOUT },
+    async (t) => {
+      const vmName = `azb-raw-${Date.now().toString(36)}`;
+      const r = await restoreAndFetch(bios, vmName, { generation: 1, skipGuestPreparation: true });
+      assert.deepEqual(r.result.guestChanges, []);
+      assert.match(r.result.guestWarnings.join('\n'), /skipped \(test switch skipGuestPreparation\)/);
+      const { report } = await bootOnAzureLayout(t, bios, 'bios-gen1-unprepared', r, 1, azureMac(4), 240_000);
+      assert.equal(report.verdict, 'failed', explain(report));
+      assert.notEqual(report.stoppedBy, 'ssh-banner');
+      const dhcp = check(report, 'dhcpLease');
+      assert.equal(dhcp.status, 'failed', explain(report));
+      assert.equal(dhcp.required, true);
+      assert.equal(report.traffic.dhcp.filter((d) => d.type === 'ack').length, 0);
+      assert.equal(check(report, 'sshBanner').status, 'failed');
+      assert.equal(report.recoveryTimeMs, undefined);
+      // No console=ttyS0 in the unprepared guest: Azure's serial console would show nothing either.
+      assert.equal(check(report, 'serialConsole').status, 'failed');
+    },
+  );
+});
