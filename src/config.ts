@@ -243,7 +243,7 @@ export function insecureWarnings(config: Pick<AppConfig, 'vsphere'>): string[] {
 /** Validates a raw config object; every error names the offending key. */
 export function parseConfig(raw: unknown, source: string, baseDir: string): AppConfig {
   const root = record(raw, '(root)');
-  const known = ['temporal', 'repository', 'vsphere', 'proxies', 'restore', 'azure'];
+  const known = ['temporal', 'repository', 'vsphere', 'proxies', 'restore', 'azure', 'verifier'];
   for (const k of Object.keys(root)) if (!known.includes(k)) bad(k, `unknown key (known: ${known.join(', ')})`);
   const t = record(root.temporal, 'temporal');
   const temporal = {

@@ -40,6 +40,10 @@ describe('configuration', () => {
     assert.equal(cfg.repository.path, '/etc/vmrestore/.lab/repository');
     assert.deepEqual(cfg.proxies[0].transports, ['nbd', 'hotadd']);
   });
+  it('accepts the verifier key a config file names (the lab writes it too)', () => {
+    assert.deepEqual(parseConfig({ ...base, verifier: { embeddedWorker: true } }, 't', '/').verifier, { embeddedWorker: true });
+    assert.equal(parseConfig(base, 't', '/').verifier, undefined);
+  });
   it('names the bad key in every error', () => {
     assert.throws(() => parseConfig({ ...base, tempral: {} }, 't', '/'), /config tempral: unknown key/);
     assert.throws(
