@@ -126,7 +126,20 @@ interface StoredHistory {
 /** Every workflow on the test's task queue (restores, lease workflows, every run), fetched raw from the server. */
 async function storedHistories(): Promise<StoredHistory[]> {
   const out: StoredHistory[] = [];
-  for await (const w of env.client.workflow.list({ query: `TaskQueue = '${env.taskQueue}'` })) {
+  // Listed through the raw service too: the client's list would decode each run's (sealed) memo.
+  const runs: { workflowId: string; runId: string; type: string }[] = [];
+  let listToken: Uint8Array | undefined;
+  do {
+    const page = await env.client.workflowService.listWorkflowExecutions({
+      namespace: env.config.temporal.namespace,
+      query: `TaskQueue = '${env.taskQueue}'`,
+      nextPageToken: listToken,
+    });
+    for (const e of page.executions ?? [])
+      runs.push({ workflowId: e.execution!.workflowId!, runId: e.execution!.runId!, type: e.type?.name ?? '' });
+    listToken = page.nextPageToken?.length ? page.nextPageToken : undefined;
+  } while (listToken);
+  for (const w of runs) {
     const pages: Buffer[] = [];
     const found: Found = { payloads: [], indexed: [], failures: [] };
     let nextPageToken: Uint8Array | undefined;
