@@ -150,7 +150,9 @@ async function storedHistories(): Promise<StoredHistory[]> {
         nextPageToken,
       });
       pages.push(Buffer.from(HistoryResponse.encode(res).finish()));
-      walk(res.history, found);
+      // Patch markers (`patched()`) are written by the SDK's core as plain JSON naming the patch id: not
+      // application data, so not expected to be sealed. Their bytes are still in the raw scan.
+      walk({ events: (res.history?.events ?? []).filter((e) => e.markerRecordedEventAttributes?.markerName !== 'core_patch') }, found);
       nextPageToken = res.nextPageToken?.length ? res.nextPageToken : undefined;
     } while (nextPageToken);
     const opened = await codec.decode(
