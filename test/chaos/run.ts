@@ -331,7 +331,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
     // Leases first drop the terminated holders (their check runs every 3 s), then the sweeper runs.
     await sleep(8000);
     const sweep = await runSweep(env.client, env.taskQueue);
-    report.sweptItems = sweep.items.filter((i) => report.terminated.includes(i.restoreId)).length;
+    report.sweptItems = sweep.items.filter((i) => report.terminated.includes(workflowOf(i.restoreId) ?? '')).length;
     for (const e of sweep.errors) report.problems.push(`sweep: ${e}`);
     for (const i of sweep.items.filter((x) => x.action === 'failed'))
       report.problems.push(`sweep could not remove ${i.kind} ${i.name}: ${i.error}`);
@@ -402,13 +402,13 @@ async function check(env: TestEnv, vs: VSphereClient, restores: Restore[], repor
     const id = r.handle.workflowId;
     const rp = await getRestorePoint(repo, r.restorePointId);
     const terminated = report.terminated.includes(id);
-    const mine = <T extends { tags?: Record<string, string> }>(xs: T[]) => xs.filter((x) => x.tags?.[RESTORE_TAG] === id);
+    const mine = <T extends { tags?: Record<string, string> }>(xs: T[]) => xs.filter((x) => workflowOf(x.tags?.[RESTORE_TAG]) === id);
     if (terminated) {
-      for (const v of tagged.filter((t) => t.value === id)) report.leaked.push(`vSphere VM ${v.name} of terminated ${id}`);
+      for (const v of tagged.filter((t) => workflowOf(t.value) === id)) report.leaked.push(`vSphere VM ${v.name} of terminated ${id}`);
       for (const v of mine(azureVms)) report.leaked.push(`Azure VM ${v.name} of terminated ${id}`);
       for (const v of mine(nics)) report.leaked.push(`NIC ${v.name} of terminated ${id}`);
       for (const v of mine(disks)) report.leaked.push(`managed disk ${v.name} of terminated ${id}`);
-      for (const b of blobs.filter((x) => decodeURIComponent(x.metadata?.[VHD_RESTORE_ID_METADATA_KEY] ?? '') === id))
+      for (const b of blobs.filter((x) => workflowOf(decodeURIComponent(x.metadata?.[VHD_RESTORE_ID_METADATA_KEY] ?? '')) === id))
         report.leaked.push(`blob ${b.name} of terminated ${id}`);
       for (const d of mine(disks)) if (helperDisks.has(d.id?.toLowerCase())) report.leaked.push(`helper attachment ${d.name}`);
       continue;
@@ -416,7 +416,7 @@ async function check(env: TestEnv, vs: VSphereClient, restores: Restore[], repor
     if (r.closed !== 'COMPLETED') continue;
     if (r.kind === 'vsphere') {
       const result = (await r.handle.result()) as VSphereRestoreResult;
-      const vms = tagged.filter((t) => t.value === id);
+      const vms = tagged.filter((t) => workflowOf(t.value) === id);
       if (vms.length !== 1) report.leaked.push(`${vms.length} vSphere VMs for ${id}`);
       const vm = vms[0]?.vm;
       if (!vm) continue;
@@ -497,4 +497,9 @@ if (require.main === module) {
       process.exit(1);
     },
   );
+}
+
+/** The workflow of a restore id (`<workflow id>@<first run id>`), which is what this run tracks restores by. */
+function workflowOf(restoreId: string | undefined): string | undefined {
+  return restoreId?.replace(/@[0-9a-f-]{36}$/, '');
 }

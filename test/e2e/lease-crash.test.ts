@@ -89,15 +89,17 @@ describe('a crash costs seconds: heartbeating control activities and leases that
     const vmName = `t-dead-${Date.now().toString(36)}`;
     const handle = await startAzureRestore(env.client, { restorePointId: env.demo['demo-linux'], vmName }, { taskQueue: env.taskQueue });
     const lease = env.client.workflow.getHandle(helperLeaseId());
+    // The lease holder is the restore id: the workflow id and its first run id (this run: nothing continues it).
+    const holder = `${handle.workflowId}@${(await handle.describe()).runId}`;
     // Terminate once the restore holds the lease and the helper runs with its disk attached.
     await until('the restore to hold the running helper', 180_000, async () => {
       const s = await lease.query(leaseStateQuery).catch(() => undefined);
-      return s?.holders.includes(handle.workflowId) && s.poweredOn;
+      return s?.holders.includes(holder) && s.poweredOn;
     });
     const held = await lease.query(leaseStateQuery);
-    assert.equal(held.reserved?.[handle.workflowId], 1, 'one slot reserved for the one-disk VM');
-    assert.equal(held.owners?.[handle.workflowId]?.workflowId, handle.workflowId, 'the holder is recorded with its workflow id');
-    assert.ok(held.owners?.[handle.workflowId]?.runId, 'and run id');
+    assert.equal(held.reserved?.[holder], 1, 'one slot reserved for the one-disk VM');
+    assert.equal(held.owners?.[holder]?.workflowId, handle.workflowId, 'the holder is recorded with its workflow id');
+    assert.ok(held.owners?.[holder]?.runId, 'and run id');
     const terminatedAt = Date.now();
     await handle.terminate('test: the restore dies without releasing');
 

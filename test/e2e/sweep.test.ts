@@ -169,7 +169,8 @@ describe('the sweeper removes what closed restores left behind, and nothing else
     );
     await clearFaults();
 
-    const dead = new Set([vsh.workflowId, azHelper.workflowId, azVm.workflowId]);
+    // A restore's id is its workflow id and first run id: what its resources are tagged with.
+    const dead = new Set(await Promise.all([vsh, azHelper, azVm].map(async (h) => `${h.workflowId}@${(await h.describe()).runId}`)));
     const ours = (r: SweepReport) => r.items.filter((i) => dead.has(i.restoreId));
     const summary = (r: SweepReport) =>
       ours(r)
