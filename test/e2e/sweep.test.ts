@@ -169,8 +169,11 @@ describe('the sweeper removes what closed restores left behind, and nothing else
     );
     await clearFaults();
 
-    // A restore's id is its workflow id and first run id: what its resources are tagged with.
-    const dead = new Set(await Promise.all([vsh, azHelper, azVm].map(async (h) => `${h.workflowId}@${(await h.describe()).runId}`)));
+    // A restore's id is its workflow id and first run id: what its resources are tagged and named with.
+    const [vshId, azHelperId, azVmId] = await Promise.all(
+      [vsh, azHelper, azVm].map(async (h) => `${h.workflowId}@${(await h.describe()).runId}`),
+    );
+    const dead = new Set([vshId, azHelperId, azVmId]);
     const ours = (r: SweepReport) => r.items.filter((i) => dead.has(i.restoreId));
     const summary = (r: SweepReport) =>
       ours(r)
@@ -203,15 +206,15 @@ describe('the sweeper removes what closed restores left behind, and nothing else
     );
     const expected = [
       `vsphere-vm ${vsVm}`,
-      `vsphere-snapshot ${vsVm}: vmrestore-${vsh.workflowId}`,
+      `vsphere-snapshot ${vsVm}: vmrestore-${vshId}`,
       `hotadd-attachment vmrestore-proxy: ${vsDisk}`,
       `helper-attachment ${a.helperVmName}: t-swh-${stamp}-osdisk`,
       `azure-disk ${a.resourceGroup}/t-swh-${stamp}-osdisk`,
-      `vhd-blob ${blobPrefix(azHelper.workflowId)}/disk0.vhd`,
+      `vhd-blob ${blobPrefix(azHelperId)}/disk0.vhd`,
       `azure-vm ${a.resourceGroup}/${azVmName}`,
       `azure-nic ${a.resourceGroup}/${azVmName}-nic`,
       `azure-disk ${a.resourceGroup}/${azVmName}-osdisk`,
-      `vhd-blob ${blobPrefix(azVm.workflowId)}/disk0.vhd`,
+      `vhd-blob ${blobPrefix(azVmId)}/disk0.vhd`,
     ].sort();
     assert.deepEqual(summary(dry), expected, 'the dry run lists exactly what the three restores left');
     assert.ok(!dry.items.some((i) => i.restoreId.startsWith(`${done.workflowId}@`)), 'nothing of the completed restore');
