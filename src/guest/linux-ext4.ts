@@ -446,3 +446,32 @@ export class Ext4Volume {
     await run('e2fsck', ['-fn', this.device], { env: { LC_ALL: 'C' }, timeoutMs: 600_000 });
   }
 }
+
+/**
+ * Makes an ext4 filesystem from a directory tree straight into a disk image at an offset
+ * (`mke2fs -E offset=… -d TREE`), so no partition image is copied and nothing is mounted.
+ */
+export async function makeExt4FromTree(
+  image: string,
+  fs: { offsetBytes: number; sizeBytes: number; tree: string; uuid: string; label?: string; timeoutMs?: number },
+): Promise<void> {
+  await run(
+    'mke2fs',
+    [
+      '-q',
+      '-t',
+      'ext4',
+      '-F',
+      '-U',
+      fs.uuid,
+      ...(fs.label === undefined ? [] : ['-L', fs.label]),
+      '-E',
+      `root_owner=0:0,offset=${fs.offsetBytes}`,
+      '-d',
+      fs.tree,
+      image,
+      `${fs.sizeBytes / 1024}k`,
+    ],
+    { env: { LC_ALL: 'C' }, timeoutMs: fs.timeoutMs ?? 900_000 },
+  );
+}

@@ -4,7 +4,7 @@ import { existsSync, promises as fsp } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { run } from '../../src/guest/exec';
-import { Ext4Volume } from '../../src/guest/linux-ext4';
+import { Ext4Volume, makeExt4FromTree } from '../../src/guest/linux-ext4';
 import { writePartitionTable, writeRangeInto, type PartitionSpec } from '../../src/guest/partition';
 
 /**
@@ -121,26 +121,7 @@ export async function buildUefiLinuxDisk(dir: string, opts: UefiLinuxDiskOptions
     const v = (await fsp.readdir(join(tree, 'boot'))).find((b) => b.startsWith('vmlinuz-'))!;
     kernelVersion = v.slice('vmlinuz-'.length);
   }
-  await run(
-    'mke2fs',
-    [
-      '-q',
-      '-t',
-      'ext4',
-      '-F',
-      '-U',
-      ROOT_UUID,
-      '-L',
-      'root',
-      '-E',
-      `root_owner=0:0,offset=${root.startBytes}`,
-      '-d',
-      tree,
-      imagePath,
-      `${root.sizeBytes / 1024}k`,
-    ],
-    { env: { LC_ALL: 'C' }, timeoutMs: 600_000 },
-  );
+  await makeExt4FromTree(imagePath, { offsetBytes: root.startBytes, sizeBytes: root.sizeBytes, tree, uuid: ROOT_UUID, label: 'root' });
   if (tree !== opts.baseTree) await fsp.rm(tree, { recursive: true, force: true });
 
   // What a UEFI Debian install leaves behind: ESP at /boot/efi, GRUB's EFI configuration, quiet boot.

@@ -9,7 +9,7 @@ import { bootCodeCoreLba, coreBlocklistStart, GRUB_I386_PC_DIR, isGrubBootCode }
 import { planGptToMbr } from '../../src/guest/disk/gpt-to-mbr';
 import { convertLinuxUefiToBios } from '../../src/guest/disk/linux-uefi-to-bios';
 import { run } from '../../src/guest/exec';
-import { Ext4Volume } from '../../src/guest/linux-ext4';
+import { Ext4Volume, makeExt4FromTree } from '../../src/guest/linux-ext4';
 import { readPartitionTable, writePartitionTable } from '../../src/guest/partition';
 import { convertUefiToBios } from '../../src/guest/uefi-to-bios';
 import {
@@ -288,20 +288,7 @@ describe('UEFI Linux disk with /boot on its own filesystem', () => {
         await fsp.mkdir(join(tree, f, '..'), { recursive: true });
         await fsp.writeFile(join(tree, f), content);
       }
-      await run('mke2fs', [
-        '-q',
-        '-t',
-        'ext4',
-        '-F',
-        '-U',
-        uuid,
-        '-E',
-        `root_owner=0:0,offset=${part.startBytes}`,
-        '-d',
-        tree,
-        img,
-        `${part.sizeBytes / 1024}k`,
-      ]);
+      await makeExt4FromTree(img, { offsetBytes: part.startBytes, sizeBytes: part.sizeBytes, tree, uuid });
     };
     await mkfs(bootUuid, bootPart, {
       'vmlinuz-6.1.0-99-amd64': 'placeholder kernel\n',

@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { FailureType, RestoreError } from '../../domain/errors';
 import { run } from '../../guest/exec';
+import { makeExt4FromTree } from '../../guest/linux-ext4';
 import { writePartitionTable } from '../../guest/partition';
 import { debianMirror } from './mirror';
 import {
@@ -226,27 +227,8 @@ async function readUuid(): Promise<string> {
   return (await fsp.readFile('/proc/sys/kernel/random/uuid', 'utf8')).trim();
 }
 
-async function mkext4(image: string, offsetBytes: number, sizeBytes: number, tree: string, uuid: string, label: string): Promise<void> {
-  await run(
-    'mke2fs',
-    [
-      '-q',
-      '-t',
-      'ext4',
-      '-F',
-      '-U',
-      uuid,
-      '-L',
-      label,
-      '-E',
-      `root_owner=0:0,offset=${offsetBytes}`,
-      '-d',
-      tree,
-      image,
-      `${sizeBytes / 1024}k`,
-    ],
-    { env: { LC_ALL: 'C' }, timeoutMs: 900_000 },
-  );
+function mkext4(image: string, offsetBytes: number, sizeBytes: number, tree: string, uuid: string, label: string): Promise<void> {
+  return makeExt4FromTree(image, { offsetBytes, sizeBytes, tree, uuid, label });
 }
 
 async function writeAt(image: string, offset: number, data: Buffer): Promise<void> {
