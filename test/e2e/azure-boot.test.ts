@@ -15,7 +15,8 @@ import { importTestVm, openTestEnv, startWorkerProcess, type TestEnv, type Worke
 
 /**
  * The proof that an Azure restore boots: the lab's Debian 12 guests (VMware-era: static address on the
- * VMware NIC name, persistent-net rule pinned to its MAC, fstab by /dev/sdX, no serial console) are
+ * VMware NIC name, persistent-net rule pinned to its MAC, a data disk in fstab without nofail, by /dev/sdX
+ * on the BIOS guest, no serial console) are
  * imported as restore points, restored to Azure (Generation 1, with UEFI converted to BIOS, and
  * Generation 2), and the managed disks (read through the grant-access SAS, as one would on Azure) are
  * booted under qemu (TCG) as Azure presents them: the OS disk first SCSI disk, the temporary resource disk

@@ -103,11 +103,18 @@ async function bootAsItWas(t: TestContext, image: GuestImage, firmwareName: stri
   t.diagnostic(`inside ${image.name}: ${lines.join(' | ')}`);
   assert.equal(lines[0], image.network.mac);
   assert.match(lines[1], new RegExp(`inet ${image.network.address.replace(/\./g, '\\.')}/${image.network.prefixLength}`));
+  const mounted = lines[4];
+  if (image.fstabNames === 'uuid') {
+    // fstab by UUID (as Debian's installer writes it): the data disk, whichever name the kernel gave it.
+    assert.match(lines[2], /^\/dev\/sd[ab]1$/);
+    assert.equal(mounted, image.dataPartition.fsUuid);
+    assert.equal(lines[3], `data disk of ${image.hostname}`);
+    return report;
+  }
   assert.equal(lines[2], '/dev/sdb1');
   // The kernel probes SCSI disks asynchronously, so /dev/sdb is not always the second disk, on VMware as
   // here: fstab by /dev/sdX then mounts the OS disk's root at /srv/data (which is why preparation rewrites
   // it by UUID). Whichever it mounted, it is one of the VM's filesystems; the marker when it is the data disk.
-  const mounted = lines[4];
   assert.ok([image.dataPartition.fsUuid, image.rootPartition.fsUuid].includes(mounted), `mounted ${mounted} at /srv/data`);
   if (mounted === image.dataPartition.fsUuid) assert.equal(lines[3], `data disk of ${image.hostname}`);
   else t.diagnostic(`${image.name}: the kernel named the OS disk sdb this boot; /dev/sdb1 in fstab mounted its root at /srv/data`);

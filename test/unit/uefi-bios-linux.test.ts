@@ -326,8 +326,8 @@ describe('UEFI Linux disk with /boot on its own filesystem', () => {
 
 describe("the lab builder's UEFI Debian guest", () => {
   it('converts and boots under SeaBIOS', async (t) => {
-    // The guest as the builder made it, without Azure preparation: its fstab names /dev/sda1 (ESP) and
-    // /dev/sdb1 (data disk), so both disks are attached as SCSI disks, OS disk first.
+    // The guest as the builder made it, without Azure preparation: its fstab names the ESP and the data
+    // disk by UUID, so both disks are attached as SCSI disks, OS disk first.
     const guest = await findBuiltUefiGuest();
     const img = join(dir, 'builder-uefi.img');
     await run('cp', ['--sparse=always', guest.osDisk, img]);

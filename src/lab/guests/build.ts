@@ -19,6 +19,7 @@ import {
   GUEST_USER,
   NETWORKD_REMOVES,
   type GuestFirmware,
+  type GuestFstabNames,
   type GuestName,
   type GuestNetworkStyle,
   guestFiles,
@@ -40,6 +41,8 @@ export interface GuestImage {
   dir: string;
   firmware: GuestFirmware;
   partitionScheme: 'mbr' | 'gpt';
+  /** How the guest's fstab names its filesystems (see `GuestFstabNames`). */
+  fstabNames: GuestFstabNames;
   /** Raw sparse disk images, in the order the VM had them: OS disk, then the data disk. */
   osDisk: string;
   dataDisk: string;
@@ -274,7 +277,14 @@ async function installGrubBios(image: string, rootFsUuid: string, work: string):
 }
 
 /** GRUB for x86_64-efi at the removable-media path of a FAT32 ESP built in place with mkfs.fat and mtools. */
-async function installGrubEfi(image: string, espOffset: number, espBytes: number, rootFsUuid: string, work: string): Promise<void> {
+async function installGrubEfi(
+  image: string,
+  espOffset: number,
+  espBytes: number,
+  volumeId: string,
+  rootFsUuid: string,
+  work: string,
+): Promise<void> {
   const efi = await grubCoreImage('efi', rootFsUuid, work);
   // Cluster size and hidden sectors explicit: mkfs.fat would size them for the whole image file otherwise.
   await run('mkfs.fat', [
@@ -284,6 +294,8 @@ async function installGrubEfi(image: string, espOffset: number, espBytes: number
     '1',
     '-n',
     'EFI',
+    '-i',
+    volumeId,
     '-h',
     String(espOffset / SECTOR),
     '--offset',
@@ -311,8 +323,8 @@ async function buildDataDisk(
   bytes: number,
   work: string,
   hostname: string,
+  fsUuid: string,
 ): Promise<{ fsUuid: string; offsetBytes: number }> {
-  const fsUuid = await readUuid();
   const tree = path.join(work, 'data-tree');
   await fsp.mkdir(tree, { recursive: true });
   await fsp.writeFile(path.join(tree, DATA_MARKER), `data disk of ${hostname}\n`);
@@ -343,13 +355,17 @@ async function build(name: GuestName, cacheDir: string, finalDir: string, log: (
 
     const uefi = recipe.firmware === 'efi';
     const rootFsUuid = await readUuid();
+    const dataFsUuid = await readUuid();
+    const espVolumeId = (await readUuid()).replace(/-/g, '').slice(0, 8).toUpperCase();
     const rootIndex = uefi ? 2 : 1;
+    const byUuid = recipe.fstabNames === 'uuid';
     const files = guestFiles({
       recipe,
       kernelVersion,
       rootFsUuid,
-      rootDevice: `/dev/sda${rootIndex}`,
-      espDevice: uefi ? '/dev/sda1' : undefined,
+      rootDevice: byUuid ? `UUID=${rootFsUuid}` : `/dev/sda${rootIndex}`,
+      espDevice: uefi ? (byUuid ? `UUID=${espVolumeId.slice(0, 4)}-${espVolumeId.slice(4)}` : '/dev/sda1') : undefined,
+      dataDevice: byUuid ? `UUID=${dataFsUuid}` : '/dev/sdb1',
     });
     await writeGuestTree(root, files);
     await fsp.mkdir(path.join(root, DATA_MOUNT.slice(1)), { recursive: true });
@@ -400,12 +416,12 @@ async function build(name: GuestName, cacheDir: string, finalDir: string, log: (
     });
     log(`mke2fs root filesystem into ${path.basename(osDisk)}`);
     await mkext4(osDisk, rootOffset, rootBytes, root, rootFsUuid, 'root');
-    if (uefi) await installGrubEfi(osDisk, FIRST_PARTITION, espBytes, rootFsUuid, work);
+    if (uefi) await installGrubEfi(osDisk, FIRST_PARTITION, espBytes, espVolumeId, rootFsUuid, work);
     else await installGrubBios(osDisk, rootFsUuid, work);
 
     const dataDisk = path.join(work, 'data.img');
     const dataBytes = recipe.dataDiskMiB * MiB;
-    const data = await buildDataDisk(dataDisk, dataBytes, work, recipe.hostname);
+    const data = await buildDataDisk(dataDisk, dataBytes, work, recipe.hostname, dataFsUuid);
 
     await fsp.rm(root, { recursive: true, force: true });
     for (const scratch of ['data-tree', 'early.cfg', 'core.img', 'BOOTX64.EFI']) {
@@ -422,6 +438,7 @@ async function build(name: GuestName, cacheDir: string, finalDir: string, log: (
       dir: finalDir,
       firmware: recipe.firmware,
       partitionScheme: uefi ? 'gpt' : 'mbr',
+      fstabNames: recipe.fstabNames,
       osDisk: path.join(finalDir, 'os.img'),
       dataDisk: path.join(finalDir, 'data.img'),
       osDiskBytes: osBytes,

@@ -2,21 +2,29 @@ import type { Firmware } from '../../domain/vm';
 
 /**
  * Recipes of the bootable Debian 12 test guests. Each looks like a guest that lived on VMware: a static
- * address on the VMware NIC name, a persistent-net rule pinned to its VMware MAC, fstab by /dev/sdX with a
- * data disk, no serial console. Those are exactly the things a platform change breaks, and that a boot
- * shows. Everything here is part of the recipe hash: editing this file rebuilds the images.
+ * address on the VMware NIC name, a persistent-net rule pinned to its VMware MAC, a data disk in fstab
+ * without nofail (by /dev/sdX on the BIOS guest, an older install; by UUID on the UEFI one, as Debian's
+ * installer writes it), no serial console. Those are exactly the things a platform change breaks, and that
+ * a boot shows. Everything here is part of the recipe hash: editing this file rebuilds the images.
  */
 
 export type GuestName = 'debian12-bios' | 'debian12-uefi';
 /** As the repository's VM config names it (`Firmware`). */
 export type GuestFirmware = Firmware;
 export type GuestNetworkStyle = 'ifupdown' | 'networkd';
+/**
+ * How fstab names filesystems: `kernel` (/dev/sdX, as an older or hand-edited install has it) or `uuid`
+ * (UUID=, as Debian's installer writes it). Only `uuid` boots whichever order the kernel probes the disks
+ * in; `kernel` is the hazard preparation fixes.
+ */
+export type GuestFstabNames = 'kernel' | 'uuid';
 
 export interface GuestRecipe {
   name: GuestName;
   firmware: GuestFirmware;
   hostname: string;
   networkStyle: GuestNetworkStyle;
+  fstabNames: GuestFstabNames;
   /** The name VMware's vmxnet3 slot gave the NIC, pinned by the persistent-net rule. */
   nicName: string;
   /** The VMware MAC (OUI 00:50:56) the persistent-net rule matches. */
@@ -54,6 +62,7 @@ export const GUEST_RECIPES: Record<GuestName, GuestRecipe> = {
     firmware: 'bios',
     hostname: 'deb12-bios',
     networkStyle: 'ifupdown',
+    fstabNames: 'kernel',
     nicName: 'ens192',
     mac: '00:50:56:a1:5e:01',
     address: '192.168.50.20/24',
@@ -66,6 +75,7 @@ export const GUEST_RECIPES: Record<GuestName, GuestRecipe> = {
     firmware: 'efi',
     hostname: 'deb12-uefi',
     networkStyle: 'networkd',
+    fstabNames: 'uuid',
     nicName: 'ens160',
     mac: '00:50:56:a1:5e:02',
     address: '192.168.60.20/24',
@@ -114,9 +124,10 @@ export interface GuestFileContext {
   recipe: GuestRecipe;
   kernelVersion: string;
   rootFsUuid: string;
-  /** Root partition device as the VMware guest named it in fstab. */
+  /** The filesystems as the VMware guest's fstab names them (device path or `UUID=`). */
   rootDevice: string;
   espDevice?: string;
+  dataDevice: string;
 }
 
 export interface GuestFile {
@@ -145,8 +156,8 @@ export function guestFiles(ctx: GuestFileContext): Map<string, GuestFile> {
     `${ctx.rootDevice}\t/\text4\terrors=remount-ro\t0\t1`,
   ];
   if (ctx.espDevice) fstab.push(`${ctx.espDevice}\t/boot/efi\tvfat\tumask=0077\t0\t1`);
-  // The data disk is the second SCSI disk on VMware; no nofail, as the installer writes it.
-  fstab.push(`/dev/sdb1\t${DATA_MOUNT}\text4\tdefaults\t0\t2`, '');
+  // The data disk, second on VMware's SCSI bus; no nofail, as the installer writes it.
+  fstab.push(`${ctx.dataDevice}\t${DATA_MOUNT}\text4\tdefaults\t0\t2`, '');
   file('/etc/fstab', fstab.join('\n'));
 
   file(
