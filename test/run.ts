@@ -143,7 +143,8 @@ async function main(): Promise<void> {
     process.stdout.write('# building or finding the lab guest images\n');
     await Promise.all([ensureGuestImage('debian12-bios'), ensureGuestImage('debian12-uefi')]);
   }
-  await Promise.all(lanes.map(labUp));
+  // One after the other: each lab picks free ports, and two picking at once would pick the same.
+  for (const lane of lanes) await labUp(lane);
   process.stdout.write(`# ${all.length} files in ${lanes.length} lane(s): ${lanes.map((l) => `${l.name} on ${l.labDir}`).join(', ')}\n`);
 
   const results: FileResult[] = [];
