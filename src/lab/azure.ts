@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, openSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { labDir, registerLabComponent, type LabState } from './lab';
-import { pickPort, pidAlive, waitFor } from './net';
+import { pickPort, pidAlive, reuseOrStop, waitFor } from './net';
 
 export interface LabAzure {
   pid: number;
@@ -88,7 +88,7 @@ export function labDeviceRoot(): string {
 /** The ARM simulator joins the lab as a child process, pointed at the lab's Azurite. */
 async function startArmSim(state: LabState, log: (s: string) => void, taken: Set<number>): Promise<LabState> {
   const prev = state.azure as LabAzure | undefined;
-  if (prev && pidAlive(prev.pid) && (await adminOk(prev.armEndpoint, prev.caCertPath, prev.adminTokenFile).catch(() => false))) {
+  if (prev && (await reuseOrStop('ARM simulator', prev.pid, () => adminOk(prev.armEndpoint, prev.caCertPath, prev.adminTokenFile), log))) {
     if (prev.clientId && prev.adminTokenFile && prev.deviceRoot) {
       log(`armsim: reusing pid ${prev.pid} at ${prev.armEndpoint}`);
       return state;

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { Connection } from '@temporalio/client';
 import { temporal as proto } from '@temporalio/proto';
 import { ensureTool, TEMPORAL_CLI, VCSIM } from './binaries';
-import { httpStatus, pickPort, pidAlive, tlsFingerprint, waitFor } from './net';
+import { httpStatus, pickPort, pidAlive, reuseOrStop, stopProcess, tlsFingerprint, waitFor } from './net';
 import { SEARCH_ATTRIBUTES } from '../domain/search-attributes';
 
 /** Where the lab keeps state, logs and data; git-ignored. */
@@ -156,7 +156,7 @@ async function spawnTemporal(port: number, uiPort: number, log: (s: string) => v
 }
 
 async function startTemporal(prev: LabTemporal | undefined, taken: Set<number>, log: (s: string) => void): Promise<LabTemporal> {
-  if (prev && pidAlive(prev.pid) && (await temporalReady(prev.address, prev.namespace).catch(() => false))) {
+  if (prev && (await reuseOrStop('temporal dev server', prev.pid, () => temporalReady(prev.address, prev.namespace), log))) {
     // A server started by older code may lack attributes added since.
     await ensureSearchAttributes(prev.address, prev.namespace);
     log(`temporal: reusing pid ${prev.pid} at ${prev.address}`);
@@ -180,23 +180,15 @@ export async function labRestartTemporal(
   const prev = state.temporal;
   if (!prev) throw new Error('the lab has no Temporal dev server to restart (run `vmrestore lab up`)');
   const t0 = Date.now();
-  if (pidAlive(prev.pid)) {
-    try {
-      process.kill(-prev.pid, opts.signal ?? 'SIGKILL');
-    } catch {
-      process.kill(prev.pid, opts.signal ?? 'SIGKILL');
-    }
-    const deadline = Date.now() + 15_000;
-    while (pidAlive(prev.pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-    if (pidAlive(prev.pid)) throw new Error(`temporal dev server pid ${prev.pid} did not exit`);
-  }
+  if (pidAlive(prev.pid)) await stopProcess(prev.pid, opts.signal ?? 'SIGKILL');
   const temporal = await spawnTemporal(prev.port, prev.uiPort, log);
   writeLabState({ ...readLabState(), temporal });
   return { temporal, downSeconds: (Date.now() - t0) / 1000 };
 }
 
 async function startVcsim(prev: LabVSphere | undefined, taken: Set<number>, log: (s: string) => void): Promise<LabVSphere> {
-  if (prev && pidAlive(prev.pid) && (await httpStatus(`${prev.url.replace(/\/sdk$/, '')}/about`).catch(() => 0)) === 200) {
+  const about = prev && `${prev.url.replace(/\/sdk$/, '')}/about`;
+  if (prev && about && (await reuseOrStop('vcsim', prev.pid, async () => (await httpStatus(about)) === 200, log))) {
     log(`vcsim: reusing pid ${prev.pid} at ${prev.url}`);
     return prev;
   }
@@ -251,7 +243,7 @@ function azuriteScript(): string {
 }
 
 async function startAzurite(prev: LabBlob | undefined, taken: Set<number>, log: (s: string) => void): Promise<LabBlob> {
-  if (prev && pidAlive(prev.pid) && (await httpStatus(`${prev.endpoint}?comp=list`).catch(() => 0)) > 0) {
+  if (prev && (await reuseOrStop('azurite', prev.pid, async () => (await httpStatus(`${prev.endpoint}?comp=list`)) > 0, log))) {
     log(`azurite: reusing pid ${prev.pid} at ${prev.endpoint}`);
     return prev;
   }

@@ -83,6 +83,49 @@ export async function waitFor(
   throw new Error(`${what} not ready after ${opts.timeoutMs} ms (${lastErr || 'no answer'})${opts.logFile ? `; see ${opts.logFile}` : ''}`);
 }
 
+/** Stops a lab process and its process group (they are spawned detached) and waits until it is gone. */
+export async function stopProcess(pid: number, signal: NodeJS.Signals = 'SIGKILL', timeoutMs = 15_000): Promise<void> {
+  try {
+    process.kill(-pid, signal);
+  } catch {
+    try {
+      process.kill(pid, signal);
+    } catch {
+      return;
+    }
+  }
+  const deadline = Date.now() + timeoutMs;
+  while (pidAlive(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  if (pidAlive(pid)) {
+    if (signal === 'SIGKILL') throw new Error(`lab process ${pid} did not exit`);
+    await stopProcess(pid, 'SIGKILL', timeoutMs);
+  }
+}
+
+/**
+ * Whether the lab's recorded process can be reused: alive and answering `ready` within `graceMs` (a
+ * loaded machine answers slowly). One alive but silent is stopped first, since a second server on the
+ * same database or data folder would corrupt it.
+ */
+export async function reuseOrStop(
+  what: string,
+  pid: number | undefined,
+  ready: () => Promise<boolean>,
+  log: (s: string) => void,
+  graceMs = 60_000,
+): Promise<boolean> {
+  if (!pid || !pidAlive(pid)) return false;
+  try {
+    await waitFor(what, ready, { timeoutMs: graceMs, intervalMs: 500, isAlive: () => pidAlive(pid) });
+    return true;
+  } catch {
+    if (!pidAlive(pid)) return false;
+    log(`${what}: pid ${pid} is running but does not answer; stopping it before starting a new one`);
+    await stopProcess(pid);
+    return false;
+  }
+}
+
 export function pidAlive(pid: number | undefined): boolean {
   if (!pid) return false;
   try {
