@@ -65,7 +65,12 @@ export async function startWorkerProcess(taskQueue: string, env: NodeJS.ProcessE
   child.stdout!.on('data', (d) => (out += d));
   child.stderr!.on('data', (d) => (out += d));
   await new Promise<void>((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`worker did not start in 60 s:\n${out}`)), 60_000);
+    // Bundling the workflows takes seconds alone and minutes on a loaded machine; a worker that never
+    // polls is killed, not left running to hold the test process open.
+    const t = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`worker did not start in 180 s:\n${out}`));
+    }, 180_000);
     const onData = () => {
       if (out.includes('polling task queue')) {
         clearTimeout(t);
