@@ -35,7 +35,7 @@ async function freeLoopbackPort(): Promise<number> {
 }
 
 /** Leases read at most this often, however often Prometheus scrapes. */
-const LEASE_READ_INTERVAL_MS = 5000;
+const LEASE_READ_INTERVAL_MS = 2000;
 
 async function readLeases(client: Client, taskQueue: string): Promise<LeaseSnapshot[]> {
   const query = `WorkflowType = 'resourceLease' AND ExecutionStatus = 'Running' AND TaskQueue = '${taskQueue.replace(/'/g, "\\'")}'`;

@@ -9,6 +9,7 @@ import { promisify } from 'node:util';
 import { buildDataDiskImage } from '../../src/demo';
 import { importTestVm, openTestEnv, ROOT, startWorkerProcess, type TestEnv, type WorkerProcess } from '../helpers/env';
 import { labVSphere } from '../helpers/vsphere';
+import { startAzureRestore } from '../../src/restore-client';
 import { dashboardMetricNames, metricFamilies, sampleValue } from '../helpers/prometheus';
 
 const run = promisify(execFile);
@@ -217,5 +218,67 @@ describe('worker metrics and traces (a real worker process, the lab, an OTLP rec
     } finally {
       await vs.logout().catch(() => {});
     }
+  });
+  it('counts Azure uploads, reads the helper appliance lease, and counts a failed restore under its failure type', async () => {
+    const vmName = `tmetrics${Date.now().toString(36).slice(-7)}`;
+    const handle = await startAzureRestore(env.client, { restorePointId: env.demo['demo-linux'], vmName }, { taskQueue: env.taskQueue });
+    let done = false;
+    const result = handle.result().finally(() => (done = true));
+    const uploadedDuring: number[] = [];
+    let heldSeen = 0;
+    let poweredOnSeen = 0;
+    while (!done) {
+      const text = await scrape(metricsUrl);
+      uploadedDuring.push(sampleValue(text, 'vmrestore_uploaded_bytes_total', { target: 'azure', transport: 'page-blob' }) ?? 0);
+      heldSeen = Math.max(heldSeen, sampleValue(text, 'vmrestore_lease_holders', { kind: 'helper' }) ?? 0);
+      poweredOnSeen = Math.max(poweredOnSeen, sampleValue(text, 'vmrestore_appliance_powered_on', { kind: 'helper' }) ?? 0);
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    const r = await result;
+    const uploaded = r.disks.reduce((a, d) => a + d.bytesUploaded, 0);
+    const text = await scrape(metricsUrl);
+    assert.equal(sampleValue(text, 'vmrestore_uploaded_bytes_total', { target: 'azure', transport: 'page-blob' }), uploaded);
+    assert.ok(
+      uploadedDuring.some((v) => v > 0 && v < uploaded),
+      `uploads seen moving (${uploadedDuring.join(', ')})`,
+    );
+    assert.equal(sampleValue(text, 'vmrestore_restores_total', { target: 'azure', outcome: 'completed' }), 1);
+    // The helper's lease workflow outlives the restore: released, with the slots its size offers.
+    let released: string | undefined;
+    for (let i = 0; i < 40 && released === undefined; i++) {
+      const t = await scrape(metricsUrl);
+      if (sampleValue(t, 'vmrestore_lease_holders', { kind: 'helper' }) === 0) released = t;
+      else await new Promise((res) => setTimeout(res, 250));
+    }
+    assert.ok(released, 'the helper lease shows no holder once the restore released it');
+    assert.ok(sampleValue(released, 'vmrestore_lease_slots', { kind: 'helper' })! >= 1, 'the helper offers data-disk slots');
+    assert.equal(sampleValue(released, 'vmrestore_lease_slots_in_use', { kind: 'helper' }), 0);
+    assert.ok(heldSeen >= 1, 'a scrape during the restore saw the helper appliance held');
+    assert.equal(poweredOnSeen, 1, 'a scrape during the restore saw the helper appliance powered on');
+
+    const bad = await startAzureRestore(
+      env.client,
+      { restorePointId: env.demo['demo-linux'], vmName: 'bad name!' },
+      { taskQueue: env.taskQueue },
+    );
+    await assert.rejects(bad.result());
+    const failed = await (async () => {
+      for (let i = 0; i < 50; i++) {
+        const t = await scrape(metricsUrl);
+        if (sampleValue(t, 'vmrestore_restores_total', { target: 'azure', outcome: 'failed' }) === 1) return t;
+        await new Promise((res) => setTimeout(res, 200));
+      }
+      return scrape(metricsUrl);
+    })();
+    assert.equal(
+      sampleValue(failed, 'vmrestore_restores_total', { target: 'azure', outcome: 'failed', failure_type: 'InvalidRequest' }),
+      1,
+    );
+    assert.equal(
+      sampleValue(failed, 'vmrestore_activity_failures_total', { failure_type: 'InvalidRequest', retryable: 'false' }),
+      1,
+      'the refused request counted as a non-retryable activity failure',
+    );
+    assert.equal(sampleValue(failed, 'vmrestore_activity_retries_total', { failure_type: 'InvalidRequest' }) ?? 0, 0);
   });
 });
