@@ -58,6 +58,16 @@ async function scrape(url: string): Promise<string> {
   return res.text();
 }
 
+/** Scrapes until `ready` holds of a scrape (10 s at most); returns the last scrape either way. */
+async function scrapeUntil(url: string, ready: (text: string) => boolean): Promise<string> {
+  const end = Date.now() + 10_000;
+  for (;;) {
+    const text = await scrape(url);
+    if (ready(text) || Date.now() > end) return text;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
 async function until<T>(what: string, fn: () => T | undefined, timeoutMs = 20_000): Promise<T> {
   const end = Date.now() + timeoutMs;
   for (;;) {
@@ -156,14 +166,10 @@ describe('worker metrics and traces (a real worker process, the lab, an OTLP rec
     );
     assert.ok(new Set(partial).size >= 2, `restored bytes grew between scrapes (${partial.join(', ')})`);
 
-    const final = await (async () => {
-      for (let i = 0; i < 50; i++) {
-        const text = await scrape(metricsUrl);
-        if (sampleValue(text, 'vmrestore_restores_total', { target: 'vsphere', outcome: 'completed' }) === 1) return text;
-        await new Promise((r) => setTimeout(r, 200));
-      }
-      return scrape(metricsUrl);
-    })();
+    const final = await scrapeUntil(
+      metricsUrl,
+      (t) => sampleValue(t, 'vmrestore_restores_total', { target: 'vsphere', outcome: 'completed' }) === 1,
+    );
     assert.equal(sampleValue(final, 'vmrestore_restored_bytes_total', labels), DISK_BYTES, 'every byte of the disk counted once');
     assert.equal(sampleValue(final, 'vmrestore_restores_total', { target: 'vsphere', outcome: 'completed', failure_type: '' }), 1);
     assert.equal(sampleValue(final, 'vmrestore_restore_duration_seconds_count', { target: 'vsphere', outcome: 'completed' }), 1);
@@ -244,13 +250,8 @@ describe('worker metrics and traces (a real worker process, the lab, an OTLP rec
     );
     assert.equal(sampleValue(text, 'vmrestore_restores_total', { target: 'azure', outcome: 'completed' }), 1);
     // The helper's lease workflow outlives the restore: released, with the slots its size offers.
-    let released: string | undefined;
-    for (let i = 0; i < 40 && released === undefined; i++) {
-      const t = await scrape(metricsUrl);
-      if (sampleValue(t, 'vmrestore_lease_holders', { kind: 'helper' }) === 0) released = t;
-      else await new Promise((res) => setTimeout(res, 250));
-    }
-    assert.ok(released, 'the helper lease shows no holder once the restore released it');
+    const released = await scrapeUntil(metricsUrl, (t) => sampleValue(t, 'vmrestore_lease_holders', { kind: 'helper' }) === 0);
+    assert.equal(sampleValue(released, 'vmrestore_lease_holders', { kind: 'helper' }), 0, 'no holder once the restore released the helper');
     assert.ok(sampleValue(released, 'vmrestore_lease_slots', { kind: 'helper' })! >= 1, 'the helper offers data-disk slots');
     assert.equal(sampleValue(released, 'vmrestore_lease_slots_in_use', { kind: 'helper' }), 0);
     assert.ok(heldSeen >= 1, 'a scrape during the restore saw the helper appliance held');
@@ -262,14 +263,10 @@ describe('worker metrics and traces (a real worker process, the lab, an OTLP rec
       { taskQueue: env.taskQueue },
     );
     await assert.rejects(bad.result());
-    const failed = await (async () => {
-      for (let i = 0; i < 50; i++) {
-        const t = await scrape(metricsUrl);
-        if (sampleValue(t, 'vmrestore_restores_total', { target: 'azure', outcome: 'failed' }) === 1) return t;
-        await new Promise((res) => setTimeout(res, 200));
-      }
-      return scrape(metricsUrl);
-    })();
+    const failed = await scrapeUntil(
+      metricsUrl,
+      (t) => sampleValue(t, 'vmrestore_restores_total', { target: 'azure', outcome: 'failed' }) === 1,
+    );
     assert.equal(
       sampleValue(failed, 'vmrestore_restores_total', { target: 'azure', outcome: 'failed', failure_type: 'InvalidRequest' }),
       1,
