@@ -177,7 +177,7 @@ const leaseSlots = new Gauge({
   registers: [registry],
 });
 
-/** Sets the lease gauges to what `read` returns, dropping leases that no longer run. */
+/** Sets the lease gauges to these leases; leases that no longer run drop out. */
 export function setLeaseSnapshots(leases: LeaseSnapshot[]): void {
   for (const g of [leaseHolders, appliancePoweredOn, leaseSlotsInUse, leaseSlots]) g.reset();
   for (const l of leases) {
