@@ -45,8 +45,9 @@ const USAGE = `vmrestore: restore whole VMs from backups to vSphere (and Azure) 
   vmrestore repo seed-demo [--bootable-guests] [--json]   (or VMRESTORE_DEMO_BOOTABLE_GUESTS=1)
   vmrestore codec-server [--port 8888] [--host ADDR] [--origin URL]... [--allowed-host NAME]...
         [--token-file FILE]   (decrypts payloads for the Web UI; bearer token from VMRESTORE_CODEC_TOKEN or the file)
-  vmrestore worker [--helper LOCATION | --verifier]   (--helper: the worker inside that location's helper appliance;
-        --verifier: only boot verification, on a machine with qemu)
+  vmrestore worker [--helper LOCATION | --verifier] [--metrics HOST:PORT]   (--helper: the worker inside that
+        location's helper appliance; --verifier: only boot verification, on a machine with qemu; --metrics: serve
+        Prometheus metrics at /metrics; traces go by OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set)
   vmrestore restore vsphere --restore-point ID --vm-name NAME [--datastore DS] [--folder F]
         [--resource-pool P] [--network SRC=DST]... [--transport auto|direct-san|direct-nas|hotadd|nbd]
         [--disk-format same|thin|thick-lazy|thick-eager] [--proxy NAME] [--power-on]
@@ -267,14 +268,18 @@ async function codecServerCommand(args: string[]): Promise<number> {
 }
 
 async function workerCommand(args: string[]): Promise<number> {
-  const { values } = parseArgs({ args, options: { helper: { type: 'string' }, verifier: { type: 'boolean' } }, allowPositionals: false });
+  const { values } = parseArgs({
+    args,
+    options: { helper: { type: 'string' }, verifier: { type: 'boolean' }, metrics: { type: 'string' } },
+    allowPositionals: false,
+  });
   // runWorker prints the insecure-profile warnings itself.
   const config = loadAppConfig();
   const stop = new Promise<void>((resolve) => {
     process.once('SIGINT', resolve);
     process.once('SIGTERM', resolve);
   });
-  await runWorker({ config, log: out, until: stop, helperLocation: values.helper, verifier: values.verifier });
+  await runWorker({ config, log: out, until: stop, helperLocation: values.helper, verifier: values.verifier, metrics: values.metrics });
   return 0;
 }
 

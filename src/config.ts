@@ -137,6 +137,8 @@ export interface AppConfig {
    * --verifier` (a machine with qemu), or by the main worker too when `embeddedWorker` is true (the lab).
    */
   verifier?: { embeddedWorker: boolean };
+  /** Worker metrics (Prometheus, host:port; `worker --metrics` overrides it) and trace export (OTLP/HTTP base URL). */
+  telemetry?: { metrics?: string; otlpEndpoint?: string };
   /** True when the endpoints come from the embedded lab rather than a config file. */
   fromLab: boolean;
   source: string;
@@ -243,7 +245,7 @@ export function insecureWarnings(config: Pick<AppConfig, 'vsphere'>): string[] {
 /** Validates a raw config object; every error names the offending key. */
 export function parseConfig(raw: unknown, source: string, baseDir: string): AppConfig {
   const root = record(raw, '(root)');
-  const known = ['temporal', 'repository', 'vsphere', 'proxies', 'restore', 'azure', 'verifier'];
+  const known = ['temporal', 'repository', 'vsphere', 'proxies', 'restore', 'azure', 'verifier', 'telemetry'];
   for (const k of Object.keys(root)) if (!known.includes(k)) bad(k, `unknown key (known: ${known.join(', ')})`);
   const t = record(root.temporal, 'temporal');
   const temporal = {
@@ -323,9 +325,25 @@ export function parseConfig(raw: unknown, source: string, baseDir: string): AppC
       root.verifier === undefined
         ? undefined
         : { embeddedWorker: bool(record(root.verifier, 'verifier'), 'embeddedWorker', 'verifier', false) },
+    telemetry: root.telemetry === undefined ? undefined : parseTelemetry(record(root.telemetry, 'telemetry')),
     fromLab: false,
     source,
   };
+}
+
+function parseTelemetry(t: Record<string, unknown>): AppConfig['telemetry'] {
+  for (const k of Object.keys(t))
+    if (k !== 'metrics' && k !== 'otlpEndpoint') bad(`telemetry.${k}`, 'unknown key (known: metrics, otlpEndpoint)');
+  const metrics = str(t, 'metrics', 'telemetry', false);
+  if (metrics !== undefined && !/^(\[[^\]]+\]|[^:\s]*):\d{1,5}$/.test(metrics))
+    bad('telemetry.metrics', `expected host:port, got '${metrics}'`);
+  const otlpEndpoint = str(t, 'otlpEndpoint', 'telemetry', false);
+  if (otlpEndpoint !== undefined && !/^https?:\/\/[^/]+/.test(otlpEndpoint))
+    bad(
+      'telemetry.otlpEndpoint',
+      `expected an http(s):// URL (the collector's OTLP/HTTP base, e.g. http://collector:4318), got '${otlpEndpoint}'`,
+    );
+  return { metrics, otlpEndpoint };
 }
 
 /** Environment overrides, applied after the file: each names one key. */

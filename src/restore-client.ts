@@ -3,6 +3,7 @@ import { Client, Connection, WorkflowFailedError, type WorkflowHandle } from '@t
 import { ApplicationFailure, type DataConverter } from '@temporalio/common';
 import { decodeFromPayloadsAtIndex } from '@temporalio/common/lib/internal-non-workflow';
 import { AesGcmCodec } from './codec';
+import { tracingClientInterceptors } from './telemetry/tracing';
 import { FailureType, RestoreError } from './domain/errors';
 import type { AppConfig } from './config';
 import type { DiskCheckpoint, DiskProgress, RestoreProgress, VSphereRestoreRequest, VSphereRestoreResult } from './domain/restore';
@@ -33,7 +34,12 @@ export function dataConverterFor(config: Pick<AppConfig, 'temporal'>): DataConve
 
 export async function connectClient(config: AppConfig): Promise<{ client: Client; connection: Connection }> {
   const connection = await Connection.connect({ address: config.temporal.address });
-  return { client: new Client({ connection, namespace: config.temporal.namespace, dataConverter: dataConverterFor(config) }), connection };
+  // With an OTLP endpoint configured, a restore's trace starts where the client starts its workflow.
+  const interceptors = { workflow: tracingClientInterceptors(config) };
+  return {
+    client: new Client({ connection, namespace: config.temporal.namespace, dataConverter: dataConverterFor(config), interceptors }),
+    connection,
+  };
 }
 
 export function newRestoreSuffix(): string {

@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, Worker } from '@temporalio/worker';
+import { startWorkerTelemetry } from './telemetry/worker';
 import { createMappedAzureActivities } from './activities/azure';
 import { helperTaskQueue, insecureWarnings, type AppConfig } from './config';
 import { createMappedVSphereActivities } from './activities/vsphere';
@@ -28,6 +29,8 @@ export interface RunWorkerOptions {
    * main worker serves it too when `verifier.embeddedWorker` is set (the lab).
    */
   verifier?: boolean;
+  /** host:port where this worker serves Prometheus metrics (ours and the Temporal SDK's) at /metrics. */
+  metrics?: string;
 }
 
 /** Helper-appliance queues this worker serves: one location's, or every embedded one. */
@@ -46,12 +49,19 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
   const { config } = opts;
   const log = opts.log ?? (() => {});
   for (const w of insecureWarnings(config)) log(w);
+  // Before the first connection: the SDK's runtime takes its metrics exporter when it is created.
+  const telemetry = await startWorkerTelemetry({ config, metrics: opts.metrics, log });
   const connection = await NativeConnection.connect({ address: config.temporal.address });
   const sessions = new VSphereSessions(config);
   // Lease activities talk to lease workflows through a regular client.
   const clientConnection = await Connection.connect({ address: config.temporal.address });
   const dataConverter = dataConverterFor(config);
-  const client = new Client({ connection: clientConnection, namespace: config.temporal.namespace, dataConverter });
+  const client = new Client({
+    connection: clientConnection,
+    namespace: config.temporal.namespace,
+    dataConverter,
+    interceptors: { workflow: telemetry.clientInterceptors },
+  });
   const taskQueue = opts.taskQueue ?? config.temporal.taskQueue;
   try {
     // Everything this worker derives from config (lease ids, helper queues) follows the queue it serves.
@@ -66,10 +76,12 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
       defaultHeartbeatThrottleInterval: '1 second',
       // Lets a disk writer record its last checkpoint before the process exits.
       shutdownGraceTime: '5 seconds',
+      ...telemetry.workerOptions,
     } as const;
     const workers: Worker[] = [];
     if (opts.helperLocation !== undefined && opts.verifier) throw new Error('a worker is either --helper or --verifier, not both');
     if (opts.helperLocation === undefined && !opts.verifier) {
+      telemetry.watchLeases(client, taskQueue);
       workers.push(
         await Worker.create({
           ...common,
@@ -125,6 +137,7 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
     const failure = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failure) throw failure.reason;
   } finally {
+    await telemetry.close();
     await sessions.closeAll();
     await clientConnection.close();
     await connection.close();

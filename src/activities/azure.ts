@@ -29,6 +29,7 @@ import { armClientsFor } from '../azure/credential';
 import { acquireLease, leaseWorkflowId, releaseLease, resourceLease } from '../workflows/lease';
 import { validateAzureRestoreRequest, validateAzureVmName } from '../domain/validation';
 import { withFailureMapping } from './failures';
+import { deltaCounter, uploadedBytes } from '../telemetry/metrics';
 
 export interface AzureDeps {
   config: AppConfig;
@@ -430,6 +431,7 @@ export function createAzureActivities(deps: AzureDeps) {
       const resuming = ctx.info.attempt > 1 || resumeFrom > 0;
       const blobClient = blobs().getPageBlobClient(disk.blobName);
       let last: UploadCheckpoint = { diskIndex, offset: resumeFrom, bytesSent: 0 };
+      const countUploaded = deltaCounter((n) => uploadedBytes.inc({ target: 'azure', transport: 'page-blob' }, n));
       const beat = setInterval(() => ctx.heartbeat(last), 1000);
       try {
         const res = await uploadFixedVhd({
@@ -448,9 +450,11 @@ export function createAzureActivities(deps: AzureDeps) {
           signal: ctx.cancellationSignal,
           onProgress: (p) => {
             last = { diskIndex, offset: p.contiguousOffset, bytesSent: p.bytesSent };
+            countUploaded(p.bytesSent);
             ctx.heartbeat(last);
           },
         });
+        countUploaded(res.bytesSent);
         const check = await verifyUploadedVhd(blobClient, { capacityBytes: disk.capacityBytes, signal: ctx.cancellationSignal });
         if (!check.ok)
           throw new RestoreError(

@@ -20,6 +20,7 @@ import { pathInside } from '../transport/paths';
 import { ByteRateLimiter } from '../transport/throttle';
 import { flatFileName, parseDatastorePath, uploadDatastoreFile, type VSphereClient } from '../vsphere';
 import { withFailureMapping } from './failures';
+import { countedBlocks, restoredBytes } from '../telemetry/metrics';
 import { VSphereSessions } from './vsphere-sessions';
 
 /** extraConfig key that ties a VM to the restore that created it, so retries find it again. */
@@ -373,6 +374,7 @@ export function createVSphereActivities(deps: VSphereDeps) {
               const data = b.data ?? zero.subarray(0, b.length);
               await limiter.take(b.length, signal);
               sent += b.length;
+              restoredBytes.inc({ target: 'vsphere', transport }, b.length);
               yield data;
             }
           }
@@ -414,11 +416,14 @@ export function createVSphereActivities(deps: VSphereDeps) {
         const progress = await writeDiskToFile({
           targetPath: target,
           capacityBytes: disk.capacityBytes,
-          blocks: readDiskBlocks(config.repository.path, rp, diskIndex, {
-            fromOffset: resumeFrom,
-            concurrency: config.restore.readConcurrency,
-            signal,
-          }),
+          blocks: countedBlocks(
+            readDiskBlocks(config.repository.path, rp, diskIndex, {
+              fromOffset: resumeFrom,
+              concurrency: config.restore.readConcurrency,
+              signal,
+            }),
+            (n) => restoredBytes.inc({ target: 'vsphere', transport }, n),
+          ),
           checkpointBytes: config.restore.checkpointBytes,
           throttleBytesPerSecond: throttle,
           // A freshly created virtual disk reads as zeros, so zero blocks are left as holes.
