@@ -305,6 +305,7 @@ export function createVSphereImportActivities(deps: VSphereImportDeps) {
             b = end;
           }
         }
+        await staged.flush();
         const s = staged.state.stats;
         const result: ImportDiskResult = {
           diskIndex,

@@ -177,10 +177,15 @@ export class StagedDisk {
     this.state.stats.blocksKept++;
   }
 
-  /** Waits for the chunk writes, makes them durable, then records `offset` (and `result` when done). */
-  async checkpoint(offset: number, done = false, result?: unknown): Promise<void> {
+  /** Waits for the chunk writes in flight; the stats count every block taken once this returns. */
+  async flush(): Promise<void> {
     await Promise.allSettled(this.pending.values());
     if (this.failures.length > 0) throw this.failures[0];
+  }
+
+  /** Waits for the chunk writes, makes them durable, then records `offset` (and `result` when done). */
+  async checkpoint(offset: number, done = false, result?: unknown): Promise<void> {
+    await this.flush();
     await this.writer.syncWrittenDirs();
     this.state.offset = offset;
     this.state.done = done;
