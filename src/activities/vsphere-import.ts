@@ -317,6 +317,7 @@ export function createVSphereImportActivities(deps: VSphereImportDeps) {
           zeroBlocks: s.zeroBlocks,
           blocksSkippedByCbt: s.blocksKept,
           cbtUnavailable,
+          resumedFromOffset: resumedFrom,
           seconds: (Date.now() - started) / 1000,
         };
         await staged.checkpoint(disk.capacityBytes, true, result);

@@ -68,6 +68,8 @@ export interface ImportDiskResult {
   blocksSkippedByCbt: number;
   /** Why CBT was not used, when it was not. */
   cbtUnavailable?: string;
+  /** Where this attempt started: the last staged checkpoint of an earlier attempt, else 0. */
+  resumedFromOffset: number;
   seconds: number;
 }
 
