@@ -7,7 +7,8 @@ import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import { WorkflowFailedError } from '@temporalio/client';
 import { resolvePassword } from '../../src/config';
-import type { VSphereImportResult } from '../../src/domain/vsphere-import';
+import { decodeFromPayloadsAtIndex } from '@temporalio/common/lib/internal-non-workflow';
+import type { ImportDiskCheckpoint, VSphereImportResult } from '../../src/domain/vsphere-import';
 import { startVSphereImport } from '../../src/import-client';
 import { toolCacheDir } from '../../src/lab/binaries';
 import { getRestorePoint, listRestorePoints } from '../../src/repository';
@@ -17,7 +18,7 @@ import { failureMessage, startVSphereRestore } from '../../src/restore-client';
 import { importProgressQuery } from '../../src/workflows';
 import { parseDatastorePath, uploadDatastoreFile, flatFileName, type Vm } from '../../src/vsphere';
 import { refArg, typedArg } from '../../src/vsphere/soap';
-import { ROOT, sha256File, sha256OfBackedUpDisk } from '../helpers/env';
+import { ROOT, sha256File, sha256OfBackedUpDisk, startWorkerProcess } from '../helpers/env';
 import { closeVSphereLab, localFlatFile, openVSphereLab, type VSphereLab } from '../helpers/vsphere';
 
 const MiB = 1024 * 1024;
@@ -317,6 +318,42 @@ describe('restore points straight from vCenter (real Temporal + vcsim + reposito
       assert.deepEqual(await bvm.snapshots(), [], 'the snapshot was removed after the failure');
       assert.equal((await listRestorePoints(repo)).filter((r) => r.vmName === broken).length, 0, 'no restore point saved');
       assert.ok(!existsSync(stagingDir(repo, handle.workflowId)), 'staged block maps removed');
+    } finally {
+      await bvm.destroy();
+    }
+  });
+
+  it('a worker killed in the middle of a disk read: the retry resumes from the staged checkpoint', async (t) => {
+    const big = `${name}-big`;
+    const bytes = randomBytes(192 * MiB);
+    const { vm: bvm } = await sourceVm(big, [{ bytes, thin: true }]);
+    try {
+      const handle = await startVSphereImport(lab.env.client, { vmName: big }, { taskQueue: lab.env.taskQueue });
+      let staged = 0;
+      for (const deadline = Date.now() + 60_000; staged === 0 && Date.now() < deadline; ) {
+        const pending = (await handle.describe()).raw.pendingActivities?.find((a) => a.activityType?.name === 'importVSphereDisk');
+        const payloads = pending?.heartbeatDetails?.payloads;
+        if (payloads?.length) {
+          const cp = await decodeFromPayloadsAtIndex<ImportDiskCheckpoint>(lab.env.client.options.loadedDataConverter, 0, payloads);
+          if (cp.stagedOffset > 0) staged = cp.stagedOffset;
+        }
+        if (staged === 0) await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.ok(staged > 0 && staged < bytes.length, `a checkpoint inside the disk was heartbeated (staged ${staged})`);
+      await lab.worker.kill();
+      lab.worker = await startWorkerProcess(lab.env.taskQueue);
+      const result = await handle.result();
+      const d = result.disks[0];
+      t.diagnostic(
+        `checkpoint seen before the kill ${staged / MiB} MiB, retry resumed from ${d.resumedFromOffset / MiB} MiB of ${bytes.length / MiB}`,
+      );
+      assert.ok(
+        d.resumedFromOffset >= staged && d.resumedFromOffset < bytes.length,
+        `resumed from ${d.resumedFromOffset}, at or after the checkpoint seen before the kill (${staged})`,
+      );
+      assert.equal(await sha256OfBackedUpDisk(repo, result.restorePointId, 0), sha256(bytes), 'disk bytes after the resumed read');
+      assert.deepEqual(await bvm.snapshots(), [], 'no snapshot left');
+      assert.ok(!existsSync(stagingDir(repo, handle.workflowId)), 'staging removed once saved');
     } finally {
       await bvm.destroy();
     }
