@@ -18,7 +18,7 @@ import { failureMessage, startVSphereRestore } from '../../src/restore-client';
 import { importProgressQuery } from '../../src/workflows';
 import { parseDatastorePath, uploadDatastoreFile, flatFileName, type Vm } from '../../src/vsphere';
 import { refArg, typedArg } from '../../src/vsphere/soap';
-import { ROOT, sha256File, sha256OfBackedUpDisk, startWorkerProcess } from '../helpers/env';
+import { ROOT, replayFinished, sha256File, sha256OfBackedUpDisk, startWorkerProcess } from '../helpers/env';
 import { closeVSphereLab, localFlatFile, openVSphereLab, type VSphereLab } from '../helpers/vsphere';
 
 const MiB = 1024 * 1024;
@@ -98,6 +98,8 @@ describe('restore points straight from vCenter (real Temporal + vcsim + reposito
   let vm: Vm;
   let files: string[];
   let first: VSphereImportResult;
+  /** Finished imports, replayed at the end: a non-deterministic change to the workflow fails there. */
+  const workflowIds: string[] = [];
 
   before(async () => {
     lab = await openVSphereLab('vsphere-import');
@@ -116,6 +118,7 @@ describe('restore points straight from vCenter (real Temporal + vcsim + reposito
     const before = countChunkFiles();
     const { result, workflowId } = await importVm(name);
     first = result;
+    workflowIds.push(workflowId);
     assert.equal(result.parentId, null, 'first restore point of this VM');
     assert.equal(result.snapshotRemoved, true);
     assert.deepEqual(await vm.snapshots(), [], 'no snapshot left on the VM');
@@ -290,6 +293,7 @@ describe('restore points straight from vCenter (real Temporal + vcsim + reposito
       // Disk 1's flat extent is cut short: it holds less than the disk's capacity.
       await putFlat(bfiles[1], randomBytes(MiB));
       const handle = await startVSphereImport(lab.env.client, { vmName: broken }, { taskQueue: lab.env.taskQueue });
+      workflowIds.push(handle.workflowId);
       const err = await handle.result().then(
         () => assert.fail('the import should fail'),
         (e: unknown) => e,
@@ -329,6 +333,7 @@ describe('restore points straight from vCenter (real Temporal + vcsim + reposito
     const { vm: bvm } = await sourceVm(big, [{ bytes, thin: true }]);
     try {
       const handle = await startVSphereImport(lab.env.client, { vmName: big }, { taskQueue: lab.env.taskQueue });
+      workflowIds.push(handle.workflowId);
       let staged = 0;
       for (const deadline = Date.now() + 60_000; staged === 0 && Date.now() < deadline; ) {
         const pending = (await handle.describe()).raw.pendingActivities?.find((a) => a.activityType?.name === 'importVSphereDisk');
@@ -366,5 +371,10 @@ describe('restore points straight from vCenter (real Temporal + vcsim + reposito
       (e: unknown) => e,
     );
     assert.match(failureMessage(err), new RegExp(`VM '${name}-missing' not found in datacenter 'DC0'`));
+    workflowIds.push(handle.workflowId);
+  });
+
+  it('the finished imports replay against the current workflow code', async () => {
+    assert.equal(await replayFinished(lab.env.client, workflowIds), workflowIds.length);
   });
 });
