@@ -32,6 +32,7 @@ import { runDemo, seedDemoRepository } from './demo';
 import { ensureExternalTools } from './lab/prereqs';
 import { formatSweepReport, installSweepSchedule, runSweep } from './sweep-client';
 import { VERIFY_USAGE, verifyCommand } from './verify/cli';
+import { importFromVSphereCommand } from './import-cli';
 
 export { TASK_QUEUE };
 export { startVSphereRestore, getRestoreStatus, vsphereWorkflowId } from './restore-client';
@@ -41,6 +42,7 @@ const USAGE = `vmrestore: restore whole VMs from backups to vSphere (and Azure) 
 
   vmrestore lab up|status|down [--json] [--purge]
   vmrestore repo import --vm vm.json | --ovf vm.ovf | --ova vm.ova [--json]
+  vmrestore repo import --from-vsphere VM [--profile P] [--datacenter DC] [--json]   (a restore point of a running VM, as a workflow)
   vmrestore repo list|show ID|verify [ID] [--json]
   vmrestore repo seed-demo [--bootable-guests] [--json]   (or VMRESTORE_DEMO_BOOTABLE_GUESTS=1)
   vmrestore codec-server [--port 8888] [--host ADDR] [--origin URL]... [--allowed-host NAME]...
@@ -160,14 +162,27 @@ async function repoCommand(sub: string | undefined, args: string[]): Promise<num
       vm: { type: 'string' },
       ovf: { type: 'string' },
       ova: { type: 'string' },
+      'from-vsphere': { type: 'string' },
+      profile: { type: 'string' },
+      datacenter: { type: 'string' },
       'bootable-guests': { type: 'boolean' },
     },
   });
   const repo = repositoryPath();
   switch (sub) {
     case 'import': {
-      const sources = [values.vm, values.ovf, values.ova].filter((v) => v !== undefined);
-      if (sources.length !== 1) usageError('repo import needs exactly one of --vm vm.json, --ovf vm.ovf, --ova vm.ova');
+      const sources = [values.vm, values.ovf, values.ova, values['from-vsphere']].filter((v) => v !== undefined);
+      if (sources.length !== 1) usageError('repo import needs exactly one of --vm vm.json, --ovf vm.ovf, --ova vm.ova, --from-vsphere VM');
+      if (values['from-vsphere'] !== undefined) {
+        const config = loadConfig();
+        return importFromVSphereCommand(
+          config,
+          { vmName: values['from-vsphere'], profile: values.profile, datacenter: values.datacenter },
+          out,
+          values.json,
+        );
+      }
+      if (values.profile !== undefined || values.datacenter !== undefined) usageError('--profile and --datacenter go with --from-vsphere');
       const res = values.vm
         ? await importRestorePoint(repo, values.vm)
         : values.ovf

@@ -5,6 +5,7 @@ import { startWorkerTelemetry } from './telemetry/worker';
 import { createMappedAzureActivities } from './activities/azure';
 import { helperTaskQueue, insecureWarnings, type AppConfig } from './config';
 import { createMappedVSphereActivities } from './activities/vsphere';
+import { createMappedVSphereImportActivities } from './activities/vsphere-import';
 import { VSphereSessions } from './activities/vsphere-sessions';
 import { withFailureMapping } from './activities/failures';
 import { withHeartbeat } from './activities/heartbeat';
@@ -90,6 +91,7 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
           // Control activities heartbeat while they run, so a dead worker costs one heartbeat timeout.
           activities: withHeartbeat({
             ...createMappedVSphereActivities({ config, sessions }),
+            ...createMappedVSphereImportActivities({ config, sessions }),
             ...azureActivities,
             ...withFailureMapping(createSweepActivities({ config: served, client, sessions })),
           }),
