@@ -28,6 +28,14 @@ export const VCSIM: GoTool = {
   version: 'v0.46.3',
 };
 
+/** govmomi's own CLI: the independent client tests compare our vSphere view with. */
+export const GOVC: GoTool = {
+  name: 'govc',
+  envVar: 'GOVC_PATH',
+  module: 'github.com/vmware/govmomi/govc',
+  version: 'v0.46.3',
+};
+
 export function toolCacheDir(): string {
   const base = process.env.VMRESTORE_CACHE_DIR ?? path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'vmrestore');
   return path.join(base, 'bin');

@@ -10,7 +10,7 @@ import { resolvePassword } from '../../src/config';
 import { decodeFromPayloadsAtIndex } from '@temporalio/common/lib/internal-non-workflow';
 import type { ImportDiskCheckpoint, VSphereImportResult } from '../../src/domain/vsphere-import';
 import { startVSphereImport } from '../../src/import-client';
-import { toolCacheDir } from '../../src/lab/binaries';
+import { ensureTool, GOVC } from '../../src/lab/binaries';
 import { getRestorePoint, listRestorePoints } from '../../src/repository';
 import { chunksDir } from '../../src/repository/format';
 import { stagingDir } from '../../src/repository/staged-disk';
@@ -79,10 +79,9 @@ interface GovcVm {
   };
 }
 
-/** The VM as govc (govmomi's own client) reports it, when the lab's govc is built. */
-async function govcVmInfo(vmName: string): Promise<GovcVm | null> {
-  const govc = process.env.GOVC_PATH ?? path.join(toolCacheDir(), 'govc-v0.46.3', 'govc');
-  if (!existsSync(govc)) return null;
+/** The VM as govc (govmomi's own client, built once like the lab's other Go tools) reports it. */
+async function govcVmInfo(vmName: string): Promise<GovcVm> {
+  const govc = ensureTool(GOVC);
   const p = lab.env.config.vsphere.profiles.lab;
   const { stdout } = await run(govc, ['vm.info', '-json', vmName], {
     env: { ...process.env, GOVC_URL: p.url, GOVC_USERNAME: p.username, GOVC_PASSWORD: resolvePassword('lab', p), GOVC_INSECURE: '1' },
@@ -114,7 +113,7 @@ describe('restore points straight from vCenter (real Temporal + vcsim + reposito
     await closeVSphereLab(lab);
   });
 
-  it('imports the VM: disk bytes equal the datastore, config equals what vCenter and govc report, snapshot removed', async (t) => {
+  it('imports the VM: disk bytes equal the datastore, config equals what vCenter and govc report, snapshot removed', async () => {
     const before = countChunkFiles();
     const { result, workflowId } = await importVm(name);
     first = result;
@@ -168,30 +167,27 @@ describe('restore points straight from vCenter (real Temporal + vcsim + reposito
     assert.deepEqual([rp.vm.firmware, rp.vm.cpus, rp.vm.memoryMiB], ['efi', 2, 1536]);
 
     const govc = await govcVmInfo(name);
-    if (!govc) t.diagnostic('govc is not built here; the config was checked against vCenter through our client only');
-    if (govc) {
-      const hw = govc.config.hardware;
-      const devices = hw.device;
-      assert.deepEqual(
-        {
-          cpus: hw.numCPU,
-          memoryMiB: hw.memoryMB,
-          firmware: govc.config.firmware,
-          disks: devices
-            .filter((d) => /\.vmdk$/.test(d.backing?.fileName ?? ''))
-            .map((d) => [d.capacityInBytes, !!d.backing?.thinProvisioned]),
-          macs: devices.filter((d) => d.macAddress).map((d) => [d.backing?.deviceName, d.macAddress]),
-        },
-        {
-          cpus: rp.vm.cpus,
-          memoryMiB: rp.vm.memoryMiB,
-          firmware: rp.vm.firmware,
-          disks: rp.vm.disks.map((d) => [d.capacityBytes, d.provisioning === 'thin']),
-          macs: rp.vm.nics.map((n) => [n.network, n.macAddress]),
-        },
-        'restore point config equals govc vm.info',
-      );
-    }
+    const hw = govc.config.hardware;
+    const devices = hw.device;
+    assert.deepEqual(
+      {
+        cpus: hw.numCPU,
+        memoryMiB: hw.memoryMB,
+        firmware: govc.config.firmware,
+        disks: devices
+          .filter((d) => /\.vmdk$/.test(d.backing?.fileName ?? ''))
+          .map((d) => [d.capacityInBytes, !!d.backing?.thinProvisioned]),
+        macs: devices.filter((d) => d.macAddress).map((d) => [d.backing?.deviceName, d.macAddress]),
+      },
+      {
+        cpus: rp.vm.cpus,
+        memoryMiB: rp.vm.memoryMiB,
+        firmware: rp.vm.firmware,
+        disks: rp.vm.disks.map((d) => [d.capacityBytes, d.provisioning === 'thin']),
+        macs: rp.vm.nics.map((n) => [n.network, n.macAddress]),
+      },
+      'restore point config equals govc vm.info',
+    );
 
     const progress = await lab.env.client.workflow.getHandle(workflowId).query(importProgressQuery);
     assert.equal(progress.phase, 'completed');
