@@ -124,6 +124,10 @@ export async function uploadDatastoreFile(client: VSphereClient, opts: UploadOpt
   });
   // The server may answer (e.g. 404) before the body is sent; that answer is the error to report.
   response.catch(() => undefined);
+  // A socket that stops moving bytes (the server stopped reading the body) fails the PUT instead of
+  // holding the activity, whose heartbeats would otherwise keep it alive.
+  const stallMs = opts.responseTimeoutMs ?? 60_000;
+  req.setTimeout(stallMs, () => req.destroy(new Error(`no bytes moved for ${stallMs} ms`)));
   const counter = new ByteCounter(opts.size, url);
   const source = opts.body instanceof Readable ? opts.body : Readable.from(opts.body, { objectMode: false });
   try {
