@@ -94,7 +94,7 @@ interface BarPayload {
   done: string;
   size: string;
   rate: string;
-  eta: string;
+  remaining: string;
   state: string;
   title: string;
 }
@@ -117,7 +117,7 @@ class BarsView implements ProgressView {
     this.multi = new MultiBar(
       {
         stream,
-        format: '{label} {bar} {percentage}% | {done} / {size} | {rate} | ETA {eta} | {state}',
+        format: '{label} {bar} {percentage}% | {done} / {size} | {rate} | ETA {remaining} | {state}',
         barsize: 30,
         hideCursor: true,
         clearOnComplete: false,
@@ -134,7 +134,7 @@ class BarsView implements ProgressView {
   update(title: string, items: ProgressItem[]): void {
     if (this.stopped) return;
     const now = Date.now();
-    const empty: BarPayload = { label: '', done: '', size: '', rate: '', eta: '', state: '', title };
+    const empty: BarPayload = { label: '', done: '', size: '', rate: '', remaining: '', state: '', title };
     if (!this.header) this.header = this.multi.create(1, 0, empty, { format: '{title}' });
     this.header.update(0, { ...empty, title });
     this.labelWidth = Math.max(this.labelWidth, ...items.map((i) => i.label.length));
@@ -145,7 +145,7 @@ class BarsView implements ProgressView {
         done: fmtSize(i.bytesDone).padStart(10),
         size: fmtSize(i.bytesTotal),
         rate: formatRate(r.rate).padStart(10),
-        eta: formatEta(r.eta).padEnd(6),
+        remaining: formatEta(r.eta).padEnd(6),
         state: `${i.state}${i.detail ? ` (${i.detail})` : ''}`,
         title,
       };
