@@ -39,7 +39,7 @@ export class DiskProgressReporter {
   update(bytesDone: number, now = Date.now()): number {
     this.rate = this.meter.sample(bytesDone, now);
     const minInterval = this.opts.minIntervalMs ?? 3000;
-    const minBytes = (this.opts.minStep ?? 0.02) * this.opts.bytesTotal;
+    const minBytes = (this.opts.minStep ?? 0.04) * this.opts.bytesTotal;
     if (!this.sending && now - this.lastSentAt >= minInterval && bytesDone - this.lastSentBytes >= minBytes && this.rate > 0) {
       this.lastSentAt = now;
       this.lastSentBytes = bytesDone;

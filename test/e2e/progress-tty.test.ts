@@ -118,52 +118,54 @@ describe('live restore progress (terminal bars, plain lines, status)', () => {
 
   it('status of a running restore reports throughput and ETA per disk; the Web UI details show them too', async () => {
     const vmName = `t-st-${Date.now().toString(36)}`;
-    const started = await cli(...restoreArgs(vmName, 60), '--json');
+    // 25 MB/s: disk0 writes for ~40 s, time enough for a few CLI runs on a busy machine.
+    const started = await cli(...restoreArgs(vmName, 25), '--json');
     assert.equal(started.code, 0, started.stderr);
     const { workflowId } = JSON.parse(started.stdout.trim()) as { workflowId: string };
+    const handle = env.client.workflow.getHandle(workflowId);
+    const writingRow = /\| 0 \| root \| nbd \| writing \| \d+ \/ 1024 MiB \| \d+% \| [\d.]+ MB\/s \| (\d+m)?\d+s \|/;
 
-    let live: (DiskProgress & { bytesPerSecond?: number; etaSeconds?: number }) | undefined;
-    for (let i = 0; i < 80 && !live; i++) {
-      const s = await cli('status', workflowId, '--json');
-      assert.equal(s.code, 0, s.stderr);
-      const st = JSON.parse(s.stdout.trim()) as {
-        status: string;
-        disks: Array<DiskProgress & { bytesPerSecond?: number; etaSeconds?: number }>;
-      };
-      assert.equal(st.status, 'RUNNING', 'the restore is still running while we look');
-      live = st.disks.find(
-        (d) => d.diskIndex === 0 && d.state === 'writing' && (d.bytesPerSecond ?? 0) > 0 && d.bytesDone > 64 * 1024 * 1024,
-      );
-      if (!live) await sleep(250);
-    }
-    assert.ok(live, 'status --json showed disk0 writing with a throughput');
-    // Throttled to 60 MB/s: the measured rate stays under twice that, and the ETA is what is left at that rate.
-    const mbps = live.bytesPerSecond! / 1e6;
-    assert.ok(mbps > 1 && mbps < 120, `throughput ${mbps.toFixed(1)} MB/s, throttled to 60 MB/s`);
-    const expected = (live.bytesTotal - live.bytesDone) / live.bytesPerSecond!;
-    assert.ok(Math.abs(live.etaSeconds! - expected) <= 1, `ETA ${live.etaSeconds} s, expected ${expected.toFixed(1)} s`);
-
-    const text = await cli('status', workflowId);
-    assert.equal(text.code, 0, text.stderr);
-    assert.match(text.stdout, /disk 0 root \[nbd\] writing [\d.]+ MiB \/ 1\.00 GiB \(\d+%, [\d.]+ MB\/s, ETA (\d+m)?\d+s\)/, text.stdout);
-
-    // The Web UI's current details (the SDK's metadata query) carry the same figures, from the writer's reports.
+    // The Web UI's current details (the SDK's metadata query) carry the figures, from the writer's reports.
     let details = '';
-    for (let i = 0; i < 40; i++) {
-      const meta = (await env.client.workflow.getHandle(workflowId).query('__temporal_workflow_metadata')) as { currentDetails?: string };
-      details = meta.currentDetails ?? '';
-      if (/\| 0 \| root \| nbd \| writing \| \d+ \/ 1024 MiB \| \d+% \| [\d.]+ MB\/s \| (\d+m)?\d+s \|/.test(details)) break;
-      await sleep(250);
+    for (let i = 0; i < 120 && !writingRow.test(details); i++) {
+      if (i > 0) await sleep(250);
+      details = ((await handle.query('__temporal_workflow_metadata')) as { currentDetails?: string }).currentDetails ?? '';
     }
     assert.match(details, /\| disk \| label \| transport \| state \| written \| % \| throughput \| ETA \|/);
-    assert.match(details, /\| 0 \| root \| nbd \| writing \| \d+ \/ 1024 MiB \| \d+% \| [\d.]+ MB\/s \| (\d+m)?\d+s \|/, details);
+    assert.match(details, writingRow, details);
 
+    let text = '';
+    for (let i = 0; i < 20; i++) {
+      const t = await cli('status', workflowId);
+      assert.equal(t.code, 0, t.stderr);
+      text = t.stdout;
+      if (/disk 0 root \[nbd\] writing .*MB\/s/.test(text) || !/RUNNING/.test(text)) break;
+    }
+    assert.match(text, /disk 0 root \[nbd\] writing [\d.]+ MiB \/ 1\.00 GiB \(\d+%, [\d.]+ MB\/s, ETA (\d+m)?\d+s\)/, text);
+
+    const s = await cli('status', workflowId, '--json');
+    assert.equal(s.code, 0, s.stderr);
+    const st = JSON.parse(s.stdout.trim()) as {
+      status: string;
+      disks: Array<DiskProgress & { bytesPerSecond?: number; etaSeconds?: number }>;
+    };
+    assert.equal(st.status, 'RUNNING', 'the restore is still running while we look');
+    const live = st.disks.find((d) => d.diskIndex === 0);
+    assert.ok(
+      live && live.state === 'writing' && (live.bytesPerSecond ?? 0) > 0,
+      `disk0 writing with a throughput: ${JSON.stringify(live)}`,
+    );
+    // Throttled to 25 MB/s: the measured rate stays under twice that, and the ETA is what is left at that rate.
+    const mbps = live.bytesPerSecond! / 1e6;
+    assert.ok(mbps > 1 && mbps < 50, `throughput ${mbps.toFixed(1)} MB/s, throttled to 25 MB/s`);
+    const expected = (live.bytesTotal - live.bytesDone) / live.bytesPerSecond!;
+    assert.ok(Math.abs(live.etaSeconds! - expected) <= 1, `ETA ${live.etaSeconds} s, expected ${expected.toFixed(1)} s`);
     const result = await env.client.workflow.getHandle(workflowId).result();
     assert.equal((result as { vmName: string }).vmName, vmName);
-    // Progress reports are bounded: at most one per 2% of a disk (plus the first), whatever its size.
+    // Progress reports are bounded: at most one per 4% of a disk (plus the first), whatever its size.
     const history = await env.client.workflow.getHandle(workflowId).fetchHistory();
     const signals = (history.events ?? []).filter((e) => e.workflowExecutionSignaledEventAttributes?.signalName === 'diskProgress');
-    assert.ok(signals.length >= 3 && signals.length <= 2 * 51, `${signals.length} progress signals in history`);
+    assert.ok(signals.length >= 3 && signals.length <= 2 * 26, `${signals.length} progress signals in history`);
   });
 
   it('without a terminal: plain lines with percent, throughput and ETA; --json prints the same one object as before', async () => {
