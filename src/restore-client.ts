@@ -176,9 +176,7 @@ export function failureMessage(err: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
 
-export function fmtBytes(n: number): string {
-  return n >= 1024 ** 3 ? `${(n / 1024 ** 3).toFixed(2)} GiB` : `${(n / 1024 ** 2).toFixed(1)} MiB`;
-}
+export { fmtSize as fmtBytes } from './progress-view';
 
 /** A restore's disks as rows of a progress view. */
 export function diskItems(disks: DiskProgress[]): ProgressItem[] {
