@@ -27,6 +27,8 @@ import {
 import type { AzureRestoreRequest } from './domain/azure';
 import type { RestoreVerification, VerifyRequestFields } from './domain/verification';
 import { runWorker } from './worker';
+import { diskPercent, formatEta, formatRate } from './domain/progress';
+import { createProgressView } from './progress-view';
 import { AesGcmCodec, loadCodecServerToken, startCodecServer } from './codec';
 import { runDemo, seedDemoRepository } from './demo';
 import { ensureExternalTools } from './lab/prereqs';
@@ -453,7 +455,7 @@ async function startAndReport(
     }
     const ui = config.temporal.uiUrl ? ` (${config.temporal.uiUrl}/namespaces/${config.temporal.namespace}/workflows/${workflowId})` : '';
     if (!opts.json) out(`started ${workflowId}${ui}`);
-    const final = await waitWithProgress(client, workflowId, opts.json ? undefined : out);
+    const final = await waitWithProgress(client, workflowId, opts.json ? undefined : createProgressView({ print: out }));
     if (opts.json)
       out(JSON.stringify({ workflowId, status: final.status, phase: final.phase, result: final.result, error: final.failure }));
     else {
@@ -487,6 +489,8 @@ async function statusCommand(args: string[]): Promise<number> {
             state: d.state,
             bytesDone: d.bytesDone,
             bytesTotal: d.bytesTotal,
+            bytesPerSecond: d.bytesPerSecond,
+            etaSeconds: d.etaSeconds,
           })),
           result: s.result,
           verification: verificationOf(s.result, s.failureDetails),
@@ -495,8 +499,13 @@ async function statusCommand(args: string[]): Promise<number> {
       );
     } else {
       out(`${s.workflowId}: ${status} (${s.phase})`);
-      for (const d of s.disks)
-        out(`  disk ${d.diskIndex} ${d.label} [${d.transport ?? '-'}] ${d.state} ${fmtBytes(d.bytesDone)} / ${fmtBytes(d.bytesTotal)}`);
+      for (const d of s.disks) {
+        const live = d.state === 'writing' ? `, ${formatRate(d.bytesPerSecond)}, ETA ${formatEta(d.etaSeconds)}` : '';
+        out(
+          `  disk ${d.diskIndex} ${d.label} [${d.transport ?? '-'}] ${d.state} ${fmtBytes(d.bytesDone)} / ${fmtBytes(d.bytesTotal)} ` +
+            `(${diskPercent(d)}%${live})`,
+        );
+      }
       printGuestWarnings(s.result);
       printVerification(s.result, s.failureDetails);
       if (s.failure) out(`  error: ${s.failure}`);

@@ -4,6 +4,8 @@ import { ApplicationFailure, type DataConverter } from '@temporalio/common';
 import { decodeFromPayloadsAtIndex } from '@temporalio/common/lib/internal-non-workflow';
 import { AesGcmCodec } from './codec';
 import { tracingClientInterceptors } from './telemetry/tracing';
+import { etaSeconds } from './domain/progress';
+import { createProgressView, type ProgressItem, type ProgressView } from './progress-view';
 import { FailureType, RestoreError } from './domain/errors';
 import type { AppConfig } from './config';
 import type { DiskCheckpoint, DiskProgress, RestoreProgress, VSphereRestoreRequest, VSphereRestoreResult } from './domain/restore';
@@ -133,7 +135,11 @@ export async function getRestoreStatus(client: Client, workflowId: string): Prom
     const row = disks.find((d) => d.diskIndex === cp.diskIndex);
     if (row && row.state !== 'done') {
       row.bytesDone = cp.transport === 'nbd' ? cp.bytes : Math.max(cp.offset, row.bytesDone);
-      row.transport = cp.transport;
+      if (cp.transport) row.transport = cp.transport;
+      if (typeof cp.bytesPerSecond === 'number') {
+        row.bytesPerSecond = cp.bytesPerSecond;
+        row.etaSeconds = etaSeconds(row.bytesDone, row.bytesTotal, cp.bytesPerSecond);
+      }
     }
   }
   const out: RestoreStatus = { workflowId, status, phase: progress?.phase ?? phaseFromStatus(status), disks };
@@ -176,33 +182,45 @@ export function failureMessage(err: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
 
-export function fmtBytes(n: number): string {
-  return n >= 1024 ** 3 ? `${(n / 1024 ** 3).toFixed(2)} GiB` : `${(n / 1024 ** 2).toFixed(1)} MiB`;
+export { fmtSize as fmtBytes } from './progress-view';
+
+/** A restore's disks as rows of a progress view. */
+export function diskItems(disks: DiskProgress[]): ProgressItem[] {
+  return disks.map((d) => ({
+    key: String(d.diskIndex),
+    label: `disk${d.diskIndex}`,
+    bytesDone: d.bytesDone,
+    bytesTotal: d.bytesTotal,
+    state: d.state,
+    detail: d.transport,
+    bytesPerSecond: d.bytesPerSecond,
+    etaSeconds: d.etaSeconds,
+  }));
 }
 
-/** Polls the restore until it ends, printing phase and per-disk bytes and throughput. */
-export async function waitWithProgress(client: Client, workflowId: string, print?: (line: string) => void): Promise<RestoreStatus> {
-  let lastLine = '';
-  const seen = new Map<number, { bytes: number; at: number }>();
-  for (;;) {
-    const s = await getRestoreStatus(client, workflowId);
-    if (print) {
-      const now = Date.now();
-      const parts = s.disks.map((d) => {
-        const prev = seen.get(d.diskIndex);
-        const rate = prev && now > prev.at ? (d.bytesDone - prev.bytes) / ((now - prev.at) / 1000) / 1e6 : 0;
-        seen.set(d.diskIndex, { bytes: d.bytesDone, at: now });
-        return `disk${d.diskIndex}[${d.transport ?? '-'}] ${fmtBytes(d.bytesDone)}/${fmtBytes(d.bytesTotal)} ${rate > 0 ? `${rate.toFixed(0)} MB/s` : d.state}`;
-      });
-      const line = `${s.phase}${parts.length ? ': ' + parts.join(', ') : ''}`;
-      if (line !== lastLine) print(line);
-      lastLine = line;
+/**
+ * Polls the restore until it ends, showing phase and per-disk bytes, throughput and ETA: on `view`, or as
+ * plain lines through `print`.
+ */
+export async function waitWithProgress(
+  client: Client,
+  workflowId: string,
+  report?: ((line: string) => void) | ProgressView,
+): Promise<RestoreStatus> {
+  const view = typeof report === 'function' ? createProgressView({ mode: 'lines', print: report }) : report;
+  try {
+    for (;;) {
+      const s = await getRestoreStatus(client, workflowId);
+      view?.update(s.phase, diskItems(s.disks));
+      if (s.status !== 'RUNNING') {
+        const status = s.status === 'CANCELLED' ? 'CANCELED' : s.status;
+        view?.stop();
+        if (view && s.failure) view.log(`${status}: ${s.failure}`);
+        return { ...s, status };
+      }
+      await new Promise((r) => setTimeout(r, 1000));
     }
-    if (s.status !== 'RUNNING') {
-      const status = s.status === 'CANCELLED' ? 'CANCELED' : s.status;
-      if (print && s.failure) print(`${status}: ${s.failure}`);
-      return { ...s, status };
-    }
-    await new Promise((r) => setTimeout(r, 1000));
+  } finally {
+    view?.stop();
   }
 }

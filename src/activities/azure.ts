@@ -2,6 +2,7 @@ import { mkdirSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Context } from '@temporalio/activity';
+import { DiskProgressReporter } from './progress-report';
 import { WithStartWorkflowOperation, type Client } from '@temporalio/client';
 import { BlobServiceClient, type ContainerClient } from '@azure/storage-blob';
 import { helperTaskQueue, type AppConfig, type AzureConfig } from '../config';
@@ -432,7 +433,11 @@ export function createAzureActivities(deps: AzureDeps) {
       const blobClient = blobs().getPageBlobClient(disk.blobName);
       let last: UploadCheckpoint = { diskIndex, offset: resumeFrom, bytesSent: 0 };
       const countUploaded = deltaCounter((n) => uploadedBytes.inc({ target: 'azure', transport: 'page-blob' }, n));
-      const beat = setInterval(() => ctx.heartbeat(last), 1000);
+      const reporter = new DiskProgressReporter({ diskIndex, bytesTotal: disk.capacityBytes });
+      const beat = setInterval(() => {
+        last.bytesPerSecond = Math.round(reporter.update(last.offset));
+        ctx.heartbeat(last);
+      }, 1000);
       try {
         const res = await uploadFixedVhd({
           blobClient,
@@ -449,8 +454,13 @@ export function createAzureActivities(deps: AzureDeps) {
           footerTimestamp: new Date(Date.parse(rp.createdAt)),
           signal: ctx.cancellationSignal,
           onProgress: (p) => {
-            last = { diskIndex, offset: p.contiguousOffset, bytesSent: p.bytesSent };
             countUploaded(p.bytesSent);
+            last = {
+              diskIndex,
+              offset: p.contiguousOffset,
+              bytesSent: p.bytesSent,
+              bytesPerSecond: Math.round(reporter.update(p.contiguousOffset)),
+            };
             ctx.heartbeat(last);
           },
         });

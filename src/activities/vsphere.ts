@@ -1,5 +1,6 @@
 import { existsSync } from 'node:fs';
 import { Context } from '@temporalio/activity';
+import { DiskProgressReporter } from './progress-report';
 import type { AppConfig, ProxyConfig } from '../config';
 import { FailureType, RestoreError } from '../domain/errors';
 import {
@@ -364,7 +365,11 @@ export function createVSphereActivities(deps: VSphereDeps) {
         let sent = 0;
         const limiter = new ByteRateLimiter(throttle);
         const zero = Buffer.alloc(rp.blockSize);
-        const beat = setInterval(() => ctx.heartbeat({ diskIndex, offset: 0, bytes: sent, transport } satisfies DiskCheckpoint), 1000);
+        const reporter = new DiskProgressReporter({ diskIndex, bytesTotal: disk.capacityBytes, transport });
+        const beat = setInterval(() => {
+          const bytesPerSecond = Math.round(reporter.update(sent));
+          ctx.heartbeat({ diskIndex, offset: 0, bytes: sent, transport, bytesPerSecond } satisfies DiskCheckpoint);
+        }, 1000);
         try {
           async function* body() {
             for await (const b of readDiskBlocks(config.repository.path, rp, diskIndex, {
@@ -411,7 +416,11 @@ export function createVSphereActivities(deps: VSphereDeps) {
       }
       const resumeFrom = prev && prev.transport === transport ? prev.offset : 0;
       let last: DiskCheckpoint = { diskIndex, offset: resumeFrom, bytes: prev?.bytes ?? 0, transport };
-      const beat = setInterval(() => ctx.heartbeat(last), 1000);
+      const reporter = new DiskProgressReporter({ diskIndex, bytesTotal: disk.capacityBytes, transport });
+      const beat = setInterval(() => {
+        last.bytesPerSecond = Math.round(reporter.update(last.offset));
+        ctx.heartbeat(last);
+      }, 1000);
       try {
         const progress = await writeDiskToFile({
           targetPath: target,
@@ -430,7 +439,13 @@ export function createVSphereActivities(deps: VSphereDeps) {
           targetIsZeroed: true,
           signal,
           onCheckpoint: (p) => {
-            last = { diskIndex, offset: p.checkpointOffset, bytes: (prev?.bytes ?? 0) + p.bytesWritten, transport };
+            last = {
+              diskIndex,
+              offset: p.checkpointOffset,
+              bytes: (prev?.bytes ?? 0) + p.bytesWritten,
+              transport,
+              bytesPerSecond: Math.round(reporter.update(p.checkpointOffset)),
+            };
             ctx.heartbeat(last);
           },
         });

@@ -137,6 +137,8 @@ export interface UploadCheckpoint {
   diskIndex: number;
   offset: number;
   bytesSent: number;
+  /** The uploader's recent throughput, for `vmrestore status`. */
+  bytesPerSecond?: number;
 }
 
 export interface LeaseState {

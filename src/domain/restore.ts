@@ -119,6 +119,22 @@ export interface DiskProgress {
   bytesDone: number;
   bytesTotal: number;
   state: 'pending' | 'writing' | 'done' | 'failed';
+  /** Recent throughput of the writer, as it reported it (absent until it has). */
+  bytesPerSecond?: number;
+  /** Seconds left at that throughput. */
+  etaSeconds?: number;
+  /** When the writer last reported (ISO time). */
+  reportedAt?: string;
+}
+
+/** What a disk writer tells its workflow now and then: bytes done and its recent throughput. */
+export interface DiskProgressReport {
+  diskIndex: number;
+  bytesDone: number;
+  bytesPerSecond: number;
+  transport?: TransportMode;
+  /** The writer's clock (ms since the epoch). */
+  at: number;
 }
 
 export interface RestoreProgress {
@@ -137,4 +153,6 @@ export interface DiskCheckpoint {
   offset: number;
   bytes: number;
   transport: TransportMode;
+  /** The writer's recent throughput, for `vmrestore status`. */
+  bytesPerSecond?: number;
 }

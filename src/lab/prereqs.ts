@@ -48,6 +48,7 @@ export const EXTERNAL_TOOLS: readonly ExternalTool[] = [
     purpose: 'test',
   },
   { command: 'ssh-keygen', debianPackage: 'openssh-client', why: 'SSH keys of test guests', purpose: 'test' },
+  { command: 'tmux', debianPackage: 'tmux', why: 'the terminal test of live progress bars', purpose: 'test' },
 ];
 
 export type MissingTool = ExternalTool;

@@ -1,4 +1,5 @@
 import {
+  defineSignal,
   setCurrentDetails,
   setHandler,
   upsertMemo,
@@ -6,9 +7,12 @@ import {
   workflowInfo,
   type QueryDefinition,
 } from '@temporalio/workflow';
-import { renderDiskTable } from '../domain/progress';
-import type { DiskProgress, RestorePhase, RestoreProgress } from '../domain/restore';
+import { etaSeconds, renderDiskTable } from '../domain/progress';
+import type { DiskProgress, DiskProgressReport, RestorePhase, RestoreProgress } from '../domain/restore';
 import { RestoreIdKey, RestoreKind, RestorePhaseKey, RestoreTarget, RestoreVm } from '../domain/search-attributes';
+
+/** A disk writer's progress: bytes done and its recent throughput (see src/activities/progress-report.ts). */
+export const diskProgressSignal = defineSignal<[DiskProgressReport]>('diskProgress');
 
 /**
  * What a restore shows while it runs: the `progress` query, the search attributes kept current and the
@@ -33,6 +37,7 @@ export class RestoreTracker {
       startedAt: new Date(workflowInfo().startTime).toISOString(),
     };
     setHandler(query, () => this.progress);
+    setHandler(diskProgressSignal, (r) => this.report(r));
     upsertSearchAttributes([
       { key: RestoreKind, value: kind },
       { key: RestoreVm, value: vmName },
@@ -48,7 +53,26 @@ export class RestoreTracker {
     this.progress.phase = phase as RestorePhase;
     this.progress.message = message;
     upsertSearchAttributes([{ key: RestorePhaseKey, value: phase }]);
-    setCurrentDetails(`**${phase}**${message ? ` ${message}` : ''}\n\n${renderDiskTable(this.progress.disks)}`);
+    for (const d of this.progress.disks) if (d.state === 'done') d.etaSeconds = 0;
+    this.showDetails();
+  }
+
+  /** A writer's report: live bytes, throughput and ETA for the query and the current details (no history). */
+  private report(r: DiskProgressReport): void {
+    const row = this.progress.disks.find((d) => d.diskIndex === r.diskIndex);
+    if (!row || row.state !== 'writing') return;
+    // The latest report is the truth: a retry or another transport may start the disk over.
+    row.bytesDone = Math.min(r.bytesDone, row.bytesTotal);
+    row.bytesPerSecond = r.bytesPerSecond;
+    row.etaSeconds = etaSeconds(row.bytesDone, row.bytesTotal, r.bytesPerSecond);
+    row.reportedAt = new Date(r.at).toISOString();
+    if (r.transport) row.transport = r.transport;
+    this.showDetails();
+  }
+
+  private showDetails(): void {
+    const message = this.progress.message;
+    setCurrentDetails(`**${this.progress.phase}**${message ? ` ${message}` : ''}\n\n${renderDiskTable(this.progress.disks)}`);
   }
 
   target(target: string): void {
