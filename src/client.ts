@@ -67,6 +67,7 @@ const USAGE = `vmrestore: restore whole VMs from backups to vSphere (and Azure) 
 ${VERIFY_USAGE}
   vmrestore demo            (what npm start runs)
   vmrestore prereqs [--for start|test] [--no-install]   (checks, and as root installs, the Debian tools)
+  vmrestore version         (vmrestore's version and the Node.js it runs on)
 `;
 
 const out = (s: string) => process.stdout.write(s + '\n');
@@ -109,6 +110,10 @@ export async function main(argv: string[]): Promise<number> {
         return prereqsCommand([sub, ...rest].filter((x) => x !== undefined));
       case 'verify':
         return await verifyCommand(sub === undefined ? [] : [sub, ...rest], out);
+      case 'version':
+      case '--version':
+        out(`vmrestore ${(require('../package.json') as { version: string }).version} on Node.js ${process.version} (${process.execPath})`);
+        return 0;
       case undefined:
       case 'help':
       case '--help':

@@ -618,8 +618,8 @@ export function createAzureActivities(deps: AzureDeps) {
         plan.nicName,
         plan,
         () => network.networkInterfaces.get(plan.resourceGroup, plan.nicName),
-        (onlyIfAbsent) =>
-          network.networkInterfaces.beginCreateOrUpdateAndWait(
+        async (onlyIfAbsent) =>
+          network.networkInterfaces.createOrUpdate(
             plan.resourceGroup,
             plan.nicName,
             {
@@ -627,7 +627,7 @@ export function createAzureActivities(deps: AzureDeps) {
               tags: { [RESTORE_TAG]: plan.restoreId },
               ipConfigurations: [{ name: 'ipconfig1', subnet: { id: plan.subnetId } }],
             },
-            onlyIfAbsent ? { requestOptions: { customHeaders: { 'If-None-Match': '*' } } } : {},
+            onlyIfAbsent ? { requestOptions: { headers: { 'If-None-Match': '*' } } } : {},
           ),
       );
     },
@@ -705,7 +705,7 @@ export function createAzureActivities(deps: AzureDeps) {
         plan.nicName,
         plan,
         () => network.networkInterfaces.get(plan.resourceGroup, plan.nicName),
-        () => network.networkInterfaces.beginDeleteAndWait(plan.resourceGroup, plan.nicName),
+        async () => network.networkInterfaces.delete(plan.resourceGroup, plan.nicName),
       );
     },
 

@@ -303,7 +303,7 @@ export function createSweepActivities(deps: SweepDeps) {
           what: 'network interface',
           list: (rg) => network.networkInterfaces.list(rg),
           get: (rg, n) => network.networkInterfaces.get(rg, n),
-          del: (rg, n) => network.networkInterfaces.beginDeleteAndWait(rg, n),
+          del: async (rg, n) => network.networkInterfaces.delete(rg, n),
         },
         {
           kind: 'azure-disk',

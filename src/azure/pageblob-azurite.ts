@@ -31,7 +31,7 @@ export interface StartAzuriteOptions {
 
 /**
  * Starts azurite-blob on a free port. `--skipApiVersionCheck` is required because
- * @azure/storage-blob 12.32 sends a newer x-ms-version than Azurite 3.35 knows.
+ * @azure/storage-blob 12.34 sends a newer x-ms-version (2026-10-06) than Azurite 3.37 knows (2026-06-06).
  */
 export async function startEphemeralAzurite(opts: StartAzuriteOptions = {}): Promise<EphemeralAzurite> {
   const ownLocation = opts.location === undefined;

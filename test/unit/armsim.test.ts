@@ -90,8 +90,20 @@ function vhdFooter(size: number, o: { cookie?: string; diskType?: number; curren
 
 async function startAzurite(dir: string): Promise<{ proc: ChildProcess; endpoint: string }> {
   const proc = spawn(
-    path.join(ROOT, 'node_modules/.bin/azurite-blob'),
-    ['--blobHost', '127.0.0.1', '--blobPort', '0', '--location', dir, '--silent', '--loose', '--skipApiVersionCheck', '--disableTelemetry'],
+    process.execPath,
+    [
+      require.resolve('azurite/dist/src/blob/main.js'),
+      '--blobHost',
+      '127.0.0.1',
+      '--blobPort',
+      '0',
+      '--location',
+      dir,
+      '--silent',
+      '--loose',
+      '--skipApiVersionCheck',
+      '--disableTelemetry',
+    ],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   const port = await new Promise<number>((resolve, reject) => {
@@ -488,7 +500,7 @@ describe('ARM simulator driven by the real Azure SDK clients', () => {
         RG,
         'web01-nic',
         { location: LOC, ipConfigurations: [{ name: 'ipconfig1', subnet: { id: subnetId } }] },
-        { requestOptions: { customHeaders: { 'If-None-Match': '*' } } },
+        { requestOptions: { headers: { 'If-None-Match': '*' } } },
       ),
       restError('PreconditionFailed', 412),
     );
@@ -501,7 +513,7 @@ describe('ARM simulator driven by the real Azure SDK clients', () => {
       RG,
       'conditional-nic',
       { location: LOC, ipConfigurations: [{ name: 'ipconfig1', subnet: { id: subnetId } }] },
-      { requestOptions: { customHeaders: { 'If-None-Match': '*' } } },
+      { requestOptions: { headers: { 'If-None-Match': '*' } } },
     );
     assert.equal(fresh.provisioningState, 'Succeeded', 'an absent resource is created');
     await c.network.networkInterfaces.beginDeleteAndWait(RG, 'conditional-nic');

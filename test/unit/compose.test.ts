@@ -33,7 +33,7 @@ describe('docker-compose.yml', () => {
     assert.equal(s.temporal.environment!.POSTGRES_SEEDS, 'postgresql');
     assert.match(s['temporal-ui'].image!, /^temporalio\/ui:/);
     assert.match(s.vcsim.image!, /^vmware\/vcsim:v0\.46\.3$/);
-    assert.match(s.azurite.image!, /azurite:3\.35\.0$/);
+    assert.match(s.azurite.image!, /azurite:3\.37\.0$/);
     assert.ok(s.worker.build, 'worker is built from the repo');
     assert.ok(existsSync(path.join(ROOT, 'Dockerfile')));
   });

@@ -36,14 +36,13 @@ export function caAgent(caCertPath: string | undefined): https.Agent | undefined
 }
 
 const BEARER_POLICY = 'bearerTokenAuthenticationPolicy';
-const ARM_SCOPE = 'https://management.azure.com/.default';
 
 /**
  * Management clients for real Azure or for the ARM simulator.
  *
  * TLS trust: with `caCertPath` the CA goes into an https.Agent handed to the core pipeline through its
- * documented `agent` option (PipelineOptions.agent, honoured by both the modular compute client and the
- * classic network client), so no process-wide NODE_EXTRA_CA_CERTS is needed. Without `caCertPath` Node's
+ * documented `agent` option (PipelineOptions.agent, honoured by both modular clients), so no process-wide
+ * NODE_EXTRA_CA_CERTS is needed. Without `caCertPath` Node's
  * trust store applies, which NODE_EXTRA_CA_CERTS can extend.
  *
  * Plain http: core-rest-pipeline refuses to send bearer tokens over http, so the clients get
@@ -66,7 +65,7 @@ export function createArmClients(opts: ArmClientsOptions): ArmClients {
   });
   const network = new NetworkManagementClient(credential, opts.subscriptionId, {
     ...common,
-    ...(opts.endpoint ? { endpoint: opts.endpoint, credentialScopes: [ARM_SCOPE] } : {}),
+    ...(opts.endpoint ? { endpoint: opts.endpoint } : {}),
   });
   if (insecure) {
     compute.pipeline.removePolicy({ name: BEARER_POLICY });

@@ -1,6 +1,6 @@
 /**
  * ARM simulator for the lab: an HTTPS (or http) server speaking the Azure Resource Manager REST surface
- * that @azure/arm-compute 24.x and @azure/arm-network 36.x use for a restore (resource groups, VNets,
+ * that @azure/arm-compute 25.x and @azure/arm-network 39.x use for a restore (resource groups, VNets,
  * storage accounts, managed disks incl. VHD import from Azurite, VMs, NICs, run command), with the
  * long-running-operation protocol core-lro follows, run-time fault injection and persisted state.
  */
