@@ -315,11 +315,16 @@ export function openVmdkStreamFile(file: ImageFile, header: SparseHeader): DiskI
     capacityBytes: header.capacityBytes,
     extents: (from?: number, to?: number) => {
       const [start, end] = checkRange(image, from, to);
-      const reader = ByteReader.ofFile(file.path);
+      // Every piece is copied into a batch or finished with before the next is read (see readVmdkStream).
+      const reader = ByteReader.ofFileReusingBuffers(file.path);
       return (async function* () {
-        const head = await reader.readExact(SECTOR);
-        if (!head) throw imageError(file.path, F, 'header', 'is truncated');
-        yield* readVmdkStream(reader, file.path, header, start, end);
+        try {
+          const head = await reader.readExact(SECTOR);
+          if (!head) throw imageError(file.path, F, 'header', 'is truncated');
+          yield* readVmdkStream(reader, file.path, header, start, end);
+        } finally {
+          await reader.close();
+        }
       })();
     },
     close: () => file.close(),
