@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { FailureType, RestoreError } from '../domain/errors';
-import { ChunkWriter, sha256Hex } from './chunks';
+import { ChunkWriter } from './chunks';
 import {
   DEFAULT_BLOCK_SIZE,
   FORMAT_VERSION,
@@ -20,6 +20,7 @@ import { ByteReader, openDiskImage, openDiskImageStream, type DiskImage } from '
 import { MAX_DESCRIPTOR_BYTES, parseManifest, parseOvf, type ManifestEntry } from './formats/ovf';
 import { TarReader } from './formats/tar';
 import type { VmConfig } from '../domain/vm';
+import { sharedImportWorkers } from './workers';
 
 export interface ImportProgress {
   diskIndex: number;
@@ -52,8 +53,8 @@ export interface ImportResult {
   stats: ImportStats;
 }
 
-/** Chunk writes in flight; each holds a block-sized slice of what the image reader returned. */
-const WRITES_IN_FLIGHT = 16;
+/** Blocks being hashed or written; each holds a block-sized slice of what the image reader returned. */
+const BLOCKS_IN_FLIGHT = 16;
 
 /** A VM to import: its config, and each disk's image opened on demand, in disk order. */
 export interface ImportSource {
@@ -167,6 +168,7 @@ async function importDisk(
   onProgress: (diskBytesRead: number) => void,
 ): Promise<(string | null)[]> {
   const capacityBytes = image.capacityBytes;
+  const workers = sharedImportWorkers();
   const zeroBlock = Buffer.alloc(blockSize);
   const blocks: (string | null)[] = new Array<string | null>(blockCount(capacityBytes, blockSize)).fill(null);
   // Identical blocks whose chunk is still being written share that write; later ones find the file.
@@ -197,15 +199,32 @@ async function importDisk(
     );
   };
 
-  const takeBlock = async (blockIndex: number, data: Buffer | null): Promise<void> => {
+  // Blocks are hashed on the workers and then stored; a fixed number in flight bounds the memory held.
+  const blocksInFlight = new Set<Promise<void>>();
+  /** `done` runs once nothing refers to `data` any more. */
+  const takeBlock = async (blockIndex: number, data: Buffer | null, done?: () => void): Promise<void> => {
     if (data === null || data.equals(data.length === blockSize ? zeroBlock : zeroBlock.subarray(0, data.length))) {
       stats.zeroBlocks++;
+      done?.();
       return;
     }
-    const hash = sha256Hex(data);
-    blocks[blockIndex] = hash;
-    storeBlock(hash, data);
-    if (pendingChunks.size >= WRITES_IN_FLIGHT) await Promise.race(pendingChunks.values()).catch(() => undefined);
+    const job = workers.sha256(data).then((hash) => {
+      blocks[blockIndex] = hash;
+      storeBlock(hash, data);
+      return pendingChunks.get(hash);
+    });
+    const tracked: Promise<void> = job.then(
+      () => {
+        blocksInFlight.delete(tracked);
+        done?.();
+      },
+      (error: unknown) => {
+        blocksInFlight.delete(tracked);
+        writeFailures.push(error);
+      },
+    );
+    blocksInFlight.add(tracked);
+    if (blocksInFlight.size >= BLOCKS_IN_FLIGHT) await Promise.race(blocksInFlight);
     if (writeFailures.length > 0) throw writeFailures[0];
   };
 
@@ -220,6 +239,11 @@ async function importDisk(
         `disk image ${image.path}: reader returned ${extent.offset}+${extent.length} where ${expected} was next (capacity ${capacityBytes})`,
       );
     }
+    // The reader may reuse the extent's memory once every block cut from it is hashed and stored.
+    let holds = 1;
+    const letGo = () => {
+      if (--holds === 0) extent.release?.();
+    };
     for (let pos = 0; pos < extent.length; ) {
       const at = extent.offset + pos;
       const blockIndex = Math.floor(at / blockSize);
@@ -227,7 +251,8 @@ async function importDisk(
       const blockLen = Math.min(blockSize, capacityBytes - blockStart);
       const take = Math.min(extent.length - pos, blockStart + blockLen - at);
       if (at === blockStart && take === blockLen) {
-        await takeBlock(blockIndex, extent.data && extent.data.subarray(pos, pos + take));
+        holds++;
+        await takeBlock(blockIndex, extent.data && extent.data.subarray(pos, pos + take), letGo);
       } else {
         partial ??= Buffer.allocUnsafe(blockLen);
         const within = at - blockStart;
@@ -243,6 +268,7 @@ async function importDisk(
       }
       pos += take;
     }
+    letGo();
     expected = extent.offset + extent.length;
     stats.bytesRead += extent.length;
     onProgress(expected);
@@ -253,6 +279,7 @@ async function importDisk(
       `disk image ${image.path} ended at ${expected} bytes of ${capacityBytes}; was it changed during the import?`,
     );
   }
+  await Promise.all(blocksInFlight);
   await Promise.allSettled(pendingChunks.values());
   if (writeFailures.length > 0) throw writeFailures[0];
   return blocks;

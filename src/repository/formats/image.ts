@@ -11,6 +11,11 @@ export interface Extent {
   offset: number;
   length: number;
   data: Buffer | null;
+  /**
+   * A consumer that is done with `data` (and every view of it) may call this once, so the reader can fill
+   * the same memory again; one that never calls it leaves the buffer to the garbage collector.
+   */
+  release?: () => void;
 }
 
 /**

@@ -6,7 +6,6 @@ import {
   checkCapacity,
   checkRange,
   imageError,
-  inflateCluster,
   mappedImage,
   u64,
   type DiskImage,
@@ -14,6 +13,7 @@ import {
   type MappedImage,
   type Piece,
 } from './image';
+import { InflateError, sharedImportWorkers } from '../workers';
 import { ByteReader } from './stream';
 
 const F = 'vmdk';
@@ -30,8 +30,10 @@ const MARKER_FOOTER = 3;
 const MIN_GRAIN_SECTORS = 8;
 const MAX_GRAIN_SECTORS = 2048;
 const MAX_DESCRIPTOR_BYTES = 64 * 1024;
-/** Grains held ahead of the consumer while they inflate on the thread pool. */
-const INFLATE_AHEAD = 64;
+/** Virtual bytes of adjacent grains inflated as one batch; batches start at multiples of it. */
+const BATCH_BYTES = 4 * 1024 * 1024;
+/** Inflated bytes held ahead of the consumer (batches in flight on the workers and done ones not yet taken). */
+const INFLATE_AHEAD_BYTES = 24 * 1024 * 1024;
 
 export interface SparseHeader {
   version: number;
@@ -168,13 +170,60 @@ export async function* readVmdkStream(
   const expectedGrains = header.gdOffset === GD_AT_END ? null : grainsInOverhead(overhead, header);
   let grains = 0;
 
-  const queue: { offset: number; length: number; data: Promise<Buffer | null> }[] = [];
-  const clip = (e: { offset: number; length: number; data: Buffer | null }): Extent | null => {
+  // Runs of adjacent grains are inflated as one batch on the worker pool and come back as one extent, so a
+  // consumer cutting 1 MiB blocks takes them without copying; holes between grains stay zero extents.
+  const workers = sharedImportWorkers();
+  const queue: { offset: number; length: number; bytes: number; data: Promise<Buffer | null>; release?: () => void }[] = [];
+  let queuedBytes = 0;
+  const push = (offset: number, length: number, data: Promise<Buffer | null>, bytes: number, release?: () => void): void => {
+    data.catch(() => undefined);
+    queue.push({ offset, length, bytes, data, release });
+    queuedBytes += bytes;
+  };
+  const inputCapacity = BATCH_BYTES + maxCompressed;
+  // Compressed input is copied once, into buffers the workers read in place; each is reused once its batch is done.
+  const freeInputs: Buffer[] = [];
+  const newInput = (): Buffer => freeInputs.pop() ?? Buffer.from(new SharedArrayBuffer(inputCapacity));
+  // Output buffers a consumer released; one that does not release lets us allocate new ones.
+  const freeOutputs: Buffer[] = [];
+  let batch: { offset: number; length: number; input: Buffer; used: number; sizes: number[]; lengths: number[]; fields: number[] } | null =
+    null;
+  const flushBatch = (): void => {
+    if (!batch) return;
+    const b = batch;
+    batch = null;
+    const into = freeOutputs.pop() ?? Buffer.from(new SharedArrayBuffer(BATCH_BYTES));
+    const data = workers
+      .inflate({ input: b.input.subarray(0, b.used), sizes: b.sizes, lengths: b.lengths, grainBytes, raw: false }, into)
+      .then(
+        (out) => {
+          freeInputs.push(b.input);
+          return out;
+        },
+        (err: unknown) => {
+          if (err instanceof InflateError) throw fail(`grain marker at ${b.fields[err.failure.index]}`, err.failure.message);
+          throw err;
+        },
+      );
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      freeOutputs.push(into);
+    };
+    push(b.offset, b.length, data, b.length, release);
+  };
+  const clip = async (e: (typeof queue)[number]): Promise<Extent | null> => {
+    const data = await e.data;
     const start = Math.max(from, e.offset);
     const end = Math.min(to, e.offset + e.length);
-    if (start >= end) return null;
-    if (start === e.offset && end === e.offset + e.length) return e;
-    return { offset: start, length: end - start, data: e.data && e.data.subarray(start - e.offset, end - e.offset) };
+    if (start >= end) {
+      e.release?.();
+      return null;
+    }
+    const release = e.release;
+    if (start === e.offset && end === e.offset + e.length) return { offset: e.offset, length: e.length, data, release };
+    return { offset: start, length: end - start, data: data && data.subarray(start - e.offset, end - e.offset), release };
   };
   let next = 0;
   for (;;) {
@@ -200,40 +249,44 @@ export async function* readVmdkStream(
     const field = `grain marker at ${markerAt}`;
     if (size > maxCompressed) throw fail(field, `compressed size ${size} is larger than a grain of ${grainBytes} bytes can need`);
     const total = Math.ceil((12 + size) / SECTOR) * SECTOR;
-    let compressed: Buffer;
-    if (total === SECTOR) compressed = sector.subarray(12, 12 + size);
-    else {
-      const rest = await reader.readExact(total - SECTOR);
-      if (!rest) throw truncated();
-      compressed = Buffer.concat([sector.subarray(12), rest]).subarray(0, size);
-    }
+    const rest = total === SECTOR ? null : await reader.readExact(total - SECTOR);
+    if (total !== SECTOR && !rest) throw truncated();
     if (value % BigInt(header.grainSectors) !== 0n) throw fail(field, `LBA ${value} is not grain-aligned`);
     if (value * 512n >= BigInt(capacity)) throw fail(field, `LBA ${value} is past the capacity (${capacity} bytes)`);
     const offset = Number(value) * SECTOR;
     if (offset < next) throw fail(field, `LBA ${value} goes backwards (a stream must hold grains in ascending order)`);
-    if (offset > next) queue.push({ offset: next, length: offset - next, data: Promise.resolve(null) });
     const length = Math.min(grainBytes, capacity - offset);
-    if (offset + length > from) {
-      const data = inflateCluster(compressed, false, grainBytes, file, F, field).then((out) =>
-        out.length >= length ? out.subarray(0, length) : Buffer.concat([out, Buffer.alloc(length - out.length)]),
-      );
-      data.catch(() => undefined);
-      queue.push({ offset, length, data });
+    if (offset + length <= from) {
+      push(next, offset + length - next, Promise.resolve(null), 0);
     } else {
-      queue.push({ offset, length, data: Promise.resolve(null) });
+      if (batch && (offset !== batch.offset + batch.length || offset % BATCH_BYTES === 0 || batch.used + size > inputCapacity))
+        flushBatch();
+      if (offset > next) push(next, offset - next, Promise.resolve(null), 0);
+      batch ??= { offset, length: 0, input: newInput(), used: 0, sizes: [], lengths: [], fields: [] };
+      // The grain's deflate stream starts 12 bytes into its marker sector and may run on into the next ones.
+      const head = Math.min(size, SECTOR - 12);
+      sector.copy(batch.input, batch.used, 12, 12 + head);
+      if (rest) rest.copy(batch.input, batch.used + head, 0, size - head);
+      batch.used += size;
+      batch.sizes.push(size);
+      batch.lengths.push(length);
+      batch.fields.push(markerAt);
+      batch.length += length;
     }
     next = offset + length;
     grains++;
-    while (queue.length > INFLATE_AHEAD) {
+    while (queue.length > 0 && queuedBytes > INFLATE_AHEAD_BYTES) {
       const first = queue.shift()!;
-      const out = clip({ offset: first.offset, length: first.length, data: await first.data });
+      queuedBytes -= first.bytes;
+      const out = await clip(first);
       if (out) yield out;
     }
   }
-  if (next < capacity) queue.push({ offset: next, length: capacity - next, data: Promise.resolve(null) });
+  flushBatch();
+  if (next < capacity) push(next, capacity - next, Promise.resolve(null), 0);
   while (queue.length > 0) {
     const first = queue.shift()!;
-    const out = clip({ offset: first.offset, length: first.length, data: await first.data });
+    const out = await clip(first);
     if (out) yield out;
   }
 }
@@ -262,11 +315,16 @@ export function openVmdkStreamFile(file: ImageFile, header: SparseHeader): DiskI
     capacityBytes: header.capacityBytes,
     extents: (from?: number, to?: number) => {
       const [start, end] = checkRange(image, from, to);
-      const reader = ByteReader.ofFile(file.path);
+      // Every piece is copied into a batch or finished with before the next is read (see readVmdkStream).
+      const reader = ByteReader.ofFileReusingBuffers(file.path);
       return (async function* () {
-        const head = await reader.readExact(SECTOR);
-        if (!head) throw imageError(file.path, F, 'header', 'is truncated');
-        yield* readVmdkStream(reader, file.path, header, start, end);
+        try {
+          const head = await reader.readExact(SECTOR);
+          if (!head) throw imageError(file.path, F, 'header', 'is truncated');
+          yield* readVmdkStream(reader, file.path, header, start, end);
+        } finally {
+          await reader.close();
+        }
       })();
     },
     close: () => file.close(),
