@@ -8,6 +8,7 @@ import { VSphereSessions } from './activities/vsphere-sessions';
 import { withFailureMapping } from './activities/failures';
 import { withHeartbeat } from './activities/heartbeat';
 import { createSweepActivities } from './activities/sweep';
+import { createPlanActivities } from './activities/plan';
 import { createMappedVerifyActivities } from './activities/verify';
 import { verifierTaskQueue } from './domain/verification';
 import { dataConverterFor } from './restore-client';
@@ -80,6 +81,7 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
             ...createMappedVSphereActivities({ config, sessions }),
             ...azureActivities,
             ...withFailureMapping(createSweepActivities({ config: served, client, sessions })),
+            ...withFailureMapping(createPlanActivities({ client })),
           }),
         }),
       );

@@ -3,3 +3,4 @@ export { restorePlan } from './restore-plan';
 export { restoreToAzure, azureProgressQuery } from './restore-azure';
 export { resourceLease, acquireLease, releaseLease, leaseStateQuery, leaseWorkflowId } from './lease';
 export { sweepRestores } from './sweep';
+export { runRestorePlan, planProgressQuery, approvePlan } from './plan';

@@ -50,11 +50,13 @@ export async function resourceLease(initial: LeaseState): Promise<void> {
   setHandler(acquireLease, async (holder, request) => {
     const want = request?.slots ?? 0;
     if (!state.holders.includes(holder)) {
-      const capacity = state.target.slots;
+      const capacity = request?.capacity ?? state.target.slots;
       if (want > 0 && capacity !== undefined) {
         if (want > capacity) {
           throw ApplicationFailure.nonRetryable(
-            `${holder} needs ${want} data-disk slots on ${state.target.kind} VM '${state.target.vmName}', which has ${capacity}`,
+            state.target.kind === 'limit'
+              ? `${holder} needs ${want} slots of the limit on ${state.target.vmName}, which allows ${capacity}`
+              : `${holder} needs ${want} data-disk slots on ${state.target.kind} VM '${state.target.vmName}', which has ${capacity}`,
             'LeaseCapacity',
           );
         }
