@@ -5,6 +5,7 @@ import {
   continueAsNew,
   defineQuery,
   defineUpdate,
+  patched,
   proxyActivities,
   setHandler,
   sleep,
@@ -60,8 +61,15 @@ export async function resourceLease(initial: LeaseState): Promise<void> {
             'LeaseCapacity',
           );
         }
-        // Wait for other holders to free enough slots; a retried acquire may have won meanwhile.
-        await condition(() => state.holders.includes(holder) || slotsInUse() + want <= capacity);
+        // Wait for other holders to free enough slots; a retried acquire may have won meanwhile. Checked again
+        // after each wake-up: one release wakes every waiter at once, and only the first may take the slots.
+        // (Leases that granted before this rule replay the single wait.)
+        const wait = () => condition(() => state.holders.includes(holder) || slotsInUse() + want <= capacity);
+        if (patched('lease-slots-recheck')) {
+          while (!state.holders.includes(holder) && slotsInUse() + want > capacity) await wait();
+        } else {
+          await wait();
+        }
       }
       if (!state.holders.includes(holder)) {
         state.holders.push(holder);

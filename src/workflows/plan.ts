@@ -202,10 +202,12 @@ export async function runRestorePlan(req: RunRestorePlanRequest): Promise<PlanRe
           return result(stoppedBy);
         }
       }
-      if (g + 1 < plan.groups.length) {
+      // A group that an earlier run restored entirely was approved and waited for then.
+      const ranNow = members.some((v) => v.state !== 'skipped');
+      if (g + 1 < plan.groups.length && ranNow) {
         if (group.gate === 'approval' && !approved.has(g)) {
           progress.waiting = { gate: 'approval', group: g };
-          show(`waiting for approval after ${groupLabel(g)} (vmrestore plan approve ${planId})`);
+          show(`waiting for approval after ${groupLabel(g)}`);
           await condition(() => approved.has(g));
         }
         if (group.delaySeconds) {
