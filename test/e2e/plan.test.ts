@@ -40,7 +40,7 @@ let tmp: string;
 let zeroRp: string;
 /** One thick 8 MiB disk of random data: a disk write that takes about 2 s at 4 MB/s. */
 let smallRp: string;
-/** One thick 32 MiB disk of random data: 16 s at 2 MB/s. */
+/** One thick 32 MiB disk of random data: 32 s at 1 MB/s. */
 let slowRp = '';
 const uid = `${Date.now().toString(36)}${Math.random().toString(36).slice(2, 5)}`;
 
@@ -284,7 +284,7 @@ limits: { disksPerDatastore: 2 }
 groups:
   - name: first
     vms:
-      - { restorePointId: ${slowRp}, vmName: ca1-${uid}, throttleMBps: 2 }
+      - { restorePointId: ${slowRp}, vmName: ca1-${uid}, throttleMBps: 1 }
   - name: second
     vms:
       - { restorePointId: ${zeroRp}, vmName: cb1-${uid} }
@@ -296,7 +296,7 @@ groups:
     const child = `${planId}/vsphere-ca1-${uid}`;
     await waitFor('the first restore writing its disk', async () => {
       const s = await getRestoreStatus(env.client, child);
-      return s.phase === 'writing-disks' && s.disks[0]?.bytesDone > 0;
+      return s.phase === 'writing-disks';
     });
     const cancelled = await cli('plan', 'cancel', name);
     assert.equal(cancelled.code, 0, cancelled.stderr);
