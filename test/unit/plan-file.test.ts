@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { requestFingerprint } from '../../src/domain/plan';
+import { DISK_FORMATS, TRANSPORT_REQUESTS } from '../../src/domain/restore';
+import { validateAzureRestoreRequest, validateVSphereRestoreRequest } from '../../src/domain/validation';
 import { parsePlan, PlanFileError } from '../../src/plan-file';
 
 const GOOD = `name: dr-drill
@@ -145,5 +147,23 @@ describe('plan file', () => {
     const reordered = Object.fromEntries(Object.entries(a).reverse()) as typeof a;
     assert.equal(requestFingerprint(reordered), requestFingerprint(a));
     assert.notEqual(requestFingerprint({ ...a, restorePointId: 'rp-9' }), requestFingerprint(a));
+  });
+
+  it('a restore request’s limits are checked by the request validators, per target', () => {
+    const vsphere = { restorePointId: 'rp-1', vmName: 'a', limits: { disksPerDatastore: 2 } };
+    validateVSphereRestoreRequest(vsphere, TRANSPORT_REQUESTS, DISK_FORMATS);
+    assert.throws(
+      () => validateVSphereRestoreRequest({ ...vsphere, limits: { disksPerHost: 0 } }, TRANSPORT_REQUESTS, DISK_FORMATS),
+      /request field limits\.disksPerHost: expected a whole number from 1 to 1000, got 0/,
+    );
+    assert.throws(
+      () => validateVSphereRestoreRequest({ ...vsphere, limits: { uploadsPerStorageAccount: 2 } }, TRANSPORT_REQUESTS, DISK_FORMATS),
+      /request field limits\.uploadsPerStorageAccount: is not a limit of this target \(known: disksPerHost, disksPerDatastore\)/,
+    );
+    validateAzureRestoreRequest({ restorePointId: 'rp-1', vmName: 'a', limits: { restoresPerRegion: 3 } });
+    assert.throws(
+      () => validateAzureRestoreRequest({ restorePointId: 'rp-1', vmName: 'a', limits: 3 }),
+      /request field limits: expected an object/,
+    );
   });
 });
