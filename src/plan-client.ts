@@ -82,7 +82,13 @@ const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
 export async function getPlanStatus(client: Client, idOrName: string): Promise<PlanStatus> {
   const planId = planIdOf(idOrName);
   const handle = client.workflow.getHandle<typeof runRestorePlan>(planId);
-  const desc = await handle.describe();
+  const desc = await handle.describe().catch((err: unknown) => {
+    if ((err as { name?: string }).name !== 'WorkflowNotFoundError') throw err;
+    throw new RestoreError(
+      FailureType.NotFound,
+      `no plan '${idOrName}' (no workflow ${planId}); start one with 'vmrestore plan start plan.yaml'`,
+    );
+  });
   const status = desc.status.name === 'CANCELLED' ? 'CANCELED' : desc.status.name;
   let progress: PlanProgress;
   try {
