@@ -5,7 +5,6 @@ import {
   continueAsNew,
   defineQuery,
   defineUpdate,
-  patched,
   proxyActivities,
   setHandler,
   sleep,
@@ -63,13 +62,9 @@ export async function resourceLease(initial: LeaseState): Promise<void> {
         }
         // Wait for other holders to free enough slots; a retried acquire may have won meanwhile. Checked again
         // after each wake-up: one release wakes every waiter at once, and only the first may take the slots.
-        // (Leases that granted before this rule replay the single wait.)
-        const wait = () => condition(() => state.holders.includes(holder) || slotsInUse() + want <= capacity);
-        if (patched('lease-slots-recheck')) {
-          while (!state.holders.includes(holder) && slotsInUse() + want > capacity) await wait();
-        } else {
-          await wait();
-        }
+        const free = () => state.holders.includes(holder) || slotsInUse() + want <= capacity;
+        await condition(free);
+        while (!free()) await condition(free);
       }
       if (!state.holders.includes(holder)) {
         state.holders.push(holder);
