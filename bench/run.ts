@@ -1,6 +1,7 @@
 import { runVSphereBench } from './vsphere-restore';
 import { runAzureUploadBench } from './azure-upload';
 import { runVmdkImportBench } from './vmdk-import';
+import { runPlanBench } from './plan';
 
 async function main(): Promise<void> {
   const only = process.argv[2];
@@ -15,6 +16,10 @@ async function main(): Promise<void> {
   if (!only || only === 'azure') {
     console.log('== upload to Azure page blob (Azurite) ==');
     await runAzureUploadBench();
+  }
+  if (!only || only === 'plan') {
+    console.log('== restore plan: 50 small VMs to vSphere and Azure ==');
+    await runPlanBench();
   }
 }
 

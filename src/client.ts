@@ -4,7 +4,7 @@ import type { Client } from '@temporalio/client';
 import { insecureWarnings, type AppConfig } from './config';
 import { loadAppConfig } from './app-config';
 import { FailureType, RestoreError } from './domain/errors';
-import type { DiskFormat, TransportRequest, VSphereRestoreRequest } from './domain/restore';
+import type { DiskFormat, TransportRequest } from './domain/restore';
 import { DISK_FORMATS, TASK_QUEUE, TRANSPORT_REQUESTS } from './domain/restore';
 import { labDown, labStatus, labUp } from './lab';
 import {
@@ -24,7 +24,7 @@ import {
   startVSphereRestore,
   waitWithProgress,
 } from './restore-client';
-import type { AzureRestoreRequest } from './domain/azure';
+import { azureRestoreRequest, vsphereRestoreRequest } from './restore-requests';
 import type { RestoreVerification, VerifyRequestFields } from './domain/verification';
 import { runWorker } from './worker';
 import { diskPercent, formatEta, formatRate } from './domain/progress';
@@ -35,6 +35,7 @@ import { ensureExternalTools } from './lab/prereqs';
 import { formatSweepReport, installSweepSchedule, runSweep } from './sweep-client';
 import { VERIFY_USAGE, verifyCommand } from './verify/cli';
 import { importFromVSphereCommand } from './import-cli';
+import { PLAN_USAGE, planCommand } from './plan-cli';
 
 export { TASK_QUEUE };
 export { startVSphereRestore, getRestoreStatus, vsphereWorkflowId } from './restore-client';
@@ -62,6 +63,7 @@ const USAGE = `vmrestore: restore whole VMs from backups to vSphere (and Azure) 
         [--verify [--verify-timeout S] [--keep-on-verify-failure]]
   vmrestore status WORKFLOW_ID [--json]
   vmrestore cancel WORKFLOW_ID
+${PLAN_USAGE}
   vmrestore sweep [--dry-run] [--include-orphans] [--json] | --install-schedule [--every MINUTES]
         (remove what restores that closed without completing left behind)
 ${VERIFY_USAGE}
@@ -102,6 +104,8 @@ export async function main(argv: string[]): Promise<number> {
         return await statusCommand([sub, ...rest].filter((x) => x !== undefined));
       case 'cancel':
         return await cancelCommand(sub);
+      case 'plan':
+        return await planCommand(sub, rest, out);
       case 'sweep':
         return await sweepCommand([sub, ...rest].filter((x) => x !== undefined));
       case 'demo':
@@ -330,7 +334,7 @@ async function restoreAzureCommand(args: string[]): Promise<number> {
   const generation = values.generation === undefined ? undefined : Number(values.generation);
   if (generation !== undefined && generation !== 1 && generation !== 2)
     usageError(`--generation must be 1 or 2, got '${values.generation}'`);
-  const request: AzureRestoreRequest = {
+  const request = azureRestoreRequest({
     restorePointId: values['restore-point'],
     vmName: values['vm-name'],
     resourceGroup: values['resource-group'],
@@ -341,7 +345,7 @@ async function restoreAzureCommand(args: string[]): Promise<number> {
     proxy: values.proxy,
     keepOnFailure: values['keep-on-failure'] ?? false,
     ...verifyFlags(values),
-  };
+  });
   const config = loadConfig();
   return startAndReport(config, (client) => startAzureRestore(client, request, { taskQueue: config.temporal.taskQueue }), values);
 }
@@ -389,7 +393,7 @@ async function restoreCommand(kind: string | undefined, args: string[]): Promise
   }
   const throttle = values['throttle-mbps'] === undefined ? undefined : Number(values['throttle-mbps']);
   if (throttle !== undefined && !(throttle >= 0)) usageError(`--throttle-mbps must be a number >= 0`);
-  const request: VSphereRestoreRequest = {
+  const request = vsphereRestoreRequest({
     restorePointId: values['restore-point'],
     vmName: values['vm-name'],
     datastore: values.datastore,
@@ -405,7 +409,7 @@ async function restoreCommand(kind: string | undefined, args: string[]): Promise
     keepOnFailure: values['keep-on-failure'] ?? false,
     throttleMBps: throttle,
     ...verifyFlags(values),
-  };
+  });
   const config = loadConfig();
   return startAndReport(config, (client) => startVSphereRestore(client, request, { taskQueue: config.temporal.taskQueue }), values);
 }

@@ -10,6 +10,7 @@ import { VSphereSessions } from './activities/vsphere-sessions';
 import { withFailureMapping } from './activities/failures';
 import { withHeartbeat } from './activities/heartbeat';
 import { createSweepActivities } from './activities/sweep';
+import { createPlanActivities } from './activities/plan';
 import { createMappedVerifyActivities } from './activities/verify';
 import { verifierTaskQueue } from './domain/verification';
 import { dataConverterFor } from './restore-client';
@@ -94,6 +95,7 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
             ...createMappedVSphereImportActivities({ config, sessions }),
             ...azureActivities,
             ...withFailureMapping(createSweepActivities({ config: served, client, sessions })),
+            ...withFailureMapping(createPlanActivities({ client })),
           }),
         }),
       );

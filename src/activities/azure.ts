@@ -382,7 +382,8 @@ export function createAzureActivities(deps: AzureDeps) {
           taskQueue: config.temporal.taskQueue,
           args: [initial],
           workflowIdConflictPolicy: 'USE_EXISTING',
-          staticSummary: `Lease on Azure ${args.target.kind} VM ${args.target.vmName}`,
+          staticSummary:
+            args.target.kind === 'limit' ? `Limit on ${args.target.vmName}` : `Lease on Azure ${args.target.kind} VM ${args.target.vmName}`,
         }),
       });
     },

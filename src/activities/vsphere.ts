@@ -284,6 +284,12 @@ export function createVSphereActivities(deps: VSphereDeps) {
       await client.vm(args.vmRef).removeSnapshot(`vmrestore-${args.plan.restoreId}`, { consolidate: true });
     },
 
+    /** The ESXi host the restored VM is registered on: what a per-host limit counts against. */
+    async vmHostName(args: { plan: VSpherePlan; vmRef: string }): Promise<string> {
+      const client = await sessions.get(args.plan.profile);
+      return client.vm(args.vmRef).hostName();
+    },
+
     async powerOnVm(args: { plan: VSpherePlan; vmRef: string }): Promise<void> {
       const client = await sessions.get(args.plan.profile);
       await client.vm(args.vmRef).powerOn();

@@ -1,4 +1,5 @@
 import type { GuestChange } from '../guest/types';
+import type { AzureRestoreLimits } from './plan';
 import type { RestoreVerification, VerifyRequestFields } from './verification';
 import type { VmConfig } from './vm';
 
@@ -16,6 +17,8 @@ export interface AzureRestoreRequest extends VerifyRequestFields {
   /** Name of a configured Azure proxy to power on for the transfer. */
   proxy?: string;
   keepOnFailure?: boolean;
+  /** Shared limits on uploads per storage account and restores per region (set by restore plans). */
+  limits?: AzureRestoreLimits;
   /**
    * Test only: restore the disks without guest preparation or boot conversion (the negative control of
    * boot verification). Refused unless the target's configuration allows test switches (the lab's does).
@@ -36,7 +39,8 @@ export interface AzureDiskPlan {
 }
 
 export interface LeaseTarget {
-  kind: 'proxy' | 'helper';
+  /** `limit`: a counting limit with no VM behind it (see limitLeaseTarget in domain/plan.ts). */
+  kind: 'proxy' | 'helper' | 'limit';
   /** Lease name: one entity workflow per resource. */
   name: string;
   resourceGroup: string;
@@ -63,6 +67,8 @@ export interface LeaseRequest {
   slots?: number;
   /** false reserves only: the VM is not started (yet). Defaults to true. */
   powerOn?: boolean;
+  /** The capacity this holder accepts, instead of target.slots: a limit lease's holders each say theirs. */
+  capacity?: number;
   /**
    * The holder's workflow execution (an acquire from an activity fills it in). A holder with an owner is
    * dropped, with its slots, when that execution closes without releasing. By convention a restore's

@@ -1,4 +1,5 @@
 import type { RestoreVerification, VerifyRequestFields } from './verification';
+import type { VSphereRestoreLimits } from './plan';
 import type { VmConfig } from './vm';
 
 /** Default task queue the worker polls; exported so parent workflows can start restores as children. */
@@ -32,6 +33,8 @@ export interface VSphereRestoreRequest extends VerifyRequestFields {
   throttleMBps?: number;
   /** Disks written at once (default from the worker's config). */
   diskConcurrency?: number;
+  /** Shared limits on disk writes per ESXi host and datastore (set by restore plans); none by default. */
+  limits?: VSphereRestoreLimits;
 }
 
 export interface DiskPlan {

@@ -103,6 +103,19 @@ function optOneOf(req: Record<string, unknown>, field: string, allowed: readonly
   if (v !== undefined && !allowed.includes(v)) badField(field, `${shown(v)} is not one of ${allowed.map((a) => String(a)).join(', ')}`);
 }
 
+/** A restore's shared limits: an object of the given keys, each a whole number from 1 to 1000. */
+function optLimits(req: Record<string, unknown>, keys: readonly string[]): void {
+  const v = req.limits;
+  if (v === undefined) return;
+  if (!isRecord(v)) badField('limits', `expected an object with ${keys.join(', ')}, got ${shown(v)}`);
+  for (const [k, n] of Object.entries(v)) {
+    if (!keys.includes(k)) badField(`limits.${k}`, `is not a limit of this target (known: ${keys.join(', ')})`);
+    if (n !== undefined && (!Number.isSafeInteger(n) || (n as number) < 1 || (n as number) > 1000)) {
+      badField(`limits.${k}`, `expected a whole number from 1 to 1000, got ${shown(n)}`);
+    }
+  }
+}
+
 const RESTORE_POINT_ID = { max: 128, pattern: /^[A-Za-z0-9._-]+$/, hint: "letters, digits, '.', '_' and '-'", required: true };
 const INVENTORY_NAME = { max: 255 };
 
@@ -149,6 +162,7 @@ export function validateVSphereRestoreRequest(raw: unknown, transports: readonly
   if (c !== undefined && (!Number.isSafeInteger(c) || (c as number) < 1 || (c as number) > 64)) {
     badField('diskConcurrency', `expected an integer from 1 to 64, got ${shown(c)}`);
   }
+  optLimits(req, ['disksPerHost', 'disksPerDatastore']);
 }
 
 /** Shape and bounds of every field of an Azure restore request; the name rules that need the guest OS follow later. */
@@ -167,4 +181,5 @@ export function validateAzureRestoreRequest(raw: unknown): void {
   optText(req, 'subnetId', { max: 1024 });
   optOneOf(req, 'generation', [1, 2]);
   optBool(req, 'skipGuestPreparation');
+  optLimits(req, ['uploadsPerStorageAccount', 'restoresPerRegion']);
 }

@@ -137,6 +137,13 @@ export class Vm {
     };
   }
 
+  /** Name of the ESXi host the VM is registered on (the host that serves its disks' NFC streams). */
+  async hostName(): Promise<string> {
+    const host = ref((await this.props(['runtime.host']))['runtime.host']);
+    if (!host) throw new RestoreError(FailureType.NotFound, `${this.label} is not registered on a host`);
+    return str((await this.client.getProperties(host, ['name'])).name);
+  }
+
   async powerState(): Promise<PowerState> {
     const p = await this.props(['runtime.powerState']);
     return str(p['runtime.powerState']) as PowerState;

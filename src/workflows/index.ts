@@ -4,3 +4,4 @@ export { restoreToAzure, azureProgressQuery } from './restore-azure';
 export { resourceLease, acquireLease, releaseLease, leaseStateQuery, leaseWorkflowId } from './lease';
 export { sweepRestores } from './sweep';
 export { importFromVSphere, importProgressQuery } from './import-vsphere';
+export { runRestorePlan, planProgressQuery, approvePlan } from './plan';

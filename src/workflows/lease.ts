@@ -50,16 +50,21 @@ export async function resourceLease(initial: LeaseState): Promise<void> {
   setHandler(acquireLease, async (holder, request) => {
     const want = request?.slots ?? 0;
     if (!state.holders.includes(holder)) {
-      const capacity = state.target.slots;
+      const capacity = request?.capacity ?? state.target.slots;
       if (want > 0 && capacity !== undefined) {
         if (want > capacity) {
           throw ApplicationFailure.nonRetryable(
-            `${holder} needs ${want} data-disk slots on ${state.target.kind} VM '${state.target.vmName}', which has ${capacity}`,
+            state.target.kind === 'limit'
+              ? `${holder} needs ${want} slots of the limit on ${state.target.vmName}, which allows ${capacity}`
+              : `${holder} needs ${want} data-disk slots on ${state.target.kind} VM '${state.target.vmName}', which has ${capacity}`,
             'LeaseCapacity',
           );
         }
-        // Wait for other holders to free enough slots; a retried acquire may have won meanwhile.
-        await condition(() => state.holders.includes(holder) || slotsInUse() + want <= capacity);
+        // Wait for other holders to free enough slots; a retried acquire may have won meanwhile. Checked again
+        // after each wake-up: one release wakes every waiter at once, and only the first may take the slots.
+        const free = () => state.holders.includes(holder) || slotsInUse() + want <= capacity;
+        await condition(free);
+        while (!free()) await condition(free);
       }
       if (!state.holders.includes(holder)) {
         state.holders.push(holder);

@@ -15,6 +15,8 @@ import type { RestorePhase, RestoreProgress } from '../domain/restore';
 import type { GuestChange } from '../guest/types';
 import type { RestoreVerification } from '../domain/verification';
 import { markVerification, verifyRestoredBoot } from './restore-verify';
+import { limitLeaseTarget } from '../domain/plan';
+import { acquireLimits, withLimits, type HeldLimit } from './limits';
 
 export const azureProgressQuery = defineQuery<RestoreProgress>('progress');
 
@@ -57,7 +59,23 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
       proxyHeld = false;
     }
   };
+  // Limits shared with other restores (a plan's): a slot of the subscription's region for the whole restore,
+  // and one of the storage account per VHD upload.
+  const region = request.limits?.restoresPerRegion;
+  const account = request.limits?.uploadsPerStorageAccount;
+  const uploadLimits: HeldLimit[] = account
+    ? [{ target: limitLeaseTarget('storage-account', plan.storageAccountId.split('/').pop() ?? plan.storageAccountId), capacity: account }]
+    : [];
+  let releaseRegion: (() => Promise<void>) | undefined;
   try {
+    if (region) {
+      setPhase('initializing', `waiting for a restore slot in ${plan.location}`);
+      releaseRegion = await acquireLimits(
+        [{ target: limitLeaseTarget('region', `${plan.subscriptionId}/${plan.location}`), capacity: region }],
+        holder,
+      );
+      compensations.unshift(releaseRegion);
+    }
     if (plan.proxy) {
       setPhase('powering-on-proxy', plan.proxy.vmName);
       compensations.unshift(releaseProxy);
@@ -72,10 +90,10 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
       plan.disks.map(async (disk) => {
         const row = progress.disks[disk.diskIndex];
         row.state = 'writing';
-        const r = await longRunning(`upload disk ${disk.diskIndex} (${disk.label}) as fixed VHD`).uploadVhd({
-          plan,
-          diskIndex: disk.diskIndex,
-        });
+        const upload = longRunning(`upload disk ${disk.diskIndex} (${disk.label}) as fixed VHD`);
+        const r = await withLimits(uploadLimits, `${holder}/disk${disk.diskIndex}`, () =>
+          upload.uploadVhd({ plan, diskIndex: disk.diskIndex }),
+        );
         uploads[disk.diskIndex] = r;
         row.state = 'done';
         row.bytesDone = row.bytesTotal;
@@ -157,6 +175,10 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
         agentInstalled = false;
       }
     }
+    if (releaseRegion) {
+      compensations.splice(compensations.indexOf(releaseRegion), 1);
+      await releaseRegion();
+    }
     setPhase('completed');
     return {
       restoreId,
@@ -183,8 +205,9 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
           }
         }
       } else {
-        // Even when keeping what was made, shared appliances must not stay held.
+        // Even when keeping what was made, shared appliances and limits must not stay held.
         await releaseProxy().catch(() => undefined);
+        await releaseRegion?.().catch(() => undefined);
       }
     });
     setPhase(cancelled ? 'cancelled' : 'failed', err instanceof Error ? err.message : String(err));

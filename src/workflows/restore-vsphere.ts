@@ -24,6 +24,8 @@ import type {
 } from '../domain/restore';
 import type { RestoreVerification } from '../domain/verification';
 import { markVerification, verifyRestoredBoot } from './restore-verify';
+import { limitLeaseTarget } from '../domain/plan';
+import { withLimits, type HeldLimit } from './limits';
 
 export const progressQuery = defineQuery<RestoreProgress>('progress');
 
@@ -66,6 +68,17 @@ export async function restoreToVSphere(request: VSphereRestoreRequest): Promise<
     setPhase('creating-snapshot');
     await control.createSnapshot({ plan, vmRef: vm.vmRef });
 
+    // Limits shared with other restores (a plan's): each disk write holds a slot of its datastore, then its host.
+    const limits: HeldLimit[] = [];
+    if (request.limits?.disksPerDatastore) {
+      const target = limitLeaseTarget('datastore', `${plan.profile}/${plan.datacenter}/${plan.datastore}`);
+      limits.push({ target, capacity: request.limits.disksPerDatastore });
+    }
+    if (request.limits?.disksPerHost) {
+      const host = await control.vmHostName({ plan, vmRef: vm.vmRef });
+      limits.push({ target: limitLeaseTarget('host', `${plan.profile}/${host}`), capacity: request.limits.disksPerHost });
+    }
+
     setPhase('writing-disks');
     const results: DiskWriteResult[] = new Array(plan.disks.length);
     let next = 0;
@@ -82,6 +95,7 @@ export async function restoreToVSphere(request: VSphereRestoreRequest): Promise<
           disk.transports,
           row,
           compensations,
+          limits,
         );
         row.state = 'done';
         row.bytesDone = row.bytesTotal;
@@ -164,8 +178,10 @@ async function writeOneDisk(
   transports: TransportMode[],
   row: DiskProgress,
   compensations: Array<() => Promise<void>>,
+  limits: HeldLimit[],
 ): Promise<DiskWriteResult> {
   let lastError: unknown;
+  const holder = `${plan.restoreId}/disk${diskIndex}`;
   for (const transport of transports) {
     row.transport = transport;
     const writer = diskWriter(`write disk ${diskIndex} (${row.label}) via ${transport}`);
@@ -175,14 +191,14 @@ async function writeOneDisk(
         compensations.unshift(detach);
         await control.attachToProxy({ plan, diskFile, diskIndex });
         try {
-          return await writer.writeDisk({ plan, vmRef, diskIndex, diskFile, transport });
+          return await withLimits(limits, holder, () => writer.writeDisk({ plan, vmRef, diskIndex, diskFile, transport }));
         } finally {
           // Always unmap the disk from the proxy, also when the write failed or was cancelled.
           await CancellationScope.nonCancellable(detach);
           compensations.splice(compensations.indexOf(detach), 1);
         }
       }
-      return await writer.writeDisk({ plan, vmRef, diskIndex, diskFile, transport });
+      return await withLimits(limits, holder, () => writer.writeDisk({ plan, vmRef, diskIndex, diskFile, transport }));
     } catch (err) {
       if (failureType(err) !== FailureType.TransportUnavailable || isCancellation(err)) throw err;
       lastError = err;

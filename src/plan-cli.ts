@@ -1,0 +1,115 @@
+import { parseArgs } from 'node:util';
+import { loadAppConfig } from './app-config';
+import { insecureWarnings } from './config';
+import { FailureType, RestoreError } from './domain/errors';
+import { readPlanFile } from './plan-file';
+import { approvePlanGate, getPlanStatus, planIdOf, renderPlanTable, startPlan, type PlanStatus } from './plan-client';
+import { connectClient } from './restore-client';
+
+export const PLAN_USAGE = `  vmrestore plan start plan.yaml [--wait] [--json]   (restore the plan's VMs group by group; see README "Restore plans")
+  vmrestore plan status PLAN [--json]    (PLAN: the plan's name or workflow id plan-<name>)
+  vmrestore plan approve PLAN            (open the approval gate the plan waits at)
+  vmrestore plan cancel PLAN             (undo the running restores; later groups do not start)`;
+
+function usage(message: string): never {
+  throw new RestoreError(FailureType.InvalidRequest, `${message}\n\n${PLAN_USAGE}`);
+}
+
+/** A plan ended well when every VM was restored now or by an earlier run and no gate stopped it. */
+function succeeded(s: PlanStatus): boolean {
+  return s.status === 'COMPLETED' && !s.result?.stoppedBy && s.vms.every((v) => v.state === 'completed' || v.state === 'skipped');
+}
+
+function statusJson(s: PlanStatus): string {
+  return JSON.stringify({
+    planId: s.planId,
+    status: s.status,
+    phase: s.phase,
+    group: s.group,
+    groups: s.groups,
+    waiting: s.waiting,
+    runs: s.runs,
+    vms: s.vms,
+    stoppedBy: s.result?.stoppedBy,
+    error: s.failure,
+  });
+}
+
+export async function planCommand(sub: string | undefined, args: string[], out: (line: string) => void): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { wait: { type: 'boolean' }, json: { type: 'boolean' } },
+  });
+  if (sub !== 'start' && sub !== 'status' && sub !== 'approve' && sub !== 'cancel') {
+    usage(`unknown plan command '${sub ?? ''}' (known: start, status, approve, cancel)`);
+  }
+  const arg = positionals[0];
+  if (!arg) usage(sub === 'start' ? 'plan start needs a plan file' : `plan ${sub} needs a plan name or id`);
+  if (positionals.length > 1) usage(`unexpected argument '${positionals[1]}'`);
+  if (values.wait && sub !== 'start') usage('--wait goes with plan start');
+  // The file is checked before anything connects: a bad plan never starts.
+  const plan = sub === 'start' ? readPlanFile(arg) : undefined;
+  const config = loadAppConfig();
+  for (const w of insecureWarnings(config)) process.stderr.write(w + '\n');
+  const { client, connection } = await connectClient(config);
+  try {
+    switch (sub) {
+      case 'start': {
+        const handle = await startPlan(client, plan!, { taskQueue: config.temporal.taskQueue });
+        const planId = handle.workflowId;
+        if (!values.wait) {
+          out(values.json ? JSON.stringify({ planId }) : `started ${planId}`);
+          return 0;
+        }
+        if (!values.json) out(`started ${planId}`);
+        const final = await followPlan(client, planId, values.json ? undefined : out);
+        if (values.json) out(statusJson(final));
+        else for (const line of renderPlanTable(final)) out(line);
+        return succeeded(final) ? 0 : 1;
+      }
+      case 'status': {
+        const s = await getPlanStatus(client, arg);
+        if (values.json) out(statusJson(s));
+        else for (const line of renderPlanTable(s)) out(line);
+        return 0;
+      }
+      case 'approve': {
+        const { group, name } = await approvePlanGate(client, arg);
+        out(`approved ${planIdOf(arg)} after group ${group + 1} (${name}); the next group starts`);
+        return 0;
+      }
+      case 'cancel': {
+        await client.workflow.getHandle(planIdOf(arg)).cancel();
+        out(`cancellation requested for ${planIdOf(arg)}: running restores are undone, later groups do not start`);
+        return 0;
+      }
+    }
+  } finally {
+    await connection.close();
+  }
+}
+
+/** Polls the plan until it closes, printing one line per change of a VM's state or the plan's phase. */
+async function followPlan(
+  client: Parameters<typeof getPlanStatus>[0],
+  planId: string,
+  print?: (line: string) => void,
+): Promise<PlanStatus> {
+  const seen = new Map<string, string>();
+  let phase = '';
+  for (;;) {
+    const s = await getPlanStatus(client, planId);
+    if (print) {
+      if (s.phase !== phase) print(`plan: ${(phase = s.phase)}`);
+      for (const v of s.vms) {
+        const line = `${v.state}${v.verification ? ` (verification ${v.verification})` : ''}${v.error ? `: ${v.error}` : ''}`;
+        if (seen.get(v.workflowId) === line) continue;
+        seen.set(v.workflowId, line);
+        if (v.state !== 'pending') print(`  group ${v.group + 1} ${v.vmName} [${v.target}] ${line}`);
+      }
+    }
+    if (s.status !== 'RUNNING') return s;
+    await new Promise((r) => setTimeout(r, 2000));
+  }
+}
