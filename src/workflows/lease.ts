@@ -71,18 +71,29 @@ export async function resourceLease(initial: LeaseState): Promise<void> {
         if (want > 0) reserved[holder] = want;
       }
     }
-    if (request?.owner) owners[holder] = request.owner;
-    if (request?.powerOn === false) return { poweredOn: state.poweredOn, powerOns: state.powerOns };
+    if (request?.powerOn === false) {
+      if (request.owner) owners[holder] = request.owner;
+      return { poweredOn: state.poweredOn, powerOns: state.powerOns };
+    }
     // Wait out a power-off in progress, then power on once for everyone waiting.
     while (transition) await transition;
+    let poweringOn: Promise<void> | undefined;
     if (!state.poweredOn) {
-      transition = (async () => {
+      poweringOn = transition = (async () => {
         await power.powerOnAzureVm({ resourceGroup: state.target.resourceGroup, vmName: state.target.vmName });
         state.poweredOn = true;
         state.powerOns++;
       })();
+    }
+    // The owner is recorded only once the power-on is scheduled: it wakes the holder check, whose timer
+    // must follow this handler's command whether or not the handler waited above. A worker starting cold
+    // may deliver the update together with older events (so the handler waits for the power-off), and a
+    // later replay alone (so it does not); with the owner set earlier, the two would order the timer and
+    // the power-on differently, which replay rejects as nondeterminism.
+    if (request?.owner) owners[holder] = request.owner;
+    if (poweringOn) {
       try {
-        await transition;
+        await poweringOn;
       } finally {
         transition = undefined;
       }
