@@ -4,10 +4,11 @@ import { insecureWarnings } from './config';
 import { FailureType, RestoreError } from './domain/errors';
 import { readPlanFile } from './plan-file';
 import { approvePlanGate, getPlanStatus, planIdOf, renderPlanTable, startPlan, type PlanStatus } from './plan-client';
+import { createProgressView, type ProgressItem } from './progress-view';
 import { connectClient } from './restore-client';
 
-export const PLAN_USAGE = `  vmrestore plan start plan.yaml [--wait] [--json]   (restore the plan's VMs group by group; see README "Restore plans")
-  vmrestore plan status PLAN [--json]    (PLAN: the plan's name or workflow id plan-<name>)
+export const PLAN_USAGE = `  vmrestore plan start plan.yaml [--wait] [--json]   (restore the plan's VMs group by group, live bars on a terminal with --wait; see README "Restore plans")
+  vmrestore plan status PLAN [--watch] [--json]   (PLAN: the plan's name or workflow id plan-<name>; --watch follows it to the end, live bars on a terminal)
   vmrestore plan approve PLAN            (open the approval gate the plan waits at)
   vmrestore plan cancel PLAN             (undo the running restores; later groups do not start)`;
 
@@ -39,7 +40,7 @@ export async function planCommand(sub: string | undefined, args: string[], out: 
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
-    options: { wait: { type: 'boolean' }, json: { type: 'boolean' } },
+    options: { wait: { type: 'boolean' }, watch: { type: 'boolean' }, json: { type: 'boolean' } },
   });
   if (sub !== 'start' && sub !== 'status' && sub !== 'approve' && sub !== 'cancel') {
     usage(`unknown plan command '${sub ?? ''}' (known: start, status, approve, cancel)`);
@@ -48,6 +49,7 @@ export async function planCommand(sub: string | undefined, args: string[], out: 
   if (!arg) usage(sub === 'start' ? 'plan start needs a plan file' : `plan ${sub} needs a plan name or id`);
   if (positionals.length > 1) usage(`unexpected argument '${positionals[1]}'`);
   if (values.wait && sub !== 'start') usage('--wait goes with plan start');
+  if (values.watch && sub !== 'status') usage('--watch goes with plan status');
   // The file is checked before anything connects: a bad plan never starts.
   const plan = sub === 'start' ? readPlanFile(arg) : undefined;
   const config = loadAppConfig();
@@ -69,7 +71,7 @@ export async function planCommand(sub: string | undefined, args: string[], out: 
         return succeeded(final) ? 0 : 1;
       }
       case 'status': {
-        const s = await getPlanStatus(client, arg);
+        const s = values.watch ? await followPlan(client, planIdOf(arg), values.json ? undefined : out) : await getPlanStatus(client, arg);
         if (values.json) out(statusJson(s));
         else for (const line of renderPlanTable(s)) out(line);
         return 0;
@@ -90,26 +92,47 @@ export async function planCommand(sub: string | undefined, args: string[], out: 
   }
 }
 
-/** Polls the plan until it closes, printing one line per change of a VM's state or the plan's phase. */
+/** A plan's VMs as progress rows: one bar per VM with its bytes, its state and its restore's phase. */
+export function planItems(s: PlanStatus): ProgressItem[] {
+  return s.vms.map((v) => ({
+    key: v.workflowId,
+    label: `g${v.group + 1} ${v.vmName}`,
+    bytesDone: v.bytesDone,
+    bytesTotal: v.bytesTotal,
+    state: v.state === 'completed' || v.state === 'skipped' ? 'done' : v.state === 'running' ? (v.phase ?? 'running') : v.state,
+    detail: [v.target, v.transport, v.verification && `verification ${v.verification}`, v.error].filter(Boolean).join(' '),
+  }));
+}
+
+/**
+ * Polls the plan until it closes. On a terminal it draws one live bar per VM; otherwise it prints one
+ * line per change of a VM's state or the plan's phase. Without `print` it only waits.
+ */
 async function followPlan(
   client: Parameters<typeof getPlanStatus>[0],
   planId: string,
   print?: (line: string) => void,
 ): Promise<PlanStatus> {
+  const view = print && process.stdout.isTTY ? createProgressView({ mode: 'bars' }) : undefined;
   const seen = new Map<string, string>();
   let phase = '';
-  for (;;) {
-    const s = await getPlanStatus(client, planId);
-    if (print) {
-      if (s.phase !== phase) print(`plan: ${(phase = s.phase)}`);
-      for (const v of s.vms) {
-        const line = `${v.state}${v.verification ? ` (verification ${v.verification})` : ''}${v.error ? `: ${v.error}` : ''}`;
-        if (seen.get(v.workflowId) === line) continue;
-        seen.set(v.workflowId, line);
-        if (v.state !== 'pending') print(`  group ${v.group + 1} ${v.vmName} [${v.target}] ${line}`);
+  try {
+    for (;;) {
+      const s = await getPlanStatus(client, planId);
+      if (view) view.update(`plan ${s.name}: ${s.phase}`, planItems(s));
+      else if (print) {
+        if (s.phase !== phase) print(`plan: ${(phase = s.phase)}`);
+        for (const v of s.vms) {
+          const line = `${v.state}${v.verification ? ` (verification ${v.verification})` : ''}${v.error ? `: ${v.error}` : ''}`;
+          if (seen.get(v.workflowId) === line) continue;
+          seen.set(v.workflowId, line);
+          if (v.state !== 'pending') print(`  group ${v.group + 1} ${v.vmName} [${v.target}] ${line}`);
+        }
       }
+      if (s.status !== 'RUNNING') return s;
+      await new Promise((r) => setTimeout(r, view ? 1000 : 2000));
     }
-    if (s.status !== 'RUNNING') return s;
-    await new Promise((r) => setTimeout(r, 2000));
+  } finally {
+    view?.stop();
   }
 }

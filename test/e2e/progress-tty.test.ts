@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
@@ -230,5 +232,62 @@ describe('live restore progress (terminal bars, plain lines, status)', () => {
     assert.ok(sawUpload, 'the upload showed as a bar under its phase');
     assert.match(screen, /^completed$/m);
     assert.deepEqual(Object.fromEntries(barPercents(screen)), { disk0: 100 }, screen);
+  });
+  it('plan start --wait in a terminal draws one live bar per VM, then the plan table', async () => {
+    const uid = Date.now().toString(36);
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'vmrestore-plan-tty-'));
+    const file = path.join(dir, 'plan.yaml');
+    const names = [`tp1-${uid}`, `tp2-${uid}`];
+    vms.push(...names);
+    // demo-thick (1 GiB + 256 MiB, partly holes) at 20 MB/s: each VM writes for several seconds, both at once.
+    writeFileSync(
+      file,
+      [
+        `name: tty-${uid}`,
+        'defaults:',
+        '  vsphere:',
+        '    datastore: LocalDS_0',
+        '    throttleMBps: 20',
+        'groups:',
+        '  - name: web',
+        '    vms:',
+        ...names.map((n) => `      - { restorePointId: ${env.demo['demo-thick']}, vmName: ${n} }`),
+        '',
+      ].join('\n'),
+    );
+    try {
+      const command = [process.execPath, CLI, 'plan', 'start', file, '--wait'].join(' ');
+      await tmux('new-session', '-d', '-x', '160', '-y', '30', '-s', 'plan', '-c', ROOT, `${command}; echo "exit=$?"; sleep 600`);
+      const screens: string[] = [];
+      const deadline = Date.now() + 240_000;
+      let screen = '';
+      while (Date.now() < deadline) {
+        screen = await tmux('capture-pane', '-p', '-t', 'plan');
+        screens.push(screen);
+        if (/^exit=\d+/m.test(screen)) break;
+        await sleep(250);
+      }
+      assert.match(screen, /^exit=0$/m, `the plan ended well:\n${screen}`);
+      const rows = (s: string) => {
+        const out = new Map<string, number>();
+        for (const m of s.matchAll(/^g1 (tp\d-\S+) +[█░]+ +(\d+)% \|/gm)) out.set(m[1], Number(m[2]));
+        return out;
+      };
+      // While it ran: both VMs as bars under the plan's phase, each seen part-way.
+      const partWay = new Set<string>();
+      for (const s of screens) for (const [vm, pct] of rows(s)) if (pct > 0 && pct < 100) partWay.add(vm);
+      assert.deepEqual([...partWay].sort(), names, `both VMs' bars part-way:\n${screens.slice(-4).join('\n----\n')}`);
+      assert.ok(
+        screens.some((s) => /^plan tty-\S+: running group 1 of 1/m.test(s)),
+        `the plan's phase stands above the bars:\n${screens.slice(-2).join('\n----\n')}`,
+      );
+      // The end: both bars full, drawn once each, then the plain table below them.
+      assert.deepEqual(Object.fromEntries(rows(screen)), Object.fromEntries(names.map((n) => [n, 100])), screen);
+      for (const n of names) assert.equal(screen.match(new RegExp(`^g1 ${n} `, 'gm'))?.length, 1, screen);
+      for (const n of names) assert.match(screen, new RegExp(`${n}.*completed`), screen);
+    } finally {
+      await tmux('kill-session', '-t', 'plan').catch(() => undefined);
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
