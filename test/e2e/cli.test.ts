@@ -1,29 +1,14 @@
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { promisify } from 'node:util';
 import { labArm, labAzure } from '../helpers/azure';
-import { openTestEnv, ROOT, startWorkerProcess, type TestEnv, type WorkerProcess } from '../helpers/env';
+import { openTestEnv, runCli, startWorkerProcess, type TestEnv, type WorkerProcess } from '../helpers/env';
 import { labVSphere } from '../helpers/vsphere';
 
-const run = promisify(execFile);
 let env: TestEnv;
 let worker: WorkerProcess;
 
-/** Runs the vmrestore CLI against the lab on the test's task queue; returns exit code and output. */
-async function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const r = await run(process.execPath, [path.join(ROOT, 'bin', 'vmrestore.cjs'), ...args], {
-      env: { ...process.env, VMRESTORE_TASK_QUEUE: env.taskQueue },
-      maxBuffer: 16 * 1024 * 1024,
-    });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (err) {
-    const e = err as { code?: number; stdout?: string; stderr?: string };
-    return { code: typeof e.code === 'number' ? e.code : -1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
-  }
-}
+/** The vmrestore CLI against the lab on the test's task queue: exit code and output. */
+const cli = (...args: string[]) => runCli(env.taskQueue, args);
 
 function lastJson(stdout: string): Record<string, unknown> {
   const lines = stdout.trim().split('\n');

@@ -5,12 +5,10 @@
  * and a plan that continues as new with its history bounded.
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { promisify } from 'node:util';
 import type { temporal } from '@temporalio/proto';
 import { buildDataDiskImage } from '../../src/demo';
 import { limitLeaseTarget, type PlanResult } from '../../src/domain/plan';
@@ -22,15 +20,14 @@ import { leaseStateQuery, leaseWorkflowId, type runRestorePlan } from '../../src
 import {
   importTestVm,
   openTestEnv,
-  ROOT,
   startWorkerProcess,
   writeZeroRestorePoint,
   type TestEnv,
   type WorkerProcess,
+  runCli,
 } from '../helpers/env';
 import { labVSphere } from '../helpers/vsphere';
 
-const run = promisify(execFile);
 const MiB = 1024 * 1024;
 let env: TestEnv;
 let worker: WorkerProcess;
@@ -44,18 +41,8 @@ let smallRp: string;
 let slowRp = '';
 const uid = `${Date.now().toString(36)}${Math.random().toString(36).slice(2, 5)}`;
 
-async function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const r = await run(process.execPath, [path.join(ROOT, 'bin', 'vmrestore.cjs'), ...args], {
-      env: { ...process.env, VMRESTORE_TASK_QUEUE: env.taskQueue },
-      maxBuffer: 16 * 1024 * 1024,
-    });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (err) {
-    const e = err as { code?: number; stdout?: string; stderr?: string };
-    return { code: typeof e.code === 'number' ? e.code : -1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
-  }
-}
+/** The vmrestore CLI against the lab on the test's task queue: exit code and output. */
+const cli = (...args: string[]) => runCli(env.taskQueue, args);
 
 async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 180_000): Promise<T> {
   const end = Date.now() + timeoutMs;

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { labVSphere } from '../helpers/vsphere';
-import { openTestEnv, ROOT, startWorkerProcess, type TestEnv, type WorkerProcess } from '../helpers/env';
+import { openTestEnv, ROOT, startWorkerProcess, type TestEnv, type WorkerProcess, runCli } from '../helpers/env';
 import type { DiskProgress } from '../../src/domain/restore';
 
 const run = promisify(execFile);
@@ -20,15 +20,8 @@ const TMUX = ['-L', `vmrestore-progress-${process.pid}`];
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const cliEnv = () => ({ ...process.env, VMRESTORE_TASK_QUEUE: env.taskQueue });
 
-async function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const r = await run(process.execPath, [CLI, ...args], { env: cliEnv(), maxBuffer: 16 * 1024 * 1024 });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (err) {
-    const e = err as { code?: number; stdout?: string; stderr?: string };
-    return { code: typeof e.code === 'number' ? e.code : -1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
-  }
-}
+/** The vmrestore CLI against the lab on the test's task queue: exit code and output. */
+const cli = (...args: string[]) => runCli(env.taskQueue, args);
 
 async function tmux(...args: string[]): Promise<string> {
   return (await run('tmux', [...TMUX, ...args], { env: cliEnv() })).stdout;

@@ -1,7 +1,8 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, openSync, readSync, closeSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import type { Client, Connection } from '@temporalio/client';
 import { Worker } from '@temporalio/worker';
 import { labConfig } from '../../src/app-config';
@@ -220,4 +221,24 @@ export function writeZeroRestorePoint(
     }),
   );
   return { id, remove: () => rmSync(file) };
+}
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the vmrestore CLI in its own process against the lab on `taskQueue`; returns exit code and output. */
+export async function runCli(taskQueue: string, args: string[]): Promise<CliResult> {
+  try {
+    const r = await promisify(execFile)(process.execPath, [path.join(ROOT, 'bin', 'vmrestore.cjs'), ...args], {
+      env: { ...process.env, VMRESTORE_TASK_QUEUE: taskQueue },
+      maxBuffer: 16 * 1024 * 1024,
+    });
+    return { code: 0, stdout: r.stdout, stderr: r.stderr };
+  } catch (err) {
+    const e = err as { code?: number; stdout?: string; stderr?: string };
+    return { code: typeof e.code === 'number' ? e.code : -1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
+  }
 }
