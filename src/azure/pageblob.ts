@@ -77,6 +77,13 @@ export interface UploadFixedVhdOptions {
   /** Largest Put Page payload; at most Azure's 4 MiB. */
   maxPageWriteBytes?: number;
   /**
+   * Zero runs up to this long between data are sent as zeros inside one Put Page instead of splitting
+   * it. A filesystem's data is full of short zero gaps (block tails, sparse metadata); splitting at each
+   * turns a few hundred 4 MiB writes into tens of thousands of small ones, each a request and a page
+   * range for the service to track. 0 sends only sectors holding a non-zero byte. Default 64 KiB.
+   */
+  mergeZeroGapBytes?: number;
+  /**
    * Put Page calls in flight. It also sets the resume window, concurrency × maxPageWriteBytes: no write
    * reaches further than that past the checkpoint stored in the blob's metadata, so a resume re-sends at
    * most the window. Memory held is about (concurrency + 1) × maxPageWriteBytes.
@@ -163,6 +170,7 @@ export const UPLOAD_CHECKPOINT_METADATA_KEY = 'vmrestoreuploadedto';
 
 const DEFAULT_MAX_PAGE_WRITE = AZURE_LIMITS.putPageMaxBytes;
 const DEFAULT_CONCURRENCY = 8;
+const DEFAULT_MERGE_ZERO_GAP = 64 * 1024;
 /** Minimum advance through zero regions between progress callbacks when nothing completes. */
 const ZERO_PROGRESS_STRIDE = 256 * 1024 * 1024;
 /** Zero regions are first tested in chunks of this size, then sector by sector. */
@@ -277,6 +285,7 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
   const { blobClient, capacityBytes, restoreId } = opts;
   const maxWrite = opts.maxPageWriteBytes ?? DEFAULT_MAX_PAGE_WRITE;
   const concurrency = opts.concurrency ?? DEFAULT_CONCURRENCY;
+  const mergeGap = opts.mergeZeroGapBytes ?? DEFAULT_MERGE_ZERO_GAP;
   const checksum = opts.checksum ?? 'md5';
   const checksumWorkers = checksum === 'md5' ? (opts.checksumWorkers ?? defaultMd5Workers()) : 0;
   if (!Number.isSafeInteger(checksumWorkers) || checksumWorkers < 0) {
@@ -296,6 +305,9 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
   }
   if (!Number.isSafeInteger(concurrency) || concurrency < 1) {
     throw inputError(`concurrency must be a positive integer, got ${concurrency}`);
+  }
+  if (!Number.isSafeInteger(mergeGap) || mergeGap < 0 || mergeGap % SECTOR_SIZE !== 0 || mergeGap > ZERO.length) {
+    throw inputError(`mergeZeroGapBytes ${mergeGap} must be a multiple of 512 from 0 to ${ZERO.length}`);
   }
   const requestedResume = opts.resumeFromOffset ?? 0;
   if (!Number.isSafeInteger(requestedResume) || requestedResume < 0 || requestedResume > blobSize) {
@@ -484,7 +496,17 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
       let at = absStart;
       let rest = piece;
       while (rest.length > 0) {
-        if (pending && pending.start + pending.length !== at) await flush();
+        if (pending && pending.start + pending.length !== at) {
+          // A short zero gap rides along in the same write; a long one ends it.
+          const gap = at - (pending.start + pending.length);
+          if (gap > 0 && gap <= mergeGap && pending.length + gap < maxWrite) {
+            pending.pieces.push(ZERO.subarray(0, gap));
+            pending.length += gap;
+            coveredInput += gap;
+          } else {
+            await flush();
+          }
+        }
         if (pending && pending.length === maxWrite) await flush();
         if (!pending) pending = { start: at, length: 0, pieces: [] };
         const take = Math.min(rest.length, maxWrite - pending.length);
@@ -540,7 +562,7 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
           }
         }
         scanPos = end;
-        if (pending && pending.start + pending.length < scanPos) await flush();
+        if (pending && scanPos - (pending.start + pending.length) > mergeGap) await flush();
         if (opts.onProgress && contiguousOffset() - lastZeroReport >= ZERO_PROGRESS_STRIDE) {
           lastZeroReport = contiguousOffset();
           report(false);

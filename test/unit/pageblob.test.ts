@@ -186,6 +186,7 @@ describe('page blob upload against Azurite', () => {
       capacityBytes: capacity,
       blocks: blocksOf(img),
       restoreId: 'restore-odd',
+      mergeZeroGapBytes: 0,
       onProgress: (p) => progress.push(p),
     });
 
@@ -263,6 +264,46 @@ describe('page blob upload against Azurite', () => {
     assert.ok(downloaded.subarray(capacity).equals(Buffer.alloc(21 * MiB - capacity)));
     const v = await verifyUploadedVhd(target, { capacityBytes: capacity });
     assert.deepEqual(v.problems, []);
+  });
+
+  it('sends short zero gaps inside the write they interrupt, and skips long ones', async () => {
+    // A filesystem's shape: 4 KiB of data every 8 KiB across 2 MiB (crossing a block boundary), then
+    // 1 MiB of zeros, then 3 more fragments 32 KiB apart.
+    const capacity = 8 * MiB;
+    const img = Buffer.alloc(capacity);
+    for (let at = 512 * 1024; at < 512 * 1024 + 2 * MiB; at += 8192) fillRandom(img, at, 4096);
+    const tail = 512 * 1024 + 2 * MiB - 4096 + MiB;
+    for (let i = 0; i < 3; i++) fillRandom(img, tail + i * 32 * 1024, SECTOR);
+    const upload = async (mergeZeroGapBytes?: number) => {
+      const target = blob();
+      const rec = recordingClient(target);
+      const res = await uploadFixedVhd({
+        blobClient: rec.client,
+        capacityBytes: capacity,
+        blocks: blocksOf(img),
+        restoreId: `restore-gaps-${mergeZeroGapBytes ?? 'default'}`,
+        mergeZeroGapBytes,
+      });
+      assertAzureShaped(rec.writes, res.blobSize);
+      const downloaded = await target.downloadToBuffer(0, capacity);
+      assert.ok(downloaded.equals(img), 'data round-trips');
+      const v = await verifyUploadedVhd(target, { capacityBytes: capacity });
+      assert.deepEqual(v.problems, []);
+      return { res, writes: rec.writes.length, ranges: v.pageRanges };
+    };
+    const split = await upload(0);
+    assert.equal(split.writes, 256 + 3 + 1, 'one write per fragment, and the footer');
+    const merged = await upload();
+    // [512 KiB, 2.5 MiB - 4 KiB) in one write, the three 32 KiB-apart sectors in a second, the footer.
+    assert.equal(merged.writes, 3);
+    const firstSpan = 2 * MiB - 4096;
+    const secondSpan = 2 * 32 * 1024 + SECTOR;
+    assert.equal(merged.res.bytesSent, firstSpan + secondSpan + 512);
+    assert.equal(merged.res.zeroBytesSkipped, capacity - firstSpan - secondSpan);
+    assert.deepEqual(merged.ranges.slice(0, 2), [
+      { start: 512 * 1024, end: 512 * 1024 + firstSpan - 1 },
+      { start: tail, end: tail + secondSpan - 1 },
+    ]);
   });
 
   it('resumes after an abort, re-sending at most the in-flight window', async () => {
