@@ -658,7 +658,7 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
       firewall: 'iptables',
       usedMiB: 8,
     });
-    buildDataDiskImage(path.join(dir, 'disk1.img'), 1024 * MiB, [[0, 1024 * MiB]], 'azure-crash');
+    buildDataDiskImage(path.join(dir, 'disk1.img'), 512 * MiB, [[0, 512 * MiB]], 'azure-crash');
     const restorePointId = await importTestVm(env.config.repository.path, dir, {
       name: 'azure-crash',
       disks: [
@@ -685,7 +685,7 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
       }
       await new Promise((r) => setTimeout(r, 50));
     }
-    assert.ok(seen, 'upload of the 1 GiB disk under way');
+    assert.ok(seen, 'upload of the 512 MiB disk under way');
     await first.kill();
     // The highest page in the blob at the moment of the crash bounds what the first attempt sent.
     const restoreId = `${handle.workflowId}@${(await handle.describe()).runId}`;
@@ -708,7 +708,7 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
     // The uploader never writes past the checkpoint stored in the blob + the window, and a retry starts
     // at least from that checkpoint, however late the last heartbeat reached the server.
     assert.ok(resent <= window, `re-sent ${resent} <= ${window}`);
-    const data = await checkVhd(disk.blobUrl, 1024 * MiB);
+    const data = await checkVhd(disk.blobUrl, 512 * MiB);
     assert.equal(await sha256File(data.raw), await sha256OfBackedUpDisk(env.config.repository.path, restorePointId, 1));
   });
 });
