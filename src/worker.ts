@@ -14,6 +14,7 @@ import { createPlanActivities } from './activities/plan';
 import { createMappedVerifyActivities } from './activities/verify';
 import { verifierTaskQueue } from './domain/verification';
 import { dataConverterFor } from './restore-client';
+import { workflowCode } from './workflow-bundle';
 
 export interface RunWorkerOptions {
   config: AppConfig;
@@ -88,7 +89,7 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
         await Worker.create({
           ...common,
           taskQueue,
-          workflowsPath: require.resolve('./workflows'),
+          ...(await workflowCode(require.resolve('./workflows'), telemetry.workerOptions)),
           // Control activities heartbeat while they run, so a dead worker costs one heartbeat timeout.
           activities: withHeartbeat({
             ...createMappedVSphereActivities({ config, sessions }),

@@ -1,0 +1,78 @@
+import { createHash } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { bundleWorkflowCode, type WorkerOptions } from '@temporalio/worker';
+
+/**
+ * The workflow code a worker runs, bundled once per version of the code and kept on disk.
+ *
+ * Worker.create bundles the workflows with webpack on every start: seconds of CPU on an idle machine,
+ * far more on a loaded one, and all of it on the path of a worker coming back after a crash. The bundle
+ * depends only on the source files and the SDK, so it is cached under a digest of both: a changed file
+ * gives a new digest and a new bundle, never a stale one. A worker that adds workflow interceptors or
+ * plugins (metrics, tracing) bundles as before, since those change the bundle.
+ */
+
+const EXTENSIONS = new Set(['.ts', '.js', '.cjs', '.mjs', '.json']);
+
+function cacheDir(): string {
+  const base = process.env.VMRESTORE_CACHE_DIR ?? path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'vmrestore');
+  return path.join(base, 'workflow-bundles');
+}
+
+async function listSources(dir: string, out: string[]): Promise<void> {
+  for (const entry of await fsp.readdir(dir, { withFileTypes: true })) {
+    const p = path.join(dir, entry.name);
+    if (entry.isDirectory()) {
+      if (entry.name !== 'node_modules') await listSources(p, out);
+    } else if (EXTENSIONS.has(path.extname(entry.name))) {
+      out.push(p);
+    }
+  }
+}
+
+/** Digest of every source file under the code root (what the workflows can import) and the SDK versions. */
+export async function workflowCodeDigest(workflowsPath: string): Promise<string> {
+  const root = path.dirname(path.dirname(workflowsPath));
+  const files: string[] = [];
+  await listSources(root, files);
+  files.sort();
+  const h = createHash('sha256');
+  for (const pkg of ['@temporalio/worker', '@temporalio/workflow', '@temporalio/common']) {
+    const manifest = JSON.parse(await fsp.readFile(require.resolve(`${pkg}/package.json`), 'utf8')) as { version: string };
+    h.update(`${pkg}@${manifest.version}\n`);
+  }
+  for (const f of files) {
+    h.update(`${path.relative(root, f)}\n`);
+    h.update(await fsp.readFile(f));
+  }
+  return h.digest('hex').slice(0, 24);
+}
+
+/**
+ * What to spread into Worker.create for the workflows at `workflowsPath`: a cached bundle, built on the
+ * first start of this version of the code, or `workflowsPath` itself where the options change the bundle.
+ */
+export async function workflowCode(
+  workflowsPath: string,
+  options: Pick<WorkerOptions, 'interceptors' | 'plugins'>,
+): Promise<Pick<WorkerOptions, 'workflowsPath' | 'workflowBundle'>> {
+  const changesBundle = (options.interceptors?.workflowModules?.length ?? 0) > 0 || (options.plugins?.length ?? 0) > 0;
+  if (changesBundle || process.env.VMRESTORE_WORKFLOW_BUNDLE_CACHE === '0') return { workflowsPath };
+  const dir = cacheDir();
+  const codePath = path.join(dir, `workflows-${await workflowCodeDigest(workflowsPath)}.js`);
+  try {
+    await fsp.access(codePath);
+    return { workflowBundle: { codePath } };
+  } catch {
+    // not built yet for this version of the code
+  }
+  const { code } = await bundleWorkflowCode({ workflowsPath });
+  await fsp.mkdir(dir, { recursive: true });
+  // Written aside and renamed, so a worker starting beside this one never reads half a bundle.
+  const tmp = `${codePath}.${process.pid}.tmp`;
+  await fsp.writeFile(tmp, code);
+  await fsp.rename(tmp, codePath);
+  return { workflowBundle: { codePath } };
+}
