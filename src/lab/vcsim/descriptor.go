@@ -18,9 +18,9 @@ import (
 // References are the files the client downloaded from the export lease (cdp.ovfFiles).
 func (e *exporter) CreateDescriptor(ctx *simulator.Context, req *types.CreateDescriptor) soap.HasFault {
 	body := new(methods.CreateDescriptorBody)
-	vm, ok := ctx.Map.Get(req.Obj).(*simulator.VirtualMachine)
-	if !ok {
-		body.Fault_ = simulator.Fault(fmt.Sprintf("%s is not a virtual machine", req.Obj), &types.ManagedObjectNotFound{Obj: req.Obj})
+	vm, fault := findVM(ctx, req.Obj)
+	if fault != nil {
+		body.Fault_ = fault
 		return body
 	}
 	var desc string

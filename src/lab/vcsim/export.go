@@ -85,14 +85,20 @@ func (e *exporter) route(ctx *simulator.Context, m *simulator.Method) (mo.Refere
 	return nil, nil
 }
 
+func findVM(ctx *simulator.Context, ref types.ManagedObjectReference) (*simulator.VirtualMachine, *soap.Fault) {
+	if vm, ok := ctx.Map.Get(ref).(*simulator.VirtualMachine); ok {
+		return vm, nil
+	}
+	return nil, simulator.Fault(fmt.Sprintf("%s is not a virtual machine", ref), &types.ManagedObjectNotFound{Obj: ref})
+}
+
 func (e *exporter) ExportVm(ctx *simulator.Context, req *types.ExportVm) soap.HasFault {
 	body := new(methods.ExportVmBody)
-	vm, ok := ctx.Map.Get(req.This).(*simulator.VirtualMachine)
-	if !ok {
-		body.Fault_ = simulator.Fault(fmt.Sprintf("managed object not found: %s", req.This), &types.ManagedObjectNotFound{Obj: req.This})
+	vm, fault := findVM(ctx, req.This)
+	if fault != nil {
+		body.Fault_ = fault
 		return body
 	}
-	var fault *soap.Fault
 	var disks []*exportDisk
 	ctx.WithLock(vm, func() {
 		if vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn {
