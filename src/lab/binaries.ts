@@ -1,4 +1,5 @@
-import { existsSync, mkdirSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -10,6 +11,8 @@ export interface GoTool {
   envVar: string;
   module: string;
   version: string;
+  /** A Go program kept in this repository, built with `go build` there instead of `go install module@version`. */
+  source?: string;
 }
 
 export const TEMPORAL_CLI: GoTool = {
@@ -20,12 +23,14 @@ export const TEMPORAL_CLI: GoTool = {
   version: 'v1.5.1',
 };
 
+/** govmomi's simulator started as its vcsim command does, plus ExportVm (src/lab/vcsim/main.go says why). */
 export const VCSIM: GoTool = {
   name: 'vcsim',
   envVar: 'VCSIM_PATH',
-  module: 'github.com/vmware/govmomi/vcsim',
-  // From v0.47.0 vcsim is a nested module with a replace directive.
+  module: 'github.com/vmware/govmomi/simulator',
+  // The govmomi version src/lab/vcsim/go.mod pins; the cache key adds a hash of the sources.
   version: 'v0.46.3',
+  source: path.join(__dirname, 'vcsim'),
 };
 
 /** govmomi's own CLI: the independent client tests compare our vSphere view with. */
@@ -41,8 +46,20 @@ export function toolCacheDir(): string {
   return path.join(base, 'bin');
 }
 
+/** sha256 of a source tool's go.mod, go.sum and .go files: a changed program builds into a new cache entry. */
+function sourceHash(dir: string): string {
+  const hash = createHash('sha256');
+  for (const file of readdirSync(dir)
+    .filter((f) => /^go\.(mod|sum)$|\.go$/.test(f))
+    .sort()) {
+    hash.update(`${file}\0`).update(readFileSync(path.join(dir, file)));
+  }
+  return hash.digest('hex').slice(0, 12);
+}
+
 export function cachedToolPath(tool: GoTool): string {
-  return path.join(toolCacheDir(), `${tool.name}-${tool.version}`, tool.name);
+  const key = tool.source ? `${tool.version}-${sourceHash(tool.source)}` : tool.version;
+  return path.join(toolCacheDir(), `${tool.name}-${key}`, tool.name);
 }
 
 function goBinary(): string | undefined {
@@ -74,16 +91,21 @@ export function ensureTool(tool: GoTool, log: (line: string) => void = () => {})
   }
   const gobin = path.dirname(cached);
   mkdirSync(gobin, { recursive: true });
-  log(`building ${tool.name} ${tool.version} with go install (once; cached in ${gobin})`);
-  const r = spawnSync(go, ['install', `${tool.module}@${tool.version}`], {
+  const how = tool.source ? `go build in ${tool.source}` : `go install ${tool.module}@${tool.version}`;
+  log(`building ${tool.name} ${tool.version} with ${how} (once; cached in ${gobin})`);
+  // A source build writes beside the cache entry and renames, so a lab starting alongside never runs half a file.
+  const partial = `${cached}.${process.pid}.partial`;
+  const r = spawnSync(go, tool.source ? ['build', '-o', partial, '.'] : ['install', `${tool.module}@${tool.version}`], {
+    cwd: tool.source,
     env: { ...process.env, GOBIN: gobin, CGO_ENABLED: process.env.CGO_ENABLED ?? '0' },
     encoding: 'utf8',
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  if (r.status === 0 && tool.source) renameSync(partial, cached);
   if (r.status !== 0 || !existsSync(cached)) {
     throw new RestoreError(
       FailureType.Configuration,
-      `go install ${tool.module}@${tool.version} failed (exit ${r.status}): ${(r.stderr ?? '').trim().slice(-2000)}; ` +
+      `${how} failed (exit ${r.status}): ${(r.stderr ?? '').trim().slice(-2000)}; ` +
         `set ${tool.envVar} to an existing ${tool.name} binary instead`,
     );
   }
