@@ -132,7 +132,7 @@ async function main(): Promise<void> {
   // Lab-bound files are ordered before the lab-free unit files, so that the unit files fill the gaps.
   shared.sort((a, b) => Number(a.startsWith('test/unit/')) - Number(b.startsWith('test/unit/')));
   if (laneCount >= 2) {
-    lanes.push({ name: 'main', labDir: `${defaultLab}-lane2`, own: [] });
+    for (let i = 2; i <= laneCount; i++) lanes.push({ name: i === 2 ? 'main' : `main${i - 1}`, labDir: `${defaultLab}-lane${i}`, own: [] });
   } else {
     lanes[0].own.push(...shared.splice(0));
   }
