@@ -8,7 +8,7 @@ import { etaSeconds } from './domain/progress';
 import { createProgressView, type ProgressItem, type ProgressView } from './progress-view';
 import { FailureType, RestoreError } from './domain/errors';
 import type { AppConfig } from './config';
-import type { DiskCheckpoint, DiskProgress, RestoreProgress, VSphereRestoreRequest, VSphereRestoreResult } from './domain/restore';
+import type { DiskCheckpoint, DiskProgress, RestoreProgress, VSphereRestoreRequest, VSphereRestoreResult } from './domain/vsphere';
 import { RestoreKind, RestoreVm } from './domain/search-attributes';
 import { progressQuery, restoreToAzure, restoreToVSphere } from './workflows';
 import type { AzureRestoreRequest } from './domain/azure';

@@ -1,6 +1,6 @@
 import { Context } from '@temporalio/activity';
 import { ThroughputMeter } from '../domain/progress';
-import type { DiskProgressReport, TransportMode } from '../domain/restore';
+import type { DiskProgressReport, TransportMode } from '../domain/vsphere';
 import { diskProgressSignal } from '../workflows/progress';
 
 /**

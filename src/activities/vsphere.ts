@@ -13,7 +13,7 @@ import {
   type TransportMode,
   type VSpherePlan,
   type VSphereRestoreRequest,
-} from '../domain/restore';
+} from '../domain/vsphere';
 import { validateVSphereRestoreRequest } from '../domain/validation';
 import { diskLayout, getRestorePoint, readDiskBlocks, type RestorePoint } from '../repository';
 import { writeDiskToFile } from '../transport/disk-writer';

@@ -1,5 +1,5 @@
 import type { AzureRestoreRequest, LeaseTarget } from './azure';
-import type { VSphereRestoreRequest } from './restore';
+import type { VSphereRestoreRequest } from './vsphere';
 import type { VerificationStatus } from './verification';
 
 /**

@@ -1,4 +1,4 @@
-import type { DiskProgress } from './restore';
+import type { DiskProgress } from './vsphere';
 
 const MiB = 1024 * 1024;
 

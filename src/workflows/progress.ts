@@ -8,7 +8,7 @@ import {
   type QueryDefinition,
 } from '@temporalio/workflow';
 import { etaSeconds, renderDiskTable } from '../domain/progress';
-import type { DiskProgress, DiskProgressReport, RestorePhase, RestoreProgress } from '../domain/restore';
+import type { DiskProgress, DiskProgressReport, RestorePhase, RestoreProgress } from '../domain/vsphere';
 import { RestoreIdKey, RestoreKind, RestorePhaseKey, RestoreTarget, RestoreVm } from '../domain/search-attributes';
 
 /** A disk writer's progress: bytes done and its recent throughput (see src/activities/progress-report.ts). */

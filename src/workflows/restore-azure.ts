@@ -11,7 +11,7 @@ import {
 import type { AzureActivities } from '../activities/azure';
 import type { AzureDiskResult, AzurePlan, AzureRestoreRequest, AzureRestoreResult } from '../domain/azure';
 import { controlOptions, leaseWaitOptions, transferOptions } from './activity-options';
-import type { RestorePhase, RestoreProgress } from '../domain/restore';
+import type { RestorePhase, RestoreProgress } from '../domain/vsphere';
 import type { GuestChange } from '../guest/types';
 import type { RestoreVerification } from '../domain/verification';
 import { markVerification, verifyRestoredBoot } from './restore-verify';

@@ -21,7 +21,7 @@ import type {
   VSpherePlan,
   VSphereRestoreRequest,
   VSphereRestoreResult,
-} from '../domain/restore';
+} from '../domain/vsphere';
 import type { RestoreVerification } from '../domain/verification';
 import { markVerification, verifyRestoredBoot } from './restore-verify';
 import { limitLeaseTarget } from '../domain/plan';

@@ -17,7 +17,7 @@ import { createVSphereActivities, RESTORE_ID_KEY } from '../../src/activities/vs
 import { VSphereSessions } from '../../src/activities/vsphere-sessions';
 import type { AzureRestoreRequest, AzureRestoreResult } from '../../src/domain/azure';
 import { FailureType } from '../../src/domain/errors';
-import type { VSphereRestoreRequest, VSphereRestoreResult } from '../../src/domain/restore';
+import type { VSphereRestoreRequest, VSphereRestoreResult } from '../../src/domain/vsphere';
 import { buildLinuxDiskImage } from '../../src/guest/linux-image';
 import { failureMessage, startAzureRestore, startVSphereRestore } from '../../src/restore-client';
 import type { VSphereClient } from '../../src/vsphere';
