@@ -5,7 +5,8 @@ import { insecureWarnings, type AppConfig } from './config';
 import { loadAppConfig } from './app-config';
 import { FailureType, RestoreError } from './domain/errors';
 import type { DiskFormat, TransportRequest } from './domain/vsphere';
-import { DISK_FORMATS, TASK_QUEUE, TRANSPORT_REQUESTS } from './domain/vsphere';
+import { DISK_FORMATS, TRANSPORT_REQUESTS } from './domain/vsphere';
+import { TASK_QUEUE } from './domain/task-queues';
 import { labDown, labStatus, labUp } from './lab';
 import {
   importOvaRestorePoint,

@@ -6,15 +6,7 @@ import { DiskProgressReporter } from './progress-report';
 import { WithStartWorkflowOperation, type Client } from '@temporalio/client';
 import { BlobServiceClient, type ContainerClient } from '@azure/storage-blob';
 import { helperTaskQueue, type AppConfig, type AzureConfig } from '../config';
-import type {
-  AzureDiskResult,
-  AzurePlan,
-  AzureRestoreRequest,
-  LeaseRequest,
-  LeaseState,
-  LeaseTarget,
-  UploadCheckpoint,
-} from '../domain/azure';
+import type { AzureDiskResult, AzurePlan, AzureRestoreRequest, UploadCheckpoint } from '../domain/azure';
 import { FailureType, RestoreError } from '../domain/errors';
 import { diskLayout, getRestorePoint, readDiskBlocks } from '../repository';
 import { deleteOwnedVhdBlob, uploadFixedVhd, vhdBlobOwnership, verifyUploadedVhd } from '../azure/pageblob';
@@ -27,7 +19,15 @@ import { prepareGuestDiskIsolated, type IsolatedPrepResult } from '../guest/isol
 import type { GuestPreparationResult } from '../guest/types';
 import type { ArmClients } from '../lab/armsim/clients';
 import { armClientsFor } from '../azure/credential';
-import { acquireLease, leaseWorkflowId, releaseLease, resourceLease } from '../workflows/lease';
+import {
+  acquireLease,
+  LEASE_WORKFLOW_TYPE as resourceLease,
+  leaseWorkflowId,
+  releaseLease,
+  type LeaseRequest,
+  type LeaseState,
+  type LeaseTarget,
+} from '../domain/lease';
 import { validateAzureRestoreRequest, validateAzureVmName } from '../domain/validation';
 import { withFailureMapping } from './failures';
 import { deltaCounter, uploadedBytes } from '../telemetry/metrics';

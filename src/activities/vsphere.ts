@@ -3,6 +3,7 @@ import { Context } from '@temporalio/activity';
 import { DiskProgressReporter } from './progress-report';
 import type { AppConfig, ProxyConfig } from '../config';
 import { FailureType, RestoreError } from '../domain/errors';
+import { GiB } from '../domain/units';
 import {
   DISK_FORMATS,
   TRANSPORT_REQUESTS,
@@ -27,7 +28,6 @@ import { VSphereSessions } from './vsphere-sessions';
 /** extraConfig key that ties a VM to the restore that created it, so retries find it again. */
 export const RESTORE_ID_KEY = 'vmrestore.restoreId';
 const TRANSPORT_ORDER: TransportMode[] = ['direct-san', 'direct-nas', 'hotadd', 'nbd'];
-const GiB = 1024 ** 3;
 
 export interface VSphereDeps {
   config: AppConfig;

@@ -12,7 +12,7 @@ export {
   type NewVmNic,
   type ResourcePoolInfo,
 } from './client';
-export { Vm, type AttachDiskOptions, type PowerState, type SnapshotInfo, type VmConfig } from './vm';
+export { Vm, type AttachDiskOptions, type PowerState, type SnapshotInfo, type VmConfigInfo } from './vm';
 export { Task, type TaskInfo, type TaskState, type TaskWaitOptions } from './task';
 export type { NetworkInfo, VmDiskInfo, VmNicInfo } from './devices';
 export { VSphereFaultError, isFault, type CallOptions, type MoRef, type VimObject, type VimValue } from './soap';

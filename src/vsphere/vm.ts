@@ -31,7 +31,7 @@ import type { TaskWaitOptions } from './task';
 
 export type PowerState = 'poweredOn' | 'poweredOff' | 'suspended';
 
-export interface VmConfig {
+export interface VmConfigInfo {
   name: string;
   uuid: string;
   guestId: string;
@@ -102,7 +102,7 @@ export class Vm {
     return arrayOf(p['config.hardware.device']).map(obj);
   }
 
-  async config(): Promise<VmConfig> {
+  async config(): Promise<VmConfigInfo> {
     const p = await this.props(['config', 'network']);
     const config = obj(p.config);
     if (!config.name) {

@@ -1,24 +1,14 @@
 import { RestoreTracker } from './progress';
-import {
-  type ActivityOptions,
-  patched,
-  CancellationScope,
-  defineQuery,
-  isCancellation,
-  proxyActivities,
-  workflowInfo,
-} from '@temporalio/workflow';
+import { type ActivityOptions, patched, CancellationScope, isCancellation, proxyActivities, workflowInfo } from '@temporalio/workflow';
 import type { AzureActivities } from '../activities/azure';
 import type { AzureDiskResult, AzurePlan, AzureRestoreRequest, AzureRestoreResult } from '../domain/azure';
 import { controlOptions, leaseWaitOptions, transferOptions } from './activity-options';
-import type { RestorePhase, RestoreProgress } from '../domain/vsphere';
+import type { RestorePhase } from '../domain/progress';
 import type { GuestChange } from '../guest/types';
 import type { RestoreVerification } from '../domain/verification';
 import { markVerification, verifyRestoredBoot } from './restore-verify';
 import { limitLeaseTarget } from '../domain/plan';
 import { acquireLimits, withLimits, type HeldLimit } from './limits';
-
-export const azureProgressQuery = defineQuery<RestoreProgress>('progress');
 
 const control = proxyActivities<AzureActivities>(controlOptions('azure'));
 // Acquires may wait for other restores to free the appliance's slots.
@@ -42,7 +32,7 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
   const restoreId = patched('restore-id-per-run')
     ? `${request.restoreId ?? info.workflowId}@${info.firstExecutionRunId}`
     : (request.restoreId ?? info.workflowId);
-  const tracker = new RestoreTracker('azure', restoreId, request.vmName, azureProgressQuery, request.keepOnFailure ?? false);
+  const tracker = new RestoreTracker('azure', restoreId, request.vmName, request.keepOnFailure ?? false);
   const progress = tracker.progress;
   const setPhase = (phase: AzurePhase, message?: string) => tracker.phase(phase, message);
 

@@ -2,7 +2,6 @@ import { RestoreTracker } from './progress';
 import {
   ApplicationFailure,
   CancellationScope,
-  defineQuery,
   isCancellation,
   patched,
   proxyActivities,
@@ -12,22 +11,12 @@ import {
 import type { VSphereActivities } from '../activities/vsphere';
 import { FailureType } from '../domain/errors';
 import { controlOptions, transferOptions } from './activity-options';
-import type {
-  DiskProgress,
-  DiskWriteResult,
-  RestorePhase,
-  RestoreProgress,
-  TransportMode,
-  VSpherePlan,
-  VSphereRestoreRequest,
-  VSphereRestoreResult,
-} from '../domain/vsphere';
+import type { DiskProgress, RestorePhase } from '../domain/progress';
+import type { DiskWriteResult, TransportMode, VSpherePlan, VSphereRestoreRequest, VSphereRestoreResult } from '../domain/vsphere';
 import type { RestoreVerification } from '../domain/verification';
 import { markVerification, verifyRestoredBoot } from './restore-verify';
 import { limitLeaseTarget } from '../domain/plan';
 import { withLimits, type HeldLimit } from './limits';
-
-export const progressQuery = defineQuery<RestoreProgress>('progress');
 
 const control = proxyActivities<VSphereActivities>(controlOptions('vsphere'));
 
@@ -50,7 +39,7 @@ export async function restoreToVSphere(request: VSphereRestoreRequest): Promise<
   const restoreId = patched('restore-id-per-run')
     ? `${request.restoreId ?? info.workflowId}@${info.firstExecutionRunId}`
     : (request.restoreId ?? info.workflowId);
-  const tracker = new RestoreTracker('vsphere', restoreId, request.vmName, progressQuery, request.keepOnFailure ?? false);
+  const tracker = new RestoreTracker('vsphere', restoreId, request.vmName, request.keepOnFailure ?? false);
   const progress = tracker.progress;
   const setPhase = (phase: RestorePhase, message?: string) => tracker.phase(phase, message);
 
