@@ -9,6 +9,7 @@ import type { RestoreVerification } from '../domain/verification';
 import { markVerification, verifyRestoredBoot } from './restore-verify';
 import { limitLeaseTarget } from '../domain/plan';
 import { acquireLimits, withLimits, type HeldLimit } from './limits';
+import { logUndoFailure, Saga, type Compensation } from './saga';
 
 const control = proxyActivities<AzureActivities>(controlOptions('azure'));
 // Acquires may wait for other restores to free the appliance's slots.
@@ -40,7 +41,7 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
   tracker.target(`${plan.resourceGroup}/${plan.location}`);
   tracker.disks(plan.disks);
 
-  const compensations: Array<() => Promise<void>> = [];
+  const saga = new Saga();
   const holder = restoreId;
   let proxyHeld = false;
   const releaseProxy = async () => {
@@ -57,6 +58,7 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
     ? [{ target: limitLeaseTarget('storage-account', plan.storageAccountId.split('/').pop() ?? plan.storageAccountId), capacity: account }]
     : [];
   let releaseRegion: (() => Promise<void>) | undefined;
+  let regionHeld: Compensation | undefined;
   try {
     if (region) {
       setPhase('initializing', `waiting for a restore slot in ${plan.location}`);
@@ -64,18 +66,19 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
         [{ target: limitLeaseTarget('region', `${plan.subscriptionId}/${plan.location}`), capacity: region }],
         holder,
       );
-      compensations.unshift(releaseRegion);
+      regionHeld = saga.add(`release the restore slot in ${plan.location}`, releaseRegion);
     }
     if (plan.proxy) {
       setPhase('powering-on-proxy', plan.proxy.vmName);
-      compensations.unshift(releaseProxy);
+      saga.add(`release proxy ${plan.proxy.vmName}`, releaseProxy);
       proxyHeld = true;
       await lease.acquireLeaseActivity({ target: plan.proxy, holder });
     }
 
     setPhase('uploading');
     const uploads: AzureDiskResult[] = [];
-    for (const disk of plan.disks) compensations.unshift(() => control.deleteVhdBlob({ plan, diskIndex: disk.diskIndex }));
+    for (const disk of plan.disks)
+      saga.add(`delete the VHD blob of disk ${disk.diskIndex}`, () => control.deleteVhdBlob({ plan, diskIndex: disk.diskIndex }));
     await Promise.all(
       plan.disks.map(async (disk) => {
         const row = progress.disks[disk.diskIndex];
@@ -103,10 +106,10 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
         where: 'backup-server',
       }));
       await releaseProxy();
-      compensations.unshift(deleteDisks);
+      saga.add('delete the managed disks', deleteDisks);
       await control.createManagedDisks({ plan });
     } else {
-      compensations.unshift(deleteDisks);
+      saga.add('delete the managed disks', deleteDisks);
       await control.createManagedDisks({ plan });
       const helper = plan.helper!;
       setPhase('preparing-guest', `helper appliance ${helper.vmName}`);
@@ -118,10 +121,10 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
         }
       };
       const detach = () => control.detachFromHelper({ plan });
-      compensations.unshift(releaseHelper);
+      saga.add(`release helper ${helper.vmName}`, releaseHelper);
       // Reserve the helper's disk slots (waiting while other restores hold them), attach, then start it.
       await lease.acquireLeaseActivity({ target: helper, holder, request: { slots: plan.disks.length, powerOn: false } });
-      compensations.unshift(detach);
+      const attached = saga.add(`detach the disks from helper ${helper.vmName}`, detach);
       await control.attachToHelper({ plan });
       await lease.acquireLeaseActivity({ target: helper, holder, request: { slots: plan.disks.length } });
       // Runs on the worker inside the helper appliance; one that never picks it up fails the restore.
@@ -130,7 +133,7 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
         scheduleToStartTimeout: '15 minutes',
       }).prepareGuestDisk({ plan, where: 'helper-appliance' }));
       await detach();
-      compensations.splice(compensations.indexOf(detach), 1);
+      saga.remove(attached);
       await releaseHelper();
       await releaseProxy();
     }
@@ -150,9 +153,9 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
     }
 
     setPhase('registering-vm', `${plan.vmName} (${plan.vmSize}, Gen${plan.generation})`);
-    compensations.unshift(() => control.deleteNic({ plan }));
+    saga.add(`delete NIC of '${plan.vmName}'`, () => control.deleteNic({ plan }));
     await control.createNic({ plan });
-    compensations.unshift(() => control.deleteAzureVm({ plan }));
+    saga.add(`delete VM '${plan.vmName}'`, () => control.deleteAzureVm({ plan }));
     const vm = await control.createAzureVm({ plan });
 
     let agentInstalled: boolean | undefined;
@@ -165,8 +168,8 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
         agentInstalled = false;
       }
     }
-    if (releaseRegion) {
-      compensations.splice(compensations.indexOf(releaseRegion), 1);
+    if (releaseRegion && regionHeld) {
+      saga.remove(regionHeld);
       await releaseRegion();
     }
     setPhase('completed');
@@ -187,17 +190,11 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
     await CancellationScope.nonCancellable(async () => {
       if (!plan.keepOnFailure) {
         setPhase('compensating', cancelled ? 'restore cancelled' : 'restore failed');
-        for (const undo of [...compensations]) {
-          try {
-            await undo();
-          } catch {
-            // Keep undoing the rest; the original failure is what the caller needs to see.
-          }
-        }
+        await saga.compensate();
       } else {
         // Even when keeping what was made, shared appliances and limits must not stay held.
-        await releaseProxy().catch(() => undefined);
-        await releaseRegion?.().catch(() => undefined);
+        await releaseProxy().catch((err: unknown) => logUndoFailure('release the proxy', err));
+        await releaseRegion?.().catch((err: unknown) => logUndoFailure('release the region slot', err));
       }
     });
     setPhase(cancelled ? 'cancelled' : 'failed', err instanceof Error ? err.message : String(err));
