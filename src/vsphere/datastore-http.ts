@@ -3,7 +3,7 @@ import * as https from 'node:https';
 import { Readable, Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { FailureType, RestoreError } from '../domain/errors';
-import type { Datacenter, VSphereClient } from './client';
+import type { Datacenter, VSphereClient } from './finder';
 import { datastoreFileUrl } from './datastore-path';
 import { VSphereFaultError } from './soap';
 import { TLS_TRUST_ERROR_CODES } from './tls';

@@ -11,7 +11,7 @@ export {
   type NewVmDisk,
   type NewVmNic,
   type ResourcePoolInfo,
-} from './client';
+} from './finder';
 export { Vm, type AttachDiskOptions, type PowerState, type SnapshotInfo, type VmConfigInfo } from './vm';
 export { Task, type TaskInfo, type TaskState, type TaskWaitOptions } from './task';
 export type { NetworkInfo, VmDiskInfo, VmNicInfo } from './devices';

@@ -1,5 +1,5 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
-import type { VSphereClient } from './client';
+import type { VSphereClient } from './finder';
 import { VSphereFaultError, describeFault, obj, str, type MoRef, type VimValue } from './soap';
 
 export type TaskState = 'queued' | 'running' | 'success' | 'error';

@@ -1,5 +1,5 @@
 import { FailureType, RestoreError } from '../domain/errors';
-import type { VSphereClient } from './client';
+import type { VSphereClient } from './finder';
 import {
   addScsiControllerSpec,
   attachDiskSpec,
