@@ -6,7 +6,7 @@ import type { SweepItem, SweepItemKind, SweepReport, SweepRequest } from '../dom
 import { VHD_RESTORE_ID_METADATA_KEY } from '../azure/pageblob';
 import { armClientsFor } from '../azure/credential';
 import type { ArmClients } from '../lab/armsim/clients';
-import type { VSphereSessions } from './vsphere-sessions';
+import type { VSphereSessions } from './vsphere/sessions';
 import { RESTORE_ID_KEY } from './vsphere';
 
 /** The tag every Azure resource a restore creates carries. */

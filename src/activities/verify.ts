@@ -15,7 +15,7 @@ import type { ArmClients } from '../lab/armsim/clients';
 import { verifyBoot, type BootNetwork, type BootReport, type BootRequest } from '../verify';
 import { downloadDatastoreFile, flatFileName, parseDatastorePath } from '../vsphere';
 import { withFailureMapping } from './failures';
-import { VSphereSessions } from './vsphere-sessions';
+import { VSphereSessions } from './vsphere/sessions';
 
 /**
  * The `verifyBoot` activity: reads what the target holds back into local sparse files and boots it in the

@@ -20,7 +20,7 @@ import { downloadDatastoreFile, flatFileName, parseDatastorePath, VSphereNotFoun
 import { diskInfo, isDisk } from '../vsphere/devices';
 import { VSphereFaultError, arrayOf, bool, list, num, obj, refArg, str, type MoRef, type VimObject } from '../vsphere/soap';
 import { withFailureMapping } from './failures';
-import type { VSphereSessions } from './vsphere-sessions';
+import type { VSphereSessions } from './vsphere/sessions';
 
 /** Where a restore point taken from vCenter came from; the next import compares its change ids. */
 export interface VSphereSource {

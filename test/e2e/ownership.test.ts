@@ -14,7 +14,7 @@ import fc from 'fast-check';
 import { ApplicationFailure } from '@temporalio/common';
 import { createAzureActivities } from '../../src/activities/azure';
 import { createVSphereActivities, RESTORE_ID_KEY } from '../../src/activities/vsphere';
-import { VSphereSessions } from '../../src/activities/vsphere-sessions';
+import { VSphereSessions } from '../../src/activities/vsphere/sessions';
 import type { AzureRestoreRequest, AzureRestoreResult } from '../../src/domain/azure';
 import { FailureType } from '../../src/domain/errors';
 import type { VSphereRestoreRequest, VSphereRestoreResult } from '../../src/domain/vsphere';
