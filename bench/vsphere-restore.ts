@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { labConfig } from '../src/app-config';
 import { buildDataDiskImage, seedDemoRepository } from '../src/demo';
-import type { TransportMode } from '../src/domain/restore';
+import type { TransportMode } from '../src/domain/vsphere';
 import { labUp, readLabState } from '../src/lab';
 import { importRestorePoint } from '../src/repository';
 import { connectClient, startVSphereRestore } from '../src/restore-client';

@@ -4,8 +4,9 @@ import type { Client } from '@temporalio/client';
 import { insecureWarnings, type AppConfig } from './config';
 import { loadAppConfig } from './app-config';
 import { FailureType, RestoreError } from './domain/errors';
-import type { DiskFormat, TransportRequest } from './domain/restore';
-import { DISK_FORMATS, TASK_QUEUE, TRANSPORT_REQUESTS } from './domain/restore';
+import type { DiskFormat, TransportRequest } from './domain/vsphere';
+import { DISK_FORMATS, TRANSPORT_REQUESTS } from './domain/vsphere';
+import { TASK_QUEUE } from './domain/task-queues';
 import { labDown, labStatus, labUp } from './lab';
 import {
   importOvaRestorePoint,
@@ -39,7 +40,7 @@ import { PLAN_USAGE, planCommand } from './plan-cli';
 
 export { TASK_QUEUE };
 export { startVSphereRestore, getRestoreStatus, vsphereWorkflowId } from './restore-client';
-export type { VSphereRestoreRequest, VSphereRestoreResult } from './domain/restore';
+export type { VSphereRestoreRequest, VSphereRestoreResult } from './domain/vsphere';
 
 const USAGE = `vmrestore: restore whole VMs from backups to vSphere (and Azure) on Temporal
 

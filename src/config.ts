@@ -3,7 +3,7 @@ import type { EncryptionConfig } from './codec';
 import { readFileSync, existsSync } from 'node:fs';
 import path from 'node:path';
 import { FailureType, RestoreError } from './domain/errors';
-import type { TransportMode } from './domain/restore';
+import type { TransportMode } from './domain/vsphere';
 
 /** A vCenter/ESXi connection; the password is a reference, never a literal in requests or history. */
 export interface VSphereProfile {

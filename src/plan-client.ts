@@ -2,7 +2,7 @@ import { WorkflowExecutionAlreadyStartedError, type Client, type WorkflowHandle 
 import type { AzureRestoreResult } from './domain/azure';
 import { FailureType, RestoreError } from './domain/errors';
 import { planWorkflowId, type PlanProgress, type PlanResult, type PlanSpec, type PlanVmState } from './domain/plan';
-import type { VSphereRestoreResult } from './domain/restore';
+import type { VSphereRestoreResult } from './domain/vsphere';
 import { failureMessage, fmtBytes, getRestoreStatus } from './restore-client';
 import { approvePlan, planProgressQuery, runRestorePlan } from './workflows';
 

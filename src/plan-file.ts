@@ -3,7 +3,7 @@ import { isMap, isPair, isScalar, isSeq, LineCounter, parseDocument, type Docume
 import type { AzureRestoreRequest } from './domain/azure';
 import { FailureType, RestoreError } from './domain/errors';
 import { planVmKey, type PlanGate, type PlanGroup, type PlanLimits, type PlanSpec, type PlanVm } from './domain/plan';
-import { DISK_FORMATS, TRANSPORT_REQUESTS, type VSphereRestoreRequest } from './domain/restore';
+import { DISK_FORMATS, TRANSPORT_REQUESTS, type VSphereRestoreRequest } from './domain/vsphere';
 import { validateAzureRestoreRequest, validateVSphereRestoreRequest } from './domain/validation';
 import { AZURE_REQUEST_FIELDS, VSPHERE_REQUEST_FIELDS, azureRestoreRequest, vsphereRestoreRequest } from './restore-requests';
 

@@ -6,7 +6,7 @@ import { createMappedAzureActivities } from './activities/azure';
 import { helperTaskQueue, insecureWarnings, type AppConfig } from './config';
 import { createMappedVSphereActivities } from './activities/vsphere';
 import { createMappedVSphereImportActivities } from './activities/vsphere-import';
-import { VSphereSessions } from './activities/vsphere-sessions';
+import { VSphereSessions } from './activities/vsphere/sessions';
 import { withFailureMapping } from './activities/failures';
 import { withHeartbeat } from './activities/heartbeat';
 import { createSweepActivities } from './activities/sweep';

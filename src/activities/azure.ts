@@ -6,16 +6,8 @@ import { DiskProgressReporter } from './progress-report';
 import { WithStartWorkflowOperation, type Client } from '@temporalio/client';
 import { BlobServiceClient, type ContainerClient } from '@azure/storage-blob';
 import { helperTaskQueue, type AppConfig, type AzureConfig } from '../config';
-import type {
-  AzureDiskResult,
-  AzurePlan,
-  AzureRestoreRequest,
-  LeaseRequest,
-  LeaseState,
-  LeaseTarget,
-  UploadCheckpoint,
-} from '../domain/azure';
-import { FailureType, RestoreError } from '../domain/errors';
+import type { AzureDiskResult, AzurePlan, AzureRestoreRequest, UploadCheckpoint } from '../domain/azure';
+import { azureFailure, FailureType, isTransientAzureStatus, RestoreError } from '../domain/errors';
 import { diskLayout, getRestorePoint, readDiskBlocks } from '../repository';
 import { deleteOwnedVhdBlob, uploadFixedVhd, vhdBlobOwnership, verifyUploadedVhd } from '../azure/pageblob';
 import { assertAzureDiskSize } from '../azure/vhd';
@@ -27,7 +19,15 @@ import { prepareGuestDiskIsolated, type IsolatedPrepResult } from '../guest/isol
 import type { GuestPreparationResult } from '../guest/types';
 import type { ArmClients } from '../lab/armsim/clients';
 import { armClientsFor } from '../azure/credential';
-import { acquireLease, leaseWorkflowId, releaseLease, resourceLease } from '../workflows/lease';
+import {
+  acquireLease,
+  LEASE_WORKFLOW_TYPE as resourceLease,
+  leaseWorkflowId,
+  releaseLease,
+  type LeaseRequest,
+  type LeaseState,
+  type LeaseTarget,
+} from '../domain/lease';
 import { validateAzureRestoreRequest, validateAzureVmName } from '../domain/validation';
 import { withFailureMapping } from './failures';
 import { deltaCounter, uploadedBytes } from '../telemetry/metrics';
@@ -51,9 +51,7 @@ function isNotFound(err: unknown): boolean {
 /** ARM errors keep their code; 4xx other than throttling are the caller's to fix, so they are not retried. */
 function armFailure(what: string, err: unknown): never {
   const e = err as { statusCode?: number; code?: string; message?: string };
-  const status = e?.statusCode ?? 0;
-  const retryable = status === 0 || status === 408 || status === 429 || status >= 500;
-  throw new RestoreError(FailureType.AzureFault, `${what} failed: ${e?.code ? `${e.code}: ` : ''}${e?.message ?? String(err)}`, !retryable);
+  throw azureFailure(`${what} failed: ${e?.code ? `${e.code}: ` : ''}${e?.message ?? String(err)}`, isTransientAzureStatus(e?.statusCode));
 }
 
 /** Azure tag values hold at most 256 characters; the restore id is one. */
@@ -469,7 +467,7 @@ export function createAzureActivities(deps: AzureDeps) {
         const check = await verifyUploadedVhd(blobClient, { capacityBytes: disk.capacityBytes, signal: ctx.cancellationSignal });
         if (!check.ok)
           throw new RestoreError(
-            FailureType.AzureFault,
+            FailureType.AzureTransient,
             `uploaded VHD ${disk.blobUrl} failed verification: ${check.problems.join('; ')}`,
             false,
           );
@@ -683,7 +681,11 @@ export function createAzureActivities(deps: AzureDeps) {
         Context.current().heartbeat();
         await new Promise((r) => setTimeout(r, 2000));
       }
-      throw new RestoreError(FailureType.AzureFault, `the Azure VM agent on '${plan.vmName}' did not report Ready within 2 minutes`, false);
+      throw new RestoreError(
+        FailureType.AzureTransient,
+        `the Azure VM agent on '${plan.vmName}' did not report Ready within 2 minutes`,
+        false,
+      );
     },
 
     async deleteAzureVm(args: { plan: AzurePlan }): Promise<void> {

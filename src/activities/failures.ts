@@ -1,6 +1,7 @@
 import { ApplicationFailure } from '@temporalio/activity';
 import { redactSasInText } from '../azure/blob-url';
-import { RestoreError } from '../domain/errors';
+import { FailureType, RestoreError } from '../domain/errors';
+import { VSphereNotFoundError } from '../vsphere/errors';
 
 /**
  * Removes SAS tokens from an error's message and stack, down its cause chain: SDK errors (say a storage
@@ -18,8 +19,14 @@ export function redactError<E>(err: E, depth = 0): E {
   return err;
 }
 
-/** Turns our typed errors into Temporal failures the workflow can match on by type. */
+/**
+ * Turns our typed errors into Temporal failures the workflow can match on by type; a vSphere lookup that
+ * found nothing is the domain's NotFound, which no retry fixes.
+ */
 export function toFailure(err: unknown): unknown {
+  if (err instanceof VSphereNotFoundError) {
+    return ApplicationFailure.create({ message: err.message, type: FailureType.NotFound, nonRetryable: true });
+  }
   if (err instanceof RestoreError) {
     return ApplicationFailure.create({ message: redactSasInText(err.message), type: err.type, nonRetryable: err.nonRetryable });
   }

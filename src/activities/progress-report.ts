@@ -1,7 +1,7 @@
 import { Context } from '@temporalio/activity';
 import { ThroughputMeter } from '../domain/progress';
-import type { DiskProgressReport, TransportMode } from '../domain/restore';
-import { diskProgressSignal } from '../workflows/progress';
+import { diskProgressSignal, type DiskProgressReport } from '../domain/progress';
+import type { TransportMode } from '../domain/vsphere';
 
 /**
  * A disk writer's progress for the people watching: its recent throughput (in the heartbeat details, for

@@ -1,12 +1,12 @@
 import type { Client } from '@temporalio/client';
 import { BlobServiceClient, type ContainerClient } from '@azure/storage-blob';
 import type { AppConfig, AzureConfig } from '../config';
-import type { LeaseOwner, LeaseTarget } from '../domain/azure';
+import type { LeaseOwner, LeaseTarget } from '../domain/lease';
 import type { SweepItem, SweepItemKind, SweepReport, SweepRequest } from '../domain/sweep';
 import { VHD_RESTORE_ID_METADATA_KEY } from '../azure/pageblob';
 import { armClientsFor } from '../azure/credential';
 import type { ArmClients } from '../lab/armsim/clients';
-import type { VSphereSessions } from './vsphere-sessions';
+import type { VSphereSessions } from './vsphere/sessions';
 import { RESTORE_ID_KEY } from './vsphere';
 
 /** The tag every Azure resource a restore creates carries. */

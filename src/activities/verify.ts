@@ -9,13 +9,13 @@ import { withManagedDiskRead } from '../azure/managed-disk-read';
 import type { AppConfig } from '../config';
 import type { AzurePlan } from '../domain/azure';
 import { FailureType, RestoreError } from '../domain/errors';
-import type { VSpherePlan } from '../domain/restore';
+import type { VSpherePlan } from '../domain/vsphere';
 import type { VerificationReport, VerifyNetwork } from '../domain/verification';
 import type { ArmClients } from '../lab/armsim/clients';
 import { verifyBoot, type BootNetwork, type BootReport, type BootRequest } from '../verify';
 import { downloadDatastoreFile, flatFileName, parseDatastorePath } from '../vsphere';
 import { withFailureMapping } from './failures';
-import { VSphereSessions } from './vsphere-sessions';
+import { VSphereSessions } from './vsphere/sessions';
 
 /**
  * The `verifyBoot` activity: reads what the target holds back into local sparse files and boots it in the

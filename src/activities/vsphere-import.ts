@@ -16,11 +16,11 @@ import { DEFAULT_BLOCK_SIZE, FORMAT_VERSION, isRestorePointId, restorePointPath,
 import { getRestorePoint } from '../repository';
 import { loadAllRestorePoints, saveRestorePoint } from '../repository/restorePoints';
 import { StagedDisk, blocksOf, readStagedDisk, removeStaging } from '../repository/staged-disk';
-import { downloadDatastoreFile, flatFileName, parseDatastorePath, type VSphereClient } from '../vsphere';
+import { downloadDatastoreFile, flatFileName, parseDatastorePath, VSphereNotFoundError, type VSphereClient } from '../vsphere';
 import { diskInfo, isDisk } from '../vsphere/devices';
 import { VSphereFaultError, arrayOf, bool, list, num, obj, refArg, str, type MoRef, type VimObject } from '../vsphere/soap';
 import { withFailureMapping } from './failures';
-import type { VSphereSessions } from './vsphere-sessions';
+import type { VSphereSessions } from './vsphere/sessions';
 
 /** Where a restore point taken from vCenter came from; the next import compares its change ids. */
 export interface VSphereSource {
@@ -372,7 +372,7 @@ export function createVSphereImportActivities(deps: VSphereImportDeps) {
       try {
         return await client.vm(args.plan.vmRef).removeSnapshot(args.plan.snapshotName, { consolidate: true });
       } catch (err) {
-        if (err instanceof RestoreError && err.type === FailureType.NotFound) return false;
+        if (err instanceof VSphereNotFoundError) return false;
         throw err;
       }
     },

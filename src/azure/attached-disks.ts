@@ -93,7 +93,7 @@ export async function attachedDiskDevice(
   } catch (err) {
     const e = err as { code?: string; message?: string };
     throw new RestoreError(
-      FailureType.AzureFault,
+      FailureType.AzureTransient,
       `reading VM '${vm.vmName}' (resource group '${vm.resourceGroup}') for the LUN of disk '${diskId}' failed: ${e.code ? `${e.code}: ` : ''}${e.message ?? String(err)}`,
       false,
     );

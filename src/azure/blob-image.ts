@@ -316,19 +316,27 @@ async function downloadInto(
 ): Promise<void> {
   const res = await client.download(offset, count, { abortSignal: signal });
   const body = res.readableStreamBody;
-  if (!body) throw new RestoreError(FailureType.AzureFault, `download of [${offset}, ${offset + count}) returned no body`, false);
+  if (!body) throw new RestoreError(FailureType.AzureTransient, `download of [${offset}, ${offset + count}) returned no body`, false);
   let at = 0;
   for await (const piece of body) {
     const b = piece as Buffer;
     if (at + b.length > count) {
       body.destroy();
-      throw new RestoreError(FailureType.AzureFault, `download of [${offset}, ${offset + count}) returned more than ${count} bytes`, false);
+      throw new RestoreError(
+        FailureType.AzureTransient,
+        `download of [${offset}, ${offset + count}) returned more than ${count} bytes`,
+        false,
+      );
     }
     b.copy(target, at);
     at += b.length;
   }
   if (at !== count) {
-    throw new RestoreError(FailureType.AzureFault, `download of [${offset}, ${offset + count}) ended after ${at} of ${count} bytes`, false);
+    throw new RestoreError(
+      FailureType.AzureTransient,
+      `download of [${offset}, ${offset + count}) ended after ${at} of ${count} bytes`,
+      false,
+    );
   }
 }
 
@@ -694,7 +702,7 @@ export async function writeBackChanges(blobClient: BlobImageWriteClient, opts: W
     if (snapshot.etag !== undefined && etag !== undefined && etag !== snapshot.etag) {
       // Retryable: a fresh materialise and edit starts from the blob as it is now.
       throw new RestoreError(
-        FailureType.AzureFault,
+        FailureType.AzureTransient,
         `page blob ${blobUrlForRecord(blobClient.url)} changed since it was read (ETag ${snapshot.etag}, now ${etag}); ` +
           'writing back would overwrite those changes',
         false,

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import type { Readable } from 'node:stream';
-import { FailureType, RestoreError } from '../domain/errors';
+import { azureFailure, FailureType, isTransientAzureStatus, RestoreError } from '../domain/errors';
 import type { ArmClients } from '../lab/armsim/clients';
 import { VHD_FOOTER_SIZE } from './vhd';
 
@@ -118,13 +118,7 @@ async function revoke(clients: Pick<ArmClients, 'compute'>, ref: ManagedDiskRef,
 function armError(what: string, err: unknown): RestoreError {
   if (err instanceof RestoreError) return err;
   const e = err as { statusCode?: number; code?: string; message?: string };
-  const status = e?.statusCode ?? 0;
-  const retryable = status === 0 || status === 408 || status === 429 || status >= 500;
-  return new RestoreError(
-    FailureType.AzureFault,
-    `${what} failed: ${e?.code ? `${e.code}: ` : ''}${e?.message ?? String(err)}`,
-    !retryable,
-  );
+  return azureFailure(`${what} failed: ${e?.code ? `${e.code}: ` : ''}${e?.message ?? String(err)}`, isTransientAzureStatus(e?.statusCode));
 }
 
 /** The part of a SAS URL that may be shown: everything but the query. */
@@ -156,17 +150,15 @@ async function openReader(diskId: string, sas: string, httpsAgent: https.Agent, 
         resolve({ status: res.statusCode ?? 0, headers: res.headers, body: res }),
       );
       // Node's errors name host and port, never the query.
-      req.on('error', (err) => reject(new RestoreError(FailureType.AzureFault, `reading ${location}: ${err.message}`, false)));
+      req.on('error', (err) => reject(new RestoreError(FailureType.AzureTransient, `reading ${location}: ${err.message}`, false)));
       req.end();
     });
   const failure = async (what: string, r: SasResponse): Promise<RestoreError> => {
     r.body.resume();
     const code = r.headers['x-ms-error-code'];
-    const retryable = r.status === 408 || r.status === 429 || r.status >= 500;
-    return new RestoreError(
-      FailureType.AzureFault,
+    return azureFailure(
       `${what} of managed disk '${diskId}' through ${location}: HTTP ${r.status}${code ? ` ${String(code)}` : ''}`,
-      !retryable,
+      isTransientAzureStatus(r.status),
     );
   };
 
@@ -192,7 +184,7 @@ async function openReader(diskId: string, sas: string, httpsAgent: https.Agent, 
     if (Number(r.headers['content-length']) !== length) {
       r.body.destroy();
       throw new RestoreError(
-        FailureType.AzureFault,
+        FailureType.AzureTransient,
         `${location} answered ${String(r.headers['content-length'])} bytes for a ${length}-byte range`,
         false,
       );
@@ -211,7 +203,7 @@ async function openReader(diskId: string, sas: string, httpsAgent: https.Agent, 
       for await (const c of body) chunks.push(c as Buffer);
       const buf = Buffer.concat(chunks);
       if (buf.length !== length) {
-        throw new RestoreError(FailureType.AzureFault, `${location}: got ${buf.length} of ${length} bytes at ${offset}`, false);
+        throw new RestoreError(FailureType.AzureTransient, `${location}: got ${buf.length} of ${length} bytes at ${offset}`, false);
       }
       return buf;
     },

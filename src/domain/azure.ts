@@ -1,7 +1,15 @@
 import type { GuestChange } from '../guest/types';
-import type { AzureRestoreLimits } from './plan';
+import type { LeaseTarget } from './lease';
 import type { RestoreVerification, VerifyRequestFields } from './verification';
 import type { VmConfig } from './vm';
+
+/** Shared limits a single restore takes part in (set by its plan; none: it takes no lease). */
+export interface AzureRestoreLimits {
+  /** VHD uploads at once per storage account. */
+  uploadsPerStorageAccount?: number;
+  /** Azure restores at once per subscription and region. */
+  restoresPerRegion?: number;
+}
 
 export interface AzureRestoreRequest extends VerifyRequestFields {
   restoreId?: string;
@@ -36,45 +44,6 @@ export interface AzureDiskPlan {
   blobUrl: string;
   managedDiskName: string;
   managedDiskId: string;
-}
-
-export interface LeaseTarget {
-  /** `limit`: a counting limit with no VM behind it (see limitLeaseTarget in domain/plan.ts). */
-  kind: 'proxy' | 'helper' | 'limit';
-  /** Lease name: one entity workflow per resource. */
-  name: string;
-  resourceGroup: string;
-  vmName: string;
-  idleTimeoutMs: number;
-  /**
-   * Data-disk slots the VM offers (the helper appliance: its size's maxDataDiskCount). Holders reserve
-   * slots before attaching disks and wait while others hold them; unset means no slot accounting.
-   */
-  slots?: number;
-  /** How often the lease checks that its holders' workflows still run (default 60 s). */
-  holderCheckMs?: number;
-}
-
-/** The workflow execution that holds a lease; the lease drops it once that execution has closed. */
-export interface LeaseOwner {
-  workflowId: string;
-  runId?: string;
-}
-
-/** What an acquire asks of a lease. */
-export interface LeaseRequest {
-  /** Data-disk slots to reserve for this holder (needs target.slots). */
-  slots?: number;
-  /** false reserves only: the VM is not started (yet). Defaults to true. */
-  powerOn?: boolean;
-  /** The capacity this holder accepts, instead of target.slots: a limit lease's holders each say theirs. */
-  capacity?: number;
-  /**
-   * The holder's workflow execution (an acquire from an activity fills it in). A holder with an owner is
-   * dropped, with its slots, when that execution closes without releasing. By convention a restore's
-   * holder name is its restore id, which tags what it attached to the appliance.
-   */
-  owner?: LeaseOwner;
 }
 
 export interface AzurePlan {
@@ -145,18 +114,4 @@ export interface UploadCheckpoint {
   bytesSent: number;
   /** The uploader's recent throughput, for `vmrestore status`. */
   bytesPerSecond?: number;
-}
-
-export interface LeaseState {
-  target: LeaseTarget;
-  holders: string[];
-  /** Slots each holder reserved, for holders that reserved any. */
-  reserved?: Record<string, number>;
-  /** The workflow execution behind each holder, for holders that named one. */
-  owners?: Record<string, LeaseOwner>;
-  /** Holders dropped because their workflow closed without releasing. */
-  droppedHolders?: number;
-  poweredOn: boolean;
-  powerOns: number;
-  powerOffs: number;
 }

@@ -12,7 +12,10 @@ export const FailureType = {
   RestorePointNotFound: 'RestorePointNotFound',
   Configuration: 'Configuration',
   VSphereFault: 'VSphereFault',
+  /** Azure (ARM or storage) refused the request or answered something unusable: another attempt fails too. */
   AzureFault: 'AzureFault',
+  /** Azure throttled, timed out or failed on its side, or a read came back short: another attempt may succeed. */
+  AzureTransient: 'AzureTransient',
   AzureLimit: 'AzureLimit',
   GuestPreparation: 'GuestPreparation',
 } as const;
@@ -28,4 +31,18 @@ export class RestoreError extends Error {
     super(message);
     this.name = 'RestoreError';
   }
+}
+
+/** ARM and storage answers worth another attempt: no answer, a timeout, throttling, a fault on Azure's side. */
+export function isTransientAzureStatus(status: number | undefined): boolean {
+  const s = status ?? 0;
+  return s === 0 || s === 408 || s === 429 || s >= 500;
+}
+
+/**
+ * The failure of an Azure call: its type alone says whether a retry may help (see NON_RETRYABLE in
+ * src/workflows/activity-options.ts), so the failure never overrides the workflow's retry policy.
+ */
+export function azureFailure(message: string, transient: boolean): RestoreError {
+  return new RestoreError(transient ? FailureType.AzureTransient : FailureType.AzureFault, message, !transient);
 }

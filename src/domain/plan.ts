@@ -1,5 +1,6 @@
-import type { AzureRestoreRequest, LeaseTarget } from './azure';
-import type { VSphereRestoreRequest } from './restore';
+import type { AzureRestoreLimits, AzureRestoreRequest } from './azure';
+import type { LeaseTarget } from './lease';
+import type { VSphereRestoreLimits, VSphereRestoreRequest } from './vsphere';
 import type { VerificationStatus } from './verification';
 
 /**
@@ -23,22 +24,10 @@ export interface PlanGroup {
 }
 
 /** Limits of a plan. The per-resource ones are leases shared by every plan and restore that names them. */
-export interface PlanLimits {
+export interface PlanLimits extends VSphereRestoreLimits, AzureRestoreLimits {
   /** Restores of this plan running at once (default 4). */
   restoresPerPlan?: number;
-  /** Disk writes at once per ESXi host (the NFC/HotAdd streams a host serves). */
-  disksPerHost?: number;
-  /** Disk writes at once per datastore. */
-  disksPerDatastore?: number;
-  /** VHD uploads at once per storage account. */
-  uploadsPerStorageAccount?: number;
-  /** Azure restores at once per subscription and region. */
-  restoresPerRegion?: number;
 }
-
-/** The limits a single restore takes part in (set by its plan; a restore without them takes no lease). */
-export type VSphereRestoreLimits = Pick<PlanLimits, 'disksPerHost' | 'disksPerDatastore'>;
-export type AzureRestoreLimits = Pick<PlanLimits, 'uploadsPerStorageAccount' | 'restoresPerRegion'>;
 
 export interface PlanSpec {
   /** The plan's name; its workflow id is `plan-<name>`. */

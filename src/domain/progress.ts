@@ -1,6 +1,60 @@
-import type { DiskProgress } from './restore';
+import { defineQuery, defineSignal } from '@temporalio/workflow';
+import { MiB } from './units';
+import type { TransportMode } from './vsphere';
 
-const MiB = 1024 * 1024;
+export type RestorePhase =
+  | 'initializing'
+  | 'creating-vm'
+  | 'creating-snapshot'
+  | 'writing-disks'
+  | 'committing-snapshot'
+  | 'powering-on'
+  | 'verifying-boot'
+  | 'compensating'
+  | 'completed'
+  | 'failed'
+  | 'cancelled';
+
+export interface DiskProgress {
+  diskIndex: number;
+  label: string;
+  transport?: TransportMode;
+  bytesDone: number;
+  bytesTotal: number;
+  state: 'pending' | 'writing' | 'done' | 'failed';
+  /** Recent throughput of the writer, as it reported it (absent until it has). */
+  bytesPerSecond?: number;
+  /** Seconds left at that throughput. */
+  etaSeconds?: number;
+  /** When the writer last reported (ISO time). */
+  reportedAt?: string;
+}
+
+/** What a disk writer tells its workflow now and then: bytes done and its recent throughput. */
+export interface DiskProgressReport {
+  diskIndex: number;
+  bytesDone: number;
+  bytesPerSecond: number;
+  transport?: TransportMode;
+  /** The writer's clock (ms since the epoch). */
+  at: number;
+}
+
+export interface RestoreProgress {
+  restoreId: string;
+  kind: 'vsphere' | 'azure';
+  vmName: string;
+  phase: RestorePhase;
+  disks: DiskProgress[];
+  startedAt: string;
+  message?: string;
+}
+
+/** What every restore (vSphere or Azure) answers to the `progress` query. */
+export const progressQuery = defineQuery<RestoreProgress>('progress');
+
+/** A disk writer's progress: bytes done and its recent throughput (see src/activities/progress-report.ts). */
+export const diskProgressSignal = defineSignal<[DiskProgressReport]>('diskProgress');
 
 /**
  * Bytes per second over a sliding window of recent samples: steady enough for an ETA, quick to follow a

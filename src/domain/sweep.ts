@@ -1,3 +1,5 @@
+import { TASK_QUEUE } from './task-queues';
+
 /** What the sweeper finds and removes: resources that closed restores left behind. */
 export type SweepItemKind =
   | 'vsphere-vm'
@@ -45,5 +47,5 @@ export interface SweepReport {
 
 /** The sweeper's schedule id per task queue. */
 export function sweepScheduleId(taskQueue: string): string {
-  return taskQueue === 'vmrestore' ? 'vmrestore-sweeper' : `vmrestore-sweeper@${taskQueue}`;
+  return taskQueue === TASK_QUEUE ? `${TASK_QUEUE}-sweeper` : `${TASK_QUEUE}-sweeper@${taskQueue}`;
 }

@@ -2,8 +2,8 @@ import { createServer } from 'node:net';
 import type { Client, WorkflowClientInterceptor } from '@temporalio/client';
 import { Runtime, type WorkerOptions } from '@temporalio/worker';
 import type { AppConfig } from '../config';
-import type { LeaseState } from '../domain/azure';
-import { leaseStateQuery } from '../workflows/lease';
+import type { LeaseState } from '../domain/lease';
+import { leaseStateQuery } from '../domain/lease';
 import {
   ActivityMetricsInterceptor,
   parseListenAddress,

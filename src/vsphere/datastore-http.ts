@@ -3,7 +3,9 @@ import * as https from 'node:https';
 import { Readable, Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { FailureType, RestoreError } from '../domain/errors';
-import type { Datacenter, VSphereClient } from './client';
+import { VSphereNotFoundError } from './errors';
+import type { Datacenter } from './finder';
+import type { VSphereSession } from './session';
 import { datastoreFileUrl } from './datastore-path';
 import { VSphereFaultError } from './soap';
 import { TLS_TRUST_ERROR_CODES } from './tls';
@@ -71,14 +73,14 @@ class ByteCounter extends Transform {
   }
 }
 
-function httpError(method: string, url: URL, status: number, statusMessage: string, body: string): RestoreError {
+function httpError(method: string, url: URL, status: number, statusMessage: string, body: string): Error {
   const text = `${method} ${url} failed: HTTP ${status} ${statusMessage}${body ? `: ${body.slice(0, 300).trim()}` : ''}`;
-  if (status === 404) return new RestoreError(FailureType.NotFound, text);
+  if (status === 404) return new VSphereNotFoundError(text);
   return new VSphereFaultError('HttpError', text, !(status >= 500 || status === 429 || status === 408));
 }
 
 function transportError(method: string, url: URL, err: unknown): Error {
-  if (err instanceof RestoreError) return err;
+  if (err instanceof RestoreError || err instanceof VSphereNotFoundError) return err;
   const e = err as NodeJS.ErrnoException;
   if (e?.name === 'AbortError') return e;
   return new VSphereFaultError(
@@ -98,7 +100,7 @@ async function readSmall(res: http.IncomingMessage): Promise<string> {
   return Buffer.concat(chunks).toString('utf8');
 }
 
-function request(client: VSphereClient, url: URL, options: http.RequestOptions): http.ClientRequest {
+function request(client: VSphereSession, url: URL, options: http.RequestOptions): http.ClientRequest {
   const mod = url.protocol === 'https:' ? https : http;
   return mod.request(url, {
     ...options,
@@ -111,7 +113,7 @@ function request(client: VSphereClient, url: URL, options: http.RequestOptions):
  * Streams `body` into a datastore file with HTTP PUT (the NBD-mode data path), replacing the file.
  * Memory use is bounded by stream buffering, whatever the size.
  */
-export async function uploadDatastoreFile(client: VSphereClient, opts: UploadOptions): Promise<{ url: URL; bytes: number }> {
+export async function uploadDatastoreFile(client: VSphereSession, opts: UploadOptions): Promise<{ url: URL; bytes: number }> {
   const url = datastoreFileUrl(client, dcPath(opts.datacenter), opts.datastore, opts.path);
   const req = request(client, url, {
     method: 'PUT',
@@ -164,7 +166,7 @@ export async function uploadDatastoreFile(client: VSphereClient, opts: UploadOpt
 }
 
 /** GET a datastore file, or a byte range of it, as a stream. */
-export async function downloadDatastoreFile(client: VSphereClient, opts: DownloadOptions): Promise<DatastoreDownload> {
+export async function downloadDatastoreFile(client: VSphereSession, opts: DownloadOptions): Promise<DatastoreDownload> {
   const url = datastoreFileUrl(client, dcPath(opts.datacenter), opts.datastore, opts.path);
   const headers: Record<string, string> = {};
   if (opts.range) {

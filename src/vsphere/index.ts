@@ -1,7 +1,5 @@
 export {
   VSphereClient,
-  type AboutInfo,
-  type ConnectOptions,
   type CreateVmSpec,
   type Datacenter,
   type DatacenterArg,
@@ -11,9 +9,11 @@ export {
   type NewVmDisk,
   type NewVmNic,
   type ResourcePoolInfo,
-} from './client';
-export { Vm, type AttachDiskOptions, type PowerState, type SnapshotInfo, type VmConfig } from './vm';
-export { Task, type TaskInfo, type TaskState, type TaskWaitOptions } from './task';
+} from './finder';
+export { VSphereSession, type AboutInfo, type ConnectOptions } from './session';
+export { VSphereNotFoundError } from './errors';
+export { Vm, type AttachDiskOptions, type PowerState, type SnapshotInfo, type VmConfigInfo } from './vm';
+export { Task, type PropertyReader, type TaskInfo, type TaskState, type TaskWaitOptions } from './task';
 export type { NetworkInfo, VmDiskInfo, VmNicInfo } from './devices';
 export { VSphereFaultError, isFault, type CallOptions, type MoRef, type VimObject, type VimValue } from './soap';
 export type { ObjectProperties, PropertySelection, Traversal } from './properties';

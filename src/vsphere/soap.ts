@@ -148,6 +148,13 @@ export function ref(v: VimValue | undefined): MoRef | undefined {
   return isMoRef(v) ? v : undefined;
 }
 
+/** A reference the server must have returned; its absence is an invalid response. */
+export function mustRef(v: VimValue | undefined, what: string): MoRef {
+  const r = ref(v);
+  if (!r) throw new VSphereFaultError('InvalidResponse', `vSphere returned no ${what} reference`);
+  return r;
+}
+
 /** Values of `ArrayOfX` properties (`<val xsi:type="ArrayOfX"><X>…</X></val>`) as a list. */
 export function arrayOf<T extends VimValue = VimValue>(v: VimValue | undefined): T[] {
   const o = obj(v);

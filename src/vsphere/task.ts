@@ -1,6 +1,10 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
-import type { VSphereClient } from './client';
 import { VSphereFaultError, describeFault, obj, str, type MoRef, type VimValue } from './soap';
+
+/** What a task reads its state through: the session (kept to this, so tasks sit below the session). */
+export interface PropertyReader {
+  getProperties(target: MoRef, paths: string[]): Promise<Record<string, VimValue>>;
+}
 
 export type TaskState = 'queued' | 'running' | 'success' | 'error';
 
@@ -34,7 +38,7 @@ export const taskWaitContext = new AsyncLocalStorage<{ beat?: () => void; signal
 /** A vSphere `*_Task`: one object to poll, whatever operation started it (govmomi object.Task). */
 export class Task {
   constructor(
-    private readonly client: VSphereClient,
+    private readonly client: PropertyReader,
     readonly ref: MoRef,
     /** The method that started the task, e.g. 'CreateVM_Task'. */
     readonly operation: string,

@@ -1,5 +1,5 @@
-import { FailureType, RestoreError } from '../domain/errors';
-import type { VSphereClient } from './client';
+import { VSphereNotFoundError } from './errors';
+import type { VSphereSession } from './session';
 import {
   addScsiControllerSpec,
   attachDiskSpec,
@@ -31,7 +31,7 @@ import type { TaskWaitOptions } from './task';
 
 export type PowerState = 'poweredOn' | 'poweredOff' | 'suspended';
 
-export interface VmConfig {
+export interface VmConfigInfo {
   name: string;
   uuid: string;
   guestId: string;
@@ -60,7 +60,7 @@ export interface AttachDiskOptions {
 }
 
 function isGone(err: unknown): boolean {
-  return isFault(err, 'ManagedObjectNotFound') || (err instanceof RestoreError && err.type === FailureType.NotFound);
+  return isFault(err, 'ManagedObjectNotFound') || err instanceof VSphereNotFoundError;
 }
 
 function isSameFile(a: string, b: string): boolean {
@@ -70,7 +70,7 @@ function isSameFile(a: string, b: string): boolean {
 /** A virtual machine (govmomi object.VirtualMachine): its operations are idempotent where vSphere's are not. */
 export class Vm {
   constructor(
-    private readonly client: VSphereClient,
+    private readonly client: VSphereSession,
     readonly moRef: MoRef,
     /** Known when the VM was found by name or created; undefined for {@link VSphereClient.vm}. */
     readonly name?: string,
@@ -85,13 +85,13 @@ export class Vm {
     return this.name ? `vm '${this.name}' (${this.ref})` : `vm ${this.ref}`;
   }
 
-  /** Properties of this VM; a VM that no longer exists is a NotFound RestoreError. */
+  /** Properties of this VM; a VM that no longer exists is a VSphereNotFoundError. */
   private async props(paths: string[]): Promise<Record<string, VimValue>> {
     try {
       return await this.client.getProperties(this.moRef, paths);
     } catch (err) {
       if (isFault(err, 'ManagedObjectNotFound')) {
-        throw new RestoreError(FailureType.NotFound, `${this.label} not found in ${this.client.url.host}`);
+        throw new VSphereNotFoundError(`${this.label} not found in ${this.client.url.host}`);
       }
       throw err;
     }
@@ -102,11 +102,11 @@ export class Vm {
     return arrayOf(p['config.hardware.device']).map(obj);
   }
 
-  async config(): Promise<VmConfig> {
+  async config(): Promise<VmConfigInfo> {
     const p = await this.props(['config', 'network']);
     const config = obj(p.config);
     if (!config.name) {
-      throw new RestoreError(FailureType.NotFound, `${this.label} has no configuration (inaccessible or being created)`);
+      throw new VSphereNotFoundError(`${this.label} has no configuration (inaccessible or being created)`);
     }
     const hardware = obj(config.hardware);
     const devices = list(hardware.device).map(obj);
@@ -140,7 +140,7 @@ export class Vm {
   /** Name of the ESXi host the VM is registered on (the host that serves its disks' NFC streams). */
   async hostName(): Promise<string> {
     const host = ref((await this.props(['runtime.host']))['runtime.host']);
-    if (!host) throw new RestoreError(FailureType.NotFound, `${this.label} is not registered on a host`);
+    if (!host) throw new VSphereNotFoundError(`${this.label} is not registered on a host`);
     return str((await this.client.getProperties(host, ['name'])).name);
   }
 

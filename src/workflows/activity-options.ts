@@ -20,6 +20,7 @@ export const NON_RETRYABLE: string[] = [
   FailureType.RestorePointNotFound,
   FailureType.Configuration,
   FailureType.TransportUnavailable,
+  FailureType.AzureFault,
   FailureType.AzureLimit,
   FailureType.GuestPreparation,
 ];
@@ -38,14 +39,14 @@ const retry = (maximumAttempts: number, extraNonRetryable: string[] = []): Retry
 
 /**
  * vSphere and ARM API calls: bounded by a heartbeat, with an outer limit for a call that heartbeats
- * but never returns. ARM's own transient faults are retried inside the SDK pipeline, so an `AzureFault`
- * that reaches the workflow is final for Azure control steps.
+ * but never returns. The Azure SDK pipeline already retries ARM's throttling and server faults, so an
+ * `AzureTransient` that reaches the workflow is final for Azure control steps; uploads retry it.
  */
 export function controlOptions(target: 'vsphere' | 'azure' | 'lease'): ActivityOptions {
   return {
     startToCloseTimeout: '30 minutes',
     heartbeatTimeout: CONTROL_HEARTBEAT_TIMEOUT,
-    retry: target === 'azure' ? retry(8, [FailureType.AzureFault]) : retry(target === 'vsphere' ? 5 : 10),
+    retry: target === 'azure' ? retry(8, [FailureType.AzureTransient]) : retry(target === 'vsphere' ? 5 : 10),
   };
 }
 

@@ -11,7 +11,7 @@ import {
 } from '@temporalio/workflow';
 import type { VSphereImportActivities } from '../activities/vsphere-import';
 import { renderDiskTable } from '../domain/progress';
-import type { DiskProgress } from '../domain/restore';
+import type { DiskProgress } from '../domain/progress';
 import { RestoreKind, RestorePhaseKey, RestoreVm } from '../domain/search-attributes';
 import type { ImportDiskResult, VSphereImportRequest, VSphereImportResult } from '../domain/vsphere-import';
 import { controlOptions, transferOptions } from './activity-options';

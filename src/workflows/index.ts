@@ -1,7 +1,9 @@
-export { restoreToVSphere, progressQuery } from './restore-vsphere';
+export { restoreToVSphere } from './restore-vsphere';
+export { progressQuery } from '../domain/progress';
 export { restorePlan } from './restore-plan';
-export { restoreToAzure, azureProgressQuery } from './restore-azure';
-export { resourceLease, acquireLease, releaseLease, leaseStateQuery, leaseWorkflowId } from './lease';
+export { restoreToAzure } from './restore-azure';
+export { resourceLease } from './lease';
+export { acquireLease, releaseLease, leaseStateQuery, leaseWorkflowId } from '../domain/lease';
 export { sweepRestores } from './sweep';
 export { importFromVSphere, importProgressQuery } from './import-vsphere';
 export { runRestorePlan, planProgressQuery, approvePlan } from './plan';

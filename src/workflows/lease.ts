@@ -3,8 +3,6 @@ import {
   allHandlersFinished,
   condition,
   continueAsNew,
-  defineQuery,
-  defineUpdate,
   proxyActivities,
   setHandler,
   sleep,
@@ -12,23 +10,11 @@ import {
 } from '@temporalio/workflow';
 import type { AzureActivities } from '../activities/azure';
 import type { SweepActivities } from '../activities/sweep';
-import type { LeaseRequest, LeaseState, LeaseTarget } from '../domain/azure';
+import { acquireLease, DEFAULT_HOLDER_CHECK_MS, leaseStateQuery, releaseLease, type LeaseState } from '../domain/lease';
 import { controlOptions } from './activity-options';
-
-export const acquireLease = defineUpdate<{ poweredOn: boolean; powerOns: number }, [holder: string, request?: LeaseRequest]>('acquire');
-export const releaseLease = defineUpdate<{ holders: number }, [holder: string]>('release');
-export const leaseStateQuery = defineQuery<LeaseState>('state');
 
 const power = proxyActivities<AzureActivities>(controlOptions('lease'));
 const holders = proxyActivities<SweepActivities>(controlOptions('lease'));
-
-/** Default interval of the check that drops holders whose workflow closed without releasing. */
-export const DEFAULT_HOLDER_CHECK_MS = 60_000;
-
-/** One lease per resource and task queue: a lease must be served by the workers of the restores using it. */
-export function leaseWorkflowId(target: Pick<LeaseTarget, 'kind' | 'name'>, taskQueue = 'vmrestore'): string {
-  return `lease-${target.kind}-${target.name}${taskQueue === 'vmrestore' ? '' : `@${taskQueue}`}`;
-}
 
 /**
  * One entity workflow per shared VM (Azure proxy or helper appliance). Acquire returns once the VM runs;

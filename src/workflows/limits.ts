@@ -1,6 +1,6 @@
 import { CancellationScope, proxyActivities } from '@temporalio/workflow';
 import type { AzureActivities } from '../activities/azure';
-import type { LeaseTarget } from '../domain/azure';
+import type { LeaseTarget } from '../domain/lease';
 import { controlOptions, leaseWaitOptions } from './activity-options';
 
 /** A limit to hold: a limit lease and the capacity this restore accepts on it. */

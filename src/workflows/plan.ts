@@ -30,7 +30,7 @@ import {
   type PlanVm,
   type PlanVmProgress,
 } from '../domain/plan';
-import type { VSphereRestoreRequest, VSphereRestoreResult } from '../domain/restore';
+import type { VSphereRestoreRequest, VSphereRestoreResult } from '../domain/vsphere';
 import { RestoreKind, RestoreVm } from '../domain/search-attributes';
 import { VERIFICATION_FAILED, type RestoreVerification } from '../domain/verification';
 import { controlOptions } from './activity-options';

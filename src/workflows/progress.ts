@@ -1,18 +1,15 @@
+import { setCurrentDetails, setHandler, upsertMemo, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
 import {
-  defineSignal,
-  setCurrentDetails,
-  setHandler,
-  upsertMemo,
-  upsertSearchAttributes,
-  workflowInfo,
-  type QueryDefinition,
-} from '@temporalio/workflow';
-import { etaSeconds, renderDiskTable } from '../domain/progress';
-import type { DiskProgress, DiskProgressReport, RestorePhase, RestoreProgress } from '../domain/restore';
+  diskProgressSignal,
+  etaSeconds,
+  progressQuery,
+  renderDiskTable,
+  type DiskProgress,
+  type DiskProgressReport,
+  type RestorePhase,
+  type RestoreProgress,
+} from '../domain/progress';
 import { RestoreIdKey, RestoreKind, RestorePhaseKey, RestoreTarget, RestoreVm } from '../domain/search-attributes';
-
-/** A disk writer's progress: bytes done and its recent throughput (see src/activities/progress-report.ts). */
-export const diskProgressSignal = defineSignal<[DiskProgressReport]>('diskProgress');
 
 /**
  * What a restore shows while it runs: the `progress` query, the search attributes kept current and the
@@ -21,13 +18,7 @@ export const diskProgressSignal = defineSignal<[DiskProgressReport]>('diskProgre
 export class RestoreTracker {
   readonly progress: RestoreProgress;
 
-  constructor(
-    kind: 'vsphere' | 'azure',
-    restoreId: string,
-    vmName: string,
-    query: QueryDefinition<RestoreProgress>,
-    keepOnFailure = false,
-  ) {
+  constructor(kind: 'vsphere' | 'azure', restoreId: string, vmName: string, keepOnFailure = false) {
     this.progress = {
       restoreId,
       kind,
@@ -36,7 +27,7 @@ export class RestoreTracker {
       disks: [],
       startedAt: new Date(workflowInfo().startTime).toISOString(),
     };
-    setHandler(query, () => this.progress);
+    setHandler(progressQuery, () => this.progress);
     setHandler(diskProgressSignal, (r) => this.report(r));
     upsertSearchAttributes([
       { key: RestoreKind, value: kind },

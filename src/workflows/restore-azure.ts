@@ -1,24 +1,15 @@
 import { RestoreTracker } from './progress';
-import {
-  type ActivityOptions,
-  patched,
-  CancellationScope,
-  defineQuery,
-  isCancellation,
-  proxyActivities,
-  workflowInfo,
-} from '@temporalio/workflow';
+import { type ActivityOptions, patched, CancellationScope, isCancellation, proxyActivities, workflowInfo } from '@temporalio/workflow';
 import type { AzureActivities } from '../activities/azure';
 import type { AzureDiskResult, AzurePlan, AzureRestoreRequest, AzureRestoreResult } from '../domain/azure';
 import { controlOptions, leaseWaitOptions, transferOptions } from './activity-options';
-import type { RestorePhase, RestoreProgress } from '../domain/restore';
+import type { RestorePhase } from '../domain/progress';
 import type { GuestChange } from '../guest/types';
 import type { RestoreVerification } from '../domain/verification';
 import { markVerification, verifyRestoredBoot } from './restore-verify';
 import { limitLeaseTarget } from '../domain/plan';
 import { acquireLimits, withLimits, type HeldLimit } from './limits';
-
-export const azureProgressQuery = defineQuery<RestoreProgress>('progress');
+import { logUndoFailure, Saga, type Compensation } from './saga';
 
 const control = proxyActivities<AzureActivities>(controlOptions('azure'));
 // Acquires may wait for other restores to free the appliance's slots.
@@ -42,7 +33,7 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
   const restoreId = patched('restore-id-per-run')
     ? `${request.restoreId ?? info.workflowId}@${info.firstExecutionRunId}`
     : (request.restoreId ?? info.workflowId);
-  const tracker = new RestoreTracker('azure', restoreId, request.vmName, azureProgressQuery, request.keepOnFailure ?? false);
+  const tracker = new RestoreTracker('azure', restoreId, request.vmName, request.keepOnFailure ?? false);
   const progress = tracker.progress;
   const setPhase = (phase: AzurePhase, message?: string) => tracker.phase(phase, message);
 
@@ -50,7 +41,7 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
   tracker.target(`${plan.resourceGroup}/${plan.location}`);
   tracker.disks(plan.disks);
 
-  const compensations: Array<() => Promise<void>> = [];
+  const saga = new Saga();
   const holder = restoreId;
   let proxyHeld = false;
   const releaseProxy = async () => {
@@ -67,6 +58,7 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
     ? [{ target: limitLeaseTarget('storage-account', plan.storageAccountId.split('/').pop() ?? plan.storageAccountId), capacity: account }]
     : [];
   let releaseRegion: (() => Promise<void>) | undefined;
+  let regionHeld: Compensation | undefined;
   try {
     if (region) {
       setPhase('initializing', `waiting for a restore slot in ${plan.location}`);
@@ -74,18 +66,19 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
         [{ target: limitLeaseTarget('region', `${plan.subscriptionId}/${plan.location}`), capacity: region }],
         holder,
       );
-      compensations.unshift(releaseRegion);
+      regionHeld = saga.add(`release the restore slot in ${plan.location}`, releaseRegion);
     }
     if (plan.proxy) {
       setPhase('powering-on-proxy', plan.proxy.vmName);
-      compensations.unshift(releaseProxy);
+      saga.add(`release proxy ${plan.proxy.vmName}`, releaseProxy);
       proxyHeld = true;
       await lease.acquireLeaseActivity({ target: plan.proxy, holder });
     }
 
     setPhase('uploading');
     const uploads: AzureDiskResult[] = [];
-    for (const disk of plan.disks) compensations.unshift(() => control.deleteVhdBlob({ plan, diskIndex: disk.diskIndex }));
+    for (const disk of plan.disks)
+      saga.add(`delete the VHD blob of disk ${disk.diskIndex}`, () => control.deleteVhdBlob({ plan, diskIndex: disk.diskIndex }));
     await Promise.all(
       plan.disks.map(async (disk) => {
         const row = progress.disks[disk.diskIndex];
@@ -113,10 +106,10 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
         where: 'backup-server',
       }));
       await releaseProxy();
-      compensations.unshift(deleteDisks);
+      saga.add('delete the managed disks', deleteDisks);
       await control.createManagedDisks({ plan });
     } else {
-      compensations.unshift(deleteDisks);
+      saga.add('delete the managed disks', deleteDisks);
       await control.createManagedDisks({ plan });
       const helper = plan.helper!;
       setPhase('preparing-guest', `helper appliance ${helper.vmName}`);
@@ -128,10 +121,10 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
         }
       };
       const detach = () => control.detachFromHelper({ plan });
-      compensations.unshift(releaseHelper);
+      saga.add(`release helper ${helper.vmName}`, releaseHelper);
       // Reserve the helper's disk slots (waiting while other restores hold them), attach, then start it.
       await lease.acquireLeaseActivity({ target: helper, holder, request: { slots: plan.disks.length, powerOn: false } });
-      compensations.unshift(detach);
+      const attached = saga.add(`detach the disks from helper ${helper.vmName}`, detach);
       await control.attachToHelper({ plan });
       await lease.acquireLeaseActivity({ target: helper, holder, request: { slots: plan.disks.length } });
       // Runs on the worker inside the helper appliance; one that never picks it up fails the restore.
@@ -140,7 +133,7 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
         scheduleToStartTimeout: '15 minutes',
       }).prepareGuestDisk({ plan, where: 'helper-appliance' }));
       await detach();
-      compensations.splice(compensations.indexOf(detach), 1);
+      saga.remove(attached);
       await releaseHelper();
       await releaseProxy();
     }
@@ -160,9 +153,9 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
     }
 
     setPhase('registering-vm', `${plan.vmName} (${plan.vmSize}, Gen${plan.generation})`);
-    compensations.unshift(() => control.deleteNic({ plan }));
+    saga.add(`delete NIC of '${plan.vmName}'`, () => control.deleteNic({ plan }));
     await control.createNic({ plan });
-    compensations.unshift(() => control.deleteAzureVm({ plan }));
+    saga.add(`delete VM '${plan.vmName}'`, () => control.deleteAzureVm({ plan }));
     const vm = await control.createAzureVm({ plan });
 
     let agentInstalled: boolean | undefined;
@@ -175,8 +168,8 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
         agentInstalled = false;
       }
     }
-    if (releaseRegion) {
-      compensations.splice(compensations.indexOf(releaseRegion), 1);
+    if (releaseRegion && regionHeld) {
+      saga.remove(regionHeld);
       await releaseRegion();
     }
     setPhase('completed');
@@ -197,17 +190,11 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
     await CancellationScope.nonCancellable(async () => {
       if (!plan.keepOnFailure) {
         setPhase('compensating', cancelled ? 'restore cancelled' : 'restore failed');
-        for (const undo of [...compensations]) {
-          try {
-            await undo();
-          } catch {
-            // Keep undoing the rest; the original failure is what the caller needs to see.
-          }
-        }
+        await saga.compensate();
       } else {
         // Even when keeping what was made, shared appliances and limits must not stay held.
-        await releaseProxy().catch(() => undefined);
-        await releaseRegion?.().catch(() => undefined);
+        await releaseProxy().catch((err: unknown) => logUndoFailure('release the proxy', err));
+        await releaseRegion?.().catch((err: unknown) => logUndoFailure('release the region slot', err));
       }
     });
     setPhase(cancelled ? 'cancelled' : 'failed', err instanceof Error ? err.message : String(err));

@@ -1,6 +1,6 @@
 import { executeChild, workflowInfo } from '@temporalio/workflow';
 import type { AzureRestoreRequest, AzureRestoreResult } from '../domain/azure';
-import type { VSphereRestoreRequest, VSphereRestoreResult } from '../domain/restore';
+import type { VSphereRestoreRequest, VSphereRestoreResult } from '../domain/vsphere';
 import { restoreToAzure } from './restore-azure';
 import { restoreToVSphere } from './restore-vsphere';
 

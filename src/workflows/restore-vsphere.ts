@@ -2,7 +2,6 @@ import { RestoreTracker } from './progress';
 import {
   ApplicationFailure,
   CancellationScope,
-  defineQuery,
   isCancellation,
   patched,
   proxyActivities,
@@ -12,22 +11,13 @@ import {
 import type { VSphereActivities } from '../activities/vsphere';
 import { FailureType } from '../domain/errors';
 import { controlOptions, transferOptions } from './activity-options';
-import type {
-  DiskProgress,
-  DiskWriteResult,
-  RestorePhase,
-  RestoreProgress,
-  TransportMode,
-  VSpherePlan,
-  VSphereRestoreRequest,
-  VSphereRestoreResult,
-} from '../domain/restore';
+import type { DiskProgress, RestorePhase } from '../domain/progress';
+import type { DiskWriteResult, TransportMode, VSpherePlan, VSphereRestoreRequest, VSphereRestoreResult } from '../domain/vsphere';
 import type { RestoreVerification } from '../domain/verification';
 import { markVerification, verifyRestoredBoot } from './restore-verify';
 import { limitLeaseTarget } from '../domain/plan';
 import { withLimits, type HeldLimit } from './limits';
-
-export const progressQuery = defineQuery<RestoreProgress>('progress');
+import { Saga } from './saga';
 
 const control = proxyActivities<VSphereActivities>(controlOptions('vsphere'));
 
@@ -50,7 +40,7 @@ export async function restoreToVSphere(request: VSphereRestoreRequest): Promise<
   const restoreId = patched('restore-id-per-run')
     ? `${request.restoreId ?? info.workflowId}@${info.firstExecutionRunId}`
     : (request.restoreId ?? info.workflowId);
-  const tracker = new RestoreTracker('vsphere', restoreId, request.vmName, progressQuery, request.keepOnFailure ?? false);
+  const tracker = new RestoreTracker('vsphere', restoreId, request.vmName, request.keepOnFailure ?? false);
   const progress = tracker.progress;
   const setPhase = (phase: RestorePhase, message?: string) => tracker.phase(phase, message);
 
@@ -58,11 +48,11 @@ export async function restoreToVSphere(request: VSphereRestoreRequest): Promise<
   tracker.target(`${plan.datacenter}/${plan.datastore}`);
   tracker.disks(plan.disks.map((d) => ({ diskIndex: d.diskIndex, label: d.label, capacityBytes: d.capacityBytes })));
 
-  const compensations: Array<() => Promise<void>> = [];
+  const saga = new Saga();
   try {
     setPhase('creating-vm', `${plan.vmName} on ${plan.datastore}`);
     // Registered before the call: a create that completes after a cancel is still undone.
-    compensations.unshift(() => control.destroyRestoredVm({ plan }));
+    saga.add(`destroy VM '${plan.vmName}'`, () => control.destroyRestoredVm({ plan }));
     const vm = await control.createVm(plan);
 
     setPhase('creating-snapshot');
@@ -94,7 +84,7 @@ export async function restoreToVSphere(request: VSphereRestoreRequest): Promise<
           disk.diskIndex,
           disk.transports,
           row,
-          compensations,
+          saga,
           limits,
         );
         row.state = 'done';
@@ -152,18 +142,9 @@ export async function restoreToVSphere(request: VSphereRestoreRequest): Promise<
     };
   } catch (err) {
     const cancelled = isCancellation(err);
-    if (!plan.keepOnFailure && compensations.length > 0) {
+    if (!plan.keepOnFailure && saga.size > 0) {
       setPhase('compensating', cancelled ? 'restore cancelled' : 'restore failed');
-      // Cleanup must run even when the workflow itself was cancelled.
-      await CancellationScope.nonCancellable(async () => {
-        for (const undo of [...compensations]) {
-          try {
-            await undo();
-          } catch {
-            // Keep undoing the rest; the original failure is what the caller needs to see.
-          }
-        }
-      });
+      await saga.compensate();
     }
     setPhase(cancelled ? 'cancelled' : 'failed', err instanceof Error ? err.message : String(err));
     throw err;
@@ -177,7 +158,7 @@ async function writeOneDisk(
   diskIndex: number,
   transports: TransportMode[],
   row: DiskProgress,
-  compensations: Array<() => Promise<void>>,
+  saga: Saga,
   limits: HeldLimit[],
 ): Promise<DiskWriteResult> {
   let lastError: unknown;
@@ -188,14 +169,14 @@ async function writeOneDisk(
     try {
       if (transport === 'hotadd') {
         const detach = () => control.detachFromProxy({ plan, diskFiles: [diskFile] });
-        compensations.unshift(detach);
+        const undoAttach = saga.add(`detach disk ${diskIndex} from proxy ${plan.proxy}`, detach);
         await control.attachToProxy({ plan, diskFile, diskIndex });
         try {
           return await withLimits(limits, holder, () => writer.writeDisk({ plan, vmRef, diskIndex, diskFile, transport }));
         } finally {
           // Always unmap the disk from the proxy, also when the write failed or was cancelled.
           await CancellationScope.nonCancellable(detach);
-          compensations.splice(compensations.indexOf(detach), 1);
+          saga.remove(undoAttach);
         }
       }
       return await withLimits(limits, holder, () => writer.writeDisk({ plan, vmRef, diskIndex, diskFile, transport }));

@@ -16,7 +16,7 @@ import { RESTORE_TAG } from '../../src/activities/sweep';
 import { materializeVhdBlob } from '../../src/azure/blob-image';
 import { VHD_RESTORE_ID_METADATA_KEY } from '../../src/azure/pageblob';
 import type { AzureRestoreResult } from '../../src/domain/azure';
-import type { VSphereRestoreResult } from '../../src/domain/restore';
+import type { VSphereRestoreResult } from '../../src/domain/vsphere';
 import { labRestartTemporal } from '../../src/lab';
 import { getRestorePoint } from '../../src/repository';
 import { buildDataDiskImage } from '../../src/demo';

@@ -19,7 +19,7 @@ import { getRestorePoint } from '../../src/repository';
 import { failureMessage, getRestoreStatus, startAzureRestore } from '../../src/restore-client';
 import {
   acquireLease,
-  azureProgressQuery,
+  progressQuery,
   leaseStateQuery,
   leaseWorkflowId,
   releaseLease,
@@ -369,7 +369,7 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
     assert.ok(parentHistory.events!.some((e) => e.childWorkflowExecutionCompletedEventAttributes));
 
     const handle = env.client.workflow.getHandle(child.workflowId);
-    const progress = await handle.query(azureProgressQuery);
+    const progress = await handle.query(progressQuery);
     assert.equal(progress.kind, 'azure');
     assert.equal(progress.phase, 'completed');
     assert.ok(progress.disks.every((d) => d.state === 'done' && d.bytesDone === d.bytesTotal));

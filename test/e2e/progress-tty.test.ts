@@ -7,7 +7,7 @@ import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { labVSphere } from '../helpers/vsphere';
 import { openTestEnv, ROOT, startWorkerProcess, type TestEnv, type WorkerProcess, runCli } from '../helpers/env';
-import type { DiskProgress } from '../../src/domain/restore';
+import type { DiskProgress } from '../../src/domain/progress';
 
 const run = promisify(execFile);
 const CLI = path.join(ROOT, 'bin', 'vmrestore.cjs');

@@ -18,7 +18,7 @@ import { temporal } from '@temporalio/proto';
 import { AesGcmCodec, ENCODING } from '../../src/codec';
 import type { AppConfig } from '../../src/config';
 import type { AzureRestoreResult } from '../../src/domain/azure';
-import type { DiskProgress } from '../../src/domain/restore';
+import type { DiskProgress } from '../../src/domain/progress';
 import { readLabState } from '../../src/lab';
 import { startVSphereRestore } from '../../src/restore-client';
 import { armAdmin, labArm, labAzure, labContainer } from '../helpers/azure';

@@ -6,7 +6,7 @@ import { after, before, describe, it } from 'node:test';
 import { ApplicationFailure } from '@temporalio/common';
 import { WorkflowFailedError, type Client } from '@temporalio/client';
 import type { AzureRestoreResult } from '../../src/domain/azure';
-import type { VSphereRestoreRequest, VSphereRestoreResult } from '../../src/domain/restore';
+import type { VSphereRestoreRequest, VSphereRestoreResult } from '../../src/domain/vsphere';
 import { VERIFICATION_FAILED, verifierTaskQueue, type RestoreVerification, type VerificationReport } from '../../src/domain/verification';
 import { seedDemoRepository } from '../../src/demo';
 import { run } from '../../src/guest/exec';

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { defaultPayloadConverter } from '@temporalio/common';
 import { buildDataDiskImage } from '../../src/demo';
-import type { DiskCheckpoint } from '../../src/domain/restore';
+import type { DiskCheckpoint } from '../../src/domain/vsphere';
 import { startVSphereRestore } from '../../src/restore-client';
 import { RESTORE_ID_KEY } from '../../src/activities/vsphere';
 import type { VSphereClient } from '../../src/vsphere';

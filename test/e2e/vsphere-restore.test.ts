@@ -4,7 +4,7 @@ import { after, before, describe, it } from 'node:test';
 import { WorkflowFailedError } from '@temporalio/client';
 import { getRestorePoint } from '../../src/repository';
 import { startVSphereRestore, failureMessage } from '../../src/restore-client';
-import type { TransportRequest, VSphereRestoreResult } from '../../src/domain/restore';
+import type { TransportRequest, VSphereRestoreResult } from '../../src/domain/vsphere';
 import type { VSphereClient } from '../../src/vsphere';
 import { sha256File, sha256OfBackedUpDisk, type TestEnv, type WorkerProcess } from '../helpers/env';
 import { closeVSphereLab, localFlatFile, openVSphereLab } from '../helpers/vsphere';

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { startVSphereRestore, failureMessage } from '../../src/restore-client';
-import type { VSphereRestoreRequest } from '../../src/domain/restore';
+import type { VSphereRestoreRequest } from '../../src/domain/vsphere';
 import type { VSphereClient } from '../../src/vsphere';
 import { type TestEnv, type WorkerProcess } from '../helpers/env';
 import { closeVSphereLab, openVSphereLab } from '../helpers/vsphere';

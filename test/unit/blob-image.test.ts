@@ -329,7 +329,7 @@ describe('editing a guest disk in a page blob (Azurite)', () => {
       await assert.rejects(
         writeBackChanges(target, { imagePath: img, capacityBytes: capacity, snapshot: m.snapshot }),
         (e: unknown) =>
-          e instanceof RestoreError && e.type === 'AzureFault' && !e.nonRetryable && /changed since it was read/.test(e.message),
+          e instanceof RestoreError && e.type === 'AzureTransient' && !e.nonRetryable && /changed since it was read/.test(e.message),
       );
       await target.clearPages(10 * MiB, SECTOR_SIZE);
       await fsp.rm(img);

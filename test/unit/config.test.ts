@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { VSphereSessions } from '../../src/activities/vsphere-sessions';
+import { VSphereSessions } from '../../src/activities/vsphere/sessions';
 import { labConfig } from '../../src/app-config';
 import {
   applyEnvOverrides,

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { requestFingerprint } from '../../src/domain/plan';
-import { DISK_FORMATS, TRANSPORT_REQUESTS } from '../../src/domain/restore';
+import { DISK_FORMATS, TRANSPORT_REQUESTS } from '../../src/domain/vsphere';
 import { validateAzureRestoreRequest, validateVSphereRestoreRequest } from '../../src/domain/validation';
 import { parsePlan, PlanFileError } from '../../src/plan-file';
 

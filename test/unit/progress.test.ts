@@ -4,7 +4,7 @@ import { describe, it } from 'node:test';
 import { etaSeconds, formatEta, formatRate, renderDiskTable, ThroughputMeter } from '../../src/domain/progress';
 import { DiskProgressReporter } from '../../src/activities/progress-report';
 import { createProgressView } from '../../src/progress-view';
-import type { DiskProgressReport } from '../../src/domain/restore';
+import type { DiskProgressReport } from '../../src/domain/progress';
 
 const MiB = 1024 * 1024;
 

@@ -12,7 +12,7 @@ import fc from 'fast-check';
 import { parseSubnetId } from '../../src/activities/azure';
 import { parseConfig } from '../../src/config';
 import { AZURE_LIMITS, assertAzureDiskSize } from '../../src/azure/vhd';
-import { DISK_FORMATS, TRANSPORT_REQUESTS } from '../../src/domain/restore';
+import { DISK_FORMATS, TRANSPORT_REQUESTS } from '../../src/domain/vsphere';
 import { FailureType, RestoreError } from '../../src/domain/errors';
 import { validateAzureRestoreRequest, validateVSphereRestoreRequest, validateVSphereVmName } from '../../src/domain/validation';
 import { getRestorePoint } from '../../src/repository';

@@ -8,7 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import { copyToSparseFile, staticNetwork, trimReport } from '../../src/activities/verify';
 import { validateVerifyFields } from '../../src/domain/verification';
 import { validateAzureRestoreRequest, validateVSphereRestoreRequest } from '../../src/domain/validation';
-import { DISK_FORMATS, TRANSPORT_REQUESTS } from '../../src/domain/restore';
+import { DISK_FORMATS, TRANSPORT_REQUESTS } from '../../src/domain/vsphere';
 import { resolveNetwork, type BootReport } from '../../src/verify';
 
 const MiB = 1024 * 1024;

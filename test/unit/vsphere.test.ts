@@ -5,7 +5,10 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import * as tls from 'node:tls';
+import { ApplicationFailure } from '@temporalio/common';
+import { toFailure } from '../../src/activities/failures';
 import { FailureType, RestoreError } from '../../src/domain/errors';
+import { VSphereNotFoundError } from '../../src/vsphere';
 import {
   VSphereClient,
   VSphereFaultError,
@@ -42,9 +45,13 @@ async function rejectsWith(p: Promise<unknown>, check: (e: Error) => void): Prom
 
 function notFound(pattern: RegExp): (e: Error) => void {
   return (e) => {
-    assert.ok(e instanceof RestoreError, `expected RestoreError, got ${e.name}: ${e.message}`);
-    assert.equal(e.type, FailureType.NotFound);
+    assert.ok(e instanceof VSphereNotFoundError, `expected VSphereNotFoundError, got ${e.name}: ${e.message}`);
     assert.match(e.message, pattern);
+    // What a workflow sees once the activity layer has mapped it.
+    const failure = toFailure(e);
+    assert.ok(failure instanceof ApplicationFailure, `expected ApplicationFailure, got ${String(failure)}`);
+    assert.equal(failure.type, FailureType.NotFound);
+    assert.equal(failure.nonRetryable, true);
   };
 }
 

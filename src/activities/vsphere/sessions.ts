@@ -1,7 +1,7 @@
-import type { AppConfig } from '../config';
-import { assertProfileTransport, resolvePassword } from '../config';
-import { FailureType, RestoreError } from '../domain/errors';
-import { VSphereClient } from '../vsphere';
+import type { AppConfig } from '../../config';
+import { assertProfileTransport, resolvePassword } from '../../config';
+import { FailureType, RestoreError } from '../../domain/errors';
+import { VSphereClient } from '../../vsphere';
 
 /** One logged-in session per connection profile, shared by the worker's activities. */
 export class VSphereSessions {

@@ -1,56 +1,10 @@
-import type * as http from 'node:http';
 import { FailureType, RestoreError } from '../domain/errors';
 import { formatDatastorePath, parseDatastorePath } from './datastore-path';
 import { addNicSpec, addScsiControllerSpec, createDiskSpec, MAX_SCSI_BUSES, SCSI_DISK_UNITS, type NetworkInfo } from './devices';
-import { retrieveProperties, type ObjectProperties, type PropertySelection, type Traversal } from './properties';
-import {
-  VSphereFaultError,
-  VimSoap,
-  isFault,
-  arrayOf,
-  bool,
-  num,
-  obj,
-  ref,
-  refArg,
-  refString,
-  str,
-  stringArg,
-  typedArg,
-  type CallOptions,
-  type MoRef,
-  type VimValue,
-} from './soap';
-import { Task } from './task';
-import { createAgent, type TlsOptions } from './tls';
+import { VSphereNotFoundError } from './errors';
+import { VSphereSession, type ConnectOptions } from './session';
+import { VSphereFaultError, arrayOf, bool, mustRef, num, obj, ref, refArg, refString, str, stringArg, typedArg, type MoRef } from './soap';
 import { Vm } from './vm';
-
-export interface ConnectOptions extends TlsOptions {
-  /** `https://vcenter.example.com` or `…/sdk`; `user:password@` in the URL is used when no username is given. */
-  url: string | URL;
-  username?: string;
-  password?: string;
-  signal?: AbortSignal;
-  /** Per-SOAP-call timeout. Default 120 s. */
-  requestTimeoutMs?: number;
-}
-
-export interface AboutInfo {
-  fullName: string;
-  /** 'VirtualCenter' or 'HostAgent' (a standalone ESXi). */
-  apiType: string;
-  apiVersion: string;
-  instanceUuid: string;
-}
-
-interface ServiceContent {
-  rootFolder: MoRef;
-  propertyCollector: MoRef;
-  viewManager: MoRef;
-  searchIndex: MoRef;
-  sessionManager: MoRef;
-  about: AboutInfo;
-}
 
 export interface Datacenter {
   ref: MoRef;
@@ -138,142 +92,13 @@ function known(names: Iterable<string>): string {
 }
 
 /**
- * A logged-in vSphere (vCenter or ESXi) session over SOAP. Inventory lookups return plain objects
- * that name what they found; VMs are {@link Vm} objects.
+ * The finder over a vSphere session (govmomi find.Finder): inventory lookups by name or path return
+ * plain objects that name what they found; VMs are {@link Vm} objects. A name that does not exist is a
+ * {@link VSphereNotFoundError} listing the names that do.
  */
-export class VSphereClient {
-  private loggedIn = true;
-
-  private constructor(
-    private readonly soap: VimSoap,
-    /** The SDK endpoint, e.g. https://vcenter/sdk, without credentials. */
-    readonly url: URL,
-    private readonly content: ServiceContent,
-    readonly username: string,
-  ) {}
-
+export class VSphereClient extends VSphereSession {
   static async connect(opts: ConnectOptions): Promise<VSphereClient> {
-    const url = new URL(opts.url);
-    const username = opts.username ?? decodeURIComponent(url.username);
-    const password = opts.password ?? decodeURIComponent(url.password);
-    url.username = '';
-    url.password = '';
-    if (url.pathname === '' || url.pathname === '/') url.pathname = '/sdk';
-    if (!username) {
-      throw new RestoreError(FailureType.InvalidRequest, `no username given for vSphere at ${url.href}`);
-    }
-    const agent = createAgent(url, opts);
-    try {
-      const soap = await VimSoap.create(url.href, agent, opts.requestTimeoutMs ?? 120_000);
-      const sc = obj(
-        await soap.call(
-          'RetrieveServiceContent',
-          { _this: refArg({ type: 'ServiceInstance', value: 'ServiceInstance' }) },
-          { signal: opts.signal, context: url.host },
-        ),
-      );
-      const about = obj(sc.about);
-      const content: ServiceContent = {
-        rootFolder: mustRef(sc.rootFolder, 'rootFolder'),
-        propertyCollector: mustRef(sc.propertyCollector, 'propertyCollector'),
-        viewManager: mustRef(sc.viewManager, 'viewManager'),
-        searchIndex: mustRef(sc.searchIndex, 'searchIndex'),
-        sessionManager: mustRef(sc.sessionManager, 'sessionManager'),
-        about: {
-          fullName: str(about.fullName),
-          apiType: str(about.apiType),
-          apiVersion: str(about.apiVersion),
-          instanceUuid: str(about.instanceUuid),
-        },
-      };
-      await soap.call(
-        'Login',
-        { _this: refArg(content.sessionManager), userName: username, password },
-        { signal: opts.signal, context: `${url.host} as '${username}'` },
-      );
-      return new VSphereClient(soap, url, content, username);
-    } catch (err) {
-      agent.destroy();
-      throw err;
-    }
-  }
-
-  get about(): AboutInfo {
-    return this.content.about;
-  }
-
-  /** False once the session has expired or was logged out, e.g. after a vCenter restart. */
-  async isSessionActive(): Promise<boolean> {
-    if (!this.loggedIn) return false;
-    try {
-      const p = await this.getProperties(this.content.sessionManager, ['currentSession']);
-      return str(obj(p.currentSession).key) !== '';
-    } catch (err) {
-      if (isFault(err, 'NotAuthenticated')) return false;
-      throw err;
-    }
-  }
-
-  /** `Cookie` header value of this session, for datastore HTTP transfers. */
-  get sessionCookie(): string {
-    return this.soap.sessionCookie ?? '';
-  }
-
-  /** The connection pool with this client's TLS policy; file transfers must use it too. */
-  get agent(): http.Agent {
-    return this.soap.agent;
-  }
-
-  async logout(): Promise<void> {
-    if (!this.loggedIn) return;
-    this.loggedIn = false;
-    try {
-      await this.soap.call('Logout', { _this: refArg(this.content.sessionManager) });
-    } catch (err) {
-      if (!isFault(err, 'NotAuthenticated')) throw err;
-    } finally {
-      this.soap.agent.destroy();
-    }
-  }
-
-  /** Raw vim25 call, for operations without a wrapper. The operation must be in vim25.wsdl. */
-  call(method: string, args: Record<string, unknown>, opts?: CallOptions): Promise<VimValue> {
-    return this.soap.call(method, args, opts);
-  }
-
-  /** Starts a `*_Task` method and wraps the task it returns. */
-  async startTask(method: string, args: Record<string, unknown>, target: string): Promise<Task> {
-    const taskRef = ref(await this.soap.call(method, args, { context: target }));
-    if (!taskRef) throw new VSphereFaultError('InvalidResponse', `${method} returned no task (${target})`);
-    return new Task(this, taskRef, method, target);
-  }
-
-  async retrieve(objects: MoRef[], selections: PropertySelection[], traversal?: Traversal): Promise<ObjectProperties[]> {
-    return retrieveProperties(this.soap, this.content.propertyCollector, objects, selections, traversal);
-  }
-
-  /** Properties of one object; a deleted object raises VSphereFaultError 'ManagedObjectNotFound'. */
-  async getProperties(target: MoRef, paths: string[]): Promise<Record<string, VimValue>> {
-    const [found] = await this.retrieve([target], [{ type: target.type, paths }]);
-    return found?.props ?? {};
-  }
-
-  /** Objects of `types` anywhere below `container`, through a ContainerView. */
-  async findObjects(container: MoRef, types: string[], selections: PropertySelection[]): Promise<ObjectProperties[]> {
-    const view = ref(
-      await this.soap.call('CreateContainerView', {
-        _this: refArg(this.content.viewManager),
-        container: refArg(container),
-        type: types,
-        recursive: 'true',
-      }),
-    );
-    if (!view) throw new VSphereFaultError('InvalidResponse', 'CreateContainerView returned no view');
-    try {
-      return await this.retrieve([view], selections, { type: 'ContainerView', path: 'view' });
-    } finally {
-      await this.soap.call('DestroyView', { _this: refArg(view) }).catch(() => undefined);
-    }
+    return new VSphereClient(...(await VSphereSession.login(opts)));
   }
 
   // ---- inventory -------------------------------------------------------------------------------
@@ -306,7 +131,7 @@ export class VSphereClient {
     }
     if (name === undefined || name === '') {
       if (all.length === 1) return all[0];
-      if (all.length === 0) throw new RestoreError(FailureType.NotFound, `no datacenter in ${this.url.host}`);
+      if (all.length === 0) throw new VSphereNotFoundError(`no datacenter in ${this.url.host}`);
       throw new RestoreError(
         FailureType.InvalidRequest,
         `${this.url.host} has ${all.length} datacenters; name one ${known(all.map((d) => d.path))}`,
@@ -315,7 +140,7 @@ export class VSphereClient {
     const wanted = name.replace(/\/+$/, '');
     const match = all.find((d) => d.name === wanted || d.path === wanted || d.path === `/${wanted}`);
     if (!match) {
-      throw new RestoreError(FailureType.NotFound, `datacenter '${name}' not found in ${this.url.host} ${known(all.map((d) => d.name))}`);
+      throw new VSphereNotFoundError(`datacenter '${name}' not found in ${this.url.host} ${known(all.map((d) => d.name))}`);
     }
     return match;
   }
@@ -363,10 +188,7 @@ export class VSphereClient {
     const all = await this.listDatastores(dc);
     const match = all.find((d) => d.name === name);
     if (!match) {
-      throw new RestoreError(
-        FailureType.NotFound,
-        `datastore '${name}' not found in datacenter '${dc.name}' ${known(all.map((d) => d.name))}`,
-      );
+      throw new VSphereNotFoundError(`datastore '${name}' not found in datacenter '${dc.name}' ${known(all.map((d) => d.name))}`);
     }
     return match;
   }
@@ -384,8 +206,7 @@ export class VSphereClient {
     );
     const match = found.find((o) => str(o.props.name) === name);
     if (!match) {
-      throw new RestoreError(
-        FailureType.NotFound,
+      throw new VSphereNotFoundError(
         `network '${name}' not found in datacenter '${dc.name}' ${known(found.map((o) => str(o.props.name)))}`,
       );
     }
@@ -438,7 +259,7 @@ export class VSphereClient {
       const first =
         computes.find((c) => c.ref.type === 'ClusterComputeResource' && ref(c.props.resourcePool)) ??
         computes.find((c) => ref(c.props.resourcePool));
-      if (!first) throw new RestoreError(FailureType.NotFound, `datacenter '${dc.name}' has no cluster or host`);
+      if (!first) throw new VSphereNotFoundError(`datacenter '${dc.name}' has no cluster or host`);
       const poolRef = mustRef(first.props.resourcePool, 'resourcePool');
       pool = { ref: poolRef, path: await this.inventoryPath(poolRef) };
     } else {
@@ -476,8 +297,7 @@ export class VSphereClient {
       (h) => str(h.props['runtime.connectionState']) === 'connected' && !bool(h.props['runtime.inMaintenanceMode']),
     );
     if (!usable) {
-      throw new RestoreError(
-        FailureType.NotFound,
+      throw new VSphereNotFoundError(
         `no connected host outside maintenance mode for ${refString(owner)} ${known(props.map((h) => str(h.props.name)))}`,
       );
     }
@@ -506,7 +326,7 @@ export class VSphereClient {
     let cur: FolderInfo = absolute ? { ref: this.content.rootFolder, path: '' } : root;
     for (const segment of path.split('/').filter((s) => s !== '')) {
       const child = ref(
-        await this.soap.call('FindChild', {
+        await this.call('FindChild', {
           _this: refArg(this.content.searchIndex),
           entity: refArg(cur.ref),
           name: segment,
@@ -514,8 +334,7 @@ export class VSphereClient {
       );
       if (!child) {
         const names = await this.childNames(cur.ref, listTypes);
-        throw new RestoreError(
-          FailureType.NotFound,
+        throw new VSphereNotFoundError(
           `${what} '${path}' not found in datacenter '${dc.name}': '${cur.path || '/'}' has no child '${segment}' ${known(names)}`,
         );
       }
@@ -664,10 +483,4 @@ function newDiskFileName(datastore: string, fileName: string | undefined): strin
     return formatDatastorePath(p.datastore, p.path);
   }
   return formatDatastorePath(datastore, fileName);
-}
-
-function mustRef(v: VimValue | undefined, what: string): MoRef {
-  const r = ref(v);
-  if (!r) throw new VSphereFaultError('InvalidResponse', `vSphere returned no ${what} reference`);
-  return r;
 }

@@ -1,8 +1,9 @@
 import { existsSync } from 'node:fs';
 import { Context } from '@temporalio/activity';
-import { DiskProgressReporter } from './progress-report';
-import type { AppConfig, ProxyConfig } from '../config';
-import { FailureType, RestoreError } from '../domain/errors';
+import { DiskProgressReporter } from '../progress-report';
+import type { AppConfig, ProxyConfig } from '../../config';
+import { FailureType, RestoreError } from '../../domain/errors';
+import { GiB } from '../../domain/units';
 import {
   DISK_FORMATS,
   TRANSPORT_REQUESTS,
@@ -13,21 +14,20 @@ import {
   type TransportMode,
   type VSpherePlan,
   type VSphereRestoreRequest,
-} from '../domain/restore';
-import { validateVSphereRestoreRequest } from '../domain/validation';
-import { diskLayout, getRestorePoint, readDiskBlocks, type RestorePoint } from '../repository';
-import { writeDiskToFile } from '../transport/disk-writer';
-import { pathInside } from '../transport/paths';
-import { ByteRateLimiter } from '../transport/throttle';
-import { flatFileName, parseDatastorePath, uploadDatastoreFile, type VSphereClient } from '../vsphere';
-import { withFailureMapping } from './failures';
-import { countedBlocks, restoredBytes } from '../telemetry/metrics';
-import { VSphereSessions } from './vsphere-sessions';
+} from '../../domain/vsphere';
+import { validateVSphereRestoreRequest } from '../../domain/validation';
+import { diskLayout, getRestorePoint, readDiskBlocks, type RestorePoint } from '../../repository';
+import { writeDiskToFile } from '../../transport/disk-writer';
+import { pathInside } from '../../transport/paths';
+import { ByteRateLimiter } from '../../transport/throttle';
+import { flatFileName, parseDatastorePath, uploadDatastoreFile, type VSphereClient } from '../../vsphere';
+import { withFailureMapping } from '../failures';
+import { countedBlocks, restoredBytes } from '../../telemetry/metrics';
+import { VSphereSessions } from './sessions';
 
 /** extraConfig key that ties a VM to the restore that created it, so retries find it again. */
 export const RESTORE_ID_KEY = 'vmrestore.restoreId';
 const TRANSPORT_ORDER: TransportMode[] = ['direct-san', 'direct-nas', 'hotadd', 'nbd'];
-const GiB = 1024 ** 3;
 
 export interface VSphereDeps {
   config: AppConfig;

@@ -1,9 +1,5 @@
 import type { RestoreVerification, VerifyRequestFields } from './verification';
-import type { VSphereRestoreLimits } from './plan';
 import type { VmConfig } from './vm';
-
-/** Default task queue the worker polls; exported so parent workflows can start restores as children. */
-export const TASK_QUEUE = 'vmrestore';
 
 export type TransportMode = 'direct-san' | 'direct-nas' | 'hotadd' | 'nbd';
 export type TransportRequest = TransportMode | 'auto';
@@ -35,6 +31,14 @@ export interface VSphereRestoreRequest extends VerifyRequestFields {
   diskConcurrency?: number;
   /** Shared limits on disk writes per ESXi host and datastore (set by restore plans); none by default. */
   limits?: VSphereRestoreLimits;
+}
+
+/** Shared limits on disk writes a single restore takes part in (set by its plan; none: it takes no lease). */
+export interface VSphereRestoreLimits {
+  /** Disk writes at once per ESXi host (the NFC/HotAdd streams a host serves). */
+  disksPerHost?: number;
+  /** Disk writes at once per datastore. */
+  disksPerDatastore?: number;
 }
 
 export interface DiskPlan {
@@ -100,54 +104,6 @@ export interface VSphereRestoreResult {
   disks: DiskWriteResult[];
   /** The boot verification: `skipped` unless the request asked for it. */
   verification: RestoreVerification;
-}
-
-export type RestorePhase =
-  | 'initializing'
-  | 'creating-vm'
-  | 'creating-snapshot'
-  | 'writing-disks'
-  | 'committing-snapshot'
-  | 'powering-on'
-  | 'verifying-boot'
-  | 'compensating'
-  | 'completed'
-  | 'failed'
-  | 'cancelled';
-
-export interface DiskProgress {
-  diskIndex: number;
-  label: string;
-  transport?: TransportMode;
-  bytesDone: number;
-  bytesTotal: number;
-  state: 'pending' | 'writing' | 'done' | 'failed';
-  /** Recent throughput of the writer, as it reported it (absent until it has). */
-  bytesPerSecond?: number;
-  /** Seconds left at that throughput. */
-  etaSeconds?: number;
-  /** When the writer last reported (ISO time). */
-  reportedAt?: string;
-}
-
-/** What a disk writer tells its workflow now and then: bytes done and its recent throughput. */
-export interface DiskProgressReport {
-  diskIndex: number;
-  bytesDone: number;
-  bytesPerSecond: number;
-  transport?: TransportMode;
-  /** The writer's clock (ms since the epoch). */
-  at: number;
-}
-
-export interface RestoreProgress {
-  restoreId: string;
-  kind: 'vsphere' | 'azure';
-  vmName: string;
-  phase: RestorePhase;
-  disks: DiskProgress[];
-  startedAt: string;
-  message?: string;
 }
 
 /** Heartbeat details of a disk write: small, no secrets. */
