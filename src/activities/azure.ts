@@ -25,7 +25,7 @@ import { checkAgentInstaller } from '../azure/agent-installer';
 import { attachedDiskDevice } from '../azure/attached-disks';
 import { prepareGuestDiskIsolated, type IsolatedPrepResult } from '../guest/isolation';
 import type { GuestPreparationResult } from '../guest/types';
-import type { ArmClients } from '../lab/armsim/clients';
+import type { ArmClients } from '../azure/arm-clients';
 import { armClientsFor } from '../azure/credential';
 import { acquireLease, leaseWorkflowId, releaseLease, resourceLease } from '../workflows/lease';
 import { validateAzureRestoreRequest, validateAzureVmName } from '../domain/validation';

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import { ClientSecretCredential, DefaultAzureCredential, type TokenCredential } from '@azure/identity';
 import type { AzureConfig } from '../config';
 import { FailureType, RestoreError } from '../domain/errors';
-import { caAgent, createArmClients, type ArmClients, type ArmClientsOptions } from '../lab/armsim/clients';
+import { caAgent, createArmClients, type ArmClients, type ArmClientsOptions } from './arm-clients';
 
 /** How the worker signs in to Azure Resource Manager. */
 export type AzureCredentialConfig =

@@ -5,7 +5,7 @@
  * long-running-operation protocol core-lro follows, run-time fault injection and persisted state.
  */
 export { startArmSimulator, type ArmSimulator, type ArmSimulatorOptions, type RequestLogEntry } from './server';
-export { createArmClients, stubCredential, type ArmClients, type ArmClientsOptions, type ArmCredential } from './clients';
+export { createArmClients, stubCredential, type ArmClients, type ArmClientsOptions, type ArmCredential } from '../../azure/arm-clients';
 export type { FaultRule, FaultKind, ActiveFault } from './faults';
 export type { SeedOptions, SeedVm, BlobBackend } from './seed';
 export type { QuotaLimits, RunCommandHandler, RunCommandOutput, RunCommandRequest, RunCommandResponseRule } from './engine';
