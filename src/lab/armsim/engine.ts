@@ -168,7 +168,7 @@ export class ArmSim {
     if (s.length === 5) {
       if (ctx.method !== 'GET') throw methodNotAllowed(ctx);
       const type = `${l[3]}/${l[4]}`;
-      const list = compute.listByType(this, type, undefined) ?? network.listByType(this, type, undefined);
+      const list = this.listByType(type, undefined);
       if (list) return { status: 200, body: { value: list } };
     }
     throw unknownRoute(ctx);
@@ -230,12 +230,17 @@ export class ArmSim {
     const rgName = this.requireResourceGroup(rg).name;
     if (name === undefined) {
       if (ctx.method !== 'GET') throw methodNotAllowed(ctx);
-      return { list: { status: 200, body: { value: compute.listByType(this, `${provider}/${type}`.toLowerCase(), rgName) } } };
+      return { list: { status: 200, body: { value: this.listByType(`${provider}/${type}`.toLowerCase(), rgName) } } };
     }
     const id = resourceId(this.subscriptionId, rgName, provider, type, name);
     const k = key(id);
     if (ctx.method !== 'GET') this.settleResource(k);
     return { rgName, id, k };
+  }
+
+  /** A collection of one resource type, in one resource group or (`rgName` undefined) the whole subscription. */
+  private listByType(type: string, rgName: string | undefined): Json[] | undefined {
+    return compute.listByType(this, type, rgName) ?? network.listByType(this, type, rgName);
   }
 
   /** Marks a resource Deleting and starts its delete operation: 202 with the polling headers. */
