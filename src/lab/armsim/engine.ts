@@ -1,10 +1,10 @@
 import { methodNotAllowed, normLocation, unknownRoute, type Reply, type ReqCtx } from './common';
 import { ArmError, resourceGroupNotFound } from './errors';
 import { BlobInspector } from './blobs';
-import * as compute from './compute';
-import { completeAccessOperation, type DiskAccessEndpoint } from './diskaccess';
+import * as compute from './providers/vms';
+import { completeAccessOperation, type DiskAccessEndpoint } from './providers/disk-access';
 import type { DiskStore } from './diskstore';
-import * as network from './network';
+import * as network from './providers/nics';
 import { findVmSize, VM_SIZES } from './sizes';
 import {
   key,

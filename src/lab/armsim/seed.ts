@@ -1,6 +1,6 @@
 import { normLocation } from './common';
 import type { ArmSim } from './engine';
-import { createNicRecord } from './network';
+import { createNicRecord } from './providers/nics';
 import { findVmSize } from './sizes';
 import { key, type DiskRec, type HyperVGeneration, type OsType, type VmRec } from './state';
 import { hex, nowIso, resourceId, uuid } from './util';

@@ -1,8 +1,8 @@
 /** Microsoft.Network (network interfaces, virtual networks, subnets) and Microsoft.Storage accounts. */
-import { checkPutPreconditions, methodNotAllowed, normLocation, unknownRoute, type Reply, type ReqCtx } from './common';
-import type { ArmSim } from './engine';
-import { ArmError, resourceNotFound } from './errors';
-import { key, type NicIpConfigRec, type NicRec, type OperationRec, type StorageAccountRec, type SubnetRec, type VnetRec } from './state';
+import { checkPutPreconditions, methodNotAllowed, normLocation, unknownRoute, type Reply, type ReqCtx } from '../common';
+import type { ArmSim } from '../engine';
+import { ArmError, resourceNotFound } from '../errors';
+import { key, type NicIpConfigRec, type NicRec, type OperationRec, type StorageAccountRec, type SubnetRec, type VnetRec } from '../state';
 import {
   canonicalJson,
   checkResourceName,
@@ -23,7 +23,7 @@ import {
   uuid,
   withoutKeys,
   type Json,
-} from './util';
+} from '../util';
 
 const NETWORK = 'Microsoft.Network';
 const NIC_MODELLED = ['ipConfigurations', 'enableAcceleratedNetworking'];

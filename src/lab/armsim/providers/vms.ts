@@ -1,12 +1,12 @@
 /** Microsoft.Compute: managed disks and virtual machines, with the validation CRP applies. */
 import type { PageBlobClient } from '@azure/storage-blob';
-import { blobPathInAccount } from './blobs';
-import { checkPutPreconditions, methodNotAllowed, normLocation, unknownRoute, type Reply, type ReqCtx } from './common';
-import { agentProbeFor, type AgentCheck, type AgentProbe } from './agent';
-import { activeGrant, grantAccess, revokeAccess } from './diskaccess';
-import type { ArmSim } from './engine';
-import { ArmError, badRequest, invalidParameter, missingParameter, operationNotAllowed, resourceNotFound } from './errors';
-import { findVmSize, VM_SIZES, type VmSizeInfo } from './sizes';
+import { blobPathInAccount } from '../blobs';
+import { checkPutPreconditions, methodNotAllowed, normLocation, unknownRoute, type Reply, type ReqCtx } from '../common';
+import { agentProbeFor, type AgentCheck, type AgentProbe } from '../agent';
+import { activeGrant, grantAccess, revokeAccess } from './disk-access';
+import type { ArmSim } from '../engine';
+import { ArmError, badRequest, invalidParameter, missingParameter, operationNotAllowed, resourceNotFound } from '../errors';
+import { findVmSize, VM_SIZES, type VmSizeInfo } from '../sizes';
 import {
   key,
   type DiskRec,
@@ -17,7 +17,7 @@ import {
   type VmDiskRef,
   type VmNicRef,
   type VmRec,
-} from './state';
+} from '../state';
 import {
   canonicalJson,
   checkResourceName,
@@ -37,9 +37,9 @@ import {
   uuid,
   withoutKeys,
   type Json,
-} from './util';
-import { renderNic } from './network';
-import { checkVhdBlobSize, checkVhdFooter, parseVhdFooter, type VhdProblem } from './vhd';
+} from '../util';
+import { renderNic } from './nics';
+import { checkVhdBlobSize, checkVhdFooter, parseVhdFooter, type VhdProblem } from '../vhd';
 
 const COMPUTE = 'Microsoft.Compute';
 const GiB = 1024 ** 3;

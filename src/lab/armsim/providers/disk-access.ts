@@ -7,13 +7,13 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import fs from 'node:fs';
 import type http from 'node:http';
-import { buildFixedVhdFooter } from '../../azure/vhd';
-import type { Reply, ReqCtx } from './common';
-import { exportedSize } from './diskstore';
-import type { ArmSim } from './engine';
-import { ArmError, invalidParameter, missingParameter } from './errors';
-import { key, type DiskAccessGrant, type DiskRec } from './state';
-import { objectAt, optNumber, optString, uuid } from './util';
+import { buildFixedVhdFooter } from '../../../azure/vhd';
+import type { Reply, ReqCtx } from '../common';
+import { exportedSize } from '../diskstore';
+import type { ArmSim } from '../engine';
+import { ArmError, invalidParameter, missingParameter } from '../errors';
+import { key, type DiskAccessGrant, type DiskRec } from '../state';
+import { objectAt, optNumber, optString, uuid } from '../util';
 
 const COMPUTE = 'Microsoft.Compute';
 /** The storage service version Azure's disk SAS URLs carry. */
