@@ -2,10 +2,10 @@ import { mkdirSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Context } from '@temporalio/activity';
-import { DiskProgressReporter } from './progress-report';
+import { DiskProgressReporter } from '../progress-report';
 import { WithStartWorkflowOperation, type Client } from '@temporalio/client';
 import { BlobServiceClient, type ContainerClient } from '@azure/storage-blob';
-import { helperTaskQueue, type AppConfig, type AzureConfig } from '../config';
+import { helperTaskQueue, type AppConfig, type AzureConfig } from '../../config';
 import type {
   AzureDiskResult,
   AzurePlan,
@@ -14,23 +14,23 @@ import type {
   LeaseState,
   LeaseTarget,
   UploadCheckpoint,
-} from '../domain/azure';
-import { FailureType, RestoreError } from '../domain/errors';
-import { diskLayout, getRestorePoint, readDiskBlocks } from '../repository';
-import { deleteOwnedVhdBlob, uploadFixedVhd, vhdBlobOwnership, verifyUploadedVhd } from '../azure/pageblob';
-import { assertAzureDiskSize } from '../azure/vhd';
-import { editVhdBlob } from '../azure/blob-image';
-import { blobUrlForRecord } from '../azure/blob-url';
-import { checkAgentInstaller } from '../azure/agent-installer';
-import { attachedDiskDevice } from '../azure/attached-disks';
-import { prepareGuestDiskIsolated, type IsolatedPrepResult } from '../guest/isolation';
-import type { GuestPreparationResult } from '../guest/types';
-import type { ArmClients } from '../azure/arm-clients';
-import { armClientsFor } from '../azure/credential';
-import { acquireLease, leaseWorkflowId, releaseLease, resourceLease } from '../workflows/lease';
-import { validateAzureRestoreRequest, validateAzureVmName } from '../domain/validation';
-import { withFailureMapping } from './failures';
-import { deltaCounter, uploadedBytes } from '../telemetry/metrics';
+} from '../../domain/azure';
+import { FailureType, RestoreError } from '../../domain/errors';
+import { diskLayout, getRestorePoint, readDiskBlocks } from '../../repository';
+import { deleteOwnedVhdBlob, uploadFixedVhd, vhdBlobOwnership, verifyUploadedVhd } from '../../azure/pageblob';
+import { assertAzureDiskSize } from '../../azure/vhd';
+import { editVhdBlob } from '../../azure/blob-image';
+import { blobUrlForRecord } from '../../azure/blob-url';
+import { checkAgentInstaller } from '../../azure/agent-installer';
+import { attachedDiskDevice } from '../../azure/attached-disks';
+import { prepareGuestDiskIsolated, type IsolatedPrepResult } from '../../guest/isolation';
+import type { GuestPreparationResult } from '../../guest/types';
+import type { ArmClients } from '../../azure/arm-clients';
+import { armClientsFor } from '../../azure/credential';
+import { acquireLease, leaseWorkflowId, releaseLease, resourceLease } from '../../workflows/lease';
+import { validateAzureRestoreRequest, validateAzureVmName } from '../../domain/validation';
+import { withFailureMapping } from '../failures';
+import { deltaCounter, uploadedBytes } from '../../telemetry/metrics';
 
 export interface AzureDeps {
   config: AppConfig;
