@@ -1,6 +1,6 @@
 /** Compensations: what this restore created (and only that, by its tag or blob metadata) deleted again. */
 import type { AzurePlan } from '../../domain/azure';
-import { deleteOwnedVhdBlob } from '../../azure/pageblob';
+import { deleteOwnedVhdBlob } from '../../azure/pageblob-ownership';
 import type { AzureContext } from './context';
 import { deleteOwned } from './ownership';
 

@@ -3,7 +3,7 @@ import { helperTaskQueue } from '../../config';
 import type { AzurePlan, AzureRestoreRequest, LeaseTarget } from '../../domain/azure';
 import { FailureType, RestoreError } from '../../domain/errors';
 import { diskLayout, getRestorePoint } from '../../repository';
-import { vhdBlobOwnership } from '../../azure/pageblob';
+import { vhdBlobOwnership } from '../../azure/pageblob-ownership';
 import { assertAzureDiskSize } from '../../azure/vhd';
 import { blobUrlForRecord } from '../../azure/blob-url';
 import { checkAgentInstaller } from '../../azure/agent-installer';
