@@ -5,7 +5,7 @@ import type { LeaseOwner, LeaseTarget } from '../domain/lease';
 import type { SweepItem, SweepItemKind, SweepReport, SweepRequest } from '../domain/sweep';
 import { VHD_RESTORE_ID_METADATA_KEY } from '../azure/pageblob';
 import { armClientsFor } from '../azure/credential';
-import type { ArmClients } from '../lab/armsim/clients';
+import type { ArmClients } from '../azure/arm-clients';
 import type { VSphereSessions } from './vsphere/sessions';
 import { RESTORE_ID_KEY } from './vsphere';
 

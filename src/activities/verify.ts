@@ -11,7 +11,7 @@ import type { AzurePlan } from '../domain/azure';
 import { FailureType, RestoreError } from '../domain/errors';
 import type { VSpherePlan } from '../domain/vsphere';
 import type { VerificationReport, VerifyNetwork } from '../domain/verification';
-import type { ArmClients } from '../lab/armsim/clients';
+import type { ArmClients } from '../azure/arm-clients';
 import { verifyBoot, type BootNetwork, type BootReport, type BootRequest } from '../verify';
 import { downloadDatastoreFile, flatFileName, parseDatastorePath } from '../vsphere';
 import { withFailureMapping } from './failures';

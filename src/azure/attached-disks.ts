@@ -9,7 +9,7 @@ import path from 'node:path';
 import type { VirtualMachine } from '@azure/arm-compute';
 import { AZURE_DEVICE_ROOT } from '../config';
 import { FailureType, RestoreError } from '../domain/errors';
-import type { ArmClients } from '../lab/armsim/clients';
+import type { ArmClients } from './arm-clients';
 
 /** The LUN at which `diskId` is attached to `vm` as a data disk (ids compare case-insensitively). */
 export function lunOfDisk(vm: Pick<VirtualMachine, 'name' | 'storageProfile'>, diskId: string): number {

@@ -20,7 +20,8 @@ import type { PageBlobClient } from '@azure/storage-blob';
 import { FailureType, RestoreError } from '../domain/errors';
 import { blobUrlForRecord } from './blob-url';
 import { run } from '../guest/exec';
-import { assertPageWrite, mergeRanges, type PageRange } from './pageblob';
+import { assertPageWrite } from './page-write';
+import { mergeRanges, type PageRange } from './pageblob-verify';
 import { AZURE_LIMITS, KiB, MiB, SECTOR_SIZE, VHD_FOOTER_SIZE, footerProblems, parseVhdFooter, vhdVirtualSize } from './vhd';
 
 /** What materializeVhdBlob needs of a PageBlobClient; a wrapper (for metrics or tests) can stand in. */

@@ -1,8 +1,7 @@
 import fs from 'node:fs';
 import { ClientSecretCredential, DefaultAzureCredential, type TokenCredential } from '@azure/identity';
-import type { AzureConfig } from '../config';
 import { FailureType, RestoreError } from '../domain/errors';
-import { caAgent, createArmClients, type ArmClients, type ArmClientsOptions } from '../lab/armsim/clients';
+import { caAgent, createArmClients, type ArmClients, type ArmClientsOptions } from './arm-clients';
 
 /** How the worker signs in to Azure Resource Manager. */
 export type AzureCredentialConfig =
@@ -79,11 +78,20 @@ export function createAzureCredential(
   }
 }
 
+/** Where and how to reach ARM: the fields of an Azure target's configuration the clients need. */
+export interface ArmTarget {
+  subscriptionId: string;
+  /** ARM endpoint; absent means https://management.azure.com. */
+  armEndpoint?: string;
+  caCertPath?: string;
+  credential?: AzureCredentialConfig;
+}
+
 /**
  * Management clients for an Azure target as configured: its endpoint, CA and sign-in. The simulator without
  * a configured credential takes any bearer token; real Azure without one uses DefaultAzureCredential.
  */
-export function armClientsFor(a: AzureConfig, retryOptions?: ArmClientsOptions['retryOptions']): ArmClients {
+export function armClientsFor(a: ArmTarget, retryOptions?: ArmClientsOptions['retryOptions']): ArmClients {
   const credential = a.credential ?? (a.armEndpoint ? undefined : { type: 'default' as const });
   return createArmClients({
     endpoint: a.armEndpoint,

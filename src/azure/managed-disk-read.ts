@@ -9,7 +9,7 @@ import http from 'node:http';
 import https from 'node:https';
 import type { Readable } from 'node:stream';
 import { azureFailure, FailureType, isTransientAzureStatus, RestoreError } from '../domain/errors';
-import type { ArmClients } from '../lab/armsim/clients';
+import type { ArmClients } from './arm-clients';
 import { VHD_FOOTER_SIZE } from './vhd';
 
 export interface ManagedDiskRef {

@@ -12,19 +12,39 @@ import { setMaxListeners } from 'node:events';
 import type { PageBlobClient } from '@azure/storage-blob';
 import { FailureType, RestoreError } from '../domain/errors';
 import { blobUrlForRecord } from './blob-url';
+import { AZURE_LIMITS, buildFixedVhdFooter, formatUuid, SECTOR_SIZE, uuidFromRestoreId, VHD_FOOTER_SIZE, vhdVirtualSize } from './vhd';
+import { defaultMd5Workers, Md5WorkerPool, sharedMd5Pool } from './pageblob-md5';
+import { assertPageWrite, forEachNonZeroRun, limitError, ZERO } from './page-write';
+import { UploadCheckpoint } from './pageblob-checkpoint';
+import { WriteWindow, type PageRun } from './pageblob-window';
 import {
-  AZURE_LIMITS,
-  SECTOR_SIZE,
-  VHD_FOOTER_SIZE,
-  buildFixedVhdFooter,
-  footerProblems,
-  formatUuid,
-  parseVhdFooter,
-  uuidFromRestoreId,
-  vhdVirtualSize,
-  type VhdFooter,
-} from './vhd';
-import { Md5WorkerPool, defaultMd5Workers, sharedMd5Pool } from './pageblob-md5';
+  BlobSizeMismatchError,
+  ForeignBlobError,
+  UPLOAD_CHECKPOINT_METADATA_KEY,
+  VHD_RESTORE_ID_METADATA_KEY,
+  VHD_UUID_METADATA_KEY,
+} from './pageblob-ownership';
+
+// The uploader's neighbours, re-exported so callers keep one import for upload, verify and ownership.
+export { assertPageWrite } from './page-write';
+export {
+  BlobSizeMismatchError,
+  deleteOwnedVhdBlob,
+  ForeignBlobError,
+  UPLOAD_CHECKPOINT_METADATA_KEY,
+  VHD_RESTORE_ID_METADATA_KEY,
+  VHD_UUID_METADATA_KEY,
+  vhdBlobOwnership,
+  vhdOwnerUuid,
+  type OwnedBlobState,
+} from './pageblob-ownership';
+export {
+  mergeRanges,
+  verifyUploadedVhd,
+  type PageRange,
+  type VerifyUploadedVhdOptions,
+  type VerifyUploadedVhdResult,
+} from './pageblob-verify';
 
 /** One block of the source disk. `data: null` means the block is known to be all zeros. */
 export interface UploadBlock {
@@ -121,131 +141,15 @@ export interface UploadFixedVhdResult {
   created: boolean;
 }
 
-/** The destination blob exists with a size other than the VHD's; we never resize or clobber it. */
-export class BlobSizeMismatchError extends RestoreError {
-  constructor(
-    readonly blobUrl: string,
-    readonly expectedSize: number,
-    readonly actualSize: number,
-  ) {
-    super(
-      FailureType.AlreadyExists,
-      `page blob ${blobUrlForRecord(blobUrl)} already exists with size ${actualSize}, expected ${expectedSize} ` +
-        `for this disk; delete it or choose another blob name`,
-    );
-    this.name = 'BlobSizeMismatchError';
-  }
-}
-
-/** The destination blob exists and was not made by this restore's disk: it is left exactly as it is. */
-export class ForeignBlobError extends RestoreError {
-  constructor(
-    readonly blobUrl: string,
-    readonly owner: string | undefined,
-    readonly ours: string,
-  ) {
-    super(
-      FailureType.AlreadyExists,
-      owner === undefined
-        ? `page blob ${blobUrlForRecord(blobUrl)} already exists and was not created by this restore (no ${VHD_UUID_METADATA_KEY} metadata, ours ${ours}); it is left untouched`
-        : `page blob ${blobUrlForRecord(blobUrl)} belongs to another restore (disk uuid ${owner}, ours ${ours}); it is left untouched`,
-    );
-    this.name = 'ForeignBlobError';
-  }
-}
-
-/** Metadata key that ties a blob to the restore disk that created it. */
-export const VHD_UUID_METADATA_KEY = 'vmrestorediskuuid';
-/**
- * Metadata key naming the restore that created the blob (URI-encoded: metadata values are ASCII): what
- * the sweeper matches, never the name alone.
- */
-export const VHD_RESTORE_ID_METADATA_KEY = 'vmrestorerestoreid';
-/**
- * Metadata key holding the upload's durable checkpoint: every non-zero byte below it is in the blob.
- * It is stored with a synchronous call, unlike a Temporal heartbeat, which the worker sends later and
- * throttled; that is what lets the uploader hold writes to checkpoint + window and so bound a resume.
- */
-export const UPLOAD_CHECKPOINT_METADATA_KEY = 'vmrestoreuploadedto';
-
 const DEFAULT_MAX_PAGE_WRITE = AZURE_LIMITS.putPageMaxBytes;
+
 const DEFAULT_CONCURRENCY = 8;
 const DEFAULT_MERGE_ZERO_GAP = 64 * 1024;
 /** Minimum advance through zero regions between progress callbacks when nothing completes. */
 const ZERO_PROGRESS_STRIDE = 256 * 1024 * 1024;
-/** Zero regions are first tested in chunks of this size, then sector by sector. */
-const ZERO_SCAN_CHUNK = 64 * 1024;
-const ZERO = Buffer.alloc(Math.max(AZURE_LIMITS.putPageMaxBytes, ZERO_SCAN_CHUNK));
-
-function limitError(message: string): RestoreError {
-  return new RestoreError(FailureType.AzureLimit, message);
-}
 
 function inputError(message: string): RestoreError {
   return new RestoreError(FailureType.InvalidRequest, message);
-}
-
-/**
- * Checks a Put Page against Azure's rules before it leaves the process. Azurite accepts oversized,
- * straddling writes that Azure refuses, so this is the only place those bugs would be caught in tests.
- */
-export function assertPageWrite(offset: number, length: number, blobSize: number): void {
-  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length <= 0) {
-    throw limitError(`page write at ${offset} of ${length} bytes is not a valid range`);
-  }
-  if (length > AZURE_LIMITS.putPageMaxBytes) {
-    throw limitError(`page write of ${length} bytes at ${offset} exceeds Azure's Put Page maximum of 4 MiB`);
-  }
-  if (offset % SECTOR_SIZE !== 0 || length % SECTOR_SIZE !== 0) {
-    throw limitError(`page write at ${offset} of ${length} bytes is not 512-byte aligned`);
-  }
-  if (offset + length > blobSize) {
-    throw limitError(`page write [${offset}, ${offset + length}) runs past the blob end ${blobSize}`);
-  }
-}
-
-function isSectorZero(d: Buffer, i: number, end: number): boolean {
-  if (d[i] !== 0 || d[end - 1] !== 0) return false;
-  return d.subarray(i, end).equals(ZERO.subarray(0, end - i));
-}
-
-/**
- * Calls `onRun(start, end)` (relative, end exclusive) for each maximal run of sectors in d[from, to)
- * that holds a non-zero byte. `from` is sector-aligned; `to` may end in a partial sector.
- */
-function forEachNonZeroRun(d: Buffer, from: number, to: number, onRun: (s: number, e: number) => void): void {
-  let runStart = -1;
-  let i = from;
-  while (i < to) {
-    if (runStart < 0 && i + ZERO_SCAN_CHUNK <= to && d[i] === 0) {
-      if (d.subarray(i, i + ZERO_SCAN_CHUNK).equals(ZERO.subarray(0, ZERO_SCAN_CHUNK))) {
-        i += ZERO_SCAN_CHUNK;
-        continue;
-      }
-    }
-    const end = Math.min(i + SECTOR_SIZE, to);
-    if (isSectorZero(d, i, end)) {
-      if (runStart >= 0) {
-        onRun(runStart, i);
-        runStart = -1;
-      }
-    } else if (runStart < 0) {
-      runStart = i;
-    }
-    i = end;
-  }
-  if (runStart >= 0) onRun(runStart, to);
-}
-
-interface PendingRun {
-  start: number;
-  length: number;
-  pieces: Buffer[];
-}
-
-interface WriteEntry {
-  start: number;
-  done: boolean;
 }
 
 /** A controller that aborts with `signal`, and a function that detaches it again. */
@@ -369,64 +273,30 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
       start = 0;
     }
 
-    let bytesSent = 0;
-    let pagesSent = 0;
     let scanPos = start;
     let coveredInput = 0;
-    let pending = null as PendingRun | null;
-    const order: WriteEntry[] = [];
-    const inflight = new Set<Promise<void>>();
+    let pending = null as PageRun | null;
     let firstError: unknown = undefined;
     let lastReported = -1;
-    // The resume window and the checkpoint the blob's metadata is known to hold.
-    const window = concurrency * maxWrite;
-    const checkpointStride = Math.max(maxWrite, Math.floor(window / 4));
-    let durable = start;
-    let checkpointing: Promise<void> | null = null;
-
-    const contiguousOffset = (): number => {
-      while (order.length > 0 && order[0].done) order.shift();
-      if (order.length > 0) return order[0].start;
-      if (pending) return pending.start;
-      return scanPos;
-    };
-    const zeroBytesSkipped = (): number => Math.max(0, Math.min(scanPos, capacityBytes) - Math.min(start, capacityBytes) - coveredInput);
-    const report = (force: boolean): void => {
-      if (!opts.onProgress) return;
-      const c = contiguousOffset();
-      if (!force && c === lastReported) return;
-      lastReported = c;
-      opts.onProgress({ contiguousOffset: c, bytesSent, pagesSent, zeroBytesSkipped: zeroBytesSkipped() });
-    };
-
     const fail = (err: unknown): void => {
       firstError ??= err;
       ac.abort(err);
     };
-    const storeCheckpoint = (at: number): Promise<void> =>
-      blobClient.setMetadata({ ...ownerMetadata, [UPLOAD_CHECKPOINT_METADATA_KEY]: String(at) }, { abortSignal: signal }).then(() => {
-        durable = Math.max(durable, at);
-      });
-    /** Stores contiguousOffset in the blob when it has moved on enough (or `force`), one call at a time. */
-    const checkpoint = (force: boolean): void => {
-      if (checkpointing) return;
-      const at = contiguousOffset();
-      if (at <= durable || (!force && at - durable < checkpointStride)) return;
-      checkpointing = storeCheckpoint(at)
-        .catch(fail)
-        .finally(() => {
-          checkpointing = null;
-        });
-    };
+    // The resume window, and the checkpoint stored every quarter of it.
+    const windowBytes = concurrency * maxWrite;
+    const checkpoint = new UploadCheckpoint(
+      blobClient,
+      ownerMetadata,
+      signal,
+      start,
+      Math.max(maxWrite, Math.floor(windowBytes / 4)),
+      fail,
+    );
 
     let pool: Md5WorkerPool | undefined;
     if (checksumWorkers > 0) {
       pool = checksumWorkers === defaultMd5Workers() ? sharedMd5Pool() : (ownPool = new Md5WorkerPool(checksumWorkers));
     }
-    // With hashing on workers, each write is assembled in a shared buffer the worker reads in place;
-    // there are never more than `concurrency` of them, reused from write to write.
-    const freeSlots: Buffer[] = [];
-
     const sendPage = async (offset: number, body: Buffer): Promise<void> => {
       assertPageWrite(offset, body.length, blobSize);
       if (body.length > maxWrite) throw limitError(`page write of ${body.length} bytes exceeds maxPageWriteBytes ${maxWrite}`);
@@ -440,49 +310,37 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
       });
     };
 
-    const dispatch = async (run: PendingRun): Promise<void> => {
-      const entry: WriteEntry = { start: run.start, done: false };
-      order.push(entry);
-      // At most `concurrency` writes from the oldest unacknowledged one, including later ones that already
-      // completed out of order, and none reaching past the stored checkpoint + window: that bounds what a
-      // resume can re-send, even when one slow write holds the offset back or the process dies.
-      for (;;) {
-        // A failed write never completes, so check for failure before waiting on the window.
-        if (firstError !== undefined) throw firstError;
-        throwIfAborted();
-        contiguousOffset();
-        const withinWindow = run.start + run.length <= durable + window;
-        if (order.indexOf(entry) < concurrency && withinWindow) break;
-        if (!withinWindow) checkpoint(true);
-        await Promise.race(checkpointing ? [...inflight, checkpointing] : inflight);
-      }
-      let slot: Buffer | undefined;
-      let body: Buffer;
-      if (pool) {
-        slot = freeSlots.pop() ?? Buffer.from(new SharedArrayBuffer(maxWrite));
-        let at = 0;
-        for (const piece of run.pieces) at += piece.copy(slot, at);
-        body = slot.subarray(0, run.length);
-      } else {
-        body = run.pieces.length === 1 ? run.pieces[0] : Buffer.concat(run.pieces, run.length);
-      }
-      const p: Promise<void> = sendPage(run.start, body).then(() => {
-        entry.done = true;
-        bytesSent += body.length;
-        pagesSent += 1;
-        try {
-          checkpoint(false);
-          report(true);
-        } catch (err) {
-          fail(err);
-        }
-      }, fail);
-      const tracked = p.finally(() => {
-        inflight.delete(tracked);
-        if (slot) freeSlots.push(slot);
+    const writes: WriteWindow = new WriteWindow({
+      concurrency,
+      maxWrite,
+      windowBytes,
+      checkpoint,
+      sharedBuffers: pool !== undefined,
+      send: sendPage,
+      queuedOffset: () => (pending ? pending.start : scanPos),
+      onWritten: () => {
+        checkpoint.advance(contiguousOffset, false);
+        report(true);
+      },
+      throwIfAborted,
+      fail,
+      firstError: () => firstError,
+    });
+    const contiguousOffset = (): number => writes.contiguousOffset();
+    const zeroBytesSkipped = (): number => Math.max(0, Math.min(scanPos, capacityBytes) - Math.min(start, capacityBytes) - coveredInput);
+    const report = (force: boolean): void => {
+      if (!opts.onProgress) return;
+      const c = contiguousOffset();
+      if (!force && c === lastReported) return;
+      lastReported = c;
+      opts.onProgress({
+        contiguousOffset: c,
+        bytesSent: writes.bytesSent,
+        pagesSent: writes.pagesSent,
+        zeroBytesSkipped: zeroBytesSkipped(),
       });
-      inflight.add(tracked);
     };
+    const dispatch = (run: PageRun): Promise<void> => writes.dispatch(run);
 
     const flush = async (): Promise<void> => {
       if (!pending) return;
@@ -573,7 +431,7 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
         throw inputError(`input ended at ${expected ?? 'the first block'}, before the disk capacity ${capacityBytes}`);
       }
       await flush();
-      await Promise.all(inflight);
+      await Promise.all(writes.inflight);
       if (firstError !== undefined) throw firstError;
       throwIfAborted();
       // Between capacity and the rounded virtual size nothing is written: the blob is zero there.
@@ -581,18 +439,18 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
       report(false);
 
       await sendPage(virtualSize, footer);
-      bytesSent += footer.length;
-      pagesSent += 1;
+      writes.bytesSent += footer.length;
+      writes.pagesSent += 1;
       scanPos = blobSize;
       // A retry after this point (say the result was lost with the worker) then has nothing to send.
-      await checkpointing;
-      await storeCheckpoint(blobSize);
+      await checkpoint.running;
+      await checkpoint.store(blobSize);
       report(true);
     } catch (err) {
       // Recorded before aborting, so the writes that the abort cancels cannot mask what went wrong.
       firstError ??= err;
       ac.abort(err);
-      await Promise.allSettled(checkpointing ? [...inflight, checkpointing] : inflight);
+      await Promise.allSettled(writes.pendingCalls());
       if (opts.signal?.aborted) throw abortReason(opts.signal);
       throw firstError ?? err;
     }
@@ -600,9 +458,9 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
     return {
       blobSize,
       virtualSize,
-      bytesSent,
+      bytesSent: writes.bytesSent,
       zeroBytesSkipped: zeroBytesSkipped(),
-      pageWrites: pagesSent,
+      pageWrites: writes.pagesSent,
       footer,
       resumedFrom: start,
       created,
@@ -611,167 +469,4 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
     unlink();
     await ownPool?.close();
   }
-}
-
-/** A page range as listPageRanges reports it: inclusive byte offsets. */
-export interface PageRange {
-  start: number;
-  end: number;
-}
-
-export interface VerifyUploadedVhdOptions {
-  capacityBytes: number;
-  /**
-   * Where the source has data. When given, every page range must lie inside these (no zero data was
-   * written) and every one of them must be covered (nothing was lost). Compared at 512-byte granularity.
-   */
-  expectedNonZeroRanges?: { offset: number; length: number }[];
-  signal?: AbortSignal;
-}
-
-export interface VerifyUploadedVhdResult {
-  ok: boolean;
-  problems: string[];
-  /** Written ranges, merged where adjacent. */
-  pageRanges: PageRange[];
-  footer: VhdFooter | null;
-}
-
-/** Merges inclusive ranges that overlap or touch. */
-export function mergeRanges(ranges: PageRange[]): PageRange[] {
-  const sorted = [...ranges].sort((a, b) => a.start - b.start);
-  const out: PageRange[] = [];
-  for (const r of sorted) {
-    const last = out[out.length - 1];
-    if (last && r.start <= last.end + 1) last.end = Math.max(last.end, r.end);
-    else out.push({ start: r.start, end: r.end });
-  }
-  return out;
-}
-
-/** Parts of `a` not covered by `b`; both sorted, merged, inclusive. */
-function subtractRanges(a: PageRange[], b: PageRange[]): PageRange[] {
-  const out: PageRange[] = [];
-  let j = 0;
-  for (const r of a) {
-    let cur = r.start;
-    while (j < b.length && b[j].end < cur) j++;
-    let k = j;
-    while (cur <= r.end) {
-      if (k >= b.length || b[k].start > r.end) {
-        out.push({ start: cur, end: r.end });
-        break;
-      }
-      if (b[k].start > cur) out.push({ start: cur, end: b[k].start - 1 });
-      cur = Math.max(cur, b[k].end + 1);
-      k++;
-    }
-  }
-  return out;
-}
-
-function describe(ranges: PageRange[], max = 5): string {
-  const shown = ranges.slice(0, max).map((r) => `[${r.start}, ${r.end + 1})`);
-  return shown.join(', ') + (ranges.length > max ? ` and ${ranges.length - max} more` : '');
-}
-
-/**
- * Checks an uploaded VHD blob: size N MiB + 512, a valid fixed footer of the right size, nothing
- * written in the zero tail, and (optionally) written ranges matching the source's non-zero ranges.
- * Uses listPageRanges, whose ranges are inclusive; the deprecated getPageRanges is off by one.
- */
-export async function verifyUploadedVhd(blobClient: PageBlobClient, opts: VerifyUploadedVhdOptions): Promise<VerifyUploadedVhdResult> {
-  const problems: string[] = [];
-  const virtualSize = vhdVirtualSize(opts.capacityBytes);
-  const blobSize = virtualSize + VHD_FOOTER_SIZE;
-  const signal = opts.signal;
-
-  const props = await blobClient.getProperties({ abortSignal: signal });
-  const size = props.contentLength ?? 0;
-  if (props.blobType && props.blobType !== 'PageBlob') problems.push(`blob type is ${props.blobType}, not PageBlob`);
-  if (size !== blobSize) problems.push(`blob size ${size} != expected ${blobSize} (${virtualSize} + 512)`);
-  if (size % (1024 * 1024) !== VHD_FOOTER_SIZE) problems.push(`blob size ${size} is not N MiB + 512`);
-
-  let footer: VhdFooter | null = null;
-  if (size >= VHD_FOOTER_SIZE) {
-    const tail = await blobClient.downloadToBuffer(size - VHD_FOOTER_SIZE, VHD_FOOTER_SIZE, { abortSignal: signal });
-    footer = parseVhdFooter(tail);
-    problems.push(...footerProblems(footer, virtualSize));
-  }
-
-  const raw: PageRange[] = [];
-  for await (const r of blobClient.listPageRanges(0, undefined, { abortSignal: signal })) {
-    raw.push({ start: r.start, end: r.end });
-  }
-  const pageRanges = mergeRanges(raw);
-
-  const footerRange: PageRange = { start: virtualSize, end: blobSize - 1 };
-  if (subtractRanges([footerRange], pageRanges).length > 0) problems.push('the footer page was never written');
-  const dataRanges = subtractRanges(pageRanges, [footerRange]);
-  const dataEnd = Math.ceil(opts.capacityBytes / SECTOR_SIZE) * SECTOR_SIZE;
-  if (dataEnd < virtualSize) {
-    const inTail = subtractRanges(dataRanges, [{ start: 0, end: dataEnd - 1 }]);
-    if (inTail.length > 0) problems.push(`pages written past the disk capacity, in the zero tail: ${describe(inTail)}`);
-  }
-
-  if (opts.expectedNonZeroRanges) {
-    const expected = mergeRanges(
-      opts.expectedNonZeroRanges
-        .filter((r) => r.length > 0)
-        .map((r) => ({
-          start: r.offset - (r.offset % SECTOR_SIZE),
-          end: Math.ceil((r.offset + r.length) / SECTOR_SIZE) * SECTOR_SIZE - 1,
-        })),
-    );
-    const missing = subtractRanges(expected, dataRanges);
-    if (missing.length > 0) problems.push(`source data ranges not written: ${describe(missing)}`);
-    const extra = subtractRanges(dataRanges, expected);
-    if (extra.length > 0) problems.push(`pages written where the source is zero: ${describe(extra)}`);
-  }
-
-  return { ok: problems.length === 0, problems, pageRanges, footer };
-}
-
-/** The disk uuid a restore's upload stamps into its blob's metadata (and the VHD footer). */
-export function vhdOwnerUuid(restoreId: string, diskIndex?: number): string {
-  return formatUuid(uuidFromRestoreId(restoreId, diskIndex));
-}
-
-export type OwnedBlobState = 'absent' | 'ours' | 'foreign';
-
-/** Whether the blob exists and carries this restore disk's uuid; read before creating or deleting it. */
-export async function vhdBlobOwnership(
-  blobClient: Pick<PageBlobClient, 'getProperties'>,
-  restoreId: string,
-  diskIndex: number,
-): Promise<{ state: OwnedBlobState; etag?: string; owner?: string }> {
-  try {
-    const p = await blobClient.getProperties();
-    const owner = p.metadata?.[VHD_UUID_METADATA_KEY];
-    return { state: owner === vhdOwnerUuid(restoreId, diskIndex) ? 'ours' : 'foreign', etag: p.etag, owner };
-  } catch (err) {
-    if ((err as { statusCode?: number }).statusCode === 404) return { state: 'absent' };
-    throw err;
-  }
-}
-
-/**
- * Deletes the blob only when this restore disk made it (read, check the uuid, delete if the etag is
- * unchanged): compensation never removes a blob the uploader refused as foreign.
- */
-export async function deleteOwnedVhdBlob(
-  blobClient: Pick<PageBlobClient, 'getProperties' | 'deleteIfExists'>,
-  restoreId: string,
-  diskIndex: number,
-): Promise<OwnedBlobState> {
-  const o = await vhdBlobOwnership(blobClient, restoreId, diskIndex);
-  if (o.state !== 'ours') return o.state;
-  try {
-    await blobClient.deleteIfExists({ conditions: { ifMatch: o.etag }, deleteSnapshots: 'include' });
-  } catch (err) {
-    // Replaced since we read it: no longer ours to delete.
-    if ((err as { statusCode?: number }).statusCode === 412) return 'foreign';
-    throw err;
-  }
-  return 'ours';
 }

@@ -8,8 +8,16 @@ import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
 import { after, before, describe, it } from 'node:test';
+import { StorageManagementClient } from '@azure/arm-storage';
 import { BlobServiceClient, StorageSharedKeyCredential } from '@azure/storage-blob';
-import { createArmClients, startArmSimulator, type ArmClients, type ArmSimulator, type SeedOptions } from '../../src/lab/armsim';
+import {
+  createArmClients,
+  startArmSimulator,
+  stubCredential,
+  type ArmClients,
+  type ArmSimulator,
+  type SeedOptions,
+} from '../../src/lab/armsim';
 import { createAzureCredential } from '../../src/azure/credential';
 
 const ROOT = path.resolve(__dirname, '../..');
@@ -406,6 +414,49 @@ describe('ARM simulator driven by the real Azure SDK clients', () => {
       location: LOC,
       ipConfigurations: [{ name: 'ipconfig1', subnet: { id: subnetId } }],
     });
+  });
+
+  it('lists NICs, VNets and storage accounts of one resource group through the real SDK clients', async () => {
+    const other = `${RG}-lists`;
+    const created = await request(sim, 'PUT', `/subscriptions/${SUB}/resourceGroups/${other}?api-version=2021-04-01`, { location: LOC });
+    assert.equal(created.status, 201);
+    await c.network.virtualNetworks.beginCreateOrUpdateAndWait(other, 'vnet-lists', {
+      location: LOC,
+      addressSpace: { addressPrefixes: ['10.30.0.0/16'] },
+      subnets: [{ name: 'default', addressPrefix: '10.30.1.0/24' }],
+    });
+    const otherSubnet = `/subscriptions/${SUB}/resourceGroups/${other}/providers/Microsoft.Network/virtualNetworks/vnet-lists/subnets/default`;
+    await c.network.networkInterfaces.beginCreateOrUpdateAndWait(other, 'nic-lists', {
+      location: LOC,
+      ipConfigurations: [{ name: 'ipconfig1', subnet: { id: otherSubnet } }],
+    });
+    const storage = new StorageManagementClient(stubCredential, SUB, {
+      endpoint: sim.endpoint,
+      agent: new https.Agent({ ca: fs.readFileSync(sim.caCertPath ?? '') }),
+    });
+    const names = async (items: AsyncIterable<{ name?: string }>): Promise<string[]> => {
+      const out: string[] = [];
+      for await (const r of items) out.push(r.name ?? '(no name)');
+      return out.sort();
+    };
+    const inRg = async (items: AsyncIterable<{ id?: string; name?: string }>, rg: string): Promise<string[]> => {
+      const out: string[] = [];
+      for await (const r of items) if (r.id?.toLowerCase().includes(`/resourcegroups/${rg.toLowerCase()}/`)) out.push(r.name ?? '');
+      return out.sort();
+    };
+
+    const nicsInRg = await inRg(c.network.networkInterfaces.listAll(), RG);
+    assert.ok(nicsInRg.includes('web01-nic') && nicsInRg.includes('spare-nic'), `subscription-wide NICs in ${RG}: ${nicsInRg.join(', ')}`);
+    assert.deepEqual(await names(c.network.networkInterfaces.list(RG)), nicsInRg);
+    assert.deepEqual(await names(c.network.networkInterfaces.list(other)), ['nic-lists']);
+    assert.deepEqual(await names(c.network.virtualNetworks.list(RG)), ['vnet-lab']);
+    assert.deepEqual(await names(c.network.virtualNetworks.list(other)), ['vnet-lists']);
+    assert.deepEqual(await names(storage.storageAccounts.listByResourceGroup(RG)), ['stagingsa']);
+    assert.deepEqual(await names(storage.storageAccounts.listByResourceGroup(other)), []);
+    assert.deepEqual(await names(storage.storageAccounts.list()), ['stagingsa']);
+
+    await c.network.networkInterfaces.beginDeleteAndWait(other, 'nic-lists');
+    assert.deepEqual(await names(c.network.networkInterfaces.list(other)), []);
   });
 
   const web01 = () => ({

@@ -61,3 +61,9 @@ export function checkPutPreconditions(ctx: ReqCtx, existing: { id: string } | un
     }
   }
 }
+
+/** A filter for a collection list: records in resource group `rgName`, or every record when it is undefined. */
+export function inResourceGroup(rgName: string | undefined): (r: { resourceGroup: string }) => boolean {
+  const want = rgName?.toLowerCase();
+  return (r) => want === undefined || r.resourceGroup.toLowerCase() === want;
+}

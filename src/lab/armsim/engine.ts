@@ -1,14 +1,22 @@
 import { methodNotAllowed, normLocation, unknownRoute, type Reply, type ReqCtx } from './common';
 import { ArmError, resourceGroupNotFound } from './errors';
 import { BlobInspector } from './blobs';
-import * as compute from './compute';
-import { completeAccessOperation, type DiskAccessEndpoint } from './diskaccess';
+import type {
+  DiskAccessEndpoint,
+  ItemTarget,
+  OperationInit,
+  RunCommandOutput,
+  RunCommandRequest,
+  RunCommandResponseRule,
+  SimContext,
+  SimSettings,
+} from './context';
 import type { DiskStore } from './diskstore';
-import * as network from './network';
+import { renderVmSize } from './providers/vm-render';
+import { COMPLETERS, PROVIDERS } from './routes';
 import { findVmSize, VM_SIZES } from './sizes';
 import {
   key,
-  type OperationKind,
   type ProvisioningState,
   type OperationRec,
   type ResourceGroupRec,
@@ -18,56 +26,10 @@ import {
 } from './state';
 import { nowIso, objectAt, optString, optTags, resourceId, uuid, type Json } from './util';
 
-export interface RunCommandRequest {
-  vmName: string;
-  resourceGroup: string;
-  osType: 'Windows' | 'Linux';
-  commandId: string;
-  script: string[];
-  parameters: Array<{ name: string; value: string }>;
-}
-
-export interface RunCommandOutput {
-  stdout?: string;
-  stderr?: string;
-  /** Non-zero makes the result report a failed script, as the Linux agent does. */
-  exitCode?: number;
-}
-
-export type RunCommandHandler = (req: RunCommandRequest) => RunCommandOutput | undefined | Promise<RunCommandOutput | undefined>;
-
-/** Canned run-command output, configurable at run time through the admin endpoint. */
-export interface RunCommandResponseRule extends RunCommandOutput {
-  vmName?: string;
-  /** Regular expression tested against the script lines joined with '\n'. */
-  match?: string;
-  count?: number;
-}
-
-export interface QuotaLimits {
-  /** Total regional vCPUs per location. */
-  regionalVCpus: number;
-  /** vCPUs per size family per location, e.g. `{ standardDSv3Family: 10 }`; families not listed use `defaultFamilyVCpus`. */
-  families: Record<string, number>;
-  defaultFamilyVCpus: number;
-}
-
-export interface SimSettings {
-  subscriptionId: string;
-  /** Status polls until an operation completes: the first `lroPolls - 1` report InProgress; 0 completes it at once. */
-  lroPolls: number;
-  /** An operation completes after this long even if nobody polls it. */
-  lroMaxMs: number;
-  /** Retry-After (seconds) sent with operation responses and default for throttling faults. */
-  retryAfterSeconds: number;
-  quotas: QuotaLimits;
-  runCommand?: RunCommandHandler;
-}
-
 const COMPUTE = 'Microsoft.Compute';
 const NETWORK = 'Microsoft.Network';
 
-export class ArmSim {
+export class ArmSim implements SimContext {
   readonly blobs = new BlobInspector();
   runCommandRules: Array<RunCommandResponseRule & { used: number }> = [];
   /** Where read SAS URLs point; set once the disk access listener is up. */
@@ -134,20 +96,13 @@ export class ArmSim {
       if (s.length === 4) return this.resourceGroupRoute(ctx, rg);
       this.requireResourceGroup(rg);
       if (l[4] !== 'providers' || s.length < 7) throw unknownRoute(ctx);
-      const ns = l[5];
-      const type = l[6];
-      const name = s[7];
-      const rest = l.slice(8);
-      if (ns === 'microsoft.compute') {
-        if (type === 'disks') return compute.disksRoute(this, ctx, rg, name, rest);
-        if (type === 'virtualmachines') return compute.vmsRoute(this, ctx, rg, name, rest);
-      } else if (ns === 'microsoft.network') {
-        if (type === 'networkinterfaces') return network.nicsRoute(this, ctx, rg, name, rest);
-        if (type === 'virtualnetworks') return network.vnetsRoute(this, ctx, rg, name, s.slice(8));
-      } else if (ns === 'microsoft.storage' && type === 'storageaccounts') {
-        return network.storageAccountsRoute(this, ctx, rg, name, rest);
+      const provider = PROVIDERS.get(`${l[5]}/${l[6]}`);
+      if (!provider) throw unknownRoute(ctx);
+      if (s.length === 7) {
+        if (ctx.method !== 'GET') throw methodNotAllowed(ctx);
+        return { status: 200, body: { value: provider.list(this, this.requireResourceGroup(rg).name) } };
       }
-      throw unknownRoute(ctx);
+      return provider.route(this, ctx, rg, s[7], l.slice(8), s.slice(8));
     }
     throw unknownRoute(ctx);
   }
@@ -162,14 +117,14 @@ export class ArmSim {
     }
     if (provider === COMPUTE && l[4] === 'locations' && s.length === 7) {
       if (ctx.method !== 'GET') throw methodNotAllowed(ctx);
-      if (l[6] === 'vmsizes') return { status: 200, body: { value: VM_SIZES.map(compute.renderVmSize) } };
+      if (l[6] === 'vmsizes') return { status: 200, body: { value: VM_SIZES.map(renderVmSize) } };
       if (l[6] === 'usages') return { status: 200, body: { value: this.usages(s[5]) } };
     }
     if (s.length === 5) {
       if (ctx.method !== 'GET') throw methodNotAllowed(ctx);
       const type = `${l[3]}/${l[4]}`;
-      const list = compute.listByType(this, type, undefined) ?? network.listByType(this, type, undefined);
-      if (list) return { status: 200, body: { value: list } };
+      const provider = PROVIDERS.get(type);
+      if (provider) return { status: 200, body: { value: provider.list(this, undefined) } };
     }
     throw unknownRoute(ctx);
   }
@@ -215,25 +170,11 @@ export class ArmSim {
     this.store.save();
   }
 
-  /**
-   * The start every resource route shares: a request on the collection lists it (GET only); for an item,
-   * its id and lookup key, and a write first lets the item's running operation finish (one operation per
-   * resource at a time, while reads observe it running).
-   */
-  routeTarget(
-    ctx: ReqCtx,
-    rg: string,
-    name: string | undefined,
-    provider: string,
-    type: string,
-  ): { list: Reply } | { list?: undefined; rgName: string; id: string; k: string } {
+  itemTarget(ctx: ReqCtx, rg: string, name: string, provider: string, type: string): ItemTarget {
     const rgName = this.requireResourceGroup(rg).name;
-    if (name === undefined) {
-      if (ctx.method !== 'GET') throw methodNotAllowed(ctx);
-      return { list: { status: 200, body: { value: compute.listByType(this, `${provider}/${type}`.toLowerCase(), rgName) } } };
-    }
     const id = resourceId(this.subscriptionId, rgName, provider, type, name);
     const k = key(id);
+    // One operation per resource at a time: a write first lets the running one finish (reads observe it running).
     if (ctx.method !== 'GET') this.settleResource(k);
     return { rgName, id, k };
   }
@@ -242,7 +183,7 @@ export class ArmSim {
   acceptDelete(
     ctx: ReqCtx,
     resource: { location: string; provisioningState: ProvisioningState },
-    init: Omit<Parameters<ArmSim['startOperation']>[1], 'action' | 'location'>,
+    init: Omit<OperationInit, 'action' | 'location'>,
   ): Reply {
     resource.provisioningState = 'Deleting';
     const op = this.startOperation(ctx, { ...init, location: resource.location, action: 'DELETE' });
@@ -252,21 +193,7 @@ export class ArmSim {
 
   // ---- long-running operations -------------------------------------------------------------------
 
-  startOperation(
-    ctx: ReqCtx,
-    init: {
-      provider: 'Microsoft.Compute' | 'Microsoft.Network';
-      location: string;
-      kind: OperationKind;
-      resourceKey: string;
-      action: string;
-    } & Partial<
-      Pick<
-        OperationRec,
-        'targetPower' | 'previousPower' | 'releaseDiskIds' | 'deleteDiskIds' | 'releaseNicIds' | 'deleteNicIds' | 'result' | 'grant'
-      >
-    >,
-  ): OperationRec {
+  startOperation(ctx: ReqCtx, init: OperationInit): OperationRec {
     const op: OperationRec = {
       id: uuid(),
       status: 'InProgress',
@@ -350,26 +277,7 @@ export class ArmSim {
     op.status = failed ? 'Failed' : 'Succeeded';
     op.endTime = nowIso();
     if (failed && op.failWith) op.error = { code: op.failWith.code, message: op.failWith.message };
-    switch (op.kind) {
-      case 'diskPut':
-      case 'diskDelete':
-      case 'vmPut':
-      case 'vmDelete':
-      case 'vmPower':
-      case 'vmRunCommand':
-      case 'vmAttachDetach':
-        compute.completeOperation(this, op, failed);
-        break;
-      case 'diskGrantAccess':
-      case 'diskRevokeAccess':
-        if (!failed) completeAccessOperation(this, op);
-        break;
-      case 'nicPut':
-      case 'nicDelete':
-      case 'vnetPut':
-        network.completeOperation(this, op, failed);
-        break;
-    }
+    COMPLETERS.get(op.kind)?.complete?.(this, op, failed);
     this.save();
   }
 

@@ -5,9 +5,9 @@
  * long-running-operation protocol core-lro follows, run-time fault injection and persisted state.
  */
 export { startArmSimulator, type ArmSimulator, type ArmSimulatorOptions, type RequestLogEntry } from './server';
-export { createArmClients, stubCredential, type ArmClients, type ArmClientsOptions, type ArmCredential } from './clients';
+export { createArmClients, stubCredential, type ArmClients, type ArmClientsOptions, type ArmCredential } from '../../azure/arm-clients';
 export type { FaultRule, FaultKind, ActiveFault } from './faults';
 export type { SeedOptions, SeedVm, BlobBackend } from './seed';
-export type { QuotaLimits, RunCommandHandler, RunCommandOutput, RunCommandRequest, RunCommandResponseRule } from './engine';
+export type { QuotaLimits, RunCommandHandler, RunCommandOutput, RunCommandRequest, RunCommandResponseRule } from './context';
 export type { SimState } from './state';
 export { VM_SIZES, findVmSize, type VmSizeInfo } from './sizes';

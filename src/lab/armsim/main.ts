@@ -15,7 +15,7 @@ import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { startArmSimulator } from './server';
 import type { SeedOptions } from './seed';
-import type { QuotaLimits } from './engine';
+import type { QuotaLimits } from './context';
 import type { ServicePrincipal } from './identity';
 
 function jsonArg<T>(v: string | undefined, what: string): T | undefined {

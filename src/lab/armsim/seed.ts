@@ -1,6 +1,6 @@
 import { normLocation } from './common';
-import type { ArmSim } from './engine';
-import { createNicRecord } from './network';
+import type { SimContext } from './context';
+import { createNicRecord } from './providers/nics';
 import { findVmSize } from './sizes';
 import { key, type DiskRec, type HyperVGeneration, type OsType, type VmRec } from './state';
 import { hex, nowIso, resourceId, uuid } from './util';
@@ -41,7 +41,7 @@ export interface BlobBackend {
 const GiB = 1024 ** 3;
 
 /** Points every storage account at the current blob backend (Azurite's port may change between runs). */
-export function bindStorageAccounts(sim: ArmSim, blob: BlobBackend): void {
+export function bindStorageAccounts(sim: SimContext, blob: BlobBackend): void {
   const endpoint = blob.endpoint.endsWith('/') ? blob.endpoint : `${blob.endpoint}/`;
   for (const a of Object.values(sim.state.storageAccounts)) {
     a.blobEndpoint = endpoint;
@@ -51,7 +51,7 @@ export function bindStorageAccounts(sim: ArmSim, blob: BlobBackend): void {
 }
 
 /** Creates whatever of the seed is missing; existing resources (and their state) are left as they are. */
-export function applySeed(sim: ArmSim, seed: SeedOptions, blob: BlobBackend): void {
+export function applySeed(sim: SimContext, seed: SeedOptions, blob: BlobBackend): void {
   const st = sim.state;
   const sub = sim.subscriptionId;
   const location = normLocation(seed.location);
@@ -121,7 +121,7 @@ export function applySeed(sim: ArmSim, seed: SeedOptions, blob: BlobBackend): vo
   sim.save();
 }
 
-function seedVm(sim: ArmSim, rg: string, location: string, subnetId: string, spec: SeedVm): void {
+function seedVm(sim: SimContext, rg: string, location: string, subnetId: string, spec: SeedVm): void {
   const st = sim.state;
   const sub = sim.subscriptionId;
   const id = resourceId(sub, rg, 'Microsoft.Compute', 'virtualMachines', spec.name);

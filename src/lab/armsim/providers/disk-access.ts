@@ -7,13 +7,13 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import fs from 'node:fs';
 import type http from 'node:http';
-import { buildFixedVhdFooter } from '../../azure/vhd';
-import type { Reply, ReqCtx } from './common';
-import { exportedSize } from './diskstore';
-import type { ArmSim } from './engine';
-import { ArmError, invalidParameter, missingParameter } from './errors';
-import { key, type DiskAccessGrant, type DiskRec } from './state';
-import { objectAt, optNumber, optString, uuid } from './util';
+import { buildFixedVhdFooter } from '../../../azure/vhd';
+import type { Reply, ReqCtx } from '../common';
+import { exportedSize } from '../diskstore';
+import type { SimContext } from '../context';
+import { ArmError, invalidParameter, missingParameter } from '../errors';
+import { key, type DiskAccessGrant, type DiskRec } from '../state';
+import { objectAt, optNumber, optString, uuid } from '../util';
 
 const COMPUTE = 'Microsoft.Compute';
 /** The storage service version Azure's disk SAS URLs carry. */
@@ -22,20 +22,13 @@ const SAS_VERSION = '2018-03-28';
 const EXPORT_BLOB = 'abcd';
 const MAX_DURATION_SECONDS = 60 * 24 * 3600;
 
-/** Where SAS URLs point and the key that signs them; set by the server once its listener is up. */
-export interface DiskAccessEndpoint {
-  /** `scheme://host:port` of the listener as the simulator's own host sees it. */
-  endpoint: string;
-  key: Buffer;
-}
-
 /** The disk's grant while it is in force (an expired grant counts as none, as the disk leaves ActiveSAS). */
 export function activeGrant(d: DiskRec, now = Date.now()): DiskAccessGrant | undefined {
   return d.access && d.access.expiresAt > now ? d.access : undefined;
 }
 
 /** POST .../disks/{name}/beginGetAccess: an operation whose result is `{ accessSAS }`. */
-export function grantAccess(sim: ArmSim, ctx: ReqCtx, d: DiskRec): Reply {
+export function grantAccess(sim: SimContext, ctx: ReqCtx, d: DiskRec): Reply {
   const endpoint = sim.diskAccess;
   if (!endpoint) throw new ArmError(500, 'InternalServerError', 'The disk access endpoint of the ARM simulator is not running.');
   const body = objectAt(ctx.body, 'body');
@@ -83,7 +76,7 @@ export function grantAccess(sim: ArmSim, ctx: ReqCtx, d: DiskRec): Reply {
 }
 
 /** POST .../disks/{name}/endGetAccess: revokes the SAS (a disk without one stays as it is). */
-export function revokeAccess(sim: ArmSim, ctx: ReqCtx, d: DiskRec): Reply {
+export function revokeAccess(sim: SimContext, ctx: ReqCtx, d: DiskRec): Reply {
   const op = sim.startOperation(ctx, {
     provider: COMPUTE,
     location: d.location,
@@ -96,7 +89,7 @@ export function revokeAccess(sim: ArmSim, ctx: ReqCtx, d: DiskRec): Reply {
 }
 
 /** Completion of a grant or revoke: a new grant replaces any earlier one, whose SAS stops working. */
-export function completeAccessOperation(sim: ArmSim, op: { kind: string; resourceKey: string; grant?: DiskAccessGrant }): void {
+export function completeAccessOperation(sim: SimContext, op: { kind: string; resourceKey: string; grant?: DiskAccessGrant }): void {
   const d = sim.state.disks[op.resourceKey];
   if (!d) return;
   if (op.kind === 'diskGrantAccess' && op.grant) d.access = op.grant;
@@ -155,7 +148,7 @@ function parseRange(header: string | undefined, size: number): { start: number; 
 }
 
 /** Serves one request on the SAS listener. */
-export async function serveDiskAccess(sim: ArmSim, req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+export async function serveDiskAccess(sim: SimContext, req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
   const e = sim.diskAccess;
   const url = new URL(req.url ?? '/', 'http://disk-access');
   const [container, blob, ...extra] = url.pathname.split('/').filter((p) => p.length > 0);
@@ -221,7 +214,7 @@ export async function serveDiskAccess(sim: ArmSim, req: http.IncomingMessage, re
 }
 
 /** The bytes [start, end] of the disk as a VHD: its stored data, then the footer. */
-async function sendDiskRange(sim: ArmSim, d: DiskRec, start: number, end: number, res: http.ServerResponse): Promise<void> {
+async function sendDiskRange(sim: SimContext, d: DiskRec, start: number, end: number, res: http.ServerResponse): Promise<void> {
   const dataSize = d.diskSizeBytes;
   if (start < dataSize) {
     const stream = fs.createReadStream(sim.disks.pathOf(d), { start, end: Math.min(end, dataSize - 1) });

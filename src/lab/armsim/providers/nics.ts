@@ -1,8 +1,8 @@
-/** Microsoft.Network (network interfaces, virtual networks, subnets) and Microsoft.Storage accounts. */
-import { checkPutPreconditions, methodNotAllowed, normLocation, unknownRoute, type Reply, type ReqCtx } from './common';
-import type { ArmSim } from './engine';
-import { ArmError, resourceNotFound } from './errors';
-import { key, type NicIpConfigRec, type NicRec, type OperationRec, type StorageAccountRec, type SubnetRec, type VnetRec } from './state';
+/** Microsoft.Network/networkInterfaces, with addresses allocated from their subnet. */
+
+import { checkPutPreconditions, methodNotAllowed, normLocation, type Reply, type ReqCtx, unknownRoute } from '../common';
+import { ArmError, resourceNotFound } from '../errors';
+import { key, type NicIpConfigRec, type NicRec, type SubnetRec, type VnetRec } from '../state';
 import {
   canonicalJson,
   checkResourceName,
@@ -10,6 +10,7 @@ import {
   intToIp,
   ipInCidr,
   ipToInt,
+  type Json,
   objectAt,
   optArray,
   optBoolean,
@@ -22,11 +23,16 @@ import {
   resourceId,
   uuid,
   withoutKeys,
-  type Json,
-} from './util';
+} from '../util';
+import type { SimContext } from '../context';
+import type { ResourceProvider } from '../context';
+import type { OperationRec } from '../state';
+import { inResourceGroup } from '../common';
 
-const NETWORK = 'Microsoft.Network';
+export const NETWORK = 'Microsoft.Network';
+
 const NIC_MODELLED = ['ipConfigurations', 'enableAcceleratedNetworking'];
+
 const NIC_READONLY = [
   'provisioningState',
   'resourceGuid',
@@ -41,17 +47,13 @@ const NIC_READONLY = [
   'defaultOutboundConnectivityEnabled',
 ];
 
-function requestFormat(message: string): ArmError {
+export function requestFormat(message: string): ArmError {
   return new ArmError(400, 'InvalidRequestFormat', message);
 }
 
-// ---- network interfaces --------------------------------------------------------------------------
-
-export function nicsRoute(sim: ArmSim, ctx: ReqCtx, rg: string, name: string | undefined, rest: string[]): Reply {
-  const target = sim.routeTarget(ctx, rg, name, NETWORK, 'networkInterfaces');
-  if (target.list) return target.list;
-  if (rest.length > 0 || name === undefined) throw unknownRoute(ctx);
-  const { rgName, id, k } = target;
+function nicsRoute(sim: SimContext, ctx: ReqCtx, rg: string, name: string, rest: string[]): Reply {
+  const { rgName, id, k } = sim.itemTarget(ctx, rg, name, NETWORK, 'networkInterfaces');
+  if (rest.length > 0) throw unknownRoute(ctx);
   const existing = sim.state.nics[k];
   switch (ctx.method) {
     case 'GET':
@@ -86,7 +88,7 @@ interface IpConfigSpec {
   primary?: boolean;
 }
 
-function putNic(sim: ArmSim, ctx: ReqCtx, id: string, rgName: string, name: string, existing: NicRec | undefined): Reply {
+function putNic(sim: SimContext, ctx: ReqCtx, id: string, rgName: string, name: string, existing: NicRec | undefined): Reply {
   const body = objectAt(ctx.body, 'body');
   const location = optString(body.location, 'location');
   if (!location) throw new ArmError(400, 'LocationRequired', 'The location property is required for this definition.');
@@ -229,7 +231,7 @@ function putNic(sim: ArmSim, ctx: ReqCtx, id: string, rgName: string, name: stri
   return { status: 201, body: renderNic(sim, rec), headers: sim.operationHeaders(ctx, op, false) };
 }
 
-function lookupSubnet(sim: ArmSim, subnetId: string, referencedBy: string, location: string): { vnet: VnetRec; subnet: SubnetRec } {
+function lookupSubnet(sim: SimContext, subnetId: string, referencedBy: string, location: string): { vnet: VnetRec; subnet: SubnetRec } {
   const notFound = () =>
     new ArmError(
       400,
@@ -246,7 +248,7 @@ function lookupSubnet(sim: ArmSim, subnetId: string, referencedBy: string, locat
 }
 
 /** Addresses in use in a subnet, mapped to the id of the NIC holding them. */
-function usedAddresses(sim: ArmSim, subnetKey: string, exceptNicKey?: string): Map<number, string> {
+export function usedAddresses(sim: SimContext, subnetKey: string, exceptNicKey?: string): Map<number, string> {
   const used = new Map<number, string>();
   for (const [k, nic] of Object.entries(sim.state.nics)) {
     if (k === exceptNicKey) continue;
@@ -255,7 +257,7 @@ function usedAddresses(sim: ArmSim, subnetKey: string, exceptNicKey?: string): M
   return used;
 }
 
-export function renderNic(sim: ArmSim, n: NicRec): Json {
+export function renderNic(sim: SimContext, n: NicRec): Json {
   const vm = n.virtualMachineId ? sim.state.vms[n.virtualMachineId] : undefined;
   const props: Json = {
     ...(n.extraProperties ?? {}),
@@ -301,7 +303,7 @@ export function renderNic(sim: ArmSim, n: NicRec): Json {
 
 /** Creates a NIC directly (seeding), with the first free dynamic address of the subnet. */
 export function createNicRecord(
-  sim: ArmSim,
+  sim: SimContext,
   rgName: string,
   name: string,
   location: string,
@@ -336,253 +338,24 @@ export function createNicRecord(
   return rec;
 }
 
-// ---- virtual networks ----------------------------------------------------------------------------
-
-export function vnetsRoute(sim: ArmSim, ctx: ReqCtx, rg: string, name: string | undefined, restRaw: string[]): Reply {
-  const target = sim.routeTarget(ctx, rg, name, NETWORK, 'virtualNetworks');
-  if (target.list) return target.list;
-  if (name === undefined) throw unknownRoute(ctx);
-  const { rgName, id, k } = target;
-  const vnet = sim.state.vnets[k];
-  const need = (): VnetRec => {
-    if (!vnet) throw resourceNotFound('Microsoft.Network/virtualNetworks', name, rgName);
-    return vnet;
-  };
-  if (restRaw.length === 0) {
-    if (ctx.method === 'GET') return { status: 200, body: renderVnet(sim, need()) };
-    if (ctx.method === 'PUT') {
-      checkResourceName(name, 'virtualNetworks');
-      return putVnet(sim, ctx, id, rgName, name, vnet);
-    }
-    throw methodNotAllowed(ctx);
-  }
-  if (restRaw[0].toLowerCase() !== 'subnets' || restRaw.length > 2) throw unknownRoute(ctx);
-  const v = need();
-  if (restRaw.length === 1) {
-    if (ctx.method !== 'GET') throw methodNotAllowed(ctx);
-    return { status: 200, body: { value: v.subnets.map((s) => renderSubnet(sim, v, s)) } };
-  }
-  const subnetName = restRaw[1];
-  const subnet = v.subnets.find((s) => s.name.toLowerCase() === subnetName.toLowerCase());
-  if (ctx.method === 'GET') {
-    if (!subnet) throw resourceNotFound('Microsoft.Network/virtualNetworks/subnets', `${v.name}/${subnetName}`, rgName);
-    return { status: 200, body: renderSubnet(sim, v, subnet) };
-  }
-  if (ctx.method === 'PUT') {
-    const body = objectAt(ctx.body, 'body');
-    const prefix = optString(objectAt(body.properties, 'properties').addressPrefix, 'addressPrefix');
-    if (!prefix) throw requestFormat(`Subnet ${subnetName} must have an addressPrefix.`);
-    checkSubnetPrefix(v, subnetName, prefix);
-    if (subnet && subnet.addressPrefix === prefix) return { status: 200, body: renderSubnet(sim, v, subnet) };
-    if (subnet) {
-      if (subnetInUse(sim, v, subnet)) {
-        throw new ArmError(400, 'InUseSubnetCannotBeUpdated', `Subnet ${subnet.name} is in use and its address prefix cannot be changed.`);
-      }
-      subnet.addressPrefix = prefix;
-    } else {
-      v.subnets.push({ name: subnetName, addressPrefix: prefix });
-    }
-    v.provisioningState = 'Updating';
-    const op = sim.startOperation(ctx, { provider: NETWORK, location: v.location, kind: 'vnetPut', resourceKey: k, action: 'PUT' });
-    sim.save();
-    const sn = v.subnets.find((s) => s.name.toLowerCase() === subnetName.toLowerCase()) as SubnetRec;
-    return { status: subnet ? 200 : 201, body: renderSubnet(sim, v, sn), headers: sim.operationHeaders(ctx, op, false) };
-  }
-  throw methodNotAllowed(ctx);
-}
-
-function checkSubnetPrefix(v: VnetRec, subnetName: string, prefix: string): void {
-  const c = parseCidr(prefix);
-  if (!c)
-    throw new ArmError(400, 'InvalidAddressPrefixFormat', `Address prefix ${prefix} of subnet ${subnetName} is not formatted correctly.`);
-  const inside = v.addressPrefixes.some((vp) => {
-    const p = parseCidr(vp);
-    return p !== undefined && c.base >= p.base && c.base + c.size <= p.base + p.size;
-  });
-  if (!inside) {
-    throw new ArmError(
-      400,
-      'NetcfgSubnetRangeOutsideVnet',
-      `Subnet '${subnetName}' is not valid because its IP address range is outside the IP address range of virtual network '${v.name}'.`,
-    );
-  }
-}
-
-function subnetInUse(sim: ArmSim, v: VnetRec, s: SubnetRec): boolean {
-  return usedAddresses(sim, key(`${v.id}/subnets/${s.name}`)).size > 0;
-}
-
-function putVnet(sim: ArmSim, ctx: ReqCtx, id: string, rgName: string, name: string, existing: VnetRec | undefined): Reply {
-  const body = objectAt(ctx.body, 'body');
-  const location = optString(body.location, 'location');
-  if (!location) throw new ArmError(400, 'LocationRequired', 'The location property is required for this definition.');
-  const props = objectAt(body.properties, 'properties');
-  const prefixes = (optArray(optObject(props.addressSpace, 'addressSpace')?.addressPrefixes, 'addressPrefixes') ?? []).map(String);
-  if (prefixes.length === 0 || prefixes.some((p) => !parseCidr(p))) {
-    throw new ArmError(
-      400,
-      'InvalidAddressPrefixFormat',
-      `Virtual network ${name} needs valid address prefixes in addressSpace.addressPrefixes.`,
-    );
-  }
-  const subnets: SubnetRec[] = (optArray(props.subnets, 'subnets') ?? []).map((r, i) => {
-    const s = objectAt(r, `subnets[${i}]`);
-    const sname = optString(s.name, `subnets[${i}].name`);
-    const prefix = optString(objectAt(s.properties, 'properties').addressPrefix, 'addressPrefix');
-    if (!sname || !prefix) throw requestFormat(`Subnet ${i} of virtual network ${name} needs a name and an addressPrefix.`);
-    return { name: sname, addressPrefix: prefix };
-  });
-  const draft: VnetRec = {
-    id,
-    name,
-    resourceGroup: rgName,
-    location: normLocation(location),
-    tags: optTags(body.tags),
-    addressPrefixes: prefixes,
-    subnets,
-    resourceGuid: existing?.resourceGuid ?? uuid(),
-    provisioningState: 'Updating',
-  };
-  for (const s of subnets) checkSubnetPrefix(draft, s.name, s.addressPrefix);
-  if (existing) {
-    for (const s of existing.subnets) {
-      const kept = subnets.find((x) => x.name.toLowerCase() === s.name.toLowerCase());
-      if ((!kept || kept.addressPrefix !== s.addressPrefix) && subnetInUse(sim, existing, s)) {
-        throw new ArmError(
-          400,
-          'InUseSubnetCannotBeDeleted',
-          `Subnet ${s.name} is in use by network interfaces and cannot be deleted or changed. In order to delete the subnet, delete all the resources within the subnet.`,
-        );
-      }
-    }
-  }
-  const k = key(id);
-  sim.state.vnets[k] = draft;
-  const op = sim.startOperation(ctx, { provider: NETWORK, location: draft.location, kind: 'vnetPut', resourceKey: k, action: 'PUT' });
-  sim.save();
-  return { status: existing ? 200 : 201, body: renderVnet(sim, draft), headers: sim.operationHeaders(ctx, op, false) };
-}
-
-export function renderSubnet(sim: ArmSim, v: VnetRec, s: SubnetRec): Json {
-  const id = `${v.id}/subnets/${s.name}`;
-  const ipConfigurations: Json[] = [];
-  for (const nic of Object.values(sim.state.nics)) {
-    for (const c of nic.ipConfigurations)
-      if (key(c.subnetId) === key(id)) ipConfigurations.push({ id: `${nic.id}/ipConfigurations/${c.name}` });
-  }
-  return {
-    id,
-    name: s.name,
-    type: 'Microsoft.Network/virtualNetworks/subnets',
-    etag: `W/"${v.resourceGuid}"`,
-    properties: {
-      provisioningState: 'Succeeded',
-      addressPrefix: s.addressPrefix,
-      ipConfigurations,
-      delegations: [],
-      privateEndpointNetworkPolicies: 'Disabled',
-      privateLinkServiceNetworkPolicies: 'Enabled',
-    },
-  };
-}
-
-export function renderVnet(sim: ArmSim, v: VnetRec): Json {
-  return {
-    id: v.id,
-    name: v.name,
-    type: 'Microsoft.Network/virtualNetworks',
-    location: v.location,
-    tags: v.tags,
-    etag: `W/"${v.resourceGuid}"`,
-    properties: {
-      provisioningState: v.provisioningState,
-      resourceGuid: v.resourceGuid,
-      addressSpace: { addressPrefixes: v.addressPrefixes },
-      subnets: v.subnets.map((s) => renderSubnet(sim, v, s)),
-      virtualNetworkPeerings: [],
-      enableDdosProtection: false,
-    },
-  };
-}
-
-// ---- storage accounts ----------------------------------------------------------------------------
-
-export function storageAccountsRoute(sim: ArmSim, ctx: ReqCtx, rg: string, name: string | undefined, rest: string[]): Reply {
-  const target = sim.routeTarget(ctx, rg, name, 'Microsoft.Storage', 'storageAccounts');
-  if (target.list) return target.list;
-  if (name === undefined) throw unknownRoute(ctx);
-  const { rgName, k } = target;
-  const acct = sim.state.storageAccounts[k];
-  if (!acct) throw resourceNotFound('Microsoft.Storage/storageAccounts', name, rgName);
-  if (rest.length === 0 && ctx.method === 'GET') return { status: 200, body: renderStorageAccount(acct) };
-  if (rest.length === 1 && rest[0] === 'listkeys' && ctx.method === 'POST') {
-    return {
-      status: 200,
-      body: {
-        keys: [
-          { keyName: 'key1', value: acct.blobAccountKey, permissions: 'FULL' },
-          { keyName: 'key2', value: acct.blobAccountKey, permissions: 'FULL' },
-        ],
-      },
-    };
-  }
-  if (rest.length === 0) throw methodNotAllowed(ctx);
-  throw unknownRoute(ctx);
-}
-
-export function renderStorageAccount(a: StorageAccountRec): Json {
-  return {
-    id: a.id,
-    name: a.name,
-    type: 'Microsoft.Storage/storageAccounts',
-    location: a.location,
-    kind: 'StorageV2',
-    sku: { name: 'Standard_LRS', tier: 'Standard' },
-    properties: {
-      provisioningState: 'Succeeded',
-      primaryEndpoints: { blob: a.blobEndpoint },
-      primaryLocation: a.location,
-      statusOfPrimary: 'available',
-      accessTier: 'Hot',
-      supportsHttpsTrafficOnly: a.blobEndpoint.startsWith('https:'),
-      allowBlobPublicAccess: false,
-      minimumTlsVersion: 'TLS1_2',
-    },
-  };
-}
-
-// ---- shared --------------------------------------------------------------------------------------
-
-export function completeOperation(sim: ArmSim, op: OperationRec, failed: boolean): void {
-  if (op.kind === 'nicPut' || op.kind === 'nicDelete') {
-    const nic = sim.state.nics[op.resourceKey];
-    if (!nic) return;
-    if (op.kind === 'nicDelete' && !failed) {
-      delete sim.state.nics[op.resourceKey];
-      return;
-    }
-    nic.provisioningState = failed ? 'Failed' : 'Succeeded';
-    op.result = renderNic(sim, nic);
+function completeNicOperation(sim: SimContext, op: OperationRec, failed: boolean): void {
+  const nic = sim.state.nics[op.resourceKey];
+  if (!nic) return;
+  if (op.kind === 'nicDelete' && !failed) {
+    delete sim.state.nics[op.resourceKey];
     return;
   }
-  if (op.kind === 'vnetPut') {
-    const v = sim.state.vnets[op.resourceKey];
-    if (!v) return;
-    v.provisioningState = failed ? 'Failed' : 'Succeeded';
-    op.result = renderVnet(sim, v);
-  }
+  nic.provisioningState = failed ? 'Failed' : 'Succeeded';
+  op.result = renderNic(sim, nic);
 }
 
-export function listByType(sim: ArmSim, type: string, rgName: string | undefined): Json[] | undefined {
-  const inRg = (r: { resourceGroup: string }) => rgName === undefined || key(r.resourceGroup) === key(rgName);
-  if (type === 'microsoft.network/networkinterfaces')
-    return Object.values(sim.state.nics)
-      .filter(inRg)
-      .map((n) => renderNic(sim, n));
-  if (type === 'microsoft.network/virtualnetworks')
-    return Object.values(sim.state.vnets)
-      .filter(inRg)
-      .map((v) => renderVnet(sim, v));
-  if (type === 'microsoft.storage/storageaccounts') return Object.values(sim.state.storageAccounts).filter(inRg).map(renderStorageAccount);
-  return undefined;
-}
+export const nicsProvider: ResourceProvider = {
+  type: 'microsoft.network/networkinterfaces',
+  route: nicsRoute,
+  list: (sim, rgName) =>
+    Object.values(sim.state.nics)
+      .filter(inResourceGroup(rgName))
+      .map((n) => renderNic(sim, n)),
+  completes: ['nicPut', 'nicDelete'],
+  complete: completeNicOperation,
+};
