@@ -6,8 +6,8 @@ import type { PlanSpec, PlanVm } from '../src/domain/plan';
 import { buildLinuxDiskImage } from '../src/guest/linux-image';
 import { labUp, readLabState } from '../src/lab';
 import { importRestorePoint } from '../src/repository';
-import { startPlan } from '../src/plan-client';
-import { connectClient } from '../src/restore-client';
+import { startPlan } from '../src/client/plan';
+import { connectClient } from '../src/client/restore';
 import { startWorkerProcess } from '../test/helpers/env';
 
 const MiB = 1024 * 1024;

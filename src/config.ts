@@ -1,5 +1,5 @@
 import type { AzureCredentialConfig } from './azure/credential';
-import type { EncryptionConfig } from './codec';
+import type { EncryptionConfig } from './client/codec';
 import { readFileSync, existsSync } from 'node:fs';
 import path from 'node:path';
 import { FailureType, RestoreError } from './domain/errors';

@@ -7,7 +7,7 @@ import type { AzureRestoreRequest, AzureRestoreResult } from '../../src/domain/a
 import { run } from '../../src/guest/exec';
 import { readPartitionTable } from '../../src/guest/partition';
 import { DATA_MOUNT, DATA_MARKER, ensureGuestImage, guestVmJson, type GuestImage } from '../../src/lab/guests';
-import { startAzureRestore } from '../../src/restore-client';
+import { startAzureRestore } from '../../src/client/restore';
 import { verifyBoot, type BootReport } from '../../src/verify';
 import { downloadManagedDisk, labArm, labAzure } from '../helpers/azure';
 import { bootCheck, explainBoot, sshIntoGuest } from '../helpers/lab-guests';

@@ -19,7 +19,7 @@ import type { AzureRestoreRequest, AzureRestoreResult } from '../../src/domain/a
 import { FailureType } from '../../src/domain/errors';
 import type { VSphereRestoreRequest, VSphereRestoreResult } from '../../src/domain/restore';
 import { buildLinuxDiskImage } from '../../src/guest/linux-image';
-import { failureMessage, startAzureRestore, startVSphereRestore } from '../../src/restore-client';
+import { failureMessage, startAzureRestore, startVSphereRestore } from '../../src/client/restore';
 import type { VSphereClient } from '../../src/vsphere';
 import { restorePlan, restoreToAzure, restoreToVSphere } from '../../src/workflows';
 import type { RestorePlanRequest } from '../../src/workflows/restore-plan';

@@ -1,11 +1,11 @@
 import { parseArgs } from 'node:util';
-import { loadAppConfig } from './app-config';
-import { insecureWarnings } from './config';
-import { FailureType, RestoreError } from './domain/errors';
+import { loadAppConfig } from '../app-config';
+import { insecureWarnings } from '../config';
+import { FailureType, RestoreError } from '../domain/errors';
 import { readPlanFile } from './plan-file';
-import { approvePlanGate, getPlanStatus, planIdOf, renderPlanTable, startPlan, type PlanStatus } from './plan-client';
+import { approvePlanGate, getPlanStatus, planIdOf, renderPlanTable, startPlan, type PlanStatus } from '../client/plan';
 import { createProgressView, type ProgressItem } from './progress-view';
-import { connectClient } from './restore-client';
+import { connectClient } from '../client/restore';
 
 export const PLAN_USAGE = `  vmrestore plan start plan.yaml [--wait] [--json]   (restore the plan's VMs group by group, live bars on a terminal with --wait; see README "Restore plans")
   vmrestore plan status PLAN [--watch] [--json]   (PLAN: the plan's name or workflow id plan-<name>; --watch follows it to the end, live bars on a terminal)

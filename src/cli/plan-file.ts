@@ -1,10 +1,10 @@
 import { readFileSync } from 'node:fs';
 import { isMap, isPair, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node } from 'yaml';
-import type { AzureRestoreRequest } from './domain/azure';
-import { FailureType, RestoreError } from './domain/errors';
-import { planVmKey, type PlanGate, type PlanGroup, type PlanLimits, type PlanSpec, type PlanVm } from './domain/plan';
-import { DISK_FORMATS, TRANSPORT_REQUESTS, type VSphereRestoreRequest } from './domain/restore';
-import { validateAzureRestoreRequest, validateVSphereRestoreRequest } from './domain/validation';
+import type { AzureRestoreRequest } from '../domain/azure';
+import { FailureType, RestoreError } from '../domain/errors';
+import { planVmKey, type PlanGate, type PlanGroup, type PlanLimits, type PlanSpec, type PlanVm } from '../domain/plan';
+import { DISK_FORMATS, TRANSPORT_REQUESTS, type VSphereRestoreRequest } from '../domain/restore';
+import { validateAzureRestoreRequest, validateVSphereRestoreRequest } from '../domain/validation';
 import { AZURE_REQUEST_FIELDS, VSPHERE_REQUEST_FIELDS, azureRestoreRequest, vsphereRestoreRequest } from './restore-requests';
 
 /**

@@ -1,10 +1,10 @@
 import { WorkflowExecutionAlreadyStartedError, type Client, type WorkflowHandle } from '@temporalio/client';
-import type { AzureRestoreResult } from './domain/azure';
-import { FailureType, RestoreError } from './domain/errors';
-import { planWorkflowId, type PlanProgress, type PlanResult, type PlanSpec, type PlanVmState } from './domain/plan';
-import type { VSphereRestoreResult } from './domain/restore';
-import { failureMessage, fmtBytes, getRestoreStatus } from './restore-client';
-import { approvePlan, planProgressQuery, runRestorePlan } from './workflows';
+import type { AzureRestoreResult } from '../domain/azure';
+import { FailureType, RestoreError } from '../domain/errors';
+import { planWorkflowId, type PlanProgress, type PlanResult, type PlanSpec, type PlanVmState } from '../domain/plan';
+import type { VSphereRestoreResult } from '../domain/restore';
+import { failureMessage, fmtBytes, getRestoreStatus } from './restore';
+import { approvePlan, planProgressQuery, runRestorePlan } from '../workflows';
 
 /** One row of `plan status`: a VM with its group, where its restore stands, and what it moved. */
 export interface PlanVmStatus {

@@ -4,7 +4,7 @@ import net from 'node:net';
 import http from 'node:http';
 import type { Payload, PayloadCodec } from '@temporalio/common';
 import { temporal } from '@temporalio/proto';
-import { FailureType, RestoreError } from './domain/errors';
+import { FailureType, RestoreError } from '../domain/errors';
 
 export const ENCODING = 'binary/encrypted';
 export const KEY_ID_METADATA = 'encryption-key-id';

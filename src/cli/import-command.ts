@@ -1,7 +1,7 @@
-import type { AppConfig } from './config';
-import type { VSphereImportRequest, VSphereImportResult } from './domain/vsphere-import';
-import { startVSphereImport } from './import-client';
-import { connectClient, waitWithProgress } from './restore-client';
+import type { AppConfig } from '../config';
+import type { VSphereImportRequest, VSphereImportResult } from '../domain/vsphere-import';
+import { startVSphereImport } from '../client/import';
+import { connectClient, waitWithProgress } from '../client/restore';
 
 /**
  * `repo import --from-vsphere VM`: starts the import workflow on the workers and follows it to the end,

@@ -1,8 +1,8 @@
 import type { Client, WorkflowHandle } from '@temporalio/client';
-import { RestoreKind, RestoreVm } from './domain/search-attributes';
-import { vsphereImportWorkflowId, type VSphereImportRequest } from './domain/vsphere-import';
-import { newRestoreSuffix } from './restore-client';
-import { importFromVSphere } from './workflows';
+import { RestoreKind, RestoreVm } from '../domain/search-attributes';
+import { vsphereImportWorkflowId, type VSphereImportRequest } from '../domain/vsphere-import';
+import { newRestoreSuffix } from './restore';
+import { importFromVSphere } from '../workflows';
 
 /** Starts `importFromVSphere` on the workers' queue: a restore point taken from a VM on vCenter. */
 export async function startVSphereImport(

@@ -1,6 +1,6 @@
 import { ScheduleAlreadyRunning, ScheduleOverlapPolicy, type Client } from '@temporalio/client';
 import { randomBytes } from 'node:crypto';
-import { sweepScheduleId, type SweepItem, type SweepReport } from './domain/sweep';
+import { sweepScheduleId, type SweepItem, type SweepReport } from '../domain/sweep';
 
 /** Runs the sweeper workflow once on `taskQueue` (a worker must serve it) and returns its report. */
 export async function runSweep(

@@ -1,5 +1,5 @@
 import { MultiBar, Presets, type SingleBar } from 'cli-progress';
-import { etaSeconds, formatEta, formatRate, ThroughputMeter } from './domain/progress';
+import { etaSeconds, formatEta, formatRate, ThroughputMeter } from '../domain/progress';
 
 /**
  * Live progress for people at a terminal: one bar per item (a disk of a restore, a VM of a plan) under a

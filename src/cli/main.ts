@@ -1,12 +1,12 @@
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { Client } from '@temporalio/client';
-import { insecureWarnings, type AppConfig } from './config';
-import { loadAppConfig } from './app-config';
-import { FailureType, RestoreError } from './domain/errors';
-import type { DiskFormat, TransportRequest } from './domain/restore';
-import { DISK_FORMATS, TASK_QUEUE, TRANSPORT_REQUESTS } from './domain/restore';
-import { labDown, labStatus, labUp } from './lab';
+import { insecureWarnings, type AppConfig } from '../config';
+import { loadAppConfig } from '../app-config';
+import { FailureType, RestoreError } from '../domain/errors';
+import type { DiskFormat, TransportRequest } from '../domain/restore';
+import { DISK_FORMATS, TASK_QUEUE, TRANSPORT_REQUESTS } from '../domain/restore';
+import { labDown, labStatus, labUp } from '../lab';
 import {
   importOvaRestorePoint,
   importOvfRestorePoint,
@@ -14,7 +14,7 @@ import {
   getRestorePoint,
   listRestorePoints,
   verifyRepository,
-} from './repository';
+} from '../repository';
 import {
   connectClient,
   failureMessage,
@@ -23,23 +23,23 @@ import {
   startAzureRestore,
   startVSphereRestore,
   waitWithProgress,
-} from './restore-client';
+} from '../client/restore';
 import { azureRestoreRequest, vsphereRestoreRequest } from './restore-requests';
-import type { RestoreVerification, VerifyRequestFields } from './domain/verification';
-import { runWorker } from './worker';
-import { diskPercent, formatEta, formatRate } from './domain/progress';
+import type { RestoreVerification, VerifyRequestFields } from '../domain/verification';
+import { runWorker } from '../worker';
+import { diskPercent, formatEta, formatRate } from '../domain/progress';
 import { createProgressView } from './progress-view';
-import { AesGcmCodec, loadCodecServerToken, startCodecServer } from './codec';
+import { AesGcmCodec, loadCodecServerToken, startCodecServer } from '../client/codec';
 import { runDemo, seedDemoRepository } from './demo';
-import { ensureExternalTools } from './lab/prereqs';
-import { formatSweepReport, installSweepSchedule, runSweep } from './sweep-client';
-import { VERIFY_USAGE, verifyCommand } from './verify/cli';
-import { importFromVSphereCommand } from './import-cli';
-import { PLAN_USAGE, planCommand } from './plan-cli';
+import { ensureExternalTools } from '../lab/prereqs';
+import { formatSweepReport, installSweepSchedule, runSweep } from '../client/sweep';
+import { VERIFY_USAGE, verifyCommand } from './verify-command';
+import { importFromVSphereCommand } from './import-command';
+import { PLAN_USAGE, planCommand } from './plan-command';
 
 export { TASK_QUEUE };
-export { startVSphereRestore, getRestoreStatus, vsphereWorkflowId } from './restore-client';
-export type { VSphereRestoreRequest, VSphereRestoreResult } from './domain/restore';
+export { startVSphereRestore, getRestoreStatus, vsphereWorkflowId } from '../client/restore';
+export type { VSphereRestoreRequest, VSphereRestoreResult } from '../domain/restore';
 
 const USAGE = `vmrestore: restore whole VMs from backups to vSphere (and Azure) on Temporal
 
@@ -116,7 +116,9 @@ export async function main(argv: string[]): Promise<number> {
         return await verifyCommand(sub === undefined ? [] : [sub, ...rest], out);
       case 'version':
       case '--version':
-        out(`vmrestore ${(require('../package.json') as { version: string }).version} on Node.js ${process.version} (${process.execPath})`);
+        out(
+          `vmrestore ${(require('../../package.json') as { version: string }).version} on Node.js ${process.version} (${process.execPath})`,
+        );
         return 0;
       case undefined:
       case 'help':
@@ -251,7 +253,7 @@ function repositoryPath(): string {
     return loadAppConfig().repository.path;
   } catch {
     // Repository commands work without a running lab.
-    return require('node:path').join(require('./lab').labDir(), 'repository');
+    return require('node:path').join(require('../lab').labDir(), 'repository');
   }
 }
 

@@ -3,15 +3,15 @@ import { Client, Connection, WorkflowFailedError, type WorkflowHandle } from '@t
 import { ApplicationFailure, type DataConverter } from '@temporalio/common';
 import { decodeFromPayloadsAtIndex } from '@temporalio/common/lib/internal-non-workflow';
 import { AesGcmCodec } from './codec';
-import { tracingClientInterceptors } from './telemetry/tracing';
-import { etaSeconds } from './domain/progress';
-import { createProgressView, type ProgressItem, type ProgressView } from './progress-view';
-import { FailureType, RestoreError } from './domain/errors';
-import type { AppConfig } from './config';
-import type { DiskCheckpoint, DiskProgress, RestoreProgress, VSphereRestoreRequest, VSphereRestoreResult } from './domain/restore';
-import { RestoreKind, RestoreVm } from './domain/search-attributes';
-import { progressQuery, restoreToAzure, restoreToVSphere } from './workflows';
-import type { AzureRestoreRequest } from './domain/azure';
+import { tracingClientInterceptors } from '../telemetry/tracing';
+import { etaSeconds } from '../domain/progress';
+import { createProgressView, type ProgressItem, type ProgressView } from '../cli/progress-view';
+import { FailureType, RestoreError } from '../domain/errors';
+import type { AppConfig } from '../config';
+import type { DiskCheckpoint, DiskProgress, RestoreProgress, VSphereRestoreRequest, VSphereRestoreResult } from '../domain/restore';
+import { RestoreKind, RestoreVm } from '../domain/search-attributes';
+import { progressQuery, restoreToAzure, restoreToVSphere } from '../workflows';
+import type { AzureRestoreRequest } from '../domain/azure';
 
 export interface RestoreStatus {
   workflowId: string;
@@ -182,7 +182,7 @@ export function failureMessage(err: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
 
-export { fmtSize as fmtBytes } from './progress-view';
+export { fmtSize as fmtBytes } from '../cli/progress-view';
 
 /** A restore's disks as rows of a progress view. */
 export function diskItems(disks: DiskProgress[]): ProgressItem[] {

@@ -1,8 +1,8 @@
 import { parseArgs } from 'node:util';
 import { FailureType, RestoreError } from '../domain/errors';
 import { ensureGuestImage, GUEST_RECIPES, type GuestName } from '../lab/guests';
-import { verifyBoot, type BootReport, type BootRequest } from './boot';
-import type { NicModel, ScsiController } from './qemu';
+import { verifyBoot, type BootReport, type BootRequest } from '../verify/boot';
+import type { NicModel, ScsiController } from '../verify/qemu';
 
 export const VERIFY_USAGE = `  vmrestore verify --firmware bios|efi --disk IMAGE [--disk IMAGE]... --mac MAC [--nic-model M]
         [--scsi virtio-scsi|lsi|pvscsi] [--subnet CIDR] [--gateway IP] [--guest-address IP]

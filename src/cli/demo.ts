@@ -1,16 +1,16 @@
 import { createHash } from 'node:crypto';
 import { mkdirSync, writeFileSync, openSync, writeSync, closeSync, ftruncateSync } from 'node:fs';
 import path from 'node:path';
-import { loadAppConfig } from './app-config';
-import { configFilePath } from './config';
-import { labUp, labDir } from './lab';
-import { ensureExternalTools } from './lab/prereqs';
-import { importRestorePoint, listRestorePoints } from './repository';
-import { buildLinuxDiskImage } from './guest/linux-image';
-import { buildWindowsDiskImage } from './guest/windows-image';
-import { connectClient, startAzureRestore, startVSphereRestore, waitWithProgress } from './restore-client';
-import { runWorker } from './worker';
-import { ensureGuestImage, guestVmJson, type GuestName } from './lab/guests';
+import { loadAppConfig } from '../app-config';
+import { configFilePath } from '../config';
+import { labUp, labDir } from '../lab';
+import { ensureExternalTools } from '../lab/prereqs';
+import { importRestorePoint, listRestorePoints } from '../repository';
+import { buildLinuxDiskImage } from '../guest/linux-image';
+import { buildWindowsDiskImage } from '../guest/windows-image';
+import { connectClient, startAzureRestore, startVSphereRestore, waitWithProgress } from '../client/restore';
+import { runWorker } from '../worker';
+import { ensureGuestImage, guestVmJson, type GuestName } from '../lab/guests';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;

@@ -1,5 +1,5 @@
-import type { AzureRestoreRequest } from './domain/azure';
-import type { VSphereRestoreRequest } from './domain/restore';
+import type { AzureRestoreRequest } from '../domain/azure';
+import type { VSphereRestoreRequest } from '../domain/restore';
 
 /**
  * Restore requests as the `restore` commands and plan files build them: the fields given, with the
