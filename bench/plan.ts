@@ -1,7 +1,7 @@
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { labConfig } from '../src/app-config';
+import { labConfig } from '../src/config/load';
 import type { PlanSpec, PlanVm } from '../src/domain/plan';
 import { buildLinuxDiskImage } from '../src/guest/linux-image';
 import { labUp, readLabState } from '../src/lab';

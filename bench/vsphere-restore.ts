@@ -2,7 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { labConfig } from '../src/app-config';
+import { labConfig } from '../src/config/load';
 import { buildDataDiskImage, seedDemoRepository } from '../src/cli/demo';
 import type { TransportMode } from '../src/domain/restore';
 import { labUp, readLabState } from '../src/lab';

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { mkdirSync, writeFileSync, openSync, writeSync, closeSync, ftruncateSync } from 'node:fs';
 import path from 'node:path';
-import { loadAppConfig } from '../app-config';
+import { loadAppConfig } from '../config/load';
 import { configFilePath } from '../config';
 import { labUp, labDir } from '../lab';
 import { ensureExternalTools } from '../lab/prereqs';

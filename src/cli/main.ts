@@ -2,7 +2,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { Client } from '@temporalio/client';
 import { insecureWarnings, type AppConfig } from '../config';
-import { loadAppConfig } from '../app-config';
+import { loadAppConfig } from '../config/load';
 import { FailureType, RestoreError } from '../domain/errors';
 import type { DiskFormat, TransportRequest } from '../domain/restore';
 import { DISK_FORMATS, TASK_QUEUE, TRANSPORT_REQUESTS } from '../domain/restore';

@@ -1,5 +1,5 @@
 import { parseArgs } from 'node:util';
-import { loadAppConfig } from '../app-config';
+import { loadAppConfig } from '../config/load';
 import { insecureWarnings } from '../config';
 import { FailureType, RestoreError } from '../domain/errors';
 import { readPlanFile } from './plan-file';

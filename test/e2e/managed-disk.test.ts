@@ -9,7 +9,7 @@ import type { PageBlobClient } from '@azure/storage-blob';
 import { attachedDiskDevice, findLunDevice, lunOfDisk } from '../../src/azure/attached-disks';
 import { parseManagedDiskId, withManagedDiskRead } from '../../src/azure/managed-disk-read';
 import { buildFixedVhdFooter, parseVhdFooter } from '../../src/azure/vhd';
-import { labConfig } from '../../src/app-config';
+import { labConfig } from '../../src/config/load';
 import { buildLinuxDiskImage } from '../../src/guest/linux-image';
 import { prepareLinuxDisk, readGuestFile } from '../../src/guest/linux-prep';
 import { labDir, labUp, readLabState } from '../../src/lab';

@@ -6,7 +6,7 @@ import { readLabState } from '../../src/lab';
 import type { LabAzure } from '../../src/lab/azure';
 import type { ArmClients } from '../../src/lab/armsim';
 import { armClientsFor } from '../../src/azure/credential';
-import { labConfig } from '../../src/app-config';
+import { labConfig } from '../../src/config/load';
 import { withManagedDiskRead } from '../../src/azure/managed-disk-read';
 import type { FaultRule, RequestLogEntry } from '../../src/lab/armsim';
 

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import type { Client, Connection } from '@temporalio/client';
 import { Worker } from '@temporalio/worker';
-import { labConfig } from '../../src/app-config';
+import { labConfig } from '../../src/config/load';
 import type { AppConfig } from '../../src/config';
 import { labUp, readLabState } from '../../src/lab';
 import { connectClient } from '../../src/client/restore';

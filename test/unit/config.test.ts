@@ -5,7 +5,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { VSphereSessions } from '../../src/activities/vsphere-sessions';
-import { labConfig } from '../../src/app-config';
+import { labConfig } from '../../src/config/load';
 import {
   applyEnvOverrides,
   assertProfileTransport,

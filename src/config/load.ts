@@ -1,9 +1,9 @@
 import path from 'node:path';
-import { applyEnvOverrides, configFilePath, loadConfigFile, type AppConfig, type AzureConfig } from './config';
-import type { LabAzure } from './lab/azure';
-import { labAgentInstaller } from './lab/agent-installer';
-import { FailureType, RestoreError } from './domain/errors';
-import { labDir, readLabState, type LabState } from './lab/lab';
+import { applyEnvOverrides, configFilePath, loadConfigFile, type AppConfig, type AzureConfig } from './index';
+import type { LabAzure } from '../lab/azure';
+import { labAgentInstaller } from '../lab/agent-installer';
+import { FailureType, RestoreError } from '../domain/errors';
+import { labDir, readLabState, type LabState } from '../lab/lab';
 
 /** The lab's endpoints as a config: what `npm start` and the tests run against. */
 export function labConfig(lab: LabState): AppConfig {

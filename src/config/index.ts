@@ -1,9 +1,9 @@
-import type { AzureCredentialConfig } from './azure/credential';
-import type { EncryptionConfig } from './client/codec';
+import type { AzureCredentialConfig } from '../azure/credential';
+import type { EncryptionConfig } from '../client/codec';
 import { readFileSync, existsSync } from 'node:fs';
 import path from 'node:path';
-import { FailureType, RestoreError } from './domain/errors';
-import type { TransportMode } from './domain/restore';
+import { FailureType, RestoreError } from '../domain/errors';
+import type { TransportMode } from '../domain/restore';
 
 /** A vCenter/ESXi connection; the password is a reference, never a literal in requests or history. */
 export interface VSphereProfile {
