@@ -1,10 +1,9 @@
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { labConfig } from '../src/config/load';
+import { labConfig, labUp, readLabState } from '../src/lab';
 import type { PlanSpec, PlanVm } from '../src/domain/plan';
 import { buildLinuxDiskImage } from '../src/guest/linux-image';
-import { labUp, readLabState } from '../src/lab';
 import { importRestorePoint } from '../src/repository';
 import { startPlan } from '../src/client/plan';
 import { connectClient } from '../src/client/restore';

@@ -1,8 +1,7 @@
 import { createHash } from 'node:crypto';
 import { mkdirSync, writeFileSync, openSync, writeSync, closeSync, ftruncateSync } from 'node:fs';
 import path from 'node:path';
-import { loadAppConfig } from '../config/load';
-import { configFilePath } from '../config';
+import { configFilePath, loadAppConfig } from '../config';
 import { labUp, labDir } from '../lab';
 import { ensureExternalTools } from '../lab/prereqs';
 import { importRestorePoint, listRestorePoints } from '../repository';

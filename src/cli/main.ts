@@ -1,8 +1,7 @@
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { Client } from '@temporalio/client';
-import { insecureWarnings, type AppConfig } from '../config';
-import { loadAppConfig } from '../config/load';
+import { insecureWarnings, loadAppConfig, type AppConfig } from '../config';
 import { FailureType, RestoreError } from '../domain/errors';
 import type { DiskFormat, TransportRequest } from '../domain/restore';
 import { DISK_FORMATS, TASK_QUEUE, TRANSPORT_REQUESTS } from '../domain/restore';

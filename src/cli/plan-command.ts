@@ -1,6 +1,5 @@
 import { parseArgs } from 'node:util';
-import { loadAppConfig } from '../config/load';
-import { insecureWarnings } from '../config';
+import { insecureWarnings, loadAppConfig } from '../config';
 import { FailureType, RestoreError } from '../domain/errors';
 import { readPlanFile } from './plan-file';
 import { approvePlanGate, getPlanStatus, planIdOf, renderPlanTable, startPlan, type PlanStatus } from '../client/plan';
