@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { labConfig, labUp, readLabState } from '../src/lab';
 import type { PlanSpec, PlanVm } from '../src/domain/plan';
-import { buildLinuxDiskImage } from '../src/guest/linux-image';
+import { buildLinuxDiskImage } from '../src/lab/images/linux-image';
 import { importRestorePoint } from '../src/repository';
 import { startPlan } from '../src/client/plan';
 import { connectClient } from '../src/client/restore';

@@ -20,7 +20,7 @@ import type { VSphereRestoreResult } from '../../src/domain/restore';
 import { labRestartTemporal } from '../../src/lab';
 import { getRestorePoint } from '../../src/repository';
 import { buildDataDiskImage } from '../../src/cli/demo';
-import { buildLinuxDiskImage } from '../../src/guest/linux-image';
+import { buildLinuxDiskImage } from '../../src/lab/images/linux-image';
 import { startAzureRestore, startVSphereRestore } from '../../src/client/restore';
 import { runSweep } from '../../src/client/sweep';
 import type { VSphereClient } from '../../src/vsphere';

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import type { AzureRestoreRequest, AzureRestoreResult } from '../../src/domain/azure';
 import { run } from '../../src/guest/exec';
-import { readPartitionTable } from '../../src/guest/partition';
+import { readPartitionTable } from '../../src/guest/disk/partition';
 import { DATA_MOUNT, DATA_MARKER, ensureGuestImage, guestVmJson, type GuestImage } from '../../src/lab/guests';
 import { startAzureRestore } from '../../src/client/restore';
 import { verifyBoot, type BootReport } from '../../src/verify';

@@ -10,8 +10,8 @@ import { attachedDiskDevice, findLunDevice, lunOfDisk } from '../../src/azure/at
 import { parseManagedDiskId, withManagedDiskRead } from '../../src/azure/managed-disk-read';
 import { buildFixedVhdFooter, parseVhdFooter } from '../../src/azure/vhd';
 import { labConfig, labDir, labUp, readLabState } from '../../src/lab';
-import { buildLinuxDiskImage } from '../../src/guest/linux-image';
-import { prepareLinuxDisk, readGuestFile } from '../../src/guest/linux-prep';
+import { buildLinuxDiskImage } from '../../src/lab/images/linux-image';
+import { prepareLinuxDisk, readGuestFile } from '../../src/guest/linux/prep';
 import type { ArmClients } from '../../src/lab/armsim';
 import { labArm, labAzure, labContainer } from '../helpers/azure';
 

@@ -18,7 +18,7 @@ import { VSphereSessions } from '../../src/activities/vsphere-sessions';
 import type { AzureRestoreRequest, AzureRestoreResult } from '../../src/domain/azure';
 import { FailureType } from '../../src/domain/errors';
 import type { VSphereRestoreRequest, VSphereRestoreResult } from '../../src/domain/restore';
-import { buildLinuxDiskImage } from '../../src/guest/linux-image';
+import { buildLinuxDiskImage } from '../../src/lab/images/linux-image';
 import { failureMessage, startAzureRestore, startVSphereRestore } from '../../src/client/restore';
 import type { VSphereClient } from '../../src/vsphere';
 import { restorePlan, restoreToAzure, restoreToVSphere } from '../../src/workflows';

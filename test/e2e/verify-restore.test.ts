@@ -10,7 +10,7 @@ import type { VSphereRestoreRequest, VSphereRestoreResult } from '../../src/doma
 import { VERIFICATION_FAILED, verifierTaskQueue, type RestoreVerification, type VerificationReport } from '../../src/domain/verification';
 import { seedDemoRepository } from '../../src/cli/demo';
 import { run } from '../../src/guest/exec';
-import { Ext4Volume } from '../../src/guest/linux-ext4';
+import { Ext4Volume } from '../../src/guest/linux/ext4';
 import { ensureGuestImage, guestVmJson, type GuestImage } from '../../src/lab/guests';
 import { importRestorePoint } from '../../src/repository';
 import { getRestoreStatus, startAzureRestore, startVSphereRestore } from '../../src/client/restore';

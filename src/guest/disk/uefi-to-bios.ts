@@ -1,9 +1,9 @@
-import { FailureType, RestoreError } from '../domain/errors';
-import type { BootConversionResult } from './disk/boot-change';
-import { convertLinuxUefiToBios } from './disk/linux-uefi-to-bios';
-import { convertWindowsUefiToBios } from './windows/bios-boot';
+import { FailureType, RestoreError } from '../../domain/errors';
+import type { BootConversionResult } from './boot-change';
+import { convertLinuxUefiToBios } from './linux-uefi-to-bios';
+import { convertWindowsUefiToBios } from '../windows/bios-boot';
 
-export type { BootChange, BootConversionResult } from './disk/boot-change';
+export type { BootChange, BootConversionResult } from './boot-change';
 
 export interface UefiToBiosOptions {
   osType: 'linux' | 'windows';

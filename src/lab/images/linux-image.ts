@@ -2,9 +2,9 @@ import { createCipheriv, createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { FailureType, RestoreError } from '../domain/errors';
-import { run } from './exec';
-import { writePartitionTable } from './partition';
+import { FailureType, RestoreError } from '../../domain/errors';
+import { run } from '../../guest/exec';
+import { writePartitionTable } from '../../guest/disk/partition';
 
 /**
  * Demo Linux disks with a real ext4 root filesystem that looks like a VMware guest of a common distro:

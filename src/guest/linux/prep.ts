@@ -1,9 +1,9 @@
 import path from 'node:path';
-import { FailureType, RestoreError } from '../domain/errors';
-import { Ext4Volume, MAX_GUEST_FILE_BYTES, describePath, isSafeGuestPath, type Ext4Op, type Ext4Stat } from './linux-ext4';
-import type { FirewallStyle, NetworkStyle } from './linux-image';
-import { NoPartitionTableError, probeFilesystem, readPartitionTable, type FilesystemInfo, type PartitionTable } from './partition';
-import { guestChange, type GuestChange } from './types';
+import { FailureType, RestoreError } from '../../domain/errors';
+import { Ext4Volume, MAX_GUEST_FILE_BYTES, describePath, isSafeGuestPath, type Ext4Op, type Ext4Stat } from './ext4';
+import type { FirewallStyle, NetworkStyle } from '../../lab/images/linux-image';
+import { NoPartitionTableError, probeFilesystem, readPartitionTable, type FilesystemInfo, type PartitionTable } from '../disk/partition';
+import { guestChange, type GuestChange } from '../types';
 
 /**
  * Prepares a Linux guest disk for Azure by editing its ext4 root filesystem in the image (debugfs, no

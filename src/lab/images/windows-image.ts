@@ -6,11 +6,11 @@
 import { createCipheriv, createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { FailureType, RestoreError } from '../domain/errors';
-import { run } from './exec';
-import { writePartitionTable, type PartitionSpec } from './partition';
-import { embedPartition, withNtfsMount } from './ntfs';
-import { createHive, type HiveKeySpec, type HiveValueData } from './regf';
+import { FailureType, RestoreError } from '../../domain/errors';
+import { run } from '../../guest/exec';
+import { writePartitionTable, type PartitionSpec } from '../../guest/disk/partition';
+import { embedPartition, withNtfsMount } from '../../guest/windows/ntfs';
+import { createHive, type HiveKeySpec, type HiveValueData } from '../../guest/windows/regf';
 
 const MiB = 1024 * 1024;
 

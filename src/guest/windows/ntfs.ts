@@ -8,8 +8,8 @@ import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { FailureType, RestoreError } from '../domain/errors';
-import { run, toolEnv } from './exec';
+import { FailureType, RestoreError } from '../../domain/errors';
+import { run, toolEnv } from '../exec';
 
 const CHUNK = 1024 * 1024;
 const GRAIN = 4096;

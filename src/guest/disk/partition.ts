@@ -1,7 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import { crc32 } from 'node:zlib';
-import { FailureType, RestoreError } from '../domain/errors';
-import { run } from './exec';
+import { FailureType, RestoreError } from '../../domain/errors';
+import { run } from '../exec';
 
 /**
  * Partition tables and sparse range copies on raw disk images. Reading is pure TypeScript so it works

@@ -13,8 +13,8 @@
 import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { FailureType, RestoreError } from '../domain/errors';
-import { run } from './exec';
+import { FailureType, RestoreError } from '../../domain/errors';
+import { run } from '../exec';
 
 export const RegType = {
   None: 0,

@@ -2,8 +2,8 @@ import { randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { FailureType, RestoreError } from '../domain/errors';
-import { run } from './exec';
+import { FailureType, RestoreError } from '../../domain/errors';
+import { run } from '../exec';
 
 /**
  * Reads and edits an ext2/3/4 filesystem inside a disk image with e2fsprogs' debugfs, addressing the

@@ -9,8 +9,8 @@
 import { createHash } from 'node:crypto';
 import { constants as fsConstants, promises as fsp } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { FailureType, RestoreError } from '../domain/errors';
-import { NoPartitionTableError, readPartitionTable } from './partition';
+import { FailureType, RestoreError } from '../../domain/errors';
+import { NoPartitionTableError, readPartitionTable } from '../disk/partition';
 import { PartitionCopy, hasNtfsBootSector, ntfsListDir, ntfsReadFile, ntfsResolvePath, ntfsWriteFile, withNtfsMount } from './ntfs';
 import {
   HiveReader,
@@ -22,8 +22,8 @@ import {
   type HiveEdit,
   type HiveValueData,
 } from './regf';
-import { guestChange, type GuestChange, type GuestPreparationResult } from './types';
-import { RDP_RULE_TCP, RDP_RULE_UDP, remoteDesktopRule } from './windows-image';
+import { guestChange, type GuestChange, type GuestPreparationResult } from '../types';
+import { RDP_RULE_TCP, RDP_RULE_UDP, remoteDesktopRule } from '../../lab/images/windows-image';
 
 export type WindowsHive = 'SYSTEM' | 'SOFTWARE';
 
