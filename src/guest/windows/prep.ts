@@ -23,7 +23,7 @@ import {
   type HiveValueData,
 } from './regf';
 import { guestChange, type GuestChange, type GuestPreparationResult } from '../types';
-import { RDP_RULE_TCP, RDP_RULE_UDP, remoteDesktopRule } from '../../lab/images/windows-image';
+import { RDP_RULE_TCP, RDP_RULE_UDP, remoteDesktopRule } from './firewall';
 
 export type WindowsHive = 'SYSTEM' | 'SOFTWARE';
 

@@ -5,6 +5,7 @@ import path from 'node:path';
 import { FailureType, RestoreError } from '../../domain/errors';
 import { run } from '../../guest/exec';
 import { writePartitionTable } from '../../guest/disk/partition';
+import type { FirewallStyle, NetworkStyle } from '../../guest/linux/types';
 
 /**
  * Demo Linux disks with a real ext4 root filesystem that looks like a VMware guest of a common distro:
@@ -12,8 +13,7 @@ import { writePartitionTable } from '../../guest/disk/partition';
  * disabled, /dev/sdX names in fstab. Guest preparation has something real to fix on each of them.
  */
 
-export type NetworkStyle = 'netplan' | 'ifcfg' | 'interfaces';
-export type FirewallStyle = 'ufw' | 'firewalld' | 'iptables';
+export type { FirewallStyle, NetworkStyle };
 
 export interface LinuxImageOptions {
   /** Whole-disk size, a multiple of 1 MiB; the file is sparse. */
