@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { labConfig, labUp, readLabState } from '../src/lab';
-import { buildDataDiskImage, seedDemoRepository } from '../src/cli/demo';
+import { buildDataDiskImage, seedDemoRepository } from '../src/lab/demo';
 import type { TransportMode } from '../src/domain/restore';
 import { importRestorePoint } from '../src/repository';
 import { connectClient, startVSphereRestore } from '../src/client/restore';

@@ -19,7 +19,7 @@ import type { AzureRestoreResult } from '../../src/domain/azure';
 import type { VSphereRestoreResult } from '../../src/domain/restore';
 import { labRestartTemporal } from '../../src/lab';
 import { getRestorePoint } from '../../src/repository';
-import { buildDataDiskImage } from '../../src/cli/demo';
+import { buildDataDiskImage } from '../../src/lab/demo';
 import { buildLinuxDiskImage } from '../../src/lab/images/linux-image';
 import { startAzureRestore, startVSphereRestore } from '../../src/client/restore';
 import { runSweep } from '../../src/client/sweep';

@@ -9,7 +9,7 @@ import { WithStartWorkflowOperation } from '@temporalio/client';
 import { defaultPayloadConverter } from '@temporalio/common';
 import { materializeVhdBlob } from '../../src/azure/blob-image';
 import { parseVhdFooter } from '../../src/azure/vhd';
-import { buildDataDiskImage } from '../../src/cli/demo';
+import { buildDataDiskImage } from '../../src/lab/demo';
 import type { AzureRestoreRequest, AzureRestoreResult, UploadCheckpoint } from '../../src/domain/azure';
 import { buildLinuxDiskImage } from '../../src/lab/images/linux-image';
 import { readGuestFile } from '../../src/guest/linux/prep';

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
-import { buildDataDiskImage } from '../../src/cli/demo';
+import { buildDataDiskImage } from '../../src/lab/demo';
 import { importTestVm, openTestEnv, ROOT, startWorkerProcess, type TestEnv, type WorkerProcess } from '../helpers/env';
 import { labVSphere } from '../helpers/vsphere';
 import { startAzureRestore } from '../../src/client/restore';

@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { temporal } from '@temporalio/proto';
-import { buildDataDiskImage } from '../../src/cli/demo';
+import { buildDataDiskImage } from '../../src/lab/demo';
 import { limitLeaseTarget, type PlanResult } from '../../src/domain/plan';
 import { parsePlan } from '../../src/cli/plan-file';
 import { getPlanStatus, startPlan } from '../../src/client/plan';

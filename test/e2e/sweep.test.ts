@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { WorkflowHandle } from '@temporalio/client';
-import { buildDataDiskImage } from '../../src/cli/demo';
+import { buildDataDiskImage } from '../../src/lab/demo';
 import { sweepScheduleId, type SweepReport } from '../../src/domain/sweep';
 import { VHD_RESTORE_ID_METADATA_KEY } from '../../src/azure/pageblob';
 import { startAzureRestore, startVSphereRestore } from '../../src/client/restore';

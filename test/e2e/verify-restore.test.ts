@@ -8,7 +8,7 @@ import { WorkflowFailedError, type Client } from '@temporalio/client';
 import type { AzureRestoreResult } from '../../src/domain/azure';
 import type { VSphereRestoreRequest, VSphereRestoreResult } from '../../src/domain/restore';
 import { VERIFICATION_FAILED, verifierTaskQueue, type RestoreVerification, type VerificationReport } from '../../src/domain/verification';
-import { seedDemoRepository } from '../../src/cli/demo';
+import { seedDemoRepository } from '../../src/lab/demo';
 import { run } from '../../src/guest/exec';
 import { Ext4Volume } from '../../src/guest/linux/ext4';
 import { ensureGuestImage, guestVmJson, type GuestImage } from '../../src/lab/guests';

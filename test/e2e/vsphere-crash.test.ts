@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { defaultPayloadConverter } from '@temporalio/common';
-import { buildDataDiskImage } from '../../src/cli/demo';
+import { buildDataDiskImage } from '../../src/lab/demo';
 import type { DiskCheckpoint } from '../../src/domain/restore';
 import { startVSphereRestore } from '../../src/client/restore';
 import { RESTORE_ID_KEY } from '../../src/activities/vsphere';

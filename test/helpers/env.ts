@@ -10,7 +10,7 @@ import type { AppConfig } from '../../src/config';
 import { connectClient } from '../../src/client/restore';
 import { getRestorePoint, importRestorePoint, readDiskBlocks, listRestorePoints } from '../../src/repository';
 import { chunkPath } from '../../src/repository/format';
-import { buildDataDiskImage, seedDemoRepository } from '../../src/cli/demo';
+import { buildDataDiskImage, seedDemoRepository } from '../../src/lab/demo';
 
 export const ROOT = path.resolve(__dirname, '..', '..');
 

@@ -1,8 +1,8 @@
 import { spawnSync } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
 import path from 'node:path';
-import { FailureType, RestoreError } from '../domain/errors';
-import { toolSearchPath } from '../guest/exec';
+import { FailureType, RestoreError } from './domain/errors';
+import { toolSearchPath } from './guest/exec';
 
 /**
  * The external tools `npm start` and `npm test` need, with the Debian package that ships each. One list,
