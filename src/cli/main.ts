@@ -1,11 +1,10 @@
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { Client } from '@temporalio/client';
-import { insecureWarnings, loadAppConfig, type AppConfig } from '../config';
+import { insecureWarnings, labStateDir, loadAppConfig, type AppConfig } from '../config';
 import { FailureType, RestoreError } from '../domain/errors';
 import type { DiskFormat, TransportRequest } from '../domain/restore';
 import { DISK_FORMATS, TASK_QUEUE, TRANSPORT_REQUESTS } from '../domain/restore';
-import { labDown, labStatus, labUp } from '../lab';
 import {
   importOvaRestorePoint,
   importOvfRestorePoint,
@@ -29,7 +28,7 @@ import { runWorker } from '../worker';
 import { diskPercent, formatEta, formatRate } from '../domain/progress';
 import { createProgressView } from './progress-view';
 import { AesGcmCodec, loadCodecServerToken, startCodecServer } from '../client/codec';
-import { runDemo, seedDemoRepository } from '../lab/demo';
+import { loadLab, loadLabDemo } from './lab-door';
 import { ensureExternalTools } from '../prereqs';
 import { formatSweepReport, installSweepSchedule, runSweep } from '../client/sweep';
 import { VERIFY_USAGE, verifyCommand } from './verify-command';
@@ -108,7 +107,7 @@ export async function main(argv: string[]): Promise<number> {
       case 'sweep':
         return await sweepCommand([sub, ...rest].filter((x) => x !== undefined));
       case 'demo':
-        return await runDemo({ log: out });
+        return await (await loadLabDemo()).runDemo({ log: out });
       case 'prereqs':
         return prereqsCommand([sub, ...rest].filter((x) => x !== undefined));
       case 'verify':
@@ -137,6 +136,7 @@ export async function main(argv: string[]): Promise<number> {
 async function labCommand(sub: string | undefined, args: string[]): Promise<number> {
   const { values } = parseArgs({ args, options: { json: { type: 'boolean' }, purge: { type: 'boolean' }, quiet: { type: 'boolean' } } });
   const log = values.quiet || values.json ? () => {} : out;
+  const { labDown, labStatus, labUp } = await loadLab();
   if (sub === 'up') {
     await labUp(log);
     const s = labStatus();
@@ -237,7 +237,9 @@ async function repoCommand(sub: string | undefined, args: string[]): Promise<num
       return res.ok ? 0 : 1;
     }
     case 'seed-demo': {
-      const seeded = await seedDemoRepository(repo, values.json ? () => {} : out, { bootableGuests: values['bootable-guests'] });
+      const seeded = await (
+        await loadLabDemo()
+      ).seedDemoRepository(repo, values.json ? () => {} : out, { bootableGuests: values['bootable-guests'] });
       if (values.json) out(JSON.stringify(seeded));
       return 0;
     }
@@ -252,7 +254,7 @@ function repositoryPath(): string {
     return loadAppConfig().repository.path;
   } catch {
     // Repository commands work without a running lab.
-    return require('node:path').join(require('../lab').labDir(), 'repository');
+    return path.join(labStateDir(), 'repository');
   }
 }
 

@@ -1,13 +1,13 @@
 import { parseArgs } from 'node:util';
 import { FailureType, RestoreError } from '../domain/errors';
-import { ensureGuestImage, GUEST_RECIPES, type GuestName } from '../lab/guests';
+import { labGuestNames, loadLabGuests } from './lab-door';
 import { verifyBoot, type BootReport, type BootRequest } from '../verify/boot';
 import type { NicModel, ScsiController } from '../verify/qemu';
 
 export const VERIFY_USAGE = `  vmrestore verify --firmware bios|efi --disk IMAGE [--disk IMAGE]... --mac MAC [--nic-model M]
         [--scsi virtio-scsi|lsi|pvscsi] [--subnet CIDR] [--gateway IP] [--guest-address IP]
         [--no-dhcp] [--no-serial] [--timeout SECONDS] [--json]
-  vmrestore verify --guest ${Object.keys(GUEST_RECIPES).join('|')} [--json]   (a lab guest, as it was on VMware)`;
+  vmrestore verify --guest ${labGuestNames().join('|')} [--json]   (a lab guest, as it was on VMware)`;
 
 const SCSI: ScsiController[] = ['virtio-scsi', 'lsi', 'pvscsi'];
 const NICS: NicModel[] = ['virtio-net-pci', 'vmxnet3', 'e1000', 'e1000e', 'rtl8139'];
@@ -45,8 +45,9 @@ export async function verifyRequestFromArgs(args: string[], log: (s: string) => 
     bad(`--nic-model '${values['nic-model']}' must be one of ${NICS.join(', ')}`);
   }
   if (values.guest !== undefined) {
-    if (!(values.guest in GUEST_RECIPES)) bad(`--guest '${values.guest}' must be one of ${Object.keys(GUEST_RECIPES).join(', ')}`);
-    const { image, cached } = await ensureGuestImage(values.guest as GuestName, { log });
+    if (!labGuestNames().includes(values.guest)) bad(`--guest '${values.guest}' must be one of ${labGuestNames().join(', ')}`);
+    const { ensureGuestImage } = await loadLabGuests();
+    const { image, cached } = await ensureGuestImage(values.guest as Parameters<typeof ensureGuestImage>[0], { log });
     log(`${image.name}: ${cached ? 'cached' : 'built'} in ${image.dir}`);
     return {
       name: values.name ?? `${image.name}-as-it-was`,

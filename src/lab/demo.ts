@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { mkdirSync, writeFileSync, openSync, writeSync, closeSync, ftruncateSync } from 'node:fs';
 import path from 'node:path';
 import { configFilePath, loadAppConfig } from '../config';
-import { labUp, labDir } from '.';
+import { labUp, labDir } from './index';
 import { ensureExternalTools } from '../prereqs';
 import { importRestorePoint, listRestorePoints } from '../repository';
 import { buildLinuxDiskImage } from './images/linux-image';
