@@ -1,13 +1,12 @@
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { labConfig } from '../src/app-config';
+import { labConfig, labUp, readLabState } from '../src/lab';
 import type { PlanSpec, PlanVm } from '../src/domain/plan';
-import { buildLinuxDiskImage } from '../src/guest/linux-image';
-import { labUp, readLabState } from '../src/lab';
+import { buildLinuxDiskImage } from '../src/lab/images/linux-image';
 import { importRestorePoint } from '../src/repository';
-import { startPlan } from '../src/plan-client';
-import { connectClient } from '../src/restore-client';
+import { startPlan } from '../src/client/plan';
+import { connectClient } from '../src/client/restore';
 import { startWorkerProcess } from '../test/helpers/env';
 
 const MiB = 1024 * 1024;

@@ -2,12 +2,11 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { labConfig } from '../src/app-config';
-import { buildDataDiskImage, seedDemoRepository } from '../src/demo';
+import { labConfig, labUp, readLabState } from '../src/lab';
+import { buildDataDiskImage, seedDemoRepository } from '../src/lab/demo';
 import type { TransportMode } from '../src/domain/vsphere';
-import { labUp, readLabState } from '../src/lab';
 import { importRestorePoint } from '../src/repository';
-import { connectClient, startVSphereRestore } from '../src/restore-client';
+import { connectClient, startVSphereRestore } from '../src/client/restore';
 import { VSphereClient } from '../src/vsphere';
 import { runWorker } from '../src/worker';
 

@@ -60,7 +60,7 @@ function relaunch(node) {
 
 function main() {
   require('tsx/cjs');
-  require('../src/client.ts')
+  require('../src/cli/main.ts')
     .main(process.argv.slice(2))
     .then((code) => {
       if (typeof code === 'number') process.exitCode = code;

@@ -13,7 +13,7 @@ import { createSweepActivities } from './activities/sweep';
 import { createPlanActivities } from './activities/plan';
 import { createMappedVerifyActivities } from './activities/verify';
 import { verifierTaskQueue } from './domain/verification';
-import { dataConverterFor } from './restore-client';
+import { dataConverterFor } from './client/restore';
 import { workflowCode } from './workflow-bundle';
 
 export interface RunWorkerOptions {

@@ -14,7 +14,7 @@ import type {
 } from '../domain/vsphere-import';
 import { DEFAULT_BLOCK_SIZE, FORMAT_VERSION, isRestorePointId, restorePointPath, type RestorePoint } from '../repository/format';
 import { getRestorePoint } from '../repository';
-import { loadAllRestorePoints, saveRestorePoint } from '../repository/restorePoints';
+import { loadAllRestorePoints, saveRestorePoint } from '../repository/restore-points';
 import { StagedDisk, blocksOf, readStagedDisk, removeStaging } from '../repository/staged-disk';
 import { downloadDatastoreFile, flatFileName, parseDatastorePath, VSphereNotFoundError, type VSphereClient } from '../vsphere';
 import { diskInfo, isDisk } from '../vsphere/devices';

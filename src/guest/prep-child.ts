@@ -7,9 +7,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { RestoreError } from '../domain/errors';
 import type { ChildMessage, GuestPrepChildResult, GuestPrepRequest, SandboxReport } from './isolation';
-import { dataDiskFilesystems, prepareLinuxDiskDetailed } from './linux-prep';
-import { convertUefiToBios } from './uefi-to-bios';
-import { prepareWindowsDiskDetailed } from './windows-prep';
+import { dataDiskFilesystems, prepareLinuxDiskDetailed } from './linux/prep';
+import { convertUefiToBios } from './disk/uefi-to-bios';
+import { prepareWindowsDiskDetailed } from './windows/prep';
 
 function report(): SandboxReport {
   return {

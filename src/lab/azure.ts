@@ -5,7 +5,7 @@ import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, openSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { labDir, registerLabComponent, type LabState } from './lab';
+import { labDir, type LabState } from './lab';
 import { pickPort, pidAlive, reuseOrStop, waitFor } from './net';
 
 export interface LabAzure {
@@ -86,7 +86,7 @@ export function labDeviceRoot(): string {
 }
 
 /** The ARM simulator joins the lab as a child process, pointed at the lab's Azurite. */
-async function startArmSim(state: LabState, log: (s: string) => void, taken: Set<number>): Promise<LabState> {
+export async function startArmSim(state: LabState, log: (s: string) => void, taken: Set<number>): Promise<LabState> {
   const prev = state.azure as LabAzure | undefined;
   if (prev && (await reuseOrStop('ARM simulator', prev.pid, () => adminOk(prev.armEndpoint, prev.caCertPath, prev.adminTokenFile), log))) {
     if (prev.clientId && prev.adminTokenFile && prev.deviceRoot) {
@@ -179,5 +179,3 @@ async function startArmSim(state: LabState, log: (s: string) => void, taken: Set
   log(`armsim: started pid ${pid} at ${azure.armEndpoint}`);
   return { ...state, azure };
 }
-
-registerLabComponent(startArmSim);

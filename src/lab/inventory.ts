@@ -1,8 +1,8 @@
-import { registerLabComponent, type LabState } from './lab';
+import type { LabState } from './lab';
 import { VSphereClient } from '../vsphere';
 
 /** The lab's backup proxy is a VM in vcsim, so HotAdd has a real VM to attach disks to. */
-async function ensureProxyVm(state: LabState, log: (s: string) => void): Promise<LabState> {
+export async function ensureProxyVm(state: LabState, log: (s: string) => void): Promise<LabState> {
   const v = state.vsphere;
   if (!v) return state;
   const client = await VSphereClient.connect({ url: v.url, username: v.username, password: v.password, thumbprint: v.thumbprint });
@@ -31,5 +31,3 @@ async function ensureProxyVm(state: LabState, log: (s: string) => void): Promise
   }
   return state;
 }
-
-registerLabComponent(ensureProxyVm);

@@ -6,10 +6,11 @@ import { temporal as proto } from '@temporalio/proto';
 import { ensureTool, TEMPORAL_CLI, VCSIM } from './binaries';
 import { httpStatus, pickPort, pidAlive, reuseOrStop, stopProcess, tlsFingerprint, waitFor } from './net';
 import { SEARCH_ATTRIBUTES } from '../domain/search-attributes';
+import { labConfigPath, labStateDir } from '../config';
 
 /** Where the lab keeps state, logs and data; git-ignored. */
 export function labDir(): string {
-  return path.resolve(process.env.VMRESTORE_LAB_DIR ?? path.join(__dirname, '..', '..', '.lab'));
+  return labStateDir();
 }
 
 export const AZURITE_ACCOUNT = 'devstoreaccount1';
@@ -284,15 +285,11 @@ async function startAzurite(prev: LabBlob | undefined, taken: Set<number>, log: 
   };
 }
 
+/** A part of the lab that `lab up` starts after Temporal, vcsim and Azurite (see `LAB_COMPONENTS` in index.ts). */
 export type LabHook = (state: LabState, log: (s: string) => void, taken: Set<number>) => Promise<LabState>;
-const extraComponents: LabHook[] = [];
-/** Lets other lab parts (inventory seeding, the ARM simulator) join `lab up`. */
-export function registerLabComponent(hook: LabHook): void {
-  extraComponents.push(hook);
-}
 
-/** Starts what is not running yet, reusing what is; safe to call repeatedly. */
-export async function labUp(log: (s: string) => void = () => {}): Promise<LabState> {
+/** Starts what is not running yet, then `components` in order, reusing what is; safe to call repeatedly. */
+export async function startLab(components: readonly LabHook[], log: (s: string) => void = () => {}): Promise<LabState> {
   mkdirSync(labDir(), { recursive: true });
   const prev = readLabState();
   const taken = new Set<number>();
@@ -304,7 +301,7 @@ export async function labUp(log: (s: string) => void = () => {}): Promise<LabSta
   ]);
   let state: LabState = { ...prev, temporal, vsphere, blob };
   writeLabState(state);
-  for (const hook of extraComponents) {
+  for (const hook of components) {
     state = await hook(state, log, taken);
     writeLabState(state);
   }
@@ -331,6 +328,8 @@ export async function labDown(opts: { purge?: boolean } = {}, log: (s: string) =
   while (pids.some(pidAlive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
   for (const pid of pids.filter(pidAlive)) process.kill(pid, 'SIGKILL');
   log(`stopped ${pids.length} lab process(es)`);
+  // Without a running lab there is no configuration to fall back to.
+  rmSync(labConfigPath(), { force: true });
   if (opts.purge) {
     rmSync(labDir(), { recursive: true, force: true });
     log(`removed ${labDir()}`);

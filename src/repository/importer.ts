@@ -14,8 +14,8 @@ import {
   type RestorePoint,
   type RestorePointDisk,
 } from './format';
-import { loadAllRestorePoints, saveRestorePoint } from './restorePoints';
-import { readVmJson } from './vmJson';
+import { loadAllRestorePoints, saveRestorePoint } from './restore-points';
+import { readVmJson } from './vm-json';
 import { ByteReader, openDiskImage, openDiskImageStream, type DiskImage } from './formats';
 import { MAX_DESCRIPTOR_BYTES, parseManifest, parseOvf, type ManifestEntry } from './formats/ovf';
 import { TarReader } from './formats/tar';

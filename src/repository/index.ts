@@ -23,5 +23,5 @@ export {
   type DiskLayout,
   type ReadDiskBlocksOptions,
 } from './reader';
-export { getRestorePoint, listRestorePoints } from './restorePoints';
+export { getRestorePoint, listRestorePoints } from './restore-points';
 export { verifyRepository, type VerifyOptions, type VerifyProblem, type VerifyResult } from './verify';

@@ -1,7 +1,7 @@
 import { FailureType, RestoreError } from '../domain/errors';
 import { readChunk } from './chunks';
 import { blockLength, type RestorePoint } from './format';
-import { getRestorePoint, loadAllRestorePoints } from './restorePoints';
+import { getRestorePoint, loadAllRestorePoints } from './restore-points';
 
 export interface VerifyOptions {
   /** Only this restore point (id or unique prefix); default all. */

@@ -9,14 +9,14 @@ import { WithStartWorkflowOperation } from '@temporalio/client';
 import { defaultPayloadConverter } from '@temporalio/common';
 import { materializeVhdBlob } from '../../src/azure/blob-image';
 import { parseVhdFooter } from '../../src/azure/vhd';
-import { buildDataDiskImage } from '../../src/demo';
+import { buildDataDiskImage } from '../../src/lab/demo';
 import type { AzureRestoreRequest, AzureRestoreResult, UploadCheckpoint } from '../../src/domain/azure';
-import { buildLinuxDiskImage } from '../../src/guest/linux-image';
-import { readGuestFile } from '../../src/guest/linux-prep';
-import { readHiveValueFromDisk, readWindowsFileFromDisk } from '../../src/guest/windows-prep';
-import { readPartitionTable } from '../../src/guest/partition';
+import { buildLinuxDiskImage } from '../../src/lab/images/linux-image';
+import { readGuestFile } from '../../src/guest/linux/prep';
+import { readHiveValueFromDisk, readWindowsFileFromDisk } from '../../src/guest/windows/prep';
+import { readPartitionTable } from '../../src/guest/disk/partition';
 import { getRestorePoint } from '../../src/repository';
-import { failureMessage, getRestoreStatus, startAzureRestore } from '../../src/restore-client';
+import { failureMessage, getRestoreStatus, startAzureRestore } from '../../src/client/restore';
 import {
   acquireLease,
   progressQuery,

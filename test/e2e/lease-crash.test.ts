@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { temporal } from '@temporalio/proto';
-import { startAzureRestore } from '../../src/restore-client';
+import { startAzureRestore } from '../../src/client/restore';
 import { leaseStateQuery, leaseWorkflowId } from '../../src/workflows';
 import { openTestEnv, startWorkerProcess, type TestEnv, type WorkerProcess } from '../helpers/env';
 import { clearFaults, labArm, labAzure, setFaults } from '../helpers/azure';

@@ -9,10 +9,9 @@ import type { PageBlobClient } from '@azure/storage-blob';
 import { attachedDiskDevice, findLunDevice, lunOfDisk } from '../../src/azure/attached-disks';
 import { parseManagedDiskId, withManagedDiskRead } from '../../src/azure/managed-disk-read';
 import { buildFixedVhdFooter, parseVhdFooter } from '../../src/azure/vhd';
-import { labConfig } from '../../src/app-config';
-import { buildLinuxDiskImage } from '../../src/guest/linux-image';
-import { prepareLinuxDisk, readGuestFile } from '../../src/guest/linux-prep';
-import { labDir, labUp, readLabState } from '../../src/lab';
+import { labConfig, labDir, labUp, readLabState } from '../../src/lab';
+import { buildLinuxDiskImage } from '../../src/lab/images/linux-image';
+import { prepareLinuxDisk, readGuestFile } from '../../src/guest/linux/prep';
 import type { ArmClients } from '../../src/lab/armsim';
 import { labArm, labAzure, labContainer } from '../helpers/azure';
 

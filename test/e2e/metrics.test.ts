@@ -6,10 +6,10 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
-import { buildDataDiskImage } from '../../src/demo';
+import { buildDataDiskImage } from '../../src/lab/demo';
 import { importTestVm, openTestEnv, ROOT, startWorkerProcess, type TestEnv, type WorkerProcess } from '../helpers/env';
 import { labVSphere } from '../helpers/vsphere';
-import { startAzureRestore } from '../../src/restore-client';
+import { startAzureRestore } from '../../src/client/restore';
 import { dashboardMetricNames, metricFamilies, sampleValue } from '../helpers/prometheus';
 
 const run = promisify(execFile);

@@ -9,7 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import { resolvePassword } from '../../src/config';
 import { ensureTool, GOVC } from '../../src/lab/binaries';
 import { getRestorePoint } from '../../src/repository';
-import { startVSphereRestore } from '../../src/restore-client';
+import { startVSphereRestore } from '../../src/client/restore';
 import { flatFileName, parseDatastorePath, uploadDatastoreFile, type Vm } from '../../src/vsphere';
 import { runCli, sha256File } from '../helpers/env';
 import { closeVSphereLab, localFlatFile, openVSphereLab, type VSphereLab } from '../helpers/vsphere';

@@ -5,7 +5,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { getRestorePoint, importOvaRestorePoint } from '../../src/repository';
-import { startVSphereRestore } from '../../src/restore-client';
+import { startVSphereRestore } from '../../src/client/restore';
 import { sha256File } from '../helpers/env';
 import { buildOva } from '../helpers/ova';
 import { closeVSphereLab, localFlatFile, openVSphereLab, type VSphereLab } from '../helpers/vsphere';

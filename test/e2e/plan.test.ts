@@ -10,11 +10,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { temporal } from '@temporalio/proto';
-import { buildDataDiskImage } from '../../src/demo';
+import { buildDataDiskImage } from '../../src/lab/demo';
 import { limitLeaseTarget, type PlanResult } from '../../src/domain/plan';
-import { parsePlan } from '../../src/plan-file';
-import { getPlanStatus, startPlan } from '../../src/plan-client';
-import { getRestoreStatus } from '../../src/restore-client';
+import { parsePlan } from '../../src/cli/plan-file';
+import { getPlanStatus, startPlan } from '../../src/client/plan';
+import { getRestoreStatus } from '../../src/client/restore';
 import type { VSphereClient } from '../../src/vsphere';
 import { leaseStateQuery, leaseWorkflowId, type runRestorePlan } from '../../src/workflows';
 import {

@@ -15,12 +15,12 @@ import {
   generateAccountSASQueryParameters,
 } from '@azure/storage-blob';
 import { temporal } from '@temporalio/proto';
-import { AesGcmCodec, ENCODING } from '../../src/codec';
+import { AesGcmCodec, ENCODING } from '../../src/client/codec';
 import type { AppConfig } from '../../src/config';
 import type { AzureRestoreResult } from '../../src/domain/azure';
 import type { DiskProgress } from '../../src/domain/progress';
 import { readLabState } from '../../src/lab';
-import { startVSphereRestore } from '../../src/restore-client';
+import { startVSphereRestore } from '../../src/client/restore';
 import { armAdmin, labArm, labAzure, labContainer } from '../helpers/azure';
 import { openTestEnv, ROOT, startWorkerProcess, type TestEnv, type WorkerProcess } from '../helpers/env';
 import { labVSphere } from '../helpers/vsphere';

@@ -6,7 +6,7 @@ import { after, before, describe, it } from 'node:test';
 import { defaultPayloadConverter } from '@temporalio/common';
 import { WorkflowFailedError } from '@temporalio/client';
 import { isCancellation } from '@temporalio/workflow';
-import { failureMessage, startVSphereRestore } from '../../src/restore-client';
+import { failureMessage, startVSphereRestore } from '../../src/client/restore';
 import { restorePlan } from '../../src/workflows';
 import type { VSphereClient } from '../../src/vsphere';
 import { importVmWithCorruptChunk, replayFinished, type TestEnv, type WorkerProcess } from '../helpers/env';

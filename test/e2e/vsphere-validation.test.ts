@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { startVSphereRestore, failureMessage } from '../../src/restore-client';
+import { startVSphereRestore, failureMessage } from '../../src/client/restore';
 import type { VSphereRestoreRequest } from '../../src/domain/vsphere';
 import type { VSphereClient } from '../../src/vsphere';
 import { type TestEnv, type WorkerProcess } from '../helpers/env';

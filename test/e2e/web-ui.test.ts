@@ -5,7 +5,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { chromium, type Browser } from 'playwright-core';
 import { readLabState } from '../../src/lab';
-import { startVSphereRestore } from '../../src/restore-client';
+import { startVSphereRestore } from '../../src/client/restore';
 import type { VSphereClient } from '../../src/vsphere';
 import type { TestEnv, WorkerProcess } from '../helpers/env';
 import { closeVSphereLab, openVSphereLab } from '../helpers/vsphere';

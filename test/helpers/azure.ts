@@ -2,11 +2,10 @@ import { readFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import https from 'node:https';
 import { BlobServiceClient, type ContainerClient } from '@azure/storage-blob';
-import { readLabState } from '../../src/lab';
+import { labConfig, readLabState } from '../../src/lab';
 import type { LabAzure } from '../../src/lab/azure';
 import type { ArmClients } from '../../src/lab/armsim';
 import { armClientsFor } from '../../src/azure/credential';
-import { labConfig } from '../../src/app-config';
 import { withManagedDiskRead } from '../../src/azure/managed-disk-read';
 import type { FaultRule, RequestLogEntry } from '../../src/lab/armsim';
 

@@ -5,13 +5,12 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import type { Client, Connection } from '@temporalio/client';
 import { Worker } from '@temporalio/worker';
-import { labConfig } from '../../src/app-config';
+import { labConfig, labUp, readLabState } from '../../src/lab';
 import type { AppConfig } from '../../src/config';
-import { labUp, readLabState } from '../../src/lab';
-import { connectClient } from '../../src/restore-client';
+import { connectClient } from '../../src/client/restore';
 import { getRestorePoint, importRestorePoint, readDiskBlocks, listRestorePoints } from '../../src/repository';
 import { chunkPath } from '../../src/repository/format';
-import { buildDataDiskImage, seedDemoRepository } from '../../src/demo';
+import { buildDataDiskImage, seedDemoRepository } from '../../src/lab/demo';
 
 export const ROOT = path.resolve(__dirname, '..', '..');
 

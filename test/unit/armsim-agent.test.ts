@@ -4,11 +4,11 @@ import os from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { AgentProbe } from '../../src/lab/armsim/agent';
-import { PartitionCopy, ntfsReadFile, ntfsResolvePath, ntfsWriteFile } from '../../src/guest/ntfs';
-import { readPartitionTable } from '../../src/guest/partition';
-import { setHiveValues } from '../../src/guest/regf';
-import { buildWindowsDiskImage, seededStream } from '../../src/guest/windows-image';
-import { prepareWindowsDisk, readAgentStaging } from '../../src/guest/windows-prep';
+import { PartitionCopy, ntfsReadFile, ntfsResolvePath, ntfsWriteFile } from '../../src/guest/windows/ntfs';
+import { readPartitionTable } from '../../src/guest/disk/partition';
+import { setHiveValues } from '../../src/guest/windows/regf';
+import { buildWindowsDiskImage, seededStream } from '../../src/lab/images/windows-image';
+import { prepareWindowsDisk, readAgentStaging } from '../../src/guest/windows/prep';
 
 const MiB = 1024 * 1024;
 const noFuse = process.getuid?.() === 0 && existsSync('/dev/fuse') ? false : 'needs root and /dev/fuse for the ntfs-3g FUSE mount';

@@ -18,10 +18,10 @@ import {
   type ImageSnapshot,
 } from '../../src/azure/blob-image';
 import { run } from '../../src/guest/exec';
-import { buildLinuxDiskImage, type LinuxImage } from '../../src/guest/linux-image';
-import { prepareLinuxDisk, readGuestFile } from '../../src/guest/linux-prep';
-import { buildWindowsDiskImage, seededStream } from '../../src/guest/windows-image';
-import { prepareWindowsDisk, readHiveValueFromDisk } from '../../src/guest/windows-prep';
+import { buildLinuxDiskImage, type LinuxImage } from '../../src/lab/images/linux-image';
+import { prepareLinuxDisk, readGuestFile } from '../../src/guest/linux/prep';
+import { buildWindowsDiskImage, seededStream } from '../../src/lab/images/windows-image';
+import { prepareWindowsDisk, readHiveValueFromDisk } from '../../src/guest/windows/prep';
 import type { GuestChange } from '../../src/guest/types';
 
 const canMount = process.getuid?.() === 0 && existsSync('/dev/fuse');

@@ -13,12 +13,19 @@ import {
   loadDataConverter,
 } from '@temporalio/common/lib/internal-non-workflow';
 import { temporal } from '@temporalio/proto';
-import { AesGcmCodec, CODEC_SERVER_MAX_BODY, ENCODING, KEY_ID_METADATA, loadCodecServerToken, startCodecServer } from '../../src/codec';
+import {
+  AesGcmCodec,
+  CODEC_SERVER_MAX_BODY,
+  ENCODING,
+  KEY_ID_METADATA,
+  loadCodecServerToken,
+  startCodecServer,
+} from '../../src/client/codec';
 import { toFailure } from '../../src/activities/failures';
 import { blobUrlForRecord, containsSas, redactSasInText } from '../../src/azure/blob-url';
 import { applyEnvOverrides, parseConfig } from '../../src/config';
 import { FailureType, RestoreError } from '../../src/domain/errors';
-import { dataConverterFor } from '../../src/restore-client';
+import { dataConverterFor } from '../../src/client/restore';
 
 const keys = (entries: Record<string, Buffer>) => new Map(Object.entries(entries));
 const payload = (v: unknown) => defaultPayloadConverter.toPayload(v);

@@ -1,16 +1,18 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { VSphereSessions } from '../../src/activities/vsphere/sessions';
-import { labConfig } from '../../src/app-config';
+import { labConfig } from '../../src/lab';
 import {
   applyEnvOverrides,
   assertProfileTransport,
   helperTaskQueue,
   insecureWarnings,
+  labConfigPath,
+  loadAppConfig,
   parseConfig,
   resolvePassword,
 } from '../../src/config';
@@ -236,5 +238,60 @@ describe('azure.windowsAgentInstaller', () => {
     assert.ok(content.equals(LAB_AGENT_INSTALLER_CONTENT));
     assert.ok(content.length < 1024);
     assert.match(content.toString(), /lab stand-in .*not an installer/);
+  });
+});
+
+describe('the lab writes a config file the loader reads like any other', () => {
+  const withLabDir = (fn: (dir: string, env: NodeJS.ProcessEnv) => void) => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'vmrestore-labcfg-'));
+    try {
+      fn(dir, { VMRESTORE_LAB_DIR: dir });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  };
+  const labFile = () => ({
+    ...base,
+    azure: { ...azureBase, blobConnectionStringFile: 'secrets/blob', helpers: { westeurope: { vmName: 'helper', idleTimeoutSeconds: 5 } } },
+  });
+
+  it('without a config file, loads the lab file: lab test switches and env knobs on, the connection string read from its file', () => {
+    withLabDir((dir, env) => {
+      assert.throws(() => loadAppConfig(env), /no vmrestore\.config\.json .* the local lab is not running: run `vmrestore lab up`/);
+      const secrets = path.join(dir, 'secrets');
+      mkdirSync(secrets);
+      writeFileSync(path.join(secrets, 'blob'), 'UseDevelopmentStorage=true\n');
+      writeFileSync(labConfigPath(env), JSON.stringify(labFile()));
+      const cfg = loadAppConfig({ ...env, VMRESTORE_AZURE_HELPER_IDLE_SECONDS: '1', VMRESTORE_LAB_HELPER_WORKER: 'separate' });
+      assert.equal(cfg.fromLab, true);
+      assert.equal(cfg.source, path.join(dir, 'vmrestore.config.json'));
+      assert.equal(cfg.azure!.allowTestSwitches, true);
+      assert.equal(cfg.azure!.blobConnectionString, 'UseDevelopmentStorage=true');
+      assert.deepEqual(
+        { idle: cfg.azure!.helpers.westeurope.idleTimeoutSeconds, embedded: cfg.azure!.helpers.westeurope.embeddedWorker },
+        { idle: 1, embedded: false },
+      );
+      assert.throws(
+        () => loadAppConfig({ ...env, VMRESTORE_AZURE_HELPER_IDLE_SECONDS: 'soon' }),
+        /config VMRESTORE_AZURE_HELPER_IDLE_SECONDS: expected a whole number of seconds, got 'soon'/,
+      );
+
+      // The same file named by VMRESTORE_CONFIG is a config like any other: no test switches, no lab knobs.
+      const named = loadAppConfig({ VMRESTORE_CONFIG: labConfigPath(env), VMRESTORE_AZURE_HELPER_IDLE_SECONDS: '1' });
+      assert.equal(named.fromLab, false);
+      assert.equal(named.azure!.allowTestSwitches, undefined);
+      assert.equal(named.azure!.helpers.westeurope.idleTimeoutSeconds, 5);
+    });
+  });
+
+  it('names an unreadable connection string file, and refuses it beside blobConnectionStringEnv', () => {
+    assert.throws(
+      () => parseConfig({ ...base, azure: { ...azureBase, blobConnectionStringFile: 'nope' } }, 't', '/nonexistent'),
+      /config azure\.blobConnectionStringFile: cannot read '\/nonexistent\/nope'/,
+    );
+    assert.throws(
+      () => parseConfig({ ...base, azure: { ...azureBase, blobConnectionStringFile: 'a', blobConnectionStringEnv: 'B' } }, 't', '/'),
+      /config azure\.blobConnectionStringFile: give either blobConnectionStringEnv or blobConnectionStringFile, not both/,
+    );
   });
 });

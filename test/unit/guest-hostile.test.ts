@@ -14,11 +14,11 @@ import { after, afterEach, before, describe, it } from 'node:test';
 import { RestoreError } from '../../src/domain/errors';
 import { run } from '../../src/guest/exec';
 import { prepareGuestDiskIsolated, type IsolatedPrepResult } from '../../src/guest/isolation';
-import { Ext4Volume, MAX_GUEST_FILE_BYTES, UnsafeGuestPathError } from '../../src/guest/linux-ext4';
-import { buildLinuxDiskImage, type LinuxImageOptions } from '../../src/guest/linux-image';
-import { prepareLinuxDiskDetailed } from '../../src/guest/linux-prep';
-import { readPartitionTable } from '../../src/guest/partition';
-import { HiveReader, buildEmptyHive, hiveToXml, setHiveValues } from '../../src/guest/regf';
+import { Ext4Volume, MAX_GUEST_FILE_BYTES, UnsafeGuestPathError } from '../../src/guest/linux/ext4';
+import { buildLinuxDiskImage, type LinuxImageOptions } from '../../src/lab/images/linux-image';
+import { prepareLinuxDiskDetailed } from '../../src/guest/linux/prep';
+import { readPartitionTable } from '../../src/guest/disk/partition';
+import { HiveReader, buildEmptyHive, hiveToXml, setHiveValues } from '../../src/guest/windows/regf';
 import { maskSecrets, shortDiff } from '../../src/guest/types';
 
 const MiB = 1024 * 1024;

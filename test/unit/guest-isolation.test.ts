@@ -10,10 +10,10 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { RestoreError } from '../../src/domain/errors';
 import { UNPRIVILEGED_ID, prepareGuestDiskIsolated } from '../../src/guest/isolation';
-import { Ext4Volume } from '../../src/guest/linux-ext4';
-import { buildLinuxDiskImage } from '../../src/guest/linux-image';
-import { buildWindowsDiskImage } from '../../src/guest/windows-image';
-import { readHiveValueFromDisk, readWindowsFileFromDisk } from '../../src/guest/windows-prep';
+import { Ext4Volume } from '../../src/guest/linux/ext4';
+import { buildLinuxDiskImage } from '../../src/lab/images/linux-image';
+import { buildWindowsDiskImage } from '../../src/lab/images/windows-image';
+import { readHiveValueFromDisk, readWindowsFileFromDisk } from '../../src/guest/windows/prep';
 
 const MiB = 1024 * 1024;
 const asRoot = process.getuid?.() === 0;

@@ -5,8 +5,8 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { run } from '../../src/guest/exec';
 import { prepareGuestDiskIsolated } from '../../src/guest/isolation';
-import { buildLinuxDiskImage, type LinuxImage } from '../../src/guest/linux-image';
-import { dataDiskFilesystems, prepareLinuxDisk, prepareLinuxDiskDetailed, readGuestFile } from '../../src/guest/linux-prep';
+import { buildLinuxDiskImage, type LinuxImage } from '../../src/lab/images/linux-image';
+import { dataDiskFilesystems, prepareLinuxDisk, prepareLinuxDiskDetailed, readGuestFile } from '../../src/guest/linux/prep';
 
 /**
  * Preparation that survives the platform's device naming, on real ext4 images: the VMware-era NIC

@@ -6,9 +6,9 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { RestoreError } from '../../src/domain/errors';
 import { CommandError, run } from '../../src/guest/exec';
-import { Ext4Volume } from '../../src/guest/linux-ext4';
-import { buildLinuxDiskImage, type LinuxImage } from '../../src/guest/linux-image';
-import { findLinuxRoot, inspectLinuxDisk, prepareLinuxDisk, prepareLinuxDiskDetailed, readGuestFile } from '../../src/guest/linux-prep';
+import { Ext4Volume } from '../../src/guest/linux/ext4';
+import { buildLinuxDiskImage, type LinuxImage } from '../../src/lab/images/linux-image';
+import { findLinuxRoot, inspectLinuxDisk, prepareLinuxDisk, prepareLinuxDiskDetailed, readGuestFile } from '../../src/guest/linux/prep';
 import {
   NoPartitionTableError,
   copyRange,
@@ -16,7 +16,7 @@ import {
   readPartitionTable,
   writePartitionTable,
   writeRangeInto,
-} from '../../src/guest/partition';
+} from '../../src/guest/disk/partition';
 import type { GuestChange } from '../../src/guest/types';
 
 const MiB = 1024 * 1024;

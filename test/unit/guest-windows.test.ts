@@ -6,10 +6,18 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { RestoreError } from '../../src/domain/errors';
 import { run } from '../../src/guest/exec';
-import { PartitionCopy, ntfsCheck, withNtfsMount } from '../../src/guest/ntfs';
-import { readPartitionTable } from '../../src/guest/partition';
-import { HiveReader, buildEmptyHive, createHive, getHiveValue, hiveToXml, parseLsvalLine, setHiveValues } from '../../src/guest/regf';
-import { buildWindowsDiskImage, seededStream } from '../../src/guest/windows-image';
+import { PartitionCopy, ntfsCheck, withNtfsMount } from '../../src/guest/windows/ntfs';
+import { readPartitionTable } from '../../src/guest/disk/partition';
+import {
+  HiveReader,
+  buildEmptyHive,
+  createHive,
+  getHiveValue,
+  hiveToXml,
+  parseLsvalLine,
+  setHiveValues,
+} from '../../src/guest/windows/regf';
+import { buildWindowsDiskImage, seededStream } from '../../src/lab/images/windows-image';
 import {
   NO_AGENT_INSTALLER_WARNING,
   prepareWindowsDisk,
@@ -19,7 +27,7 @@ import {
   readHiveValuesFromDisk,
   readWindowsFileFromDisk,
   type HiveValueQuery,
-} from '../../src/guest/windows-prep';
+} from '../../src/guest/windows/prep';
 
 const MiB = 1024 * 1024;
 const canMount = process.getuid?.() === 0 && existsSync('/dev/fuse');

@@ -3,7 +3,7 @@ import { describe, it } from 'node:test';
 import { requestFingerprint } from '../../src/domain/plan';
 import { DISK_FORMATS, TRANSPORT_REQUESTS } from '../../src/domain/vsphere';
 import { validateAzureRestoreRequest, validateVSphereRestoreRequest } from '../../src/domain/validation';
-import { parsePlan, PlanFileError } from '../../src/plan-file';
+import { parsePlan, PlanFileError } from '../../src/cli/plan-file';
 
 const GOOD = `name: dr-drill
 limits:

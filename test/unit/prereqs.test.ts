@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync, symlinkSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
-import { EXTERNAL_TOOLS, missingTools } from '../../src/lab/prereqs';
+import { EXTERNAL_TOOLS, missingTools } from '../../src/prereqs';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 

@@ -3,7 +3,7 @@ import { PassThrough } from 'node:stream';
 import { describe, it } from 'node:test';
 import { etaSeconds, formatEta, formatRate, renderDiskTable, ThroughputMeter } from '../../src/domain/progress';
 import { DiskProgressReporter } from '../../src/activities/progress-report';
-import { createProgressView } from '../../src/progress-view';
+import { createProgressView } from '../../src/cli/progress-view';
 import type { DiskProgressReport } from '../../src/domain/progress';
 
 const MiB = 1024 * 1024;

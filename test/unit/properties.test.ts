@@ -16,7 +16,7 @@ import { DISK_FORMATS, TRANSPORT_REQUESTS } from '../../src/domain/vsphere';
 import { FailureType, RestoreError } from '../../src/domain/errors';
 import { validateAzureRestoreRequest, validateVSphereRestoreRequest, validateVSphereVmName } from '../../src/domain/validation';
 import { getRestorePoint } from '../../src/repository';
-import { readVmJson } from '../../src/repository/vmJson';
+import { readVmJson } from '../../src/repository/vm-json';
 import { pathInside } from '../../src/transport/paths';
 import { AZURE_FIELDS, VSPHERE_FIELDS, anyFieldValue, badRequest, hostileJson, hostileString } from '../helpers/bad-requests';
 

@@ -4,8 +4,8 @@ import { existsSync, promises as fsp } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { run } from '../../src/guest/exec';
-import { Ext4Volume, makeExt4FromTree } from '../../src/guest/linux-ext4';
-import { writePartitionTable, writeRangeInto, type PartitionSpec } from '../../src/guest/partition';
+import { Ext4Volume, makeExt4FromTree } from '../../src/guest/linux/ext4';
+import { writePartitionTable, writeRangeInto, type PartitionSpec } from '../../src/guest/disk/partition';
 
 /**
  * UEFI test disks for the UEFI-to-BIOS conversion tests: GPT, an EFI system partition (FAT32 with a

@@ -9,9 +9,9 @@ import { bootCodeCoreLba, coreBlocklistStart, GRUB_I386_PC_DIR, isGrubBootCode }
 import { planGptToMbr } from '../../src/guest/disk/gpt-to-mbr';
 import { convertLinuxUefiToBios } from '../../src/guest/disk/linux-uefi-to-bios';
 import { run } from '../../src/guest/exec';
-import { Ext4Volume, makeExt4FromTree } from '../../src/guest/linux-ext4';
-import { readPartitionTable, writePartitionTable } from '../../src/guest/partition';
-import { convertUefiToBios } from '../../src/guest/uefi-to-bios';
+import { Ext4Volume, makeExt4FromTree } from '../../src/guest/linux/ext4';
+import { readPartitionTable, writePartitionTable } from '../../src/guest/disk/partition';
+import { convertUefiToBios } from '../../src/guest/disk/uefi-to-bios';
 import {
   ESP_UUID,
   ROOT_UUID,

@@ -6,9 +6,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GUEST_RECIPES, guestVmJson, type GuestImage } from '../../src/lab/guests';
 import { debianMirror, parseDeb822Sources, parseOneLineSources } from '../../src/lab/guests/mirror';
-import { readVmJson } from '../../src/repository/vmJson';
+import { readVmJson } from '../../src/repository/vm-json';
 import { readGuestTraffic, resolveNetwork, verifyBoot } from '../../src/verify';
-import { verifyRequestFromArgs } from '../../src/verify/cli';
+import { verifyRequestFromArgs } from '../../src/cli/verify-command';
 import { qemuArgs } from '../../src/verify/qemu';
 
 const GUEST = '00:50:56:a1:5e:01';

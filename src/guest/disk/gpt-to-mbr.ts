@@ -1,7 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import { FailureType, RestoreError } from '../../domain/errors';
 import { run } from '../exec';
-import { probeFilesystem, readPartitionTable, type PartitionEntry } from '../partition';
+import { probeFilesystem, readPartitionTable, type PartitionEntry } from './partition';
 import { sectorChange, type BootChange } from './boot-change';
 
 /**

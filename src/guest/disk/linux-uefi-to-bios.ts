@@ -1,8 +1,8 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { FailureType, RestoreError } from '../../domain/errors';
-import { Ext4Volume, type Ext4Op } from '../linux-ext4';
-import { probeFilesystem, readPartitionTable, type FilesystemInfo } from '../partition';
+import { Ext4Volume, type Ext4Op } from '../linux/ext4';
+import { probeFilesystem, readPartitionTable, type FilesystemInfo } from './partition';
 import { lineDiff, sectorChange, sha256Of, type BootChange, type BootConversionResult } from './boot-change';
 import { SECTOR, planGptToMbr, readSectors, writeMbr, type GptToMbrPlan, type MbrEntryPlan } from './gpt-to-mbr';
 import {

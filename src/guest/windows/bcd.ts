@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { FailureType, RestoreError } from '../../domain/errors';
-import { createHive, HiveReader, RegType, type HiveKeySpec, type HiveValueData } from '../regf';
+import { createHive, HiveReader, RegType, type HiveKeySpec, type HiveValueData } from './regf';
 
 /**
  * A BIOS Boot Configuration Data store (`\Boot\BCD`): a registry hive whose root holds `Description`

@@ -3,9 +3,9 @@ import { join } from 'node:path';
 import { FailureType, RestoreError } from '../../domain/errors';
 import { sha256Of, type BootChange, type BootConversionResult } from '../disk/boot-change';
 import { SECTOR, planGptToMbr, readSectors, writeMbr, type MbrEntryPlan } from '../disk/gpt-to-mbr';
-import { PartitionCopy, hasNtfsBootSector, ntfsListDir, ntfsReadFile, ntfsResolvePath, withNtfsMount } from '../ntfs';
-import { readPartitionTable } from '../partition';
-import { HiveReader, decodeValue } from '../regf';
+import { PartitionCopy, hasNtfsBootSector, ntfsListDir, ntfsReadFile, ntfsResolvePath, withNtfsMount } from './ntfs';
+import { readPartitionTable } from '../disk/partition';
+import { HiveReader, decodeValue } from './regf';
 import { BOOTMGR_GUID, loaderGuidFor, writeBiosBcd, type BiosBcdSpec } from './bcd';
 
 /**

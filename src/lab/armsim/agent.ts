@@ -7,7 +7,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { readAgentStaging, type AgentStaging } from '../../guest/windows-prep';
+import { readAgentStaging, type AgentStaging } from '../../guest/windows/prep';
 import type { DiskStore } from './diskstore';
 import type { DiskRec, VmRec } from './state';
 

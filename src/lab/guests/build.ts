@@ -5,8 +5,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { FailureType, RestoreError } from '../../domain/errors';
 import { run } from '../../guest/exec';
-import { makeExt4FromTree } from '../../guest/linux-ext4';
-import { writePartitionTable } from '../../guest/partition';
+import { makeExt4FromTree } from '../../guest/linux/ext4';
+import { writePartitionTable } from '../../guest/disk/partition';
 import { debianMirror } from './mirror';
 import {
   BASE_PACKAGES,

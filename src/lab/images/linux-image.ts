@@ -1,0 +1,711 @@
+import { createCipheriv, createHash } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { FailureType, RestoreError } from '../../domain/errors';
+import { run } from '../../guest/exec';
+import { writePartitionTable } from '../../guest/disk/partition';
+import type { FirewallStyle, NetworkStyle } from '../../guest/linux/types';
+
+/**
+ * Demo Linux disks with a real ext4 root filesystem that looks like a VMware guest of a common distro:
+ * static IP, VMware-era udev net rules, a firewall without SSH, sshd and the Azure agent installed but
+ * disabled, /dev/sdX names in fstab. Guest preparation has something real to fix on each of them.
+ */
+
+export type { FirewallStyle, NetworkStyle };
+
+export interface LinuxImageOptions {
+  /** Whole-disk size, a multiple of 1 MiB; the file is sparse. */
+  sizeBytes: number;
+  scheme: 'mbr' | 'gpt';
+  hostname: string;
+  networkStyle: NetworkStyle;
+  firewall: FirewallStyle;
+  /** Pseudo-random payload under /usr/share/demo and /var/lib/demo, in MiB (default 100). */
+  usedMiB?: number;
+  /** Seeds file contents and ids; defaults to the hostname, so equal options give equal contents. */
+  seed?: string;
+  /** Name of the VMware-era NIC in the network config (default ens192, eth0 for `interfaces`). */
+  nicName?: string;
+  /** Static address with prefix (default derived from the seed, in 192.168.x.0/24). */
+  ipAddress?: string;
+  /** Changes the generated root tree (a host directory) before it becomes the filesystem, e.g. to plant hostile files. */
+  customize?: (root: string) => Promise<void>;
+}
+
+export interface LinuxImage {
+  imagePath: string;
+  rootPartitionOffset: number;
+  rootPartitionIndex: number;
+  rootFsUuid: string;
+}
+
+type Flavor = 'ubuntu' | 'rhel' | 'debian';
+
+const MiB = 1024 * 1024;
+const ROOT_START = MiB;
+/** Fixed file times keep the generated trees (and so the images) stable across runs. */
+const FIXED_MTIME = new Date('2024-03-01T12:00:00Z');
+
+function flavorOf(o: LinuxImageOptions): Flavor {
+  // The distro follows the network style, which is what ties a guest to its family.
+  return o.networkStyle === 'netplan' ? 'ubuntu' : o.networkStyle === 'ifcfg' ? 'rhel' : 'debian';
+}
+
+function digest(seed: string, label: string): Buffer {
+  return createHash('sha256').update(`${seed}\0${label}`).digest();
+}
+
+/** An RFC 4122 version-4 shaped UUID derived from the seed. */
+function seededUuid(seed: string, label: string): string {
+  const b = digest(seed, label).subarray(0, 16);
+  b[6] = (b[6] & 0x0f) | 0x40;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const h = b.toString('hex');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
+function seededMac(seed: string): string {
+  const b = digest(seed, 'mac');
+  // 00:50:56 is VMware's OUI, which is what these guests came from.
+  return ['00', '50', '56', ...[b[0] & 0x3f, b[1], b[2]].map((x) => x.toString(16).padStart(2, '0'))].join(':');
+}
+
+interface TreeFile {
+  content: string | Buffer;
+  mode?: number;
+}
+type Tree = Map<string, TreeFile | { symlink: string } | { dir: true }>;
+
+function osRelease(flavor: Flavor): string {
+  switch (flavor) {
+    case 'ubuntu':
+      return [
+        'PRETTY_NAME="Ubuntu 22.04.4 LTS"',
+        'NAME="Ubuntu"',
+        'VERSION_ID="22.04"',
+        'VERSION="22.04.4 LTS (Jammy Jellyfish)"',
+        'VERSION_CODENAME=jammy',
+        'ID=ubuntu',
+        'ID_LIKE=debian',
+        'HOME_URL="https://www.ubuntu.com/"',
+        'UBUNTU_CODENAME=jammy',
+        '',
+      ].join('\n');
+    case 'rhel':
+      return [
+        'NAME="Rocky Linux"',
+        'VERSION="8.9 (Green Obsidian)"',
+        'ID="rocky"',
+        'ID_LIKE="rhel centos fedora"',
+        'VERSION_ID="8.9"',
+        'PLATFORM_ID="platform:el8"',
+        'PRETTY_NAME="Rocky Linux 8.9 (Green Obsidian)"',
+        'ANSI_COLOR="0;32"',
+        'CPE_NAME="cpe:/o:rocky:rocky:8:GA"',
+        '',
+      ].join('\n');
+    case 'debian':
+      return [
+        'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"',
+        'NAME="Debian GNU/Linux"',
+        'VERSION_ID="12"',
+        'VERSION="12 (bookworm)"',
+        'VERSION_CODENAME=bookworm',
+        'ID=debian',
+        'HOME_URL="https://www.debian.org/"',
+        '',
+      ].join('\n');
+  }
+}
+
+const SSH_UNIT_DEBIAN = `[Unit]
+Description=OpenBSD Secure Shell server
+Documentation=man:sshd(8) man:sshd_config(5)
+After=network.target auditd.service
+ConditionPathExists=!/etc/ssh/sshd_not_to_be_run
+
+[Service]
+EnvironmentFile=-/etc/default/ssh
+ExecStartPre=/usr/sbin/sshd -t
+ExecStart=/usr/sbin/sshd -D $SSHD_OPTS
+ExecReload=/usr/sbin/sshd -t
+ExecReload=/bin/kill -HUP $MAINPID
+KillMode=process
+Restart=on-failure
+RestartPreventExitStatus=255
+Type=notify
+RuntimeDirectory=sshd
+RuntimeDirectoryMode=0755
+
+[Install]
+WantedBy=multi-user.target
+Alias=sshd.service
+`;
+
+const SSH_UNIT_RHEL = `[Unit]
+Description=OpenSSH server daemon
+Documentation=man:sshd(8) man:sshd_config(5)
+After=network.target sshd-keygen.target
+Wants=sshd-keygen.target
+
+[Service]
+Type=notify
+EnvironmentFile=-/etc/crypto-policies/back-ends/opensshserver.config
+EnvironmentFile=-/etc/sysconfig/sshd
+ExecStart=/usr/sbin/sshd -D $OPTIONS $CRYPTO_POLICY
+ExecReload=/bin/kill -HUP $MAINPID
+KillMode=process
+Restart=on-failure
+RestartSec=42s
+
+[Install]
+WantedBy=multi-user.target
+`;
+
+const WAAGENT_UNIT = `[Unit]
+Description=Azure Linux Agent
+Wants=network-online.target sshd.service sshd-keygen.service
+After=network-online.target
+ConditionFileIsExecutable=/usr/sbin/waagent
+ConditionPathExists=/etc/waagent.conf
+
+[Service]
+Type=simple
+ExecStart=/usr/bin/python3 -u /usr/sbin/waagent -daemon
+Restart=always
+RestartSec=5
+
+[Install]
+WantedBy=multi-user.target
+`;
+
+const WAAGENT_SCRIPT = `#!/usr/bin/env python3
+# Microsoft Azure Linux Agent (demo stub of the packaged entry point)
+import sys
+from azurelinuxagent.agent import main
+if __name__ == '__main__':
+    sys.exit(main())
+`;
+
+const WAAGENT_CONF = `# Microsoft Azure Linux Agent Configuration
+Extensions.Enabled=y
+Provisioning.Agent=auto
+Provisioning.DeleteRootPassword=n
+Provisioning.RegenerateSshHostKeyPair=n
+ResourceDisk.Format=y
+ResourceDisk.Filesystem=ext4
+ResourceDisk.MountPoint=/mnt/resource
+ResourceDisk.EnableSwap=n
+Logs.Verbose=n
+OS.EnableFirewall=y
+AutoUpdate.Enabled=y
+`;
+
+const SSHD_CONFIG = `# See sshd_config(5) for details.
+Include /etc/ssh/sshd_config.d/*.conf
+Port 22
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM yes
+X11Forwarding no
+PrintMotd no
+AcceptEnv LANG LC_*
+Subsystem sftp /usr/lib/openssh/sftp-server
+`;
+
+function ufwRules(v6: boolean): string {
+  const chain = v6 ? 'ufw6' : 'ufw';
+  const any = v6 ? '::/0' : '0.0.0.0/0';
+  return `*filter
+:${chain}-user-input - [0:0]
+:${chain}-user-output - [0:0]
+:${chain}-user-forward - [0:0]
+:${chain}-before-logging-input - [0:0]
+:${chain}-before-logging-output - [0:0]
+:${chain}-before-logging-forward - [0:0]
+:${chain}-user-logging-input - [0:0]
+:${chain}-user-logging-output - [0:0]
+:${chain}-user-logging-forward - [0:0]
+:${chain}-after-logging-input - [0:0]
+:${chain}-after-logging-output - [0:0]
+:${chain}-after-logging-forward - [0:0]
+:${chain}-logging-deny - [0:0]
+:${chain}-logging-allow - [0:0]
+:${chain}-user-limit - [0:0]
+:${chain}-user-limit-accept - [0:0]
+### RULES ###
+
+### tuple ### allow tcp 443 ${any} any ${any} in
+-A ${chain}-user-input -p tcp --dport 443 -j ACCEPT
+
+### tuple ### allow tcp 9100 ${any} any ${v6 ? '::/0' : '10.0.0.0/8'} in
+-A ${chain}-user-input -p tcp --dport 9100 ${v6 ? '' : '-s 10.0.0.0/8 '}-j ACCEPT
+
+### END RULES ###
+
+### LOGGING ###
+-A ${chain}-after-logging-input -j LOG --log-prefix "[UFW BLOCK] " -m limit --limit 3/min --limit-burst 10
+-A ${chain}-after-logging-forward -j LOG --log-prefix "[UFW BLOCK] " -m limit --limit 3/min --limit-burst 10
+-I ${chain}-logging-deny -j RETURN -m addrtype --dst-type BROADCAST
+-A ${chain}-logging-deny -j LOG --log-prefix "[UFW BLOCK] " -m limit --limit 3/min --limit-burst 10
+-A ${chain}-logging-allow -j LOG --log-prefix "[UFW ALLOW] " -m limit --limit 3/min --limit-burst 10
+### END LOGGING ###
+
+### RATE LIMITING ###
+-A ${chain}-user-limit -m limit --limit 3/minute -j LOG --log-prefix "[UFW LIMIT BLOCK] "
+-A ${chain}-user-limit -j REJECT
+-A ${chain}-user-limit-accept -j ACCEPT
+### END RATE LIMITING ###
+COMMIT
+`;
+}
+
+function iptablesRules(v6: boolean): string {
+  return `# Generated by iptables-save v1.8.9 on Fri Mar  1 12:00:00 2024
+*filter
+:INPUT DROP [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -i lo -j ACCEPT
+-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A INPUT -p ${v6 ? 'ipv6-icmp' : 'icmp'} -j ACCEPT
+-A INPUT -p tcp -m tcp --dport 443 -j ACCEPT
+-A INPUT -s ${v6 ? 'fd00::/8' : '10.0.0.0/8'} -p tcp -m tcp --dport 5432 -j ACCEPT
+-A INPUT -m limit --limit 5/min -j LOG --log-prefix "iptables-dropped: "
+-A INPUT -j DROP
+COMMIT
+# Completed on Fri Mar  1 12:00:00 2024
+`;
+}
+
+const FIREWALLD_PUBLIC = `<?xml version="1.0" encoding="utf-8"?>
+<zone>
+  <short>Public</short>
+  <description>For use in public areas. You do not trust the other computers on networks to not harm your computer. Only selected incoming connections are accepted.</description>
+  <service name="dhcpv6-client"/>
+  <service name="cockpit"/>
+  <service name="https"/>
+  <port port="9100" protocol="tcp"/>
+</zone>
+`;
+
+function buildTree(o: LinuxImageOptions, flavor: Flavor, rootUuid: string): Tree {
+  const seed = o.seed ?? o.hostname;
+  const t: Tree = new Map();
+  const file = (p: string, content: string | Buffer, mode?: number) => t.set(p, { content, mode });
+  const link = (p: string, target: string) => t.set(p, { symlink: target });
+  const d = digest(seed, 'net');
+  const ip = o.ipAddress ?? `192.168.${10 + (d[0] % 200)}.${20 + (d[1] % 200)}/24`;
+  const [addr, prefix] = ip.split('/');
+  const gw = addr.split('.').slice(0, 3).concat('1').join('.');
+  const nic = o.nicName ?? (o.networkStyle === 'interfaces' ? 'eth0' : 'ens192');
+  const mac = seededMac(seed);
+  const deb = flavor !== 'rhel';
+  const unitDir = '/usr/lib/systemd/system';
+  // Enablement symlinks use the path the distro's packaging uses, as systemctl would have written them.
+  const unitLinkDir = deb ? '/lib/systemd/system' : '/usr/lib/systemd/system';
+  const wants = '/etc/systemd/system/multi-user.target.wants';
+
+  // Merged /usr, as on current Ubuntu, Debian and EL8.
+  link('/bin', 'usr/bin');
+  link('/sbin', 'usr/sbin');
+  link('/lib', 'usr/lib');
+  for (const dir of [
+    '/usr/bin',
+    '/usr/sbin',
+    '/tmp',
+    '/root',
+    '/home',
+    '/srv/data',
+    '/srv/backup',
+    '/proc',
+    '/sys',
+    '/dev',
+    '/run',
+    '/mnt',
+  ]) {
+    t.set(dir, { dir: true });
+  }
+
+  file('/etc/hostname', `${o.hostname}\n`);
+  file('/etc/hosts', `127.0.0.1\tlocalhost\n127.0.1.1\t${o.hostname}\n\n::1\tlocalhost ip6-localhost ip6-loopback\n`);
+  file('/usr/lib/os-release', osRelease(flavor));
+  link('/etc/os-release', '../usr/lib/os-release');
+  if (flavor === 'rhel') {
+    file('/etc/redhat-release', 'Rocky Linux release 8.9 (Green Obsidian)\n');
+    link('/etc/system-release', 'redhat-release');
+  } else {
+    file('/etc/debian_version', flavor === 'ubuntu' ? 'bookworm/sid\n' : '12.5\n');
+  }
+  if (flavor === 'ubuntu') {
+    file(
+      '/etc/lsb-release',
+      'DISTRIB_ID=Ubuntu\nDISTRIB_RELEASE=22.04\nDISTRIB_CODENAME=jammy\nDISTRIB_DESCRIPTION="Ubuntu 22.04.4 LTS"\n',
+    );
+  }
+  file(
+    '/etc/passwd',
+    'root:x:0:0:root:/root:/bin/bash\nsshd:x:74:74:Privilege-separated SSH:/run/sshd:/usr/sbin/nologin\nops:x:1000:1000:Operations:/home/ops:/bin/bash\n',
+  );
+  file('/etc/group', 'root:x:0:\nsshd:x:74:\nops:x:1000:\n');
+  file('/etc/shadow', 'root:*:19700:0:99999:7:::\nsshd:!!:19700::::::\nops:!:19700:0:99999:7:::\n', 0o640);
+  file('/etc/machine-id', digest(seed, 'machine-id').subarray(0, 16).toString('hex') + '\n', 0o444);
+
+  const backupUuid = seededUuid(seed, 'backup-fs');
+  file(
+    '/etc/fstab',
+    [
+      '# /etc/fstab: static file system information.',
+      '#',
+      '# <file system> <mount point>   <type>  <options>       <dump>  <pass>',
+      `/dev/sda1       /               ext4    ${deb ? 'errors=remount-ro' : 'defaults'} 0       1`,
+      '/dev/sdb1       /srv/data       ext4    defaults        0       2',
+      `UUID=${backupUuid} /srv/backup xfs defaults 0 2`,
+      'tmpfs           /run/shm        tmpfs   defaults,size=256m 0   0',
+      '',
+    ].join('\n'),
+  );
+
+  file('/etc/ssh/sshd_config', SSHD_CONFIG, 0o644);
+  file('/etc/ssh/sshd_config.d/50-site.conf', 'ClientAliveInterval 120\n');
+  const sshUnit = deb ? 'ssh.service' : 'sshd.service';
+  file(`${unitDir}/${sshUnit}`, deb ? SSH_UNIT_DEBIAN : SSH_UNIT_RHEL);
+  file(
+    `${unitDir}/cron.service`,
+    '[Unit]\nDescription=Regular background program processing daemon\n\n[Service]\nExecStart=/usr/sbin/cron -f\n\n[Install]\nWantedBy=multi-user.target\n',
+  );
+  link(`${wants}/cron.service`, `${unitLinkDir}/cron.service`);
+
+  // The Azure agent is installed (so a restore can turn it on) but disabled, as on a VMware guest.
+  file('/usr/sbin/waagent', WAAGENT_SCRIPT, 0o755);
+  file('/etc/waagent.conf', WAAGENT_CONF);
+  file(`${unitDir}/${deb ? 'walinuxagent.service' : 'waagent.service'}`, WAAGENT_UNIT);
+
+  if (deb) {
+    file(
+      '/etc/default/grub',
+      [
+        "# If you change this file, run 'update-grub' afterwards to update",
+        '# /boot/grub/grub.cfg.',
+        'GRUB_DEFAULT=0',
+        'GRUB_TIMEOUT_STYLE=hidden',
+        'GRUB_TIMEOUT=0',
+        `GRUB_DISTRIBUTOR=\`lsb_release -i -s 2> /dev/null || echo Debian\``,
+        'GRUB_CMDLINE_LINUX_DEFAULT="quiet splash"',
+        'GRUB_CMDLINE_LINUX=""',
+        '',
+      ].join('\n'),
+    );
+    const kver = flavor === 'ubuntu' ? '5.15.0-105-generic' : '6.1.0-18-amd64';
+    file(
+      '/boot/grub/grub.cfg',
+      [
+        '# DO NOT EDIT THIS FILE',
+        '# It is automatically generated by grub-mkconfig',
+        'set default="0"',
+        'insmod ext2',
+        `search --no-floppy --fs-uuid --set=root ${rootUuid}`,
+        `menuentry '${flavor === 'ubuntu' ? 'Ubuntu' : 'Debian GNU/Linux'}' --class gnu-linux --class os {`,
+        `\tlinux\t/boot/vmlinuz-${kver} root=UUID=${rootUuid} ro  quiet splash`,
+        `\tinitrd\t/boot/initrd.img-${kver}`,
+        '}',
+        `menuentry 'Recovery mode' --class gnu-linux --class os {`,
+        `\tlinux\t/boot/vmlinuz-${kver} root=UUID=${rootUuid} ro recovery nomodeset`,
+        `\tinitrd\t/boot/initrd.img-${kver}`,
+        '}',
+        '',
+      ].join('\n'),
+    );
+  } else {
+    file(
+      '/etc/default/grub',
+      [
+        'GRUB_TIMEOUT=5',
+        'GRUB_DISTRIBUTOR="$(sed \'s, release .*$,,g\' /etc/system-release)"',
+        'GRUB_DEFAULT=saved',
+        'GRUB_DISABLE_SUBMENU=true',
+        'GRUB_TERMINAL_OUTPUT="console"',
+        'GRUB_CMDLINE_LINUX="rhgb quiet"',
+        'GRUB_DISABLE_RECOVERY="true"',
+        'GRUB_ENABLE_BLSCFG=true',
+        '',
+      ].join('\n'),
+    );
+    // EL8 keeps the kernel command line in grubenv (a fixed 1 KiB block) referenced by BLS entries.
+    const env =
+      '# GRUB Environment Block\nsaved_entry=4.18.0-513.5.1.el8_9.x86_64\nkernelopts=root=/dev/sda1 ro rhgb quiet \nboot_success=0\n';
+    file('/boot/grub2/grubenv', env + '#'.repeat(1024 - Buffer.byteLength(env)));
+    const machineId = digest(seed, 'machine-id').subarray(0, 16).toString('hex');
+    file(
+      `/boot/loader/entries/${machineId}-4.18.0-513.5.1.el8_9.x86_64.conf`,
+      [
+        'title Rocky Linux (4.18.0-513.5.1.el8_9.x86_64) 8.9 (Green Obsidian)',
+        'version 4.18.0-513.5.1.el8_9.x86_64',
+        'linux /boot/vmlinuz-4.18.0-513.5.1.el8_9.x86_64',
+        'initrd /boot/initramfs-4.18.0-513.5.1.el8_9.x86_64.img $tuned_initrd',
+        'options $kernelopts $tuned_params',
+        'id rocky-20240301120000-4.18.0-513.5.1.el8_9.x86_64',
+        'grub_users $grub_users',
+        'grub_arg --unrestricted',
+        'grub_class rocky',
+        '',
+      ].join('\n'),
+    );
+  }
+
+  file(
+    '/etc/udev/rules.d/70-persistent-net.rules',
+    [
+      '# This file was automatically generated by the /lib/udev/write_net_rules',
+      '# program, run by the persistent-net-generator.rules rules file.',
+      '',
+      '# PCI device 0x15ad:0x07b0 (vmxnet3)',
+      `SUBSYSTEM=="net", ACTION=="add", DRIVERS=="?*", ATTR{address}=="${mac}", ATTR{dev_id}=="0x0", ATTR{type}=="1", KERNEL=="eth*", NAME="${nic}"`,
+      '',
+    ].join('\n'),
+  );
+
+  switch (o.networkStyle) {
+    case 'netplan':
+      file(
+        '/etc/netplan/00-installer-config.yaml',
+        [
+          "# This is the network config written by 'subiquity'",
+          'network:',
+          '  ethernets:',
+          `    ${nic}:`,
+          '      addresses:',
+          `      - ${addr}/${prefix}`,
+          '      nameservers:',
+          '        addresses:',
+          `        - ${gw}`,
+          '        search:',
+          '        - corp.example',
+          '      routes:',
+          '      - to: default',
+          `        via: ${gw}`,
+          '  version: 2',
+          '',
+        ].join('\n'),
+        0o600,
+      );
+      break;
+    case 'ifcfg':
+      file(
+        `/etc/sysconfig/network-scripts/ifcfg-${nic}`,
+        [
+          'TYPE=Ethernet',
+          'PROXY_METHOD=none',
+          'BROWSER_ONLY=no',
+          'BOOTPROTO=none',
+          'DEFROUTE=yes',
+          'IPV4_FAILURE_FATAL=no',
+          'IPV6INIT=no',
+          `NAME=${nic}`,
+          `UUID=${seededUuid(seed, 'nm-connection')}`,
+          `DEVICE=${nic}`,
+          'ONBOOT=yes',
+          `IPADDR=${addr}`,
+          `PREFIX=${prefix}`,
+          `GATEWAY=${gw}`,
+          `DNS1=${gw}`,
+          'DOMAIN=corp.example',
+          `HWADDR=${mac.toUpperCase()}`,
+          '',
+        ].join('\n'),
+      );
+      file('/etc/sysconfig/network', `# Created by anaconda\nNETWORKING=yes\nGATEWAY=${gw}\n`);
+      break;
+    case 'interfaces':
+      file(
+        '/etc/network/interfaces',
+        [
+          '# This file describes the network interfaces available on your system',
+          '# and how to activate them. For more information, see interfaces(5).',
+          '',
+          'source /etc/network/interfaces.d/*',
+          '',
+          '# The loopback network interface',
+          'auto lo',
+          'iface lo inet loopback',
+          '',
+          '# The primary network interface',
+          `allow-hotplug ${nic}`,
+          `iface ${nic} inet static`,
+          `\taddress ${addr}/${prefix}`,
+          `\tgateway ${gw}`,
+          `\tdns-nameservers ${gw}`,
+          '\tdns-search corp.example',
+          '',
+        ].join('\n'),
+      );
+      t.set('/etc/network/interfaces.d', { dir: true });
+      break;
+  }
+
+  switch (o.firewall) {
+    case 'ufw':
+      file('/etc/ufw/ufw.conf', '# /etc/ufw/ufw.conf\n#\n\n# Set to yes to start on boot.\nENABLED=yes\n\nLOGLEVEL=low\n');
+      file('/etc/ufw/user.rules', ufwRules(false), 0o640);
+      file('/etc/ufw/user6.rules', ufwRules(true), 0o640);
+      file(
+        '/etc/default/ufw',
+        'IPV6=yes\nDEFAULT_INPUT_POLICY="DROP"\nDEFAULT_OUTPUT_POLICY="ACCEPT"\nDEFAULT_FORWARD_POLICY="DROP"\nDEFAULT_APPLICATION_POLICY="SKIP"\nMANAGE_BUILTINS=no\nIPT_SYSCTL=/etc/ufw/sysctl.conf\n',
+      );
+      file(
+        `${unitDir}/ufw.service`,
+        '[Unit]\nDescription=Uncomplicated firewall\nBefore=network.target\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/lib/ufw/ufw-init start quiet\nExecStop=/lib/ufw/ufw-init stop\n\n[Install]\nWantedBy=multi-user.target\n',
+      );
+      link(`${wants}/ufw.service`, `${unitLinkDir}/ufw.service`);
+      break;
+    case 'firewalld':
+      file(
+        '/etc/firewalld/firewalld.conf',
+        '# firewalld config file\nDefaultZone=public\nCleanupOnExit=yes\nLockdown=no\nIPv6_rpfilter=yes\nFirewallBackend=nftables\n',
+      );
+      file('/etc/firewalld/zones/public.xml', FIREWALLD_PUBLIC);
+      file(
+        `${unitDir}/firewalld.service`,
+        '[Unit]\nDescription=firewalld - dynamic firewall daemon\nBefore=network-pre.target\n\n[Service]\nExecStart=/usr/sbin/firewalld --nofork --nopid\n\n[Install]\nWantedBy=multi-user.target\nAlias=dbus-org.fedoraproject.FirewallD1.service\n',
+      );
+      link(`${wants}/firewalld.service`, `${unitLinkDir}/firewalld.service`);
+      link('/etc/systemd/system/dbus-org.fedoraproject.FirewallD1.service', `${unitLinkDir}/firewalld.service`);
+      break;
+    case 'iptables':
+      file('/etc/iptables/rules.v4', iptablesRules(false), 0o640);
+      file('/etc/iptables/rules.v6', iptablesRules(true), 0o640);
+      file(
+        `${unitDir}/netfilter-persistent.service`,
+        '[Unit]\nDescription=netfilter persistent configuration\nBefore=network-pre.target\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/sbin/netfilter-persistent start\n\n[Install]\nWantedBy=multi-user.target\n',
+      );
+      link(`${wants}/netfilter-persistent.service`, `${unitLinkDir}/netfilter-persistent.service`);
+      break;
+  }
+  return t;
+}
+
+/** Deterministic pseudo-random bytes: AES-128-CTR over zeros, keyed by the seed (fast and stable). */
+function seededStream(seed: string, label: string) {
+  const key = digest(seed, `key:${label}`).subarray(0, 16);
+  const iv = digest(seed, `iv:${label}`).subarray(0, 16);
+  const cipher = createCipheriv('aes-128-ctr', key, iv);
+  return (n: number) => cipher.update(Buffer.alloc(n));
+}
+
+async function writePayload(root: string, seed: string, usedMiB: number): Promise<void> {
+  const total = Math.round(usedMiB * MiB);
+  const sizes = seededStream(seed, 'sizes');
+  let written = 0;
+  for (let i = 0; written < total; i++) {
+    // 64 KiB .. 8 MiB files: a spread of small and large extents like a real /usr.
+    const r = sizes(4).readUInt32LE(0);
+    const size = Math.min(total - written, 64 * 1024 * (1 + (r % 128)));
+    const dir = i % 5 < 3 ? 'usr/share/demo' : 'var/lib/demo';
+    const sub = path.join(root, dir, `pkg${String(i % 16).padStart(2, '0')}`);
+    await fsp.mkdir(sub, { recursive: true });
+    await fsp.writeFile(path.join(sub, `blob-${String(i).padStart(5, '0')}.bin`), seededStream(seed, `file${i}`)(size));
+    written += size;
+  }
+}
+
+async function materialize(root: string, tree: Tree): Promise<void> {
+  for (const [p, entry] of tree) {
+    const full = path.join(root, p);
+    await fsp.mkdir(path.dirname(full), { recursive: true });
+    if ('symlink' in entry) await fsp.symlink(entry.symlink, full);
+    else if ('dir' in entry) await fsp.mkdir(full, { recursive: true });
+    else {
+      await fsp.writeFile(full, entry.content);
+      await fsp.chmod(full, entry.mode ?? 0o644);
+    }
+  }
+}
+
+async function fixTimes(dir: string): Promise<void> {
+  for (const e of await fsp.readdir(dir, { withFileTypes: true })) {
+    const full = path.join(dir, e.name);
+    if (e.isDirectory()) await fixTimes(full);
+    await fsp.lutimes(full, FIXED_MTIME, FIXED_MTIME);
+  }
+  await fsp.utimes(dir, FIXED_MTIME, FIXED_MTIME);
+}
+
+/**
+ * Builds a sparse whole-disk image: partition table, then one ext4 root partition at 1 MiB that
+ * fills the disk (less 1 MiB at the end, where GPT keeps its backup).
+ *
+ * mke2fs writes the filesystem straight into the disk image with `-E offset=`, instead of building a
+ * partition image and copying it in: same result, but no second multi-GiB file to scan for zeros.
+ */
+export async function buildLinuxDiskImage(imagePath: string, opts: LinuxImageOptions): Promise<LinuxImage> {
+  if (opts.sizeBytes % MiB !== 0 || opts.sizeBytes < 64 * MiB) {
+    throw new RestoreError(FailureType.InvalidRequest, 'sizeBytes must be a multiple of 1 MiB and at least 64 MiB');
+  }
+  const usedMiB = opts.usedMiB ?? 100;
+  const rootSize = opts.sizeBytes - ROOT_START - MiB;
+  if (usedMiB * MiB > rootSize * 0.8) {
+    throw new RestoreError(FailureType.InvalidRequest, `usedMiB ${usedMiB} does not fit a ${opts.sizeBytes}-byte disk`);
+  }
+  const seed = opts.seed ?? opts.hostname;
+  const flavor = flavorOf(opts);
+  const rootFsUuid = seededUuid(seed, 'root-fs');
+  const tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'vmrestore-linux-tree-'));
+  try {
+    const root = path.join(tmp, 'root');
+    await fsp.mkdir(root);
+    await materialize(root, buildTree(opts, flavor, rootFsUuid));
+    await writePayload(root, seed, usedMiB);
+    if (opts.customize) await opts.customize(root);
+    await fixTimes(root);
+
+    await fsp.mkdir(path.dirname(path.resolve(imagePath)), { recursive: true });
+    const fh = await fsp.open(imagePath, 'w');
+    try {
+      await fh.truncate(opts.sizeBytes);
+    } finally {
+      await fh.close();
+    }
+    const diskDigest = digest(seed, 'disk-id');
+    await writePartitionTable(imagePath, {
+      scheme: opts.scheme,
+      diskId: opts.scheme === 'mbr' ? `0x${diskDigest.subarray(0, 4).toString('hex')}` : seededUuid(seed, 'gpt-disk'),
+      partitions: [
+        {
+          startBytes: ROOT_START,
+          sizeBytes: rootSize,
+          type: 'linux',
+          bootable: opts.scheme === 'mbr',
+          uuid: opts.scheme === 'gpt' ? seededUuid(seed, 'gpt-root') : undefined,
+          name: opts.scheme === 'gpt' ? 'root' : undefined,
+        },
+      ],
+    });
+    await run(
+      'mke2fs',
+      [
+        '-q',
+        '-t',
+        'ext4',
+        '-F',
+        '-U',
+        rootFsUuid,
+        '-L',
+        'root',
+        '-E',
+        `root_owner=0:0,offset=${ROOT_START},hash_seed=${seededUuid(seed, 'hash-seed')}`,
+        '-d',
+        root,
+        imagePath,
+        `${rootSize / 1024}k`,
+      ],
+      { env: { LC_ALL: 'C' }, timeoutMs: 300_000 },
+    );
+  } finally {
+    await fsp.rm(tmp, { recursive: true, force: true });
+  }
+  return { imagePath, rootPartitionOffset: ROOT_START, rootPartitionIndex: 1, rootFsUuid };
+}
