@@ -105,3 +105,8 @@ export async function until<T>(what: string, probe: () => Promise<T | undefined>
     await new Promise((r) => setTimeout(r, 100));
   }
 }
+
+/** The events of a workflow run's history. */
+export async function historyEvents(handle: { fetchHistory(): Promise<{ events?: HistoryEvent[] | null }> }): Promise<HistoryEvent[]> {
+  return (await handle.fetchHistory()).events ?? [];
+}

@@ -6,12 +6,14 @@ import type { CreatedVm, DiskWriteResult, TransportMode, VSpherePlan, VSphereRes
 import { FailureType } from '../../src/domain/errors';
 import { restorePlan, restoreToVSphere } from '../../src/workflows';
 import {
+  historyEvents,
   scheduledActivities,
   startWorkflowTestEnv,
   type HistoryEvent,
   type ScheduledActivity,
   type WorkflowTestEnv,
 } from '../helpers/workflow-env';
+import { testDiskPlan, testVSpherePlan } from '../helpers/vsphere-plan';
 
 /**
  * The vSphere restore workflow's decisions on a real Temporal server, with activities that only do
@@ -32,35 +34,18 @@ interface Scenario {
 }
 
 function planFor(req: VSphereRestoreRequest & { restoreId: string }, s: Scenario): VSpherePlan {
-  return {
+  return testVSpherePlan({
     restoreId: req.restoreId,
     restorePointId: req.restorePointId,
-    vm: {} as VSpherePlan['vm'],
     vmName: req.vmName,
-    profile: 'default',
-    datacenter: 'DC0',
-    datastore: 'LocalDS_0',
-    folder: 'vm',
-    resourcePool: 'Resources',
-    networks: [],
     proxy: 'proxy0',
     proxyVmName: 'proxy-vm',
-    disks: Array.from({ length: s.disks ?? 1 }, (_, i) => ({
-      diskIndex: i,
-      label: `Hard disk ${i + 1}`,
-      capacityBytes: 1 << 20,
-      nonZeroBytes: 1 << 20,
-      thin: true,
-      eagerlyScrub: false,
-      transports: s.transports,
-    })),
+    disks: Array.from({ length: s.disks ?? 1 }, (_, i) => testDiskPlan(i, 1 << 20, s.transports)),
     requiredBytes: 1 << 20,
-    freeBytes: 1 << 30,
-    throttleMBps: 0,
     diskConcurrency: 2,
     powerOn: s.powerOn ?? false,
     keepOnFailure: s.keepOnFailure ?? req.keepOnFailure ?? false,
-  };
+  });
 }
 
 /** vSphere activities that follow a scenario and touch nothing. */
@@ -126,8 +111,7 @@ describe('the vSphere restore workflow, read from its history', { timeout: 180_0
         (result) => ({ result, error: undefined }),
         (error: WorkflowFailedError) => ({ result: undefined, error }),
       );
-      const { events } = await handle.fetchHistory();
-      return { ...outcome, acts: scheduledActivities(events ?? []) };
+      return { ...outcome, acts: scheduledActivities(await historyEvents(handle)) };
     });
   }
 
@@ -225,7 +209,7 @@ describe('a restore plan, read from its history', { timeout: 180_000 }, () => {
           result.results.map((r) => [r.vmName, r.error]).sort(),
           ['a1', 'a2', 'a3', 'a4', 'a5', 'b1', 'b2'].map((n) => [n, undefined]),
         );
-        return (await handle.fetchHistory()).events ?? [];
+        return historyEvents(handle);
       },
     );
 
