@@ -4,8 +4,13 @@ import path from 'node:path';
 import { ensureGuestImage } from '../src/lab/guests';
 
 /**
- * `npm test`: every unit and end-to-end test file, each in its own `node --test` process, spread over
- * lanes that each own a lab (Temporal, vcsim, Azurite, the ARM simulator). The qemu boots of one lane
+ * `npm test`: the three layers of tests, each file in its own `node --test` process, spread over
+ * lanes that each own a lab (Temporal, vcsim, Azurite, the ARM simulator):
+ * - test/unit: no process at all (test/helpers/no-process.ts makes starting one throw), no lab;
+ * - test/integration: one peer or tool at a time (vcsim, Azurite, the ARM simulator, a Temporal dev
+ *   server, qemu-img, debugfs, sfdisk, FUSE ...);
+ * - test/e2e: whole restores on the lab.
+ * The summary gives each layer's seconds. The qemu boots of one lane
  * (CPU-bound) overlap with the restores of the other (mostly waiting on timers, heartbeats and
  * restarts), and a test that restarts its lab's Temporal server disturbs only its own lane.
  *
@@ -17,6 +22,9 @@ import { ensureGuestImage } from '../src/lab/guests';
 const ROOT = path.resolve(__dirname, '..');
 /** Longest first within each list: the lane that takes the qemu boots, on the default lab. */
 const BOOT_LANE = ['test/e2e/verify-restore.test.ts', 'test/e2e/azure-boot.test.ts', 'test/e2e/boot.test.ts'];
+const LAYERS = ['test/unit', 'test/integration', 'test/e2e'] as const;
+/** Makes a test/unit file fail as soon as it starts a child process. */
+const NO_PROCESS = path.join(ROOT, 'test', 'helpers', 'no-process.ts');
 /** A file hung past this is killed and counted failed: no single file here needs half of it. */
 const FILE_LIMIT_MS = 40 * 60_000;
 
@@ -72,7 +80,9 @@ function count(output: string, key: 'pass' | 'fail'): number {
 async function runFile(file: string, lane: Lane, results: FileResult[]): Promise<void> {
   const env = { ...process.env, VMRESTORE_LAB_DIR: lane.labDir };
   const started = Date.now();
-  const { code, output } = await run(process.execPath, ['--import', 'tsx', '--test', '--test-reporter=tap', file], env, FILE_LIMIT_MS);
+  const guard = file.startsWith('test/unit/') ? ['--import', NO_PROCESS] : [];
+  const args = ['--import', 'tsx', ...guard, '--test', '--test-reporter=tap', file];
+  const { code, output } = await run(process.execPath, args, env, FILE_LIMIT_MS);
   const r: FileResult = {
     file,
     lane: lane.name,
@@ -105,6 +115,10 @@ function summary(results: FileResult[], wallSeconds: number): string {
   );
   const byLane = new Map<string, number>();
   for (const r of results) byLane.set(r.lane, (byLane.get(r.lane) ?? 0) + r.seconds);
+  const layers = LAYERS.map((layer) => {
+    const files = results.filter((r) => r.file.startsWith(`${layer}/`));
+    return `${layer.slice('test/'.length)} ${files.reduce((s, r) => s + r.seconds, 0).toFixed(0)} s (${files.length} files)`;
+  });
   const pass = results.reduce((s, r) => s + r.pass, 0);
   const fail = results.reduce((s, r) => s + r.fail, 0);
   const failed = results.filter((r) => r.exitCode !== 0);
@@ -112,6 +126,7 @@ function summary(results: FileResult[], wallSeconds: number): string {
     '',
     '# ===== summary =====',
     ...lines,
+    `# layers: ${layers.join(', ')}`,
     `# lanes: ${[...byLane].map(([l, s]) => `${l} ${(s / 60).toFixed(1)} min`).join(', ')}; wall clock ${(wallSeconds / 60).toFixed(1)} min`,
     `# files ${results.length}, tests passed ${pass}, failed ${fail}`,
     ...(failed.length ? [`# failed files: ${failed.map((r) => r.file).join(', ')}`] : []),
@@ -122,15 +137,16 @@ function summary(results: FileResult[], wallSeconds: number): string {
 async function main(): Promise<void> {
   const started = Date.now();
   const requested = process.argv.slice(2).map((f) => path.relative(ROOT, path.resolve(f)));
-  const all = requested.length ? requested : [...listFiles('test/unit'), ...listFiles('test/e2e')];
+  const all = requested.length ? requested : LAYERS.flatMap(listFiles);
   for (const f of all) if (!existsSync(path.join(ROOT, f))) throw new Error(`no test file ${f}`);
   const laneCount = Number(process.env.VMRESTORE_TEST_LANES ?? 2);
   const defaultLab = process.env.VMRESTORE_LAB_DIR ?? path.join(ROOT, '.lab');
 
   const lanes: Lane[] = [{ name: 'boot', labDir: defaultLab, own: all.filter((f) => BOOT_LANE.includes(f)) }];
   const shared = all.filter((f) => !BOOT_LANE.includes(f));
-  // Lab-bound files are ordered before the lab-free unit files, so that the unit files fill the gaps.
-  shared.sort((a, b) => Number(a.startsWith('test/unit/')) - Number(b.startsWith('test/unit/')));
+  // Whole restores first, then the single-peer files, then the lab-free unit files, which fill the gaps.
+  const rank = (f: string): number => -LAYERS.findIndex((l) => f.startsWith(`${l}/`));
+  shared.sort((a, b) => rank(a) - rank(b));
   if (laneCount >= 2) {
     for (let i = 2; i <= laneCount; i++) lanes.push({ name: i === 2 ? 'main' : `main${i - 1}`, labDir: `${defaultLab}-lane${i}`, own: [] });
   } else {

@@ -12,6 +12,7 @@ import { parseVhdFooter } from '../../src/azure/vhd';
 import { buildDataDiskImage } from '../../src/lab/demo';
 import type { AzureRestoreRequest, AzureRestoreResult, UploadCheckpoint } from '../../src/domain/azure';
 import { buildLinuxDiskImage } from '../../src/lab/images/linux-image';
+import { Ext4Volume } from '../../src/guest/linux/ext4';
 import { readGuestFile } from '../../src/guest/linux/prep';
 import { readHiveValueFromDisk, readWindowsFileFromDisk } from '../../src/guest/windows/prep';
 import { readPartitionTable } from '../../src/guest/disk/partition';
@@ -159,13 +160,20 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
       'the data disk is only read',
     );
     await arm.virtualMachines.start(labAzure().resourceGroup, vmName);
-    assert.ok(
-      result.guestChanges.some((c) => /sshd?\.service/.test(c.path)),
-      'sshd enabled',
+    // Read from the prepared disk itself, not from the restore's own change list.
+    const wants = await new Ext4Volume(managedOs, root.startBytes).statMany(
+      ['ssh.service', 'sshd.service'].map((u) => `/etc/systemd/system/multi-user.target.wants/${u}`),
     );
     assert.ok(
-      result.guestChanges.some((c) => /firewalld/.test(c.path)),
-      'firewall allows 22',
+      [...wants.values()].some((st) => st?.type === 'symlink'),
+      `sshd enabled: ${JSON.stringify([...wants])}`,
+    );
+    const firewalldConf = await readGuestFile(managedOs, root.startBytes, '/etc/firewalld/firewalld.conf');
+    const zone = /^DefaultZone=(\S+)$/m.exec(firewalldConf ?? '')?.[1] ?? 'public';
+    assert.match(
+      (await readGuestFile(managedOs, root.startBytes, `/etc/firewalld/zones/${zone}.xml`)) ?? '(no zone file)',
+      /<service name="ssh"\/>/,
+      `firewalld zone ${zone} allows ssh`,
     );
     for (const c of result.guestChanges) assert.ok(c.path && c.description, 'every change names its path');
 

@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
-import { existsSync, promises as fsp } from 'node:fs';
+import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { noFuse as requireFuse } from '../helpers/requirements';
 import { AgentProbe } from '../../src/lab/armsim/agent';
 import { PartitionCopy, ntfsReadFile, ntfsResolvePath, ntfsWriteFile } from '../../src/guest/windows/ntfs';
 import { readPartitionTable } from '../../src/guest/disk/partition';
@@ -11,7 +12,7 @@ import { buildWindowsDiskImage, seededStream } from '../../src/lab/images/window
 import { prepareWindowsDisk, readAgentStaging } from '../../src/guest/windows/prep';
 
 const MiB = 1024 * 1024;
-const noFuse = process.getuid?.() === 0 && existsSync('/dev/fuse') ? false : 'needs root and /dev/fuse for the ntfs-3g FUSE mount';
+const noFuse = requireFuse();
 
 /** Deletes the RunOnce value from the image's SOFTWARE hive, leaving the staged installer in place. */
 async function dropRunOnce(image: string, dir: string): Promise<void> {

@@ -14,6 +14,7 @@ import { Ext4Volume } from '../../src/guest/linux/ext4';
 import { buildLinuxDiskImage } from '../../src/lab/images/linux-image';
 import { buildWindowsDiskImage } from '../../src/lab/images/windows-image';
 import { readHiveValueFromDisk, readWindowsFileFromDisk } from '../../src/guest/windows/prep';
+import { skipWithout } from '../helpers/requirements';
 
 const MiB = 1024 * 1024;
 const asRoot = process.getuid?.() === 0;
@@ -173,7 +174,7 @@ describe('guest preparation isolation', { timeout: 300_000 }, () => {
 
   it(
     'prepares a Windows disk unprivileged, FUSE mount included (ntfs-3g is setuid root for this)',
-    { skip: !existsSync('/dev/fuse') && 'needs /dev/fuse' },
+    { skip: skipWithout(existsSync('/dev/fuse'), 'needs /dev/fuse') },
     async () => {
       await fsp.mkdir(join(dir, 'win'));
       const image = join(dir, 'win', 'disk.img');

@@ -23,9 +23,10 @@ import { prepareLinuxDisk, readGuestFile } from '../../src/guest/linux/prep';
 import { buildWindowsDiskImage, seededStream } from '../../src/lab/images/windows-image';
 import { prepareWindowsDisk, readHiveValueFromDisk } from '../../src/guest/windows/prep';
 import type { GuestChange } from '../../src/guest/types';
+import { skipWithout } from '../helpers/requirements';
 
 const canMount = process.getuid?.() === 0 && existsSync('/dev/fuse');
-const noFuse = canMount ? false : 'needs root and /dev/fuse for the ntfs-3g tools';
+const noFuse = skipWithout(canMount, 'needs root and /dev/fuse for the ntfs-3g tools');
 const WANTS = '/etc/systemd/system/multi-user.target.wants';
 
 /**

@@ -28,10 +28,11 @@ import {
   readWindowsFileFromDisk,
   type HiveValueQuery,
 } from '../../src/guest/windows/prep';
+import { skipWithout } from '../helpers/requirements';
 
 const MiB = 1024 * 1024;
 const canMount = process.getuid?.() === 0 && existsSync('/dev/fuse');
-const noFuse = canMount ? false : 'needs root and /dev/fuse for the ntfs-3g FUSE mount';
+const noFuse = skipWithout(canMount, 'needs root and /dev/fuse for the ntfs-3g FUSE mount');
 
 let dir: string;
 before(async () => {
