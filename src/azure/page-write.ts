@@ -63,3 +63,11 @@ export function forEachNonZeroRun(d: Buffer, from: number, to: number, onRun: (s
   }
   if (runStart >= 0) onRun(runStart, to);
 }
+
+export function alignUp(n: number, to: number): number {
+  return Math.ceil(n / to) * to;
+}
+
+export function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw signal.reason ?? new DOMException('The operation was aborted', 'AbortError');
+}

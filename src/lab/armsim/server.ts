@@ -2,113 +2,28 @@ import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import type net from 'node:net';
-import { createHash, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
-import path from 'node:path';
+import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import { ensureDiskStores } from './providers/disks';
 import { serveDiskAccess } from './providers/disk-access';
 import { DiskStore } from './diskstore';
-import type { QuotaLimits, RunCommandHandler, RunCommandResponseRule, SimSettings } from './context';
+import type { QuotaLimits, RunCommandResponseRule, SimSettings } from './context';
 import { ArmSim } from './engine';
 import type { Reply, ReqCtx } from './common';
 import { ArmError } from './errors';
-import { FaultBook, type ActiveFault, type FaultRule } from './faults';
-import { applySeed, bindStorageAccounts, type BlobBackend, type SeedOptions } from './seed';
+import { type ActiveFault, FaultBook, type FaultRule } from './faults';
+import { applySeed, bindStorageAccounts } from './seed';
 import { findVmSize } from './sizes';
-import { StateStore, type SimState } from './state';
+import { StateStore } from './state';
 import { ensureLabCertificate } from './tls';
-import { TokenIssuer, type ServicePrincipal } from './identity';
+import { TokenIssuer } from './identity';
 import { isObject } from './util';
+import { checkAuth, headerValue, isLoopback, listenTracked, readBody, send } from './http';
+import { adminTokenFromState, signingKey } from './secrets';
+import type { ArmSimulator, ArmSimulatorOptions, RequestLogEntry } from './simulator-types';
 
-export interface ArmSimulatorOptions {
-  /** Holds armsim-state.json and the lab CA/server certificate. */
-  stateDir: string;
-  /** 0 (default) picks a free port. */
-  port?: number;
-  host?: string;
-  /** HTTPS with the lab CA (default). With false, clients need allowInsecureConnection and no bearer policy. */
-  tls?: boolean;
-  subscriptionId: string;
-  blob: BlobBackend;
-  /** Status polls until an operation completes (default 1: the first poll reports Succeeded; 0: done at once). */
-  lroPolls?: number;
-  /** Wall-clock bound after which running operations complete without polls (default 10 s). */
-  lroMaxMs?: number;
-  /** Retry-After seconds on operation and throttling replies (default 0). */
-  retryAfterSeconds?: number;
-  /** Require a Bearer Authorization header as ARM does (default: true with TLS, false without). */
-  requireAuth?: boolean;
-  /**
-   * App registrations the built-in identity endpoint signs in (client credentials). Tokens it issues are
-   * checked on every ARM request (signature, expiry); other bearer tokens pass unless `onlyIssuedTokens`.
-   */
-  principals?: ServicePrincipal[];
-  /** Accept only tokens from the identity endpoint, as ARM accepts only Entra ID tokens. */
-  onlyIssuedTokens?: boolean;
-  /** Extra host names for the server certificate (say a container's service name). */
-  certHosts?: string[];
-  quotas?: Partial<QuotaLimits>;
-  seed?: SeedOptions;
-  /** Produces run-command output in-process; admin-configured canned responses take precedence. */
-  runCommand?: RunCommandHandler;
-  /** Request-log entries kept in memory (default 50000). */
-  logLimit?: number;
-  /**
-   * Token the admin endpoints (`/_admin/...`) require in the `X-Admin-Token` header. Absent: the one in
-   * `<stateDir>/admin-token`, created (mode 0600) on first start. Admin requests must also come from a
-   * loopback address, whatever address the ARM endpoints listen on.
-   */
-  adminToken?: string;
-  /**
-   * Where running VMs' disks appear as devices, as an Azure Linux VM sees them under /dev/disk/azure:
-   * `<deviceRoot>/<vmName>/scsi1/lun<N>` (data disks) and `<deviceRoot>/<vmName>/root` (OS disk), symlinks
-   * to the disks' stores. Undefined: no device paths.
-   */
-  deviceRoot?: string;
-  /** Port of the listener that serves disks' read SAS URLs (default 0: a free one). */
-  diskAccessPort?: number;
-}
-
-export interface RequestLogEntry {
-  seq: number;
-  time: string;
-  method: string;
-  path: string;
-  query: string;
-  status: number;
-  durationMs: number;
-  /** ARM error code of an error reply. */
-  code?: string;
-  /** Kind of the fault rule that shaped this reply, if any. */
-  fault?: string;
-  faultId?: string;
-  /** Client id of the app registration whose issued token authorised the request. */
-  principal?: string;
-}
-
-export interface ArmSimulator {
-  /** Base URL for the SDK clients' `endpoint` option, e.g. https://127.0.0.1:40123 */
-  endpoint: string;
-  /** PEM of the lab CA (undefined in plain-http mode). */
-  caCertPath?: string;
-  port: number;
-  /** Base URL of the listener serving read SAS URLs of disks (same CA as `endpoint`). */
-  diskAccessEndpoint: string;
-  /** The file holding a managed disk's bytes (its data, without a VHD footer), by disk id. */
-  diskStorePath(diskId: string): string | undefined;
-  stateFile: string;
-  /** What `X-Admin-Token` must say on `/_admin/...` requests, and the file holding it. */
-  adminToken: string;
-  adminTokenFile?: string;
-  close(): Promise<void>;
-  setFaults(rules: FaultRule[], append?: boolean): ActiveFault[];
-  clearFaults(): void;
-  requestLog(): RequestLogEntry[];
-  clearRequestLog(): void;
-  state(): SimState;
-}
+export type { ArmSimulator, ArmSimulatorOptions, RequestLogEntry } from './simulator-types';
 
 const DEFAULT_QUOTAS: QuotaLimits = { regionalVCpus: 350, families: {}, defaultFamilyVCpus: 350 };
-const MAX_BODY = 8 * 1024 * 1024;
 
 export async function startArmSimulator(opts: ArmSimulatorOptions): Promise<ArmSimulator> {
   const useTls = opts.tls ?? true;
@@ -498,117 +413,4 @@ export async function startArmSimulator(opts: ArmSimulatorOptions): Promise<ArmS
     },
     state: () => store.state,
   };
-}
-
-/** The admin token kept with the simulator's state, created on first start. */
-function adminTokenFromState(stateDir: string): { token: string; file: string } {
-  const file = path.join(stateDir, 'admin-token');
-  try {
-    return { token: fs.readFileSync(file, 'utf8').trim(), file };
-  } catch {
-    fs.mkdirSync(stateDir, { recursive: true });
-    const token = randomBytes(24).toString('base64url');
-    fs.writeFileSync(file, token, { mode: 0o600 });
-    return { token, file };
-  }
-}
-
-/** Whether a peer address is this machine's loopback (IPv4 127/8, ::1, or IPv4-mapped 127/8). */
-export function isLoopback(address: string | undefined): boolean {
-  if (!address) return false;
-  const a = address.toLowerCase();
-  return a === '::1' || /^(::ffff:)?127\./.test(a);
-}
-
-/** Starts `server` listening, keeping its sockets in `sockets` so close() can end them; resolves to the port. */
-async function listenTracked(server: http.Server, port: number, host: string, sockets: Set<net.Socket>): Promise<number> {
-  server.on('connection', (s: net.Socket) => {
-    sockets.add(s);
-    s.on('close', () => sockets.delete(s));
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-  return (server.address() as net.AddressInfo).port;
-}
-
-/** The HMAC key for issued tokens, kept with the simulator's state so tokens survive a restart. */
-function signingKey(stateDir: string): Buffer {
-  const file = path.join(stateDir, 'token-signing.key');
-  try {
-    return fs.readFileSync(file);
-  } catch {
-    fs.mkdirSync(stateDir, { recursive: true });
-    const key = randomBytes(32);
-    fs.writeFileSync(file, key, { mode: 0o600 });
-    return key;
-  }
-}
-
-/** Checks the bearer token; returns the client id when it is one the identity endpoint issued. */
-function checkAuth(req: http.IncomingMessage, issuer: TokenIssuer, onlyIssued: boolean): string | undefined {
-  const auth = req.headers.authorization;
-  if (!auth) {
-    throw new ArmError(401, 'AuthenticationFailed', "Authentication failed. The 'Authorization' header is missing.", {
-      headers: {
-        'WWW-Authenticate':
-          'Bearer authorization_uri="https://login.microsoftonline.com/common", error="invalid_token", error_description="The authentication failed because of missing \'Authorization\' header."',
-      },
-    });
-  }
-  const m = /^Bearer\s+(\S+)/i.exec(auth);
-  if (!m) throw new ArmError(401, 'InvalidAuthenticationToken', 'The access token is invalid.');
-  const verdict = issuer.check(m[1]);
-  if (verdict.status === 'valid') return verdict.clientId;
-  if (verdict.status === 'expired') {
-    throw new ArmError(401, 'ExpiredAuthenticationToken', 'The access token expiry UTC time is earlier than current UTC time.');
-  }
-  if (verdict.status === 'unknown' || onlyIssued) throw new ArmError(401, 'InvalidAuthenticationToken', 'The access token is invalid.');
-  return undefined;
-}
-
-function readBody(req: http.IncomingMessage): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (c: Buffer) => {
-      size += c.length;
-      if (size > MAX_BODY) {
-        reject(new Error('request body too large'));
-        req.destroy();
-        return;
-      }
-      chunks.push(c);
-    });
-    req.on('end', () => resolve(Buffer.concat(chunks)));
-    req.on('error', reject);
-  });
-}
-
-function send(res: http.ServerResponse, reply: Reply, req?: http.IncomingMessage): void {
-  const headers: Record<string, string> = {
-    'Cache-Control': 'no-cache',
-    Pragma: 'no-cache',
-    'x-ms-request-id': randomUUID(),
-    'x-ms-correlation-request-id': headerValue(req?.headers['x-ms-correlation-request-id']) ?? randomUUID(),
-    ...reply.headers,
-  };
-  const clientRequestId = headerValue(req?.headers['x-ms-client-request-id']);
-  if (clientRequestId) headers['x-ms-client-request-id'] = clientRequestId;
-  let payload: Buffer | undefined;
-  if (reply.body !== undefined) {
-    payload = Buffer.from(JSON.stringify(reply.body));
-    headers['Content-Type'] = 'application/json; charset=utf-8';
-  }
-  headers['Content-Length'] = String(payload?.length ?? 0);
-  res.writeHead(reply.status, headers);
-  res.end(payload);
-}
-
-function headerValue(v: string | string[] | undefined): string | undefined {
-  return Array.isArray(v) ? v[0] : v;
 }

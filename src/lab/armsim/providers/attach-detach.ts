@@ -6,7 +6,7 @@ import { key, type VmRec } from '../state';
 import { objectAt, optArray, optNumber, optString } from '../util';
 import type { SimContext } from '../context';
 import { CACHING, DELETE_OPTIONS, enumOrThrow } from './compute-common';
-import { DataDiskSpec, VmSpec } from './vm-model';
+import type { DataDiskSpec, VmSpec } from './vm-model';
 import { updateVm } from './vm-write';
 
 export function attachDetach(sim: SimContext, ctx: ReqCtx, vm: VmRec): Reply {

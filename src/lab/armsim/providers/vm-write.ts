@@ -5,7 +5,7 @@ import { key, type VmRec } from '../state';
 import { canonicalJson, nowIso, uuid } from '../util';
 import type { SimContext } from '../context';
 import { COMPUTE } from './compute-common';
-import { diskRefsFromPlan, osDiskRef, planVm, VmSpec } from './vm-model';
+import { diskRefsFromPlan, osDiskRef, planVm, type VmSpec } from './vm-model';
 import { renderVm } from './vm-render';
 
 export function createVm(sim: SimContext, ctx: ReqCtx, id: string, rgName: string, name: string, spec: VmSpec): Reply {
