@@ -11,27 +11,11 @@ import {
 } from '../../domain/vsphere';
 import type { ProxyConfig } from '../../config';
 import { diskLayout } from '../../repository';
+import { TRANSPORT_ORDER, TRANSPORTS } from '../../transport';
 import { invalid, RESTORE_ID_KEY, type VSphereContext } from './context';
-
-const TRANSPORT_ORDER: TransportMode[] = ['direct-san', 'direct-nas', 'hotadd', 'nbd'];
 
 function fmtGiB(bytes: number): string {
   return `${(bytes / GiB).toFixed(2)} GiB`;
-}
-
-/** Why a proxy cannot use a mode for a datastore, or undefined when it can. */
-function transportBlocker(proxy: ProxyConfig, mode: TransportMode, datastore: string, anyThin: boolean): string | undefined {
-  if (!proxy.transports.includes(mode)) return `proxy '${proxy.name}' is not configured for ${mode}`;
-  if ((mode === 'direct-san' || mode === 'direct-nas') && anyThin) {
-    return `${mode} is not available for VMs with thin-provisioned disks (direct storage access writes thick disks only)`;
-  }
-  if (mode === 'direct-san' && !proxy.sanMounts?.[datastore]) return `proxy '${proxy.name}' has no SAN access to datastore '${datastore}'`;
-  if (mode === 'direct-nas' && !proxy.nasMounts?.[datastore]) return `proxy '${proxy.name}' has no NFS mount of datastore '${datastore}'`;
-  if (mode === 'hotadd') {
-    if (!proxy.vmName) return `proxy '${proxy.name}' is not a VM (no vmName), so it cannot hot-add disks`;
-    if (!proxy.hotaddDevices?.[datastore]) return `proxy VM '${proxy.vmName}' cannot see datastore '${datastore}'`;
-  }
-  return undefined;
 }
 
 /** Seed step 1, initialization: every check and decision made before anything is created. */
@@ -109,7 +93,7 @@ export function createInitializeActivities(ctx: VSphereContext) {
       const reasons: string[] = [];
       for (const proxy of candidates) {
         const modes = wanted.filter((m) => {
-          const why = transportBlocker(proxy, m, ds.name, anyThin);
+          const why = TRANSPORTS[m].cannot(proxy, ds.name, anyThin);
           if (why) reasons.push(why);
           return !why;
         });
