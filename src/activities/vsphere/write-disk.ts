@@ -1,0 +1,61 @@
+import { Context } from '@temporalio/activity';
+import type { DiskCheckpoint, DiskWriteResult, TransportMode, VSpherePlan } from '../../domain/vsphere';
+import { restoredBytes } from '../../telemetry/metrics';
+import { TRANSPORTS } from '../../transport';
+import { flatFileName } from '../../vsphere';
+import { DiskProgressReporter } from '../progress-report';
+import { invalid, type VSphereContext } from './context';
+
+/** Seed step 4, disk data transport: one disk written on the proxy by the transport the plan chose. */
+export function createWriteDiskActivities(ctx: VSphereContext) {
+  const { config, sessions, loadRestorePoint, proxyByName, proxyVm } = ctx;
+  return {
+    /** Streams one disk from the repository to the datastore; resumes from the last heartbeat. */
+    async writeDisk(args: {
+      plan: VSpherePlan;
+      vmRef: string;
+      diskIndex: number;
+      diskFile: string;
+      transport: TransportMode;
+    }): Promise<DiskWriteResult> {
+      const { plan, diskIndex, diskFile, transport } = args;
+      const activity = Context.current();
+      const started = Date.now();
+      const disk = plan.disks.find((d) => d.diskIndex === diskIndex);
+      if (!disk) invalid(`disk ${diskIndex} is not in the plan`);
+      const restorePoint = await loadRestorePoint(plan.restorePointId);
+      const flatPath = flatFileName(diskFile);
+      const reporter = new DiskProgressReporter({ diskIndex, bytesTotal: disk.capacityBytes, transport });
+      const outcome = await TRANSPORTS[transport].write({
+        datacenter: plan.datacenter,
+        disk,
+        diskFile,
+        flatPath,
+        proxy: proxyByName(plan.proxy),
+        proxyVmName: plan.proxyVmName,
+        repositoryPath: config.repository.path,
+        restorePoint,
+        readConcurrency: config.restore.readConcurrency,
+        checkpointBytes: config.restore.checkpointBytes,
+        throttleBytesPerSecond: plan.throttleMBps > 0 ? plan.throttleMBps * 1_000_000 : 0,
+        previous: activity.info.heartbeatDetails as DiskCheckpoint | undefined,
+        signal: activity.cancellationSignal,
+        session: () => sessions.get(plan.profile),
+        proxyVm: async () => proxyVm(await sessions.get(plan.profile), plan),
+        heartbeat: (checkpoint) => activity.heartbeat(checkpoint),
+        rate: (bytesDone) => reporter.update(bytesDone),
+        counted: (bytes) => restoredBytes.inc({ target: 'vsphere', transport }, bytes),
+      });
+      return {
+        diskIndex,
+        transport,
+        bytesWritten: outcome.bytesWritten,
+        bytesSkippedZero: outcome.bytesSkippedZero,
+        datastorePath: diskFile,
+        flatPath,
+        resumedFromOffset: outcome.resumedFromOffset,
+        seconds: (Date.now() - started) / 1000,
+      };
+    },
+  };
+}
