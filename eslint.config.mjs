@@ -34,14 +34,6 @@ export default tseslint.config(
       'src/lab/**',
       // The one door: the CLI's lab, demo and lab-guest commands load the lab on demand from here.
       'src/cli/lab-door.ts',
-      // Until the production ARM client factory leaves src/lab/armsim/clients.ts for src/azure/arm-clients.ts
-      // (the Azure side of the redesign); remove these lines with that move.
-      'src/activities/azure.ts',
-      'src/activities/sweep.ts',
-      'src/activities/verify.ts',
-      'src/azure/attached-disks.ts',
-      'src/azure/credential.ts',
-      'src/azure/managed-disk-read.ts',
     ],
     rules: { 'no-restricted-imports': ['error', { patterns: [noLab] }] },
   },

@@ -5,8 +5,14 @@ import os from 'node:os';
 import path from 'node:path';
 import { FailureType, RestoreError } from '../domain/errors';
 import { readGuestTraffic, type GuestTraffic } from './pcap';
-import { findOvmf, qemuArgs, type BootFirmware, type NicModel, type QemuDisk, type ScsiController } from './qemu';
+import { findOvmf, qemuArgs } from './qemu';
 import { QmpClient } from './qmp';
+import { decide, EMERGENCY, KERNEL_LINE, type Observed, SSH_BANNER } from './checks';
+import { resolveNetwork } from './network';
+import type { BootReport, BootRequest } from './report';
+
+export * from './report';
+export { resolveNetwork } from './network';
 
 /**
  * Boots a set of disk images in qemu, the way a target platform presents them, on an isolated user-mode
@@ -15,149 +21,12 @@ import { QmpClient } from './qmp';
  * serial port, the frames on the virtual wire and the SSH port, so no agent or console is assumed.
  */
 
-export type BootCheckName = 'bootLoader' | 'kernelStarted' | 'serialConsole' | 'dhcpLease' | 'sshBanner' | 'noEmergencyMode';
-export type BootCheckStatus = 'passed' | 'failed' | 'unknown';
-
-export interface BootCheck {
-  name: BootCheckName;
-  status: BootCheckStatus;
-  /** A failed required check fails the verification; the others are reported only. */
-  required: boolean;
-  /** Since qemu started, when the check passed (or when it was found failed). */
-  elapsedMs?: number;
-  detail: string;
-}
-
-export interface BootDisk {
-  path: string;
-  /** Default raw. */
-  format?: QemuDisk['format'];
-  /** What the disk is to the target (`os`, `resource`, `data`), for the report. */
-  role?: string;
-}
-
-export interface BootNetwork {
-  /** User-mode network, `a.b.c.d/N` (default qemu's 10.0.2.0/24). */
-  subnet?: string;
-  /** qemu's own address on it, the guest's gateway (default .2 of the subnet, as qemu does). */
-  host?: string;
-  /** First address its DHCP server hands out (default .15). */
-  dhcpStart?: string;
-  /** Where the SSH port forward goes: the guest's static address, or by default the first DHCP address. */
-  guestAddress?: string;
-}
-
-export interface BootRequest {
-  /** Names the boot in the report and the log directory. */
-  name: string;
-  firmware: BootFirmware;
-  /** In the target's order: the first disk is the boot disk (SCSI target 0), then 1, 2, ... */
-  disks: BootDisk[];
-  scsiController?: ScsiController;
-  nic: { model?: NicModel; mac: string };
-  network?: BootNetwork;
-  /** Which checks must pass: DHCP (default true) and a serial console (default true, Azure needs ttyS0). */
-  expect?: { dhcp?: boolean; serialConsole?: boolean };
-  /** Guest's SSH port (default 22). */
-  sshPort?: number;
-  cpus?: number;
-  memoryMiB?: number;
-  /** The whole boot's time limit (default 300 s): a check not passed by then fails. */
-  timeoutMs?: number;
-  /** Directory for the serial log, firmware log and pcap (kept); default a new temporary directory. */
-  workDir?: string;
-  /**
-   * Runs once the SSH banner answered, while the VM is still up (within the time limit), e.g. to log in
-   * and look around; its error, if any, is reported as `whileUpError` and fails the verdict.
-   */
-  whileUp?: (ssh: { host: string; port: number }) => Promise<void>;
-  signal?: AbortSignal;
-}
-
-export interface BootReport {
-  name: string;
-  verdict: 'passed' | 'failed';
-  /** Time from qemu's start to the SSH banner: the measured recovery time. */
-  recoveryTimeMs?: number;
-  checks: BootCheck[];
-  sshBanner?: string;
-  /** The SSH port forward on the host, 127.0.0.1:PORT. */
-  sshForward: { host: string; port: number; guestAddress: string; guestPort: number };
-  firmware: BootFirmware;
-  accelerator: 'tcg';
-  durationMs: number;
-  /** Why the boot stopped: `ssh-banner`, `emergency-mode`, `time-limit`, `qemu-exited`, `aborted`. */
-  stoppedBy: 'ssh-banner' | 'emergency-mode' | 'time-limit' | 'qemu-exited' | 'aborted';
-  traffic: GuestTraffic;
-  files: { workDir: string; serialLog: string; firmwareLog: string; pcap: string };
-  /** The error of the `whileUp` callback. */
-  whileUpError?: string;
-  /** The last lines of the serial log when the verdict is failed. */
-  serialTail?: string;
-  qemuCommand: string[];
-}
-
 const DEFAULT_TIMEOUT_MS = 300_000;
 const POLL_MS = 500;
 const PROBE_INTERVAL_MS = 2_000;
 /** After the banner, a little longer for late serial output (a getty prompt) to land. */
 const SETTLE_MS = 2_000;
 const TAIL_LINES = 40;
-
-const SSH_BANNER = /^SSH-(2\.0|1\.99)-/;
-const KERNEL_LINE = /Linux version \d|\[\s*\d+\.\d{6}\]|login:|Welcome to .*(Debian|Linux)|systemd\[1\]|Reached target|Started .*\.service/;
-const EMERGENCY = [
-  /You are in emergency mode/,
-  /You are in rescue mode/,
-  /Give root password for maintenance/,
-  /Cannot open access to console, the root account is locked/,
-  /Dropping to a shell!/,
-  /Gave up waiting for root file system device/,
-  /\(initramfs\) ?$/m,
-  /Kernel panic - not syncing/,
-];
-
-function ipToInt(ip: string): number {
-  const parts = ip.split('.').map(Number);
-  if (parts.length !== 4 || parts.some((p) => !Number.isInteger(p) || p < 0 || p > 255)) {
-    throw new RestoreError(FailureType.InvalidRequest, `'${ip}' is not an IPv4 address`);
-  }
-  return parts.reduce((a, p) => a * 256 + p, 0);
-}
-
-function intToIp(n: number): string {
-  return [24, 16, 8, 0].map((s) => Math.floor(n / 2 ** s) % 256).join('.');
-}
-
-interface ResolvedNetwork {
-  subnet: string;
-  host: string;
-  dhcpStart: string;
-  guestAddress: string;
-}
-
-/** Fills in qemu's defaults and refuses addresses outside the subnet, naming them. */
-export function resolveNetwork(n: BootNetwork = {}): ResolvedNetwork {
-  const subnet = n.subnet ?? '10.0.2.0/24';
-  const m = /^(\d+\.\d+\.\d+\.\d+)\/(\d+)$/.exec(subnet);
-  if (!m || Number(m[2]) < 8 || Number(m[2]) > 30) {
-    throw new RestoreError(FailureType.InvalidRequest, `network.subnet '${subnet}' must be an IPv4 a.b.c.d/N with 8 <= N <= 30`);
-  }
-  const bits = Number(m[2]);
-  const size = 2 ** (32 - bits);
-  const base = ipToInt(m[1]) - (ipToInt(m[1]) % size);
-  const inside = (label: string, ip: string) => {
-    const v = ipToInt(ip);
-    if (v <= base || v >= base + size - 1) {
-      throw new RestoreError(FailureType.InvalidRequest, `network.${label} ${ip} is not a host address of ${subnet}`);
-    }
-    return ip;
-  };
-  const host = inside('host', n.host ?? intToIp(base + 2));
-  const dhcpStart = inside('dhcpStart', n.dhcpStart ?? intToIp(base + 15));
-  const guestAddress = inside('guestAddress', n.guestAddress ?? dhcpStart);
-  return { subnet: `${intToIp(base)}/${bits}`, host, dhcpStart, guestAddress };
-}
 
 function validate(req: BootRequest): void {
   if (!req.name || !/^[\w.-]+$/.test(req.name)) {
@@ -249,24 +118,6 @@ const gate = new Gate(() => Number(process.env.VMRESTORE_VERIFY_PARALLEL ?? 2) |
 export async function verifyBoot(req: BootRequest): Promise<BootReport> {
   validate(req);
   return gate.run(() => bootOnce(req));
-}
-
-interface Observed {
-  bootLoaderMs?: number;
-  bootLoaderDetail?: string;
-  bootLoaderFailure?: string;
-  kernelMs?: number;
-  kernelDetail?: string;
-  serialMs?: number;
-  serialLine?: string;
-  emergencyMs?: number;
-  emergencyLine?: string;
-  bannerMs?: number;
-  banner?: string;
-  /** The last line the SSH port sent that was not a banner. */
-  lastNonBanner?: string;
-  dhcpMs?: number;
-  dhcpAddress?: string;
 }
 
 async function bootOnce(req: BootRequest): Promise<BootReport> {
@@ -478,138 +329,4 @@ async function bootOnce(req: BootRequest): Promise<BootReport> {
     serialTail: verdict === 'failed' ? tail(serial, TAIL_LINES) : undefined,
     qemuCommand: ['qemu-system-x86_64', ...args],
   };
-}
-
-function decide(
-  req: BootRequest,
-  seen: Observed,
-  traffic: GuestTraffic,
-  n: ResolvedNetwork,
-  timeoutMs: number,
-  stoppedBy: BootReport['stoppedBy'],
-  qemuOutput: string | undefined,
-): BootCheck[] {
-  const limit = `${Math.round(timeoutMs / 1000)} s`;
-  const notReached =
-    stoppedBy === 'qemu-exited'
-      ? `qemu exited before this was seen${qemuOutput ? `: ${qemuOutput.trim().slice(-500)}` : ''}`
-      : stoppedBy === 'aborted'
-        ? 'the boot was aborted before this was seen'
-        : stoppedBy === 'emergency-mode'
-          ? 'not seen: the guest stopped in emergency mode'
-          : `not seen within the time limit of ${limit}`;
-  const expectDhcp = req.expect?.dhcp ?? true;
-  const expectSerial = req.expect?.serialConsole ?? true;
-  const checks: BootCheck[] = [];
-
-  if (seen.bootLoaderMs !== undefined) {
-    checks.push({ name: 'bootLoader', status: 'passed', required: true, elapsedMs: seen.bootLoaderMs, detail: seen.bootLoaderDetail! });
-  } else if (seen.kernelMs !== undefined) {
-    checks.push({
-      name: 'bootLoader',
-      status: 'passed',
-      required: true,
-      elapsedMs: seen.kernelMs,
-      detail: 'inferred: a kernel started, so a boot loader ran',
-    });
-  } else {
-    checks.push({
-      name: 'bootLoader',
-      status: 'failed',
-      required: true,
-      detail: seen.bootLoaderFailure ? `firmware: ${seen.bootLoaderFailure}` : notReached,
-    });
-  }
-
-  checks.push(
-    seen.kernelMs !== undefined
-      ? { name: 'kernelStarted', status: 'passed', required: true, elapsedMs: seen.kernelMs, detail: seen.kernelDetail! }
-      : { name: 'kernelStarted', status: 'failed', required: true, detail: notReached },
-  );
-
-  checks.push(
-    seen.serialMs !== undefined
-      ? {
-          name: 'serialConsole',
-          status: 'passed',
-          required: expectSerial,
-          elapsedMs: seen.serialMs,
-          detail: `guest output on ttyS0: "${seen.serialLine}"`,
-        }
-      : {
-          name: 'serialConsole',
-          status: 'failed',
-          required: expectSerial,
-          detail:
-            'no output from the guest on the serial console (ttyS0): the kernel line has no console=ttyS0 or the guest did not get that far',
-        },
-  );
-
-  const fromGuest = traffic.dhcp.filter(
-    (d) => d.clientMac === req.nic.mac.toLowerCase() && (d.type === 'discover' || d.type === 'request'),
-  );
-  if (seen.dhcpMs !== undefined) {
-    checks.push({
-      name: 'dhcpLease',
-      status: 'passed',
-      required: expectDhcp,
-      elapsedMs: seen.dhcpMs,
-      detail: `DHCPACK for ${seen.dhcpAddress} from ${n.host}`,
-    });
-  } else {
-    const spoke = traffic.guestAddresses.length > 0 ? `; the guest sent from ${traffic.guestAddresses.join(', ')}` : '';
-    const detail =
-      traffic.framesFromGuest === 0
-        ? 'no frame from the guest on its NIC: the NIC was never brought up'
-        : fromGuest.length === 0
-          ? `the guest sent ${traffic.framesFromGuest} frames but no DHCP request${spoke}`
-          : `the guest asked (${fromGuest.map((d) => d.type).join(', ')}) but no lease was acknowledged${spoke}`;
-    checks.push({ name: 'dhcpLease', status: 'failed', required: expectDhcp, detail });
-  }
-
-  checks.push(
-    seen.bannerMs !== undefined
-      ? {
-          name: 'sshBanner',
-          status: 'passed',
-          required: true,
-          elapsedMs: seen.bannerMs,
-          detail: `"${seen.banner}" from ${n.guestAddress}:${req.sshPort ?? 22}`,
-        }
-      : {
-          name: 'sshBanner',
-          status: 'failed',
-          required: true,
-          detail: `no SSH banner from ${n.guestAddress}:${req.sshPort ?? 22}: ${notReached}${seen.lastNonBanner ? ` (it answered "${seen.lastNonBanner}")` : ''}`,
-        },
-  );
-
-  if (seen.emergencyMs !== undefined) {
-    checks.push({
-      name: 'noEmergencyMode',
-      status: 'failed',
-      required: true,
-      elapsedMs: seen.emergencyMs,
-      detail: `serial console: "${seen.emergencyLine}"`,
-    });
-  } else if (seen.bannerMs !== undefined) {
-    checks.push({
-      name: 'noEmergencyMode',
-      status: 'passed',
-      required: true,
-      elapsedMs: seen.bannerMs,
-      detail: 'sshd answered, so the guest reached its normal target',
-    });
-  } else {
-    checks.push({
-      name: 'noEmergencyMode',
-      status: 'unknown',
-      required: true,
-      detail:
-        seen.serialMs !== undefined
-          ? 'no emergency or rescue prompt on the serial console, but no SSH either'
-          : 'cannot tell: no serial console output and no SSH banner',
-    });
-  }
-  return checks;
 }
