@@ -7,6 +7,7 @@ import { FailureType, RestoreError } from '../../domain/errors';
 import { run } from '../../guest/exec';
 import { makeExt4FromTree } from '../../guest/linux/ext4';
 import { writePartitionTable } from '../../guest/disk/partition';
+import { copyGrubModules, FIRST_PARTITION, GRUB_DIR, installGrubBios, installGrubEfi } from './grub';
 import { debianMirror } from './mirror';
 import {
   BASE_PACKAGES,
@@ -14,7 +15,6 @@ import {
   DATA_MOUNT,
   DEBIAN_SUITE,
   ESP_MIB,
-  GRUB_CORE_MODULES,
   GUEST_RECIPES,
   GUEST_USER,
   NETWORKD_REMOVES,
@@ -23,14 +23,9 @@ import {
   type GuestName,
   type GuestNetworkStyle,
   guestFiles,
-  grubEarlyConfig,
 } from './recipes';
 
 const MiB = 1024 * 1024;
-const SECTOR = 512;
-/** Partitions start at 1 MiB: the gap after the MBR holds GRUB's core image on BIOS disks. */
-const FIRST_PARTITION = MiB;
-const GRUB_DIR = '/usr/lib/grub';
 
 /** A built guest: its disks, and what a test needs to reach it as the VMware VM it imitates. */
 export interface GuestImage {
@@ -100,7 +95,7 @@ function sha256(...parts: (string | Buffer)[]): string {
 /** The modules that shape the image (recipe and build steps): changing either changes the hash. */
 function recipeSources(): Buffer[] {
   const ext = path.extname(__filename);
-  return ['recipes', 'build'].map((m) => {
+  return ['recipes', 'build', 'grub'].map((m) => {
     const file = path.join(__dirname, `${m}${ext}`);
     return Buffer.concat([Buffer.from(m), readFileSync(file)]);
   });
@@ -232,90 +227,6 @@ async function readUuid(): Promise<string> {
 
 function mkext4(image: string, offsetBytes: number, sizeBytes: number, tree: string, uuid: string, label: string): Promise<void> {
   return makeExt4FromTree(image, { offsetBytes, sizeBytes, tree, uuid, label });
-}
-
-async function writeAt(image: string, offset: number, data: Buffer): Promise<void> {
-  const fh = await fsp.open(image, 'r+');
-  try {
-    await fh.write(data, 0, data.length, offset);
-  } finally {
-    await fh.close();
-  }
-}
-
-const GRUB_PLATFORM: Record<GuestFirmware, string> = { bios: 'i386-pc', efi: 'x86_64-efi' };
-
-/** A GRUB core image with the early config that finds the root filesystem by UUID and loads its grub.cfg. */
-async function grubCoreImage(firmware: GuestFirmware, rootFsUuid: string, work: string): Promise<string> {
-  const platform = GRUB_PLATFORM[firmware];
-  const early = path.join(work, 'early.cfg');
-  const out = path.join(work, firmware === 'bios' ? 'core.img' : 'BOOTX64.EFI');
-  await fsp.writeFile(early, grubEarlyConfig(rootFsUuid));
-  const modules = GRUB_CORE_MODULES[firmware];
-  await run('grub-mkimage', ['-O', platform, '-d', path.join(GRUB_DIR, platform), '-c', early, '-p', '/boot/grub', '-o', out, ...modules]);
-  return out;
-}
-
-/**
- * GRUB for i386-pc without grub-install (which wants a block device): boot.img's code in the MBR, the
- * core image (diskboot + kernel + modules + an early config) in the sectors after it, up to the first
- * partition. boot.img finds the core at LBA 1 (its default), and diskboot's block list is filled in by
- * grub-mkimage for a contiguous core.
- */
-async function installGrubBios(image: string, rootFsUuid: string, work: string): Promise<void> {
-  const coreBytes = await fsp.readFile(await grubCoreImage('bios', rootFsUuid, work));
-  if (coreBytes.length > FIRST_PARTITION - SECTOR) {
-    throw new RestoreError(
-      FailureType.Configuration,
-      `GRUB core image of ${coreBytes.length} bytes does not fit before the first partition`,
-    );
-  }
-  const boot = await fsp.readFile(path.join(GRUB_DIR, 'i386-pc', 'boot.img'));
-  // Only the code: bytes 440.. hold the disk signature and the partition table sfdisk wrote.
-  await writeAt(image, 0, boot.subarray(0, 440));
-  await writeAt(image, SECTOR, coreBytes);
-}
-
-/** GRUB for x86_64-efi at the removable-media path of a FAT32 ESP built in place with mkfs.fat and mtools. */
-async function installGrubEfi(
-  image: string,
-  espOffset: number,
-  espBytes: number,
-  volumeId: string,
-  rootFsUuid: string,
-  work: string,
-): Promise<void> {
-  const efi = await grubCoreImage('efi', rootFsUuid, work);
-  // Cluster size and hidden sectors explicit: mkfs.fat would size them for the whole image file otherwise.
-  await run('mkfs.fat', [
-    '-F',
-    '32',
-    '-s',
-    '1',
-    '-n',
-    'EFI',
-    '-i',
-    volumeId,
-    '-h',
-    String(espOffset / SECTOR),
-    '--offset',
-    String(espOffset / SECTOR),
-    image,
-    String(espBytes / 1024),
-  ]);
-  const target = `${image}@@${espOffset}`;
-  const env = { MTOOLS_SKIP_CHECK: '1' };
-  await run('mmd', ['-i', target, '::/EFI', '::/EFI/BOOT'], { env });
-  await run('mcopy', ['-i', target, efi, '::/EFI/BOOT/BOOTX64.EFI'], { env });
-}
-
-async function copyGrubModules(root: string, firmware: GuestFirmware): Promise<void> {
-  const platform = GRUB_PLATFORM[firmware];
-  const dest = path.join(root, 'boot/grub', platform);
-  await fsp.mkdir(dest, { recursive: true });
-  for (const f of await fsp.readdir(path.join(GRUB_DIR, platform))) {
-    if (/\.(mod|lst)$/.test(f)) await fsp.copyFile(path.join(GRUB_DIR, platform, f), path.join(dest, f));
-  }
 }
 
 async function buildDataDisk(
