@@ -1,5 +1,6 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { VSphereFaultError, describeFault, obj, str, type MoRef, type VimValue } from './soap';
+import { abortableSleep } from '../abort';
 
 /** What a task reads its state through: the session (kept to this, so tasks sit below the session). */
 export interface PropertyReader {
@@ -89,22 +90,8 @@ export class Task {
         lastProgress = info.progress;
         opts.onProgress?.(info.progress);
       }
-      await sleep(interval, signal);
+      await abortableSleep(interval, signal);
       interval = Math.min(maxInterval, Math.round(interval * 1.5));
     }
   }
-}
-
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const onAbort = (): void => {
-      clearTimeout(timer);
-      reject(signal?.reason);
-    };
-    const timer = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
 }
