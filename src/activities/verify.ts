@@ -16,6 +16,7 @@ import { verifyBoot, type BootNetwork, type BootReport, type BootRequest } from 
 import { downloadDatastoreFile, flatFileName, parseDatastorePath } from '../vsphere';
 import { withFailureMapping } from './failures';
 import { VSphereSessions } from './vsphere/sessions';
+import { MiB } from '../domain/units';
 
 /**
  * The `verifyBoot` activity: reads what the target holds back into local sparse files and boots it in the
@@ -52,7 +53,6 @@ export interface VerifyDeps {
   sessions: VSphereSessions;
 }
 
-const MiB = 1024 * 1024;
 /** Runs of zeros at least this long (and aligned) stay holes in the local copy. */
 const HOLE = 64 * 1024;
 const DEFAULT_TIMEOUT_S = 600;

@@ -11,10 +11,8 @@ import { FailureType, RestoreError } from '../domain/errors';
 
 export const SECTOR_SIZE = 512;
 export const VHD_FOOTER_SIZE = 512;
-export const KiB = 1024;
-export const MiB = 1024 * KiB;
-export const GiB = 1024 * MiB;
-export const TiB = 1024 * GiB;
+export { GiB, KiB, MiB, TiB } from '../domain/units';
+import { GiB, MiB, TiB } from '../domain/units';
 
 /**
  * Azure limits that bind a restore, from Microsoft documentation as of 2025 (not fetched live here):

@@ -10,9 +10,7 @@ import { buildWindowsDiskImage } from './images/windows-image';
 import { connectClient, startAzureRestore, startVSphereRestore, waitWithProgress } from '../client/restore';
 import { runWorker } from '../worker';
 import { ensureGuestImage, guestVmJson, type GuestName } from './guests';
-
-const MiB = 1024 * 1024;
-const GiB = 1024 * MiB;
+import { GiB, MiB } from '../domain/units';
 
 export interface DemoVm {
   name: string;

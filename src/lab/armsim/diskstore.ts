@@ -9,8 +9,8 @@ import path from 'node:path';
 import type { PageBlobClient } from '@azure/storage-blob';
 import type { DiskRec, VmRec } from './state';
 import { VHD_FOOTER_SIZE } from './vhd';
+import { MiB } from '../../domain/units';
 
-const MiB = 1024 * 1024;
 /** Reads of the source blob stay within the 4 MiB Azure serves per page request. */
 const COPY_CHUNK = 4 * MiB;
 const COPY_CONCURRENCY = 4;

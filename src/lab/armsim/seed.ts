@@ -4,6 +4,7 @@ import { createNicRecord } from './providers/nics';
 import { findVmSize } from './sizes';
 import { key, type DiskRec, type HyperVGeneration, type OsType, type VmRec } from './state';
 import { hex, nowIso, resourceId, uuid } from './util';
+import { GiB } from '../../domain/units';
 
 export interface SeedVm {
   name: string;
@@ -37,8 +38,6 @@ export interface BlobBackend {
   accountName: string;
   accountKey: string;
 }
-
-const GiB = 1024 ** 3;
 
 /** Points every storage account at the current blob backend (Azurite's port may change between runs). */
 export function bindStorageAccounts(sim: SimContext, blob: BlobBackend): void {

@@ -1,7 +1,7 @@
+import { MiB } from '../../domain/units';
 /** Fixed-VHD footer parsing and the checks Azure applies before importing a page blob as a disk. */
 
 export const VHD_FOOTER_SIZE = 512;
-const MiB = 1024 * 1024;
 /** Largest importable disk: 32 TiB of data plus the footer. */
 export const MAX_VHD_VIRTUAL_SIZE = 32 * 1024 * 1024 * MiB;
 

@@ -24,8 +24,7 @@ import {
   type GuestNetworkStyle,
   guestFiles,
 } from './recipes';
-
-const MiB = 1024 * 1024;
+import { MiB } from '../../domain/units';
 
 /** A built guest: its disks, and what a test needs to reach it as the VMware VM it imitates. */
 export interface GuestImage {

@@ -8,8 +8,8 @@ import path from 'node:path';
 import { FailureType, RestoreError } from '../../domain/errors';
 import { run } from '../../guest/exec';
 import { GRUB_CORE_MODULES, grubEarlyConfig, type GuestFirmware } from './recipes';
+import { MiB } from '../../domain/units';
 
-const MiB = 1024 * 1024;
 const SECTOR = 512;
 /** Partitions start at 1 MiB: the gap after the MBR holds GRUB's core image on BIOS disks. */
 export const FIRST_PARTITION = MiB;

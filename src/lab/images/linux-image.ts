@@ -22,6 +22,7 @@ import {
   WAAGENT_SCRIPT,
   WAAGENT_UNIT,
 } from './linux-files';
+import { MiB } from '../../domain/units';
 
 /**
  * Demo Linux disks with a real ext4 root filesystem that looks like a VMware guest of a common distro:
@@ -57,7 +58,6 @@ export interface LinuxImage {
   rootFsUuid: string;
 }
 
-const MiB = 1024 * 1024;
 const ROOT_START = MiB;
 /** Fixed file times keep the generated trees (and so the images) stable across runs. */
 const FIXED_MTIME = new Date('2024-03-01T12:00:00Z');

@@ -12,8 +12,7 @@ import { writePartitionTable, type PartitionSpec } from '../../guest/disk/partit
 import { embedPartition, withNtfsMount } from '../../guest/windows/ntfs';
 import { createHive, type HiveKeySpec, type HiveValueData } from '../../guest/windows/regf';
 import { RDP_RULE_TCP, RDP_RULE_UDP, remoteDesktopRule } from '../../guest/windows/firewall';
-
-const MiB = 1024 * 1024;
+import { MiB } from '../../domain/units';
 
 export interface WindowsDiskImageOptions {
   sizeBytes: number;

@@ -3,10 +3,10 @@
 import { normLocation } from '../common';
 import { ArmError, invalidParameter } from '../errors';
 import { enumValue } from '../util';
+import { GiB } from '../../../domain/units';
+export { GiB };
 
 export const COMPUTE = 'Microsoft.Compute';
-
-export const GiB = 1024 ** 3;
 
 export const OS_TYPES = ['Windows', 'Linux'] as const;
 
