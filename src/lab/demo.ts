@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import { mkdirSync, writeFileSync, openSync, writeSync, closeSync, ftruncateSync } from 'node:fs';
 import path from 'node:path';
 import { configFilePath, loadAppConfig } from '../config';
@@ -11,23 +10,20 @@ import { connectClient, startAzureRestore, startVSphereRestore, waitWithProgress
 import { runWorker } from '../worker';
 import { ensureGuestImage, guestVmJson, type GuestName } from './guests';
 import { GiB, MiB } from '../domain/units';
+import { seededStream } from './images/seeded';
 
 export interface DemoVm {
   name: string;
   vmJson: string;
 }
 
-/** Deterministic pseudo-random bytes (SHA-256 in counter mode), so demo images are reproducible. */
+/** Deterministic pseudo-random bytes (seededStream), so demo images are reproducible. */
 export function fillDeterministic(fd: number, offset: number, length: number, seed: string): void {
-  const buf = Buffer.alloc(Math.min(length, 4 * MiB));
-  let counter = 0;
+  const next = seededStream(seed);
   for (let done = 0; done < length; ) {
-    const n = Math.min(buf.length, length - done);
-    for (let i = 0; i < n; i += 32) {
-      createHash('sha256').update(`${seed}:${counter++}`).digest().copy(buf, i);
-    }
-    writeSync(fd, buf, 0, n, offset + done);
-    done += n;
+    const buf = next(Math.min(4 * MiB, length - done));
+    writeSync(fd, buf, 0, buf.length, offset + done);
+    done += buf.length;
   }
 }
 

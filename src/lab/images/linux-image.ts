@@ -1,4 +1,3 @@
-import { createCipheriv } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -23,6 +22,7 @@ import {
   WAAGENT_UNIT,
 } from './linux-files';
 import { MiB } from '../../domain/units';
+import { seededStream } from './seeded';
 
 /**
  * Demo Linux disks with a real ext4 root filesystem that looks like a VMware guest of a common distro:
@@ -366,14 +366,6 @@ function buildTree(o: LinuxImageOptions, flavor: Flavor, rootUuid: string): Tree
       break;
   }
   return t;
-}
-
-/** Deterministic pseudo-random bytes: AES-128-CTR over zeros, keyed by the seed (fast and stable). */
-function seededStream(seed: string, label: string) {
-  const key = digest(seed, `key:${label}`).subarray(0, 16);
-  const iv = digest(seed, `iv:${label}`).subarray(0, 16);
-  const cipher = createCipheriv('aes-128-ctr', key, iv);
-  return (n: number) => cipher.update(Buffer.alloc(n));
 }
 
 async function writePayload(root: string, seed: string, usedMiB: number): Promise<void> {

@@ -3,7 +3,6 @@
  * Windows Server installation that restore-to-Azure preparation reads and changes (SYSTEM and SOFTWARE
  * hives with the settings of a VMware guest, Hyper-V boot driver files) plus deterministic user data.
  */
-import { createCipheriv, createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { FailureType, RestoreError } from '../../domain/errors';
@@ -13,6 +12,8 @@ import { embedPartition, withNtfsMount } from '../../guest/windows/ntfs';
 import { createHive, type HiveKeySpec, type HiveValueData } from '../../guest/windows/regf';
 import { RDP_RULE_TCP, RDP_RULE_UDP, remoteDesktopRule } from '../../guest/windows/firewall';
 import { MiB } from '../../domain/units';
+import { seededStream } from './seeded';
+export { seededStream };
 
 export interface WindowsDiskImageOptions {
   sizeBytes: number;
@@ -148,13 +149,6 @@ export function demoSoftwareHive(): HiveKeySpec[] {
     { path: 'Microsoft\\Windows\\CurrentVersion\\RunOnce' },
     { path: 'VMware, Inc.\\VMware Tools', values: { InstallPath: str('C:\\Program Files\\VMware\\VMware Tools\\') } },
   ];
-}
-
-/** A deterministic byte stream (AES-128-CTR keystream of a hash of the seed): fast and reproducible. */
-export function seededStream(seed: string): (n: number) => Buffer {
-  const key = createHash('sha256').update(`vmrestore-demo:${seed}`).digest();
-  const cipher = createCipheriv('aes-128-ctr', key.subarray(0, 16), key.subarray(16, 32));
-  return (n) => cipher.update(Buffer.alloc(n));
 }
 
 function layout(sizeBytes: number, scheme: 'mbr' | 'gpt'): { partitions: PartitionSpec[]; ntfs: PartitionSpec } {
