@@ -9,7 +9,7 @@ import { openDiskImage } from '../src/repository/formats';
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 /** qemu-img and import runs, taken in turn. */
-const PAIRS = 3;
+const PAIRS = Number(process.env.VMRESTORE_BENCH_PAIRS ?? 3);
 
 export interface VmdkImportBenchResult {
   virtualBytes: number;
@@ -98,6 +98,8 @@ export async function runVmdkImportBench(log: (s: string) => void = console.log)
     const ratios = pairs.map((p) => Math.round((p.qemuImg / p.importer) * 100) / 100);
 
     const mbps = (s: number) => Math.round((2 * GiB) / MiB / s);
+    const spread = (xs: number[]) =>
+      `min ${Math.min(...xs).toFixed(2)} / median ${median(xs).toFixed(2)} / max ${Math.max(...xs).toFixed(2)}`;
     const result = {
       virtualBytes: 2 * GiB,
       vmdkBytes,
@@ -112,8 +114,9 @@ export async function runVmdkImportBench(log: (s: string) => void = console.log)
     log(
       `2 GiB streamOptimized VMDK (${Math.round(vmdkBytes / MiB)} MiB file): import ${result.importMBps} MiB/s (${result.importSeconds} s; reader alone ${result.readOnlyMBps} MiB/s), ` +
         `qemu-img convert -O raw ${result.qemuImgMBps} MiB/s (${result.qemuImgSeconds} s), ratio ${result.ratioToQemuImg} ` +
-        `(median of ${PAIRS} pairs: ${ratios.join(', ')}). qemu-img only inflates and writes into the page cache; the import ` +
-        `also hashes every non-zero block (sha256) and fdatasyncs each new chunk before its rename.`,
+        `(median of ${PAIRS} pairs: ${ratios.join(', ')}; import s ${spread(pairs.map((p) => p.importer))}, ` +
+        `qemu-img s ${spread(pairs.map((p) => p.qemuImg))}, ratio ${spread(ratios)}). qemu-img only inflates and writes into the ` +
+        `page cache; the import also hashes every non-zero block (sha256) and fdatasyncs each new chunk before it takes its name.`,
     );
     return result;
   } finally {
