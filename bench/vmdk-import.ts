@@ -9,7 +9,7 @@ import { openDiskImage } from '../src/repository/formats';
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 /** qemu-img and import runs, taken in turn. */
-const PAIRS = 3;
+const PAIRS = Number(process.env.VMRESTORE_BENCH_PAIRS ?? 3);
 
 export interface VmdkImportBenchResult {
   virtualBytes: number;
@@ -24,6 +24,9 @@ export interface VmdkImportBenchResult {
   ratioToQemuImg: number;
   /** The same for each pair, in run order. */
   ratios: number[];
+  /** `qemu-img convert -t writeback`, which fdatasyncs its output before it exits, as the import does its chunks. */
+  qemuImgSyncedSeconds: number;
+  ratioToQemuImgSynced: number;
 }
 
 /**
@@ -71,9 +74,10 @@ export async function runVmdkImportBench(log: (s: string) => void = console.log)
     // Each side runs in a fresh process, as qemu-img does: the reader alone (inflate only, nothing hashed or
     // stored), then qemu-img and the whole import into a new repository in turn, so a machine whose speed
     // drifts slows both alike; the ratio is taken pair by pair and its median quoted.
-    const runQemuImg = (): number => {
+    const runQemuImg = (synced = false): number => {
       const started = process.hrtime.bigint();
-      const out = spawnSync('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', vmdk, path.join(tmp, 'out.raw')]);
+      const cache = synced ? ['-t', 'writeback'] : [];
+      const out = spawnSync('qemu-img', ['convert', ...cache, '-f', 'vmdk', '-O', 'raw', vmdk, path.join(tmp, 'out.raw')]);
       if (out.status !== 0) throw new Error(`qemu-img convert -O raw failed: ${out.stderr.toString()}`);
       return Number(process.hrtime.bigint() - started) / 1e9;
     };
@@ -84,20 +88,26 @@ export async function runVmdkImportBench(log: (s: string) => void = console.log)
       spawnSync('sync');
     };
     const readSeconds = measureInChild('read', vmdk, tmp);
-    const pairs: { qemuImg: number; importer: number }[] = [];
+    const pairs: { qemuImg: number; importer: number; qemuImgSynced: number }[] = [];
     for (let i = 0; i < PAIRS; i++) {
       const qemuImg = runQemuImg();
       await settle();
       const importer = measureInChild('import', vmdk, tmp);
       await settle();
-      pairs.push({ qemuImg, importer });
+      const qemuImgSynced = runQemuImg(true);
+      await settle();
+      pairs.push({ qemuImg, importer, qemuImgSynced });
     }
     const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
     const qemuImgSeconds = median(pairs.map((p) => p.qemuImg));
     const importSeconds = median(pairs.map((p) => p.importer));
     const ratios = pairs.map((p) => Math.round((p.qemuImg / p.importer) * 100) / 100);
+    const syncedRatios = pairs.map((p) => Math.round((p.qemuImgSynced / p.importer) * 100) / 100);
+    const qemuImgSyncedSeconds = median(pairs.map((p) => p.qemuImgSynced));
 
     const mbps = (s: number) => Math.round((2 * GiB) / MiB / s);
+    const spread = (xs: number[]) =>
+      `min ${Math.min(...xs).toFixed(2)} / median ${median(xs).toFixed(2)} / max ${Math.max(...xs).toFixed(2)}`;
     const result = {
       virtualBytes: 2 * GiB,
       vmdkBytes,
@@ -108,12 +118,17 @@ export async function runVmdkImportBench(log: (s: string) => void = console.log)
       qemuImgMBps: mbps(qemuImgSeconds),
       ratioToQemuImg: median(ratios),
       ratios,
+      qemuImgSyncedSeconds: Math.round(qemuImgSyncedSeconds * 100) / 100,
+      ratioToQemuImgSynced: median(syncedRatios),
     };
     log(
       `2 GiB streamOptimized VMDK (${Math.round(vmdkBytes / MiB)} MiB file): import ${result.importMBps} MiB/s (${result.importSeconds} s; reader alone ${result.readOnlyMBps} MiB/s), ` +
         `qemu-img convert -O raw ${result.qemuImgMBps} MiB/s (${result.qemuImgSeconds} s), ratio ${result.ratioToQemuImg} ` +
-        `(median of ${PAIRS} pairs: ${ratios.join(', ')}). qemu-img only inflates and writes into the page cache; the import ` +
-        `also hashes every non-zero block (sha256) and fdatasyncs each new chunk before its rename.`,
+        `(median of ${PAIRS} pairs: ${ratios.join(', ')}; import s ${spread(pairs.map((p) => p.importer))}, ` +
+        `qemu-img s ${spread(pairs.map((p) => p.qemuImg))}, ratio ${spread(ratios)}). qemu-img only inflates and writes into the ` +
+        `page cache; the import also hashes every non-zero block (sha256) and fdatasyncs each new chunk before it takes its name. ` +
+        `qemu-img convert -t writeback (fdatasyncs its output before it exits): ${result.qemuImgSyncedSeconds} s, ratio ` +
+        `${spread(syncedRatios)} (pairs: ${syncedRatios.join(', ')}).`,
     );
     return result;
   } finally {

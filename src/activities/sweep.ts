@@ -1,3 +1,4 @@
+import * as fs from 'node:fs/promises';
 import type { Client } from '@temporalio/client';
 import { BlobServiceClient, type ContainerClient } from '@azure/storage-blob';
 import type { AppConfig, AzureConfig } from '../config';
@@ -6,8 +7,11 @@ import type { SweepItem, SweepItemKind, SweepReport, SweepRequest } from '../dom
 import { VHD_RESTORE_ID_METADATA_KEY } from '../azure/pageblob';
 import { armClientsFor } from '../azure/credential';
 import type { ArmClients } from '../azure/arm-clients';
+import { listStaging } from '../repository/staged-disk';
+import { list, obj, ref, str, type VimObject } from '../vsphere/soap';
 import type { VSphereSessions } from './vsphere/sessions';
 import { RESTORE_ID_KEY } from './vsphere';
+import { importSnapshotWorkflowId } from './vsphere-import';
 
 /** The tag every Azure resource a restore creates carries. */
 export const RESTORE_TAG = 'vmrestoreRestoreId';
@@ -101,6 +105,16 @@ export function createSweepActivities(deps: SweepDeps) {
     return { sweep: true, state: last.status };
   };
 
+  /**
+   * An import's fate from its workflow (the latest run of that id): running or completed keeps its
+   * snapshot and staging; any other close sweeps them; no workflow at all only with `includeOrphans`.
+   */
+  const importFateOf = async (workflowId: string, includeOrphans: boolean): Promise<RestoreFate> => {
+    const status = await executionStatus(workflowId);
+    if (status === undefined) return { sweep: includeOrphans, state: 'no workflow' };
+    return { sweep: status !== 'RUNNING' && status !== 'COMPLETED', state: status };
+  };
+
   return {
     /**
      * The lease's check on its holders: returns the holders whose workflow execution has closed (or no
@@ -149,7 +163,15 @@ export function createSweepActivities(deps: SweepDeps) {
         }
       };
 
+      const importFates = new Map<string, Promise<RestoreFate>>();
+      const importFate = (workflowId: string): Promise<RestoreFate> => {
+        let f = importFates.get(workflowId);
+        if (!f) importFates.set(workflowId, (f = importFateOf(workflowId, req.includeOrphans ?? false)));
+        return f;
+      };
       await sweepVSphere(report, fate, remove);
+      await sweepImportSnapshots(report, importFate, remove);
+      await sweepImportStaging(report, importFate, remove);
       if (config.azure) await sweepAzure(config.azure, report, fate, remove);
       report.seconds = (Date.now() - started) / 1000;
       return report;
@@ -239,6 +261,60 @@ export function createSweepActivities(deps: SweepDeps) {
       } catch (err) {
         report.errors.push(`vSphere profile '${profileName}': ${errText(err)}`);
       }
+    }
+  }
+
+  /** Snapshots that imports (`vmrestore-import-<id>`) took on source VMs and could not remove. */
+  async function sweepImportSnapshots(report: SweepReport, fate: Fate, remove: Remove): Promise<void> {
+    for (const [profileName, profile] of Object.entries(config.vsphere.profiles)) {
+      try {
+        const vc = await deps.sessions.get(profileName);
+        const dc = await vc.datacenter(profile.datacenter);
+        // One property collector call for every VM's snapshot tree, not one per VM.
+        const vms = await vc.findObjects(dc.vmFolder, ['VirtualMachine'], [{ type: 'VirtualMachine', paths: ['name', 'snapshot'] }]);
+        for (const o of vms) {
+          const vmName = str(o.props.name);
+          const found: Array<{ name: string; workflowId: string }> = [];
+          const walk = (nodes: VimObject[]): void => {
+            for (const n of nodes) {
+              const workflowId = ref(n.snapshot) ? importSnapshotWorkflowId(str(n.name), str(n.description)) : null;
+              if (workflowId) found.push({ name: str(n.name), workflowId });
+              walk(list(n.childSnapshotList).map(obj));
+            }
+          };
+          walk(list(obj(o.props.snapshot).rootSnapshotList).map(obj));
+          for (const s of found) {
+            const f = await fate(s.workflowId);
+            if (!f.sweep) {
+              report.kept++;
+              continue;
+            }
+            await remove('import-snapshot', `${vmName}: ${s.name}`, s.workflowId, f.state, async () => {
+              // Removed by name: a snapshot already gone (the import's own compensation won the race) is fine.
+              await vc.vm(o.ref).removeSnapshot(s.name, { consolidate: true });
+            });
+          }
+        }
+      } catch (err) {
+        report.errors.push(`vSphere profile '${profileName}' (import snapshots): ${errText(err)}`);
+      }
+    }
+  }
+
+  /** Staged block maps in the repository (`staging/<import id>/`) of imports that will never save them. */
+  async function sweepImportStaging(report: SweepReport, fate: Fate, remove: Remove): Promise<void> {
+    try {
+      for (const s of await listStaging(config.repository.path)) {
+        const workflowId = s.owner?.workflowId ?? s.name;
+        const f = await fate(workflowId);
+        if (!f.sweep) {
+          report.kept++;
+          continue;
+        }
+        await remove('import-staging', s.dir, workflowId, f.state, () => fs.rm(s.dir, { recursive: true, force: true }));
+      }
+    } catch (err) {
+      report.errors.push(`repository ${config.repository.path} (import staging): ${errText(err)}`);
     }
   }
 

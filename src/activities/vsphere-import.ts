@@ -15,7 +15,7 @@ import type {
 import { DEFAULT_BLOCK_SIZE, FORMAT_VERSION, isRestorePointId, restorePointPath, type RestorePoint } from '../repository/format';
 import { getRestorePoint } from '../repository';
 import { loadAllRestorePoints, saveRestorePoint } from '../repository/restore-points';
-import { StagedDisk, blocksOf, readStagedDisk, removeStaging } from '../repository/staged-disk';
+import { StagedDisk, blocksOf, readStagedDisk, recordStagingOwner, removeStaging } from '../repository/staged-disk';
 import { downloadDatastoreFile, flatFileName, parseDatastorePath, VSphereNotFoundError, type VSphereClient } from '../vsphere';
 import { diskInfo, isDisk } from '../vsphere/devices';
 import { VSphereFaultError, arrayOf, bool, list, num, obj, refArg, str, type MoRef, type VimObject } from '../vsphere/soap';
@@ -95,6 +95,20 @@ export function changedBlocks(areas: Array<{ start: number; length: number }>, b
   return out;
 }
 
+/** Prefix of the snapshot an import takes (`vmrestore-import-<import id>`). */
+export const IMPORT_SNAPSHOT_PREFIX = 'vmrestore-import-';
+
+export function importSnapshotDescription(workflowId: string): string {
+  return `restore point being taken by vmrestore (workflow ${workflowId})`;
+}
+
+/** The workflow an import snapshot belongs to: named in its description, else its import id (the default workflow id). */
+export function importSnapshotWorkflowId(snapshotName: string, description: string): string | null {
+  if (!snapshotName.startsWith(IMPORT_SNAPSHOT_PREFIX)) return null;
+  const named = /\(workflow (.+)\)$/.exec(description);
+  return named ? named[1] : snapshotName.slice(IMPORT_SNAPSHOT_PREFIX.length);
+}
+
 export function createVSphereImportActivities(deps: VSphereImportDeps) {
   const { config, sessions } = deps;
   const repo = config.repository.path;
@@ -117,7 +131,7 @@ export function createVSphereImportActivities(deps: VSphereImportDeps) {
         datacenter: dc.name,
         vmRef: vm.ref,
         vmName: req.vmName,
-        snapshotName: `vmrestore-import-${req.importId}`,
+        snapshotName: `${IMPORT_SNAPSHOT_PREFIX}${req.importId}`,
         parentId: parent?.id ?? null,
         blockSize: parent?.blockSize ?? DEFAULT_BLOCK_SIZE,
       };
@@ -130,7 +144,9 @@ export function createVSphereImportActivities(deps: VSphereImportDeps) {
     async createImportSnapshot(plan: VSphereImportPlan): Promise<VSphereImportSnapshot> {
       const client = await sessions.get(plan.profile);
       const vm = client.vm(plan.vmRef);
-      const snap = await vm.createSnapshot(plan.snapshotName, 'restore point being taken by vmrestore');
+      // The description names the workflow, so a sweep finds whether the import that took it is still alive.
+      const workflowId = Context.current().info.workflowExecution?.workflowId ?? plan.importId;
+      const snap = await vm.createSnapshot(plan.snapshotName, importSnapshotDescription(workflowId));
       const vmCfg = await vm.config();
       const snapProps = await client.getProperties(snap.ref, ['config']);
       const snapCfg = obj(snapProps.config);
@@ -215,6 +231,7 @@ export function createVSphereImportActivities(deps: VSphereImportDeps) {
         parentBlocks: parentDisk?.blocks ?? null,
       });
       if (staged.state.done && staged.state.result) return staged.state.result as ImportDiskResult;
+      await recordStagingOwner(repo, { importId: plan.importId, workflowId: ctx.info.workflowExecution?.workflowId ?? plan.importId });
 
       const client = await sessions.get(plan.profile);
       const { datastore, path: rel } = parseDatastorePath(disk.flatFile);

@@ -9,7 +9,9 @@ export type SweepItemKind =
   | 'azure-nic'
   | 'azure-disk'
   | 'vhd-blob'
-  | 'helper-attachment';
+  | 'helper-attachment'
+  | 'import-snapshot'
+  | 'import-staging';
 
 export interface SweepItem {
   kind: SweepItemKind;

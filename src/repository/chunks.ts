@@ -102,6 +102,11 @@ export class ChunkWriter {
     }
   }
 
+  /** A chunk another thread wrote and synced under this store: its directory entry is made durable with ours. */
+  noteWritten(hash: string): void {
+    this.dirsWritten.add(path.dirname(chunkPath(this.repoDir, hash)));
+  }
+
   /** Makes the renames of all chunks written so far durable, before a restore point refers to them. */
   async syncWrittenDirs(): Promise<void> {
     for (const dir of this.dirsWritten) await syncDirectory(dir);

@@ -19,6 +19,7 @@ import { readVmJson } from './vm-json';
 import { ByteReader, openDiskImage, openDiskImageStream, type DiskImage } from './formats';
 import { MAX_DESCRIPTOR_BYTES, parseManifest, parseOvf, type ManifestEntry } from './formats/ovf';
 import { TarReader } from './formats/tar';
+import type { ExtentOptions, StoredBlock } from './formats/image';
 import type { VmConfig } from '../domain/vm';
 import { sharedImportWorkers } from './workers';
 
@@ -121,7 +122,7 @@ export async function importVm(repoDir: string, source: ImportSource, opts: Impo
           `disk ${vmDisk.index} image ${image.path} holds ${image.capacityBytes} bytes, but the VM config says ${vmDisk.capacityBytes}`,
         );
       }
-      blocks = await importDisk(writer, image, blockSize, stats, (diskBytesRead) =>
+      blocks = await importDisk(repoDir, writer, image, blockSize, stats, (diskBytesRead) =>
         opts.onProgress?.({
           diskIndex: vmDisk.index,
           diskBytesRead,
@@ -161,6 +162,7 @@ export async function importVm(repoDir: string, source: ImportSource, opts: Impo
  * blocks are hashed and stored unless all zeros. Whole blocks inside one extent are never copied.
  */
 async function importDisk(
+  repoDir: string,
   writer: ChunkWriter,
   image: DiskImage,
   blockSize: number,
@@ -232,7 +234,8 @@ async function importDisk(
   let partial: Buffer | null = null;
   let partialHasData = false;
   let expected = 0;
-  for await (const extent of image.extents()) {
+  // Readers that inflate on the workers store whole blocks there too; the rest is hashed and stored here.
+  for await (const extent of image.extents(0, capacityBytes, { store: { repoDir, blockSize } })) {
     if (extent.offset !== expected || extent.length <= 0 || extent.offset + extent.length > capacityBytes) {
       throw new RestoreError(
         FailureType.InvalidRequest,
@@ -244,13 +247,24 @@ async function importDisk(
     const letGo = () => {
       if (--holds === 0) extent.release?.();
     };
+    const stored = new Map<number, StoredBlock>();
+    for (const b of extent.stored ?? []) stored.set(b.blockIndex, b);
     for (let pos = 0; pos < extent.length; ) {
       const at = extent.offset + pos;
       const blockIndex = Math.floor(at / blockSize);
       const blockStart = blockIndex * blockSize;
       const blockLen = Math.min(blockSize, capacityBytes - blockStart);
       const take = Math.min(extent.length - pos, blockStart + blockLen - at);
-      if (at === blockStart && take === blockLen) {
+      const done = at === blockStart && take === blockLen ? stored.get(blockIndex) : undefined;
+      if (done) {
+        blocks[blockIndex] = done.hash;
+        if (done.hash === null) stats.zeroBlocks++;
+        else if (done.written) {
+          writer.noteWritten(done.hash);
+          stats.chunksWritten++;
+          stats.bytesWritten += blockLen;
+        } else stats.chunksReused++;
+      } else if (at === blockStart && take === blockLen) {
         holds++;
         await takeBlock(blockIndex, extent.data && extent.data.subarray(pos, pos + take), letGo);
       } else {
@@ -451,8 +465,8 @@ export async function importOvaRestorePoint(repoDir: string, ovaPath: string, op
         let complete = false;
         return {
           ...image,
-          extents: (from?: number, to?: number) => {
-            const extents = image.extents(from, to);
+          extents: (from?: number, to?: number, extentOpts?: ExtentOptions) => {
+            const extents = image.extents(from, to, extentOpts);
             return (async function* () {
               yield* extents;
               complete = true;

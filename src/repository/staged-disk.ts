@@ -10,6 +10,7 @@ import { isErrno, syncDirectory } from './files';
  * A disk being read into the repository block by block, with its block map staged on disk so that a
  * retried read resumes where the last durable checkpoint left it:
  *   staging/<import id>/disk-<n>.json   { offset, blocks, stats, done }
+ *   staging/<import id>/import.json     { importId, workflowId }  (whose staging it is, for the sweeper)
  * Blocks equal to the parent restore point's block at the same index are recognised by their digest
  * and not written again; chunks already in the repository are shared as by every import.
  */
@@ -68,6 +69,47 @@ export async function readStagedDisk(repoDir: string, importId: string, diskInde
   } catch (err) {
     throw new RestoreError(FailureType.RepositoryCorrupt, `staged block map ${file} is damaged: ${(err as Error).message}`);
   }
+}
+
+/** Who a staging folder belongs to; written before its first block map. */
+export interface StagingOwner {
+  importId: string;
+  workflowId: string;
+}
+
+const ownerPath = (repoDir: string, importId: string): string => path.join(stagingDir(repoDir, importId), 'import.json');
+
+/** Records the import's workflow in its staging folder (creating it), so a sweep can tell whether it is dead. */
+export async function recordStagingOwner(repoDir: string, owner: StagingOwner): Promise<void> {
+  const file = ownerPath(repoDir, owner.importId);
+  await fs.mkdir(path.dirname(file), { recursive: true });
+  await fs.writeFile(file, JSON.stringify(owner));
+}
+
+/** Every staging folder in the repository with its owner; a folder without import.json names only its import. */
+export async function listStaging(repoDir: string): Promise<Array<{ dir: string; owner: StagingOwner | null; name: string }>> {
+  const root = path.join(repoDir, 'staging');
+  let names: string[];
+  try {
+    names = await fs.readdir(root);
+  } catch (err) {
+    if (isErrno(err, 'ENOENT')) return [];
+    throw err;
+  }
+  const out: Array<{ dir: string; owner: StagingOwner | null; name: string }> = [];
+  for (const name of names.sort()) {
+    const dir = path.join(root, name);
+    let owner: StagingOwner | null = null;
+    try {
+      const parsed = JSON.parse(await fs.readFile(path.join(dir, 'import.json'), 'utf8')) as Partial<StagingOwner>;
+      if (typeof parsed.importId === 'string' && typeof parsed.workflowId === 'string')
+        owner = { importId: parsed.importId, workflowId: parsed.workflowId };
+    } catch {
+      // No (or a damaged) owner file: the folder name is the import id, which defaults to the workflow id.
+    }
+    out.push({ dir, owner, name });
+  }
+  return out;
 }
 
 export async function removeStaging(repoDir: string, importId: string): Promise<void> {

@@ -3,17 +3,33 @@
  * On the main thread, zlib's per-chunk callbacks, the buffers they allocate, the copies that join grains
  * into blocks and sha256 took most of the import's time while it also had to read, parse and write.
  * Inflated batches come back in a SharedArrayBuffer, so hashing them on a worker copies nothing.
+ * A batch may also be stored by the worker that inflated it (zero check, sha256, chunk write and
+ * fdatasync with synchronous calls): on a loaded machine every hand-off between threads waits for a
+ * core, and a chunk written from the main thread took seven of them (hash, stat, open, write, sync,
+ * close, rename).
  */
-import { createHash } from 'node:crypto';
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
 import os from 'node:os';
+import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import * as zlib from 'node:zlib';
+import type { StoredBlock } from './formats/image';
 
+const { createHash } = crypto;
+
+// The functions below are sent as source text; a transpiler that keeps function names calls __name in them.
 const WORKER_SOURCE = `
+const __name = (fn) => fn;
 const { parentPort } = require('node:worker_threads');
-const { createHash } = require('node:crypto');
+const crypto = require('node:crypto');
+const { createHash } = crypto;
+const fs = require('node:fs');
+const path = require('node:path');
 const zlib = require('node:zlib');
 ${inflateInto.toString()}
+${storeBlocks.toString()}
+${finishStored.toString()}
 parentPort.on('message', (m) => {
   try {
     if (m.kind === 'sha256') {
@@ -23,7 +39,19 @@ parentPort.on('message', (m) => {
     }
     const out = m.out || new SharedArrayBuffer(m.outputBytes);
     const failed = inflateInto(zlib, { ...m, input: new Uint8Array(m.input, m.inputOffset, m.inputLength) }, new Uint8Array(out, 0, m.outputBytes));
-    parentPort.postMessage(failed ? { id: m.id, failed } : { id: m.id, out });
+    if (failed) {
+      parentPort.postMessage({ id: m.id, failed });
+      return;
+    }
+    if (!m.store) {
+      parentPort.postMessage({ id: m.id, out });
+      return;
+    }
+    // The syncs wait on the libuv pool while this worker inflates the next batch; the reply goes once they are done.
+    finishStored(fs, storeBlocks({ crypto, fs, path }, m.store, new Uint8Array(out, 0, m.outputBytes))).then(
+      (stored) => parentPort.postMessage({ id: m.id, out, stored }),
+      (err) => parentPort.postMessage({ id: m.id, error: String((err && err.message) || err) }),
+    );
   } catch (err) {
     parentPort.postMessage({ id: m.id, error: String((err && err.message) || err) });
   }
@@ -91,6 +119,114 @@ function inflateInto(
   return null;
 }
 
+/** Where the worker stores the whole blocks of a batch: the repository, its block size, the batch's disk offset. */
+export interface StoreTarget {
+  repoDir: string;
+  blockSize: number;
+  /** Disk offset of the batch's first byte. */
+  offset: number;
+  capacityBytes: number;
+}
+
+/**
+ * Stores every whole block of `data` (the disk from `target.offset`): zero blocks are only reported, the
+ * others hashed and, unless a chunk of that hash is there, written to a temp file left open for
+ * finishStored to sync and move into place.
+ * Like inflateInto, it runs from its source text in the workers, so it uses nothing but its arguments.
+ */
+function storeBlocks(
+  mods: { crypto: typeof crypto; fs: typeof fs; path: typeof path },
+  target: StoreTarget,
+  data: Uint8Array,
+): StoredBlock[] {
+  const { crypto: c, fs: f, path: p } = mods;
+  const out: StoredBlock[] = [];
+  const end = target.offset + data.length;
+  let index = Math.ceil(target.offset / target.blockSize);
+  for (; ; index++) {
+    const start = index * target.blockSize;
+    const length = Math.min(target.blockSize, target.capacityBytes - start);
+    if (length <= 0 || start + length > end) break;
+    const block = data.subarray(start - target.offset, start - target.offset + length);
+    // Zero test 8 bytes at a time over an aligned view; the tail (never with 512-byte blocks) byte by byte.
+    let zero = true;
+    const words = block.byteOffset % 8 === 0 ? new BigUint64Array(block.buffer, block.byteOffset, Math.floor(length / 8)) : null;
+    if (words) {
+      for (let i = 0; i < words.length; i++)
+        if (words[i] !== 0n) {
+          zero = false;
+          break;
+        }
+    }
+    for (let i = words ? words.length * 8 : 0; zero && i < length; i++) if (block[i] !== 0) zero = false;
+    if (zero) {
+      out.push({ blockIndex: index, hash: null, written: false });
+      continue;
+    }
+    const hash = c.createHash('sha256').update(block).digest('hex');
+    const dir = p.join(target.repoDir, 'chunks', hash.slice(0, 2));
+    const final = p.join(dir, hash);
+    let size = -1;
+    try {
+      size = f.statSync(final).size;
+    } catch {
+      // Not stored yet.
+    }
+    if (size === length) {
+      out.push({ blockIndex: index, hash, written: false });
+      continue;
+    }
+    f.mkdirSync(dir, { recursive: true });
+    const temp = `${final}.tmp-${process.pid}-${c.randomBytes(4).toString('hex')}`;
+    const fd = f.openSync(temp, 'wx');
+    try {
+      for (let at = 0; at < length; ) at += f.writeSync(fd, block, at, length - at, at);
+    } catch (err) {
+      f.closeSync(fd);
+      f.rmSync(temp, { force: true });
+      throw err;
+    }
+    out.push({ blockIndex: index, hash, written: false, unsynced: { temp, fd, replace: size >= 0 } });
+  }
+  return out;
+}
+
+/**
+ * Makes the new chunks of storeBlocks durable: fdatasync, close, then a hard link under the chunk's name (a
+ * name already taken means another writer stored the same chunk first: `written` false), the temp removed.
+ * A chunk of the wrong size found under the name is replaced by a rename. Source-stringified like storeBlocks.
+ */
+async function finishStored(f: typeof fs, blocks: StoredBlock[]): Promise<StoredBlock[]> {
+  const call = (fn: (cb: (err: NodeJS.ErrnoException | null) => void) => void): Promise<void> =>
+    new Promise((resolve, reject) => fn((err) => (err ? reject(err) : resolve())));
+  const finish = async (b: StoredBlock): Promise<StoredBlock> => {
+    const u = b.unsynced;
+    if (!u) return b;
+    const final = u.temp.slice(0, u.temp.lastIndexOf('.tmp-'));
+    try {
+      try {
+        await call((cb) => f.fdatasync(u.fd, cb));
+      } finally {
+        await call((cb) => f.close(u.fd, cb));
+      }
+      let written = true;
+      if (u.replace) await call((cb) => f.rename(u.temp, final, cb));
+      else {
+        try {
+          await call((cb) => f.link(u.temp, final, cb));
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+          written = false;
+        }
+      }
+      return { blockIndex: b.blockIndex, hash: b.hash, written };
+    } finally {
+      await call((cb) => f.rm(u.temp, { force: true }, cb));
+    }
+  };
+  return Promise.all(blocks.map(finish));
+}
+
 interface Job {
   resolve: (reply: Reply) => void;
   reject: (err: Error) => void;
@@ -100,6 +236,7 @@ interface Reply {
   id: number;
   out?: SharedArrayBuffer;
   digest?: string;
+  stored?: StoredBlock[];
   failed?: InflateFailure;
   error?: string;
 }
@@ -163,6 +300,15 @@ export class ImportWorkers {
    * SharedArrayBuffer, otherwise a copy.
    */
   async inflate(batch: InflateBatch, into?: Buffer): Promise<Buffer> {
+    return (await this.inflateAndStore(batch, into)).data;
+  }
+
+  /**
+   * inflate(), and with `store` every whole block of the output hashed and stored in the repository by the
+   * same worker; `stored` lists them (their chunks are durable, the directory entries not yet: see
+   * ChunkWriter.noteWritten).
+   */
+  async inflateAndStore(batch: InflateBatch, into?: Buffer, store?: StoreTarget): Promise<{ data: Buffer; stored?: StoredBlock[] }> {
     const outputBytes = batch.lengths.reduce((sum, n) => sum + n, 0);
     if (into && (!(into.buffer instanceof SharedArrayBuffer) || into.byteOffset !== 0 || into.buffer.byteLength < outputBytes)) {
       throw new Error(`inflate output must be a SharedArrayBuffer of at least ${outputBytes} bytes`);
@@ -171,7 +317,7 @@ export class ImportWorkers {
       const out = into ? into.subarray(0, outputBytes) : Buffer.alloc(outputBytes);
       const failed = inflateInto(zlib, batch, out);
       if (failed) throw new InflateError(failed);
-      return out;
+      return { data: out, stored: store ? await finishStored(fs, storeBlocks({ crypto, fs, path }, store, out)) : undefined };
     }
     const { sizes, lengths, grainBytes, raw } = batch;
     const input = batch.input.buffer instanceof SharedArrayBuffer ? batch.input : new Uint8Array(batch.input);
@@ -187,11 +333,12 @@ export class ImportWorkers {
         grainBytes,
         raw,
         outputBytes,
+        store,
       },
       input === batch.input ? [] : [input.buffer as ArrayBuffer],
     );
     if (reply.failed) throw new InflateError(reply.failed);
-    return Buffer.from(reply.out!, 0, outputBytes);
+    return { data: Buffer.from(reply.out!, 0, outputBytes), stored: reply.stored };
   }
 
   /** sha256 hex of `data`; read in place when it lives in a SharedArrayBuffer, otherwise from a copy. */

@@ -5,9 +5,10 @@ import { existsSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
-import { WorkflowFailedError } from '@temporalio/client';
+import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import { resolvePassword } from '../../src/config';
 import { decodeFromPayloadsAtIndex } from '@temporalio/common/lib/internal-non-workflow';
+import type { SweepReport } from '../../src/domain/sweep';
 import type { ImportDiskCheckpoint, VSphereImportResult } from '../../src/domain/vsphere-import';
 import { startVSphereImport } from '../../src/client/import';
 import { ensureTool, GOVC } from '../../src/lab/binaries';
@@ -63,6 +64,42 @@ async function importVm(vmName: string): Promise<{ result: VSphereImportResult; 
   return { result: await handle.result(), workflowId: handle.workflowId };
 }
 
+function govcEnv(): NodeJS.ProcessEnv {
+  const p = lab.env.config.vsphere.profiles.lab;
+  return { ...process.env, GOVC_URL: p.url, GOVC_USERNAME: p.username, GOVC_PASSWORD: resolvePassword('lab', p), GOVC_INSECURE: '1' };
+}
+
+/** Snapshot names of a VM as govc (govmomi's own client) lists them ('.' marks the current state). */
+async function govcSnapshotNames(vmName: string): Promise<string[]> {
+  const { stdout } = await run(ensureTool(GOVC), ['snapshot.tree', '-vm', vmName], { env: govcEnv() });
+  return stdout
+    .split('\n')
+    .map((l) => l.replace(/^[\s|`\\-]+/, '').trim())
+    .filter((n) => n !== '' && n !== '.');
+}
+
+/** `vmrestore sweep --json ...` on the lab's task queue: its report. */
+async function cliSweep(args: string[]): Promise<SweepReport> {
+  const { stdout } = await run(process.execPath, [path.join(ROOT, 'bin', 'vmrestore.cjs'), 'sweep', '--json', ...args], {
+    env: { ...process.env, VMRESTORE_TASK_QUEUE: lab.env.taskQueue },
+  });
+  return JSON.parse(stdout) as SweepReport;
+}
+
+/** The first checkpoint inside a disk that the running import heartbeats (0 if none came within a minute). */
+async function stagedCheckpoint(handle: WorkflowHandle): Promise<number> {
+  for (const deadline = Date.now() + 60_000; Date.now() < deadline; ) {
+    const pending = (await handle.describe()).raw.pendingActivities?.find((a) => a.activityType?.name === 'importVSphereDisk');
+    const payloads = pending?.heartbeatDetails?.payloads;
+    if (payloads?.length) {
+      const cp = await decodeFromPayloadsAtIndex<ImportDiskCheckpoint>(lab.env.client.options.loadedDataConverter, 0, payloads);
+      if (cp.stagedOffset > 0) return cp.stagedOffset;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return 0;
+}
+
 /** What `govc vm.info -json` prints of a VM, as far as the test reads it. */
 interface GovcVm {
   config: {
@@ -81,11 +118,7 @@ interface GovcVm {
 
 /** The VM as govc (govmomi's own client, built once like the lab's other Go tools) reports it. */
 async function govcVmInfo(vmName: string): Promise<GovcVm> {
-  const govc = ensureTool(GOVC);
-  const p = lab.env.config.vsphere.profiles.lab;
-  const { stdout } = await run(govc, ['vm.info', '-json', vmName], {
-    env: { ...process.env, GOVC_URL: p.url, GOVC_USERNAME: p.username, GOVC_PASSWORD: resolvePassword('lab', p), GOVC_INSECURE: '1' },
-  });
+  const { stdout } = await run(ensureTool(GOVC), ['vm.info', '-json', vmName], { env: govcEnv() });
   return (JSON.parse(stdout) as { virtualMachines: GovcVm[] }).virtualMachines[0];
 }
 
@@ -330,16 +363,7 @@ describe('restore points straight from vCenter (real Temporal + vcsim + reposito
     try {
       const handle = await startVSphereImport(lab.env.client, { vmName: big }, { taskQueue: lab.env.taskQueue });
       workflowIds.push(handle.workflowId);
-      let staged = 0;
-      for (const deadline = Date.now() + 60_000; staged === 0 && Date.now() < deadline; ) {
-        const pending = (await handle.describe()).raw.pendingActivities?.find((a) => a.activityType?.name === 'importVSphereDisk');
-        const payloads = pending?.heartbeatDetails?.payloads;
-        if (payloads?.length) {
-          const cp = await decodeFromPayloadsAtIndex<ImportDiskCheckpoint>(lab.env.client.options.loadedDataConverter, 0, payloads);
-          if (cp.stagedOffset > 0) staged = cp.stagedOffset;
-        }
-        if (staged === 0) await new Promise((r) => setTimeout(r, 100));
-      }
+      const staged = await stagedCheckpoint(handle);
       assert.ok(staged > 0 && staged < bytes.length, `a checkpoint inside the disk was heartbeated (staged ${staged})`);
       await lab.worker.kill();
       lab.worker = await startWorkerProcess(lab.env.taskQueue);
@@ -357,6 +381,64 @@ describe('restore points straight from vCenter (real Temporal + vcsim + reposito
       assert.ok(!existsSync(stagingDir(repo, handle.workflowId)), 'staging removed once saved');
     } finally {
       await bvm.destroy();
+    }
+  });
+
+  it('a terminated import: the sweep lists its snapshot and staging in a dry run, removes them in a real run', async (t) => {
+    const started = Date.now();
+    const left = `${name}-left`;
+    const bytes = randomBytes(192 * MiB);
+    const { vm: lvm } = await sourceVm(left, [{ bytes, thin: true }]);
+    try {
+      const handle = await startVSphereImport(lab.env.client, { vmName: left }, { taskQueue: lab.env.taskQueue });
+      const staged = await stagedCheckpoint(handle);
+      assert.ok(staged > 0 && staged < bytes.length, `terminated inside the disk read (staged ${staged} of ${bytes.length})`);
+      await handle.terminate('test: an import that dies mid-read');
+      // A terminated workflow runs no compensation; the worker goes too, so nothing of the import runs any more.
+      await lab.worker.kill();
+      lab.worker = await startWorkerProcess(lab.env.taskQueue);
+      const snapshotName = `vmrestore-import-${handle.workflowId}`;
+      const staging = stagingDir(repo, handle.workflowId);
+      assert.deepEqual(await govcSnapshotNames(left), [snapshotName], 'the import snapshot is left on the VM');
+      assert.ok(existsSync(staging), `staging ${staging} is left in the repository`);
+
+      const ours = (r: SweepReport) =>
+        r.items
+          .filter((i) => i.restoreId === handle.workflowId)
+          .map((i) => [i.kind, i.name, i.restoreState, i.action])
+          .sort();
+      const dry = await cliSweep(['--dry-run']);
+      assert.deepEqual(
+        ours(dry),
+        [
+          ['import-snapshot', `${left}: ${snapshotName}`, 'TERMINATED', 'would remove'],
+          ['import-staging', staging, 'TERMINATED', 'would remove'],
+        ],
+        'the dry run lists the snapshot and the staging',
+      );
+      assert.deepEqual(await govcSnapshotNames(left), [snapshotName], 'a dry run removes nothing');
+      assert.ok(existsSync(staging), 'a dry run leaves the staging');
+
+      const real = await cliSweep([]);
+      assert.deepEqual(real.errors, []);
+      assert.deepEqual(
+        ours(real),
+        [
+          ['import-snapshot', `${left}: ${snapshotName}`, 'TERMINATED', 'removed'],
+          ['import-staging', staging, 'TERMINATED', 'removed'],
+        ],
+        'the real run removes both',
+      );
+      assert.deepEqual(await govcSnapshotNames(left), [], 'govc lists no snapshot on the VM');
+      assert.deepEqual(await lvm.snapshots(), [], 'the SOAP client reads no snapshot either');
+      assert.ok(!existsSync(staging), 'no staging left');
+      assert.equal((await listRestorePoints(repo)).filter((r) => r.vmName === left).length, 0, 'no restore point of the dead import');
+      assert.equal(lab.worker.child.exitCode, null, `the worker is still running:\n${lab.worker.output().slice(-3000)}`);
+      const again = await cliSweep(['--dry-run']);
+      assert.deepEqual(ours(again), [], 'a second sweep finds nothing of it');
+      t.diagnostic(`terminate, dry run, sweep and checks took ${((Date.now() - started) / 1000).toFixed(1)} s`);
+    } finally {
+      await lvm.destroy();
     }
   });
 

@@ -16,6 +16,31 @@ export interface Extent {
    * the same memory again; one that never calls it leaves the buffer to the garbage collector.
    */
   release?: () => void;
+  /**
+   * Whole blocks of this extent the reader already hashed and stored (when asked to with
+   * `ExtentOptions.store`): zero blocks with hash null, the others durable in the repository (file
+   * data and name; the consumer syncs the directory).
+   */
+  stored?: StoredBlock[];
+}
+
+export interface StoredBlock {
+  blockIndex: number;
+  hash: string | null;
+  /** False when a chunk of that hash was already there (or another writer stored it first). */
+  written: boolean;
+  /** Inside the worker only: a new chunk in `temp`, not yet synced, `fd` open; `replace` a damaged one. */
+  unsynced?: { temp: string; fd: number; replace: boolean };
+}
+
+/** Where a reader that inflates on the import workers may store whole blocks itself, saving a round trip each. */
+export interface ChunkStoreTarget {
+  repoDir: string;
+  blockSize: number;
+}
+
+export interface ExtentOptions {
+  store?: ChunkStoreTarget;
 }
 
 /**
@@ -28,7 +53,7 @@ export interface DiskImage {
   /** e.g. monolithicSparse, streamOptimized, v3, fixed, dynamic. */
   readonly subformat: string;
   readonly capacityBytes: number;
-  extents(from?: number, to?: number): AsyncGenerator<Extent, void, undefined>;
+  extents(from?: number, to?: number, opts?: ExtentOptions): AsyncGenerator<Extent, void, undefined>;
   close(): Promise<void>;
 }
 

@@ -136,9 +136,9 @@ export async function openDiskImageStream(reader: ByteReader, label: string, siz
       format: 'vmdk',
       subformat: 'streamOptimized',
       capacityBytes: header.capacityBytes,
-      extents: (from = 0, to = header.capacityBytes) => {
+      extents: (from = 0, to = header.capacityBytes, opts) => {
         once();
-        return readVmdkStream(reader, label, header, from, to);
+        return readVmdkStream(reader, label, header, from, to, opts);
       },
       close: async () => undefined,
     };
