@@ -89,7 +89,7 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
         await Worker.create({
           ...common,
           taskQueue,
-          ...(await workflowCode(require.resolve('./workflows'), telemetry.workerOptions)),
+          ...(await workflowCode(require.resolve('./workflows'), { ...telemetry.workerOptions, dataConverter })),
           // Control activities heartbeat while they run, so a dead worker costs one heartbeat timeout.
           activities: withHeartbeat({
             ...createMappedVSphereActivities({ config, sessions }),

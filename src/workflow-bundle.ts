@@ -10,10 +10,13 @@ import { bundleWorkflowCode, type WorkerOptions } from '@temporalio/worker';
  * Worker.create bundles the workflows with webpack on every start: seconds of CPU on an idle machine,
  * far more on a loaded one, and all of it on the path of a worker coming back after a crash. The bundle
  * depends only on the source files and the SDK, so it is cached under a digest of both: a changed file
- * gives a new digest and a new bundle, never a stale one. A worker that adds workflow interceptors or
+ * gives a new digest and a new bundle, never a stale one. The data converter's payload and failure
+ * converter modules are bundled in and part of the key. A worker that adds workflow interceptors or
  * plugins (metrics, tracing) bundles as before, since those change the bundle.
  */
 
+/** Bundles no worker started from for this long are removed when a new one is written. */
+const UNUSED_FOR_MS = 24 * 3600_000;
 const EXTENSIONS = new Set(['.ts', '.js', '.cjs', '.mjs', '.json']);
 
 function cacheDir(): string {
@@ -56,23 +59,47 @@ export async function workflowCodeDigest(workflowsPath: string): Promise<string>
  */
 export async function workflowCode(
   workflowsPath: string,
-  options: Pick<WorkerOptions, 'interceptors' | 'plugins'>,
+  options: Pick<WorkerOptions, 'interceptors' | 'plugins' | 'dataConverter'>,
 ): Promise<Pick<WorkerOptions, 'workflowsPath' | 'workflowBundle'>> {
   const changesBundle = (options.interceptors?.workflowModules?.length ?? 0) > 0 || (options.plugins?.length ?? 0) > 0;
   if (changesBundle || process.env.VMRESTORE_WORKFLOW_BUNDLE_CACHE === '0') return { workflowsPath };
+  // The payload and failure converters run inside the workflow sandbox too, so they are part of the bundle
+  // (payload encryption's failure converter seals failure messages raised by workflow code).
+  const { payloadConverterPath, failureConverterPath } = options.dataConverter ?? {};
+  const converters = [payloadConverterPath ?? '-', failureConverterPath ?? '-'];
+  const key = createHash('sha256')
+    .update(await workflowCodeDigest(workflowsPath))
+    .update(`\0${converters.join('\0')}`)
+    .digest('hex')
+    .slice(0, 24);
   const dir = cacheDir();
-  const codePath = path.join(dir, `workflows-${await workflowCodeDigest(workflowsPath)}.js`);
+  const codePath = path.join(dir, `workflows-${key}.js`);
   try {
-    await fsp.access(codePath);
+    // Touched on use, so pruning (below) keeps what any worker still starts from.
+    const now = new Date();
+    await fsp.utimes(codePath, now, now);
     return { workflowBundle: { codePath } };
   } catch {
     // not built yet for this version of the code
   }
-  const { code } = await bundleWorkflowCode({ workflowsPath });
+  const { code } = await bundleWorkflowCode({ workflowsPath, payloadConverterPath, failureConverterPath });
   await fsp.mkdir(dir, { recursive: true });
   // Written aside and renamed, so a worker starting beside this one never reads half a bundle.
   const tmp = `${codePath}.${process.pid}.tmp`;
   await fsp.writeFile(tmp, code);
   await fsp.rename(tmp, codePath);
+  await pruneUnused(dir, codePath);
   return { workflowBundle: { codePath } };
+}
+
+async function pruneUnused(dir: string, keep: string): Promise<void> {
+  for (const name of await fsp.readdir(dir)) {
+    const p = path.join(dir, name);
+    if (p === keep || !/^workflows-[0-9a-f]+\.js$/.test(name)) continue;
+    try {
+      if (Date.now() - (await fsp.stat(p)).mtimeMs > UNUSED_FOR_MS) await fsp.rm(p, { force: true });
+    } catch {
+      // gone already, or another worker's: never a reason to fail a start
+    }
+  }
 }
