@@ -21,6 +21,7 @@ import { ContainerSASPermissions, type ContainerClient, type PageBlobClient } fr
 import { MiB, GiB, buildFixedVhdFooter, uuidFromRestoreId, vhdVirtualSize } from '../src/azure/vhd';
 import { uploadFixedVhd, verifyUploadedVhd, type PageChecksum, type UploadBlock } from '../src/azure/pageblob';
 import { startEphemeralAzurite } from '../src/azure/pageblob-azurite';
+import { cacheDir } from '../src/cache-dir';
 
 /**
  * Newest AzCopy the Go module proxy reachable here serves: every later tag tried (v10.24.0 to v10.31.0)
@@ -109,10 +110,6 @@ function run(
   });
 }
 
-function cacheRoot(): string {
-  return path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'vmrestore');
-}
-
 /** A working AzCopy binary, building it with Go if needed, or the reason there is none. */
 export async function ensureAzcopy(
   version: string,
@@ -125,12 +122,12 @@ export async function ensureAzcopy(
       ? { binary: explicit, version: v.stdout.trim() }
       : { reason: `VMRESTORE_AZCOPY=${explicit} does not run: ${v.stderr.trim()}` };
   }
-  const binDir = path.join(cacheRoot(), 'bin', `azcopy-${version}`);
+  const binDir = cacheDir('bin', `azcopy-${version}`);
   const binary = path.join(binDir, 'azcopy');
   if (!existsSync(binary)) {
     const go = await run('go', ['version']);
     if (go.code !== 0) return { reason: 'Go is not installed, so AzCopy cannot be built' };
-    const srcDir = path.join(cacheRoot(), 'src', `azcopy-${version}`);
+    const srcDir = cacheDir('src', `azcopy-${version}`);
     mkdirSync(srcDir, { recursive: true });
     mkdirSync(binDir, { recursive: true });
     writeFileSync(

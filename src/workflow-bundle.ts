@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { bundleWorkflowCode, type WorkerOptions } from '@temporalio/worker';
+import { cacheDir } from './cache-dir';
 
 /**
  * The workflow code a worker runs, bundled once per version of the code and kept on disk.
@@ -18,11 +18,6 @@ import { bundleWorkflowCode, type WorkerOptions } from '@temporalio/worker';
 /** Bundles no worker started from for this long are removed when a new one is written. */
 const UNUSED_FOR_MS = 24 * 3600_000;
 const EXTENSIONS = new Set(['.ts', '.js', '.cjs', '.mjs', '.json']);
-
-function cacheDir(): string {
-  const base = process.env.VMRESTORE_CACHE_DIR ?? path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'vmrestore');
-  return path.join(base, 'workflow-bundles');
-}
 
 async function listSources(dir: string, out: string[]): Promise<void> {
   for (const entry of await fsp.readdir(dir, { withFileTypes: true })) {
@@ -72,7 +67,7 @@ export async function workflowCode(
     .update(`\0${converters.join('\0')}`)
     .digest('hex')
     .slice(0, 24);
-  const dir = cacheDir();
+  const dir = cacheDir('workflow-bundles');
   const codePath = path.join(dir, `workflows-${key}.js`);
   try {
     // Touched on use, so pruning (below) keeps what any worker still starts from.

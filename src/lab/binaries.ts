@@ -1,9 +1,9 @@
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { FailureType, RestoreError } from '../domain/errors';
+import { cacheDir } from '../cache-dir';
 
 /** A Go-built tool the lab needs, pinned to a version that `go install` accepts. */
 export interface GoTool {
@@ -42,8 +42,7 @@ export const GOVC: GoTool = {
 };
 
 export function toolCacheDir(): string {
-  const base = process.env.VMRESTORE_CACHE_DIR ?? path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'vmrestore');
-  return path.join(base, 'bin');
+  return cacheDir('bin');
 }
 
 /** sha256 of a source tool's go.mod, go.sum and .go files: a changed program builds into a new cache entry. */

@@ -1,7 +1,6 @@
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { promises as fsp } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { FailureType, RestoreError } from '../../domain/errors';
 import { run } from '../../guest/exec';
@@ -25,6 +24,7 @@ import {
   guestFiles,
 } from './recipes';
 import { MiB } from '../../domain/units';
+import { cacheDir } from '../../cache-dir';
 
 /** A built guest: its disks, and what a test needs to reach it as the VMware VM it imitates. */
 export interface GuestImage {
@@ -81,8 +81,7 @@ export interface EnsuredGuest {
 }
 
 export function guestCacheDir(): string {
-  const base = process.env.VMRESTORE_CACHE_DIR ?? path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'vmrestore');
-  return path.join(base, 'guests');
+  return cacheDir('guests');
 }
 
 function sha256(...parts: (string | Buffer)[]): string {
