@@ -453,7 +453,16 @@ export class Ext4Volume {
  */
 export async function makeExt4FromTree(
   image: string,
-  fs: { offsetBytes: number; sizeBytes: number; tree: string; uuid: string; label?: string; timeoutMs?: number },
+  fs: {
+    offsetBytes: number;
+    sizeBytes: number;
+    tree: string;
+    uuid: string;
+    label?: string;
+    /** Seed of the directory hash (a UUID), for a filesystem that comes out the same on every build. */
+    hashSeed?: string;
+    timeoutMs?: number;
+  },
 ): Promise<void> {
   await run(
     'mke2fs',
@@ -466,7 +475,7 @@ export async function makeExt4FromTree(
       fs.uuid,
       ...(fs.label === undefined ? [] : ['-L', fs.label]),
       '-E',
-      `root_owner=0:0,offset=${fs.offsetBytes}`,
+      `root_owner=0:0,offset=${fs.offsetBytes}${fs.hashSeed === undefined ? '' : `,hash_seed=${fs.hashSeed}`}`,
       '-d',
       fs.tree,
       image,

@@ -2,7 +2,7 @@ import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { FailureType, RestoreError } from '../../domain/errors';
-import { run } from '../../guest/exec';
+import { makeExt4FromTree } from '../../guest/linux/ext4';
 import { writePartitionTable } from '../../guest/disk/partition';
 import type { FirewallStyle, NetworkStyle } from '../../guest/linux/types';
 import {
@@ -456,26 +456,15 @@ export async function buildLinuxDiskImage(imagePath: string, opts: LinuxImageOpt
         },
       ],
     });
-    await run(
-      'mke2fs',
-      [
-        '-q',
-        '-t',
-        'ext4',
-        '-F',
-        '-U',
-        rootFsUuid,
-        '-L',
-        'root',
-        '-E',
-        `root_owner=0:0,offset=${ROOT_START},hash_seed=${seededUuid(seed, 'hash-seed')}`,
-        '-d',
-        root,
-        imagePath,
-        `${rootSize / 1024}k`,
-      ],
-      { env: { LC_ALL: 'C' }, timeoutMs: 300_000 },
-    );
+    await makeExt4FromTree(imagePath, {
+      offsetBytes: ROOT_START,
+      sizeBytes: rootSize,
+      tree: root,
+      uuid: rootFsUuid,
+      label: 'root',
+      hashSeed: seededUuid(seed, 'hash-seed'),
+      timeoutMs: 300_000,
+    });
   } finally {
     await fsp.rm(tmp, { recursive: true, force: true });
   }
