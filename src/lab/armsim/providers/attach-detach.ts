@@ -6,7 +6,7 @@ import { key, type VmRec } from '../state';
 import { objectAt, optArray, optNumber, optString } from '../util';
 import type { SimContext } from '../context';
 import { CACHING, DELETE_OPTIONS, enumOrThrow } from './compute-common';
-import type { DataDiskSpec, VmSpec } from './vm-model';
+import { dataDiskSpecOf, type DataDiskSpec, type VmSpec } from './vm-model';
 import { updateVm } from './vm-write';
 
 export function attachDetach(sim: SimContext, ctx: ReqCtx, vm: VmRec): Reply {
@@ -16,14 +16,7 @@ export function attachDetach(sim: SimContext, ctx: ReqCtx, vm: VmRec): Reply {
   if (attach.length === 0 && detach.length === 0) {
     throw invalidParameter('At least one of dataDisksToAttach or dataDisksToDetach must be specified.', 'dataDisksToAttach');
   }
-  let current: DataDiskSpec[] = vm.dataDisks.map((d) => ({
-    lun: d.lun ?? 0,
-    createOption: d.createOption,
-    diskId: d.diskId,
-    caching: d.caching,
-    deleteOption: d.deleteOption,
-    toBeDetached: false,
-  }));
+  let current: DataDiskSpec[] = vm.dataDisks.map(dataDiskSpecOf);
   for (const [i, raw] of detach.entries()) {
     const o = objectAt(raw, `dataDisksToDetach[${i}]`);
     const id = optString(o.diskId, `dataDisksToDetach[${i}].diskId`);

@@ -41,6 +41,18 @@ export interface DataDiskSpec {
   toBeDetached: boolean;
 }
 
+/** An attached data disk of a VM as the spec it would be given again (a PUT without dataDisks keeps these). */
+export function dataDiskSpecOf(d: VmDiskRef): DataDiskSpec {
+  return {
+    lun: d.lun ?? 0,
+    createOption: d.createOption,
+    diskId: d.diskId,
+    caching: d.caching,
+    deleteOption: d.deleteOption,
+    toBeDetached: false,
+  };
+}
+
 export interface VmSpec {
   location: string;
   tags?: Record<string, string>;
@@ -105,14 +117,7 @@ export function parseVmBody(body: Json, existing: VmRec | undefined): VmSpec {
   if (dd) {
     dataDisks = dd.map((raw, i) => parseDataDisk(raw, i));
   } else {
-    dataDisks = (existing?.dataDisks ?? []).map((d) => ({
-      lun: d.lun ?? 0,
-      createOption: d.createOption,
-      diskId: d.diskId,
-      caching: d.caching,
-      deleteOption: d.deleteOption,
-      toBeDetached: false,
-    }));
+    dataDisks = (existing?.dataDisks ?? []).map(dataDiskSpecOf);
   }
 
   let nics: VmNicRef[];
