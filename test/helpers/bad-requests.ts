@@ -1,4 +1,5 @@
 import fc from 'fast-check';
+import { AZURE_REQUEST_FIELDS, VSPHERE_REQUEST_FIELDS } from '../../src/cli/restore-requests';
 
 /** Strings a hostile or careless caller sends: path tricks, control characters, huge and empty values. */
 export const hostileString: fc.Arbitrary<string> = fc.oneof(
@@ -34,7 +35,20 @@ function invalidFor(field: string): fc.Arbitrary<unknown> {
       return fc.oneof(fc.constantFrom(0, 3, '2', 1.5, null, true));
     case 'powerOn':
     case 'keepOnFailure':
+    case 'verify':
+    case 'keepOnVerifyFailure':
+    case 'skipGuestPreparation':
       return fc.oneof(fc.constantFrom('true', 1, 0, null, [], {}));
+    case 'verifyTimeoutSeconds':
+      return fc.oneof(fc.constantFrom(0, 9, 3601, 60.5, -60, '60', null, true, []));
+    case 'verifyNetwork':
+      return fc.oneof(
+        fc.constantFrom('10.0.0.5', 5, [], null),
+        fc.constant({}),
+        fc.constant({ address: '10.0.0.300' }),
+        fc.constant({ address: '10.0.0.5', prefixLength: 31 }),
+        fc.constant({ address: '10.0.0.5', gateway: 'gw' }),
+      );
     case 'throttleMBps':
       return fc.oneof(fc.constantFrom(-1, 1e9, '10', null, true, []));
     case 'diskConcurrency':
@@ -52,35 +66,11 @@ function invalidFor(field: string): fc.Arbitrary<unknown> {
   }
 }
 
-export const VSPHERE_FIELDS = [
-  'restorePointId',
-  'vmName',
-  'profile',
-  'datacenter',
-  'datastore',
-  'folder',
-  'resourcePool',
-  'diskFormat',
-  'networkMap',
-  'transport',
-  'proxy',
-  'powerOn',
-  'keepOnFailure',
-  'throttleMBps',
-  'diskConcurrency',
-] as const;
+/** Every field a vSphere request may carry (the CLI's and plan files' list). */
+export const VSPHERE_FIELDS = VSPHERE_REQUEST_FIELDS;
 
-export const AZURE_FIELDS = [
-  'restorePointId',
-  'vmName',
-  'resourceGroup',
-  'location',
-  'vmSize',
-  'subnetId',
-  'generation',
-  'proxy',
-  'keepOnFailure',
-] as const;
+/** Every field an Azure request may carry. */
+export const AZURE_FIELDS = AZURE_REQUEST_FIELDS;
 
 /** A valid request with one field replaced by a value that is never valid for it. */
 export function badRequest(
