@@ -140,6 +140,36 @@ function prefixOf(address: string): { ip: string; prefix: number } {
   return { ip, prefix: Number(prefix) };
 }
 
+/**
+ * Debian's /etc/network/interfaces as the installer writes it for a static address on one NIC (ifupdown),
+ * optionally with resolver lines.
+ */
+export function debianInterfaces(o: {
+  nic: string;
+  address: string;
+  gateway: string;
+  dns?: { nameserver: string; search: string };
+}): string {
+  return [
+    '# This file describes the network interfaces available on your system',
+    '# and how to activate them. For more information, see interfaces(5).',
+    '',
+    'source /etc/network/interfaces.d/*',
+    '',
+    '# The loopback network interface',
+    'auto lo',
+    'iface lo inet loopback',
+    '',
+    '# The primary network interface',
+    `allow-hotplug ${o.nic}`,
+    `iface ${o.nic} inet static`,
+    `\taddress ${o.address}`,
+    `\tgateway ${o.gateway}`,
+    ...(o.dns ? [`\tdns-nameservers ${o.dns.nameserver}`, `\tdns-search ${o.dns.search}`] : []),
+    '',
+  ].join('\n');
+}
+
 /** Files written over the bootstrapped tree (paths are absolute inside the guest). */
 export function guestFiles(ctx: GuestFileContext): Map<string, GuestFile> {
   const { recipe: r } = ctx;
@@ -173,26 +203,7 @@ export function guestFiles(ctx: GuestFileContext): Map<string, GuestFile> {
   );
 
   if (r.networkStyle === 'ifupdown') {
-    file(
-      '/etc/network/interfaces',
-      [
-        '# This file describes the network interfaces available on your system',
-        '# and how to activate them. For more information, see interfaces(5).',
-        '',
-        'source /etc/network/interfaces.d/*',
-        '',
-        '# The loopback network interface',
-        'auto lo',
-        'iface lo inet loopback',
-        '',
-        '# The primary network interface',
-        `allow-hotplug ${r.nicName}`,
-        `iface ${r.nicName} inet static`,
-        `\taddress ${ip}/${prefix}`,
-        `\tgateway ${r.gateway}`,
-        '',
-      ].join('\n'),
-    );
+    file('/etc/network/interfaces', debianInterfaces({ nic: r.nicName, address: `${ip}/${prefix}`, gateway: r.gateway }));
   } else {
     file(
       `/etc/systemd/network/10-${r.nicName}.network`,

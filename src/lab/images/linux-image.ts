@@ -23,6 +23,7 @@ import {
 } from './linux-files';
 import { MiB } from '../../domain/units';
 import { seededStream } from './seeded';
+import { debianInterfaces } from '../guests/recipes';
 
 /**
  * Demo Linux disks with a real ext4 root filesystem that looks like a VMware guest of a common distro:
@@ -303,25 +304,7 @@ function buildTree(o: LinuxImageOptions, flavor: Flavor, rootUuid: string): Tree
     case 'interfaces':
       file(
         '/etc/network/interfaces',
-        [
-          '# This file describes the network interfaces available on your system',
-          '# and how to activate them. For more information, see interfaces(5).',
-          '',
-          'source /etc/network/interfaces.d/*',
-          '',
-          '# The loopback network interface',
-          'auto lo',
-          'iface lo inet loopback',
-          '',
-          '# The primary network interface',
-          `allow-hotplug ${nic}`,
-          `iface ${nic} inet static`,
-          `\taddress ${addr}/${prefix}`,
-          `\tgateway ${gw}`,
-          `\tdns-nameservers ${gw}`,
-          '\tdns-search corp.example',
-          '',
-        ].join('\n'),
+        debianInterfaces({ nic, address: `${addr}/${prefix}`, gateway: gw, dns: { nameserver: gw, search: 'corp.example' } }),
       );
       t.set('/etc/network/interfaces.d', { dir: true });
       break;
