@@ -19,31 +19,24 @@ import { cacheDir } from './cache-dir';
 const UNUSED_FOR_MS = 24 * 3600_000;
 const EXTENSIONS = new Set(['.ts', '.js', '.cjs', '.mjs', '.json']);
 
-async function listSources(dir: string, out: string[]): Promise<void> {
-  for (const entry of await fsp.readdir(dir, { withFileTypes: true })) {
-    const p = path.join(dir, entry.name);
-    if (entry.isDirectory()) {
-      if (entry.name !== 'node_modules') await listSources(p, out);
-    } else if (EXTENSIONS.has(path.extname(entry.name))) {
-      out.push(p);
-    }
-  }
-}
-
-/** Digest of every source file under the code root (what the workflows can import) and the SDK versions. */
-export async function workflowCodeDigest(workflowsPath: string): Promise<string> {
+/**
+ * Digest of every source file under the code root (what the workflows can import), the SDK versions and
+ * `extra` (what else goes into the bundle).
+ */
+export async function workflowCodeDigest(workflowsPath: string, extra: string[] = []): Promise<string> {
   const root = path.dirname(path.dirname(workflowsPath));
-  const files: string[] = [];
-  await listSources(root, files);
-  files.sort();
+  const files = (await fsp.readdir(root, { recursive: true }))
+    .filter((f) => EXTENSIONS.has(path.extname(f)) && !f.split(path.sep).includes('node_modules'))
+    .sort();
   const h = createHash('sha256');
   for (const pkg of ['@temporalio/worker', '@temporalio/workflow', '@temporalio/common']) {
     const manifest = JSON.parse(await fsp.readFile(require.resolve(`${pkg}/package.json`), 'utf8')) as { version: string };
     h.update(`${pkg}@${manifest.version}\n`);
   }
+  for (const e of extra) h.update(`${e}\n`);
   for (const f of files) {
-    h.update(`${path.relative(root, f)}\n`);
-    h.update(await fsp.readFile(f));
+    h.update(`${f}\n`);
+    h.update(await fsp.readFile(path.join(root, f)));
   }
   return h.digest('hex').slice(0, 24);
 }
@@ -61,12 +54,7 @@ export async function workflowCode(
   // The payload and failure converters run inside the workflow sandbox too, so they are part of the bundle
   // (payload encryption's failure converter seals failure messages raised by workflow code).
   const { payloadConverterPath, failureConverterPath } = options.dataConverter ?? {};
-  const converters = [payloadConverterPath ?? '-', failureConverterPath ?? '-'];
-  const key = createHash('sha256')
-    .update(await workflowCodeDigest(workflowsPath))
-    .update(`\0${converters.join('\0')}`)
-    .digest('hex')
-    .slice(0, 24);
+  const key = await workflowCodeDigest(workflowsPath, [payloadConverterPath ?? '-', failureConverterPath ?? '-']);
   const dir = cacheDir('workflow-bundles');
   const codePath = path.join(dir, `workflows-${key}.js`);
   try {
