@@ -18,10 +18,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { ContainerSASPermissions, type ContainerClient, type PageBlobClient } from '@azure/storage-blob';
-import { MiB, GiB, buildFixedVhdFooter, uuidFromRestoreId, vhdVirtualSize } from '../src/azure/vhd';
+import { buildFixedVhdFooter, uuidFromRestoreId, vhdVirtualSize } from '../src/azure/vhd';
 import { uploadFixedVhd, verifyUploadedVhd, type PageChecksum, type UploadBlock } from '../src/azure/pageblob';
 import { startEphemeralAzurite } from '../src/azure/pageblob-azurite';
 import { cacheDir } from '../src/cache-dir';
+import { MiB, GiB } from '../src/domain/units';
 
 /**
  * Newest AzCopy the Go module proxy reachable here serves: every later tag tried (v10.24.0 to v10.31.0)

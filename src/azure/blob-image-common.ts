@@ -5,7 +5,8 @@ import type { PageBlobClient } from '@azure/storage-blob';
 import { FailureType, RestoreError } from '../domain/errors';
 import { blobUrlForRecord } from './blob-url';
 import type { PageRange } from './pageblob-verify';
-import { AZURE_LIMITS, KiB, MiB, VHD_FOOTER_SIZE, vhdVirtualSize } from './vhd';
+import { AZURE_LIMITS, VHD_FOOTER_SIZE, vhdVirtualSize } from './vhd';
+import { KiB, MiB } from '../domain/units';
 
 /** What materializeVhdBlob needs of a PageBlobClient; a wrapper (for metrics or tests) can stand in. */
 export type BlobImageReadClient = Pick<PageBlobClient, 'url' | 'getProperties' | 'listPageRanges' | 'download'>;

@@ -4,7 +4,7 @@ import { FailureType, RestoreError } from '../domain/errors';
 import { blobUrlForRecord } from './blob-url';
 import { run } from '../guest/exec';
 import { mergeRanges, type PageRange } from './pageblob-verify';
-import { footerProblems, KiB, MiB, parseVhdFooter, VHD_FOOTER_SIZE } from './vhd';
+import { footerProblems, parseVhdFooter, VHD_FOOTER_SIZE } from './vhd';
 import {
   type BlobImageReadClient,
   blobState,
@@ -25,6 +25,7 @@ import {
   SPAN_BYTES,
 } from './blob-image-common';
 import { throwIfAborted } from './page-write';
+import { KiB, MiB } from '../domain/units';
 
 /** Unallocated gaps up to this size between allocated chunks are downloaded (as zeros) rather than split. */
 const GAP_MERGE_BYTES = 256 * KiB;

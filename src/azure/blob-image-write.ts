@@ -3,7 +3,7 @@ import { promises as fsp } from 'node:fs';
 import { FailureType, RestoreError } from '../domain/errors';
 import { blobUrlForRecord } from './blob-url';
 import { mergeRanges } from './pageblob-verify';
-import { AZURE_LIMITS, MiB, SECTOR_SIZE } from './vhd';
+import { AZURE_LIMITS, SECTOR_SIZE } from './vhd';
 import {
   type BlobImageWriteClient,
   blobState,
@@ -24,6 +24,7 @@ import {
 import { listDataSegments } from './blob-image-read';
 import { PageWriter } from './page-writer';
 import { alignUp, throwIfAborted } from './page-write';
+import { MiB } from '../domain/units';
 
 /** Sequential read size of the write-back scan. */
 const READ_BYTES = 8 * MiB;

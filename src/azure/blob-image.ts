@@ -33,8 +33,6 @@ export {
   type WriteBackChangesOptions,
   type WriteBackChangesResult,
 } from './blob-image-common';
-export { listDataSegments, materializeVhdBlob } from './blob-image-read';
-export { writeBackChanges } from './blob-image-write';
 
 export interface EditVhdBlobOptions<T> {
   capacityBytes: number;

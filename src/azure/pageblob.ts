@@ -26,7 +26,6 @@ import {
 } from './pageblob-ownership';
 
 // The uploader's neighbours, re-exported so callers keep one import for upload, verify and ownership.
-export { assertPageWrite } from './page-write';
 export {
   BlobSizeMismatchError,
   deleteOwnedVhdBlob,

@@ -11,7 +11,6 @@ import { FailureType, RestoreError } from '../domain/errors';
 
 export const SECTOR_SIZE = 512;
 export const VHD_FOOTER_SIZE = 512;
-export { GiB, KiB, MiB, TiB } from '../domain/units';
 import { GiB, MiB, TiB } from '../domain/units';
 
 /**

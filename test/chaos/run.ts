@@ -13,7 +13,6 @@ import path from 'node:path';
 import type { WorkflowHandle } from '@temporalio/client';
 import { RESTORE_ID_KEY } from '../../src/activities/vsphere';
 import { RESTORE_TAG } from '../../src/activities/sweep';
-import { materializeVhdBlob } from '../../src/azure/blob-image';
 import { VHD_RESTORE_ID_METADATA_KEY } from '../../src/azure/pageblob';
 import type { AzureRestoreResult } from '../../src/domain/azure';
 import type { VSphereRestoreResult } from '../../src/domain/vsphere';
@@ -36,6 +35,7 @@ import {
   type WorkerProcess,
 } from '../helpers/env';
 import { labVSphere, localFlatFile } from '../helpers/vsphere';
+import { materializeVhdBlob } from '../../src/azure/blob-image-read';
 
 export type KillKind = 'writeDisk' | 'uploadVhd' | 'prepareGuestDisk' | 'control' | 'between';
 const KILL_KINDS: KillKind[] = ['writeDisk', 'uploadVhd', 'prepareGuestDisk', 'between', 'control'];

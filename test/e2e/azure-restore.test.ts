@@ -7,7 +7,6 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { WithStartWorkflowOperation } from '@temporalio/client';
 import { defaultPayloadConverter } from '@temporalio/common';
-import { materializeVhdBlob } from '../../src/azure/blob-image';
 import { parseVhdFooter } from '../../src/azure/vhd';
 import { buildDataDiskImage } from '../../src/lab/demo';
 import type { AzureRestoreRequest, AzureRestoreResult, UploadCheckpoint } from '../../src/domain/azure';
@@ -41,6 +40,7 @@ import {
   writeZeroRestorePoint as writeZeroRp,
 } from '../helpers/env';
 import { armLog, clearFaults, downloadManagedDisk, labArm, labAzure, labContainer, setFaults } from '../helpers/azure';
+import { materializeVhdBlob } from '../../src/azure/blob-image-read';
 
 const MiB = 1024 * 1024;
 let env: TestEnv;

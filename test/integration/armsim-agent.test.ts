@@ -8,8 +8,9 @@ import { AgentProbe } from '../../src/lab/armsim/agent';
 import { PartitionCopy, ntfsReadFile, ntfsResolvePath, ntfsWriteFile } from '../../src/guest/windows/ntfs';
 import { readPartitionTable } from '../../src/guest/disk/partition';
 import { setHiveValues } from '../../src/guest/windows/regf';
-import { buildWindowsDiskImage, seededStream } from '../../src/lab/images/windows-image';
+import { buildWindowsDiskImage } from '../../src/lab/images/windows-image';
 import { prepareWindowsDisk, readAgentStaging } from '../../src/guest/windows/prep';
+import { seededStream } from '../../src/lab/images/seeded';
 
 const MiB = 1024 * 1024;
 const noFuse = requireFuse();

@@ -6,24 +6,21 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ContainerClient, PageBlobClient } from '@azure/storage-blob';
 import { RestoreError } from '../../src/domain/errors';
-import { GiB, MiB, SECTOR_SIZE, VHD_FOOTER_SIZE, vhdVirtualSize } from '../../src/azure/vhd';
+import { SECTOR_SIZE, VHD_FOOTER_SIZE, vhdVirtualSize } from '../../src/azure/vhd';
 import { uploadFixedVhd, verifyUploadedVhd, type PageRange, type UploadBlock } from '../../src/azure/pageblob';
 import { startEphemeralAzurite, type EphemeralAzurite } from '../../src/azure/pageblob-azurite';
-import {
-  editVhdBlob,
-  listDataSegments,
-  materializeVhdBlob,
-  writeBackChanges,
-  type BlobImageClient,
-  type ImageSnapshot,
-} from '../../src/azure/blob-image';
+import { editVhdBlob, type BlobImageClient, type ImageSnapshot } from '../../src/azure/blob-image';
 import { run } from '../../src/guest/exec';
 import { buildLinuxDiskImage, type LinuxImage } from '../../src/lab/images/linux-image';
 import { prepareLinuxDisk, readGuestFile } from '../../src/guest/linux/prep';
-import { buildWindowsDiskImage, seededStream } from '../../src/lab/images/windows-image';
+import { buildWindowsDiskImage } from '../../src/lab/images/windows-image';
 import { prepareWindowsDisk, readHiveValueFromDisk } from '../../src/guest/windows/prep';
 import type { GuestChange } from '../../src/guest/types';
 import { skipWithout } from '../helpers/requirements';
+import { GiB, MiB } from '../../src/domain/units';
+import { listDataSegments, materializeVhdBlob } from '../../src/azure/blob-image-read';
+import { writeBackChanges } from '../../src/azure/blob-image-write';
+import { seededStream } from '../../src/lab/images/seeded';
 
 const canMount = process.getuid?.() === 0 && existsSync('/dev/fuse');
 const noFuse = skipWithout(canMount, 'needs root and /dev/fuse for the ntfs-3g tools');

@@ -17,7 +17,7 @@ import {
   parseLsvalLine,
   setHiveValues,
 } from '../../src/guest/windows/regf';
-import { buildWindowsDiskImage, seededStream } from '../../src/lab/images/windows-image';
+import { buildWindowsDiskImage } from '../../src/lab/images/windows-image';
 import {
   NO_AGENT_INSTALLER_WARNING,
   prepareWindowsDisk,
@@ -29,6 +29,7 @@ import {
   type HiveValueQuery,
 } from '../../src/guest/windows/prep';
 import { skipWithout } from '../helpers/requirements';
+import { seededStream } from '../../src/lab/images/seeded';
 
 const MiB = 1024 * 1024;
 const canMount = process.getuid?.() === 0 && existsSync('/dev/fuse');

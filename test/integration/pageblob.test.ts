@@ -3,13 +3,12 @@ import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import type { ContainerClient, PageBlobClient } from '@azure/storage-blob';
 import { RestoreError } from '../../src/domain/errors';
-import { MiB, TiB, parseVhdFooter, uuidFromRestoreId, vhdVirtualSize } from '../../src/azure/vhd';
+import { parseVhdFooter, uuidFromRestoreId, vhdVirtualSize } from '../../src/azure/vhd';
 import {
   BlobSizeMismatchError,
   ForeignBlobError,
   VHD_RESTORE_ID_METADATA_KEY,
   VHD_UUID_METADATA_KEY,
-  assertPageWrite,
   deleteOwnedVhdBlob,
   vhdOwnerUuid,
   uploadFixedVhd,
@@ -21,6 +20,8 @@ import {
   type UploadProgress,
 } from '../../src/azure/pageblob';
 import { startEphemeralAzurite, type EphemeralAzurite } from '../../src/azure/pageblob-azurite';
+import { MiB, TiB } from '../../src/domain/units';
+import { assertPageWrite } from '../../src/azure/page-write';
 
 const SECTOR = 512;
 

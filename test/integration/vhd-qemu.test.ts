@@ -4,8 +4,9 @@ import { execFileSync } from 'node:child_process';
 import { closeSync, fstatSync, ftruncateSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { GiB, MiB, buildFixedVhdFooter, parseVhdFooter, uuidFromRestoreId, vhdGeometry, vhdVirtualSize } from '../../src/azure/vhd';
+import { buildFixedVhdFooter, parseVhdFooter, uuidFromRestoreId, vhdGeometry, vhdVirtualSize } from '../../src/azure/vhd';
 import { noTool } from '../helpers/requirements';
+import { GiB, MiB } from '../../src/domain/units';
 
 const noQemuImg = noTool('qemu-img');
 

@@ -3,9 +3,6 @@ import assert from 'node:assert/strict';
 import { RestoreError } from '../../src/domain/errors';
 import {
   AZURE_LIMITS,
-  GiB,
-  MiB,
-  TiB,
   assertAzureDiskSize,
   buildFixedVhdFooter,
   footerProblems,
@@ -16,6 +13,7 @@ import {
   vhdGeometry,
   vhdVirtualSize,
 } from '../../src/azure/vhd';
+import { GiB, MiB, TiB } from '../../src/domain/units';
 
 describe('vhdVirtualSize', () => {
   it('rounds up to a whole MiB', () => {

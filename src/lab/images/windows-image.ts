@@ -13,7 +13,6 @@ import { createHive, type HiveKeySpec, type HiveValueData } from '../../guest/wi
 import { RDP_RULE_TCP, RDP_RULE_UDP, remoteDesktopRule } from '../../guest/windows/firewall';
 import { MiB } from '../../domain/units';
 import { seededStream } from './seeded';
-export { seededStream };
 
 export interface WindowsDiskImageOptions {
   sizeBytes: number;

@@ -58,7 +58,6 @@ export interface DiskImage {
 }
 
 export const SECTOR = 512;
-export { KiB, MiB } from '../../domain/units';
 import { MiB } from '../../domain/units';
 /** Largest virtual disk we accept: above every format's own limit that matters here (VMDK 62 TB, VHDX 64 TB). */
 export const MAX_CAPACITY_BYTES = 64 * 1024 * MiB * 1024;

@@ -1,4 +1,5 @@
-import { ImageFile, MAX_TABLE_BYTES, MiB, checkCapacity, imageError, mappedImage, u64, type MappedImage, type Piece } from './image';
+import { ImageFile, MAX_TABLE_BYTES, checkCapacity, imageError, mappedImage, u64, type MappedImage, type Piece } from './image';
+import { MiB } from '../../domain/units';
 
 const F = 'vhdx';
 const KiB64 = 64 * 1024;
