@@ -233,11 +233,18 @@ describe('worker metrics and traces (a real worker process, the lab, an OTLP rec
     const uploadedDuring: number[] = [];
     let heldSeen = 0;
     let poweredOnSeen = 0;
-    while (!done) {
+    // The helper stays powered on for its idle timeout (5 s in the lab) after the restore releases it, and
+    // is then powered off: scrapes go on until they have seen both, however slow a scrape under load is.
+    let poweredOffAfter = false;
+    let doneAt = 0;
+    while (!done || (!poweredOffAfter && (doneAt === 0 || Date.now() - doneAt < 60_000))) {
+      if (done && doneAt === 0) doneAt = Date.now();
       const text = await scrape(metricsUrl);
-      uploadedDuring.push(sampleValue(text, 'vmrestore_uploaded_bytes_total', { target: 'azure', transport: 'page-blob' }) ?? 0);
-      heldSeen = Math.max(heldSeen, sampleValue(text, 'vmrestore_lease_holders', { kind: 'helper' }) ?? 0);
-      poweredOnSeen = Math.max(poweredOnSeen, sampleValue(text, 'vmrestore_appliance_powered_on', { kind: 'helper' }) ?? 0);
+      if (!done) uploadedDuring.push(sampleValue(text, 'vmrestore_uploaded_bytes_total', { target: 'azure', transport: 'page-blob' }) ?? 0);
+      if (!done) heldSeen = Math.max(heldSeen, sampleValue(text, 'vmrestore_lease_holders', { kind: 'helper' }) ?? 0);
+      const on = sampleValue(text, 'vmrestore_appliance_powered_on', { kind: 'helper' }) ?? 0;
+      poweredOnSeen = Math.max(poweredOnSeen, on);
+      if (done && poweredOnSeen === 1 && on === 0) poweredOffAfter = true;
       await new Promise((r) => setTimeout(r, 250));
     }
     const r = await result;
@@ -255,7 +262,8 @@ describe('worker metrics and traces (a real worker process, the lab, an OTLP rec
     assert.ok(sampleValue(released, 'vmrestore_lease_slots', { kind: 'helper' })! >= 1, 'the helper offers data-disk slots');
     assert.equal(sampleValue(released, 'vmrestore_lease_slots_in_use', { kind: 'helper' }), 0);
     assert.ok(heldSeen >= 1, 'a scrape during the restore saw the helper appliance held');
-    assert.equal(poweredOnSeen, 1, 'a scrape during the restore saw the helper appliance powered on');
+    assert.equal(poweredOnSeen, 1, 'a scrape saw the helper appliance powered on by its lease');
+    assert.ok(poweredOffAfter, 'a later scrape saw the helper powered off once its idle timeout passed');
 
     const bad = await startAzureRestore(
       env.client,
