@@ -11,6 +11,7 @@ import { connectClient } from '../../src/client/restore';
 import { getRestorePoint, importRestorePoint, readDiskBlocks, listRestorePoints } from '../../src/repository';
 import { chunkPath } from '../../src/repository/format';
 import { buildDataDiskImage, seedDemoRepository } from '../../src/lab/demo';
+import { launchedBy } from './proc-io';
 
 export const ROOT = path.resolve(__dirname, '..', '..');
 
@@ -92,7 +93,18 @@ export async function startWorkerProcess(taskQueue: string, env: NodeJS.ProcessE
       await exited;
     },
     async kill() {
-      if (child.exitCode === null) child.kill('SIGKILL');
+      // Started by another Node, the launcher runs the worker as its child, in a session of its own, which
+      // would outlive the launcher by the moment it takes to notice: that child dies with it, as the
+      // worker would. (What the worker itself started is left running, as after a real crash.)
+      if (child.exitCode === null) {
+        for (const pid of [...launchedBy(child.pid!), child.pid!]) {
+          try {
+            process.kill(pid, 'SIGKILL');
+          } catch {
+            // Gone already.
+          }
+        }
+      }
       await exited;
     },
   };
