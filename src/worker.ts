@@ -79,6 +79,17 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
   const { config } = opts;
   const log = opts.log ?? (() => {});
   for (const w of insecureWarnings(config)) log(w);
+  const roles = [opts.helperLocation !== undefined && '--helper', opts.verifier && '--verifier', opts.proxyName !== undefined && '--proxy'];
+  if (roles.filter(Boolean).length > 1) throw new Error(`a worker has one role, got ${roles.filter(Boolean).join(' and ')}`);
+  const control = opts.helperLocation === undefined && !opts.verifier && opts.proxyName === undefined;
+  // Checked before anything connects: a proxy whose paths are missing on this host never polls.
+  const proxies = control
+    ? config.proxies.filter((p) => p.embeddedWorker)
+    : opts.proxyName !== undefined
+      ? [checkProxyHost(config, opts.proxyName)]
+      : [];
+  for (const p of proxies) checkProxyHost(config, p.name);
+
   // Before the first connection: the SDK's runtime takes its metrics exporter when it is created.
   const telemetry = await startWorkerTelemetry({ config, metrics: opts.metrics, log });
   const connection = await NativeConnection.connect({ address: config.temporal.address });
@@ -109,22 +120,8 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
       ...telemetry.workerOptions,
     } as const;
     const workers: Worker[] = [];
-    const roles = [
-      opts.helperLocation !== undefined && '--helper',
-      opts.verifier && '--verifier',
-      opts.proxyName !== undefined && '--proxy',
-    ];
-    if (roles.filter(Boolean).length > 1) throw new Error(`a worker has one role, got ${roles.filter(Boolean).join(' and ')}`);
-    const control = opts.helperLocation === undefined && !opts.verifier && opts.proxyName === undefined;
-    // Proxy workers first: a proxy whose paths are missing on this host stops the process before it polls anything.
-    const proxies = control
-      ? config.proxies.filter((p) => p.embeddedWorker)
-      : opts.proxyName !== undefined
-        ? [checkProxyHost(config, opts.proxyName)]
-        : [];
     const { writeDisk } = createMappedVSphereActivities({ config, sessions });
     for (const p of proxies) {
-      checkProxyHost(config, p.name);
       const queue = proxyTaskQueue(taskQueue, p.name);
       const identity = `${process.pid}@${hostname()}/vmrestore-proxy-${p.name}`;
       workers.push(

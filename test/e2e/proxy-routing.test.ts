@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -18,6 +18,7 @@ import type { VSphereClient } from '../../src/vsphere';
 import {
   importTestVm,
   openTestEnv,
+  runCli,
   sha256File,
   sha256OfBackedUpDisk,
   startWorkerProcess,
@@ -193,6 +194,21 @@ describe('disk writes on proxy workers', { timeout: 900_000 }, () => {
     await vs?.logout().catch(() => {});
     await env?.close();
     rmSync(tmp, { recursive: true, force: true });
+  });
+
+  it('a proxy worker whose configured mount does not exist on its host refuses to start, naming it', async () => {
+    const file = path.join(tmp, 'config-missing-mount.json');
+    const config = JSON.parse(readFileSync(twoSlots, 'utf8')) as { proxies: Array<{ nasMounts: Record<string, string> }> };
+    const missing = path.join(tmp, 'no-such-nfs-mount');
+    config.proxies[1].nasMounts = { LocalDS_0: missing };
+    writeFileSync(file, JSON.stringify(config));
+    const r = await runCli(env.taskQueue, ['worker', '--proxy', 'proxy02'], { VMRESTORE_CONFIG: file });
+    assert.equal(r.code, 1, r.stdout + r.stderr);
+    assert.match(
+      r.stderr,
+      new RegExp(`proxy 'proxy02': proxies\\[1\\]\\.nasMounts\\.LocalDS_0 is '${missing}', which does not exist on this host`),
+    );
+    assert.doesNotMatch(r.stdout, /polling task queue/);
   });
 
   it("spreads one VM's disks over both proxies; the result and the history name each disk's proxy and worker", async () => {
