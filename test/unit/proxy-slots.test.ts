@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import { parseConfig } from '../../src/config';
+import { applyLabEnvOverrides, parseConfig } from '../../src/config';
 import { chooseProxy, whyNoProxy, type ProxyStatus } from '../../src/domain/proxy-slots';
 import { proxyTaskQueue } from '../../src/domain/task-queues';
 import type { ProxyCandidate } from '../../src/domain/vsphere';
@@ -93,5 +93,11 @@ describe('proxy configuration', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  it("the lab's proxy is served by the lab worker unless VMRESTORE_LAB_PROXY_WORKER=separate", () => {
+    const lab = parseConfig({ ...profiles, proxies: [{ name: 'lab-proxy', embeddedWorker: true }] }, 't', '/', { fromLab: true });
+    assert.equal(applyLabEnvOverrides(lab, {}).proxies[0].embeddedWorker, true);
+    assert.equal(applyLabEnvOverrides(lab, { VMRESTORE_LAB_PROXY_WORKER: 'separate' }).proxies[0].embeddedWorker, false);
   });
 });
