@@ -221,7 +221,7 @@ class DiskLanes {
         failedOver.push(proxy.name);
         previous = loss.checkpoint ?? previous;
         this.tracker.phase(
-          'writing-disks',
+          this.waiting > 0 ? 'waiting-for-proxy' : 'writing-disks',
           `proxy '${proxy.name}' lost while writing disk ${disk.diskIndex}; continuing from ${previous?.offset ?? 0} bytes`,
         );
       } finally {
