@@ -4,7 +4,7 @@ import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, Worker } from '@temporalio/worker';
 import { startWorkerTelemetry } from './telemetry/worker';
 import { createMappedAzureActivities } from './activities/azure';
-import { helperTaskQueue, insecureWarnings, type AppConfig, type ProxyConfig } from './config';
+import { DEFAULT_PROXY_MAX_TASKS, helperTaskQueue, insecureWarnings, type AppConfig, type ProxyConfig } from './config';
 import { createMappedVSphereActivities } from './activities/vsphere';
 import { createMappedVSphereImportActivities } from './activities/vsphere-import';
 import { VSphereSessions } from './activities/vsphere/sessions';
@@ -130,7 +130,7 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
           taskQueue: queue,
           identity,
           // Slots are counted by the control side; this only keeps a misrouted burst from overloading the host.
-          maxConcurrentActivityTaskExecutions: p.maxTasks * 2,
+          maxConcurrentActivityTaskExecutions: (p.maxTasks ?? DEFAULT_PROXY_MAX_TASKS) * 2,
           activities: {
             async writeDisk(args: Parameters<typeof writeDisk>[0]): Promise<DiskWriteResult> {
               if (args.plan.proxy !== p.name) {

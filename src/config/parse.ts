@@ -6,6 +6,7 @@ import { FailureType, RestoreError } from '../domain/errors';
 import type { TransportMode } from '../domain/vsphere';
 import {
   AZURE_DEVICE_ROOT,
+  DEFAULT_PROXY_MAX_TASKS,
   type AgentInstallerConfig,
   type AppConfig,
   type AzureConfig,
@@ -179,7 +180,7 @@ export function parseConfig(raw: unknown, source: string, baseDir: string, opts:
       sanMounts: resolveAll(stringMap(p.sanMounts, `${where}.sanMounts`)),
       hotaddDevices: resolveAll(stringMap(p.hotaddDevices, `${where}.hotaddDevices`)),
       profile: str(p, 'profile', where, false),
-      maxTasks: int(p, 'maxTasks', where, 4, 1),
+      maxTasks: int(p, 'maxTasks', where, DEFAULT_PROXY_MAX_TASKS, 1),
       embeddedWorker: bool(p, 'embeddedWorker', where, false),
     };
   });

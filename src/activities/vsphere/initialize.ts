@@ -9,6 +9,7 @@ import {
   type VSpherePlan,
   type VSphereRestoreRequest,
 } from '../../domain/vsphere';
+import { DEFAULT_PROXY_MAX_TASKS } from '../../config';
 import { diskLayout } from '../../repository';
 import { TRANSPORT_ORDER, TRANSPORTS } from '../../transport';
 import { invalid, RESTORE_ID_KEY, type VSphereContext } from './context';
@@ -96,7 +97,8 @@ export function createInitializeActivities(ctx: VSphereContext) {
           if (why) reasons.push(why);
           return !why;
         });
-        if (modes.length > 0) usable.push({ name: proxy.name, vmName: proxy.vmName, transports: modes, maxTasks: proxy.maxTasks });
+        if (modes.length > 0)
+          usable.push({ name: proxy.name, vmName: proxy.vmName, transports: modes, maxTasks: proxy.maxTasks ?? DEFAULT_PROXY_MAX_TASKS });
       }
       // Best transport first; among equals, the configured order. Each disk then takes a slot on the best
       // proxy that has a live worker and a free slot (see chooseProxy).
