@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { WorkflowFailedError, type Client, type WorkflowHandle } from '@temporalio/client';
-import { ActivityFailure, ApplicationFailure } from '@temporalio/common';
+import { ActivityFailure, ApplicationFailure, defaultPayloadConverter } from '@temporalio/common';
 import { temporal } from '@temporalio/proto';
 import { RESTORE_ID_KEY } from '../../src/activities/vsphere';
 import { startVSphereRestore } from '../../src/client/restore';
@@ -247,6 +247,14 @@ describe('disk writes on proxy workers', { timeout: 900_000 }, () => {
     const result = (await handle.result()) as VSphereRestoreResult;
     const events = await historyEvents(handle);
     assert.equal(mostConcurrentWrites(events), 2, 'never more than one disk per proxy at once');
+    const phases = events.flatMap((e) => {
+      const field = e.upsertWorkflowSearchAttributesEventAttributes?.searchAttributes?.indexedFields?.RestorePhase;
+      return field ? [defaultPayloadConverter.fromPayload(field)] : [];
+    });
+    assert.ok(
+      phases.includes('waiting-for-proxy'),
+      `the RestorePhase search attribute went through waiting-for-proxy: ${phases.join(', ')}`,
+    );
     assert.equal(new Set(result.disks.map((d) => d.proxy)).size, 2);
     await checkAndRemove(rpId, result);
     await startControl(twoSlots);
