@@ -14,6 +14,7 @@ import { proxyTaskQueue } from '../../src/domain/task-queues';
 import type { VSphereRestoreRequest, VSphereRestoreResult } from '../../src/domain/vsphere';
 import { labConfigFile, readLabState } from '../../src/lab';
 import { buildDataDiskImage } from '../../src/lab/demo';
+import { createProxyVm } from '../../src/lab/inventory';
 import type { VSphereClient } from '../../src/vsphere';
 import {
   importTestVm,
@@ -169,21 +170,7 @@ describe('disk writes on proxy workers', { timeout: 900_000 }, () => {
     tmp = mkdtempSync(path.join(os.tmpdir(), 'vmrestore-proxies-'));
     // proxy02 is a VM of its own, so HotAdd has somewhere to move a disk.
     const dc = await vs.datacenter('DC0');
-    if (!(await vs.findVmByName(dc, PROXY2_VM))) {
-      await vs.createVm(dc, {
-        name: PROXY2_VM,
-        folder: await vs.folder(dc),
-        pool: await vs.resourcePool(dc),
-        datastore: await vs.datastore(dc, env.config.vsphere.profiles.lab.datastore!),
-        guestId: 'otherLinux64Guest',
-        cpus: 2,
-        memoryMiB: 4096,
-        firmware: 'bios',
-        extraConfig: { 'vmrestore.role': 'proxy' },
-        nics: [{ network: 'VM Network' }],
-        disks: [{ capacityBytes: 16 * MiB, thinProvisioned: true, eagerlyScrub: false }],
-      });
-    }
+    if (!(await vs.findVmByName(dc, PROXY2_VM))) await createProxyVm(vs, 'DC0', PROXY2_VM, env.config.vsphere.profiles.lab.datastore!);
     twoSlots = writeConfig(2);
     oneSlot = writeConfig(1);
     await Promise.all([startControl(twoSlots), startProxy(twoSlots, 'proxy01'), startProxy(twoSlots, 'proxy02')]);
