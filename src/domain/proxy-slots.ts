@@ -26,17 +26,28 @@ export interface ProxyStatus {
 /** How long after its last poll a proxy worker still counts as live: longer than one long poll (about 60 s). */
 export const PROXY_POLL_FRESH_MS = 90_000;
 
+/** A small stable string hash (FNV-1a), for spreading ties. */
+function hash(text: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 0x01000193);
+  return h >>> 0;
+}
+
 /**
  * The proxy a disk goes to: among live proxies with a free slot, the best transport, then the least
- * loaded (so one VM's disks and concurrent restores spread), then the configured order.
+ * loaded (so one VM's disks and concurrent restores spread). Equals are taken in the configured order
+ * rotated by `seed` (the disk's holder name): restores that look at the same moment, and so see the same
+ * loads, mostly pick different proxies.
  */
-export function chooseProxy(candidates: ProxyCandidate[], status: Record<string, ProxyStatus>): ProxyCandidate | undefined {
+export function chooseProxy(candidates: ProxyCandidate[], status: Record<string, ProxyStatus>, seed = ''): ProxyCandidate | undefined {
   const rank = (c: ProxyCandidate) => ORDER.indexOf(c.transports[0]);
   const load = (c: ProxyCandidate) => (status[c.name]?.inUse ?? 0) / c.maxTasks;
+  const n = candidates.length;
+  const offset = seed ? hash(seed) % n : 0;
   return candidates
-    .map((c, i) => ({ c, i }))
+    .map((c, i) => ({ c, turn: (i - offset + n) % n }))
     .filter(({ c }) => status[c.name]?.live && status[c.name].inUse < c.maxTasks)
-    .sort((a, b) => rank(a.c) - rank(b.c) || load(a.c) - load(b.c) || a.i - b.i)[0]?.c;
+    .sort((a, b) => rank(a.c) - rank(b.c) || load(a.c) - load(b.c) || a.turn - b.turn)[0]?.c;
 }
 
 /** Why no proxy was chosen, in words: none live, or all live ones busy. */

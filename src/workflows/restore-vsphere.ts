@@ -243,7 +243,7 @@ class DiskLanes {
   /** Chooses a proxy (waiting while none is free) and takes one of its slots. */
   private async takeSlot(disk: DiskPlan, row: DiskProgress, holder: string, lost: Record<string, number>): Promise<ProxyCandidate> {
     const proxies = candidatesFor(this.plan, disk);
-    let choice = await proxyChoice.chooseProxy({ proxies, lost });
+    let choice = await proxyChoice.chooseProxy({ proxies, lost, holder });
     if (!choice.proxy) {
       row.state = 'waiting-for-proxy';
       this.waiting++;
@@ -252,6 +252,7 @@ class DiskLanes {
         choice = await proxyWait.chooseProxy({
           proxies,
           lost,
+          holder,
           wait: true,
           since: Date.now(),
           noLiveLimitSeconds: this.plan.proxyWaitSeconds,

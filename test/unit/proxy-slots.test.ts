@@ -33,8 +33,21 @@ describe('proxy choice', () => {
     assert.equal(chooseProxy([san, nbdA], byName(status('san01', 2), status('nbd01', 1)))?.name, 'nbd01');
   });
 
-  it('spreads over proxies of the same transport: the least loaded first, then the configured order', () => {
+  it('spreads over proxies of the same transport: the least loaded first, then an order rotated per disk', () => {
     assert.equal(chooseProxy([nbdA, nbdB], byName(status('nbd01', 0), status('nbd02', 0)))?.name, 'nbd01');
+    // Restores that look at the same moment see the same loads; their disks' names send them apart.
+    const picks = new Set(
+      Array.from(
+        { length: 8 },
+        (_, i) => chooseProxy([nbdA, nbdB], byName(status('nbd01', 0), status('nbd02', 0)), `restore-${i}/disk0`)?.name,
+      ),
+    );
+    assert.deepEqual([...picks].sort(), ['nbd01', 'nbd02']);
+    assert.equal(
+      chooseProxy([nbdA, nbdB], byName(status('nbd01', 1), status('nbd02', 0)), 'any')?.name,
+      'nbd02',
+      'load before the rotation',
+    );
     assert.equal(chooseProxy([nbdA, nbdB], byName(status('nbd01', 1), status('nbd02', 0)))?.name, 'nbd02');
     const big = candidate('nbd03', ['nbd'], 8);
     assert.equal(chooseProxy([nbdA, big], byName(status('nbd01', 1), status('nbd03', 3)))?.name, 'nbd03', '3/8 is less loaded than 1/2');

@@ -12,6 +12,8 @@ export interface ProxyChoiceRequest {
   proxies: ProxyCandidate[];
   /** Proxy → when a disk lost it (ms): it counts as live again only once its worker polls after that. */
   lost?: Record<string, number>;
+  /** Who asks (the disk's slot holder): breaks ties between equally loaded proxies, differently per disk. */
+  holder?: string;
   /** Wait until a proxy is free (heartbeating), instead of answering at once. */
   wait?: boolean;
   /** With `wait`: when the disk began waiting (ms), and how long it may wait while no proxy is live. */
@@ -62,7 +64,7 @@ export function createProxySlotActivities(deps: { config: AppConfig; client: Cli
   async function look(req: ProxyChoiceRequest): Promise<ProxyChoice> {
     const list = await Promise.all(req.proxies.map((c) => statusOf(c, req.lost?.[c.name])));
     const status = Object.fromEntries(list.map((s) => [s.name, s]));
-    const proxy = chooseProxy(req.proxies, status);
+    const proxy = chooseProxy(req.proxies, status, req.holder);
     return proxy ? { proxy, status: list } : { waiting: whyNoProxy(req.proxies, status).text, status: list };
   }
 
