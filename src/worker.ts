@@ -1,9 +1,10 @@
+import { existsSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, Worker } from '@temporalio/worker';
 import { startWorkerTelemetry } from './telemetry/worker';
 import { createMappedAzureActivities } from './activities/azure';
-import { helperTaskQueue, insecureWarnings, type AppConfig } from './config';
+import { DEFAULT_PROXY_MAX_TASKS, helperTaskQueue, insecureWarnings, type AppConfig, type ProxyConfig } from './config';
 import { createMappedVSphereActivities } from './activities/vsphere';
 import { createMappedVSphereImportActivities } from './activities/vsphere-import';
 import { VSphereSessions } from './activities/vsphere/sessions';
@@ -13,6 +14,10 @@ import { createSweepActivities } from './activities/sweep';
 import { createPlanActivities } from './activities/plan';
 import { createMappedVerifyActivities } from './activities/verify';
 import { verifierTaskQueue } from './domain/verification';
+import { proxyTaskQueue } from './domain/task-queues';
+import { FailureType, RestoreError } from './domain/errors';
+import type { DiskWriteResult } from './domain/vsphere';
+import { createProxySlotActivities } from './activities/vsphere/proxy-slots';
 import { dataConverterFor } from './client/restore';
 import { workflowCode } from './workflow-bundle';
 
@@ -32,6 +37,11 @@ export interface RunWorkerOptions {
    * main worker serves it too when `verifier.embeddedWorker` is set (the lab).
    */
   verifier?: boolean;
+  /**
+   * Serve only the task queue of this vSphere proxy (`<queue>-proxy-<name>`): what runs on the proxy host,
+   * writing the disks planned for it. The main worker serves it too when the proxy's `embeddedWorker` is set (the lab).
+   */
+  proxyName?: string;
   /** host:port where this worker serves Prometheus metrics (ours and the Temporal SDK's) at /metrics. */
   metrics?: string;
 }
@@ -47,11 +57,39 @@ function helperQueues(config: AppConfig, only?: string): { location: string; tas
     .map(([location, h]) => ({ location, taskQueue: helperTaskQueue(config, location, h) }));
 }
 
+/** The proxy's configuration as its own worker must honour it: every path it names exists on this host. */
+export function checkProxyHost(config: AppConfig, name: string): ProxyConfig {
+  const proxy = config.proxies.find((p) => p.name === name);
+  if (!proxy) {
+    throw new Error(`no vSphere proxy named '${name}' is configured (known: ${config.proxies.map((p) => p.name).join(', ') || 'none'})`);
+  }
+  const where = `proxies[${config.proxies.indexOf(proxy)}]`;
+  for (const key of ['nasMounts', 'sanMounts', 'hotaddDevices'] as const) {
+    for (const [datastore, dir] of Object.entries(proxy[key] ?? {})) {
+      if (!existsSync(dir)) {
+        throw new Error(`proxy '${name}': ${where}.${key}.${datastore} is '${dir}', which does not exist on this host`);
+      }
+    }
+  }
+  return proxy;
+}
+
 /** Builds the activity dependencies from config and runs a worker until told to stop. */
 export async function runWorker(opts: RunWorkerOptions): Promise<void> {
   const { config } = opts;
   const log = opts.log ?? (() => {});
   for (const w of insecureWarnings(config)) log(w);
+  const roles = [opts.helperLocation !== undefined && '--helper', opts.verifier && '--verifier', opts.proxyName !== undefined && '--proxy'];
+  if (roles.filter(Boolean).length > 1) throw new Error(`a worker has one role, got ${roles.filter(Boolean).join(' and ')}`);
+  const control = opts.helperLocation === undefined && !opts.verifier && opts.proxyName === undefined;
+  // Checked before anything connects: a proxy whose paths are missing on this host never polls.
+  const proxies = control
+    ? config.proxies.filter((p) => p.embeddedWorker)
+    : opts.proxyName !== undefined
+      ? [checkProxyHost(config, opts.proxyName)]
+      : [];
+  for (const p of proxies) checkProxyHost(config, p.name);
+
   // Before the first connection: the SDK's runtime takes its metrics exporter when it is created.
   const telemetry = await startWorkerTelemetry({ config, metrics: opts.metrics, log });
   const connection = await NativeConnection.connect({ address: config.temporal.address });
@@ -82,8 +120,33 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
       ...telemetry.workerOptions,
     } as const;
     const workers: Worker[] = [];
-    if (opts.helperLocation !== undefined && opts.verifier) throw new Error('a worker is either --helper or --verifier, not both');
-    if (opts.helperLocation === undefined && !opts.verifier) {
+    const { writeDisk } = createMappedVSphereActivities({ config, sessions });
+    for (const p of proxies) {
+      const queue = proxyTaskQueue(taskQueue, p.name);
+      const identity = `${process.pid}@${hostname()}/vmrestore-proxy-${p.name}`;
+      workers.push(
+        await Worker.create({
+          ...common,
+          taskQueue: queue,
+          identity,
+          // Slots are counted by the control side; this only keeps a misrouted burst from overloading the host.
+          maxConcurrentActivityTaskExecutions: (p.maxTasks ?? DEFAULT_PROXY_MAX_TASKS) * 2,
+          activities: {
+            async writeDisk(args: Parameters<typeof writeDisk>[0]): Promise<DiskWriteResult> {
+              if (args.plan.proxy !== p.name) {
+                throw new RestoreError(
+                  FailureType.InvalidRequest,
+                  `disk ${args.diskIndex} is planned for proxy '${args.plan.proxy}' but reached the worker of proxy '${p.name}' (queue '${queue}')`,
+                );
+              }
+              return { ...(await writeDisk(args)), proxy: p.name, workerIdentity: identity };
+            },
+          },
+        }),
+      );
+      log(`proxy worker (${p.name}) polling task queue '${queue}'`);
+    }
+    if (control) {
       telemetry.watchLeases(client, taskQueue);
       workers.push(
         await Worker.create({
@@ -92,7 +155,9 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
           ...(await workflowCode(require.resolve('./workflows'), { ...telemetry.workerOptions, dataConverter })),
           // Control activities heartbeat while they run, so a dead worker costs one heartbeat timeout.
           activities: withHeartbeat({
-            ...createMappedVSphereActivities({ config, sessions }),
+            // Disk writes run on the proxies' queues only.
+            ...withoutWriteDisk(createMappedVSphereActivities({ config, sessions })),
+            ...withFailureMapping(createProxySlotActivities({ config: served, client })),
             ...createMappedVSphereImportActivities({ config, sessions }),
             ...azureActivities,
             ...withFailureMapping(createSweepActivities({ config: served, client, sessions })),
@@ -103,7 +168,7 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
       log(`worker polling task queue '${taskQueue}' on ${config.temporal.address} (namespace ${config.temporal.namespace})`);
     }
     // A helper appliance's worker prepares the disks attached to it, and does nothing else.
-    for (const h of opts.verifier ? [] : helperQueues(served, opts.helperLocation)) {
+    for (const h of opts.verifier || opts.proxyName !== undefined ? [] : helperQueues(served, opts.helperLocation)) {
       workers.push(
         await Worker.create({
           ...common,
@@ -115,7 +180,7 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
       log(`helper appliance worker (${h.location}) polling task queue '${h.taskQueue}'`);
     }
     // The verification worker boots restored disks under qemu, and does nothing else; it heartbeats itself.
-    if (opts.verifier || (opts.helperLocation === undefined && config.verifier?.embeddedWorker)) {
+    if (opts.verifier || (control && config.verifier?.embeddedWorker)) {
       const queue = verifierTaskQueue(taskQueue);
       workers.push(
         await Worker.create({
@@ -147,4 +212,9 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
     await clientConnection.close();
     await connection.close();
   }
+}
+
+function withoutWriteDisk<T extends { writeDisk: unknown }>(acts: T): Omit<T, 'writeDisk'> {
+  const { writeDisk: _, ...rest } = acts;
+  return rest;
 }

@@ -28,6 +28,7 @@ export const VSPHERE_REQUEST_FIELDS = [
   'keepOnFailure',
   'throttleMBps',
   'diskConcurrency',
+  'proxyWaitSeconds',
   'verify',
   'verifyNetwork',
   'verifyTimeoutSeconds',

@@ -22,6 +22,7 @@ export async function statusCommand(args: string[]): Promise<number> {
             diskIndex: d.diskIndex,
             label: d.label,
             transport: d.transport,
+            proxy: d.proxy,
             state: d.state,
             bytesDone: d.bytesDone,
             bytesTotal: d.bytesTotal,
@@ -38,7 +39,7 @@ export async function statusCommand(args: string[]): Promise<number> {
       for (const d of s.disks) {
         const live = d.state === 'writing' ? `, ${formatRate(d.bytesPerSecond)}, ETA ${formatEta(d.etaSeconds)}` : '';
         out(
-          `  disk ${d.diskIndex} ${d.label} [${d.transport ?? '-'}] ${d.state} ${fmtBytes(d.bytesDone)} / ${fmtBytes(d.bytesTotal)} ` +
+          `  disk ${d.diskIndex} ${d.label} [${d.transport ?? '-'}${d.proxy ? ` on ${d.proxy}` : ''}] ${d.state} ${fmtBytes(d.bytesDone)} / ${fmtBytes(d.bytesTotal)} ` +
             `(${diskPercent(d)}%${live})`,
         );
       }

@@ -42,6 +42,8 @@ function seconds(env: NodeJS.ProcessEnv, name: string, dflt: number | undefined)
 export function applyLabEnvOverrides(cfg: AppConfig, env: NodeJS.ProcessEnv = process.env): AppConfig {
   const out = { ...cfg };
   if (env.VMRESTORE_LAB_VERIFIER_WORKER === 'separate') out.verifier = { embeddedWorker: false };
+  // The lab's proxies written by `vmrestore worker --proxy NAME` processes of their own.
+  if (env.VMRESTORE_LAB_PROXY_WORKER === 'separate') out.proxies = cfg.proxies.map((p) => ({ ...p, embeddedWorker: false }));
   const a = cfg.azure;
   if (a) {
     out.azure = {

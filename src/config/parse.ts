@@ -6,6 +6,7 @@ import { FailureType, RestoreError } from '../domain/errors';
 import type { TransportMode } from '../domain/vsphere';
 import {
   AZURE_DEVICE_ROOT,
+  DEFAULT_PROXY_MAX_TASKS,
   type AgentInstallerConfig,
   type AppConfig,
   type AzureConfig,
@@ -179,13 +180,23 @@ export function parseConfig(raw: unknown, source: string, baseDir: string, opts:
       sanMounts: resolveAll(stringMap(p.sanMounts, `${where}.sanMounts`)),
       hotaddDevices: resolveAll(stringMap(p.hotaddDevices, `${where}.hotaddDevices`)),
       profile: str(p, 'profile', where, false),
+      maxTasks: int(p, 'maxTasks', where, DEFAULT_PROXY_MAX_TASKS, 1),
+      embeddedWorker: bool(p, 'embeddedWorker', where, false),
     };
   });
+  const names = proxies.map((p) => p.name);
+  const dup = names.find((n, i) => names.indexOf(n) !== i);
+  if (dup !== undefined) bad('proxies', `proxy name '${dup}' is given twice`);
+  for (const [i, n] of names.entries()) {
+    // The name is part of a task queue name.
+    if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(n)) bad(`proxies[${i}].name`, `'${n}' may hold only letters, digits, '.', '_' and '-'`);
+  }
   const rs = record(root.restore, 'restore');
   const restore = {
     diskConcurrency: int(rs, 'diskConcurrency', 'restore', 2, 1),
     readConcurrency: int(rs, 'readConcurrency', 'restore', 4, 1),
     checkpointBytes: int(rs, 'checkpointBytes', 'restore', 32 * 1024 * 1024, 1024 * 1024),
+    proxyWaitSeconds: int(rs, 'proxyWaitSeconds', 'restore', 1800, 1),
   };
   return {
     temporal,

@@ -37,6 +37,14 @@ export interface ProxyConfig {
   hotaddDevices?: Record<string, string>;
   /** vSphere profile this proxy writes to. */
   profile?: string;
+  /** Disks this proxy writes at once (its task slots); further disks wait for a free slot. Default 4. */
+  maxTasks?: number;
+  /**
+   * Whether the control worker also serves this proxy's task queue (in its own Worker, with its own
+   * identity). The lab does this, since its proxies are folders on the same machine; a real deployment
+   * runs `vmrestore worker --proxy NAME` on the proxy host and leaves this false (the default).
+   */
+  embeddedWorker?: boolean;
 }
 
 /** Azure target: where restored VMs, disks and VHD blobs go, and the shared proxy and helper VMs. */
@@ -108,6 +116,9 @@ export interface HelperApplianceConfig {
   deviceRoot: string;
 }
 
+/** Task slots of a proxy whose configuration names none. */
+export const DEFAULT_PROXY_MAX_TASKS = 4;
+
 /** The udev-maintained folder where an Azure Linux VM sees its disks by LUN. */
 export const AZURE_DEVICE_ROOT = '/dev/disk/azure';
 
@@ -128,7 +139,13 @@ export interface AppConfig {
   repository: { path: string };
   vsphere: { defaultProfile: string; profiles: Record<string, VSphereProfile> };
   proxies: ProxyConfig[];
-  restore: { diskConcurrency: number; readConcurrency: number; checkpointBytes: number };
+  restore: {
+    diskConcurrency: number;
+    readConcurrency: number;
+    checkpointBytes: number;
+    /** How long a disk waits while no proxy worker is live before the restore fails (default 1800). */
+    proxyWaitSeconds: number;
+  };
   azure?: AzureConfig;
   /**
    * Boot verification: `verifyBoot` runs on `<temporal.taskQueue>-verifier`, served by `vmrestore worker

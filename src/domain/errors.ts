@@ -18,6 +18,8 @@ export const FailureType = {
   AzureTransient: 'AzureTransient',
   AzureLimit: 'AzureLimit',
   GuestPreparation: 'GuestPreparation',
+  /** No proxy worker was live for longer than the restore's proxy wait. */
+  NoProxyAvailable: 'NoProxyAvailable',
 } as const;
 export type FailureType = (typeof FailureType)[keyof typeof FailureType];
 

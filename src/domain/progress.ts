@@ -7,6 +7,7 @@ export type RestorePhase =
   | 'creating-vm'
   | 'creating-snapshot'
   | 'writing-disks'
+  | 'waiting-for-proxy'
   | 'committing-snapshot'
   | 'powering-on'
   | 'verifying-boot'
@@ -19,9 +20,12 @@ export interface DiskProgress {
   diskIndex: number;
   label: string;
   transport?: TransportMode;
+  /** The proxy writing the disk. */
+  proxy?: string;
   bytesDone: number;
   bytesTotal: number;
-  state: 'pending' | 'writing' | 'done' | 'failed';
+  /** `waiting-for-proxy`: no proxy with a live worker has a free task slot. */
+  state: 'pending' | 'waiting-for-proxy' | 'writing' | 'done' | 'failed';
   /** Recent throughput of the writer, as it reported it (absent until it has). */
   bytesPerSecond?: number;
   /** Seconds left at that throughput. */

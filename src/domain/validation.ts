@@ -163,6 +163,10 @@ export function validateVSphereRestoreRequest(raw: unknown, transports: readonly
     badField('diskConcurrency', `expected an integer from 1 to 64, got ${shown(c)}`);
   }
   optLimits(req, ['disksPerHost', 'disksPerDatastore']);
+  const w = req.proxyWaitSeconds;
+  if (w !== undefined && (!Number.isSafeInteger(w) || (w as number) < 1 || (w as number) > 7 * 86400)) {
+    badField('proxyWaitSeconds', `expected a whole number of seconds from 1 to 604800, got ${shown(w)}`);
+  }
 }
 
 /** Shape and bounds of every field of an Azure restore request; the name rules that need the guest OS follow later. */

@@ -31,6 +31,19 @@ export interface VSphereRestoreRequest extends VerifyRequestFields {
   diskConcurrency?: number;
   /** Shared limits on disk writes per ESXi host and datastore (set by restore plans); none by default. */
   limits?: VSphereRestoreLimits;
+  /**
+   * How long a disk waits while no proxy worker is live (none polls its queue) before the restore fails
+   * and compensates; default from the config's `restore.proxyWaitSeconds` (30 min).
+   */
+  proxyWaitSeconds?: number;
+}
+
+/** A proxy that can write this restore's disks: its task slots and the modes it offers here, best first. */
+export interface ProxyCandidate {
+  name: string;
+  vmName?: string;
+  transports: TransportMode[];
+  maxTasks: number;
 }
 
 /** Shared limits on disk writes a single restore takes part in (set by its plan; none: it takes no lease). */
@@ -64,8 +77,13 @@ export interface VSpherePlan {
   folder: string;
   resourcePool: string;
   networks: string[];
+  /** The best candidate: the proxy of a disk written before proxies were chosen per disk. */
   proxy: string;
   proxyVmName?: string;
+  /** Every proxy that can write this restore, best transport first; each disk takes a slot on one of them. */
+  proxies?: ProxyCandidate[];
+  /** Seconds a disk waits with no live proxy before the restore fails. */
+  proxyWaitSeconds?: number;
   disks: DiskPlan[];
   requiredBytes: number;
   freeBytes: number;
@@ -92,6 +110,11 @@ export interface DiskWriteResult {
   flatPath: string;
   resumedFromOffset: number;
   seconds: number;
+  /** The proxy that wrote the disk, and the identity of its worker (also in the history's started event). */
+  proxy?: string;
+  workerIdentity?: string;
+  /** Proxies lost while writing this disk, in order; the disk continued on the next. */
+  failedOver?: string[];
 }
 
 export interface VSphereRestoreResult {

@@ -53,6 +53,9 @@ export function labConfigFile(lab: LabState): Record<string, unknown> {
         sanMounts: v.datastorePaths,
         hotaddDevices: v.datastorePaths,
         profile: 'lab',
+        maxTasks: 4,
+        // The lab's proxy is this machine, so the lab worker writes its disks (on the proxy's own queue).
+        embeddedWorker: true,
       },
     ],
     restore: { diskConcurrency: 2, readConcurrency: 4, checkpointBytes: 16 * 1024 * 1024 },

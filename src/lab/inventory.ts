@@ -1,6 +1,24 @@
 import type { LabState } from './lab';
 import { VSphereClient } from '../vsphere';
 
+/** A small VM in vcsim that stands for a backup proxy, so HotAdd has a real VM to attach disks to. */
+export async function createProxyVm(client: VSphereClient, datacenter: string, name: string, datastore: string): Promise<void> {
+  const dc = await client.datacenter(datacenter);
+  await client.createVm(dc, {
+    name,
+    folder: await client.folder(dc),
+    pool: await client.resourcePool(dc),
+    datastore: await client.datastore(dc, datastore),
+    guestId: 'otherLinux64Guest',
+    cpus: 2,
+    memoryMiB: 4096,
+    firmware: 'bios',
+    extraConfig: { 'vmrestore.role': 'proxy' },
+    nics: [{ network: 'VM Network' }],
+    disks: [{ capacityBytes: 16 * 1024 * 1024, thinProvisioned: true, eagerlyScrub: false }],
+  });
+}
+
 /** The lab's backup proxy is a VM in vcsim, so HotAdd has a real VM to attach disks to. */
 export async function ensureProxyVm(state: LabState, log: (s: string) => void): Promise<LabState> {
   const v = state.vsphere;
@@ -9,19 +27,7 @@ export async function ensureProxyVm(state: LabState, log: (s: string) => void): 
   try {
     const dc = await client.datacenter(v.datacenter);
     if (!(await client.findVmByName(dc, v.proxyVmName))) {
-      await client.createVm(dc, {
-        name: v.proxyVmName,
-        folder: await client.folder(dc),
-        pool: await client.resourcePool(dc),
-        datastore: await client.datastore(dc, v.datastore),
-        guestId: 'otherLinux64Guest',
-        cpus: 2,
-        memoryMiB: 4096,
-        firmware: 'bios',
-        extraConfig: { 'vmrestore.role': 'proxy' },
-        nics: [{ network: 'VM Network' }],
-        disks: [{ capacityBytes: 16 * 1024 * 1024, thinProvisioned: true, eagerlyScrub: false }],
-      });
+      await createProxyVm(client, v.datacenter, v.proxyVmName, v.datastore);
       const proxy = await client.findVmByName(dc, v.proxyVmName);
       await proxy?.powerOn();
       log(`vcsim: created backup proxy VM '${v.proxyVmName}'`);

@@ -23,6 +23,7 @@ export const NON_RETRYABLE: string[] = [
   FailureType.AzureFault,
   FailureType.AzureLimit,
   FailureType.GuestPreparation,
+  FailureType.NoProxyAvailable,
 ];
 
 /** How long a silent control activity may go before Temporal gives it to another worker. */

@@ -7,12 +7,25 @@ import {
   proxyActivities,
   workflowInfo,
   ActivityFailure,
+  TimeoutFailure,
 } from '@temporalio/workflow';
 import type { VSphereActivities } from '../activities/vsphere';
+import type { ProxySlotActivities } from '../activities/vsphere/proxy-slots';
+import type { AzureActivities } from '../activities/azure';
 import { FailureType } from '../domain/errors';
-import { controlOptions, transferOptions } from './activity-options';
+import { controlOptions, leaseWaitOptions, transferOptions } from './activity-options';
 import type { DiskProgress, RestorePhase } from '../domain/progress';
-import type { DiskWriteResult, TransportMode, VSpherePlan, VSphereRestoreRequest, VSphereRestoreResult } from '../domain/vsphere';
+import type {
+  DiskCheckpoint,
+  DiskPlan,
+  DiskWriteResult,
+  ProxyCandidate,
+  VSpherePlan,
+  VSphereRestoreRequest,
+  VSphereRestoreResult,
+} from '../domain/vsphere';
+import { proxySlotTarget } from '../domain/proxy-slots';
+import { proxyTaskQueue } from '../domain/task-queues';
 import type { RestoreVerification } from '../domain/verification';
 import { markVerification, verifyRestoredBoot } from './restore-verify';
 import { limitLeaseTarget } from '../domain/plan';
@@ -21,8 +34,26 @@ import { Saga } from './saga';
 
 const control = proxyActivities<VSphereActivities>(controlOptions('vsphere'));
 
+const proxyChoice = proxyActivities<ProxySlotActivities>(controlOptions('vsphere'));
+// Waiting for a free proxy (or a slot's lease) may take long, heartbeating.
+const proxyWait = proxyActivities<ProxySlotActivities>(leaseWaitOptions());
+const slotLease = proxyActivities<AzureActivities>(leaseWaitOptions());
+const slotRelease = proxyActivities<AzureActivities>(controlOptions('lease'));
+
+/**
+ * How long a disk write may sit on a proxy's queue before it counts as lost: a proxy holding a slot has
+ * a worker idle for it, so only a dead one leaves the task unstarted. After a heartbeat timeout the retry
+ * waits this long on the lost proxy's queue, then the disk moves on.
+ */
+const PROXY_START_TIMEOUT = '5 seconds';
+/** Proxies a disk may lose before its restore gives up. */
+const MAX_PROXY_LOSSES = 20;
+
 // The writer must have stopped before compensation deletes the disk under it (WAIT_CANCELLATION_COMPLETED).
-const diskWriter = (summary: string) => proxyActivities<VSphereActivities>(transferOptions(summary));
+const diskWriter = (summary: string, proxy: string) =>
+  proxyActivities<VSphereActivities>(
+    transferOptions(summary, { taskQueue: proxyTaskQueue(workflowInfo().taskQueue, proxy), scheduleToStartTimeout: PROXY_START_TIMEOUT }),
+  );
 
 function failureType(err: unknown): string | undefined {
   const cause = err instanceof ActivityFailure ? err.cause : err;
@@ -41,7 +72,6 @@ export async function restoreToVSphere(request: VSphereRestoreRequest): Promise<
     ? `${request.restoreId ?? info.workflowId}@${info.firstExecutionRunId}`
     : (request.restoreId ?? info.workflowId);
   const tracker = new RestoreTracker('vsphere', restoreId, request.vmName, request.keepOnFailure ?? false);
-  const progress = tracker.progress;
   const setPhase = (phase: RestorePhase, message?: string) => tracker.phase(phase, message);
 
   const plan: VSpherePlan = await control.prepareVSphereRestore({ ...request, restoreId });
@@ -71,25 +101,12 @@ export async function restoreToVSphere(request: VSphereRestoreRequest): Promise<
 
     setPhase('writing-disks');
     const results: DiskWriteResult[] = new Array(plan.disks.length);
+    const disks = new DiskLanes(plan, vm.vmRef, saga, limits, tracker);
     let next = 0;
     const lane = async () => {
       while (next < plan.disks.length) {
         const disk = plan.disks[next++];
-        const row = progress.disks[disk.diskIndex];
-        row.state = 'writing';
-        results[disk.diskIndex] = await writeOneDisk(
-          plan,
-          vm.vmRef,
-          vm.diskFiles[disk.diskIndex],
-          disk.diskIndex,
-          disk.transports,
-          row,
-          saga,
-          limits,
-        );
-        row.state = 'done';
-        row.bytesDone = row.bytesTotal;
-        setPhase('writing-disks');
+        results[disk.diskIndex] = await disks.write(disk, vm.diskFiles[disk.diskIndex]);
       }
     };
     // The first failed disk stops the others; all lanes settle before any compensation starts.
@@ -135,7 +152,7 @@ export async function restoreToVSphere(request: VSphereRestoreRequest): Promise<
       vmName: plan.vmName,
       vmRef: vm.vmRef,
       datastore: plan.datastore,
-      proxy: plan.proxy,
+      proxy: results[0]?.proxy ?? plan.proxy,
       poweredOn: powerOn,
       disks: results,
       verification,
@@ -151,39 +168,147 @@ export async function restoreToVSphere(request: VSphereRestoreRequest): Promise<
   }
 }
 
-async function writeOneDisk(
-  plan: VSpherePlan,
-  vmRef: string,
-  diskFile: string,
-  diskIndex: number,
-  transports: TransportMode[],
-  row: DiskProgress,
-  saga: Saga,
-  limits: HeldLimit[],
-): Promise<DiskWriteResult> {
-  let lastError: unknown;
-  const holder = `${plan.restoreId}/disk${diskIndex}`;
-  for (const transport of transports) {
-    row.transport = transport;
-    const writer = diskWriter(`write disk ${diskIndex} (${row.label}) via ${transport}`);
-    try {
-      if (transport === 'hotadd') {
-        const detach = () => control.detachFromProxy({ plan, diskFiles: [diskFile] });
-        const undoAttach = saga.add(`detach disk ${diskIndex} from proxy ${plan.proxy}`, detach);
-        await control.attachToProxy({ plan, diskFile, diskIndex });
-        try {
-          return await withLimits(limits, holder, () => writer.writeDisk({ plan, vmRef, diskIndex, diskFile, transport }));
-        } finally {
-          // Always unmap the disk from the proxy, also when the write failed or was cancelled.
-          await CancellationScope.nonCancellable(detach);
-          saga.remove(undoAttach);
-        }
+/** The proxies a disk may go to; a plan made before proxies were chosen per disk names one. */
+function candidatesFor(plan: VSpherePlan, disk: DiskPlan): ProxyCandidate[] {
+  return plan.proxies ?? [{ name: plan.proxy, vmName: plan.proxyVmName, transports: disk.transports, maxTasks: plan.diskConcurrency }];
+}
+
+/** A disk write that ended because its proxy was lost (its worker stopped heartbeating or never started it). */
+function lostProxyCheckpoint(err: unknown): { lost: true; checkpoint?: DiskCheckpoint } | undefined {
+  if (!(err instanceof ActivityFailure) || err.activityType !== 'writeDisk' || !(err.cause instanceof TimeoutFailure)) return undefined;
+  const details = err.cause.lastHeartbeatDetails as DiskCheckpoint | undefined;
+  return { lost: true, checkpoint: details && typeof details.offset === 'number' ? details : undefined };
+}
+
+/**
+ * The disks of one restore, each written on a proxy with a live worker and a free task slot (held through
+ * the proxy's slot lease while it writes), moved to another proxy from its last checkpoint when its proxy
+ * is lost. Choosing and taking a slot happen one disk at a time, so this restore's disks spread.
+ */
+class DiskLanes {
+  private turn: Promise<void> = Promise.resolve();
+  private waiting = 0;
+
+  constructor(
+    private readonly plan: VSpherePlan,
+    private readonly vmRef: string,
+    private readonly saga: Saga,
+    private readonly limits: HeldLimit[],
+    private readonly tracker: RestoreTracker,
+  ) {}
+
+  async write(disk: DiskPlan, diskFile: string): Promise<DiskWriteResult> {
+    const row = this.tracker.progress.disks[disk.diskIndex];
+    const holder = `${this.plan.restoreId}/disk${disk.diskIndex}`;
+    const lost: Record<string, number> = {};
+    const failedOver: string[] = [];
+    let previous: DiskCheckpoint | undefined;
+    for (;;) {
+      const proxy = await this.oneAtATime(() => this.takeSlot(disk, row, holder, lost));
+      const target = proxySlotTarget(proxy.name);
+      try {
+        row.state = 'writing';
+        row.proxy = proxy.name;
+        const result = await this.writeOn(proxy, disk, diskFile, row, holder, previous);
+        row.state = 'done';
+        row.bytesDone = row.bytesTotal;
+        if (this.waiting === 0) this.tracker.phase('writing-disks');
+        return failedOver.length > 0 ? { ...result, failedOver } : result;
+      } catch (err) {
+        const loss = lostProxyCheckpoint(err);
+        if (!loss || isCancellation(err) || failedOver.length >= MAX_PROXY_LOSSES) throw err;
+        lost[proxy.name] = Date.now();
+        failedOver.push(proxy.name);
+        previous = loss.checkpoint ?? previous;
+        this.tracker.phase(
+          this.waiting > 0 ? 'waiting-for-proxy' : 'writing-disks',
+          `proxy '${proxy.name}' lost while writing disk ${disk.diskIndex}; continuing from ${previous?.offset ?? 0} bytes`,
+        );
+      } finally {
+        await CancellationScope.nonCancellable(() => slotRelease.releaseLeaseActivity({ target, holder }));
       }
-      return await withLimits(limits, holder, () => writer.writeDisk({ plan, vmRef, diskIndex, diskFile, transport }));
-    } catch (err) {
-      if (failureType(err) !== FailureType.TransportUnavailable || isCancellation(err)) throw err;
-      lastError = err;
     }
   }
-  throw lastError;
+
+  /** Runs `fn` after every earlier call has finished, in call order. */
+  private oneAtATime<T>(fn: () => Promise<T>): Promise<T> {
+    const result = this.turn.then(fn);
+    this.turn = result.then(
+      () => undefined,
+      () => undefined,
+    );
+    return result;
+  }
+
+  /** Chooses a proxy (waiting while none is free) and takes one of its slots. */
+  private async takeSlot(disk: DiskPlan, row: DiskProgress, holder: string, lost: Record<string, number>): Promise<ProxyCandidate> {
+    const proxies = candidatesFor(this.plan, disk);
+    let choice = await proxyChoice.chooseProxy({ proxies, lost, holder });
+    if (!choice.proxy) {
+      row.state = 'waiting-for-proxy';
+      this.waiting++;
+      this.tracker.phase('waiting-for-proxy', `disk ${disk.diskIndex}: ${choice.waiting}`);
+      try {
+        choice = await proxyWait.chooseProxy({
+          proxies,
+          lost,
+          holder,
+          wait: true,
+          since: Date.now(),
+          noLiveLimitSeconds: this.plan.proxyWaitSeconds,
+        });
+      } finally {
+        this.waiting--;
+      }
+      if (this.waiting === 0) this.tracker.phase('writing-disks');
+    }
+    const proxy = choice.proxy!;
+    // Counted as held from here: the release in write() runs whatever happens to the acquire.
+    await slotLease.acquireLeaseActivity({
+      target: proxySlotTarget(proxy.name),
+      holder,
+      request: { slots: 1, capacity: proxy.maxTasks, powerOn: false },
+    });
+    return proxy;
+  }
+
+  /** Writes the disk on one proxy, trying its transports in order (the next on TransportUnavailable). */
+  private async writeOn(
+    proxy: ProxyCandidate,
+    disk: DiskPlan,
+    diskFile: string,
+    row: DiskProgress,
+    holder: string,
+    previous: DiskCheckpoint | undefined,
+  ): Promise<DiskWriteResult> {
+    const { diskIndex } = disk;
+    // The activities that act for a proxy read it from the plan.
+    const plan: VSpherePlan = { ...this.plan, proxy: proxy.name, proxyVmName: proxy.vmName };
+    let lastError: unknown;
+    for (const transport of proxy.transports) {
+      row.transport = transport;
+      const writer = diskWriter(`write disk ${diskIndex} (${row.label}) via ${transport} on proxy ${proxy.name}`, proxy.name);
+      const write = () =>
+        withLimits(this.limits, holder, () => writer.writeDisk({ plan, vmRef: this.vmRef, diskIndex, diskFile, transport, previous }));
+      try {
+        if (transport === 'hotadd') {
+          const detach = () => control.detachFromProxy({ plan, diskFiles: [diskFile] });
+          const undoAttach = this.saga.add(`detach disk ${diskIndex} from proxy ${proxy.name}`, detach);
+          await control.attachToProxy({ plan, diskFile, diskIndex });
+          try {
+            return await write();
+          } finally {
+            // Always unmap the disk from the proxy, also when the write failed, was cancelled or the proxy was lost.
+            await CancellationScope.nonCancellable(detach);
+            this.saga.remove(undoAttach);
+          }
+        }
+        return await write();
+      } catch (err) {
+        if (failureType(err) !== FailureType.TransportUnavailable || isCancellation(err)) throw err;
+        lastError = err;
+      }
+    }
+    throw lastError;
+  }
 }

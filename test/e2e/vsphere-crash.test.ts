@@ -101,9 +101,12 @@ describe('crash during a disk write', () => {
       const attempts = history
         .events!.filter((e) => e.activityTaskStartedEventAttributes)
         .map((e) => e.activityTaskStartedEventAttributes!.attempt ?? 1);
+      // Either Temporal's retry reached the new worker, or (when it started after the retry's 5 s on the
+      // proxy queue) the workflow handed the disk, with its checkpoint, to a new write on the restarted proxy.
+      const writes = history.events!.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'writeDisk').length;
       assert.ok(
-        attempts.some((a) => a >= 2),
-        'the disk write was retried on the new worker',
+        attempts.some((a) => a >= 2) || writes >= 2,
+        `the disk write ran again on the new worker (attempts ${attempts.join(', ')}; ${writes} writeDisk scheduled)`,
       );
       await vms[0].destroy();
     } finally {

@@ -51,6 +51,8 @@ function invalidFor(field: string): fc.Arbitrary<unknown> {
       );
     case 'throttleMBps':
       return fc.oneof(fc.constantFrom(-1, 1e9, '10', null, true, []));
+    case 'proxyWaitSeconds':
+      return fc.oneof(fc.constantFrom(0, -1, 1.5, 1e9, '60', null, true));
     case 'diskConcurrency':
       return fc.oneof(fc.constantFrom(0, -3, 1.5, 65, 1e6, '2', null));
     case 'networkMap':

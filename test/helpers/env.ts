@@ -241,10 +241,10 @@ export interface CliResult {
 }
 
 /** Runs the vmrestore CLI in its own process against the lab on `taskQueue`; returns exit code and output. */
-export async function runCli(taskQueue: string, args: string[]): Promise<CliResult> {
+export async function runCli(taskQueue: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliResult> {
   try {
     const r = await promisify(execFile)(process.execPath, [path.join(ROOT, 'bin', 'vmrestore.cjs'), ...args], {
-      env: { ...process.env, VMRESTORE_TASK_QUEUE: taskQueue },
+      env: { ...process.env, VMRESTORE_TASK_QUEUE: taskQueue, ...env },
       maxBuffer: 16 * 1024 * 1024,
     });
     return { code: 0, stdout: r.stdout, stderr: r.stderr };

@@ -4,6 +4,7 @@ import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { bundleWorkflowCode, Worker, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { SEARCH_ATTRIBUTES } from '../../src/domain/search-attributes';
 import { ensureTool, TEMPORAL_CLI } from '../../src/lab/binaries';
+import { proxyTaskQueue } from '../../src/domain/task-queues';
 
 /**
  * Workflow tests run on a Temporal dev server of their own, the lab's CLI binary started by the SDK's
@@ -14,8 +15,11 @@ import { ensureTool, TEMPORAL_CLI } from '../../src/lab/binaries';
 export interface WorkflowTestEnv {
   env: TestWorkflowEnvironment;
   bundle: WorkflowBundleWithSourceMap;
-  /** Runs `fn` while a worker on a fresh task queue serves the project's workflows with `activities`. */
-  withWorker<R>(activities: object, fn: (taskQueue: string) => Promise<R>): Promise<R>;
+  /**
+   * Runs `fn` while a worker on a fresh task queue serves the project's workflows with `activities`, and
+   * one worker per entry of `proxies` serves that vSphere proxy's queue with its activities.
+   */
+  withWorker<R>(activities: object, fn: (taskQueue: string) => Promise<R>, proxies?: Record<string, object>): Promise<R>;
   teardown(): Promise<void>;
 }
 
@@ -35,10 +39,17 @@ export async function startWorkflowTestEnv(extraArgs: string[] = []): Promise<Wo
   return {
     env,
     bundle,
-    async withWorker(activities, fn) {
+    async withWorker(activities, fn, proxies = {}) {
       const taskQueue = `wf-test-${process.pid}-${++queues}`;
       const worker = await Worker.create({ connection: env.nativeConnection, taskQueue, workflowBundle: bundle, activities });
-      return worker.runUntil(fn(taskQueue));
+      const proxyWorkers = await Promise.all(
+        Object.entries(proxies).map(([name, acts]) =>
+          Worker.create({ connection: env.nativeConnection, taskQueue: proxyTaskQueue(taskQueue, name), activities: acts }),
+        ),
+      );
+      const run = fn(taskQueue);
+      const [result] = await Promise.all([worker.runUntil(run), ...proxyWorkers.map((w) => w.runUntil(run))]);
+      return result;
     },
     teardown: () => env.teardown(),
   };

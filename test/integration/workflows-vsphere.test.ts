@@ -2,7 +2,14 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { ApplicationFailure } from '@temporalio/common';
 import type { WorkflowFailedError } from '@temporalio/client';
-import type { CreatedVm, DiskWriteResult, TransportMode, VSpherePlan, VSphereRestoreRequest } from '../../src/domain/vsphere';
+import type {
+  CreatedVm,
+  DiskWriteResult,
+  ProxyCandidate,
+  TransportMode,
+  VSpherePlan,
+  VSphereRestoreRequest,
+} from '../../src/domain/vsphere';
 import { FailureType } from '../../src/domain/errors';
 import { restorePlan, restoreToVSphere } from '../../src/workflows';
 import {
@@ -66,6 +73,10 @@ function scenarioActivities(s: Scenario) {
     attachToProxy: ok,
     detachFromProxy: ok,
     vmHostName: async () => 'host0',
+    // One proxy, always live and free: proxy choice and its slots have tests of their own.
+    chooseProxy: async (req: { proxies: ProxyCandidate[] }) => ({ proxy: req.proxies[0], status: [] }),
+    acquireLeaseActivity: ok,
+    releaseLeaseActivity: ok,
     writeDisk: async (args: { diskIndex: number; diskFile: string; transport: TransportMode }): Promise<DiskWriteResult> => {
       const type = s.failWith?.[args.transport];
       if (type) throw ApplicationFailure.create({ type, message: `${args.transport} refused by the scenario`, nonRetryable: true });
@@ -90,7 +101,11 @@ const request = (vmName: string, extra: Partial<VSphereRestoreRequest> = {}): VS
   ...extra,
 });
 
-const types = (acts: ScheduledActivity[]) => acts.map((a) => a.type);
+/** The proxy's disk writes, served on its own queue as in a deployment. */
+const proxyWorkers = (s: Scenario) => ({ proxy0: { writeDisk: scenarioActivities(s).writeDisk } });
+
+const SLOT_BOOKKEEPING = ['chooseProxy', 'acquireLeaseActivity', 'releaseLeaseActivity'];
+const types = (acts: ScheduledActivity[]) => acts.map((a) => a.type).filter((t) => !SLOT_BOOKKEEPING.includes(t));
 const writes = (acts: ScheduledActivity[]) =>
   acts.filter((a) => a.type === 'writeDisk').map((a) => (a.input[0] as { transport: TransportMode }).transport);
 
@@ -105,14 +120,18 @@ describe('the vSphere restore workflow, read from its history', { timeout: 180_0
 
   /** Runs one restore; returns its activities as scheduled, and its result or failure. */
   async function restore(s: Scenario, req: VSphereRestoreRequest) {
-    return t.withWorker(scenarioActivities(s), async (taskQueue) => {
-      const handle = await t.env.client.workflow.start(restoreToVSphere, { taskQueue, workflowId: `restore-${req.vmName}`, args: [req] });
-      const outcome = await handle.result().then(
-        (result) => ({ result, error: undefined }),
-        (error: WorkflowFailedError) => ({ result: undefined, error }),
-      );
-      return { ...outcome, acts: scheduledActivities(await historyEvents(handle)) };
-    });
+    return t.withWorker(
+      scenarioActivities(s),
+      async (taskQueue) => {
+        const handle = await t.env.client.workflow.start(restoreToVSphere, { taskQueue, workflowId: `restore-${req.vmName}`, args: [req] });
+        const outcome = await handle.result().then(
+          (result) => ({ result, error: undefined }),
+          (error: WorkflowFailedError) => ({ result: undefined, error }),
+        );
+        return { ...outcome, acts: scheduledActivities(await historyEvents(handle)) };
+      },
+      proxyWorkers(s),
+    );
   }
 
   it('writes every disk after createSnapshot has completed and commits the snapshot after the last write, then powers on', async () => {
@@ -196,8 +215,9 @@ describe('a restore plan, read from its history', { timeout: 180_000 }, () => {
 
   it('runs its groups in order and at most `concurrency` VMs of a group at once', async () => {
     const groups = [['a1', 'a2', 'a3', 'a4', 'a5'].map((n) => request(n)), [request('b1'), request('b2')]];
+    const scenario: Scenario = { transports: ['direct-nas'], writeMs: 500 };
     const events: HistoryEvent[] = await t.withWorker(
-      scenarioActivities({ transports: ['direct-nas'], writeMs: 500 }),
+      scenarioActivities(scenario),
       async (taskQueue) => {
         const handle = await t.env.client.workflow.start(restorePlan, {
           taskQueue,
@@ -211,6 +231,7 @@ describe('a restore plan, read from its history', { timeout: 180_000 }, () => {
         );
         return historyEvents(handle);
       },
+      proxyWorkers(scenario),
     );
 
     // Children by the plan's history: initiated (started) and completed, in event order.

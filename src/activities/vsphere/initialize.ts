@@ -5,11 +5,11 @@ import {
   DISK_FORMATS,
   TRANSPORT_REQUESTS,
   type DiskPlan,
-  type TransportMode,
+  type ProxyCandidate,
   type VSpherePlan,
   type VSphereRestoreRequest,
 } from '../../domain/vsphere';
-import type { ProxyConfig } from '../../config';
+import { DEFAULT_PROXY_MAX_TASKS } from '../../config';
 import { diskLayout } from '../../repository';
 import { TRANSPORT_ORDER, TRANSPORTS } from '../../transport';
 import { invalid, RESTORE_ID_KEY, type VSphereContext } from './context';
@@ -89,7 +89,7 @@ export function createInitializeActivities(ctx: VSphereContext) {
       const candidates = req.proxy ? [proxyByName(req.proxy)] : config.proxies.filter((p) => !p.profile || p.profile === profile);
       if (candidates.length === 0) invalid(`no proxy is configured for vSphere profile '${profile}'`);
       const wanted = transport === 'auto' ? TRANSPORT_ORDER : [transport];
-      let best: { proxy: ProxyConfig; modes: TransportMode[] } | undefined;
+      const usable: ProxyCandidate[] = [];
       const reasons: string[] = [];
       for (const proxy of candidates) {
         const modes = wanted.filter((m) => {
@@ -97,10 +97,14 @@ export function createInitializeActivities(ctx: VSphereContext) {
           if (why) reasons.push(why);
           return !why;
         });
-        if (modes.length === 0) continue;
-        const rank = TRANSPORT_ORDER.indexOf(modes[0]);
-        if (!best || rank < TRANSPORT_ORDER.indexOf(best.modes[0])) best = { proxy, modes };
+        if (modes.length > 0)
+          usable.push({ name: proxy.name, vmName: proxy.vmName, transports: modes, maxTasks: proxy.maxTasks ?? DEFAULT_PROXY_MAX_TASKS });
       }
+      // Best transport first; among equals, the configured order. Each disk then takes a slot on the best
+      // proxy that has a live worker and a free slot (see chooseProxy).
+      const rank = (c: ProxyCandidate) => TRANSPORT_ORDER.indexOf(c.transports[0]);
+      usable.sort((a, b) => rank(a) - rank(b));
+      const best = usable[0];
       if (!best) {
         const thinDisk = disks.find((d) => d.thin);
         const hint =
@@ -112,7 +116,7 @@ export function createInitializeActivities(ctx: VSphereContext) {
           `transport '${transport}' cannot be used for VM '${rp.vm.name}': ${[...new Set(reasons)].join('; ')}${hint}`,
         );
       }
-      for (const d of disks) d.transports = best.modes;
+      for (const d of disks) d.transports = best.transports;
 
       return {
         restoreId: req.restoreId,
@@ -125,8 +129,10 @@ export function createInitializeActivities(ctx: VSphereContext) {
         folder: folder.path,
         resourcePool: pool.path,
         networks,
-        proxy: best.proxy.name,
-        proxyVmName: best.proxy.vmName,
+        proxy: best.name,
+        proxyVmName: best.vmName,
+        proxies: usable,
+        proxyWaitSeconds: req.proxyWaitSeconds ?? config.restore.proxyWaitSeconds,
         disks,
         requiredBytes,
         freeBytes: ds.freeSpaceBytes,

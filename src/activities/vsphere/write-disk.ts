@@ -17,6 +17,8 @@ export function createWriteDiskActivities(ctx: VSphereContext) {
       diskIndex: number;
       diskFile: string;
       transport: TransportMode;
+      /** The last checkpoint of the disk on a proxy that was lost: where this proxy takes over. */
+      previous?: DiskCheckpoint;
     }): Promise<DiskWriteResult> {
       const { plan, diskIndex, diskFile, transport } = args;
       const activity = Context.current();
@@ -38,7 +40,7 @@ export function createWriteDiskActivities(ctx: VSphereContext) {
         readConcurrency: config.restore.readConcurrency,
         checkpointBytes: config.restore.checkpointBytes,
         throttleBytesPerSecond: plan.throttleMBps > 0 ? plan.throttleMBps * 1_000_000 : 0,
-        previous: activity.info.heartbeatDetails as DiskCheckpoint | undefined,
+        previous: (activity.info.heartbeatDetails as DiskCheckpoint | undefined) ?? args.previous,
         signal: activity.cancellationSignal,
         session: () => sessions.get(plan.profile),
         proxyVm: async () => proxyVm(await sessions.get(plan.profile), plan),
