@@ -9,6 +9,7 @@ import { defaultPayloadConverter } from '@temporalio/common';
 import type { WorkflowHandle } from '@temporalio/client';
 import { buildDataDiskImage } from '../../src/lab/demo';
 import { readLabState } from '../../src/lab';
+import { pidAlive } from '../../src/lab/net';
 import { startVSphereRestore } from '../../src/client/restore';
 import { RESTORE_ID_KEY } from '../../src/activities/vsphere';
 import type { DiskCheckpoint, TransportMode, VSphereRestoreResult } from '../../src/domain/vsphere';
@@ -225,7 +226,7 @@ describe('hosts for real: backup, repo01, proxy01, proxy02 as network namespaces
     assert.ok(!netnsList.includes(`vmrestore-${process.pid}-`), `ip netns list shows none of ours:\n${netnsList}`);
     const { stdout: links } = await run('ip', ['-o', 'link', 'show']);
     assert.ok(!new RegExp(`\\bvmr${process.pid}\\b`).test(links), `ip link shows no bridge or veth of ours:\n${links}`);
-    for (const pid of inNamespaces) assert.equal(alive(pid), false, `process ${pid} of a namespace is gone`);
+    for (const pid of inNamespaces) assert.equal(pidAlive(pid), false, `process ${pid} of a namespace is gone`);
     await assert.rejects(connect(bridgeAddress, port), 'the backup-side forwarder is closed with its address');
   });
 
@@ -247,15 +248,6 @@ describe('hosts for real: backup, repo01, proxy01, proxy02 as network namespaces
     figures.push(`a build that first removes a killed run's topology: ${rebuildSeconds.toFixed(1)} s`);
   });
 });
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 function connect(host: string, port: number): Promise<void> {
   return new Promise((resolve, reject) => {

@@ -2,6 +2,7 @@ import { execFile, execFileSync, spawn, type ChildProcess, type SpawnOptions } f
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { readLabState } from '../../src/lab';
+import { pidAlive } from '../../src/lab/net';
 import { ROOT, startWorkerProcess, type WorkerProcess } from './env';
 import { skipWithout } from './requirements';
 import { forward, reachable, type Forwarders } from './topology-forwarder';
@@ -69,7 +70,11 @@ export interface Topology {
   spawn(host: string, cmd: string, args?: readonly string[], opts?: SpawnOptions): ChildProcess;
   /** Runs `cmd` on `host` to its end; never rejects on a non-zero exit (see `code`). */
   exec(host: string, cmd: string, args?: readonly string[], opts?: { env?: NodeJS.ProcessEnv; timeoutMs?: number }): Promise<ExecResult>;
-  /** Runs `cmd` on `host` and returns its wall time; rejects when it fails (a bench must not time a failure). */
+  /**
+   * Runs `cmd` on `host` and returns its wall time; rejects when it fails (a bench must not time a failure).
+   * E.g. `(await topo.time('proxy01', 'curl', ['-sk', '-o', '/dev/null', url])).seconds`, against the same
+   * bytes read through the repository data mover from proxy01.
+   */
   time(host: string, cmd: string, args?: readonly string[], opts?: { env?: NodeJS.ProcessEnv; timeoutMs?: number }): Promise<ExecResult>;
   /** `vmrestore worker` on `host` (test/helpers/env.ts startWorkerProcess, run in the host's namespace). */
   startWorker(host: string, taskQueue: string, env?: NodeJS.ProcessEnv, args?: string[]): Promise<WorkerProcess>;
@@ -125,15 +130,6 @@ function ipQuiet(args: string[]): void {
     execFileSync('ip', args, { stdio: 'ignore' });
   } catch {
     // Already gone.
-  }
-}
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
   }
 }
 
@@ -428,7 +424,9 @@ export async function buildTopology(opts: TopologyOptions = {}): Promise<Topolog
   };
 
   try {
-    ip(['link', 'add', bridge, 'type', 'bridge']);
+    // Bridged frames skip the root namespace's iptables (br_netfilter): a host firewall with a DROP
+    // FORWARD policy (as Docker sets) would otherwise cut the hosts off from each other.
+    ip(['link', 'add', bridge, 'type', 'bridge', 'nf_call_iptables', '0', 'nf_call_ip6tables', '0', 'nf_call_arptables', '0']);
     ip(['addr', 'add', `${addr.get(BACKUP)}/24`, 'dev', bridge]);
     ip(['link', 'set', bridge, 'up']);
     for (const h of names) {
@@ -443,7 +441,7 @@ export async function buildTopology(opts: TopologyOptions = {}): Promise<Topolog
     rootForwarders = await forward(addr.get(BACKUP)!, '127.0.0.1', ports);
     const script = path.join(ROOT, 'test', 'helpers', 'topology-forwarder.ts');
     await Promise.all(
-      names.map((h) => {
+      (ports.length > 0 ? names : []).map((h) => {
         const child = spawnOn(h, process.execPath, ['--import', 'tsx', script, '127.0.0.1', addr.get(BACKUP)!, ...ports.map(String)], {
           cwd: ROOT,
         });
