@@ -112,8 +112,13 @@ describe('hosts for real: backup, repo01, proxy01, proxy02 as network namespaces
     console.log(`topology figures:\n  ${figures.join('\n  ')}`);
   });
 
-  it('a restore whose only worker runs on proxy01 completes there, byte for byte, its data across proxy01’s link', async () => {
-    const worker = await topo.startWorker('proxy01', env.taskQueue);
+  it('a restore whose only worker runs on proxy01 completes there with proxy01’s config, byte for byte, its data across proxy01’s link', async () => {
+    // proxy01 offers only NBD: the plan that `auto` makes there shows the worker read proxy01's own config.
+    const nbdOnly = topo.hostConfig('proxy01', (c) => ({
+      ...c,
+      proxies: (c.proxies as Record<string, unknown>[]).map((p) => ({ ...p, transports: ['nbd'] })),
+    }));
+    const worker = await topo.startWorker('proxy01', env.taskQueue, nbdOnly);
     try {
       const proxy01Netns = `net:[${statSync(`/run/netns/${topo.netns('proxy01')}`).ino}]`;
       assert.equal(netnsOf(worker.child.pid!), proxy01Netns, 'the worker runs in proxy01’s namespace');
@@ -122,7 +127,7 @@ describe('hosts for real: backup, repo01, proxy01, proxy02 as network namespaces
       const t0 = Date.now();
       const handle = await startVSphereRestore(
         env.client,
-        { restorePointId: rpId, vmName: `t-topo-${Date.now().toString(36)}`, transport: 'nbd' },
+        { restorePointId: rpId, vmName: `t-topo-${Date.now().toString(36)}`, transport: 'auto' },
         { taskQueue: env.taskQueue },
       );
       const result = await handle.result();

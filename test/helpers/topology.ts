@@ -1,6 +1,8 @@
 import { execFile, execFileSync, spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
+import { labConfigPath } from '../../src/config';
 import { readLabState } from '../../src/lab';
 import { pidAlive } from '../../src/lab/net';
 import { ROOT, startWorkerProcess, type WorkerProcess } from './env';
@@ -76,6 +78,13 @@ export interface Topology {
    * bytes read through the repository data mover from proxy01.
    */
   time(host: string, cmd: string, args?: readonly string[], opts?: { env?: NodeJS.ProcessEnv; timeoutMs?: number }): Promise<ExecResult>;
+  /**
+   * A configuration of the host's own: the lab's config file as `edit` changes it (a proxy's transports
+   * or mounts, say), written where the loader reads it as the lab's (its test switches and env knobs
+   * stay). Returns the environment that points a process at it: pass it to `startWorker`. Removed at
+   * teardown.
+   */
+  hostConfig(host: string, edit: (config: Record<string, unknown>) => Record<string, unknown>): NodeJS.ProcessEnv;
   /** `vmrestore worker` on `host` (test/helpers/env.ts startWorkerProcess, run in the host's namespace). */
   startWorker(host: string, taskQueue: string, env?: NodeJS.ProcessEnv, args?: string[]): Promise<WorkerProcess>;
   /**
@@ -186,10 +195,15 @@ export function leftovers(owner?: number): { netns: string[]; links: string[] } 
 /** Removes what `leftovers(owner)` lists: processes in the namespaces first, then namespaces and links. */
 export function removeLeftovers(owner?: number): { netns: string[]; links: string[] } {
   const found = leftovers(owner);
+  const stale = (pid: number) => (owner === undefined ? !pidAlive(pid) : pid === owner);
   for (const n of found.netns) killAll(netnsPids(n));
   for (const n of found.netns) ipQuiet(['netns', 'delete', n]);
   // The bridge-side veth ends go with their namespace; the bridge and anything left go here.
   for (const l of found.links) ipQuiet(['link', 'delete', l]);
+  for (const d of readdirSync(os.tmpdir())) {
+    const m = /^vmrestore-hosts-(\d+)$/.exec(d);
+    if (m && stale(Number(m[1]))) rmSync(path.join(os.tmpdir(), d), { recursive: true, force: true });
+  }
   return found;
 }
 
@@ -265,6 +279,7 @@ export async function buildTopology(opts: TopologyOptions = {}): Promise<Topolog
     nsName.set(h, `${NETNS_PREFIX}${owner}-${h}`);
     veth.set(h, `${bridge}-${i + 1}`);
   });
+  const configRoot = path.join(os.tmpdir(), `vmrestore-hosts-${owner}`);
   const children = new Set<ChildProcess>();
   const cuts = new Map<string, { timer?: NodeJS.Timeout; done: (downMs: number) => void; at: number; undo: () => void }>();
   let rootForwarders: Forwarders | undefined;
@@ -339,6 +354,7 @@ export async function buildTopology(opts: TopologyOptions = {}): Promise<Topolog
     ipQuiet(['link', 'delete', bridge]);
     // Blackholes towards this subnet in the root namespace (cuts between a host and backup).
     for (const h of names) ipQuiet(routeCmd(undefined, 'delete', addr.get(h)!));
+    rmSync(configRoot, { recursive: true, force: true });
   };
   process.on('exit', teardownSync);
 
@@ -363,6 +379,14 @@ export async function buildTopology(opts: TopologyOptions = {}): Promise<Topolog
         throw new Error(`${cmd} ${args.join(' ')} on ${host} failed (exit ${r.code ?? r.signal}):\n${r.stderr.slice(-2000)}`);
       }
       return r;
+    },
+    hostConfig(host, edit) {
+      known(host);
+      const dir = path.join(configRoot, host);
+      mkdirSync(dir, { recursive: true, mode: 0o700 });
+      const config = edit(JSON.parse(readFileSync(labConfigPath(), 'utf8')) as Record<string, unknown>);
+      writeFileSync(path.join(dir, 'vmrestore.config.json'), JSON.stringify(config, null, 2), { mode: 0o600 });
+      return { VMRESTORE_LAB_DIR: dir };
     },
     startWorker(host, taskQueue, env = {}, args = []) {
       known(host);
