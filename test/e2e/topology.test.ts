@@ -217,6 +217,49 @@ describe('hosts for real: backup, repo01, proxy01, proxy02 as network namespaces
     });
   }
 
+  it('a cut between proxy02 and repo01 stalls only their traffic, and it flows again when the link is back', async () => {
+    const repo = topo.address('repo01');
+    const size = 32 * MiB;
+    // repo01 serves 32 MiB in 1 MiB pieces every 50 ms: about 1.6 s uncut.
+    const server = topo.spawn('repo01', process.execPath, [
+      '-e',
+      `require('node:http').createServer((q, s) => { s.writeHead(200, { 'content-length': '${size}' }); let n = 0; ` +
+        `const t = setInterval(() => { s.write(Buffer.alloc(${MiB}, 7)); if (++n === ${size / MiB}) { clearInterval(t); s.end(); } }, 50); })` +
+        `.listen(8080, '${repo}', () => console.log('serving'))`,
+    ]);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.stdout!.once('data', () => resolve());
+        server.once('exit', (code) => reject(new Error(`server on repo01 exited with ${code}`)));
+      });
+      const download = (host: string) =>
+        topo.exec(host, process.execPath, [
+          '-e',
+          `require('node:http').get('http://${repo}:8080/', (r) => { let n = 0; r.on('data', (d) => (n += d.length)); r.on('end', () => console.log(n)); })` +
+            `.on('error', (e) => { console.error(e.message); process.exit(1); })`,
+        ]);
+      const stalled = download('proxy02');
+      await new Promise((r) => setTimeout(r, 300));
+      const cut = await topo.cutLink('proxy02', { peer: 'repo01', forMs: 5000 });
+      // During the cut proxy02 still reaches backup, and proxy01 still reaches repo01.
+      const toBackup = await topo.exec('proxy02', process.execPath, ['-e', connectScript(topo.address('backup'), topo.forwardedPorts[0])]);
+      assert.equal(toBackup.code, 0, `proxy02 reaches backup during the cut: ${toBackup.stderr}`);
+      const other = await download('proxy01');
+      assert.equal(other.stdout.trim(), String(size), `proxy01 downloads from repo01 during the cut: ${other.stderr}`);
+      const toRepo = await topo.exec('proxy02', process.execPath, ['-e', connectScript(repo, 8080)]);
+      assert.notEqual(toRepo.code, 0, 'a new connection from proxy02 to repo01 fails during the cut');
+      const { downMs } = await cut.restored;
+      const r = await stalled;
+      assert.equal(r.stdout.trim(), String(size), `the cut download completed after the link was back: ${r.stderr}`);
+      assert.ok(r.seconds * 1000 >= downMs, `the download (${r.seconds.toFixed(1)} s) stalled through the ${downMs} ms cut`);
+      figures.push(
+        `32 MiB from repo01 to proxy02 with a ${(downMs / 1000).toFixed(1)} s cut between them: ${r.seconds.toFixed(1)} s (proxy01's uncut copy meanwhile: ${other.seconds.toFixed(1)} s)`,
+      );
+    } finally {
+      server.kill('SIGKILL');
+    }
+  });
+
   it('teardown leaves no namespace, link, forwarder or process behind, and may run twice', async () => {
     const inNamespaces = topo.hosts.filter((h) => h !== 'backup').flatMap((h) => topo.pids(h));
     assert.ok(inNamespaces.length >= 3, `forwarders run in the namespaces (${inNamespaces.join(', ')})`);
@@ -263,6 +306,11 @@ function connect(host: string, port: number): Promise<void> {
     s.once('timeout', () => s.destroy(new Error('timeout')));
     s.once('error', reject);
   });
+}
+
+/** A `node -e` script that exits 0 once a TCP connection to host:port opens, 1 on error or after 2 s. */
+function connectScript(host: string, port: number): string {
+  return `const s = require('node:net').connect({ host: '${host}', port: ${port}, timeout: 2000 }, () => { s.destroy(); process.exit(0); }); s.on('timeout', () => process.exit(1)); s.on('error', () => process.exit(1));`;
 }
 
 function run(cmd: string, args: string[]): Promise<{ code: number | null; stdout: string }> {
