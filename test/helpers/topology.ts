@@ -253,6 +253,8 @@ function waitForLine(child: ChildProcess, what: string, pattern: RegExp, timeout
   });
 }
 
+let liveTopology = false;
+
 /** Builds the topology; rejects (removing what it built) when any step fails. */
 export async function buildTopology(opts: TopologyOptions = {}): Promise<Topology> {
   const names = opts.hosts ?? ['repo01', 'proxy01', 'proxy02'];
@@ -264,6 +266,8 @@ export async function buildTopology(opts: TopologyOptions = {}): Promise<Topolog
   if (new Set(names).size !== names.length) throw new Error(`host names repeat: ${names.join(', ')}`);
   if (names.length > 200) throw new Error(`at most 200 hosts (asked ${names.length})`);
   const ports = [...new Set([...(opts.ports ?? labPorts()), ...(opts.extraPorts ?? [])])];
+  // Names carry the pid: one topology per process at a time.
+  if (liveTopology) throw new Error('this process already has a topology: tear it down before building another');
   removeLeftovers();
 
   const owner = process.pid;
@@ -340,6 +344,7 @@ export async function buildTopology(opts: TopologyOptions = {}): Promise<Topolog
   const teardownSync = (): void => {
     if (down) return;
     down = true;
+    liveTopology = false;
     process.removeListener('exit', teardownSync);
     for (const c of cuts.values()) {
       clearTimeout(c.timer);
@@ -357,6 +362,7 @@ export async function buildTopology(opts: TopologyOptions = {}): Promise<Topolog
     rmSync(configRoot, { recursive: true, force: true });
   };
   process.on('exit', teardownSync);
+  liveTopology = true;
 
   const topo: Topology = {
     hosts,
