@@ -57,8 +57,15 @@ export interface WorkerProcess {
 }
 
 /** A worker in its own process, so a test can SIGKILL it mid-restore. */
-export async function startWorkerProcess(taskQueue: string, env: NodeJS.ProcessEnv = {}, args: string[] = []): Promise<WorkerProcess> {
-  const child = spawn(process.execPath, [path.join(ROOT, 'bin', 'vmrestore.cjs'), 'worker', ...args], {
+export async function startWorkerProcess(
+  taskQueue: string,
+  env: NodeJS.ProcessEnv = {},
+  args: string[] = [],
+  // How to run the command elsewhere (on a host of test/helpers/topology.ts, say); it must exec, not fork.
+  launch: (command: string, args: string[]) => { command: string; args: string[] } = (command, args) => ({ command, args }),
+): Promise<WorkerProcess> {
+  const run = launch(process.execPath, [path.join(ROOT, 'bin', 'vmrestore.cjs'), 'worker', ...args]);
+  const child = spawn(run.command, run.args, {
     env: { ...process.env, VMRESTORE_TASK_QUEUE: taskQueue, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
