@@ -92,6 +92,8 @@ export interface DiskWriteResult {
   flatPath: string;
   resumedFromOffset: number;
   seconds: number;
+  /** What the proxy wrote through: the LUN device (direct-san), the file on its NFS mount (direct-nas), the hot-added device (hotadd), the datastore URL (nbd). */
+  writtenVia?: string;
 }
 
 export interface VSphereRestoreResult {

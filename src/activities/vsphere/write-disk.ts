@@ -54,6 +54,7 @@ export function createWriteDiskActivities(ctx: VSphereContext) {
         datastorePath: diskFile,
         flatPath,
         resumedFromOffset: outcome.resumedFromOffset,
+        writtenVia: outcome.writtenVia,
         seconds: (Date.now() - started) / 1000,
       };
     },
