@@ -3,10 +3,10 @@ import { statSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { FailureType, RestoreError } from '../domain/errors';
 import type { DiskCheckpoint } from '../domain/vsphere';
-import { readDiskBlocks } from '../repository';
+import { readDiskBlocks, type RestorePoint } from '../repository';
 import { countedBlocks } from '../telemetry/metrics';
 import { parseDatastorePath } from '../vsphere';
-import { lunRanges, SanHost, type SanBlockMap } from './san-host';
+import { lunRanges, SanHost } from './san-host';
 import { ByteRateLimiter } from './throttle';
 import type { DiskTransport, DiskWriteJob, DiskWriteOutcome } from './transport';
 import { notConfigured, thinBlocksDirect } from './transport';
@@ -39,10 +39,16 @@ async function writeFully(fh: FileHandle, buf: Buffer, position: number): Promis
   }
 }
 
-/** End of the map extent holding file offset `at` (the map is sorted and `at` is mapped). */
-function extentEnd(map: SanBlockMap, at: number): number {
-  const e = map.extents.find((x) => x.logical <= at && at < x.logical + x.length);
-  return e ? e.logical + e.length : at;
+/**
+ * End of the run of non-zero blocks from `at` on (at most ZERO_AHEAD_BYTES): what the host zeroes ahead
+ * of the writes in one request. Zero blocks are never written, so their lazy-zeroed blocks stay unwritten.
+ */
+function dataRunEnd(rp: RestorePoint, diskIndex: number, at: number): number {
+  const disk = rp.disks.find((d) => d.index === diskIndex)!;
+  let i = Math.floor(at / rp.blockSize);
+  const limit = at + ZERO_AHEAD_BYTES;
+  while (i < disk.blocks.length && disk.blocks[i] !== null && (i + 1) * rp.blockSize <= limit) i++;
+  return Math.min(Math.max(i * rp.blockSize, at + 1), disk.capacityBytes);
 }
 
 /**
@@ -107,7 +113,7 @@ export const directSan: DiskTransport = {
         for (const r of lunRanges(map, block.offset, block.length)!) {
           if (r.unwritten && (r.logical < zeroedFrom || r.logical + r.length > zeroedTo)) {
             zeroedFrom = r.logical;
-            zeroedTo = Math.max(r.logical + r.length, Math.min(extentEnd(map, r.logical), r.logical + ZERO_AHEAD_BYTES));
+            zeroedTo = Math.max(r.logical + r.length, dataRunEnd(job.restorePoint, disk.diskIndex, r.logical));
             await host.zero(zeroedFrom, zeroedTo - zeroedFrom, signal);
           }
           const at = r.logical - block.offset;
