@@ -223,6 +223,8 @@ describe('each transport writes through its own path in the lab (real vcsim, LUN
     if (!san) return t.skip('the lab has no LUN here (not root or no loop devices)');
     const { diskFile } = await targetVm(`t-san-${tag}`, san.datastore, false);
     const flat = localFlatFile(diskFile);
+    // Read through the datastore first, so the host's page cache holds the old (zero) pages.
+    assert.notEqual(await sha256File(flat), expected);
     const out = await TRANSPORTS['direct-san'].write(job('direct-san', diskFile));
     assert.equal(out.writtenVia, san.device, 'written to the LUN');
     assert.ok(out.bytesSkippedZero > 0 && out.bytesWritten > 0);
