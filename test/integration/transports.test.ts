@@ -15,6 +15,7 @@ import { seedDemoRepository } from '../../src/lab/demo';
 import { TRANSPORTS, type DiskWriteJob } from '../../src/transport';
 import { deviceNamesForDiskUuid } from '../../src/transport/hotadd';
 import { flatFileName, type VSphereClient, type Vm } from '../../src/vsphere';
+import type { CreateVmSpec } from '../../src/vsphere/finder';
 import { labUp } from '../../src/lab';
 import { sha256File, sha256OfBackedUpDisk } from '../helpers/env';
 import { labVSphere, localFlatFile } from '../helpers/vsphere';
@@ -38,23 +39,29 @@ async function govc(args: string[]): Promise<string> {
   return stdout;
 }
 
-/** A VM with one empty disk shaped like the backed-up one, on `datastore`: the restore target. */
-async function targetVm(name: string, datastore: string, thin: boolean): Promise<{ vm: Vm; diskFile: string }> {
+/** A small VM on `datastore` with `disks` (empty, created by vSphere), destroyed after the tests. */
+async function makeVm(
+  name: string,
+  datastore: string,
+  disks: CreateVmSpec['disks'],
+  extraConfig: Record<string, string> = {},
+): Promise<Vm> {
   const dc = await vs.datacenter('DC0');
   const vm = await vs.createVm(dc, {
-    name,
+    ...{ name, guestId: 'otherLinux64Guest', cpus: 1, memoryMiB: 128, firmware: 'bios', extraConfig, nics: [], disks },
     folder: await vs.folder(dc),
     pool: await vs.resourcePool(dc),
     datastore: await vs.datastore(dc, datastore),
-    guestId: 'otherLinux64Guest',
-    cpus: 1,
-    memoryMiB: 128,
-    firmware: 'bios',
-    extraConfig: {},
-    nics: [],
-    disks: [{ capacityBytes: rp.vm.disks[DISK].capacityBytes, thinProvisioned: thin, eagerlyScrub: false }],
   });
   created.push(vm);
+  return vm;
+}
+
+/** A VM with one empty disk shaped like the backed-up one, on `datastore`: the restore target. */
+async function targetVm(name: string, datastore: string, thin: boolean): Promise<{ vm: Vm; diskFile: string }> {
+  const vm = await makeVm(name, datastore, [
+    { capacityBytes: rp.vm.disks[DISK].capacityBytes, thinProvisioned: thin, eagerlyScrub: false },
+  ]);
   return { vm, diskFile: (await vm.config()).disks[0].fileName };
 }
 
@@ -156,21 +163,7 @@ describe('each transport writes through its own path in the lab (real vcsim, LUN
   it('hotadd: the attached disk appears in its proxy VM only, by UUID, as a loop device; written there; gone on detach', async () => {
     const proxyName = config().proxies[0].vmName!;
     // A second proxy VM: what is attached to the first must not show in it.
-    const dc = await vs.datacenter('DC0');
-    const other = await vs.createVm(dc, {
-      name: `t-proxy02-${tag}`,
-      folder: await vs.folder(dc),
-      pool: await vs.resourcePool(dc),
-      datastore: await vs.datastore(dc, 'LocalDS_0'),
-      guestId: 'otherLinux64Guest',
-      cpus: 1,
-      memoryMiB: 128,
-      firmware: 'bios',
-      extraConfig: { 'vmrestore.role': 'proxy' },
-      nics: [],
-      disks: [],
-    });
-    created.push(other);
+    const other = await makeVm(`t-proxy02-${tag}`, 'LocalDS_0', [], { 'vmrestore.role': 'proxy' });
     const { diskFile } = await targetVm(`t-hot-${tag}`, 'LocalDS_0', true);
     const proxy = await proxyVm(proxyName);
     await unavailable(TRANSPORTS.hotadd.write(job('hotadd', diskFile)), /is not attached to proxy VM/);
