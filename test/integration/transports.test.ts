@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
@@ -14,7 +15,7 @@ import { getRestorePoint, type RestorePoint } from '../../src/repository';
 import { seedDemoRepository } from '../../src/lab/demo';
 import { TRANSPORTS, type DiskWriteJob } from '../../src/transport';
 import { deviceNamesForDiskUuid } from '../../src/transport/hotadd';
-import { flatFileName, type VSphereClient, type Vm } from '../../src/vsphere';
+import { flatFileName, parseDatastorePath, type VSphereClient, type Vm } from '../../src/vsphere';
 import type { CreateVmSpec } from '../../src/vsphere/finder';
 import { labUp } from '../../src/lab';
 import { sha256File, sha256OfBackedUpDisk } from '../helpers/env';
@@ -222,6 +223,14 @@ describe('each transport writes through its own path in the lab (real vcsim, LUN
     assert.equal(out.writtenVia, san.device, 'written to the LUN');
     assert.ok(out.bytesSkippedZero > 0 && out.bytesWritten > 0);
     assert.equal(await sha256File(flat), expected, 'bytes equal the backup, read through the datastore');
+    // And through vCenter's datastore file API, with govc: the host serves the new bytes.
+    const copy = path.join(os.tmpdir(), `vmrestore-san-${tag}.img`);
+    try {
+      await govc(['datastore.download', '-ds', san.datastore, parseDatastorePath(flatFileName(diskFile)).path, copy]);
+      assert.equal(await sha256File(copy), expected, 'govc datastore.download reads the bytes written to the LUN');
+    } finally {
+      rmSync(copy, { force: true });
+    }
     // filefrag (e2fsprogs) reads the same extents: the flat file has no unwritten extent over written data.
     const { stdout } = await run('filefrag', ['-e', flat]);
     assert.match(stdout, /extents? found/);
