@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, symlinkSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, symlinkSync } from 'node:fs';
 import path from 'node:path';
 
 /**
@@ -101,6 +101,8 @@ export function teardownLabStorage(labDir: string, log: (s: string) => void = ()
 export function prepareLabStorage(labDir: string, log: (s: string) => void): LabStorage {
   const proxyDevices = path.join(labDir, 'vsphere-devices');
   teardownLabStorage(labDir, log);
+  // The previous vcsim's device links name loop devices that are gone.
+  rmSync(proxyDevices, { recursive: true, force: true });
   mkdirSync(proxyDevices, { recursive: true });
   const why = storageUnavailable();
   if (why) {

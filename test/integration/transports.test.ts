@@ -164,7 +164,9 @@ describe('each transport writes through its own path in the lab (real vcsim, LUN
   it('hotadd: the attached disk appears in its proxy VM only, by UUID, as a loop device; written there; gone on detach', async () => {
     const proxyName = config().proxies[0].vmName!;
     // A second proxy VM: what is attached to the first must not show in it.
-    const other = await makeVm(`t-proxy02-${tag}`, 'LocalDS_0', [], { 'vmrestore.role': 'proxy' });
+    const other = await makeVm(`t-proxy02-${tag}`, 'LocalDS_0', [{ capacityBytes: 16 << 20, thinProvisioned: true, eagerlyScrub: false }], {
+      'vmrestore.role': 'proxy',
+    });
     const { diskFile } = await targetVm(`t-hot-${tag}`, 'LocalDS_0', true);
     const proxy = await proxyVm(proxyName);
     await unavailable(TRANSPORTS.hotadd.write(job('hotadd', diskFile)), /is not attached to proxy VM/);
@@ -210,6 +212,12 @@ describe('each transport writes through its own path in the lab (real vcsim, LUN
     const loops = await run('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE']);
     assert.ok(!loops.stdout.includes(path.resolve(flat)), 'loop device detached');
     await unavailable(TRANSPORTS.hotadd.write(job('hotadd', diskFile)), /is not attached/);
+
+    // A destroyed proxy VM takes its device folder (here with its own disk) with it.
+    const ownDisk = (await other.config()).disks[0];
+    await waitFor("the other proxy's own disk", () => existsSync(path.join(byIdDir(other.name!), deviceNamesForDiskUuid(ownDisk.uuid)[0])));
+    await other.destroy();
+    await waitFor('the destroyed proxy VM device folder removed', () => !existsSync(path.dirname(byIdDir(other.name!))));
   });
 
   it("direct-san: written to the LUN at the block map's offsets; reads back through the datastore; no LUN, no write", async (t) => {

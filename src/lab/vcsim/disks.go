@@ -38,12 +38,15 @@ type diskHost struct {
 	mu       sync.Mutex
 	stopped  bool
 	attached map[string]map[string]string // proxy VM name → uuid hex → loop device or flat file
+
+	names sync.Map // proxy VM reference → name, to clean up after a destroyed proxy VM
 }
 
 // proxyDisks is the disks a proxy VM had after one reconfiguration: uuid hex → flat extent.
 type proxyDisks struct {
 	vm    string
 	disks map[string]string
+	gone  bool // the VM was destroyed: its devices and folder go
 }
 
 func newDiskHost(devices string, useLoop bool, san []string) *diskHost {
@@ -67,7 +70,11 @@ func newDiskHost(devices string, useLoop bool, san []string) *diskHost {
 func (h *diskHost) Reference() types.ManagedObjectReference { return h.Self }
 func (h *diskHost) PutObject(mo.Reference)                  {}
 
-func (h *diskHost) RemoveObject(_ *simulator.Context, ref types.ManagedObjectReference) {}
+func (h *diskHost) RemoveObject(_ *simulator.Context, ref types.ManagedObjectReference) {
+	if name, ok := h.names.LoadAndDelete(ref); ok && h.devices != "" {
+		h.queue <- proxyDisks{vm: name.(string), disks: map[string]string{}, gone: true}
+	}
+}
 
 func (h *diskHost) UpdateObject(ctx *simulator.Context, obj mo.Reference, changes []types.PropertyChange) {
 	vm, ok := obj.(*mo.VirtualMachine)
@@ -76,7 +83,8 @@ func (h *diskHost) UpdateObject(ctx *simulator.Context, obj mo.Reference, change
 	}
 	touched := false
 	for _, c := range changes {
-		if c.Name == "config.hardware.device" {
+		// A new VM's extraConfig (the proxy role) is applied after its devices.
+		if c.Name == "config.hardware.device" || strings.HasPrefix(c.Name, "config.extraConfig") {
 			touched = true
 		}
 	}
@@ -104,8 +112,13 @@ func (h *diskHost) UpdateObject(ctx *simulator.Context, obj mo.Reference, change
 		h.size(flat, disk.CapacityInBytes, !thin && h.sanDatastores[p.Datastore])
 		disks[uuidHex(b.Uuid)] = flat
 	}
-	if h.devices != "" && isProxy(vm) {
-		h.queue <- proxyDisks{vm: vm.Name, disks: disks}
+	if h.devices != "" && isProxy(vm) && safeName(vm.Name) {
+		// Destroy unregisters the VM first, then removes its devices.
+		gone := ctx.Map.Get(vm.Self) == nil
+		if !gone {
+			h.names.Store(vm.Self, vm.Name)
+		}
+		h.queue <- proxyDisks{vm: vm.Name, disks: disks, gone: gone}
 	}
 }
 
@@ -118,6 +131,11 @@ func vmwareDiskUUID(u string) string {
 	}
 	hex = "6000c29" + hex[7:]
 	return strings.ToUpper(fmt.Sprintf("%s-%s-%s-%s-%s", hex[0:8], hex[8:12], hex[12:16], hex[16:20], hex[20:32]))
+}
+
+// safeName: a VM name that is one path element, so its device folder stays inside the devices folder.
+func safeName(name string) bool {
+	return name != "" && name != "." && name != ".." && !strings.ContainsAny(name, "/\x00")
 }
 
 func uuidHex(u string) string { return strings.ToLower(strings.ReplaceAll(u, "-", "")) }
@@ -181,6 +199,15 @@ func (h *diskHost) apply(pd proxyDisks) {
 		return
 	}
 	dir := filepath.Join(h.devices, pd.vm, "by-id")
+	if pd.gone {
+		for id, target := range h.attached[pd.vm] {
+			removeLinks(dir, id)
+			h.release(target)
+		}
+		delete(h.attached, pd.vm)
+		_ = os.RemoveAll(filepath.Join(h.devices, pd.vm))
+		return
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		log.Printf("disk host: %v", err)
 		return
