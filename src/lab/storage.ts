@@ -83,7 +83,8 @@ export function teardownLabStorage(labDir: string, log: (s: string) => void = ()
   if (process.platform !== 'linux' || !existsSync('/proc/self/mountinfo')) return;
   const detach = (devs: string[]) => {
     for (const dev of devs) {
-      spawnSync('losetup', ['--detach', dev]);
+      // Right after an unmount the device can still be busy for a moment.
+      for (let i = 0; i < 20 && spawnSync('losetup', ['--detach', dev]).status !== 0; i++) spawnSync('sleep', ['0.1']);
       log(`storage: detached ${dev}`);
     }
   };
@@ -95,6 +96,9 @@ export function teardownLabStorage(labDir: string, log: (s: string) => void = ()
     log(`storage: unmounted ${mp}`);
   }
   detach(loopsUnder(path.join(labDir, 'san')));
+  // A loop device still listed now is pinned elsewhere (another mount namespace): the kernel detaches it
+  // when that lets go (autoclear).
+  for (const dev of loopsUnder(labDir)) log(`storage: ${dev} is still in use elsewhere; the kernel detaches it once released`);
 }
 
 /** Before vcsim starts: the LUN (image, loop device, ext4, mounted) and the device folder. */
@@ -114,13 +118,17 @@ export function prepareLabStorage(labDir: string, log: (s: string) => void): Lab
   const image = path.join(dir, 'lun0.img');
   const mount = path.join(dir, 'mnt');
   mkdirSync(mount, { recursive: true });
-  run('truncate', ['-s', '0', image]);
+  // A new file, not the old one truncated: a loop device whose detach is deferred (a mount namespace made
+  // while the LUN was mounted, e.g. by `ip netns exec`, still holds the old filesystem) keeps the old inode.
+  rmSync(image, { force: true });
   run('truncate', ['-s', String(LUN_BYTES), image]);
   run('mkfs.ext4', ['-q', '-F', '-m', '0', '-E', 'nodiscard,lazy_itable_init=1,lazy_journal_init=1', image]);
   const device = run('losetup', ['--find', '--show', image]);
   try {
     // discard: blocks the filesystem frees go back to the image as holes, so deleted disks cost no space.
     run('mount', ['-o', 'discard', device, mount]);
+    // Shared: mount namespaces made from this one later get our unmount too, so they do not pin the LUN.
+    run('mount', ['--make-shared', mount]);
   } catch (err) {
     spawnSync('losetup', ['--detach', device]);
     throw err;
@@ -148,6 +156,7 @@ export function attachLabDatastores(labDir: string, storage: LabStorage, datasto
       const nas = path.join(labDir, 'nas', NAS_DATASTORE);
       mkdirSync(nas, { recursive: true });
       run('mount', ['--bind', nasDs, nas]);
+      run('mount', ['--make-shared', nas]);
       out.nasMounts[NAS_DATASTORE] = nas;
     }
   }
