@@ -15,7 +15,8 @@ const GiB = 1024 * MiB;
 
 export interface VSphereBenchResult {
   cpSparseMBps: number;
-  transports: Record<string, { seconds: number; MBps: number; ratioToCp: number; bytesWritten: number }>;
+  /** bytesPerDataByte: bytes the transport sent or wrote per byte of (non-zero) data; NBD sends the zeros too. */
+  transports: Record<string, { seconds: number; MBps: number; ratioToCp: number; bytesWritten: number; bytesPerDataByte: number }>;
   historyEventsTwoDiskRestore: number;
 }
 
@@ -66,12 +67,21 @@ export async function runVSphereBench(log: (s: string) => void = console.log): P
 
     const transports: VSphereBenchResult['transports'] = {};
     const dc = await vs.datacenter('DC0');
-    for (const transport of ['direct-nas', 'nbd'] as TransportMode[]) {
+    const dataBytes = runs.reduce((sum, [, len]) => sum + len, 0);
+    for (const transport of ['direct-nas', 'direct-san', 'hotadd', 'nbd'] as TransportMode[]) {
+      // Direct SAN writes the LUN-backed datastore (src/lab/storage.ts); skipped where the lab has no LUN.
+      const san = readLabState().vsphere?.storage?.san;
+      if (transport === 'direct-san' && !san) continue;
+      const datastore = transport === 'direct-san' ? san?.datastore : undefined;
       const secs: number[] = [];
       let bytesWritten = 0;
       for (let i = 0; i < 3; i++) {
         const vmName = `bench-${transport}-${i}-${Date.now().toString(36)}`;
-        const handle = await startVSphereRestore(client, { restorePointId, vmName, transport }, { taskQueue: config.temporal.taskQueue });
+        const handle = await startVSphereRestore(
+          client,
+          { restorePointId, vmName, transport, datastore },
+          { taskQueue: config.temporal.taskQueue },
+        );
         const result = await handle.result();
         secs.push(result.disks[0].seconds);
         bytesWritten = result.disks[0].bytesWritten;
@@ -79,9 +89,11 @@ export async function runVSphereBench(log: (s: string) => void = console.log): P
       }
       const seconds = [...secs].sort((a, b) => a - b)[1];
       const MBps = GiB / 1e6 / seconds;
-      transports[transport] = { seconds, MBps, ratioToCp: MBps / cpMBps, bytesWritten };
+      const bytesPerDataByte = bytesWritten / dataBytes;
+      transports[transport] = { seconds, MBps, ratioToCp: MBps / cpMBps, bytesWritten, bytesPerDataByte };
       log(
-        `${transport}: 1 GiB disk in ${seconds.toFixed(2)} s = ${MBps.toFixed(0)} MB/s (median of 3), ${(MBps / cpMBps).toFixed(2)}x cp, ${(bytesWritten / MiB).toFixed(0)} MiB written`,
+        `${transport}: 1 GiB disk in ${seconds.toFixed(2)} s = ${MBps.toFixed(0)} MB/s (median of 3), ${(MBps / cpMBps).toFixed(2)}x cp, ` +
+          `${(bytesWritten / MiB).toFixed(0)} MiB ${transport === 'nbd' ? 'sent' : 'written'} for ${(dataBytes / MiB).toFixed(0)} MiB of data (${bytesPerDataByte.toFixed(2)} bytes per data byte)`,
       );
     }
 

@@ -170,6 +170,9 @@ export function parseConfig(raw: unknown, source: string, baseDir: string, opts:
     if (!Array.isArray(transports) || transports.some((m) => !TRANSPORTS.includes(m as TransportMode))) {
       bad(`${where}.transports`, `expected a list of ${TRANSPORTS.join('|')}, got ${JSON.stringify(transports)}`);
     }
+    if (p.sanMounts !== undefined) {
+      bad(`${where}.sanMounts`, 'replaced by sanLuns (datastore → the LUN block device): direct SAN writes the LUN, not a file');
+    }
     const resolveAll = (m: Record<string, string> | undefined) =>
       m && Object.fromEntries(Object.entries(m).map(([k, val]) => [k, path.resolve(baseDir, val)]));
     return {
@@ -177,7 +180,7 @@ export function parseConfig(raw: unknown, source: string, baseDir: string, opts:
       vmName: str(p, 'vmName', where, false),
       transports: transports as TransportMode[],
       nasMounts: resolveAll(stringMap(p.nasMounts, `${where}.nasMounts`)),
-      sanMounts: resolveAll(stringMap(p.sanMounts, `${where}.sanMounts`)),
+      sanLuns: resolveAll(stringMap(p.sanLuns, `${where}.sanLuns`)),
       hotaddDevices: resolveAll(stringMap(p.hotaddDevices, `${where}.hotaddDevices`)),
       profile: str(p, 'profile', where, false),
       maxTasks: int(p, 'maxTasks', where, DEFAULT_PROXY_MAX_TASKS, 1),

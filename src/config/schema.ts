@@ -31,9 +31,12 @@ export interface ProxyConfig {
   transports: TransportMode[];
   /** Datastore name → local path where the proxy sees its files over NFS (direct-nas). */
   nasMounts?: Record<string, string>;
-  /** Datastore name → local path of the LUN-backed volume the proxy can write (direct-san). */
-  sanMounts?: Record<string, string>;
-  /** Datastore name → local path where hot-added disks appear on the proxy (hotadd). */
+  /**
+   * Datastore name → the block device through which the proxy sees the datastore's LUN (direct-san):
+   * blocks are written there at the physical offsets of the flat extent's block map, which the host serves.
+   */
+  sanLuns?: Record<string, string>;
+  /** Datastore name → the folder where hot-added disks appear on the proxy by UUID (hotadd), e.g. /dev/disk/by-id. */
   hotaddDevices?: Record<string, string>;
   /** vSphere profile this proxy writes to. */
   profile?: string;

@@ -7,6 +7,7 @@ import { ensureTool, TEMPORAL_CLI, VCSIM } from './binaries';
 import { httpStatus, pickPort, pidAlive, reuseOrStop, stopProcess, tlsFingerprint, waitFor } from './net';
 import { SEARCH_ATTRIBUTES } from '../domain/search-attributes';
 import { labConfigPath, labStateDir } from '../config';
+import { attachLabDatastores, prepareLabStorage, teardownLabStorage, type LabStorage } from './storage';
 
 /** Where the lab keeps state, logs and data; git-ignored. */
 export function labDir(): string {
@@ -35,9 +36,11 @@ export interface LabVSphere {
   thumbprint: string;
   datacenter: string;
   datastore: string;
-  /** Local folder behind each datastore (the proxy's NAS mount / SAN volume in the lab). */
+  /** Local folder behind each datastore, as the host sees it. */
   datastorePaths: Record<string, string>;
   proxyVmName: string;
+  /** Each transport's own path to the datastores (storage.ts). */
+  storage?: LabStorage;
 }
 export interface LabBlob {
   pid: number;
@@ -196,6 +199,8 @@ async function startVcsim(prev: LabVSphere | undefined, taken: Set<number>, log:
   const bin = ensureTool(VCSIM, log);
   const port = await pickPort(envPort('VCSIM', 8989), taken);
   const home = path.join(labDir(), 'vcsim');
+  // The previous vcsim's mounts and loop devices go first: they point into its datastore folders.
+  const storage = prepareLabStorage(labDir(), log);
   rmSync(home, { recursive: true, force: true });
   mkdirSync(home, { recursive: true });
   const secrets = path.join(labDir(), 'secrets');
@@ -206,7 +211,11 @@ async function startVcsim(prev: LabVSphere | undefined, taken: Set<number>, log:
   writeFileSync(passwordFile, password, { mode: 0o600 });
   const { pid, log: logFile } = spawnDetached(
     bin,
-    ['-l', `127.0.0.1:${port}`, '-ds', '2', '-username', 'administrator', '-password', passwordFile],
+    [
+      ...['-l', `127.0.0.1:${port}`, '-ds', '2', '-username', 'administrator', '-password', passwordFile],
+      ...['-proxy-devices', storage.proxyDevices, `-loop-devices=${storage.loopDevices}`],
+      ...(storage.san ? ['-san-datastores', storage.san.datastore] : []),
+    ],
     'vcsim.log',
     // vcsim puts each datastore's folder under TMPDIR; keep them inside the lab.
     { ...process.env, TMPDIR: home },
@@ -224,6 +233,7 @@ async function startVcsim(prev: LabVSphere | undefined, taken: Set<number>, log:
   }
   const thumbprint = await tlsFingerprint('127.0.0.1', port);
   log(`vcsim: started pid ${pid} at ${base}/sdk`);
+  const paths = attachLabDatastores(labDir(), storage, datastorePaths);
   return {
     pid,
     port,
@@ -236,6 +246,7 @@ async function startVcsim(prev: LabVSphere | undefined, taken: Set<number>, log:
     datastore: 'LocalDS_0',
     datastorePaths,
     proxyVmName: 'vmrestore-proxy',
+    storage: paths,
   };
 }
 
@@ -328,6 +339,7 @@ export async function labDown(opts: { purge?: boolean } = {}, log: (s: string) =
   while (pids.some(pidAlive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
   for (const pid of pids.filter(pidAlive)) process.kill(pid, 'SIGKILL');
   log(`stopped ${pids.length} lab process(es)`);
+  teardownLabStorage(labDir(), log);
   // Without a running lab there is no configuration to fall back to.
   rmSync(labConfigPath(), { force: true });
   if (opts.purge) {

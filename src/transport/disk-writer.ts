@@ -35,7 +35,8 @@ export async function writeDiskToFile(opts: FileWriteOptions): Promise<WriteProg
   const progress: WriteProgress = { checkpointOffset: 0, bytesWritten: 0, bytesSkippedZero: 0 };
   try {
     const st = await stat(opts.targetPath);
-    if (st.size < opts.capacityBytes) await fh.truncate(opts.capacityBytes);
+    // A block device (a hot-added disk) has its size; only a file is grown.
+    if (st.isFile() && st.size < opts.capacityBytes) await fh.truncate(opts.capacityBytes);
     let sinceCheckpoint = 0;
     let first = true;
     for await (const block of opts.blocks) {

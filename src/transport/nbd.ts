@@ -19,6 +19,7 @@ export const nbd: DiskTransport = {
     const client = await job.session();
     const { datastore, path: rel } = parseDatastorePath(job.flatPath);
     let sent = 0;
+    let writtenVia = '';
     const limiter = new ByteRateLimiter(job.throttleBytesPerSecond);
     const zero = Buffer.alloc(rp.blockSize);
     const beat = setInterval(() => {
@@ -35,7 +36,7 @@ export const nbd: DiskTransport = {
           yield data;
         }
       }
-      await uploadDatastoreFile(client, {
+      const { url } = await uploadDatastoreFile(client, {
         datacenter: job.datacenter,
         datastore,
         path: rel,
@@ -43,9 +44,10 @@ export const nbd: DiskTransport = {
         body: body(),
         signal,
       });
+      writtenVia = url.origin + url.pathname;
     } finally {
       clearInterval(beat);
     }
-    return { resumedFromOffset: 0, bytesWritten: sent, bytesSkippedZero: 0 };
+    return { resumedFromOffset: 0, bytesWritten: sent, bytesSkippedZero: 0, writtenVia };
   },
 };

@@ -8,8 +8,8 @@ import { writeDiskToFile } from './disk-writer';
 import { pathInside } from './paths';
 import type { DiskWriteJob, DiskWriteOutcome } from './transport';
 
-/** Where the proxy sees the disk's flat extent: under its mount (SAN, NFS) or device directory (HotAdd). */
-function localTargetPath(job: DiskWriteJob, mode: TransportMode, mounts: Record<string, string> | undefined): string {
+/** Where the proxy sees the disk's flat extent under its mount of the datastore (NFS). */
+export function localTargetPath(job: DiskWriteJob, mode: TransportMode, mounts: Record<string, string> | undefined): string {
   const { datastore, path: rel } = parseDatastorePath(job.flatPath);
   const root = mounts?.[datastore];
   if (!root || !existsSync(root)) {
@@ -23,19 +23,12 @@ function localTargetPath(job: DiskWriteJob, mode: TransportMode, mounts: Record<
 
 /**
  * The hot path of the file modes: repository blocks read (each verified against its hash), then written
- * at their offsets into the flat extent the proxy sees, resuming from the last durable checkpoint.
- * `beforeWrite` runs once the target is known and before it is checked (HotAdd: is the disk attached?).
+ * at their offsets into `target` (the flat extent on the proxy's NFS mount, or the hot-added disk's
+ * device), resuming from the last durable checkpoint.
  */
-export async function writeThroughProxyFile(
-  job: DiskWriteJob,
-  mode: TransportMode,
-  mounts: Record<string, string> | undefined,
-  beforeWrite?: () => Promise<void>,
-): Promise<DiskWriteOutcome> {
+export async function writeToLocalTarget(job: DiskWriteJob, mode: TransportMode, target: string): Promise<DiskWriteOutcome> {
   const { disk, previous: prev } = job;
   const diskIndex = disk.diskIndex;
-  const target = localTargetPath(job, mode, mounts);
-  await beforeWrite?.();
   if (!existsSync(target)) {
     throw new RestoreError(
       FailureType.TransportUnavailable,
@@ -76,7 +69,12 @@ export async function writeThroughProxyFile(
         job.heartbeat(last);
       },
     });
-    return { resumedFromOffset: resumeFrom, bytesWritten: progress.bytesWritten, bytesSkippedZero: progress.bytesSkippedZero };
+    return {
+      resumedFromOffset: resumeFrom,
+      bytesWritten: progress.bytesWritten,
+      bytesSkippedZero: progress.bytesSkippedZero,
+      writtenVia: target,
+    };
   } finally {
     clearInterval(beat);
   }

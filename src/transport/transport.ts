@@ -19,6 +19,8 @@ export interface DiskWriteJob {
   checkpointBytes: number;
   /** 0: unlimited. */
   throttleBytesPerSecond: number;
+  /** HotAdd: how long to wait for the attached disk's device to appear (default 60 s). */
+  deviceWaitMs?: number;
   /** The checkpoint of an earlier attempt, from the heartbeat. */
   previous?: DiskCheckpoint;
   signal: AbortSignal;
@@ -38,6 +40,8 @@ export interface DiskWriteOutcome {
   resumedFromOffset: number;
   bytesWritten: number;
   bytesSkippedZero: number;
+  /** The path the bytes went through: the LUN device, the NFS mount's file, the hot-added device, or the URL. */
+  writtenVia: string;
 }
 
 /** One way of getting a disk's bytes onto a datastore (the seed's transport modes). */

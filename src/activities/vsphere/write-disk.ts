@@ -56,6 +56,7 @@ export function createWriteDiskActivities(ctx: VSphereContext) {
         datastorePath: diskFile,
         flatPath,
         resumedFromOffset: outcome.resumedFromOffset,
+        writtenVia: outcome.writtenVia,
         seconds: (Date.now() - started) / 1000,
       };
     },
