@@ -4,7 +4,15 @@ import { ensureTool, TEMPORAL_CLI, VCSIM } from './binaries';
 import { envPort, httpStatus, pickPort, pidAlive, reuseOrStop, stopProcess, tlsFingerprint, waitFor } from './net';
 import { spawnDetached } from './spawn';
 import { ensureSearchAttributes, temporalReady } from './temporal-admin';
-import { labTemporalKind, restartClusterServer, startClusterTemporal, stopCluster, type LabCluster, type TemporalKind } from './cluster';
+import {
+  ensureClusterTools,
+  labTemporalKind,
+  restartClusterServer,
+  startClusterTemporal,
+  stopCluster,
+  type LabCluster,
+  type TemporalKind,
+} from './cluster';
 import { SEARCH_ATTRIBUTES } from '../domain/search-attributes';
 import { labConfigPath, labStateDir } from '../config';
 
@@ -257,6 +265,8 @@ async function startTemporalOfKind(
   const recorded = prev.temporal ? (prev.temporal.kind ?? 'dev') : undefined;
   const kind = labTemporalKind(recorded);
   if (kind === 'cluster') {
+    // Before the first await: a first build takes minutes, and it must not eat the other peers' start timeouts.
+    ensureClusterTools(log);
     if (recorded === 'dev' && pidAlive(prev.temporal!.pid)) await stopProcess(prev.temporal!.pid, 'SIGTERM');
     const preferred = { frontend: envPort('TEMPORAL', 7233), ui: envPort('TEMPORAL_UI', 8233), postgres: envPort('POSTGRES', 5432) };
     return startClusterTemporal(prev.cluster, labDir(), preferred, taken, log);

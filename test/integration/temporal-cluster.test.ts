@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -29,6 +29,8 @@ describe(`Temporal server ${TEMPORAL_SERVER_VERSION} on PostgreSQL`, () => {
       return;
     }
     const dir = mkdtempSync(path.join(os.tmpdir(), 'vmrestore-cluster-'));
+    // As root, PostgreSQL runs as the postgres account, which must be able to enter the folder.
+    chmodSync(dir, 0o755);
     // The cluster's processes log into the lab folder: this test's own.
     own = { dir, labDir: process.env.VMRESTORE_LAB_DIR };
     process.env.VMRESTORE_LAB_DIR = dir;
@@ -56,7 +58,7 @@ describe(`Temporal server ${TEMPORAL_SERVER_VERSION} on PostgreSQL`, () => {
       await conn.close();
     }
     // SQL visibility maps each alias to a keyword column of the namespace, kept in PostgreSQL.
-    const namespaceRow = psql(cluster.postgres, 'temporal', "SELECT encode(detail, 'escape') FROM namespaces WHERE name = 'default'");
+    const namespaceRow = await psql(cluster.postgres, 'temporal', "SELECT encode(data, 'escape') FROM namespaces WHERE name = 'default'");
     for (const name of Object.keys(SEARCH_ATTRIBUTES))
       assert.ok(namespaceRow.includes(name), `namespace record in PostgreSQL names ${name}`);
   });
@@ -75,17 +77,21 @@ describe(`Temporal server ${TEMPORAL_SERVER_VERSION} on PostgreSQL`, () => {
       assert.equal(result, `${workflowId} ran for ${vmName}`);
 
       const id = workflowId.replace(/'/g, "''");
-      const execution = psql(cluster.postgres, 'temporal', `SELECT encode(run_id, 'hex') FROM executions WHERE workflow_id = '${id}'`);
+      const execution = await psql(
+        cluster.postgres,
+        'temporal',
+        `SELECT encode(run_id, 'hex') FROM executions WHERE workflow_id = '${id}'`,
+      );
       assert.match(execution, /^[0-9a-f]{32}$/, `one row in executions for ${workflowId}, got '${execution}'`);
       const historyNodes = Number(
-        psql(cluster.postgres, 'temporal', `SELECT count(*) FROM history_node WHERE tree_id = decode('${execution}', 'hex')`),
+        await psql(cluster.postgres, 'temporal', `SELECT count(*) FROM history_node WHERE tree_id = decode('${execution}', 'hex')`),
       );
       assert.ok(historyNodes >= 2, `history_node rows of run ${execution}: ${historyNodes}`);
 
       // Visibility is written asynchronously, by the history service's visibility queue.
       let row = '';
       for (let i = 0; i < 100 && !row.includes('done'); i++) {
-        row = psql(
+        row = await psql(
           cluster.postgres,
           'temporal_visibility',
           `SELECT status || ' ' || search_attributes::text FROM executions_visibility WHERE workflow_id = '${id}'`,

@@ -1,9 +1,9 @@
-import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { appendFileSync, chownSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, chownSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { FailureType, RestoreError } from '../../domain/errors';
 import { pickPort, pidAlive, waitFor } from '../net';
+import { check, run, type ToolRun } from './run';
 
 /** Debian 12's PostgreSQL server programs (package `postgresql`, see src/prereqs.ts); they are not on PATH. */
 export const POSTGRES_BIN = process.env.VMRESTORE_POSTGRES_BIN ?? '/usr/lib/postgresql/15/bin';
@@ -19,7 +19,7 @@ export interface LabPostgres {
   logFile: string;
 }
 
-interface OsAccount {
+export interface OsAccount {
   name: string;
   uid: number;
   gid: number;
@@ -52,23 +52,20 @@ function pgTool(tool: string): string {
   return file;
 }
 
-function runAs(account: OsAccount | undefined, tool: string, args: string[], env: NodeJS.ProcessEnv = {}): SpawnSyncReturns<string> {
-  return spawnSync(pgTool(tool), args, {
-    encoding: 'utf8',
-    env: { ...process.env, ...env },
-    // cwd: the account may not be allowed into the caller's working directory.
-    cwd: '/',
-    ...(account ? { uid: account.uid, gid: account.gid } : {}),
-    timeout: 120_000,
-  });
+function runAs(account: OsAccount | undefined, tool: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<ToolRun> {
+  return run(pgTool(tool), args, { env, account });
 }
 
-function check(r: SpawnSyncReturns<string>, what: string): string {
-  if (r.status !== 0) {
-    const detail = (r.stderr || r.stdout || r.error?.message || '').trim().slice(-1500);
-    throw new RestoreError(FailureType.Configuration, `${what} failed (exit ${r.status}): ${detail}`);
+/** The account must be able to walk down to its folders: every folder above them searchable by others. */
+function reachableBy(account: OsAccount, dir: string): void {
+  for (let d = path.resolve(dir); d !== path.dirname(d); d = path.dirname(d)) {
+    if ((statSync(d).mode & 0o001) === 0) {
+      throw new RestoreError(
+        FailureType.Configuration,
+        `PostgreSQL runs as ${account.name}, which cannot enter ${d} (mode ${(statSync(d).mode & 0o777).toString(8)}): put the lab in a folder others may enter, or chmod o+x ${d}`,
+      );
+    }
   }
-  return r.stdout;
 }
 
 /** A folder (and file) the instance writes: owned by its account. */
@@ -77,7 +74,7 @@ function ownedDir(dir: string, account: OsAccount | undefined): void {
   if (account) chownSync(dir, account.uid, account.gid);
 }
 
-function initdb(pg: Omit<LabPostgres, 'pid' | 'port'>, account: OsAccount | undefined): void {
+async function initdb(pg: Omit<LabPostgres, 'pid' | 'port'>, account: OsAccount | undefined): Promise<void> {
   ownedDir(pg.dataDir, account);
   // initdb reads the superuser's password from a file its account can read; it goes away afterwards.
   const pwfile = path.join(pg.dataDir, '..', `initdb-pw.${process.pid}`);
@@ -85,7 +82,7 @@ function initdb(pg: Omit<LabPostgres, 'pid' | 'port'>, account: OsAccount | unde
   if (account) chownSync(pwfile, account.uid, account.gid);
   try {
     check(
-      runAs(account, 'initdb', [
+      await runAs(account, 'initdb', [
         '-D',
         pg.dataDir,
         '-U',
@@ -128,8 +125,8 @@ export function postgresPassword(pg: LabPostgres): string {
 }
 
 /** Runs SQL through psql on `database`; returns its unaligned, tuples-only output. */
-export function psql(pg: LabPostgres, database: string, sql: string): string {
-  const r = runAs(
+export async function psql(pg: LabPostgres, database: string, sql: string): Promise<string> {
+  const r = await runAs(
     undefined,
     'psql',
     ['-h', pg.host, '-p', String(pg.port), '-U', pg.user, '-d', database, '-v', 'ON_ERROR_STOP=1', '-At', '-c', sql],
@@ -140,8 +137,8 @@ export function psql(pg: LabPostgres, database: string, sql: string): string {
   return check(r, `psql on ${database} (${sql.slice(0, 80)})`).trim();
 }
 
-function ready(pg: LabPostgres): boolean {
-  return runAs(undefined, 'pg_isready', ['-h', pg.host, '-p', String(pg.port), '-q']).status === 0;
+async function ready(pg: LabPostgres): Promise<boolean> {
+  return (await runAs(undefined, 'pg_isready', ['-h', pg.host, '-p', String(pg.port), '-q'])).status === 0;
 }
 
 /**
@@ -156,14 +153,15 @@ export async function startPostgres(
   taken: Set<number>,
   log: (s: string) => void,
 ): Promise<LabPostgres> {
-  if (prev && pidAlive(prev.pid) && ready(prev)) {
+  if (prev && pidAlive(prev.pid) && (await ready(prev))) {
     log(`postgresql: reusing pid ${prev.pid} at ${prev.host}:${prev.port}`);
     return prev;
   }
   const account = serverAccount();
   const dataDir = path.join(dir, 'data');
   mkdirSync(dir, { recursive: true });
-  if (prev && pidAlive(prev.pid)) stopPostgres(prev);
+  if (account) reachableBy(account, dir);
+  if (prev && pidAlive(prev.pid)) await stopPostgres(prev);
   const base = {
     host: '127.0.0.1',
     dataDir,
@@ -176,16 +174,16 @@ export async function startPostgres(
     writeFileSync(base.passwordFile, randomBytes(18).toString('base64url'), { mode: 0o600 });
     rmSync(dataDir, { recursive: true, force: true });
     log(`postgresql: initdb ${dataDir}${account ? ` (as ${account.name})` : ''}`);
-    initdb(base, account);
+    await initdb(base, account);
   }
   // A postmaster left from an earlier lab on this data folder (its state lost) is stopped before a new start.
   const stale = postmasterPid(dataDir);
-  if (stale && pidAlive(stale)) runAs(account, 'pg_ctl', ['-D', dataDir, '-m', 'fast', '-w', 'stop']);
+  if (stale && pidAlive(stale)) await runAs(account, 'pg_ctl', ['-D', dataDir, '-m', 'fast', '-w', 'stop']);
   const port = await pickPort(preferredPort, taken);
   if (!existsSync(base.logFile)) writeFileSync(base.logFile, '');
   if (account) chownSync(base.logFile, account.uid, account.gid);
   check(
-    runAs(account, 'pg_ctl', ['-D', dataDir, '-l', base.logFile, '-w', '-t', '60', '-o', `-p ${port}`, 'start']),
+    await runAs(account, 'pg_ctl', ['-D', dataDir, '-l', base.logFile, '-w', '-t', '60', '-o', `-p ${port}`, 'start']),
     `pg_ctl start (see ${base.logFile})`,
   );
   const pid = postmasterPid(dataDir);
@@ -195,19 +193,19 @@ export async function startPostgres(
       `PostgreSQL started but ${dataDir}/postmaster.pid names no process; see ${base.logFile}`,
     );
   const pg: LabPostgres = { ...base, pid, port };
-  await waitFor('postgresql', async () => ready(pg), { timeoutMs: 30_000, logFile: base.logFile, isAlive: () => pidAlive(pid) });
+  await waitFor('postgresql', () => ready(pg), { timeoutMs: 30_000, logFile: base.logFile, isAlive: () => pidAlive(pid) });
   log(`postgresql: started pid ${pid} at ${pg.host}:${port} (data ${dataDir})`);
   return pg;
 }
 
 /** Fast shutdown: open sessions are ended, the data folder is left consistent. */
-export function stopPostgres(pg: LabPostgres): void {
+export async function stopPostgres(pg: LabPostgres): Promise<void> {
   if (!pidAlive(pg.pid)) return;
-  const r = runAs(serverAccount(), 'pg_ctl', ['-D', pg.dataDir, '-m', 'fast', '-w', '-t', '60', 'stop']);
+  const r = await runAs(serverAccount(), 'pg_ctl', ['-D', pg.dataDir, '-m', 'fast', '-w', '-t', '60', 'stop']);
   if (r.status !== 0 && pidAlive(pg.pid)) process.kill(pg.pid, 'SIGQUIT');
 }
 
 /** Whether `database` exists on the instance. */
-export function databaseExists(pg: LabPostgres, database: string): boolean {
-  return psql(pg, 'postgres', `SELECT 1 FROM pg_database WHERE datname = '${database.replace(/'/g, "''")}'`) === '1';
+export async function databaseExists(pg: LabPostgres, database: string): Promise<boolean> {
+  return (await psql(pg, 'postgres', `SELECT 1 FROM pg_database WHERE datname = '${database.replace(/'/g, "''")}'`)) === '1';
 }

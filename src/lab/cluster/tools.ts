@@ -1,8 +1,8 @@
-import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { FailureType, RestoreError } from '../../domain/errors';
 import type { GoTool } from '../binaries';
+import { run } from './run';
 
 /**
  * The Temporal server the pinned CLI (v1.5.1) embeds as its dev server: the cluster runs the same server
@@ -39,10 +39,9 @@ export const TEMPORAL_UI_SERVER: GoTool = {
 };
 
 /** The server module's source in the Go module cache (downloaded through the module proxy if absent). */
-export function temporalServerSource(): string {
-  const r = spawnSync('go', ['mod', 'download', '-json', `go.temporal.io/server@${TEMPORAL_SERVER_VERSION}`], {
-    encoding: 'utf8',
-    env: { ...process.env, PATH: `${process.env.PATH ?? ''}:/usr/local/go/bin` },
+export async function temporalServerSource(): Promise<string> {
+  const r = await run('go', ['mod', 'download', '-json', `go.temporal.io/server@${TEMPORAL_SERVER_VERSION}`], {
+    env: { PATH: `${process.env.PATH ?? ''}:/usr/local/go/bin` },
   });
   const dir = r.status === 0 ? (JSON.parse(r.stdout) as { Dir?: string }).Dir : undefined;
   if (!dir || !existsSync(dir)) {
