@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { appendFileSync, chownSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { FailureType, RestoreError } from '../../domain/errors';
@@ -21,6 +21,7 @@ export interface LabPostgres {
 
 export interface OsAccount {
   name: string;
+  home: string;
   uid: number;
   gid: number;
 }
@@ -31,14 +32,14 @@ function serverAccount(): OsAccount | undefined {
   const line = readFileSync('/etc/passwd', 'utf8')
     .split('\n')
     .find((l) => l.startsWith('postgres:'));
-  const [, , uid, gid] = line?.split(':') ?? [];
+  const [, , uid, gid, , home] = line?.split(':') ?? [];
   if (uid === undefined || gid === undefined) {
     throw new RestoreError(
       FailureType.Configuration,
       'running as root, but there is no `postgres` account to run PostgreSQL as (apt-get install -y postgresql)',
     );
   }
-  return { name: 'postgres', uid: Number(uid), gid: Number(gid) };
+  return { name: 'postgres', uid: Number(uid), gid: Number(gid), home: home || '/var/lib/postgresql' };
 }
 
 function pgTool(tool: string): string {
@@ -56,16 +57,23 @@ function runAs(account: OsAccount | undefined, tool: string, args: string[], env
   return run(pgTool(tool), args, { env, account });
 }
 
-/** The account must be able to walk down to its folders: every folder above them searchable by others. */
-function reachableBy(account: OsAccount, dir: string): void {
-  for (let d = path.resolve(dir); d !== path.dirname(d); d = path.dirname(d)) {
-    if ((statSync(d).mode & 0o001) === 0) {
-      throw new RestoreError(
-        FailureType.Configuration,
-        `PostgreSQL runs as ${account.name}, which cannot enter ${d} (mode ${(statSync(d).mode & 0o777).toString(8)}): put the lab in a folder others may enter, or chmod o+x ${d}`,
-      );
-    }
-  }
+/** Whether the account can walk down to `dir`: every folder above it searchable by others. */
+function reachable(dir: string): boolean {
+  for (let d = path.resolve(dir); d !== path.dirname(d); d = path.dirname(d)) if ((statSync(d).mode & 0o001) === 0) return false;
+  return true;
+}
+
+/**
+ * Where the instance keeps its data: `dir` in the lab, unless the account cannot enter the lab's folder
+ * (a checkout under a private home, say); then a folder of this lab in the account's home.
+ */
+function instanceDir(dir: string, account: OsAccount | undefined, log: (s: string) => void): string {
+  if (!account || reachable(dir)) return dir;
+  const own = path.join(account.home, 'vmrestore-lab', createHash('sha256').update(path.resolve(dir)).digest('hex').slice(0, 12));
+  log(`postgresql: ${account.name} cannot enter ${dir}; its data goes to ${own}`);
+  ownedDir(path.dirname(own), account);
+  ownedDir(own, account);
+  return own;
 }
 
 /** A folder (and file) the instance writes: owned by its account. */
@@ -158,16 +166,16 @@ export async function startPostgres(
     return prev;
   }
   const account = serverAccount();
-  const dataDir = path.join(dir, 'data');
   mkdirSync(dir, { recursive: true });
-  if (account) reachableBy(account, dir);
+  const home = instanceDir(dir, account, log);
+  const dataDir = path.join(home, 'data');
   if (prev && pidAlive(prev.pid)) await stopPostgres(prev);
   const base = {
     host: '127.0.0.1',
     dataDir,
     user: 'temporal',
     passwordFile: path.join(secretsDir, 'postgres-password'),
-    logFile: path.join(dir, 'postgresql.log'),
+    logFile: path.join(home, 'postgresql.log'),
   };
   if (!existsSync(path.join(dataDir, 'PG_VERSION'))) {
     mkdirSync(secretsDir, { recursive: true, mode: 0o700 });
