@@ -6,7 +6,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Client, Connection } from '@temporalio/client';
 import { temporal as proto } from '@temporalio/proto';
-import { bundleWorkflowCode, NativeConnection, Worker } from '@temporalio/worker';
+import { bundleWorkflowCode, DefaultLogger, NativeConnection, Runtime, Worker } from '@temporalio/worker';
 import { SEARCH_ATTRIBUTES } from '../../src/domain/search-attributes';
 import { psql, startClusterTemporal, stopCluster, TEMPORAL_SERVER_VERSION, type LabCluster } from '../../src/lab/cluster';
 import { pidAlive } from '../../src/lab/net';
@@ -22,6 +22,7 @@ let own: { dir: string; labDir: string | undefined } | undefined;
 
 describe(`Temporal server ${TEMPORAL_SERVER_VERSION} on PostgreSQL`, () => {
   before(async () => {
+    Runtime.install({ logger: new DefaultLogger('WARN') });
     const lab = readLabState();
     if (lab.temporal?.kind === 'cluster' && lab.cluster && pidAlive(lab.cluster.serverPid)) {
       cluster = lab.cluster;
