@@ -52,6 +52,12 @@ export const EXTERNAL_TOOLS: readonly ExternalTool[] = [
   { command: 'ssh-keygen', debianPackage: 'openssh-client', why: 'SSH keys of test guests', purpose: 'test' },
   { command: 'tmux', debianPackage: 'tmux', why: 'the terminal test of live progress bars', purpose: 'test' },
   { command: 'ip', debianPackage: 'iproute2', why: 'network-namespace hosts of the topology tests', purpose: 'test' },
+  {
+    command: '/usr/lib/postgresql/15/bin/postgres',
+    debianPackage: 'postgresql',
+    why: 'the PostgreSQL of the Temporal cluster suite (npm run test:cluster)',
+    purpose: 'test',
+  },
 ];
 
 export type MissingTool = ExternalTool;

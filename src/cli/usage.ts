@@ -5,7 +5,7 @@ import { PLAN_USAGE } from './plan-command';
 
 export const USAGE = `vmrestore: restore whole VMs from backups to vSphere (and Azure) on Temporal
 
-  vmrestore lab up|status|down [--json] [--purge]
+  vmrestore lab up|status|down [--json] [--purge] [--temporal dev|cluster]
   vmrestore repo import --vm vm.json | --ovf vm.ovf | --ova vm.ova [--json]
   vmrestore repo import --from-vsphere VM [--profile P] [--datacenter DC] [--json]   (a restore point of a running VM, as a workflow)
   vmrestore repo list|show ID|verify [ID] [--json]
