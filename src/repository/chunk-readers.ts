@@ -8,7 +8,7 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import os from 'node:os';
-import { Worker } from 'node:worker_threads';
+import { WorkerPool, type PoolReply } from '../worker-pool';
 
 /** What a chunk read found; the bytes are in the slot the caller gave. */
 export type SlotReadResult = { status: 'ok' } | { status: 'missing' } | { status: 'corrupt'; reason: string; bytesRead: number };
@@ -62,50 +62,17 @@ function readChunkInto(f: typeof fs, hash: typeof createHash, file: string, expe
   }
 }
 
-interface Reply {
-  id: number;
+interface Reply extends PoolReply {
   result?: SlotReadResult;
-  error?: string;
-  code?: string;
-}
-
-interface PoolWorker {
-  worker: Worker;
-  pending: Map<number, { resolve: (r: SlotReadResult) => void; reject: (e: Error) => void }>;
 }
 
 export class ChunkReadWorkers {
-  private readonly workers: PoolWorker[] = [];
-  private nextId = 1;
-  private closed = false;
+  private readonly pool: WorkerPool<Reply> | null;
 
   /** `size` 0 reads on the calling thread (one core: workers would only add hand-off cost). */
   constructor(readonly size: number) {
     if (!Number.isInteger(size) || size < 0) throw new Error(`chunk read worker count must be an integer >= 0, got ${size}`);
-  }
-
-  private spawn(): PoolWorker {
-    const worker = new Worker(WORKER_SOURCE, { eval: true });
-    const pw: PoolWorker = { worker, pending: new Map() };
-    worker.on('message', (m: Reply) => {
-      const job = pw.pending.get(m.id);
-      if (!job) return;
-      pw.pending.delete(m.id);
-      // Idle workers must not keep the process alive; busy ones must, or a reply could be lost.
-      if (pw.pending.size === 0) worker.unref();
-      if (m.error !== undefined) job.reject(Object.assign(new Error(m.error), m.code ? { code: m.code } : {}));
-      else job.resolve(m.result!);
-    });
-    const fail = (err: Error): void => {
-      for (const job of pw.pending.values()) job.reject(err);
-      pw.pending.clear();
-      const i = this.workers.indexOf(pw);
-      if (i >= 0) this.workers.splice(i, 1);
-    };
-    worker.on('error', fail);
-    worker.on('exit', (code) => fail(new Error(`chunk read worker exited with code ${code}`)));
-    worker.unref();
-    return pw;
+    this.pool = size > 0 ? new WorkerPool<Reply>('chunk read', WORKER_SOURCE, size) : null;
   }
 
   /**
@@ -113,30 +80,15 @@ export class ChunkReadWorkers {
    * SharedArrayBuffer when there are workers; the caller must not touch it until the promise settles.
    * Errors other than a missing file (permissions, I/O) reject with the system error's message and code.
    */
-  read(file: string, hash: string, out: Uint8Array): Promise<SlotReadResult> {
-    if (this.closed) return Promise.reject(new Error('chunk read workers are closed'));
-    if (this.size === 0) {
-      try {
-        return Promise.resolve(readChunkInto(fs, createHash, file, hash, out));
-      } catch (err) {
-        return Promise.reject(err as Error);
-      }
-    }
+  async read(file: string, hash: string, out: Uint8Array): Promise<SlotReadResult> {
+    if (!this.pool) return readChunkInto(fs, createHash, file, hash, out);
     if (!(out.buffer instanceof SharedArrayBuffer)) throw new Error('chunk read slot must be a view of a SharedArrayBuffer');
-    while (this.workers.length < this.size) this.workers.push(this.spawn());
-    const pw = this.workers.reduce((a, b) => (b.pending.size < a.pending.size ? b : a));
-    const id = this.nextId++;
-    return new Promise<SlotReadResult>((resolve, reject) => {
-      pw.pending.set(id, { resolve, reject });
-      pw.worker.ref();
-      pw.worker.postMessage({ id, file, hash, buffer: out.buffer, offset: out.byteOffset, length: out.byteLength });
-    });
+    const [reply] = this.pool.post({ file, hash, buffer: out.buffer, offset: out.byteOffset, length: out.byteLength });
+    return (await reply).result!;
   }
 
   async close(): Promise<void> {
-    this.closed = true;
-    const ws = this.workers.splice(0);
-    await Promise.all(ws.map((w) => w.worker.terminate()));
+    await this.pool?.close();
   }
 }
 

@@ -12,7 +12,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import os from 'node:os';
 import * as path from 'node:path';
-import { Worker } from 'node:worker_threads';
+import { WorkerPool, type PoolReply } from '../worker-pool';
 import * as zlib from 'node:zlib';
 import type { StoredBlock } from './formats/image';
 
@@ -56,12 +56,14 @@ async function handle(m) {
       const filled = readRange(fs, m.file, m.fileOffset, new Uint8Array(out, 0, m.outputBytes));
       if (filled < m.outputBytes) {
         parentPort.postMessage({ id: m.id, short: filled });
+        storedNothing(m);
         return;
       }
     } else {
       const failed = inflateInto(zlib, { ...m, input: new Uint8Array(m.input, m.inputOffset, m.inputLength) }, new Uint8Array(out, 0, m.outputBytes));
       if (failed) {
         parentPort.postMessage({ id: m.id, failed });
+        storedNothing(m);
         return;
       }
     }
@@ -86,7 +88,12 @@ async function handle(m) {
       });
   } catch (err) {
     parentPort.postMessage({ id: m.id, error: String((err && err.message) || err) });
+    storedNothing(m);
   }
+}
+// A storing job always gets its second reply; one that stored nothing gets it at once.
+function storedNothing(m) {
+  if (m.syncId) parentPort.postMessage({ id: m.syncId, stored: [] });
 }
 `;
 
@@ -283,90 +290,36 @@ async function finishStored(f: typeof fs, blocks: StoredBlock[], pending: Set<st
   return Promise.all(blocks.map(finish));
 }
 
-interface Job {
-  resolve: (reply: Reply) => void;
-  reject: (err: Error) => void;
-  /** The id of the second reply a storing job gets once its chunks are synced and named. */
-  syncId?: number;
-}
-
-interface Reply {
-  id: number;
+interface Reply extends PoolReply {
   out?: SharedArrayBuffer;
   digest?: string;
   stored?: StoredBlock[];
   failed?: InflateFailure;
   /** A read that found the file shorter: the bytes it got. */
   short?: number;
-  error?: string;
-}
-
-interface PoolWorker {
-  worker: Worker;
-  pending: Map<number, Job>;
 }
 
 export class ImportWorkers {
-  private readonly workers: PoolWorker[] = [];
-  private nextId = 1;
-  private closed = false;
+  private readonly pool: WorkerPool<Reply> | null;
 
   /** `size` 0 does the work on the calling thread (one core: workers would only add hand-off cost). */
   constructor(readonly size: number) {
     if (!Number.isInteger(size) || size < 0) throw new Error(`import worker count must be an integer >= 0, got ${size}`);
-  }
-
-  private spawn(): PoolWorker {
-    const worker = new Worker(WORKER_SOURCE, { eval: true });
-    const pw: PoolWorker = { worker, pending: new Map() };
-    worker.on('message', (m: Reply) => {
-      const job = pw.pending.get(m.id);
-      if (!job) return;
-      pw.pending.delete(m.id);
-      // A storing job that stored nothing (it failed, or its file was short) gets no second reply.
-      if (job.syncId !== undefined && !m.stored) {
-        pw.pending.get(job.syncId)?.resolve({ id: job.syncId, stored: [] });
-        pw.pending.delete(job.syncId);
-      }
-      // Idle workers must not keep the process alive; busy ones must, or a reply could be lost.
-      if (pw.pending.size === 0) worker.unref();
-      if (m.error !== undefined) job.reject(new Error(`import worker: ${m.error}`));
-      else job.resolve(m);
-    });
-    const fail = (err: Error): void => {
-      for (const job of pw.pending.values()) job.reject(err);
-      pw.pending.clear();
-      const i = this.workers.indexOf(pw);
-      if (i >= 0) this.workers.splice(i, 1);
-    };
-    worker.on('error', fail);
-    worker.on('exit', (code) => fail(new Error(`import worker exited with code ${code}`)));
-    worker.unref();
-    return pw;
+    // The least busy worker takes each batch: grains of random data inflate many times faster than text.
+    this.pool = size > 0 ? new WorkerPool<Reply>('import', WORKER_SOURCE, size) : null;
   }
 
   private send(message: Record<string, unknown>, transfer: ArrayBuffer[] = []): Promise<Reply> {
     return this.post(message, transfer, false).reply;
   }
 
-  /** Posts to the least busy worker; `storing` also registers the second reply (see the worker's handle()). */
+  /** Posts to the least busy worker; `storing` also asks for the second reply (see the worker's handle()). */
   private post(
     message: Record<string, unknown>,
     transfer: ArrayBuffer[],
     storing: boolean,
   ): { reply: Promise<Reply>; synced?: Promise<Reply> } {
-    if (this.closed) return { reply: Promise.reject(new Error('import workers are closed')) };
-    while (this.workers.length < this.size) this.workers.push(this.spawn());
-    // The least busy worker: grains of random data inflate many times faster than text.
-    const pw = this.workers.reduce((a, b) => (b.pending.size < a.pending.size ? b : a));
-    const id = this.nextId++;
-    const syncId = storing ? this.nextId++ : undefined;
-    const synced = syncId === undefined ? undefined : new Promise<Reply>((resolve, reject) => pw.pending.set(syncId, { resolve, reject }));
-    const reply = new Promise<Reply>((resolve, reject) => {
-      pw.pending.set(id, { resolve, reject, syncId });
-      pw.worker.ref();
-      pw.worker.postMessage({ ...message, id, syncId }, transfer);
-    });
+    const [reply, synced] = this.pool!.post(message, transfer, storing ? ['id', 'syncId'] : ['id']);
     return { reply, synced };
   }
 
@@ -469,9 +422,7 @@ export class ImportWorkers {
   }
 
   async close(): Promise<void> {
-    this.closed = true;
-    const ws = this.workers.splice(0);
-    await Promise.all(ws.map((w) => w.worker.terminate()));
+    await this.pool?.close();
   }
 }
 
