@@ -10,7 +10,7 @@ async function main(): Promise<void> {
     await runVSphereBench();
   }
   if (!only || only === 'import') {
-    console.log('== import a streamOptimized VMDK (against qemu-img convert -O raw) ==');
+    console.log('== import a streamOptimized and a monolithicFlat VMDK (against qemu-img convert -O raw) ==');
     await runVmdkImportBench();
   }
   if (!only || only === 'azure') {
