@@ -1,6 +1,6 @@
 import { FailureType, RestoreError } from '../domain/errors';
 import { readChunk } from './chunks';
-import { blockLength, chunkPath, findDisk, type RestorePoint } from './format';
+import { badChunkError, blockLength, chunkPath, findDisk, type RestorePoint } from './format';
 
 /** One block of a disk; data null means the block is all zeros and nothing was read. */
 export interface DiskBlock {
@@ -76,9 +76,8 @@ export async function* readDiskBlocks(
     const offset = blockIndex * blockSize;
     const result = await readChunk(repoDir, hash, blockLength(disk, blockSize, blockIndex));
     if (result.status === 'ok') return result.data;
-    const where = `restore point ${restorePoint.id} VM '${restorePoint.vm.name}' disk ${diskIndex} at offset ${offset}`;
     const what = result.status === 'missing' ? `is missing (expected ${chunkPath(repoDir, hash)})` : `is corrupt (${result.reason})`;
-    throw new RestoreError(FailureType.RepositoryCorrupt, `${where}: chunk ${hash} ${what}`);
+    throw badChunkError(restorePoint, diskIndex, offset, hash, what);
   };
 
   const blockTotal = disk.blocks.length;
