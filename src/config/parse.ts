@@ -207,8 +207,8 @@ export function parseConfig(raw: unknown, source: string, baseDir: string, opts:
 function parseRepository(r: Record<string, unknown>, baseDir: string): RepositoryConfig {
   const w = 'repository';
   const known = ['path', 'url', 'tokenFile', 'tokenEnv', 'caFile', 'thumbprint', 'serve'];
-  for (const k of Object.keys(r)) if (!known.includes(k)) bad(`${w}.${k}`, `unknown key (known: ${known.join(', ')})`);
   if ('token' in r) bad(`${w}.token`, 'literal tokens are not accepted; use tokenFile or tokenEnv');
+  for (const k of Object.keys(r)) if (!known.includes(k)) bad(`${w}.${k}`, `unknown key (known: ${known.join(', ')})`);
   const out: RepositoryConfig = { path: path.resolve(baseDir, str(r, 'path', w, false) ?? '.lab/repository') };
   const file = (key: string) => {
     const v = str(r, key, w, false);

@@ -42,7 +42,7 @@ const DEFAULT_RETRY_WINDOW_MS = 30_000;
 /** Parallel chunk streams per disk read at most; each costs a connection on the data mover. */
 const MAX_LANES = 16;
 /** Verified blocks a lane holds for the consumer before it stops reading its stream. */
-const LANE_BLOCKS_AHEAD = 3;
+const LANE_BLOCKS_AHEAD = 8;
 const MAX_BACKOFF_MS = 2_000;
 
 /** A failure the next connection may not have: the data mover is down, restarting, or cut off. */

@@ -37,6 +37,8 @@ export class HashPool {
     const worker = this.workers[this.next++ % this.workers.length];
     return new Promise((resolve, reject) => {
       this.waiting.set(id, { resolve, reject });
+      // Busy workers keep the process alive until the reply is in; idle ones must not.
+      if (this.waiting.size === 1) for (const w of this.workers) w.ref();
       const bytes = new Uint8Array(data.buffer, 0, data.length);
       worker.postMessage({ id, bytes }, [data.buffer as ArrayBuffer]);
     });
@@ -56,6 +58,7 @@ export class HashPool {
       worker.on('message', ({ id, sha256, bytes }: { id: number; sha256: string; bytes: Uint8Array }) => {
         const w = this.waiting.get(id);
         this.waiting.delete(id);
+        if (this.waiting.size === 0) for (const x of this.workers) x.unref();
         w?.resolve({ sha256, data: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength) });
       });
       worker.on('error', (err) => {
