@@ -46,8 +46,8 @@ function startStaticServer(script: string, args: string[]): Promise<{ child: Chi
 export async function runRemoteReadBench(log: (s: string) => void = console.log): Promise<RemoteReadBenchResult> {
   const sizeMiB = Number(process.env.VMRESTORE_BENCH_REMOTE_MIB ?? 512);
   const runsWanted = Number(process.env.VMRESTORE_BENCH_RUNS ?? 3);
-  // The worker default (restore.readConcurrency): parallel chunk streams per disk.
-  const concurrency = Number(process.env.VMRESTORE_BENCH_REMOTE_STREAMS ?? 4);
+  // repository.streamsPerDisk: parallel chunk streams per disk (default 1).
+  const streams = Number(process.env.VMRESTORE_BENCH_REMOTE_STREAMS ?? 1);
   const tmp = mkdtempSync(path.join(os.tmpdir(), 'vmrestore-bench-remote-'));
   const children: ChildProcess[] = [];
   let stopDataMover = async () => {};
@@ -87,7 +87,7 @@ export async function runRemoteReadBench(log: (s: string) => void = console.log)
         creds.tokenFile,
         creds.certFile,
         restorePointId,
-        String(concurrency),
+        String(streams),
       ]);
       const [seconds, bytes] = stdout.trim().split(' ').map(Number);
       if (bytes !== sizeMiB * MiB) throw new Error(`data mover read ${bytes} bytes, expected ${sizeMiB * MiB}`);
@@ -128,7 +128,7 @@ export async function runRemoteReadBench(log: (s: string) => void = console.log)
     }
     const sorted = runs.map((r) => r.ratio).sort((a, b) => a - b);
     const medianRatio = sorted[Math.floor(sorted.length / 2)];
-    log(`  ${sizeMiB} MiB over loopback HTTPS, ${concurrency} chunk streams, median ${medianRatio.toFixed(2)}x curl (target >= 0.7x)`);
+    log(`  ${sizeMiB} MiB over loopback HTTPS, ${streams} chunk stream(s), median ${medianRatio.toFixed(2)}x curl (target >= 0.7x)`);
     return { bytes: sizeMiB * MiB, runs, medianRatio };
   } finally {
     for (const c of children) c.kill('SIGKILL');

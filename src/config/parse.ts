@@ -206,7 +206,7 @@ export function parseConfig(raw: unknown, source: string, baseDir: string, opts:
 
 function parseRepository(r: Record<string, unknown>, baseDir: string): RepositoryConfig {
   const w = 'repository';
-  const known = ['path', 'url', 'tokenFile', 'tokenEnv', 'caFile', 'thumbprint', 'serve'];
+  const known = ['path', 'url', 'tokenFile', 'tokenEnv', 'caFile', 'thumbprint', 'streamsPerDisk', 'serve'];
   if ('token' in r) bad(`${w}.token`, 'literal tokens are not accepted; use tokenFile or tokenEnv');
   for (const k of Object.keys(r)) if (!known.includes(k)) bad(`${w}.${k}`, `unknown key (known: ${known.join(', ')})`);
   const out: RepositoryConfig = { path: path.resolve(baseDir, str(r, 'path', w, false) ?? '.lab/repository') };
@@ -227,6 +227,8 @@ function parseRepository(r: Record<string, unknown>, baseDir: string): Repositor
   if (out.thumbprint !== undefined && !/^[0-9a-f]{64}$/i.test(out.thumbprint.replace(/:/g, '')))
     bad(`${w}.thumbprint`, `expected a SHA-256 fingerprint (64 hex digits, colons allowed), got '${out.thumbprint}'`);
   if (out.caFile && out.thumbprint) bad(`${w}.caFile`, 'give either caFile or thumbprint, not both');
+  if (r.streamsPerDisk !== undefined) out.streamsPerDisk = int(r, 'streamsPerDisk', w, 1, 1);
+  if ((out.streamsPerDisk ?? 1) > 16) bad(`${w}.streamsPerDisk`, `expected at most 16, got ${out.streamsPerDisk}`);
   if (out.url && !out.tokenFile && !out.tokenEnv) bad(w, `url '${out.url}' needs tokenFile or tokenEnv (the data mover's bearer token)`);
   if (r.serve !== undefined) {
     const s = record(r.serve, `${w}.serve`);

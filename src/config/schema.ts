@@ -131,6 +131,8 @@ export interface RepositoryConfig {
   caFile?: string;
   /** SHA-256 fingerprint of the data mover's certificate, colon-separated hex (pins a self-signed one). */
   thumbprint?: string;
+  /** Parallel chunk streams per disk read through the data mover (default 1). */
+  streamsPerDisk?: number;
   /** The data mover's side: its TLS certificate and key (PEM files). */
   serve?: { certFile: string; keyFile: string };
 }

@@ -88,6 +88,7 @@ describe('repository data mover (repository serve over HTTPS, client verifying e
 
   it('serves restore points and disk blocks identical to local reads, also from a resume offset', async () => {
     const remote = client();
+    const parallel = client({ streamsPerDisk: 3 });
     try {
       assert.deepEqual(await remote.listRestorePoints(), await listRestorePoints(repoDir));
       const local = await getRestorePoint(repoDir, rpId);
@@ -98,6 +99,8 @@ describe('repository data mover (repository serve over HTTPS, client verifying e
           const expected = await digestBlocks(readDiskBlocks(repoDir, local, disk, { fromOffset }));
           const actual = await digestBlocks(remote.readDiskBlocks(rp, disk, { fromOffset }));
           assert.deepEqual(actual, expected, `disk ${disk} from ${fromOffset}: blocks and bytes equal the local read`);
+          const striped = await digestBlocks(parallel.readDiskBlocks(rp, disk, { fromOffset }));
+          assert.deepEqual(striped, expected, `disk ${disk} from ${fromOffset} over 3 streams: blocks and bytes equal the local read`);
         }
       }
       const missing = await failure(remote.getRestorePoint('rp-20000101000000-abcdef'));
@@ -105,6 +108,7 @@ describe('repository data mover (repository serve over HTTPS, client verifying e
       assert.match(missing.message, /not found in repository/);
     } finally {
       remote.close();
+      parallel.close();
     }
   });
 

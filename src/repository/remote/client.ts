@@ -2,7 +2,6 @@ import { readFileSync } from 'node:fs';
 import type { IncomingMessage } from 'node:http';
 import * as https from 'node:https';
 import * as net from 'node:net';
-import * as tls from 'node:tls';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { RepositoryConfig } from '../../config/schema';
 import { FailureType, RestoreError } from '../../domain/errors';
@@ -11,11 +10,10 @@ import { badChunkError, blockLength, findDisk, validateRestorePoint, type Restor
 import { DEFAULT_READ_CONCURRENCY, type DiskBlock, type ReadDiskBlocksOptions } from '../reader';
 import { checkVmMatchesDisks } from '../restore-points';
 import type { RepositorySource } from '../source';
-import { HashPool } from './hash-pool';
+import { startStreamThread } from './stream-thread';
 import {
   CHUNK_STREAM_TYPE,
   chunksUrlPath,
-  FRAME_HEADER_BYTES,
   FrameStatus,
   loadRepositoryToken,
   restorePointsUrlPath,
@@ -36,6 +34,11 @@ export interface RemoteRepositoryOptions {
    * off) before it fails with a retryable RepositoryUnavailable; each block received starts the window again.
    */
   retryWindowMs?: number;
+  /**
+   * Chunk streams per disk read, each on a connection and a thread of its own (default 1). More pay off
+   * where cores are free: on a loaded two-core machine one stream reads fastest.
+   */
+  streamsPerDisk?: number;
 }
 
 const DEFAULT_RETRY_WINDOW_MS = 30_000;
@@ -65,11 +68,10 @@ export class RemoteRepository implements RepositorySource {
   private readonly agent: https.Agent;
   private readonly authorization: string;
   private readonly retryWindowMs: number;
+  private readonly streamsPerDisk: number;
   private readonly ca: string | Buffer | undefined;
-  private readonly thumbprint: string | undefined;
   /** The pinned SHA-256 fingerprint, bare upper-case hex. */
   private readonly pin: string | undefined;
-  private readonly hashes = new HashPool();
 
   constructor(opts: RemoteRepositoryOptions) {
     const url = new URL(opts.url);
@@ -82,8 +84,8 @@ export class RemoteRepository implements RepositorySource {
     this.location = url.origin;
     this.authorization = `Bearer ${opts.token}`;
     this.retryWindowMs = opts.retryWindowMs ?? DEFAULT_RETRY_WINDOW_MS;
+    this.streamsPerDisk = Math.max(1, Math.min(MAX_LANES, opts.streamsPerDisk ?? 1));
     this.ca = opts.ca;
-    this.thumbprint = opts.thumbprint;
     this.pin = opts.thumbprint?.replace(/:/g, '').toUpperCase();
     this.agent = opts.thumbprint
       ? (createAgent(url, { thumbprint: opts.thumbprint }) as https.Agent)
@@ -104,12 +106,17 @@ export class RemoteRepository implements RepositorySource {
         );
       }
     }
-    return new RemoteRepository({ url: repo.url, token: loadRepositoryToken(repo, env), ca, thumbprint: repo.thumbprint });
+    return new RemoteRepository({
+      url: repo.url,
+      token: loadRepositoryToken(repo, env),
+      ca,
+      thumbprint: repo.thumbprint,
+      streamsPerDisk: repo.streamsPerDisk,
+    });
   }
 
   close(): void {
     this.agent.destroy();
-    this.hashes.close();
   }
 
   async listRestorePoints(): Promise<RestorePointSummary[]> {
@@ -129,8 +136,9 @@ export class RemoteRepository implements RepositorySource {
   }
 
   /**
-   * `concurrency` streams ("lanes") read the disk at once, lane k the blocks i with i ≡ k (mod lanes), so
-   * all lanes advance together through the disk and each holds only a couple of blocks ahead of the consumer.
+   * `streamsPerDisk` streams ("lanes") read the disk at once, lane k the blocks i with i ≡ k (mod lanes), so
+   * all lanes advance together through the disk and each holds only LANE_BLOCKS_AHEAD blocks ahead of the
+   * consumer. `concurrency` is only checked, for the contract of `readDiskBlocks`.
    */
   async *readDiskBlocks(rp: RestorePoint, diskIndex: number, opts: ReadDiskBlocksOptions = {}): AsyncGenerator<DiskBlock, void, undefined> {
     const disk = findDisk(rp, diskIndex);
@@ -150,7 +158,7 @@ export class RemoteRepository implements RepositorySource {
     const first = fromOffset === disk.capacityBytes ? total : Math.floor(fromOffset / blockSize);
     const stop = new AbortController();
     const signal = opts.signal ? AbortSignal.any([opts.signal, stop.signal]) : stop.signal;
-    const laneCount = Math.min(concurrency, MAX_LANES);
+    const laneCount = this.streamsPerDisk;
     const lanes: Lane[] = [];
     const laneFor = (blockIndex: number): Lane => {
       const k = blockIndex % laneCount;
@@ -223,14 +231,13 @@ export class RemoteRepository implements RepositorySource {
           `is corrupt (${frame.body.length} bytes served by ${this.location}, expected ${length})`,
         );
       }
-      const verified = this.hashes.hash(frame.body).then((r) => {
-        if (r.sha256 !== hash) throw badChunkError(rp, diskIndex, offset, hash, `is corrupt (sha256 mismatch; served by ${this.location})`);
-        return r.data;
-      });
+      // The digest was taken on the stream's thread, of the bytes received: the server's word counts for nothing.
+      if (frame.sha256 !== hash)
+        throw badChunkError(rp, diskIndex, offset, hash, `is corrupt (sha256 mismatch; served by ${this.location})`);
       position.lastProgress = Date.now();
       attempt = 0;
       position.next += step;
-      lane.push(frame.blockIndex, verified);
+      lane.push(frame.blockIndex, frame.body);
     };
     while (pending()) {
       try {
@@ -247,109 +254,70 @@ export class RemoteRepository implements RepositorySource {
   }
 
   /**
-   * One chunk stream on a TLS connection of its own, read in flowing mode and paused only while the lane
-   * is full: node's HTTP client pauses and resumes its socket for every 16 KiB record, which costs more
-   * than half the throughput of a plain download. Each frame goes to `accept` as it completes.
+   * One chunk stream on a TLS connection and a thread of its own (see stream-thread.ts): node's HTTP client
+   * pauses and resumes its socket for every 16 KiB record and leaves decryption and hashing on one thread,
+   * which costs more than half the throughput of a plain download. Each frame goes to `accept` in order.
    */
   private streamChunks(path: string, lane: Lane, accept: (frame: Frame) => void, signal: AbortSignal): Promise<void> {
     const url = new URL(this.location);
     const host = url.hostname.replace(/^\[|\]$/g, '');
     return new Promise<void>((resolve, reject) => {
       signal.throwIfAborted();
-      const socket = tls.connect({
-        host,
-        port: Number(url.port || 443),
-        servername: net.isIP(host) ? undefined : host,
-        ca: this.ca,
-        rejectUnauthorized: this.pin === undefined,
-      });
       let settled = false;
       const finish = (err?: unknown): void => {
         if (settled) return;
         settled = true;
         signal.removeEventListener('abort', onAbort);
-        lane.onSpace = undefined;
-        socket.destroy();
+        lane.onTaken = undefined;
+        thread.close();
         if (err === undefined) resolve();
         else reject(err);
       };
       const onAbort = (): void => finish(signal.reason);
-      signal.addEventListener('abort', onAbort);
-      const parser = new FrameParser();
-      let head: Buffer | null = Buffer.alloc(0);
-      let status = 0;
-      let bodyLeft = 0;
-      const errorBody: Buffer[] = [];
-      socket.once('secureConnect', () => {
-        if (this.pin !== undefined) {
-          const actual = (socket.getPeerCertificate().fingerprint256 ?? '').replace(/:/g, '').toUpperCase();
-          if (actual !== this.pin) {
-            return finish(
-              Object.assign(
-                new Error(`certificate SHA-256 ${socket.getPeerCertificate().fingerprint256} is not the pinned ${this.thumbprint}`),
-                {
-                  code: 'ERR_TLS_THUMBPRINT_MISMATCH',
-                },
-              ),
-            );
-          }
-        }
-        socket.write(`GET ${path} HTTP/1.1\r\nHost: ${url.host}\r\nAuthorization: ${this.authorization}\r\nConnection: close\r\n\r\n`);
-      });
-      lane.onSpace = () => socket.resume();
-      socket.on('data', (piece: Buffer) => {
-        try {
-          if (head !== null) {
-            head = Buffer.concat([head, piece]);
-            const end = head.indexOf('\r\n\r\n');
-            if (end < 0) {
-              if (head.length > 64 * 1024) throw new Unreachable('an HTTP answer without an end of headers');
-              return;
-            }
-            const lines = head.subarray(0, end).toString('latin1').split('\r\n');
-            status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(lines[0])?.[1] ?? 0);
-            const headers = new Map(
-              lines.slice(1).map((l) => [l.slice(0, l.indexOf(':')).trim().toLowerCase(), l.slice(l.indexOf(':') + 1).trim()]),
-            );
-            piece = head.subarray(end + 4);
-            head = null;
-            if (status === 200) {
-              if (headers.get('content-type') !== CHUNK_STREAM_TYPE) {
-                throw new RestoreError(
-                  FailureType.Configuration,
-                  `${this.location} answered a chunk read with '${headers.get('content-type')}': is it a vmrestore data mover?`,
-                );
-              }
-              bodyLeft = Number(headers.get('content-length') ?? NaN);
-              if (!Number.isSafeInteger(bodyLeft)) throw new Unreachable('a chunk stream without a content-length');
-            }
-          }
-          if (status !== 200) {
-            errorBody.push(piece);
-            return;
-          }
-          bodyLeft -= piece.length;
-          parser.push(piece, accept);
-          if (lane.full) socket.pause();
-          if (bodyLeft <= 0) finish();
-        } catch (err) {
-          finish(err);
-        }
-      });
-      socket.once('end', () => {
-        if (status !== 0 && status !== 200) {
-          let body: Partial<ErrorBody> | undefined;
+      const thread = startStreamThread(
+        {
+          host,
+          port: Number(url.port || 443),
+          servername: net.isIP(host) ? undefined : host,
+          ca: this.ca,
+          pin: this.pin,
+          request: `GET ${path} HTTP/1.1\r\nHost: ${url.host}\r\nAuthorization: ${this.authorization}\r\nConnection: close\r\n\r\n`,
+          ahead: LANE_BLOCKS_AHEAD,
+          streamType: CHUNK_STREAM_TYPE,
+        },
+        (m) => {
           try {
-            body = JSON.parse(Buffer.concat(errorBody).toString('utf8')) as Partial<ErrorBody>;
-          } catch {
-            body = undefined;
+            switch (m.type) {
+              case 'frame':
+                return accept({ ...m, body: Buffer.from(m.body.buffer, m.body.byteOffset, m.body.byteLength) });
+              case 'end':
+                return finish(m.complete ? undefined : new Unreachable('the chunk stream was cut'));
+              case 'error':
+                return finish(Object.assign(new Error(m.message), { code: m.code }));
+              case 'foreign':
+                return finish(
+                  new RestoreError(
+                    FailureType.Configuration,
+                    `${this.location} answered a chunk read with '${m.contentType}': is it a vmrestore data mover?`,
+                  ),
+                );
+              case 'http': {
+                let body: Partial<ErrorBody> | undefined;
+                try {
+                  body = JSON.parse(m.body) as Partial<ErrorBody>;
+                } catch {
+                  body = undefined;
+                }
+                return finish(this.httpError(path, m.status, body));
+              }
+            }
+          } catch (err) {
+            finish(err);
           }
-          return finish(this.httpError(path, status, body));
-        }
-        finish(new Unreachable(bodyLeft > 0 ? 'the chunk stream was cut' : 'the connection closed before an answer'));
-      });
-      socket.once('error', (err) => finish(err));
-      socket.once('close', () => finish(new Unreachable('the connection closed')));
+        },
+      );
+      signal.addEventListener('abort', onAbort);
+      lane.onTaken = () => thread.taken();
     });
   }
 
@@ -440,22 +408,16 @@ async function readJson(res: IncomingMessage, quiet = false): Promise<unknown> {
   }
 }
 
-/** The blocks one lane has read and verified, handed to the consumer in order; bounded, so reading pauses. */
+/** The blocks one lane has read and verified, handed to the consumer in order. */
 class Lane {
-  private readonly ready: Array<{ blockIndex: number; data: Promise<Buffer> }> = [];
+  private readonly ready: Array<{ blockIndex: number; data: Buffer }> = [];
   private error: unknown;
   private failed = false;
   private wakeConsumer: (() => void) | undefined;
-  /** Called when the consumer has taken a block from a full lane. */
-  onSpace: (() => void) | undefined;
+  /** Tells the stream that one more block may be read (it stays at most LANE_BLOCKS_AHEAD ahead). */
+  onTaken: (() => void) | undefined;
 
-  get full(): boolean {
-    return this.ready.length >= LANE_BLOCKS_AHEAD;
-  }
-
-  /** A block in order, its hash still being checked: a mismatch fails the consumer when it takes the block. */
-  push(blockIndex: number, data: Promise<Buffer>): void {
-    data.catch(() => undefined);
+  push(blockIndex: number, data: Buffer): void {
     this.ready.push({ blockIndex, data });
     this.wakeConsumer?.();
   }
@@ -472,52 +434,16 @@ class Lane {
       await new Promise<void>((resolve) => (this.wakeConsumer = resolve));
     }
     const head = this.ready.shift()!;
+    this.onTaken?.();
     if (head.blockIndex !== blockIndex) throw new Error(`lane handed block ${head.blockIndex} for block ${blockIndex}`);
-    const data = await head.data;
-    if (!this.full) this.onSpace?.();
-    return data;
+    return head.data;
   }
 }
 
 interface Frame {
   status: number;
   blockIndex: number;
+  /** SHA-256 of the body as received, hex (empty for an error frame). */
+  sha256: string;
   body: Buffer;
-}
-
-/** Splits the chunk stream into frames as its pieces arrive; each body is its own buffer, for the consumer. */
-class FrameParser {
-  private readonly header = Buffer.alloc(FRAME_HEADER_BYTES);
-  private headerFilled = 0;
-  private body: Buffer | null = null;
-  private bodyFilled = 0;
-  private status = 0;
-  private blockIndex = 0;
-
-  push(piece: Buffer, onFrame: (frame: Frame) => void): void {
-    let at = 0;
-    while (at < piece.length) {
-      if (this.body === null) {
-        const n = Math.min(FRAME_HEADER_BYTES - this.headerFilled, piece.length - at);
-        piece.copy(this.header, this.headerFilled, at, at + n);
-        this.headerFilled += n;
-        at += n;
-        if (this.headerFilled < FRAME_HEADER_BYTES) return;
-        this.status = this.header.readUInt8(0);
-        this.blockIndex = this.header.readUInt32BE(1);
-        this.body = Buffer.allocUnsafe(this.header.readUInt32BE(5));
-        this.bodyFilled = 0;
-        this.headerFilled = 0;
-      }
-      const n = Math.min(this.body.length - this.bodyFilled, piece.length - at);
-      piece.copy(this.body, this.bodyFilled, at, at + n);
-      this.bodyFilled += n;
-      at += n;
-      if (this.bodyFilled === this.body.length) {
-        const frame = { status: this.status, blockIndex: this.blockIndex, body: this.body };
-        this.body = null;
-        onFrame(frame);
-      }
-    }
-  }
 }
