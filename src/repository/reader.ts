@@ -1,6 +1,6 @@
 import { FailureType, RestoreError } from '../domain/errors';
 import { sharedChunkReadWorkers } from './chunk-readers';
-import { blockLength, chunkPath, findDisk, type RestorePoint } from './format';
+import { badChunkError, blockLength, chunkPath, findDisk, type RestorePoint } from './format';
 
 /** One block of a disk; data null means the block is all zeros and nothing was read. */
 export interface DiskBlock {
@@ -89,9 +89,8 @@ export async function* readDiskBlocks(
     const data = slot.subarray(0, blockLength(disk, blockSize, blockIndex));
     const result = await readers.read(chunkPath(repoDir, hash), hash, data);
     if (result.status === 'ok') return data;
-    const where = `restore point ${restorePoint.id} VM '${restorePoint.vm.name}' disk ${diskIndex} at offset ${offset}`;
     const what = result.status === 'missing' ? `is missing (expected ${chunkPath(repoDir, hash)})` : `is corrupt (${result.reason})`;
-    throw new RestoreError(FailureType.RepositoryCorrupt, `${where}: chunk ${hash} ${what}`);
+    throw badChunkError(restorePoint, diskIndex, offset, hash, what);
   };
 
   const blockTotal = disk.blocks.length;

@@ -3,7 +3,7 @@ import { statSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { FailureType, RestoreError } from '../domain/errors';
 import type { DiskCheckpoint } from '../domain/vsphere';
-import { readDiskBlocks, type RestorePoint } from '../repository';
+import type { RestorePoint } from '../repository';
 import { countedBlocks } from '../telemetry/metrics';
 import { parseDatastorePath } from '../vsphere';
 import { lunRanges, SanHost } from './san-host';
@@ -92,7 +92,7 @@ export const directSan: DiskTransport = {
     try {
       let sinceCheckpoint = 0;
       let first = true;
-      const blocks = readDiskBlocks(job.repositoryPath, job.restorePoint, disk.diskIndex, {
+      const blocks = job.repository.readDiskBlocks(job.restorePoint, disk.diskIndex, {
         fromOffset: resumeFrom,
         concurrency: job.readConcurrency,
         signal,

@@ -1,5 +1,4 @@
 import type { DiskCheckpoint } from '../domain/vsphere';
-import { readDiskBlocks } from '../repository';
 import { parseDatastorePath, uploadDatastoreFile } from '../vsphere';
 import { ByteRateLimiter } from './throttle';
 import type { DiskTransport } from './transport';
@@ -28,7 +27,7 @@ export const nbd: DiskTransport = {
     }, 1000);
     try {
       async function* body() {
-        for await (const b of readDiskBlocks(job.repositoryPath, rp, diskIndex, { concurrency: job.readConcurrency, signal })) {
+        for await (const b of job.repository.readDiskBlocks(rp, diskIndex, { concurrency: job.readConcurrency, signal })) {
           const data = b.data ?? zero.subarray(0, b.length);
           await limiter.take(b.length, signal);
           sent += b.length;

@@ -1,7 +1,6 @@
 import { existsSync } from 'node:fs';
 import { FailureType, RestoreError } from '../domain/errors';
 import type { DiskCheckpoint, TransportMode } from '../domain/vsphere';
-import { readDiskBlocks } from '../repository';
 import { countedBlocks } from '../telemetry/metrics';
 import { parseDatastorePath } from '../vsphere';
 import { writeDiskToFile } from './disk-writer';
@@ -46,7 +45,7 @@ export async function writeToLocalTarget(job: DiskWriteJob, mode: TransportMode,
       targetPath: target,
       capacityBytes: disk.capacityBytes,
       blocks: countedBlocks(
-        readDiskBlocks(job.repositoryPath, job.restorePoint, diskIndex, {
+        job.repository.readDiskBlocks(job.restorePoint, diskIndex, {
           fromOffset: resumeFrom,
           concurrency: job.readConcurrency,
           signal: job.signal,

@@ -1,6 +1,6 @@
 import type { ProxyConfig } from '../config';
 import type { DiskCheckpoint, DiskPlan, TransportMode } from '../domain/vsphere';
-import type { RestorePoint } from '../repository';
+import type { RepositorySource, RestorePoint } from '../repository';
 import type { Vm, VSphereClient } from '../vsphere';
 
 /** Everything a transport needs to write one disk of a restore point; nothing of Temporal. */
@@ -13,7 +13,8 @@ export interface DiskWriteJob {
   proxy: ProxyConfig;
   /** The plan's proxy VM, for HotAdd. */
   proxyVmName?: string;
-  repositoryPath: string;
+  /** Where the disk's blocks come from: the local repository or the repository host's data mover. */
+  repository: RepositorySource;
   restorePoint: RestorePoint;
   readConcurrency: number;
   checkpointBytes: number;

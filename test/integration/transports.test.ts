@@ -11,7 +11,7 @@ import { FailureType, RestoreError } from '../../src/domain/errors';
 import type { DiskPlan, TransportMode } from '../../src/domain/vsphere';
 import { labConfig, readLabState } from '../../src/lab';
 import { ensureTool, GOVC } from '../../src/lab/binaries';
-import { getRestorePoint, type RestorePoint } from '../../src/repository';
+import { getRestorePoint, localRepository, type RestorePoint } from '../../src/repository';
 import { seedDemoRepository } from '../../src/lab/demo';
 import { TRANSPORTS, type DiskWriteJob } from '../../src/transport';
 import { deviceNamesForDiskUuid } from '../../src/transport/hotadd';
@@ -93,7 +93,7 @@ function job(mode: TransportMode, diskFile: string, proxy: Partial<ProxyConfig> 
     flatPath: flatFileName(diskFile),
     proxy: { ...labProxy, ...proxy },
     proxyVmName,
-    repositoryPath: cfg.repository.path,
+    repository: localRepository(cfg.repository.path),
     restorePoint: rp,
     readConcurrency: 4,
     checkpointBytes: 16 * 1024 * 1024,
