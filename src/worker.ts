@@ -2,7 +2,7 @@ import { hostname } from 'node:os';
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, Worker } from '@temporalio/worker';
 import { startWorkerTelemetry } from './telemetry/worker';
-import { createMappedAzureActivities } from './activities/azure';
+import { azureProxyQueues, createMappedAzureActivities } from './activities/azure';
 import { helperTaskQueue, insecureWarnings, type AppConfig } from './config';
 import { createMappedVSphereActivities } from './activities/vsphere';
 import { createMappedVSphereImportActivities } from './activities/vsphere-import';
@@ -27,6 +27,8 @@ export interface RunWorkerOptions {
    * instead of the main queue plus the helper queues configured as embedded.
    */
   helperLocation?: string;
+  /** Serve only the upload queue of this Azure proxy (what runs inside the proxy VM). */
+  azureProxy?: string;
   /**
    * Serve only the boot verification queue (`<queue>-verifier`): what runs on a machine with qemu. The
    * main worker serves it too when `verifier.embeddedWorker` is set (the lab).
@@ -83,7 +85,9 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
     } as const;
     const workers: Worker[] = [];
     if (opts.helperLocation !== undefined && opts.verifier) throw new Error('a worker is either --helper or --verifier, not both');
-    if (opts.helperLocation === undefined && !opts.verifier) {
+    if (opts.azureProxy !== undefined && (opts.helperLocation !== undefined || opts.verifier))
+      throw new Error('a worker is --azure-proxy alone, not with --helper or --verifier');
+    if (opts.helperLocation === undefined && !opts.verifier && opts.azureProxy === undefined) {
       telemetry.watchLeases(client, taskQueue);
       workers.push(
         await Worker.create({
@@ -103,7 +107,7 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
       log(`worker polling task queue '${taskQueue}' on ${config.temporal.address} (namespace ${config.temporal.namespace})`);
     }
     // A helper appliance's worker prepares the disks attached to it, and does nothing else.
-    for (const h of opts.verifier ? [] : helperQueues(served, opts.helperLocation)) {
+    for (const h of opts.verifier || opts.azureProxy !== undefined ? [] : helperQueues(served, opts.helperLocation)) {
       workers.push(
         await Worker.create({
           ...common,
@@ -114,8 +118,14 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
       );
       log(`helper appliance worker (${h.location}) polling task queue '${h.taskQueue}'`);
     }
+    // An Azure proxy's worker uploads the VHDs of the restores that name the proxy, and does nothing else.
+    for (const p of opts.verifier || opts.helperLocation !== undefined ? [] : azureProxyQueues(served, opts.azureProxy)) {
+      const { uploadVhd } = createMappedAzureActivities({ config: served, client, workerIdentity: p.identity });
+      workers.push(await Worker.create({ ...common, taskQueue: p.taskQueue, identity: p.identity, activities: { uploadVhd } }));
+      log(`Azure proxy worker (${p.name}) polling task queue '${p.taskQueue}'`);
+    }
     // The verification worker boots restored disks under qemu, and does nothing else; it heartbeats itself.
-    if (opts.verifier || (opts.helperLocation === undefined && config.verifier?.embeddedWorker)) {
+    if (opts.verifier || (opts.helperLocation === undefined && opts.azureProxy === undefined && config.verifier?.embeddedWorker)) {
       const queue = verifierTaskQueue(taskQueue);
       workers.push(
         await Worker.create({

@@ -116,7 +116,7 @@ async function codecServerCommand(args: string[]): Promise<number> {
 async function workerCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
-    options: { helper: { type: 'string' }, verifier: { type: 'boolean' }, metrics: { type: 'string' } },
+    options: { helper: { type: 'string' }, 'azure-proxy': { type: 'string' }, verifier: { type: 'boolean' }, metrics: { type: 'string' } },
     allowPositionals: false,
   });
   // runWorker prints the insecure-profile warnings itself.
@@ -125,7 +125,15 @@ async function workerCommand(args: string[]): Promise<number> {
     process.once('SIGINT', resolve);
     process.once('SIGTERM', resolve);
   });
-  await runWorker({ config, log: out, until: stop, helperLocation: values.helper, verifier: values.verifier, metrics: values.metrics });
+  await runWorker({
+    config,
+    log: out,
+    until: stop,
+    helperLocation: values.helper,
+    azureProxy: values['azure-proxy'],
+    verifier: values.verifier,
+    metrics: values.metrics,
+  });
   return 0;
 }
 

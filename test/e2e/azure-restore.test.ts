@@ -236,6 +236,96 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
     }
   });
 
+  it('a restore naming the Azure proxy uploads on the proxy worker (worker --azure-proxy), waiting for it while it is not running', async () => {
+    // A queue of its own, so no earlier poller of the proxy queue (the lab worker's embedded one) is remembered.
+    const queue = `${env.taskQueue}-azpx`;
+    const proxyQueue = `${queue}-azure-proxy-lab-azure-proxy`;
+    const split = {
+      VMRESTORE_LAB_AZURE_PROXY_WORKER: 'separate',
+      VMRESTORE_AZURE_PROXY_IDLE_SECONDS: String(PROXY_IDLE_SECONDS),
+      VMRESTORE_AZURE_HELPER_IDLE_SECONDS: '1',
+    };
+    const control = await startWorkerProcess(queue, split);
+    let proxyWorker: WorkerProcess | undefined;
+    try {
+      assert.doesNotMatch(control.output(), /Azure proxy worker/, 'the control worker does not serve the proxy queue');
+      const a = labAzure();
+      const rpId = env.demo['demo-thick'];
+      const vmName = `t-azpx-${Date.now().toString(36)}`;
+      const handle = await startAzureRestore(env.client, { restorePointId: rpId, vmName, proxy: 'lab-azure-proxy' }, { taskQueue: queue });
+      // With no worker in the proxy, the restore says so and waits; nothing is uploaded elsewhere meanwhile.
+      const phase = async () => {
+        const p = await handle.query(progressQuery);
+        return { phase: p.phase as string, message: p.message };
+      };
+      let progress = await phase();
+      for (const deadline = Date.now() + 120_000; progress.phase !== 'waiting-for-proxy' && Date.now() < deadline; ) {
+        await new Promise((r) => setTimeout(r, 250));
+        progress = await phase();
+      }
+      assert.equal(progress.phase, 'waiting-for-proxy', `phase ${progress.phase}: ${progress.message}`);
+      assert.match(progress.message ?? '', new RegExp(`task queue '${proxyQueue}'`));
+      await new Promise((r) => setTimeout(r, 3000));
+      assert.equal((await phase()).phase, 'waiting-for-proxy', 'still waiting');
+      const proxyView = await labArm().compute.virtualMachines.instanceView(a.resourceGroup, a.proxyVmName);
+      assert.ok(
+        proxyView.statuses?.some((x) => x.code === 'PowerState/running'),
+        'the lease powered the proxy on',
+      );
+      const early = (await handle.fetchHistory()).events ?? [];
+      assert.ok(!early.some((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'uploadVhd'), 'no upload scheduled yet');
+
+      proxyWorker = await startWorkerProcess(queue, split, ['--azure-proxy', 'lab-azure-proxy']);
+      assert.match(proxyWorker.output(), new RegExp(`Azure proxy worker \\(lab-azure-proxy\\) polling task queue '${proxyQueue}'`));
+      assert.doesNotMatch(proxyWorker.output(), /^worker polling task queue/m, 'the proxy process serves only its queue');
+      const result = await handle.result();
+      const identity = new RegExp(`^${proxyWorker.child.pid}@.+/vmrestore-azure-proxy-lab-azure-proxy$`);
+      const events = (await handle.fetchHistory()).events ?? [];
+      const uploads = events.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'uploadVhd');
+      assert.equal(uploads.length, 2, 'one upload per disk');
+      for (const u of uploads) {
+        assert.equal(u.activityTaskScheduledEventAttributes!.taskQueue?.name, proxyQueue, 'scheduled on the proxy queue');
+        const started = events.filter((e) => String(e.activityTaskStartedEventAttributes?.scheduledEventId ?? '') === String(u.eventId));
+        assert.ok(started.length > 0);
+        for (const st of started)
+          assert.match(st.activityTaskStartedEventAttributes?.identity ?? '', identity, 'started by the proxy worker');
+      }
+      for (const d of result.disks) {
+        assert.equal(d.uploadedBy.taskQueue, proxyQueue);
+        assert.equal(d.uploadedBy.proxy, 'lab-azure-proxy');
+        assert.match(d.uploadedBy.workerIdentity, identity);
+      }
+      // What the proxy uploaded is what the managed disks were made of: the data disk is the backup byte for byte.
+      await labArm().compute.virtualMachines.deallocate(a.resourceGroup, vmName);
+      const managedData = path.join(tmp, `${vmName}-datadisk1.img`);
+      await downloadManagedDisk(labArm(), result.disks[1].managedDiskId, managedData);
+      assert.equal(await sha256File(managedData), await sha256OfBackedUpDisk(env.config.repository.path, rpId, 1));
+      const osBlob = await checkVhd(
+        result.disks[0].blobUrl,
+        (await getRestorePoint(env.config.repository.path, rpId)).vm.disks[0].capacityBytes,
+      );
+      assert.equal(await sha256File(osBlob.raw), await sha256OfBackedUpDisk(env.config.repository.path, rpId, 0), 'OS disk VHD');
+      // Released after the transfer, the proxy goes off once its idle timeout has passed.
+      const lease = env.client.workflow.getHandle(leaseWorkflowId({ kind: 'proxy', name: 'lab-azure-proxy' }, queue));
+      let state = await lease.query(leaseStateQuery);
+      for (const deadline = Date.now() + (PROXY_IDLE_SECONDS + 30) * 1000; state.poweredOn && Date.now() < deadline; ) {
+        await new Promise((r) => setTimeout(r, 500));
+        state = await lease.query(leaseStateQuery);
+      }
+      assert.equal(state.poweredOn, false, 'proxy powered off after its idle timeout');
+      assert.equal(state.powerOffs, 1);
+      const after = await labArm().compute.virtualMachines.instanceView(a.resourceGroup, a.proxyVmName);
+      assert.ok(
+        after.statuses?.some((x) => x.code === 'PowerState/deallocated'),
+        'proxy VM deallocated',
+      );
+      await lease.terminate('test done');
+    } finally {
+      await proxyWorker?.stop();
+      await control.stop();
+    }
+  });
+
   it('restores a UEFI Linux VM as Generation 2 on request', async () => {
     const dir = path.join(tmp, 'uefi-vm');
     mkdirSync(dir, { recursive: true });
@@ -410,6 +500,11 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
     ]);
     const lastRelease = Date.now();
     assert.ok(r1.vmId && r2.vmId);
+    // The lab worker serves the proxy's queue with a worker of its own, as the proxy VM's worker would.
+    for (const d of [...r1.disks, ...r2.disks]) {
+      assert.equal(d.uploadedBy.taskQueue, `${env.taskQueue}-azure-proxy-lab-azure-proxy`);
+      assert.match(d.uploadedBy.workerIdentity, new RegExp(`^${worker.child.pid}@.+/vmrestore-azure-proxy-lab-azure-proxy$`));
+    }
     const handle = env.client.workflow.getHandle(leaseWorkflowId({ kind: 'proxy', name: 'lab-azure-proxy' }, env.taskQueue));
     const mid = await handle.query(leaseStateQuery);
     assert.equal(mid.holders.length, 0, 'both restores released the proxy');
