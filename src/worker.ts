@@ -71,7 +71,8 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
   try {
     // Everything this worker derives from config (lease ids, helper queues) follows the queue it serves.
     const served: AppConfig = { ...config, temporal: { ...config.temporal, taskQueue } };
-    const azureActivities = createMappedAzureActivities({ config: served, client });
+    // Guest preparation on the helper runs only inside the helper appliance, so only its worker registers it.
+    const { prepareGuestOnHelper, ...azureActivities } = createMappedAzureActivities({ config: served, client });
     const common = {
       connection,
       namespace: config.temporal.namespace,
@@ -113,7 +114,7 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
           ...common,
           taskQueue: h.taskQueue,
           identity: `${process.pid}@${hostname()}/vmrestore-helper-${h.location}`,
-          activities: { prepareGuestDisk: azureActivities.prepareGuestDisk },
+          activities: { prepareGuestOnHelper },
         }),
       );
       log(`helper appliance worker (${h.location}) polling task queue '${h.taskQueue}'`);

@@ -123,10 +123,7 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
       setPhase('preparing-guest', 'OS disk mounted on the backup server');
       ({ changes: guestChanges, warnings: guestWarnings } = await longRunning(
         'mount, prepare and unmount the Windows OS disk',
-      ).prepareGuestDisk({
-        plan,
-        where: 'backup-server',
-      }));
+      ).prepareGuestOnBackupServer({ plan }));
       await releaseProxy();
       saga.add('delete the managed disks', deleteDisks);
       await control.createManagedDisks({ plan });
@@ -153,7 +150,7 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
       ({ changes: guestChanges, warnings: guestWarnings } = await longRunning(`prepare the Linux disks on helper ${helper.vmName}`, {
         taskQueue: plan.helperTaskQueue,
         scheduleToStartTimeout: '15 minutes',
-      }).prepareGuestDisk({ plan, where: 'helper-appliance' }));
+      }).prepareGuestOnHelper({ plan }));
       await detach();
       saga.remove(attached);
       await releaseHelper();

@@ -39,6 +39,7 @@ import {
   type WorkerProcess,
   writeZeroRestorePoint as writeZeroRp,
 } from '../helpers/env';
+import { assertLinuxChangesOnDisk, assertWindowsChangesOnDisk } from '../helpers/guest-changes';
 import { armLog, clearFaults, downloadManagedDisk, labArm, labAzure, labContainer, setFaults } from '../helpers/azure';
 import { materializeVhdBlob } from '../../src/azure/blob-image-read';
 
@@ -117,7 +118,7 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
     // Preparation ran on the helper appliance's own task queue, picked up by the helper's worker.
     const events = (await handle.fetchHistory()).events ?? [];
     const prepIds = events
-      .filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'prepareGuestDisk')
+      .filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'prepareGuestOnHelper')
       .map((e) => {
         assert.equal(e.activityTaskScheduledEventAttributes!.taskQueue?.name, `${env.taskQueue}-helper-${labAzure().location}`);
         return String(e.eventId);
@@ -175,7 +176,8 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
       /<service name="ssh"\/>/,
       `firewalld zone ${zone} allows ssh`,
     );
-    for (const c of result.guestChanges) assert.ok(c.path && c.description, 'every change names its path');
+    // Each change the restore reported is on the managed disk as reported.
+    await assertLinuxChangesOnDisk(managedOs, [root.startBytes], result.guestChanges);
 
     const { compute } = labArm();
     const a = labAzure();
@@ -208,9 +210,8 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
       const vmName = `t-hlp-${Date.now().toString(36)}`;
       const handle = await startAzureRestore(env.client, { restorePointId: env.demo['demo-linux'], vmName }, { taskQueue: env.taskQueue });
       const result = await handle.result();
-      assert.ok(result.guestChanges.length > 0);
       const events = (await handle.fetchHistory()).events ?? [];
-      const prep = events.find((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'prepareGuestDisk')!;
+      const prep = events.find((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'prepareGuestOnHelper')!;
       const started = events.find((e) => String(e.activityTaskStartedEventAttributes?.scheduledEventId ?? '') === String(prep.eventId));
       assert.match(
         started?.activityTaskStartedEventAttributes?.identity ?? '',
@@ -226,6 +227,13 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
         new RegExp(`^${worker.child.pid}@`),
         'uploaded by the main worker',
       );
+      // What the helper process reported changing is on the managed OS disk.
+      await labArm().compute.virtualMachines.deallocate(labAzure().resourceGroup, vmName);
+      const osd = path.join(tmp, `${vmName}-osdisk.img`);
+      await downloadManagedDisk(labArm(), result.disks[0].managedDiskId, osd);
+      const root = (await readPartitionTable(osd)).partitions.find((p) => p.type === 'linux')!;
+      await assertLinuxChangesOnDisk(osd, [root.startBytes], result.guestChanges);
+      assert.match((await readGuestFile(osd, root.startBytes, '/etc/default/grub'))!, /console=ttyS0/);
     } finally {
       await helper.stop();
       await worker.stop();
@@ -369,6 +377,7 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
     assert.ok(!result.guestChanges.some((c) => /MBR|BIOS/.test(c.description)), 'no boot conversion changes');
     const root = table.partitions.find((p) => p.type === 'linux')!;
     assert.match((await readGuestFile(osd, root.startBytes, '/etc/default/grub'))!, /console=ttyS0/);
+    await assertLinuxChangesOnDisk(osd, [root.startBytes], result.guestChanges);
   });
 
   it('restores a Windows VM: registry changes in every ControlSet, agent staged, VM running with the agent ready', async () => {
@@ -394,8 +403,9 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
     }
     const runOnce = await readHiveValueFromDisk(osd.raw, 'SOFTWARE', 'Microsoft\\Windows\\CurrentVersion\\RunOnce', 'AzureVmAgent');
     assert.match(runOnce ?? '', /msiexec/i);
-    assert.ok(result.guestChanges.length >= 10);
-    for (const c of result.guestChanges) assert.match(c.sha256After ?? '', /^sha256:[0-9a-f]{64}$/, c.path);
+    // Every registry value and file the restore reported is on the uploaded VHD the managed disk was imported from.
+    const checked = await assertWindowsChangesOnDisk(osd.raw, result.guestChanges);
+    assert.ok(checked.length >= 10, `changes checked on the disk: ${checked.join(', ')}`);
     const installer = env.config.azure!.windowsAgentInstaller!;
     const msi = await readWindowsFileFromDisk(osd.raw, 'Windows/AzureAgent/WindowsAzureVmAgent.msi');
     assert.ok(msi && msi.equals(readFileSync(installer.path)), 'the configured installer is staged byte-exact');
@@ -436,6 +446,7 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
       assert.equal(await readWindowsFileFromDisk(osd.raw, 'Windows/AzureAgent/WindowsAzureVmAgent.msi'), null);
       assert.equal(await readHiveValueFromDisk(osd.raw, 'SOFTWARE', 'Microsoft\\Windows\\CurrentVersion\\RunOnce', 'AzureVmAgent'), null);
       assert.equal(await readHiveValueFromDisk(osd.raw, 'SYSTEM', 'ControlSet001\\Services\\storvsc', 'Start'), '0');
+      await assertWindowsChangesOnDisk(osd.raw, result.guestChanges);
       const { compute } = labArm();
       const view = await compute.virtualMachines.instanceView(labAzure().resourceGroup, vmName);
       assert.equal(view.statuses?.find((x) => x.code?.startsWith('PowerState/'))?.code, 'PowerState/running');
