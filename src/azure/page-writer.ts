@@ -27,8 +27,10 @@ export interface PageRun {
 
 /** A condition on where a write may reach (the uploader's resume window past its stored checkpoint). */
 export interface WriteGate {
-  /** Whether a write ending at `end` may start now. */
-  allows(end: number): boolean;
+  /** Whether a write of [start, end) may start now. */
+  allows(start: number, end: number): boolean;
+  /** The write of [start, end) starts. */
+  admit(start: number, end: number): void;
   /** Called while a write waits on the gate, so the gate can move on (store a checkpoint). */
   blocked(): void;
   /** A call the gate itself has in flight, raced with the writes while waiting. */
@@ -115,6 +117,7 @@ export class PageWriter {
   async send(run: PageRun, done?: () => void): Promise<void> {
     const { o } = this;
     const entry = await this.room(run.start, run.start + run.length);
+    o.gate?.admit(run.start, run.start + run.length);
     assertPageWrite(run.start, run.length, o.limit);
     if (run.length > o.maxWrite) throw new RestoreError(FailureType.AzureLimit, `page write of ${run.length} bytes exceeds ${o.maxWrite}`);
     let slot: Buffer | undefined;
@@ -208,6 +211,7 @@ export class PageWriter {
 
   /** Takes a place in the order, then waits until it is among the first `concurrency` and the gate allows `end`. */
   private async room(start: number, end: number | null): Promise<Entry> {
+    // (A clear passes `end: null`: it sends nothing a resume would send again.)
     const { o } = this;
     const entry: Entry = { start, done: false };
     this.order.push(entry);
@@ -217,7 +221,7 @@ export class PageWriter {
       o.throwIfAborted?.();
       throwIfAborted(o.ac.signal);
       this.contiguousOffset(0);
-      const allowed = end === null || !o.gate || o.gate.allows(end);
+      const allowed = end === null || !o.gate || o.gate.allows(start, end);
       // At most `concurrency` from the oldest unacknowledged call: a slow write holds later ones back.
       if (this.order.indexOf(entry) < o.concurrency && allowed) return entry;
       if (!allowed) o.gate!.blocked();

@@ -102,8 +102,8 @@ export interface UploadFixedVhdOptions {
    */
   mergeZeroGapBytes?: number;
   /**
-   * Put Page calls in flight. It also sets the resume window, concurrency × maxPageWriteBytes: no write
-   * reaches further than that past the checkpoint stored in the blob's metadata, so a resume re-sends at
+   * Put Page calls in flight. It also sets the resume window, concurrency × maxPageWriteBytes: no more
+   * bytes than that are issued above the checkpoint stored in the blob's metadata, so a resume re-sends at
    * most the window. Memory held is about (concurrency + 1) × maxPageWriteBytes.
    */
   concurrency?: number;
@@ -280,7 +280,7 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
       firstError ??= err;
       ac.abort(err);
     };
-    // The resume window, and the checkpoint stored every quarter of it.
+    // The resume window, and the checkpoint stored each time a quarter of it has been issued.
     const windowBytes = concurrency * maxWrite;
     const checkpoint = new UploadCheckpoint(
       blobClient,
@@ -295,8 +295,9 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
     if (checksumWorkers > 0) {
       pool = checksumWorkers === defaultMd5Workers() ? sharedMd5Pool() : (ownPool = new Md5WorkerPool(checksumWorkers));
     }
-    // No write reaches past the checkpoint stored in the blob + the window, which bounds what a resume re-sends,
-    // even when one slow write holds the offset back or the process dies.
+    // No more than the window is issued above the checkpoint stored in the blob, which bounds what a resume
+    // re-sends, even when one slow write holds the offset back or the process dies. Counted in bytes, not in
+    // offsets: the zeros between sparse data are never sent, so they do not hold the writes back.
     const writes: PageWriter = new PageWriter({
       client: blobClient,
       limit: blobSize,
@@ -306,7 +307,8 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
       checksum,
       md5Pool: pool,
       gate: {
-        allows: (end) => end <= checkpoint.durable + windowBytes,
+        allows: (start, end) => checkpoint.issued.above(checkpoint.durable) + (end - start) <= windowBytes,
+        admit: (start, end) => checkpoint.issued.add(start, end),
         blocked: () => checkpoint.advance(contiguousOffset, true),
         running: () => checkpoint.running,
       },
