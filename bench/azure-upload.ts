@@ -398,7 +398,8 @@ export async function runAzureUploadBench(opts: AzureUploadBenchOptions = {}): P
 
   log(`creating a ${(capacity / GiB).toFixed(2)} GiB image (${dataFraction * 100}% random) in ${workDir}`);
   const layout = await createImage(imageFile, capacity, dataFraction, restoreId);
-  const azurite = await startEphemeralAzurite({ location: path.join(workDir, 'azurite') });
+  // A loaded machine can take a while to start Azurite.
+  const azurite = await startEphemeralAzurite({ location: path.join(workDir, 'azurite'), timeoutMs: 120_000 });
   const fh = await open(imageFile, 'r');
   try {
     const container = azurite.serviceClient.getContainerClient('bench');
