@@ -4,7 +4,7 @@
  * plain sequential Put Page loop that sends every 4 MiB including zeros).
  *
  *   node --import tsx bench/azure-upload.ts [--size-gib N] [--concurrency N] [--checksum md5|none]
- *                                          [--repeats N] [--no-azcopy] [--with-sequential] [--keep]
+ *                                          [--checksum-workers N] [--repeats N] [--no-azcopy] [--with-sequential] [--keep]
  *
  * AzCopy is built from its Go module into a cache outside the repository
  * (${XDG_CACHE_HOME:-~/.cache}/vmrestore/bin/azcopy-<version>/azcopy); VMRESTORE_AZCOPY=<path> uses a
@@ -41,6 +41,8 @@ export interface AzureUploadBenchOptions {
   blockSize?: number;
   concurrency?: number;
   checksum?: PageChecksum;
+  /** MD5 worker threads (the uploader's default when unset; 0 hashes on the main thread). */
+  checksumWorkers?: number;
   /** Try AzCopy as the baseline (default true). */
   azcopy?: boolean;
   azcopyVersion?: string;
@@ -428,6 +430,7 @@ export async function runAzureUploadBench(opts: AzureUploadBenchOptions = {}): P
         restoreId,
         concurrency,
         checksum,
+        checksumWorkers: opts.checksumWorkers,
       });
       const ourSeconds = (performance.now() - t0) / 1000;
       const cpu1 = process.cpuUsage(cpu0);
@@ -586,6 +589,7 @@ function parseArgs(argv: string[]): AzureUploadBenchOptions {
     else if (a === '--concurrency') o.concurrency = Number(next());
     else if (a === '--repeats') o.repeats = Number(next());
     else if (a === '--checksum') o.checksum = next() as PageChecksum;
+    else if (a === '--checksum-workers') o.checksumWorkers = Number(next());
     else if (a === '--no-azcopy') o.azcopy = false;
     else if (a === '--with-sequential') o.withSequential = true;
     else if (a === '--keep') o.keep = true;
