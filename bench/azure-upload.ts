@@ -4,14 +4,14 @@
  * plain sequential Put Page loop that sends every 4 MiB including zeros).
  *
  *   node --import tsx bench/azure-upload.ts [--size-gib N] [--concurrency N] [--checksum md5|none]
- *                                          [--repeats N] [--no-azcopy] [--with-sequential] [--keep]
+ *                                          [--checksum-workers N] [--repeats N] [--no-azcopy] [--with-sequential] [--keep]
  *
  * AzCopy is built from its Go module into a cache outside the repository
  * (${XDG_CACHE_HOME:-~/.cache}/vmrestore/bin/azcopy-<version>/azcopy); VMRESTORE_AZCOPY=<path> uses a
  * given binary instead, VMRESTORE_AZCOPY_VERSION picks another version.
  */
 import { execFile } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import os from 'node:os';
@@ -41,6 +41,8 @@ export interface AzureUploadBenchOptions {
   blockSize?: number;
   concurrency?: number;
   checksum?: PageChecksum;
+  /** MD5 worker threads (the uploader's default when unset; 0 hashes on the main thread). */
+  checksumWorkers?: number;
   /** Try AzCopy as the baseline (default true). */
   azcopy?: boolean;
   azcopyVersion?: string;
@@ -64,6 +66,21 @@ export interface UploadFigures {
   pageWrites?: number;
   /** Wall times of every repeat, when there were several. */
   samples?: number[];
+  /** CPU seconds (user + system) of the uploading process and of Azurite during the upload, when known. */
+  clientCpuSeconds?: number;
+  azuriteCpuSeconds?: number;
+}
+
+/** CPU seconds of a process from /proc (Linux): its own, and its reaped children's. */
+function procCpuSeconds(pid: number | 'self'): { own: number; children: number } | undefined {
+  try {
+    const st = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
+    // utime stime cutime cstime, in clock ticks (100 per second on Linux).
+    return { own: (Number(f[11]) + Number(f[12])) / 100, children: (Number(f[13]) + Number(f[14])) / 100 };
+  } catch {
+    return undefined;
+  }
 }
 
 export interface AzureUploadBenchResult {
@@ -96,6 +113,22 @@ export interface AzureUploadBenchResult {
   ratio: number;
   /** Against AzCopy's transfer time (its last write) instead of its wall time. */
   ratioToTransfer?: number;
+  /**
+   * The same two ratios for each repeat (ours and AzCopy's runs of it follow each other, so load from the
+   * rest of the machine hits both about alike), and their medians: steadier than the ratio of medians on a
+   * machine whose load swings between repeats.
+   */
+  pairRatios?: number[];
+  pairRatiosToTransfer?: number[];
+  medianPairRatio?: number;
+  medianPairRatioToTransfer?: number;
+  /** Median CPU seconds, client + Azurite, of ours and of AzCopy's uploads, and their ratio (AzCopy's / ours). */
+  cpu?: { ours: number; azcopy: number; ratio: number };
+}
+
+function medianOf(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 }
 
 function run(
@@ -259,6 +292,11 @@ function figures(seconds: number, virtualSize: number, bytesSent: number, pageWr
   };
 }
 
+function cpuText(f: UploadFigures): string {
+  const t = (x: number | undefined) => (x === undefined ? '?' : `${x.toFixed(1)} s`);
+  return `client ${t(f.clientCpuSeconds)}, Azurite ${t(f.azuriteCpuSeconds)}`;
+}
+
 /** The run with the median wall time. */
 function median<T extends { seconds: number }>(runs: T[]): T {
   const sorted = [...runs].sort((a, b) => a.seconds - b.seconds);
@@ -362,7 +400,8 @@ export async function runAzureUploadBench(opts: AzureUploadBenchOptions = {}): P
 
   log(`creating a ${(capacity / GiB).toFixed(2)} GiB image (${dataFraction * 100}% random) in ${workDir}`);
   const layout = await createImage(imageFile, capacity, dataFraction, restoreId);
-  const azurite = await startEphemeralAzurite({ location: path.join(workDir, 'azurite') });
+  // A loaded machine can take a while to start Azurite.
+  const azurite = await startEphemeralAzurite({ location: path.join(workDir, 'azurite'), timeoutMs: 120_000 });
   const fh = await open(imageFile, 'r');
   try {
     const container = azurite.serviceClient.getContainerClient('bench');
@@ -381,6 +420,8 @@ export async function runAzureUploadBench(opts: AzureUploadBenchOptions = {}): P
     }
     for (let rep = 1; rep <= repeats; rep++) {
       const ourBlob = container.getPageBlobClient(`ours-${rep}.vhd`);
+      const cpu0 = process.cpuUsage();
+      const az0 = procCpuSeconds(azurite.pid);
       const t0 = performance.now();
       const res = await uploadFixedVhd({
         blobClient: ourBlob,
@@ -389,12 +430,17 @@ export async function runAzureUploadBench(opts: AzureUploadBenchOptions = {}): P
         restoreId,
         concurrency,
         checksum,
+        checksumWorkers: opts.checksumWorkers,
       });
       const ourSeconds = (performance.now() - t0) / 1000;
+      const cpu1 = process.cpuUsage(cpu0);
+      const az1 = procCpuSeconds(azurite.pid);
       const verify = await verifyUploadedVhd(ourBlob, { capacityBytes: capacity, expectedNonZeroRanges: layout.runs });
       await ourBlob.delete();
       const o = {
         ...figures(ourSeconds, virtualSize, res.bytesSent, res.pageWrites),
+        clientCpuSeconds: (cpu1.user + cpu1.system) / 1e6,
+        azuriteCpuSeconds: az0 && az1 ? az1.own - az0.own : undefined,
         zeroBytesSkipped: res.zeroBytesSkipped,
         verifyOk: verify.ok,
         problems: verify.problems,
@@ -403,12 +449,16 @@ export async function runAzureUploadBench(opts: AzureUploadBenchOptions = {}): P
       log(
         `[${rep}/${repeats}] ours:   ${o.seconds.toFixed(2)} s, ${o.virtualMiBps.toFixed(0)} MiB/s of virtual size, ` +
           `${o.sentMiBps.toFixed(0)} MiB/s sent, ${(o.bytesSent / MiB).toFixed(1)} MiB in ${res.pageWrites} writes` +
-          `, verify ${verify.ok ? 'ok' : 'FAILED: ' + verify.problems.join('; ')}`,
+          `, verify ${verify.ok ? 'ok' : 'FAILED: ' + verify.problems.join('; ')}; cpu ${cpuText(o)}`,
       );
 
       if ('binary' in az && azcopy.reason === undefined) {
         const name = `azcopy-${rep}.vhd`;
+        const self0 = procCpuSeconds('self');
+        const az0 = procCpuSeconds(azurite.pid);
         const r = await runAzcopy(az.binary, imageFile, container, name, workDir);
+        const self1 = procCpuSeconds('self');
+        const az1 = procCpuSeconds(azurite.pid);
         if ('seconds' in r) {
           const azBlob = container.getPageBlobClient(name);
           const sent = await sumPageRanges(azBlob);
@@ -416,6 +466,9 @@ export async function runAzureUploadBench(opts: AzureUploadBenchOptions = {}): P
           await azBlob.delete();
           const a = {
             ...figures(r.seconds, virtualSize, sent),
+            // AzCopy is a child this process has reaped: its CPU time is in our children's.
+            clientCpuSeconds: self0 && self1 ? self1.children - self0.children : undefined,
+            azuriteCpuSeconds: az0 && az1 ? az1.own - az0.own : undefined,
             transferSeconds: r.transferSeconds,
             footerOk: check.footer?.checksumValid === true && check.footer.currentSize === virtualSize,
           };
@@ -423,7 +476,7 @@ export async function runAzureUploadBench(opts: AzureUploadBenchOptions = {}): P
           log(
             `[${rep}/${repeats}] azcopy: ${a.seconds.toFixed(2)} s (last write at ${a.transferSeconds.toFixed(2)} s), ` +
               `${a.virtualMiBps.toFixed(0)} MiB/s of virtual size, ` +
-              `${a.sentMiBps.toFixed(0)} MiB/s sent, ${(sent / MiB).toFixed(1)} MiB in page ranges (${az.version})`,
+              `${a.sentMiBps.toFixed(0)} MiB/s sent, ${(sent / MiB).toFixed(1)} MiB in page ranges (${az.version}); cpu ${cpuText(a)}`,
           );
         } else {
           azcopy.reason = r.reason;
@@ -477,6 +530,29 @@ export async function runAzureUploadBench(opts: AzureUploadBenchOptions = {}): P
       `ratio ours / ${baseline}: ${ratio.toFixed(2)}x by wall time for the same ${(virtualSize / GiB).toFixed(2)} GiB VHD` +
         (ratioToTransfer ? `; ${ratioToTransfer.toFixed(2)}x against AzCopy's last-write time` : ''),
     );
+    let pairs: Pick<
+      AzureUploadBenchResult,
+      'pairRatios' | 'pairRatiosToTransfer' | 'medianPairRatio' | 'medianPairRatioToTransfer' | 'cpu'
+    > = {};
+    if (azcopy.ran) {
+      const pairRatios = ourRuns.map((o, i) => azRuns[i].seconds / o.seconds);
+      const pairRatiosToTransfer = ourRuns.map((o, i) => azRuns[i].transferSeconds / o.seconds);
+      const cpuOf = (f: UploadFigures) => (f.clientCpuSeconds ?? NaN) + (f.azuriteCpuSeconds ?? NaN);
+      const cpuOurs = medianOf(ourRuns.map(cpuOf));
+      const cpuAz = medianOf(azRuns.map(cpuOf));
+      pairs = {
+        pairRatios,
+        pairRatiosToTransfer,
+        medianPairRatio: medianOf(pairRatios),
+        medianPairRatioToTransfer: medianOf(pairRatiosToTransfer),
+        cpu: { ours: cpuOurs, azcopy: cpuAz, ratio: cpuAz / cpuOurs },
+      };
+      log(
+        `per repeat: ${pairRatios.map((r) => r.toFixed(2)).join(', ')}x by wall time (median ${pairs.medianPairRatio!.toFixed(2)}x); ` +
+          `${pairRatiosToTransfer.map((r) => r.toFixed(2)).join(', ')}x against the last write (median ${pairs.medianPairRatioToTransfer!.toFixed(2)}x); ` +
+          `CPU client + Azurite: ours ${cpuOurs.toFixed(1)} s, AzCopy ${cpuAz.toFixed(1)} s (${(cpuAz / cpuOurs).toFixed(2)}x)`,
+      );
+    }
     return {
       image: {
         capacityBytes: capacity,
@@ -491,6 +567,7 @@ export async function runAzureUploadBench(opts: AzureUploadBenchOptions = {}): P
       baseline,
       ratio,
       ratioToTransfer,
+      ...pairs,
     };
   } finally {
     await fh.close();
@@ -512,6 +589,7 @@ function parseArgs(argv: string[]): AzureUploadBenchOptions {
     else if (a === '--concurrency') o.concurrency = Number(next());
     else if (a === '--repeats') o.repeats = Number(next());
     else if (a === '--checksum') o.checksum = next() as PageChecksum;
+    else if (a === '--checksum-workers') o.checksumWorkers = Number(next());
     else if (a === '--no-azcopy') o.azcopy = false;
     else if (a === '--with-sequential') o.withSequential = true;
     else if (a === '--keep') o.keep = true;

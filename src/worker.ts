@@ -3,7 +3,7 @@ import { hostname } from 'node:os';
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, Worker } from '@temporalio/worker';
 import { startWorkerTelemetry } from './telemetry/worker';
-import { createMappedAzureActivities } from './activities/azure';
+import { azureProxyQueues, createMappedAzureActivities } from './activities/azure';
 import { DEFAULT_PROXY_MAX_TASKS, helperTaskQueue, insecureWarnings, type AppConfig, type ProxyConfig } from './config';
 import { createMappedVSphereActivities } from './activities/vsphere';
 import { createMappedVSphereImportActivities } from './activities/vsphere-import';
@@ -32,6 +32,8 @@ export interface RunWorkerOptions {
    * instead of the main queue plus the helper queues configured as embedded.
    */
   helperLocation?: string;
+  /** Serve only the upload queue of this Azure proxy (what runs inside the proxy VM). */
+  azureProxy?: string;
   /**
    * Serve only the boot verification queue (`<queue>-verifier`): what runs on a machine with qemu. The
    * main worker serves it too when `verifier.embeddedWorker` is set (the lab).
@@ -79,9 +81,14 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
   const { config } = opts;
   const log = opts.log ?? (() => {});
   for (const w of insecureWarnings(config)) log(w);
-  const roles = [opts.helperLocation !== undefined && '--helper', opts.verifier && '--verifier', opts.proxyName !== undefined && '--proxy'];
+  const roles = [
+    opts.helperLocation !== undefined && '--helper',
+    opts.verifier && '--verifier',
+    opts.proxyName !== undefined && '--proxy',
+    opts.azureProxy !== undefined && '--azure-proxy',
+  ];
   if (roles.filter(Boolean).length > 1) throw new Error(`a worker has one role, got ${roles.filter(Boolean).join(' and ')}`);
-  const control = opts.helperLocation === undefined && !opts.verifier && opts.proxyName === undefined;
+  const control = !roles.some(Boolean);
   // Checked before anything connects: a proxy whose paths are missing on this host never polls.
   const proxies = control
     ? config.proxies.filter((p) => p.embeddedWorker)
@@ -107,7 +114,8 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
   try {
     // Everything this worker derives from config (lease ids, helper queues) follows the queue it serves.
     const served: AppConfig = { ...config, temporal: { ...config.temporal, taskQueue } };
-    const azureActivities = createMappedAzureActivities({ config: served, client });
+    // Guest preparation on the helper runs only inside the helper appliance, so only its worker registers it.
+    const { prepareGuestOnHelper, ...azureActivities } = createMappedAzureActivities({ config: served, client });
     const common = {
       connection,
       namespace: config.temporal.namespace,
@@ -168,16 +176,26 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
       log(`worker polling task queue '${taskQueue}' on ${config.temporal.address} (namespace ${config.temporal.namespace})`);
     }
     // A helper appliance's worker prepares the disks attached to it, and does nothing else.
-    for (const h of opts.verifier || opts.proxyName !== undefined ? [] : helperQueues(served, opts.helperLocation)) {
+    for (const h of opts.verifier || opts.proxyName !== undefined || opts.azureProxy !== undefined
+      ? []
+      : helperQueues(served, opts.helperLocation)) {
       workers.push(
         await Worker.create({
           ...common,
           taskQueue: h.taskQueue,
           identity: `${process.pid}@${hostname()}/vmrestore-helper-${h.location}`,
-          activities: { prepareGuestDisk: azureActivities.prepareGuestDisk },
+          activities: { prepareGuestOnHelper },
         }),
       );
       log(`helper appliance worker (${h.location}) polling task queue '${h.taskQueue}'`);
+    }
+    // An Azure proxy's worker uploads the VHDs of the restores that name the proxy, and does nothing else.
+    for (const p of opts.verifier || opts.helperLocation !== undefined || opts.proxyName !== undefined
+      ? []
+      : azureProxyQueues(served, opts.azureProxy)) {
+      const { uploadVhd } = createMappedAzureActivities({ config: served, client, workerIdentity: p.identity });
+      workers.push(await Worker.create({ ...common, taskQueue: p.taskQueue, identity: p.identity, activities: { uploadVhd } }));
+      log(`Azure proxy worker (${p.name}) polling task queue '${p.taskQueue}'`);
     }
     // The verification worker boots restored disks under qemu, and does nothing else; it heartbeats itself.
     if (opts.verifier || (control && config.verifier?.embeddedWorker)) {

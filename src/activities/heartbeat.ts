@@ -2,7 +2,7 @@ import { Context } from '@temporalio/activity';
 import { taskWaitContext } from '../vsphere/task';
 
 /** Activities that heartbeat their own checkpoints: a bare heartbeat would overwrite those details. */
-export const SELF_HEARTBEATING = ['writeDisk', 'uploadVhd', 'prepareGuestDisk', 'importVSphereDisk'];
+export const SELF_HEARTBEATING = ['writeDisk', 'uploadVhd', 'prepareGuestOnBackupServer', 'prepareGuestOnHelper', 'importVSphereDisk'];
 
 /**
  * Wraps every function of an activity object (but `except`) so that it heartbeats from this worker

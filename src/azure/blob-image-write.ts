@@ -124,7 +124,7 @@ export async function writeBackChanges(blobClient: BlobImageWriteClient, opts: W
       else if (start < end) toRead.push({ start, end });
     }
 
-    writer = new PageWriter(blobClient, virtualSize, maxWrite, concurrency, ac);
+    writer = new PageWriter({ client: blobClient, limit: virtualSize, maxWrite, concurrency, ac, recordRanges: true });
     const w = writer;
     const current = new SnapshotBuilder();
     const old = snapshot.chunks;
@@ -185,13 +185,13 @@ export async function writeBackChanges(blobClient: BlobImageWriteClient, opts: W
 
     const { chunks, hashes } = current.build();
     let nextEtag = etag;
-    if (w.pageWrites > 0) nextEtag = (await blobClient.getProperties({ abortSignal: signal })).etag;
+    if (w.pagesSent > 0) nextEtag = (await blobClient.getProperties({ abortSignal: signal })).etag;
 
     return {
-      changedBytes: w.uploadedBytes + w.clearedBytes,
-      uploadedBytes: w.uploadedBytes,
+      changedBytes: w.bytesSent + w.clearedBytes,
+      uploadedBytes: w.bytesSent,
       clearedBytes: w.clearedBytes,
-      pageWrites: w.pageWrites,
+      pageWrites: w.pagesSent,
       ranges: mergeRanges(w.ranges),
       snapshot: { capacityBytes, chunkSize, chunks, hashes, etag: nextEtag },
       scan: method === 'seek' ? 'data-segments' : 'full',

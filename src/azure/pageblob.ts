@@ -7,16 +7,15 @@
  * bounded number in flight. The footer goes last, so a blob without a valid footer is never mistaken
  * for a finished upload.
  */
-import { createHash } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
 import type { PageBlobClient } from '@azure/storage-blob';
 import { FailureType, RestoreError } from '../domain/errors';
 import { blobUrlForRecord } from './blob-url';
 import { AZURE_LIMITS, buildFixedVhdFooter, formatUuid, SECTOR_SIZE, uuidFromRestoreId, VHD_FOOTER_SIZE, vhdVirtualSize } from './vhd';
 import { defaultMd5Workers, Md5WorkerPool, sharedMd5Pool } from './pageblob-md5';
-import { assertPageWrite, forEachNonZeroRun, limitError, ZERO } from './page-write';
+import { forEachNonZeroRun, limitError, ZERO } from './page-write';
 import { UploadCheckpoint } from './pageblob-checkpoint';
-import { WriteWindow, type PageRun } from './pageblob-window';
+import { PageWriter, type PageRun } from './page-writer';
 import {
   BlobSizeMismatchError,
   ForeignBlobError,
@@ -103,8 +102,8 @@ export interface UploadFixedVhdOptions {
    */
   mergeZeroGapBytes?: number;
   /**
-   * Put Page calls in flight. It also sets the resume window, concurrency × maxPageWriteBytes: no write
-   * reaches further than that past the checkpoint stored in the blob's metadata, so a resume re-sends at
+   * Put Page calls in flight. It also sets the resume window, concurrency × maxPageWriteBytes: no more
+   * bytes than that are issued above the checkpoint stored in the blob's metadata, so a resume re-sends at
    * most the window. Memory held is about (concurrency + 1) × maxPageWriteBytes.
    */
   concurrency?: number;
@@ -281,7 +280,7 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
       firstError ??= err;
       ac.abort(err);
     };
-    // The resume window, and the checkpoint stored every quarter of it.
+    // The resume window, and the checkpoint stored each time a quarter of it has been issued.
     const windowBytes = concurrency * maxWrite;
     const checkpoint = new UploadCheckpoint(
       blobClient,
@@ -296,36 +295,31 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
     if (checksumWorkers > 0) {
       pool = checksumWorkers === defaultMd5Workers() ? sharedMd5Pool() : (ownPool = new Md5WorkerPool(checksumWorkers));
     }
-    const sendPage = async (offset: number, body: Buffer): Promise<void> => {
-      assertPageWrite(offset, body.length, blobSize);
-      if (body.length > maxWrite) throw limitError(`page write of ${body.length} bytes exceeds maxPageWriteBytes ${maxWrite}`);
-      let md5: Buffer | undefined;
-      if (checksum === 'md5') {
-        md5 = pool && body.buffer instanceof SharedArrayBuffer ? await pool.digest(body) : createHash('md5').update(body).digest();
-      }
-      await blobClient.uploadPages(body, offset, body.length, {
-        abortSignal: signal,
-        transactionalContentMD5: md5,
-      });
-    };
-
-    const writes: WriteWindow = new WriteWindow({
-      concurrency,
+    // No more than the window is issued above the checkpoint stored in the blob, which bounds what a resume
+    // re-sends, even when one slow write holds the offset back or the process dies. Counted in bytes, not in
+    // offsets: the zeros between sparse data are never sent, so they do not hold the writes back.
+    const writes: PageWriter = new PageWriter({
+      client: blobClient,
+      limit: blobSize,
       maxWrite,
-      windowBytes,
-      checkpoint,
-      sharedBuffers: pool !== undefined,
-      send: sendPage,
-      queuedOffset: () => (pending ? pending.start : scanPos),
+      concurrency,
+      ac,
+      checksum,
+      md5Pool: pool,
+      gate: {
+        allows: (start, end) => checkpoint.issued.above(checkpoint.durable) + (end - start) <= windowBytes,
+        admit: (start, end) => checkpoint.issued.add(start, end),
+        blocked: () => checkpoint.advance(contiguousOffset, true),
+        running: () => checkpoint.running,
+      },
       onWritten: () => {
         checkpoint.advance(contiguousOffset, false);
         report(true);
       },
       throwIfAborted,
-      fail,
-      firstError: () => firstError,
+      onFailure: (err) => (firstError ??= err),
     });
-    const contiguousOffset = (): number => writes.contiguousOffset();
+    const contiguousOffset = (): number => writes.contiguousOffset(pending ? pending.start : scanPos);
     const zeroBytesSkipped = (): number => Math.max(0, Math.min(scanPos, capacityBytes) - Math.min(start, capacityBytes) - coveredInput);
     const report = (force: boolean): void => {
       if (!opts.onProgress) return;
@@ -339,7 +333,7 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
         zeroBytesSkipped: zeroBytesSkipped(),
       });
     };
-    const dispatch = (run: PageRun): Promise<void> => writes.dispatch(run);
+    const dispatch = (run: PageRun): Promise<void> => writes.send(run);
 
     const flush = async (): Promise<void> => {
       if (!pending) return;
@@ -430,16 +424,16 @@ export async function uploadFixedVhd(opts: UploadFixedVhdOptions): Promise<Uploa
         throw inputError(`input ended at ${expected ?? 'the first block'}, before the disk capacity ${capacityBytes}`);
       }
       await flush();
-      await Promise.all(writes.inflight);
+      await writes.finish();
       if (firstError !== undefined) throw firstError;
       throwIfAborted();
       // Between capacity and the rounded virtual size nothing is written: the blob is zero there.
       scanPos = Math.max(scanPos, virtualSize);
       report(false);
 
-      await sendPage(virtualSize, footer);
-      writes.bytesSent += footer.length;
-      writes.pagesSent += 1;
+      // Last, once every data write has landed: a blob without a footer is never taken for a finished upload.
+      await writes.send({ start: virtualSize, length: footer.length, pieces: [footer] });
+      await writes.finish();
       scanPos = blobSize;
       // A retry after this point (say the result was lost with the worker) then has nothing to send.
       await checkpoint.running;

@@ -119,7 +119,13 @@ async function codecServerCommand(args: string[]): Promise<number> {
 async function workerCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
-    options: { helper: { type: 'string' }, verifier: { type: 'boolean' }, proxy: { type: 'string' }, metrics: { type: 'string' } },
+    options: {
+      helper: { type: 'string' },
+      'azure-proxy': { type: 'string' },
+      verifier: { type: 'boolean' },
+      proxy: { type: 'string' },
+      metrics: { type: 'string' },
+    },
     allowPositionals: false,
   });
   // runWorker prints the insecure-profile warnings itself.
@@ -133,6 +139,7 @@ async function workerCommand(args: string[]): Promise<number> {
     log: out,
     until: stop,
     helperLocation: values.helper,
+    azureProxy: values['azure-proxy'],
     verifier: values.verifier,
     proxyName: values.proxy,
     metrics: values.metrics,

@@ -15,8 +15,9 @@ export const USAGE = `vmrestore: restore whole VMs from backups to vSphere (and 
         repository.tokenFile or tokenEnv; a config with only the repository section will do)
   vmrestore codec-server [--port 8888] [--host ADDR] [--origin URL]... [--allowed-host NAME]...
         [--token-file FILE]   (decrypts payloads for the Web UI; bearer token from VMRESTORE_CODEC_TOKEN or the file)
-  vmrestore worker [--helper LOCATION | --verifier | --proxy NAME] [--metrics HOST:PORT]   (--helper: the worker inside
-        that location's helper appliance; --verifier: only boot verification, on a machine with qemu; --proxy: the
+  vmrestore worker [--helper LOCATION | --azure-proxy NAME | --verifier | --proxy NAME] [--metrics HOST:PORT]   (--helper: the
+        worker inside that location's helper appliance; --azure-proxy: the worker inside that Azure proxy VM, which
+        uploads the VHDs of restores naming it; --verifier: only boot verification, on a machine with qemu; --proxy: the
         disk writer on that vSphere proxy host, which checks the proxy's configured paths first; --metrics: serve
         Prometheus metrics at /metrics; traces go by OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set)
   vmrestore restore vsphere --restore-point ID --vm-name NAME [--datastore DS] [--folder F]

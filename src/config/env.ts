@@ -52,6 +52,8 @@ export function applyLabEnvOverrides(cfg: AppConfig, env: NodeJS.ProcessEnv = pr
       proxies: a.proxies.map((p) => ({
         ...p,
         idleTimeoutSeconds: seconds(env, 'VMRESTORE_AZURE_PROXY_IDLE_SECONDS', p.idleTimeoutSeconds)!,
+        workerWaitSeconds: seconds(env, 'VMRESTORE_AZURE_PROXY_WORKER_WAIT_SECONDS', p.workerWaitSeconds)!,
+        embeddedWorker: env.VMRESTORE_LAB_AZURE_PROXY_WORKER === 'separate' ? false : p.embeddedWorker,
       })),
       helpers: Object.fromEntries(
         Object.entries(a.helpers).map(([location, h]) => [

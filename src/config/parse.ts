@@ -359,6 +359,9 @@ function parseAzure(a: Record<string, unknown>, baseDir: string, fromLab: boolea
         resourceGroup: str(p, 'resourceGroup', `azure.proxies[${i}]`, false) ?? str(a, 'resourceGroup', w)!,
         vmName: str(p, 'vmName', `azure.proxies[${i}]`)!,
         idleTimeoutSeconds: int(p, 'idleTimeoutSeconds', `azure.proxies[${i}]`, 300, 0),
+        taskQueue: str(p, 'taskQueue', `azure.proxies[${i}]`, false),
+        embeddedWorker: bool(p, 'embeddedWorker', `azure.proxies[${i}]`, false),
+        workerWaitSeconds: int(p, 'workerWaitSeconds', `azure.proxies[${i}]`, 900, 1),
       };
     }),
     helpers: Object.fromEntries(

@@ -73,7 +73,8 @@ export interface AzureConfig {
   /** The Blob storage connection string, read from `blobConnectionStringFile` when the config is loaded. */
   blobConnectionString?: string;
   blobConnectionStringEnv?: string;
-  proxies: Array<{ name: string; resourceGroup: string; vmName: string; idleTimeoutSeconds: number }>;
+  /** VMs inside Azure that carry the VHD uploads of the restores that name them, powered on by a lease. */
+  proxies: AzureProxyConfig[];
   /** How often proxy and helper leases check that their holders' restores still run (default 60). */
   leaseHolderCheckSeconds?: number;
   /** Location → helper appliance VM for Linux guest preparation. */
@@ -96,6 +97,22 @@ export interface AgentInstallerConfig {
   path: string;
   /** Expected SHA-256 (64 hex digits); a file with another digest stops the restore. */
   sha256?: string;
+}
+
+export interface AzureProxyConfig {
+  name: string;
+  resourceGroup: string;
+  vmName: string;
+  idleTimeoutSeconds: number;
+  /**
+   * Task queue of the worker inside the proxy VM (`vmrestore worker --azure-proxy NAME`), which uploads the
+   * VHDs of the restores that name this proxy. Defaults to `<temporal.taskQueue>-azure-proxy-<name>`.
+   */
+  taskQueue?: string;
+  /** Whether the main worker also serves that queue (the lab's proxy is a simulated VM); false in a deployment. */
+  embeddedWorker: boolean;
+  /** How long a restore waits, once the proxy is on, for its worker to poll before failing (default 900). */
+  workerWaitSeconds: number;
 }
 
 export interface HelperApplianceConfig {
@@ -149,6 +166,11 @@ export interface RepositoryConfig {
   streamsPerDisk?: number;
   /** The data mover's side: its TLS certificate and key (PEM files). */
   serve?: { certFile: string; keyFile: string };
+}
+
+/** The task queue the worker inside Azure proxy `proxy` serves. */
+export function azureProxyTaskQueue(config: Pick<AppConfig, 'temporal'>, proxy: Pick<AzureProxyConfig, 'name' | 'taskQueue'>): string {
+  return proxy.taskQueue ?? `${config.temporal.taskQueue}-azure-proxy-${proxy.name}`;
 }
 
 export interface AppConfig {

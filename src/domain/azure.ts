@@ -64,6 +64,10 @@ export interface AzurePlan {
   storageAccountId: string;
   nicName: string;
   proxy?: LeaseTarget;
+  /** Task queue of the worker inside the Azure proxy, where the VHD uploads run when the restore names one. */
+  proxyTaskQueue?: string;
+  /** How long to wait, once the proxy runs, for its worker to poll that queue. */
+  proxyWorkerWaitSeconds?: number;
   helper?: LeaseTarget;
   /** Task queue of the worker on the helper appliance, where Linux disks are prepared. */
   helperTaskQueue?: string;
@@ -89,6 +93,15 @@ export interface AzureDiskResult {
   zeroBytesSkipped: number;
   resumedFromOffset: number;
   seconds: number;
+  /** Where the upload ran: the task queue and the identity of the worker that carried it. */
+  uploadedBy: UploadWorker;
+}
+
+export interface UploadWorker {
+  taskQueue: string;
+  workerIdentity: string;
+  /** The Azure proxy whose worker uploaded the disk, when the restore named one. */
+  proxy?: string;
 }
 
 export interface AzureRestoreResult {

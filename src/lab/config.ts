@@ -110,7 +110,17 @@ function labAzureConfig(a: LabAzure, blobConnectionString: string): Record<strin
     leaseHolderCheckSeconds: 30,
     // A small, clearly marked stand-in the simulator recognises once staged: the lab restores Windows with the agent.
     windowsAgentInstaller: { path: labAgentInstaller() },
-    proxies: [{ name: 'lab-azure-proxy', resourceGroup: a.resourceGroup, vmName: a.proxyVmName, idleTimeoutSeconds: 20 }],
+    proxies: [
+      {
+        name: 'lab-azure-proxy',
+        resourceGroup: a.resourceGroup,
+        vmName: a.proxyVmName,
+        idleTimeoutSeconds: 20,
+        // A simulated VM: the lab worker serves its upload queue too, unless a separate `vmrestore worker
+        // --azure-proxy lab-azure-proxy` does (as inside a real proxy).
+        embeddedWorker: true,
+      },
+    ],
     helpers: {
       [a.location]: {
         resourceGroup: a.resourceGroup,

@@ -18,10 +18,18 @@ const lease = proxyActivities<AzureActivities>(leaseWaitOptions());
 const longRunning = (summary: string, where?: Pick<ActivityOptions, 'taskQueue' | 'scheduleToStartTimeout'>) =>
   proxyActivities<AzureActivities>(transferOptions(summary, where));
 
-type AzurePhase = RestorePhase | 'powering-on-proxy' | 'uploading' | 'preparing-guest' | 'registering-vm' | 'installing-agent';
+type AzurePhase =
+  | RestorePhase
+  | 'powering-on-proxy'
+  | 'waiting-for-proxy'
+  | 'uploading'
+  | 'preparing-guest'
+  | 'registering-vm'
+  | 'installing-agent';
 
 /**
- * Restore to Microsoft Azure, in the seed's order. Windows: proxy on → VHD upload → mount and prepare on
+ * Restore to Microsoft Azure, in the seed's order (a named proxy's worker carries the VHD uploads).
+ * Windows: proxy on → VHD upload → mount and prepare on
  * the backup server → unmount → proxy released → VM registered and powered on → agent installed.
  * Linux: proxy on → VHD upload → disks attached to the helper appliance → helper started → prepared →
  * detached, helper powered off → proxy released → VM registered and powered on.
@@ -74,8 +82,22 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
       proxyHeld = true;
       await lease.acquireLeaseActivity({ target: plan.proxy, holder });
     }
+    // The uploads run inside the proxy VM, on its worker's queue: wait for that worker, visibly, instead of
+    // leaving them unpicked (or running them here).
+    let uploadsOn: Pick<ActivityOptions, 'taskQueue' | 'scheduleToStartTimeout'> | undefined;
+    if (plan.proxy && plan.proxyTaskQueue) {
+      const wait = plan.proxyWorkerWaitSeconds ?? 900;
+      setPhase('waiting-for-proxy', `for the worker in Azure proxy ${plan.proxy.vmName} to poll task queue '${plan.proxyTaskQueue}'`);
+      await lease.waitForAzureProxyWorker({
+        proxy: plan.proxy.name,
+        vmName: plan.proxy.vmName,
+        taskQueue: plan.proxyTaskQueue,
+        timeoutSeconds: wait,
+      });
+      uploadsOn = { taskQueue: plan.proxyTaskQueue, scheduleToStartTimeout: `${wait} seconds` };
+    }
 
-    setPhase('uploading');
+    setPhase('uploading', uploadsOn ? `on Azure proxy ${plan.proxy!.vmName}` : undefined);
     const uploads: AzureDiskResult[] = [];
     for (const disk of plan.disks)
       saga.add(`delete the VHD blob of disk ${disk.diskIndex}`, () => control.deleteVhdBlob({ plan, diskIndex: disk.diskIndex }));
@@ -83,14 +105,14 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
       plan.disks.map(async (disk) => {
         const row = progress.disks[disk.diskIndex];
         row.state = 'writing';
-        const upload = longRunning(`upload disk ${disk.diskIndex} (${disk.label}) as fixed VHD`);
+        const upload = longRunning(`upload disk ${disk.diskIndex} (${disk.label}) as fixed VHD`, uploadsOn);
         const r = await withLimits(uploadLimits, `${holder}/disk${disk.diskIndex}`, () =>
           upload.uploadVhd({ plan, diskIndex: disk.diskIndex }),
         );
         uploads[disk.diskIndex] = r;
         row.state = 'done';
         row.bytesDone = row.bytesTotal;
-        setPhase('uploading');
+        setPhase('uploading', uploadsOn ? `on Azure proxy ${plan.proxy!.vmName}` : undefined);
       }),
     );
 
@@ -101,10 +123,7 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
       setPhase('preparing-guest', 'OS disk mounted on the backup server');
       ({ changes: guestChanges, warnings: guestWarnings } = await longRunning(
         'mount, prepare and unmount the Windows OS disk',
-      ).prepareGuestDisk({
-        plan,
-        where: 'backup-server',
-      }));
+      ).prepareGuestOnBackupServer({ plan }));
       await releaseProxy();
       saga.add('delete the managed disks', deleteDisks);
       await control.createManagedDisks({ plan });
@@ -131,7 +150,7 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
       ({ changes: guestChanges, warnings: guestWarnings } = await longRunning(`prepare the Linux disks on helper ${helper.vmName}`, {
         taskQueue: plan.helperTaskQueue,
         scheduleToStartTimeout: '15 minutes',
-      }).prepareGuestDisk({ plan, where: 'helper-appliance' }));
+      }).prepareGuestOnHelper({ plan }));
       await detach();
       saga.remove(attached);
       await releaseHelper();

@@ -37,9 +37,9 @@ import {
 import { labVSphere, localFlatFile } from '../helpers/vsphere';
 import { materializeVhdBlob } from '../../src/azure/blob-image-read';
 
-export type KillKind = 'writeDisk' | 'uploadVhd' | 'prepareGuestDisk' | 'control' | 'between';
-const KILL_KINDS: KillKind[] = ['writeDisk', 'uploadVhd', 'prepareGuestDisk', 'between', 'control'];
-const TRANSFERS = ['writeDisk', 'uploadVhd', 'prepareGuestDisk'];
+export type KillKind = 'writeDisk' | 'uploadVhd' | 'prepareGuestOnHelper' | 'control' | 'between';
+const KILL_KINDS: KillKind[] = ['writeDisk', 'uploadVhd', 'prepareGuestOnHelper', 'between', 'control'];
+const TRANSFERS = ['writeDisk', 'uploadVhd', 'prepareGuestOnHelper'];
 
 export interface ChaosOptions {
   seed: number;
@@ -246,7 +246,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
           const hit = pending.find((p) =>
             kind === 'control'
               ? !TRANSFERS.includes(p.name) && p.started > 0
-              : p.name === kind && p.started > 0 && (kind === 'prepareGuestDisk' || p.hasDetails),
+              : p.name === kind && p.started > 0 && (kind === 'prepareGuestOnHelper' || p.hasDetails),
           );
           if (hit) return { r, activity: hit.name };
         }

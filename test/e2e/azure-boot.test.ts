@@ -6,6 +6,8 @@ import { after, before, describe, it, type TestContext } from 'node:test';
 import type { AzureRestoreRequest, AzureRestoreResult } from '../../src/domain/azure';
 import { run } from '../../src/guest/exec';
 import { readPartitionTable } from '../../src/guest/disk/partition';
+import { readGuestFile } from '../../src/guest/linux/prep';
+import { assertLinuxChangesOnDisk } from '../helpers/guest-changes';
 import { DATA_MOUNT, DATA_MARKER, ensureGuestImage, guestVmJson, type GuestImage } from '../../src/lab/guests';
 import { startAzureRestore } from '../../src/client/restore';
 import { verifyBoot, type BootReport } from '../../src/verify';
@@ -63,6 +65,12 @@ after(async () => {
 });
 
 const check = bootCheck;
+
+/** Offsets of the disk's Linux filesystems, the root (the largest) first. */
+async function linuxVolumes(image: string): Promise<number[]> {
+  const parts = (await readPartitionTable(image)).partitions.filter((p) => p.type === 'linux');
+  return parts.sort((a, b) => b.sizeBytes - a.sizeBytes).map((p) => p.startBytes);
+}
 const explain = explainBoot;
 
 interface Restored {
@@ -179,10 +187,20 @@ describe('Debian guests restored to Azure boot from their managed disks', { conc
   it('BIOS guest, Generation 1: DHCP lease on eth0 and SSH', { timeout: TEST_TIMEOUT }, async (t) => {
     const vmName = `azb-bios-${Date.now().toString(36)}`;
     const r = await restoreAndFetch(bios, vmName, { generation: 1 });
-    const ifaces = r.result.guestChanges.find((c) => c.path === '/etc/network/interfaces');
-    assert.ok(ifaces, 'the ifupdown configuration was changed');
-    assert.match(ifaces.description, /net\.ifnames=0/, 'the change list names the way taken');
-    assert.ok(r.result.guestChanges.some((c) => c.path === '/etc/fstab' && /UUID=/.test(c.diff.join('\n'))));
+    // Read from the managed OS disk: what preparation changed there, not what it says it changed.
+    const root = await linuxVolumes(r.osDisk);
+    const ifaces = await readGuestFile(r.osDisk, root[0], '/etc/network/interfaces');
+    assert.match(ifaces ?? '', /^\s*iface eth0 inet dhcp/m, `eth0 by DHCP in /etc/network/interfaces:\n${ifaces}`);
+    assert.doesNotMatch(ifaces ?? '', /^\s*address\s/m, 'no static address left');
+    assert.match(
+      (await readGuestFile(r.osDisk, root[0], '/etc/default/grub')) ?? '',
+      /net\.ifnames=0/,
+      'eth0 naming on the kernel command line',
+    );
+    const fstab = (await readGuestFile(r.osDisk, root[0], '/etc/fstab')) ?? '';
+    assert.doesNotMatch(fstab, /^\/dev\/sd/m, `no /dev/sdX mount left:\n${fstab}`);
+    assert.match(fstab, /^UUID=\S+\s+\/\s/m);
+    await assertLinuxChangesOnDisk(r.osDisk, root, r.result.guestChanges);
     const mac = azureMac(1);
     const { report, inside } = await bootOnAzureLayout(t, bios, 'bios-gen1', r, 1, mac);
     assertBootedOnAzure(report, inside, bios, mac);
@@ -194,11 +212,10 @@ describe('Debian guests restored to Azure boot from their managed disks', { conc
     const r = await restoreAndFetch(uefi, vmName, {});
     assert.equal(r.result.generation, 1, 'Generation 1 is the default');
     assert.equal((await readPartitionTable(r.osDisk)).scheme, 'mbr', 'the managed OS disk was converted to MBR');
-    assert.ok(
-      r.result.guestChanges.some((c) => /MBR/.test(c.path + c.description)),
-      `the conversion is in the change list: ${r.result.guestChanges.map((c) => c.path).join(', ')}`,
-    );
-    assert.ok(r.result.guestChanges.some((c) => c.path === '/etc/systemd/network/05-vmrestore-azure-dhcp.network'));
+    const volumes = await linuxVolumes(r.osDisk);
+    const dhcp = await readGuestFile(r.osDisk, volumes[0], '/etc/systemd/network/05-vmrestore-azure-dhcp.network');
+    assert.match(dhcp ?? '(missing)', /DHCP=(yes|ipv4)/, 'DHCP for eth0 on the managed disk');
+    await assertLinuxChangesOnDisk(r.osDisk, volumes, r.result.guestChanges);
     const mac = azureMac(2);
     const { report, inside } = await bootOnAzureLayout(t, uefi, 'uefi-gen1', r, 1, mac);
     assertBootedOnAzure(report, inside, uefi, mac);

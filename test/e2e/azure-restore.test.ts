@@ -40,6 +40,7 @@ import {
   writeZeroRestorePoint as writeZeroRp,
 } from '../helpers/env';
 import { processTreeIo } from '../helpers/proc-io';
+import { assertLinuxChangesOnDisk, assertWindowsChangesOnDisk } from '../helpers/guest-changes';
 import { armLog, clearFaults, downloadManagedDisk, labArm, labAzure, labContainer, setFaults } from '../helpers/azure';
 import { materializeVhdBlob } from '../../src/azure/blob-image-read';
 
@@ -118,7 +119,7 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
     // Preparation ran on the helper appliance's own task queue, picked up by the helper's worker.
     const events = (await handle.fetchHistory()).events ?? [];
     const prepIds = events
-      .filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'prepareGuestDisk')
+      .filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'prepareGuestOnHelper')
       .map((e) => {
         assert.equal(e.activityTaskScheduledEventAttributes!.taskQueue?.name, `${env.taskQueue}-helper-${labAzure().location}`);
         return String(e.eventId);
@@ -176,7 +177,8 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
       /<service name="ssh"\/>/,
       `firewalld zone ${zone} allows ssh`,
     );
-    for (const c of result.guestChanges) assert.ok(c.path && c.description, 'every change names its path');
+    // Each change the restore reported is on the managed disk as reported.
+    await assertLinuxChangesOnDisk(managedOs, [root.startBytes], result.guestChanges);
 
     const { compute } = labArm();
     const a = labAzure();
@@ -209,9 +211,8 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
       const vmName = `t-hlp-${Date.now().toString(36)}`;
       const handle = await startAzureRestore(env.client, { restorePointId: env.demo['demo-linux'], vmName }, { taskQueue: env.taskQueue });
       const result = await handle.result();
-      assert.ok(result.guestChanges.length > 0);
       const events = (await handle.fetchHistory()).events ?? [];
-      const prep = events.find((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'prepareGuestDisk')!;
+      const prep = events.find((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'prepareGuestOnHelper')!;
       const started = events.find((e) => String(e.activityTaskStartedEventAttributes?.scheduledEventId ?? '') === String(prep.eventId));
       assert.match(
         started?.activityTaskStartedEventAttributes?.identity ?? '',
@@ -227,6 +228,13 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
         new RegExp(`^${worker.child.pid}@`),
         'uploaded by the main worker',
       );
+      // What the helper process reported changing is on the managed OS disk.
+      await labArm().compute.virtualMachines.deallocate(labAzure().resourceGroup, vmName);
+      const osd = path.join(tmp, `${vmName}-osdisk.img`);
+      await downloadManagedDisk(labArm(), result.disks[0].managedDiskId, osd);
+      const root = (await readPartitionTable(osd)).partitions.find((p) => p.type === 'linux')!;
+      await assertLinuxChangesOnDisk(osd, [root.startBytes], result.guestChanges);
+      assert.match((await readGuestFile(osd, root.startBytes, '/etc/default/grub'))!, /console=ttyS0/);
     } finally {
       await helper.stop();
       await worker.stop();
@@ -234,6 +242,96 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
         VMRESTORE_AZURE_PROXY_IDLE_SECONDS: String(PROXY_IDLE_SECONDS),
         VMRESTORE_AZURE_HELPER_IDLE_SECONDS: '1',
       });
+    }
+  });
+
+  it('a restore naming the Azure proxy uploads on the proxy worker (worker --azure-proxy), waiting for it while it is not running', async () => {
+    // A queue of its own, so no earlier poller of the proxy queue (the lab worker's embedded one) is remembered.
+    const queue = `${env.taskQueue}-azpx`;
+    const proxyQueue = `${queue}-azure-proxy-lab-azure-proxy`;
+    const split = {
+      VMRESTORE_LAB_AZURE_PROXY_WORKER: 'separate',
+      VMRESTORE_AZURE_PROXY_IDLE_SECONDS: String(PROXY_IDLE_SECONDS),
+      VMRESTORE_AZURE_HELPER_IDLE_SECONDS: '1',
+    };
+    const control = await startWorkerProcess(queue, split);
+    let proxyWorker: WorkerProcess | undefined;
+    try {
+      assert.doesNotMatch(control.output(), /Azure proxy worker/, 'the control worker does not serve the proxy queue');
+      const a = labAzure();
+      const rpId = env.demo['demo-thick'];
+      const vmName = `t-azpx-${Date.now().toString(36)}`;
+      const handle = await startAzureRestore(env.client, { restorePointId: rpId, vmName, proxy: 'lab-azure-proxy' }, { taskQueue: queue });
+      // With no worker in the proxy, the restore says so and waits; nothing is uploaded elsewhere meanwhile.
+      const phase = async () => {
+        const p = await handle.query(progressQuery);
+        return { phase: p.phase as string, message: p.message };
+      };
+      let progress = await phase();
+      for (const deadline = Date.now() + 120_000; progress.phase !== 'waiting-for-proxy' && Date.now() < deadline; ) {
+        await new Promise((r) => setTimeout(r, 250));
+        progress = await phase();
+      }
+      assert.equal(progress.phase, 'waiting-for-proxy', `phase ${progress.phase}: ${progress.message}`);
+      assert.match(progress.message ?? '', new RegExp(`task queue '${proxyQueue}'`));
+      await new Promise((r) => setTimeout(r, 3000));
+      assert.equal((await phase()).phase, 'waiting-for-proxy', 'still waiting');
+      const proxyView = await labArm().compute.virtualMachines.instanceView(a.resourceGroup, a.proxyVmName);
+      assert.ok(
+        proxyView.statuses?.some((x) => x.code === 'PowerState/running'),
+        'the lease powered the proxy on',
+      );
+      const early = (await handle.fetchHistory()).events ?? [];
+      assert.ok(!early.some((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'uploadVhd'), 'no upload scheduled yet');
+
+      proxyWorker = await startWorkerProcess(queue, split, ['--azure-proxy', 'lab-azure-proxy']);
+      assert.match(proxyWorker.output(), new RegExp(`Azure proxy worker \\(lab-azure-proxy\\) polling task queue '${proxyQueue}'`));
+      assert.doesNotMatch(proxyWorker.output(), /^worker polling task queue/m, 'the proxy process serves only its queue');
+      const result = await handle.result();
+      const identity = new RegExp(`^${proxyWorker.child.pid}@.+/vmrestore-azure-proxy-lab-azure-proxy$`);
+      const events = (await handle.fetchHistory()).events ?? [];
+      const uploads = events.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'uploadVhd');
+      assert.equal(uploads.length, 2, 'one upload per disk');
+      for (const u of uploads) {
+        assert.equal(u.activityTaskScheduledEventAttributes!.taskQueue?.name, proxyQueue, 'scheduled on the proxy queue');
+        const started = events.filter((e) => String(e.activityTaskStartedEventAttributes?.scheduledEventId ?? '') === String(u.eventId));
+        assert.ok(started.length > 0);
+        for (const st of started)
+          assert.match(st.activityTaskStartedEventAttributes?.identity ?? '', identity, 'started by the proxy worker');
+      }
+      for (const d of result.disks) {
+        assert.equal(d.uploadedBy.taskQueue, proxyQueue);
+        assert.equal(d.uploadedBy.proxy, 'lab-azure-proxy');
+        assert.match(d.uploadedBy.workerIdentity, identity);
+      }
+      // What the proxy uploaded is what the managed disks were made of: the data disk is the backup byte for byte.
+      await labArm().compute.virtualMachines.deallocate(a.resourceGroup, vmName);
+      const managedData = path.join(tmp, `${vmName}-datadisk1.img`);
+      await downloadManagedDisk(labArm(), result.disks[1].managedDiskId, managedData);
+      assert.equal(await sha256File(managedData), await sha256OfBackedUpDisk(env.config.repository.path, rpId, 1));
+      const osBlob = await checkVhd(
+        result.disks[0].blobUrl,
+        (await getRestorePoint(env.config.repository.path, rpId)).vm.disks[0].capacityBytes,
+      );
+      assert.equal(await sha256File(osBlob.raw), await sha256OfBackedUpDisk(env.config.repository.path, rpId, 0), 'OS disk VHD');
+      // Released after the transfer, the proxy goes off once its idle timeout has passed.
+      const lease = env.client.workflow.getHandle(leaseWorkflowId({ kind: 'proxy', name: 'lab-azure-proxy' }, queue));
+      let state = await lease.query(leaseStateQuery);
+      for (const deadline = Date.now() + (PROXY_IDLE_SECONDS + 30) * 1000; state.poweredOn && Date.now() < deadline; ) {
+        await new Promise((r) => setTimeout(r, 500));
+        state = await lease.query(leaseStateQuery);
+      }
+      assert.equal(state.poweredOn, false, 'proxy powered off after its idle timeout');
+      assert.equal(state.powerOffs, 1);
+      const after = await labArm().compute.virtualMachines.instanceView(a.resourceGroup, a.proxyVmName);
+      assert.ok(
+        after.statuses?.some((x) => x.code === 'PowerState/deallocated'),
+        'proxy VM deallocated',
+      );
+      await lease.terminate('test done');
+    } finally {
+      await proxyWorker?.stop();
+      await control.stop();
     }
   });
 
@@ -280,6 +378,7 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
     assert.ok(!result.guestChanges.some((c) => /MBR|BIOS/.test(c.description)), 'no boot conversion changes');
     const root = table.partitions.find((p) => p.type === 'linux')!;
     assert.match((await readGuestFile(osd, root.startBytes, '/etc/default/grub'))!, /console=ttyS0/);
+    await assertLinuxChangesOnDisk(osd, [root.startBytes], result.guestChanges);
   });
 
   it('restores a Windows VM: registry changes in every ControlSet, agent staged, VM running with the agent ready', async () => {
@@ -305,8 +404,9 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
     }
     const runOnce = await readHiveValueFromDisk(osd.raw, 'SOFTWARE', 'Microsoft\\Windows\\CurrentVersion\\RunOnce', 'AzureVmAgent');
     assert.match(runOnce ?? '', /msiexec/i);
-    assert.ok(result.guestChanges.length >= 10);
-    for (const c of result.guestChanges) assert.match(c.sha256After ?? '', /^sha256:[0-9a-f]{64}$/, c.path);
+    // Every registry value and file the restore reported is on the uploaded VHD the managed disk was imported from.
+    const checked = await assertWindowsChangesOnDisk(osd.raw, result.guestChanges);
+    assert.ok(checked.length >= 10, `changes checked on the disk: ${checked.join(', ')}`);
     const installer = env.config.azure!.windowsAgentInstaller!;
     const msi = await readWindowsFileFromDisk(osd.raw, 'Windows/AzureAgent/WindowsAzureVmAgent.msi');
     assert.ok(msi && msi.equals(readFileSync(installer.path)), 'the configured installer is staged byte-exact');
@@ -347,6 +447,7 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
       assert.equal(await readWindowsFileFromDisk(osd.raw, 'Windows/AzureAgent/WindowsAzureVmAgent.msi'), null);
       assert.equal(await readHiveValueFromDisk(osd.raw, 'SOFTWARE', 'Microsoft\\Windows\\CurrentVersion\\RunOnce', 'AzureVmAgent'), null);
       assert.equal(await readHiveValueFromDisk(osd.raw, 'SYSTEM', 'ControlSet001\\Services\\storvsc', 'Start'), '0');
+      await assertWindowsChangesOnDisk(osd.raw, result.guestChanges);
       const { compute } = labArm();
       const view = await compute.virtualMachines.instanceView(labAzure().resourceGroup, vmName);
       assert.equal(view.statuses?.find((x) => x.code?.startsWith('PowerState/'))?.code, 'PowerState/running');
@@ -411,6 +512,11 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
     ]);
     const lastRelease = Date.now();
     assert.ok(r1.vmId && r2.vmId);
+    // The lab worker serves the proxy's queue with a worker of its own, as the proxy VM's worker would.
+    for (const d of [...r1.disks, ...r2.disks]) {
+      assert.equal(d.uploadedBy.taskQueue, `${env.taskQueue}-azure-proxy-lab-azure-proxy`);
+      assert.match(d.uploadedBy.workerIdentity, new RegExp(`^${worker.child.pid}@.+/vmrestore-azure-proxy-lab-azure-proxy$`));
+    }
     const handle = env.client.workflow.getHandle(leaseWorkflowId({ kind: 'proxy', name: 'lab-azure-proxy' }, env.taskQueue));
     const mid = await handle.query(leaseStateQuery);
     assert.equal(mid.holders.length, 0, 'both restores released the proxy');

@@ -144,7 +144,7 @@ describe('the sweeper removes what closed restores left behind, and nothing else
       { restorePointId: env.demo['demo-linux'], vmName: `t-swh-${stamp}` },
       { taskQueue: env.taskQueue },
     );
-    await until('guest preparation on the helper', 180_000, () => pending(azHelper, 'prepareGuestDisk'));
+    await until('guest preparation on the helper', 180_000, () => pending(azHelper, 'prepareGuestOnHelper'));
     await azHelper.terminate('test: leave the restore behind');
     const helperDisks = async () =>
       ((await compute.virtualMachines.get(a.resourceGroup, a.helperVmName)).storageProfile?.dataDisks ?? []).filter((d) =>

@@ -10,6 +10,7 @@ import {
   applyEnvOverrides,
   assertProfileTransport,
   helperTaskQueue,
+  azureProxyTaskQueue,
   insecureWarnings,
   labConfigPath,
   loadAppConfig,
@@ -112,6 +113,26 @@ describe('configuration', () => {
     assert.throws(
       () => parseConfig({ ...base, azure: { ...azure, helpers: { westeurope: { vmName: 'h', embeddedWorker: 'yes' } } } }, 't', '/'),
       /config azure\.helpers\.westeurope\.embeddedWorker: expected true or false/,
+    );
+  });
+  it('reads Azure proxies with their upload task queues', () => {
+    const azure = {
+      ...azureBase,
+      proxies: [
+        { name: 'px', vmName: 'proxy-vm' },
+        { name: 'py', vmName: 'proxy-vm2', taskQueue: 'py-uploads', embeddedWorker: true, workerWaitSeconds: 30 },
+      ],
+    };
+    const cfg = parseConfig({ ...base, azure }, 't', '/');
+    const [px, py] = cfg.azure!.proxies;
+    assert.equal(px.embeddedWorker, false, 'a real proxy runs its own worker');
+    assert.equal(px.workerWaitSeconds, 900);
+    assert.equal(azureProxyTaskQueue(cfg, px), 'vmrestore-azure-proxy-px');
+    assert.equal(azureProxyTaskQueue(cfg, py), 'py-uploads');
+    assert.equal(py.workerWaitSeconds, 30);
+    assert.throws(
+      () => parseConfig({ ...base, azure: { ...azure, proxies: [{ name: 'p', vmName: 'v', workerWaitSeconds: 0 }] } }, 't', '/'),
+      /config azure\.proxies\[0\]\.workerWaitSeconds: expected an integer >= 1/,
     );
   });
   it('reads the Azure sign-in and refuses literal or ambiguous secrets', () => {

@@ -1,3 +1,4 @@
+import { hostname } from 'node:os';
 import type { Client } from '@temporalio/client';
 import { BlobServiceClient, type ContainerClient } from '@azure/storage-blob';
 import type { AppConfig, AzureConfig } from '../../config';
@@ -5,15 +6,21 @@ import { FailureType, RestoreError } from '../../domain/errors';
 import type { ArmClients } from '../../azure/arm-clients';
 import { armClientsFor } from '../../azure/credential';
 
+/** The identity a worker of this process reports when none is set: the SDK's default. */
+export const defaultWorkerIdentity = (): string => `${process.pid}@${hostname()}`;
+
 export interface AzureDeps {
   config: AppConfig;
   client: Client;
+  /** The identity of the worker these activities run in, recorded with each upload (default: the SDK's). */
+  workerIdentity?: string;
 }
 
 /** What every Azure activity works with: the configuration, the Temporal client, and lazily built Azure clients. */
 export interface AzureContext {
   config: AppConfig;
   client: Client;
+  workerIdentity: string;
   /** The configured Azure target; a Configuration failure when there is none. */
   azure(): AzureConfig;
   /** ARM management clients, built once per worker. */
@@ -53,5 +60,5 @@ export function createAzureContext(deps: AzureDeps): AzureContext {
     const s = view.statuses?.find((x) => x.code?.startsWith('PowerState/'));
     return s?.code?.slice('PowerState/'.length) ?? 'unknown';
   };
-  return { config, client: deps.client, azure, clients, blobs, powerState };
+  return { config, client: deps.client, workerIdentity: deps.workerIdentity ?? defaultWorkerIdentity(), azure, clients, blobs, powerState };
 }

@@ -11,9 +11,6 @@ import { type IsolatedPrepResult, prepareGuestDiskIsolated } from '../../guest/i
 import type { GuestPreparationResult } from '../../guest/types';
 import type { AzureContext } from './context';
 
-/** Where a guest is prepared: the two places of the seed's runbook. */
-export type PreparationPlace = 'backup-server' | 'helper-appliance';
-
 function merged(out: IsolatedPrepResult): GuestPreparationResult {
   return {
     changes: [...out.changes, ...(out.bootConversion?.changes ?? [])],
@@ -69,27 +66,33 @@ export async function prepareOnBackupServer(c: AzureContext, plan: AzurePlan, si
 }
 
 export function guestActivities(c: AzureContext) {
+  /** Runs one place's preparation, heartbeating while it edits; the test switch skips it altogether. */
+  const prepare = async (
+    plan: AzurePlan,
+    where: (c: AzureContext, plan: AzurePlan, signal: AbortSignal) => Promise<GuestPreparationResult>,
+  ): Promise<GuestPreparationResult> => {
+    const ctx = Context.current();
+    if (plan.skipGuestPreparation) {
+      return { changes: [], warnings: ['guest preparation and boot conversion skipped (test switch skipGuestPreparation)'] };
+    }
+    const beat = setInterval(() => ctx.heartbeat({ phase: 'preparing' }), 1000);
+    try {
+      return await where(c, plan, ctx.cancellationSignal);
+    } finally {
+      clearInterval(beat);
+    }
+  };
+  // Each edits the OS disk's guest for Azure, then, for a UEFI guest on a Generation 1 VM, converts it to boot
+  // with BIOS. The editors run in an unprivileged child process without the worker's environment or
+  // credentials (guest/isolation.ts); only its changes and warnings come back.
   return {
-    /**
-     * Edits the OS disk's guest for Azure, then, for a UEFI guest on a Generation 1 VM, converts it to boot
-     * with BIOS, on the helper appliance or on the backup server. The editors run in an unprivileged child
-     * process without the worker's environment or credentials (guest/isolation.ts); only its changes and
-     * warnings come back.
-     */
-    async prepareGuestDisk(args: { plan: AzurePlan; where: PreparationPlace }): Promise<GuestPreparationResult> {
-      const { plan } = args;
-      const ctx = Context.current();
-      if (plan.skipGuestPreparation) {
-        return { changes: [], warnings: ['guest preparation and boot conversion skipped (test switch skipGuestPreparation)'] };
-      }
-      const beat = setInterval(() => ctx.heartbeat({ phase: 'preparing' }), 1000);
-      try {
-        return args.where === 'helper-appliance'
-          ? await prepareOnHelper(c, plan, ctx.cancellationSignal)
-          : await prepareOnBackupServer(c, plan, ctx.cancellationSignal);
-      } finally {
-        clearInterval(beat);
-      }
+    /** Windows, on the backup server: the uploaded OS disk VHD is edited before the managed disks are made. */
+    async prepareGuestOnBackupServer(args: { plan: AzurePlan }): Promise<GuestPreparationResult> {
+      return prepare(args.plan, prepareOnBackupServer);
+    },
+    /** Linux, on the helper appliance's worker: the managed disks attached to the helper are edited. */
+    async prepareGuestOnHelper(args: { plan: AzurePlan }): Promise<GuestPreparationResult> {
+      return prepare(args.plan, prepareOnHelper);
     },
   };
 }

@@ -10,17 +10,20 @@ import { guestActivities } from './guest';
 import { helperActivities } from './helper';
 import { initializeActivities } from './initialize';
 import { leaseActivities } from './leases';
+import { proxyActivities } from './proxy';
 import { uploadActivities } from './upload';
 import { vmActivities } from './vm';
 
 export type { AzureDeps } from './context';
 export { parseSubnetId } from './initialize';
+export { azureProxyQueues } from './proxy';
 
 export function createAzureActivities(deps: AzureDeps) {
   const c = createAzureContext(deps);
   return {
     ...initializeActivities(c),
     ...leaseActivities(c),
+    ...proxyActivities(c),
     ...uploadActivities(c),
     ...guestActivities(c),
     ...helperActivities(c),

@@ -1,5 +1,5 @@
 /** Initialization: the request checked against the target and turned into the plan every later step follows. */
-import { helperTaskQueue } from '../../config';
+import { azureProxyTaskQueue, helperTaskQueue } from '../../config';
 import type { AzurePlan, AzureRestoreRequest } from '../../domain/azure';
 import type { LeaseTarget } from '../../domain/lease';
 import { FailureType, RestoreError } from '../../domain/errors';
@@ -137,6 +137,7 @@ export function initializeActivities(c: AzureContext) {
         }
       }
       let proxy: LeaseTarget | undefined;
+      let proxyQueue: { proxyTaskQueue: string; proxyWorkerWaitSeconds: number } | undefined;
       if (req.proxy) {
         const p = a.proxies.find((x) => x.name === req.proxy);
         if (!p) invalid(`Azure proxy '${req.proxy}' is not configured (known: ${a.proxies.map((x) => x.name).join(', ') || 'none'})`);
@@ -147,6 +148,7 @@ export function initializeActivities(c: AzureContext) {
           vmName: p.vmName,
           idleTimeoutMs: p.idleTimeoutSeconds * 1000,
         };
+        proxyQueue = { proxyTaskQueue: azureProxyTaskQueue(config, p), proxyWorkerWaitSeconds: p.workerWaitSeconds };
       }
       let helper: LeaseTarget | undefined;
       let helperQueue: string | undefined;
@@ -195,6 +197,7 @@ export function initializeActivities(c: AzureContext) {
         storageAccountId: a.storageAccountId,
         nicName,
         proxy,
+        ...proxyQueue,
         helper,
         helperTaskQueue: helperQueue,
         disks,

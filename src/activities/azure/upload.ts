@@ -77,6 +77,11 @@ export function uploadActivities(c: AzureContext) {
           zeroBytesSkipped: res.zeroBytesSkipped,
           resumedFromOffset: res.resumedFrom,
           seconds: (Date.now() - started) / 1000,
+          uploadedBy: {
+            taskQueue: ctx.info.taskQueue,
+            workerIdentity: c.workerIdentity,
+            ...(plan.proxy && ctx.info.taskQueue === plan.proxyTaskQueue ? { proxy: plan.proxy.name } : {}),
+          },
         };
       } finally {
         clearInterval(beat);
