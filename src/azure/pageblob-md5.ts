@@ -3,8 +3,8 @@
  * largest share of the upload's main-thread time, competing with HTTP and the source reader.
  * Bodies that live in a SharedArrayBuffer are hashed in place; others are copied to the worker.
  */
-import { Worker } from 'node:worker_threads';
 import os from 'node:os';
+import { WorkerPool, type PoolReply } from '../worker-pool';
 
 const WORKER_SOURCE = `
 const { parentPort } = require('node:worker_threads');
@@ -19,71 +19,30 @@ parentPort.on('message', (m) => {
 });
 `;
 
-interface Job {
-  resolve: (d: Buffer) => void;
-  reject: (e: Error) => void;
-}
-
-interface PoolWorker {
-  worker: Worker;
-  pending: Map<number, Job>;
+interface Md5Reply extends PoolReply {
+  digest?: Uint8Array;
 }
 
 export class Md5WorkerPool {
-  private readonly workers: PoolWorker[] = [];
-  private nextId = 1;
-  private turn = 0;
-  private closed = false;
+  private readonly pool: WorkerPool<Md5Reply>;
 
   constructor(readonly size: number) {
     if (!Number.isInteger(size) || size < 1) throw new Error(`md5 worker pool size must be >= 1, got ${size}`);
-  }
-
-  private spawn(): PoolWorker {
-    const worker = new Worker(WORKER_SOURCE, { eval: true });
-    const pw: PoolWorker = { worker, pending: new Map() };
-    worker.on('message', (m: { id: number; digest?: Uint8Array; error?: string }) => {
-      const job = pw.pending.get(m.id);
-      if (!job) return;
-      pw.pending.delete(m.id);
-      // Idle workers must not keep the process alive; busy ones must, or a digest could be lost.
-      if (pw.pending.size === 0) worker.unref();
-      if (m.error !== undefined || !m.digest) job.reject(new Error(`md5 worker: ${m.error ?? 'no digest'}`));
-      else job.resolve(Buffer.from(m.digest.buffer, m.digest.byteOffset, m.digest.byteLength));
-    });
-    const fail = (err: Error): void => {
-      for (const job of pw.pending.values()) job.reject(err);
-      pw.pending.clear();
-      const i = this.workers.indexOf(pw);
-      if (i >= 0) this.workers.splice(i, 1);
-    };
-    worker.on('error', fail);
-    worker.on('exit', (code) => fail(new Error(`md5 worker exited with code ${code}`)));
-    worker.unref();
-    return pw;
+    this.pool = new WorkerPool<Md5Reply>('md5', WORKER_SOURCE, size);
   }
 
   /** MD5 of `data`; zero-copy when `data` is a view on a SharedArrayBuffer. */
-  digest(data: Uint8Array): Promise<Buffer> {
-    if (this.closed) return Promise.reject(new Error('md5 worker pool is closed'));
-    while (this.workers.length < this.size) this.workers.push(this.spawn());
-    const pw = this.workers[this.turn++ % this.workers.length];
-    const id = this.nextId++;
-    return new Promise<Buffer>((resolve, reject) => {
-      pw.pending.set(id, { resolve, reject });
-      pw.worker.ref();
-      if (data.buffer instanceof SharedArrayBuffer) {
-        pw.worker.postMessage({ id, shared: data.buffer, offset: data.byteOffset, length: data.byteLength });
-      } else {
-        pw.worker.postMessage({ id, data });
-      }
-    });
+  async digest(data: Uint8Array): Promise<Buffer> {
+    const message =
+      data.buffer instanceof SharedArrayBuffer ? { shared: data.buffer, offset: data.byteOffset, length: data.byteLength } : { data };
+    const [reply] = this.pool.post(message);
+    const { digest } = await reply;
+    if (!digest) throw new Error('md5 worker: no digest');
+    return Buffer.from(digest.buffer, digest.byteOffset, digest.byteLength);
   }
 
-  async close(): Promise<void> {
-    this.closed = true;
-    const ws = this.workers.splice(0);
-    await Promise.all(ws.map((w) => w.worker.terminate()));
+  close(): Promise<void> {
+    return this.pool.close();
   }
 }
 
