@@ -15,9 +15,15 @@ export type ChunkReadResult =
 
 /**
  * Reads a chunk and checks it against its name. The expected length comes from the block map, so a
- * truncated or padded file is caught from its size before it is read.
+ * truncated or padded file is caught from its size before it is read. `into` (at least that long) takes
+ * the bytes instead of a new buffer; `verify: false` leaves the hash to the reader on the other side.
  */
-export async function readChunk(repoDir: string, hash: string, expectedLength: number): Promise<ChunkReadResult> {
+export async function readChunk(
+  repoDir: string,
+  hash: string,
+  expectedLength: number,
+  opts: { into?: Buffer; verify?: boolean } = {},
+): Promise<ChunkReadResult> {
   let handle: fs.FileHandle;
   try {
     handle = await fs.open(chunkPath(repoDir, hash), 'r');
@@ -30,7 +36,7 @@ export async function readChunk(repoDir: string, hash: string, expectedLength: n
     if (size !== expectedLength) {
       return { status: 'corrupt', reason: `size ${size} bytes, expected ${expectedLength}`, bytesRead: 0 };
     }
-    const data = Buffer.allocUnsafe(expectedLength);
+    const data = opts.into ? opts.into.subarray(0, expectedLength) : Buffer.allocUnsafe(expectedLength);
     let filled = 0;
     while (filled < expectedLength) {
       const { bytesRead } = await handle.read(data, filled, expectedLength - filled, filled);
@@ -44,7 +50,7 @@ export async function readChunk(repoDir: string, hash: string, expectedLength: n
         bytesRead: filled,
       };
     }
-    if (sha256Hex(data) !== hash) return { status: 'corrupt', reason: 'sha256 mismatch', bytesRead: filled };
+    if (opts.verify !== false && sha256Hex(data) !== hash) return { status: 'corrupt', reason: 'sha256 mismatch', bytesRead: filled };
     return { status: 'ok', data };
   } finally {
     await handle.close();

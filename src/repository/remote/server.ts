@@ -1,12 +1,10 @@
 import { createHash, timingSafeEqual, X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
-import * as fs from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import * as https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { FailureType, RestoreError } from '../../domain/errors';
 import { readChunk } from '../chunks';
-import { isErrno } from '../files';
 import { blockLength, chunkPath, findDisk, isRestorePointId, type RestorePoint, type RestorePointDisk } from '../format';
 import { getRestorePoint, listRestorePoints } from '../restore-points';
 import { API_PREFIX, CHUNK_STREAM_TYPE, FRAME_HEADER_BYTES, frameHeader, FrameStatus, MAX_STEP, type ErrorBody } from './protocol';
@@ -44,7 +42,7 @@ const POOLED_BUFFERS = 64;
 
 type ChunkFile = { status: 'ok'; data: Buffer } | { status: 'missing' } | { status: 'corrupt'; reason: string };
 
-/** Reads a stored chunk, checking its size against the block map (the frame length depends on it). */
+/** Reads a stored chunk into a pooled buffer, checking its size against the block map (the frame length depends on it). */
 async function readChunkFile(
   repoDir: string,
   hash: string,
@@ -52,31 +50,13 @@ async function readChunkFile(
   verify: boolean,
   buffers: BufferPool,
 ): Promise<ChunkFile> {
-  if (verify) return readChunk(repoDir, hash, expectedLength);
-  let handle: fs.FileHandle;
-  try {
-    handle = await fs.open(chunkPath(repoDir, hash), 'r');
-  } catch (err) {
-    if (isErrno(err, 'ENOENT')) return { status: 'missing' };
+  const into = buffers.take(expectedLength);
+  const result = await readChunk(repoDir, hash, expectedLength, { into, verify }).catch((err: unknown) => {
+    buffers.give(into);
     throw err;
-  }
-  try {
-    const { size } = await handle.stat();
-    if (size !== expectedLength) return { status: 'corrupt', reason: `size ${size} bytes, expected ${expectedLength}` };
-    const data = buffers.take(expectedLength);
-    let filled = 0;
-    while (filled < expectedLength) {
-      const { bytesRead } = await handle.read(data, filled, expectedLength - filled, filled);
-      if (bytesRead === 0) {
-        buffers.give(data);
-        return { status: 'corrupt', reason: `file ended after ${filled} bytes, expected ${expectedLength}` };
-      }
-      filled += bytesRead;
-    }
-    return { status: 'ok', data };
-  } finally {
-    await handle.close();
-  }
+  });
+  if (result.status !== 'ok') buffers.give(into);
+  return result;
 }
 
 /**
@@ -223,7 +203,7 @@ export async function startRepositoryServer(opts: RepositoryServerOptions): Prom
       if (!res.write(chunk.data)) {
         await drained();
         // Drained: the socket has taken (encrypted) every byte written so far, so the buffer is free again.
-        if (!opts.verifyChunks && !closed) buffers.give(chunk.data);
+        if (!closed) buffers.give(chunk.data);
       }
     }
     res.end();
