@@ -31,6 +31,8 @@ export const EXTERNAL_TOOLS: readonly ExternalTool[] = [
   { command: 'hivexml', debianPackage: 'libhivex-bin', why: 'reading registry hives', purpose: 'start' },
   { command: 'openssl', debianPackage: 'openssl', why: "the ARM simulator's lab CA", purpose: 'start' },
   { command: 'blkid', debianPackage: 'util-linux', why: 'filesystem UUIDs of guest disks', purpose: 'start' },
+  { command: 'losetup', debianPackage: 'mount', why: "loop devices of the lab's LUN and hot-added disks", purpose: 'test' },
+  { command: 'filefrag', debianPackage: 'e2fsprogs', why: 'an independent reader of block maps in the SAN tests', purpose: 'test' },
   { command: 'qemu-img', debianPackage: 'qemu-utils', why: 'an independent reader of restored disks in tests', purpose: 'test' },
   { command: 'chromium', debianPackage: 'chromium', why: 'the Web UI browser test', purpose: 'test' },
   { command: 'debootstrap', debianPackage: 'debootstrap', why: 'bootable Debian test guests', purpose: 'test' },
@@ -50,6 +52,12 @@ export const EXTERNAL_TOOLS: readonly ExternalTool[] = [
   { command: 'ssh-keygen', debianPackage: 'openssh-client', why: 'SSH keys of test guests', purpose: 'test' },
   { command: 'tmux', debianPackage: 'tmux', why: 'the terminal test of live progress bars', purpose: 'test' },
   { command: 'ip', debianPackage: 'iproute2', why: 'network-namespace hosts of the topology tests', purpose: 'test' },
+  {
+    command: '/usr/lib/postgresql/15/bin/postgres',
+    debianPackage: 'postgresql',
+    why: 'the PostgreSQL of the Temporal cluster suite (npm run test:cluster)',
+    purpose: 'test',
+  },
 ];
 
 export type MissingTool = ExternalTool;

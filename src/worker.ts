@@ -64,7 +64,7 @@ export function checkProxyHost(config: AppConfig, name: string): ProxyConfig {
     throw new Error(`no vSphere proxy named '${name}' is configured (known: ${config.proxies.map((p) => p.name).join(', ') || 'none'})`);
   }
   const where = `proxies[${config.proxies.indexOf(proxy)}]`;
-  for (const key of ['nasMounts', 'sanMounts', 'hotaddDevices'] as const) {
+  for (const key of ['nasMounts', 'sanLuns', 'hotaddDevices'] as const) {
     for (const [datastore, dir] of Object.entries(proxy[key] ?? {})) {
       if (!existsSync(dir)) {
         throw new Error(`proxy '${name}': ${where}.${key}.${datastore} is '${dir}', which does not exist on this host`);

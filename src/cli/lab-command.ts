@@ -4,7 +4,12 @@ import { out, usageError } from './usage';
 
 /** `lab up|status|down`: the embedded lab, loaded through the lab door. */
 export async function labCommand(sub: string | undefined, args: string[]): Promise<number> {
-  const { values } = parseArgs({ args, options: { json: { type: 'boolean' }, purge: { type: 'boolean' }, quiet: { type: 'boolean' } } });
+  const { values } = parseArgs({
+    args,
+    options: { json: { type: 'boolean' }, purge: { type: 'boolean' }, quiet: { type: 'boolean' }, temporal: { type: 'string' } },
+  });
+  // dev (the CLI's dev server) or cluster (the Temporal server on PostgreSQL); the lab checks the value.
+  if (values.temporal !== undefined) process.env.VMRESTORE_LAB_TEMPORAL = values.temporal;
   const log = values.quiet || values.json ? () => {} : out;
   const { labDown, labStatus, labUp } = await loadLab();
   if (sub === 'up') {
@@ -12,7 +17,9 @@ export async function labCommand(sub: string | undefined, args: string[]): Promi
     const s = labStatus();
     if (values.json) out(JSON.stringify(s, null, 2));
     else if (!values.quiet)
-      out(`lab ready: Temporal ${s.temporal?.address} (UI ${s.temporal?.ui}), vCenter ${s.vsphere?.url}, blob ${s.blob ? 'up' : 'down'}`);
+      out(
+        `lab ready: Temporal ${s.temporal?.kind ?? ''} ${s.temporal?.address} (UI ${s.temporal?.ui}), vCenter ${s.vsphere?.url}, blob ${s.blob ? 'up' : 'down'}`,
+      );
     return 0;
   }
   if (sub === 'status') {
@@ -20,7 +27,7 @@ export async function labCommand(sub: string | undefined, args: string[]): Promi
     if (values.json) out(JSON.stringify(s, null, 2));
     else {
       out(
-        `temporal: ${s.temporal ? `${s.temporal.running ? 'running' : 'stopped'} ${s.temporal.address} UI ${s.temporal.ui}` : 'not started'}`,
+        `temporal: ${s.temporal ? `${s.temporal.running ? 'running' : 'stopped'} ${s.temporal.kind} ${s.temporal.address} UI ${s.temporal.ui}` : 'not started'}`,
       );
       out(`vsphere:  ${s.vsphere ? `${s.vsphere.running ? 'running' : 'stopped'} ${s.vsphere.url}` : 'not started'}`);
       out(`blob:     ${s.blob ? (s.blob.running ? 'running' : 'stopped') : 'not started'}`);

@@ -19,6 +19,7 @@ import { verifyCommand } from './verify-command';
 import { planCommand } from './plan-command';
 import { labCommand } from './lab-command';
 import { repoCommand } from './repo-command';
+import { repositoryCommand } from './repository-command';
 import { printGuestWarnings, printVerification, statusCommand } from './status-command';
 import { err, loadConfig, out, USAGE, usageError } from './usage';
 
@@ -34,6 +35,8 @@ export async function main(argv: string[]): Promise<number> {
         return await labCommand(sub, rest);
       case 'repo':
         return await repoCommand(sub, rest);
+      case 'repository':
+        return await repositoryCommand(sub, rest);
       case 'worker':
         return await workerCommand(sub === undefined ? [] : [sub, ...rest]);
       case 'codec-server':

@@ -5,11 +5,14 @@ import { PLAN_USAGE } from './plan-command';
 
 export const USAGE = `vmrestore: restore whole VMs from backups to vSphere (and Azure) on Temporal
 
-  vmrestore lab up|status|down [--json] [--purge]
+  vmrestore lab up|status|down [--json] [--purge] [--temporal dev|cluster]
   vmrestore repo import --vm vm.json | --ovf vm.ovf | --ova vm.ova [--json]
   vmrestore repo import --from-vsphere VM [--profile P] [--datacenter DC] [--json]   (a restore point of a running VM, as a workflow)
   vmrestore repo list|show ID|verify [ID] [--json]
   vmrestore repo seed-demo [--bootable-guests] [--json]   (or VMRESTORE_DEMO_BOOTABLE_GUESTS=1)
+  vmrestore repository serve --listen HOST:PORT [--verify-chunks]   (the repository host's data mover: restore
+        points and chunks over HTTPS for workers with repository.url; needs repository.serve.certFile/keyFile and
+        repository.tokenFile or tokenEnv; a config with only the repository section will do)
   vmrestore codec-server [--port 8888] [--host ADDR] [--origin URL]... [--allowed-host NAME]...
         [--token-file FILE]   (decrypts payloads for the Web UI; bearer token from VMRESTORE_CODEC_TOKEN or the file)
   vmrestore worker [--helper LOCATION | --verifier | --proxy NAME] [--metrics HOST:PORT]   (--helper: the worker inside

@@ -11,6 +11,7 @@ import {
   type AppConfig,
   type AzureConfig,
   type ProxyConfig,
+  type RepositoryConfig,
   type VSphereProfile,
 } from './schema';
 
@@ -130,8 +131,7 @@ export function parseConfig(raw: unknown, source: string, baseDir: string, opts:
     encryption: parseEncryption(t.encryption),
   };
   if (!/^[^:\s]+:\d+$/.test(temporal.address)) bad('temporal.address', `expected host:port, got '${temporal.address}'`);
-  const r = record(root.repository, 'repository');
-  const repoPath = str(r, 'path', 'repository', false) ?? '.lab/repository';
+  const repository = parseRepository(record(root.repository, 'repository'), baseDir);
   const v = record(root.vsphere, 'vsphere');
   const profilesRaw = record(v.profiles, 'vsphere.profiles');
   const profiles: Record<string, VSphereProfile> = {};
@@ -170,6 +170,9 @@ export function parseConfig(raw: unknown, source: string, baseDir: string, opts:
     if (!Array.isArray(transports) || transports.some((m) => !TRANSPORTS.includes(m as TransportMode))) {
       bad(`${where}.transports`, `expected a list of ${TRANSPORTS.join('|')}, got ${JSON.stringify(transports)}`);
     }
+    if (p.sanMounts !== undefined) {
+      bad(`${where}.sanMounts`, 'replaced by sanLuns (datastore → the LUN block device): direct SAN writes the LUN, not a file');
+    }
     const resolveAll = (m: Record<string, string> | undefined) =>
       m && Object.fromEntries(Object.entries(m).map(([k, val]) => [k, path.resolve(baseDir, val)]));
     return {
@@ -177,7 +180,7 @@ export function parseConfig(raw: unknown, source: string, baseDir: string, opts:
       vmName: str(p, 'vmName', where, false),
       transports: transports as TransportMode[],
       nasMounts: resolveAll(stringMap(p.nasMounts, `${where}.nasMounts`)),
-      sanMounts: resolveAll(stringMap(p.sanMounts, `${where}.sanMounts`)),
+      sanLuns: resolveAll(stringMap(p.sanLuns, `${where}.sanLuns`)),
       hotaddDevices: resolveAll(stringMap(p.hotaddDevices, `${where}.hotaddDevices`)),
       profile: str(p, 'profile', where, false),
       maxTasks: int(p, 'maxTasks', where, DEFAULT_PROXY_MAX_TASKS, 1),
@@ -201,7 +204,7 @@ export function parseConfig(raw: unknown, source: string, baseDir: string, opts:
   return {
     temporal,
     azure: root.azure === undefined ? undefined : parseAzure(record(root.azure, 'azure'), baseDir, fromLab),
-    repository: { path: path.resolve(baseDir, repoPath) },
+    repository,
     vsphere: { defaultProfile, profiles },
     proxies,
     restore,
@@ -213,6 +216,43 @@ export function parseConfig(raw: unknown, source: string, baseDir: string, opts:
     fromLab,
     source,
   };
+}
+
+function parseRepository(r: Record<string, unknown>, baseDir: string): RepositoryConfig {
+  const w = 'repository';
+  const known = ['path', 'url', 'tokenFile', 'tokenEnv', 'caFile', 'thumbprint', 'streamsPerDisk', 'serve'];
+  if ('token' in r) bad(`${w}.token`, 'literal tokens are not accepted; use tokenFile or tokenEnv');
+  for (const k of Object.keys(r)) if (!known.includes(k)) bad(`${w}.${k}`, `unknown key (known: ${known.join(', ')})`);
+  const out: RepositoryConfig = { path: path.resolve(baseDir, str(r, 'path', w, false) ?? '.lab/repository') };
+  const file = (key: string) => {
+    const v = str(r, key, w, false);
+    return v === undefined ? undefined : path.resolve(baseDir, v);
+  };
+  const url = str(r, 'url', w, false);
+  if (url !== undefined) {
+    if (!/^https:\/\/[^/]+\/?$/.test(url)) bad(`${w}.url`, `expected https://host:port of 'vmrestore repository serve', got '${url}'`);
+    out.url = url.replace(/\/$/, '');
+  }
+  out.tokenFile = file('tokenFile');
+  out.tokenEnv = str(r, 'tokenEnv', w, false);
+  if (out.tokenFile && out.tokenEnv) bad(`${w}.tokenFile`, 'give either tokenFile or tokenEnv, not both');
+  out.caFile = file('caFile');
+  out.thumbprint = str(r, 'thumbprint', w, false);
+  if (out.thumbprint !== undefined && !/^[0-9a-f]{64}$/i.test(out.thumbprint.replace(/:/g, '')))
+    bad(`${w}.thumbprint`, `expected a SHA-256 fingerprint (64 hex digits, colons allowed), got '${out.thumbprint}'`);
+  if (out.caFile && out.thumbprint) bad(`${w}.caFile`, 'give either caFile or thumbprint, not both');
+  if (r.streamsPerDisk !== undefined) out.streamsPerDisk = int(r, 'streamsPerDisk', w, 1, 1);
+  if ((out.streamsPerDisk ?? 1) > 16) bad(`${w}.streamsPerDisk`, `expected at most 16, got ${out.streamsPerDisk}`);
+  if (out.url && !out.tokenFile && !out.tokenEnv) bad(w, `url '${out.url}' needs tokenFile or tokenEnv (the data mover's bearer token)`);
+  if (r.serve !== undefined) {
+    const s = record(r.serve, `${w}.serve`);
+    for (const k of Object.keys(s))
+      if (k !== 'certFile' && k !== 'keyFile') bad(`${w}.serve.${k}`, 'unknown key (known: certFile, keyFile)');
+    const pem = (key: string) => path.resolve(baseDir, str(s, key, `${w}.serve`)!);
+    out.serve = { certFile: pem('certFile'), keyFile: pem('keyFile') };
+  }
+  for (const k of ['tokenFile', 'tokenEnv', 'caFile', 'thumbprint', 'serve'] as const) if (out[k] === undefined) delete out[k];
+  return out;
 }
 
 function parseTelemetry(t: Record<string, unknown>): AppConfig['telemetry'] {

@@ -31,9 +31,12 @@ export interface ProxyConfig {
   transports: TransportMode[];
   /** Datastore name → local path where the proxy sees its files over NFS (direct-nas). */
   nasMounts?: Record<string, string>;
-  /** Datastore name → local path of the LUN-backed volume the proxy can write (direct-san). */
-  sanMounts?: Record<string, string>;
-  /** Datastore name → local path where hot-added disks appear on the proxy (hotadd). */
+  /**
+   * Datastore name → the block device through which the proxy sees the datastore's LUN (direct-san):
+   * blocks are written there at the physical offsets of the flat extent's block map, which the host serves.
+   */
+  sanLuns?: Record<string, string>;
+  /** Datastore name → the folder where hot-added disks appear on the proxy by UUID (hotadd), e.g. /dev/disk/by-id. */
   hotaddDevices?: Record<string, string>;
   /** vSphere profile this proxy writes to. */
   profile?: string;
@@ -127,6 +130,27 @@ export function helperTaskQueue(config: Pick<AppConfig, 'temporal'>, location: s
   return helper.taskQueue ?? `${config.temporal.taskQueue}-helper-${location}`;
 }
 
+/**
+ * The backup repository: a local directory (the default, one machine), or on workers the HTTPS data mover of
+ * the repository host (`url`). The bearer token is a reference (file or environment variable), never a literal.
+ */
+export interface RepositoryConfig {
+  /** Local directory; on the repository host the one `repository serve` serves. */
+  path: string;
+  /** `https://host:port` of `vmrestore repository serve`; when set, restores read through it. */
+  url?: string;
+  tokenFile?: string;
+  tokenEnv?: string;
+  /** CA certificate (PEM) the data mover's certificate must chain to. */
+  caFile?: string;
+  /** SHA-256 fingerprint of the data mover's certificate, colon-separated hex (pins a self-signed one). */
+  thumbprint?: string;
+  /** Parallel chunk streams per disk read through the data mover (default 1). */
+  streamsPerDisk?: number;
+  /** The data mover's side: its TLS certificate and key (PEM files). */
+  serve?: { certFile: string; keyFile: string };
+}
+
 export interface AppConfig {
   temporal: {
     address: string;
@@ -136,7 +160,7 @@ export interface AppConfig {
     /** AES-GCM payload encryption: workflow inputs, results and heartbeats are sealed before they leave. */
     encryption?: EncryptionConfig;
   };
-  repository: { path: string };
+  repository: RepositoryConfig;
   vsphere: { defaultProfile: string; profiles: Record<string, VSphereProfile> };
   proxies: ProxyConfig[];
   restore: {

@@ -9,6 +9,8 @@ export const FailureType = {
   InsufficientSpace: 'InsufficientSpace',
   TransportUnavailable: 'TransportUnavailable',
   RepositoryCorrupt: 'RepositoryCorrupt',
+  /** The repository data mover did not answer (down, restarting, cut off): another attempt may succeed. */
+  RepositoryUnavailable: 'RepositoryUnavailable',
   RestorePointNotFound: 'RestorePointNotFound',
   Configuration: 'Configuration',
   VSphereFault: 'VSphereFault',

@@ -115,6 +115,8 @@ export interface DiskWriteResult {
   workerIdentity?: string;
   /** Proxies lost while writing this disk, in order; the disk continued on the next. */
   failedOver?: string[];
+  /** What the proxy wrote through: the LUN device (direct-san), the file on its NFS mount (direct-nas), the hot-added device (hotadd), the datastore URL (nbd). */
+  writtenVia?: string;
 }
 
 export interface VSphereRestoreResult {

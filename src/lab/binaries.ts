@@ -13,6 +13,8 @@ export interface GoTool {
   version: string;
   /** A Go program kept in this repository, built with `go build` there instead of `go install module@version`. */
   source?: string;
+  /** The file `go install` writes when it is not `name` (a package named `cmd/server` installs `server`). */
+  installs?: string;
 }
 
 export const TEMPORAL_CLI: GoTool = {
@@ -101,6 +103,7 @@ export function ensureTool(tool: GoTool, log: (line: string) => void = () => {})
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   if (r.status === 0 && tool.source) renameSync(partial, cached);
+  if (r.status === 0 && tool.installs) renameSync(path.join(gobin, tool.installs), cached);
   if (r.status !== 0 || !existsSync(cached)) {
     throw new RestoreError(
       FailureType.Configuration,

@@ -5,7 +5,7 @@ import { TASK_QUEUE } from '../domain/task-queues';
 import { FailureType, RestoreError } from '../domain/errors';
 import type { LabAzure } from './azure';
 import { labAgentInstaller } from './agent-installer';
-import { labDir, type LabState } from './lab';
+import { labDir, type LabState, type LabVSphere } from './lab';
 
 function writePrivate(file: string, content: string): void {
   mkdirSync(path.dirname(file), { recursive: true });
@@ -43,25 +43,44 @@ export function labConfigFile(lab: LabState): Record<string, unknown> {
         },
       },
     },
-    proxies: [
-      {
-        name: 'lab-proxy',
-        vmName: v.proxyVmName,
-        transports: ['direct-san', 'direct-nas', 'hotadd', 'nbd'],
-        // In the lab every path to a datastore ends in vcsim's folder for it.
-        nasMounts: v.datastorePaths,
-        sanMounts: v.datastorePaths,
-        hotaddDevices: v.datastorePaths,
-        profile: 'lab',
-        maxTasks: 4,
-        // The lab's proxy is this machine, so the lab worker writes its disks (on the proxy's own queue).
-        embeddedWorker: true,
-      },
-    ],
+    proxies: [labProxy(v)],
     restore: { diskConcurrency: 2, readConcurrency: 4, checkpointBytes: 16 * 1024 * 1024 },
     azure: lab.azure && lab.blob ? labAzureConfig(lab.azure as LabAzure, lab.blob.connectionString) : undefined,
     // The lab worker boots restored disks itself, unless a separate `vmrestore worker --verifier` does.
     verifier: { embeddedWorker: true },
+  };
+}
+
+/**
+ * The lab's vSphere proxy: each transport through its own path (storage.ts): the LUN's loop device for
+ * SAN, the bind mount standing in for the NFS mount for NAS, the proxy VM's device folder for HotAdd.
+ */
+/**
+ * A proxy on this machine as the lab offers it: each transport through its own path (the LUN, the NAS
+ * mount, the folder where disks hot-added to proxy VM `vmName` appear by UUID).
+ */
+export function labProxy(v: LabVSphere, name = 'lab-proxy', vmName = v.proxyVmName): Record<string, unknown> {
+  const st = v.storage;
+  const byId = path.join(st?.proxyDevices ?? path.join(labDir(), 'vsphere-devices'), vmName, 'by-id');
+  const nasMounts = st?.nasMounts ?? {};
+  const sanLuns = st?.san ? { [st.san.datastore]: st.san.device } : {};
+  const transports = [
+    ...(Object.keys(sanLuns).length ? ['direct-san'] : []),
+    ...(Object.keys(nasMounts).length ? ['direct-nas'] : []),
+    'hotadd',
+    'nbd',
+  ];
+  return {
+    name,
+    vmName,
+    transports,
+    nasMounts,
+    sanLuns,
+    hotaddDevices: Object.fromEntries(Object.keys(v.datastorePaths).map((ds) => [ds, byId])),
+    profile: 'lab',
+    maxTasks: 4,
+    // The lab's proxy is this machine, so the lab worker writes its disks (on the proxy's own queue).
+    embeddedWorker: true,
   };
 }
 

@@ -4,7 +4,7 @@ import { ensureProxyVm } from './inventory';
 import { startLab, type LabHook, type LabState } from './lab';
 
 export * from './lab';
-export { labConfig, labConfigFile, writeLabConfig } from './config';
+export { labConfig, labConfigFile, labProxy, writeLabConfig } from './config';
 
 /** What `lab up` starts after Temporal, vcsim and Azurite, in this order; the config file comes last. */
 export const LAB_COMPONENTS: readonly LabHook[] = [

@@ -1,12 +1,21 @@
-import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { Connection } from '@temporalio/client';
-import { temporal as proto } from '@temporalio/proto';
 import { ensureTool, TEMPORAL_CLI, VCSIM } from './binaries';
-import { httpStatus, pickPort, pidAlive, reuseOrStop, stopProcess, tlsFingerprint, waitFor } from './net';
+import { envPort, httpStatus, pickPort, pidAlive, reuseOrStop, stopProcess, tlsFingerprint, waitFor } from './net';
+import { spawnDetached } from './spawn';
+import { ensureSearchAttributes, temporalReady } from './temporal-admin';
+import {
+  ensureClusterTools,
+  labTemporalKind,
+  restartClusterServer,
+  startClusterTemporal,
+  stopCluster,
+  type LabCluster,
+  type TemporalKind,
+} from './cluster';
 import { SEARCH_ATTRIBUTES } from '../domain/search-attributes';
 import { labConfigPath, labStateDir } from '../config';
+import { attachLabDatastores, prepareLabStorage, teardownLabStorage, type LabStorage } from './storage';
 
 /** Where the lab keeps state, logs and data; git-ignored. */
 export function labDir(): string {
@@ -24,6 +33,8 @@ export interface LabTemporal {
   address: string;
   namespace: string;
   ui: string;
+  /** The CLI's dev server (absent in state written before clusters existed), or the PostgreSQL cluster. */
+  kind?: TemporalKind;
 }
 export interface LabVSphere {
   pid: number;
@@ -35,9 +46,11 @@ export interface LabVSphere {
   thumbprint: string;
   datacenter: string;
   datastore: string;
-  /** Local folder behind each datastore (the proxy's NAS mount / SAN volume in the lab). */
+  /** Local folder behind each datastore, as the host sees it. */
   datastorePaths: Record<string, string>;
   proxyVmName: string;
+  /** Each transport's own path to the datastores (storage.ts). */
+  storage?: LabStorage;
 }
 export interface LabBlob {
   pid: number;
@@ -52,6 +65,8 @@ export interface LabState {
   vsphere?: LabVSphere;
   blob?: LabBlob;
   azure?: Record<string, unknown> & { pid?: number };
+  /** With `temporal.kind` 'cluster': its PostgreSQL, server and UI processes. */
+  cluster?: LabCluster;
 }
 
 function statePath(): string {
@@ -71,52 +86,6 @@ function writeLabState(state: LabState): void {
   const tmp = `${statePath()}.tmp`;
   writeFileSync(tmp, JSON.stringify(state, null, 2));
   renameSync(tmp, statePath());
-}
-
-function envPort(name: string, dflt: number): number {
-  const v = process.env[`VMRESTORE_LAB_${name}_PORT`];
-  if (v === undefined) return dflt;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new Error(`VMRESTORE_LAB_${name}_PORT: expected a port number, got '${v}'`);
-  return n;
-}
-
-function spawnDetached(cmd: string, args: string[], logName: string, env: NodeJS.ProcessEnv = process.env): { pid: number; log: string } {
-  const logs = path.join(labDir(), 'logs');
-  mkdirSync(logs, { recursive: true });
-  const log = path.join(logs, logName);
-  const fd = openSync(log, 'a');
-  const child = spawn(cmd, args, { detached: true, stdio: ['ignore', fd, fd], env, cwd: labDir() });
-  child.unref();
-  if (!child.pid) throw new Error(`could not start ${cmd}; see ${log}`);
-  return { pid: child.pid, log };
-}
-
-async function temporalReady(address: string, namespace: string): Promise<boolean> {
-  const conn = await Connection.connect({ address, connectTimeout: 1000 });
-  try {
-    await conn.workflowService.describeNamespace({ namespace });
-    return true;
-  } finally {
-    await conn.close();
-  }
-}
-
-/** Registers the search attributes the workflows set that the server does not know yet. */
-async function ensureSearchAttributes(address: string, namespace: string): Promise<void> {
-  const conn = await Connection.connect({ address, connectTimeout: 2000 });
-  try {
-    const known = (await conn.operatorService.listSearchAttributes({ namespace })).customAttributes ?? {};
-    const missing = Object.keys(SEARCH_ATTRIBUTES).filter((k) => !(k in known));
-    if (missing.length === 0) return;
-    const KEYWORD = proto.api.enums.v1.IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD;
-    await conn.operatorService.addSearchAttributes({
-      namespace,
-      searchAttributes: Object.fromEntries(missing.map((k) => [k, KEYWORD])),
-    });
-  } finally {
-    await conn.close();
-  }
 }
 
 /** Starts the dev server on these ports, on the lab's database (kept across restarts). */
@@ -181,6 +150,11 @@ export async function labRestartTemporal(
   const prev = state.temporal;
   if (!prev) throw new Error('the lab has no Temporal dev server to restart (run `vmrestore lab up`)');
   const t0 = Date.now();
+  if (prev.kind === 'cluster' && state.cluster) {
+    const restarted = await restartClusterServer(state.cluster, opts.signal ?? 'SIGKILL', log);
+    writeLabState({ ...readLabState(), ...restarted });
+    return { temporal: restarted.temporal, downSeconds: (Date.now() - t0) / 1000 };
+  }
   if (pidAlive(prev.pid)) await stopProcess(prev.pid, opts.signal ?? 'SIGKILL');
   const temporal = await spawnTemporal(prev.port, prev.uiPort, log);
   writeLabState({ ...readLabState(), temporal });
@@ -196,6 +170,8 @@ async function startVcsim(prev: LabVSphere | undefined, taken: Set<number>, log:
   const bin = ensureTool(VCSIM, log);
   const port = await pickPort(envPort('VCSIM', 8989), taken);
   const home = path.join(labDir(), 'vcsim');
+  // The previous vcsim's mounts and loop devices go first: they point into its datastore folders.
+  const storage = prepareLabStorage(labDir(), log);
   rmSync(home, { recursive: true, force: true });
   mkdirSync(home, { recursive: true });
   const secrets = path.join(labDir(), 'secrets');
@@ -206,7 +182,11 @@ async function startVcsim(prev: LabVSphere | undefined, taken: Set<number>, log:
   writeFileSync(passwordFile, password, { mode: 0o600 });
   const { pid, log: logFile } = spawnDetached(
     bin,
-    ['-l', `127.0.0.1:${port}`, '-ds', '2', '-username', 'administrator', '-password', passwordFile],
+    [
+      ...['-l', `127.0.0.1:${port}`, '-ds', '2', '-username', 'administrator', '-password', passwordFile],
+      ...['-proxy-devices', storage.proxyDevices, `-loop-devices=${storage.loopDevices}`],
+      ...(storage.san ? ['-san-datastores', storage.san.datastore] : []),
+    ],
     'vcsim.log',
     // vcsim puts each datastore's folder under TMPDIR; keep them inside the lab.
     { ...process.env, TMPDIR: home },
@@ -224,6 +204,7 @@ async function startVcsim(prev: LabVSphere | undefined, taken: Set<number>, log:
   }
   const thumbprint = await tlsFingerprint('127.0.0.1', port);
   log(`vcsim: started pid ${pid} at ${base}/sdk`);
+  const paths = attachLabDatastores(labDir(), storage, datastorePaths);
   return {
     pid,
     port,
@@ -236,6 +217,7 @@ async function startVcsim(prev: LabVSphere | undefined, taken: Set<number>, log:
     datastore: 'LocalDS_0',
     datastorePaths,
     proxyVmName: 'vmrestore-proxy',
+    storage: paths,
   };
 }
 
@@ -285,6 +267,25 @@ async function startAzurite(prev: LabBlob | undefined, taken: Set<number>, log: 
   };
 }
 
+/** The dev server or the cluster, as VMRESTORE_LAB_TEMPORAL asks; the other kind is stopped first. */
+async function startTemporalOfKind(
+  prev: LabState,
+  taken: Set<number>,
+  log: (s: string) => void,
+): Promise<{ temporal: LabTemporal; cluster?: LabCluster }> {
+  const recorded = prev.temporal ? (prev.temporal.kind ?? 'dev') : undefined;
+  const kind = labTemporalKind(recorded);
+  if (kind === 'cluster') {
+    // Before the first await: a first build takes minutes, and it must not eat the other peers' start timeouts.
+    ensureClusterTools(log);
+    if (recorded === 'dev' && pidAlive(prev.temporal!.pid)) await stopProcess(prev.temporal!.pid, 'SIGTERM');
+    const preferred = { frontend: envPort('TEMPORAL', 7233), ui: envPort('TEMPORAL_UI', 8233), postgres: envPort('POSTGRES', 5432) };
+    return startClusterTemporal(prev.cluster, labDir(), preferred, taken, log);
+  }
+  if (prev.cluster) await stopCluster(prev.cluster, log);
+  return { temporal: await startTemporal(recorded === 'dev' ? prev.temporal : undefined, taken, log) };
+}
+
 /** A part of the lab that `lab up` starts after Temporal, vcsim and Azurite (see `LAB_COMPONENTS` in index.ts). */
 export type LabHook = (state: LabState, log: (s: string) => void, taken: Set<number>) => Promise<LabState>;
 
@@ -294,12 +295,12 @@ export async function startLab(components: readonly LabHook[], log: (s: string) 
   const prev = readLabState();
   const taken = new Set<number>();
   for (const p of [prev.temporal?.port, prev.temporal?.uiPort, prev.vsphere?.port, prev.blob?.port]) if (p) taken.add(p);
-  const [temporal, vsphere, blob] = await Promise.all([
-    startTemporal(prev.temporal, taken, log),
+  const [{ temporal, cluster }, vsphere, blob] = await Promise.all([
+    startTemporalOfKind(prev, taken, log),
     startVcsim(prev.vsphere, taken, log),
     startAzurite(prev.blob, taken, log),
   ]);
-  let state: LabState = { ...prev, temporal, vsphere, blob };
+  let state: LabState = { ...prev, temporal, cluster, vsphere, blob };
   writeLabState(state);
   for (const hook of components) {
     state = await hook(state, log, taken);
@@ -327,7 +328,9 @@ export async function labDown(opts: { purge?: boolean } = {}, log: (s: string) =
   const deadline = Date.now() + 15_000;
   while (pids.some(pidAlive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
   for (const pid of pids.filter(pidAlive)) process.kill(pid, 'SIGKILL');
+  if (state.cluster) await stopCluster(state.cluster, log);
   log(`stopped ${pids.length} lab process(es)`);
+  teardownLabStorage(labDir(), log);
   // Without a running lab there is no configuration to fall back to.
   rmSync(labConfigPath(), { force: true });
   if (opts.purge) {
@@ -339,7 +342,7 @@ export async function labDown(opts: { purge?: boolean } = {}, log: (s: string) =
 }
 
 export interface LabStatus {
-  temporal: { address: string; namespace: string; ui: string; running: boolean } | null;
+  temporal: { kind: TemporalKind; address: string; namespace: string; ui: string; running: boolean } | null;
   vsphere: {
     url: string;
     username: string;
@@ -357,7 +360,13 @@ export function labStatus(): LabStatus {
   const s = readLabState();
   return {
     temporal: s.temporal
-      ? { address: s.temporal.address, namespace: s.temporal.namespace, ui: s.temporal.ui, running: pidAlive(s.temporal.pid) }
+      ? {
+          kind: s.temporal.kind ?? 'dev',
+          address: s.temporal.address,
+          namespace: s.temporal.namespace,
+          ui: s.temporal.ui,
+          running: pidAlive(s.temporal.pid),
+        }
       : null,
     vsphere: s.vsphere
       ? {

@@ -37,6 +37,15 @@ export async function pickPort(preferred: number, taken: Set<number>, host = '12
   }
 }
 
+/** The port VMRESTORE_LAB_<name>_PORT asks for, else `dflt` (0: any free port). */
+export function envPort(name: string, dflt: number): number {
+  const v = process.env[`VMRESTORE_LAB_${name}_PORT`];
+  if (v === undefined) return dflt;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new Error(`VMRESTORE_LAB_${name}_PORT: expected a port number, got '${v}'`);
+  return n;
+}
+
 /** GET a URL and resolve with the status code (any status means the server answers). */
 export function httpStatus(url: string, timeoutMs = 2000): Promise<number> {
   return new Promise((resolve, reject) => {

@@ -83,6 +83,15 @@ export function findDisk(restorePoint: RestorePoint, diskIndex: number): Restore
   return disk;
 }
 
+/**
+ * The one failure of a block whose chunk is missing or does not match its hash, locally or through the data
+ * mover: not retryable, and it names the VM, disk and offset.
+ */
+export function badChunkError(rp: RestorePoint, diskIndex: number, offset: number, hash: string, what: string): RestoreError {
+  const where = `restore point ${rp.id} VM '${rp.vm.name}' disk ${diskIndex} at offset ${offset}`;
+  return new RestoreError(FailureType.RepositoryCorrupt, `${where}: chunk ${hash} ${what}`);
+}
+
 /** Newest first: createdAt, then id, both descending. */
 export function compareNewestFirst(a: { createdAt: string; id: string }, b: { createdAt: string; id: string }): number {
   if (a.createdAt !== b.createdAt) return a.createdAt < b.createdAt ? 1 : -1;

@@ -230,6 +230,7 @@ async function importDisk(
     if (writeFailures.length > 0) throw writeFailures[0];
   };
 
+  const syncs: Promise<void>[] = [];
   // A block that spans extents is assembled here; a fresh buffer for each, since writes hold on to it.
   let partial: Buffer | null = null;
   let partialHasData = false;
@@ -249,6 +250,22 @@ async function importDisk(
     };
     const stored = new Map<number, StoredBlock>();
     for (const b of extent.stored ?? []) stored.set(b.blockIndex, b);
+    // Chunks the reader stored are counted once synced and named; the disk is done only after all of them.
+    const synced = extent.synced;
+    if (synced) {
+      const counted = synced.then((blocks) => {
+        for (const b of blocks) {
+          if (b.hash === null) continue;
+          if (b.written) {
+            writer.noteWritten(b.hash);
+            stats.chunksWritten++;
+            stats.bytesWritten += Math.min(blockSize, capacityBytes - b.blockIndex * blockSize);
+          } else stats.chunksReused++;
+        }
+      });
+      counted.catch((error: unknown) => writeFailures.push(error));
+      syncs.push(counted);
+    }
     for (let pos = 0; pos < extent.length; ) {
       const at = extent.offset + pos;
       const blockIndex = Math.floor(at / blockSize);
@@ -259,7 +276,9 @@ async function importDisk(
       if (done) {
         blocks[blockIndex] = done.hash;
         if (done.hash === null) stats.zeroBlocks++;
-        else if (done.written) {
+        else if (synced) {
+          // Counted above, once synced.
+        } else if (done.written) {
           writer.noteWritten(done.hash);
           stats.chunksWritten++;
           stats.bytesWritten += blockLen;
@@ -295,6 +314,7 @@ async function importDisk(
   }
   await Promise.all(blocksInFlight);
   await Promise.allSettled(pendingChunks.values());
+  await Promise.allSettled(syncs);
   if (writeFailures.length > 0) throw writeFailures[0];
   return blocks;
 }

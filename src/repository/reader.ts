@@ -1,12 +1,17 @@
 import { FailureType, RestoreError } from '../domain/errors';
-import { readChunk } from './chunks';
-import { blockLength, chunkPath, findDisk, type RestorePoint } from './format';
+import { sharedChunkReadWorkers } from './chunk-readers';
+import { badChunkError, blockLength, chunkPath, findDisk, type RestorePoint } from './format';
 
 /** One block of a disk; data null means the block is all zeros and nothing was read. */
 export interface DiskBlock {
   offset: number;
   length: number;
   data: Buffer | null;
+  /**
+   * Hands `data`'s memory back to the reader for a later block; the consumer must not touch `data` after
+   * calling it. Optional for both sides: a consumer that never calls it keeps its buffers.
+   */
+  release?: () => void;
 }
 
 export interface ReadDiskBlocksOptions {
@@ -49,7 +54,9 @@ export function diskLayout(restorePoint: RestorePoint, diskIndex: number): DiskL
 /**
  * Streams a disk of a restore point in offset order, every chunk verified against its hash. Reads run
  * ahead of the consumer by at most `concurrency` chunks, so memory stays bounded whatever the disk size.
- * Each yielded buffer belongs to the consumer and is never reused.
+ * Chunks are read and checked on the chunk read workers, into buffers over SharedArrayBuffers (checksum
+ * workers downstream can read them in place). Each yielded buffer belongs to the consumer until it calls
+ * the block's release(); only released buffers are reused.
  */
 export async function* readDiskBlocks(
   repoDir: string,
@@ -71,14 +78,19 @@ export async function* readDiskBlocks(
     throw new RestoreError(FailureType.InvalidRequest, `concurrency ${concurrency} must be a positive integer`);
   }
   const { signal } = opts;
+  const readers = sharedChunkReadWorkers();
+  // Buffers the consumer released; at most one per read in flight plus one it holds are kept.
+  const free: Buffer[] = [];
+  const newSlot = (): Buffer => (readers.size > 0 ? Buffer.from(new SharedArrayBuffer(blockSize)) : Buffer.allocUnsafeSlow(blockSize));
 
   const readVerified = async (blockIndex: number, hash: string): Promise<Buffer> => {
     const offset = blockIndex * blockSize;
-    const result = await readChunk(repoDir, hash, blockLength(disk, blockSize, blockIndex));
-    if (result.status === 'ok') return result.data;
-    const where = `restore point ${restorePoint.id} VM '${restorePoint.vm.name}' disk ${diskIndex} at offset ${offset}`;
+    const slot = free.pop() ?? newSlot();
+    const data = slot.subarray(0, blockLength(disk, blockSize, blockIndex));
+    const result = await readers.read(chunkPath(repoDir, hash), hash, data);
+    if (result.status === 'ok') return data;
     const what = result.status === 'missing' ? `is missing (expected ${chunkPath(repoDir, hash)})` : `is corrupt (${result.reason})`;
-    throw new RestoreError(FailureType.RepositoryCorrupt, `${where}: chunk ${hash} ${what}`);
+    throw badChunkError(restorePoint, diskIndex, offset, hash, what);
   };
 
   const blockTotal = disk.blocks.length;
@@ -114,6 +126,12 @@ export async function* readDiskBlocks(
     signal?.throwIfAborted();
     // Refill before handing the block over, so reads overlap with the consumer's writes.
     scheduleReads();
-    yield { offset, length, data };
+    let released = false;
+    const release = (): void => {
+      if (released) return;
+      released = true;
+      if (free.length <= concurrency) free.push(Buffer.from(data.buffer, data.byteOffset, blockSize));
+    };
+    yield { offset, length, data, release };
   }
 }

@@ -12,11 +12,13 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import os from 'node:os';
 import * as path from 'node:path';
-import { Worker } from 'node:worker_threads';
+import { WorkerPool, type PoolReply } from '../worker-pool';
 import * as zlib from 'node:zlib';
 import type { StoredBlock } from './formats/image';
 
 const { createHash } = crypto;
+/** New chunks a worker holds written but not yet synced; past it, it waits before taking the next batch to store. */
+const UNSYNCED_LIMIT = 96;
 
 // The functions below are sent as source text; a transpiler that keeps function names calls __name in them.
 const WORKER_SOURCE = `
@@ -28,34 +30,71 @@ const fs = require('node:fs');
 const path = require('node:path');
 const zlib = require('node:zlib');
 ${inflateInto.toString()}
+${readRange.toString()}
 ${storeBlocks.toString()}
 ${finishStored.toString()}
+// Chunks written but not yet synced and named (bounded, so fds and the pool's queue stay bounded), and their hashes,
+// so that a block equal to one still being synced is not written again.
+const UNSYNCED_LIMIT = ${UNSYNCED_LIMIT};
+const pendingNames = new Set();
+let unsynced = 0;
+const belowLimit = [];
+let chain = Promise.resolve();
 parentPort.on('message', (m) => {
+  chain = chain.then(() => handle(m));
+});
+async function handle(m) {
   try {
     if (m.kind === 'sha256') {
       const view = new Uint8Array(m.buffer, m.offset, m.length);
       parentPort.postMessage({ id: m.id, digest: createHash('sha256').update(view).digest('hex') });
       return;
     }
+    if (m.store) while (unsynced >= UNSYNCED_LIMIT) await new Promise((resolve) => belowLimit.push(resolve));
     const out = m.out || new SharedArrayBuffer(m.outputBytes);
-    const failed = inflateInto(zlib, { ...m, input: new Uint8Array(m.input, m.inputOffset, m.inputLength) }, new Uint8Array(out, 0, m.outputBytes));
-    if (failed) {
-      parentPort.postMessage({ id: m.id, failed });
-      return;
+    if (m.kind === 'read') {
+      const filled = readRange(fs, m.file, m.fileOffset, new Uint8Array(out, 0, m.outputBytes));
+      if (filled < m.outputBytes) {
+        parentPort.postMessage({ id: m.id, short: filled });
+        storedNothing(m);
+        return;
+      }
+    } else {
+      const failed = inflateInto(zlib, { ...m, input: new Uint8Array(m.input, m.inputOffset, m.inputLength) }, new Uint8Array(out, 0, m.outputBytes));
+      if (failed) {
+        parentPort.postMessage({ id: m.id, failed });
+        storedNothing(m);
+        return;
+      }
     }
     if (!m.store) {
       parentPort.postMessage({ id: m.id, out });
       return;
     }
-    // The syncs wait on the libuv pool while this worker inflates the next batch; the reply goes once they are done.
-    finishStored(fs, storeBlocks({ crypto, fs, path }, m.store, new Uint8Array(out, 0, m.outputBytes))).then(
-      (stored) => parentPort.postMessage({ id: m.id, out, stored }),
-      (err) => parentPort.postMessage({ id: m.id, error: String((err && err.message) || err) }),
-    );
+    // Written, not yet synced: the buffer goes back at once; the syncs and names follow on the libuv pool while this
+    // worker takes the next batch, and their outcome is a second reply.
+    const stored = storeBlocks({ crypto, fs, path, pending: pendingNames }, m.store, new Uint8Array(out, 0, m.outputBytes));
+    const count = stored.filter((b) => b.unsynced).length;
+    unsynced += count;
+    parentPort.postMessage({ id: m.id, out, stored: stored.map((b) => ({ blockIndex: b.blockIndex, hash: b.hash, written: false })) });
+    finishStored(fs, stored, pendingNames)
+      .then(
+        (done) => parentPort.postMessage({ id: m.syncId, stored: done }),
+        (err) => parentPort.postMessage({ id: m.syncId, error: String((err && err.message) || err) }),
+      )
+      .finally(() => {
+        unsynced -= count;
+        while (unsynced < UNSYNCED_LIMIT && belowLimit.length > 0) belowLimit.shift()();
+      });
   } catch (err) {
     parentPort.postMessage({ id: m.id, error: String((err && err.message) || err) });
+    storedNothing(m);
   }
-});
+}
+// A storing job always gets its second reply; one that stored nothing gets it at once.
+function storedNothing(m) {
+  if (m.syncId) parentPort.postMessage({ id: m.syncId, stored: [] });
+}
 `;
 
 /** Grains to inflate, their deflate streams back to back in `input`. */
@@ -119,6 +158,25 @@ function inflateInto(
   return null;
 }
 
+/**
+ * Reads `out.length` bytes of `file` from `fileOffset` into `out`; returns how many it got (fewer: the file
+ * ended early). Source-stringified like inflateInto.
+ */
+function readRange(f: typeof fs, file: string, fileOffset: number, out: Uint8Array): number {
+  const fd = f.openSync(file, 'r');
+  try {
+    let filled = 0;
+    while (filled < out.length) {
+      const n = f.readSync(fd, out, filled, out.length - filled, fileOffset + filled);
+      if (n === 0) break;
+      filled += n;
+    }
+    return filled;
+  } finally {
+    f.closeSync(fd);
+  }
+}
+
 /** Where the worker stores the whole blocks of a batch: the repository, its block size, the batch's disk offset. */
 export interface StoreTarget {
   repoDir: string;
@@ -135,11 +193,12 @@ export interface StoreTarget {
  * Like inflateInto, it runs from its source text in the workers, so it uses nothing but its arguments.
  */
 function storeBlocks(
-  mods: { crypto: typeof crypto; fs: typeof fs; path: typeof path },
+  mods: { crypto: typeof crypto; fs: typeof fs; path: typeof path; pending: Set<string> },
   target: StoreTarget,
   data: Uint8Array,
 ): StoredBlock[] {
   const { crypto: c, fs: f, path: p } = mods;
+  const ZEROS = Buffer.alloc(Math.min(target.blockSize, 1024 * 1024));
   const out: StoredBlock[] = [];
   const end = target.offset + data.length;
   let index = Math.ceil(target.offset / target.blockSize);
@@ -148,22 +207,24 @@ function storeBlocks(
     const length = Math.min(target.blockSize, target.capacityBytes - start);
     if (length <= 0 || start + length > end) break;
     const block = data.subarray(start - target.offset, start - target.offset + length);
-    // Zero test 8 bytes at a time over an aligned view; the tail (never with 512-byte blocks) byte by byte.
+    // Zero test by memcmp against a zero buffer, 1 MiB at a time (a scan in script is several times slower,
+    // and a flat or raw image brings its holes as zeros to look at).
     let zero = true;
-    const words = block.byteOffset % 8 === 0 ? new BigUint64Array(block.buffer, block.byteOffset, Math.floor(length / 8)) : null;
-    if (words) {
-      for (let i = 0; i < words.length; i++)
-        if (words[i] !== 0n) {
-          zero = false;
-          break;
-        }
+    const bytes = Buffer.from(block.buffer, block.byteOffset, length);
+    for (let at = 0; zero && at < length; at += ZEROS.length) {
+      const n = Math.min(ZEROS.length, length - at);
+      zero = bytes.compare(ZEROS, 0, n, at, at + n) === 0;
     }
-    for (let i = words ? words.length * 8 : 0; zero && i < length; i++) if (block[i] !== 0) zero = false;
     if (zero) {
       out.push({ blockIndex: index, hash: null, written: false });
       continue;
     }
     const hash = c.createHash('sha256').update(block).digest('hex');
+    if (mods.pending.has(hash)) {
+      // Being synced by this thread for an earlier batch: the same chunk, taking its name there.
+      out.push({ blockIndex: index, hash, written: false });
+      continue;
+    }
     const dir = p.join(target.repoDir, 'chunks', hash.slice(0, 2));
     const final = p.join(dir, hash);
     let size = -1;
@@ -186,6 +247,7 @@ function storeBlocks(
       f.rmSync(temp, { force: true });
       throw err;
     }
+    mods.pending.add(hash);
     out.push({ blockIndex: index, hash, written: false, unsynced: { temp, fd, replace: size >= 0 } });
   }
   return out;
@@ -196,7 +258,7 @@ function storeBlocks(
  * name already taken means another writer stored the same chunk first: `written` false), the temp removed.
  * A chunk of the wrong size found under the name is replaced by a rename. Source-stringified like storeBlocks.
  */
-async function finishStored(f: typeof fs, blocks: StoredBlock[]): Promise<StoredBlock[]> {
+async function finishStored(f: typeof fs, blocks: StoredBlock[], pending: Set<string>): Promise<StoredBlock[]> {
   const call = (fn: (cb: (err: NodeJS.ErrnoException | null) => void) => void): Promise<void> =>
     new Promise((resolve, reject) => fn((err) => (err ? reject(err) : resolve())));
   const finish = async (b: StoredBlock): Promise<StoredBlock> => {
@@ -221,76 +283,55 @@ async function finishStored(f: typeof fs, blocks: StoredBlock[]): Promise<Stored
       }
       return { blockIndex: b.blockIndex, hash: b.hash, written };
     } finally {
+      pending.delete(b.hash!);
       await call((cb) => f.rm(u.temp, { force: true }, cb));
     }
   };
   return Promise.all(blocks.map(finish));
 }
 
-interface Job {
-  resolve: (reply: Reply) => void;
-  reject: (err: Error) => void;
-}
-
-interface Reply {
-  id: number;
+interface Reply extends PoolReply {
   out?: SharedArrayBuffer;
   digest?: string;
   stored?: StoredBlock[];
   failed?: InflateFailure;
-  error?: string;
-}
-
-interface PoolWorker {
-  worker: Worker;
-  pending: Map<number, Job>;
+  /** A read that found the file shorter: the bytes it got. */
+  short?: number;
 }
 
 export class ImportWorkers {
-  private readonly workers: PoolWorker[] = [];
-  private nextId = 1;
-  private closed = false;
+  private readonly pool: WorkerPool<Reply> | null;
 
   /** `size` 0 does the work on the calling thread (one core: workers would only add hand-off cost). */
   constructor(readonly size: number) {
     if (!Number.isInteger(size) || size < 0) throw new Error(`import worker count must be an integer >= 0, got ${size}`);
-  }
-
-  private spawn(): PoolWorker {
-    const worker = new Worker(WORKER_SOURCE, { eval: true });
-    const pw: PoolWorker = { worker, pending: new Map() };
-    worker.on('message', (m: Reply) => {
-      const job = pw.pending.get(m.id);
-      if (!job) return;
-      pw.pending.delete(m.id);
-      // Idle workers must not keep the process alive; busy ones must, or a reply could be lost.
-      if (pw.pending.size === 0) worker.unref();
-      if (m.error !== undefined) job.reject(new Error(`import worker: ${m.error}`));
-      else job.resolve(m);
-    });
-    const fail = (err: Error): void => {
-      for (const job of pw.pending.values()) job.reject(err);
-      pw.pending.clear();
-      const i = this.workers.indexOf(pw);
-      if (i >= 0) this.workers.splice(i, 1);
-    };
-    worker.on('error', fail);
-    worker.on('exit', (code) => fail(new Error(`import worker exited with code ${code}`)));
-    worker.unref();
-    return pw;
+    // The least busy worker takes each batch: grains of random data inflate many times faster than text.
+    this.pool = size > 0 ? new WorkerPool<Reply>('import', WORKER_SOURCE, size) : null;
   }
 
   private send(message: Record<string, unknown>, transfer: ArrayBuffer[] = []): Promise<Reply> {
-    if (this.closed) return Promise.reject(new Error('import workers are closed'));
-    while (this.workers.length < this.size) this.workers.push(this.spawn());
-    // The least busy worker: grains of random data inflate many times faster than text.
-    const pw = this.workers.reduce((a, b) => (b.pending.size < a.pending.size ? b : a));
-    const id = this.nextId++;
-    return new Promise<Reply>((resolve, reject) => {
-      pw.pending.set(id, { resolve, reject });
-      pw.worker.ref();
-      pw.worker.postMessage({ ...message, id }, transfer);
-    });
+    return this.post(message, transfer, false).reply;
+  }
+
+  /** Posts to the least busy worker; `storing` also asks for the second reply (see the worker's handle()). */
+  private post(
+    message: Record<string, unknown>,
+    transfer: ArrayBuffer[],
+    storing: boolean,
+  ): { reply: Promise<Reply>; synced?: Promise<Reply> } {
+    const [reply, synced] = this.pool!.post(message, transfer, storing ? ['id', 'syncId'] : ['id']);
+    return { reply, synced };
+  }
+
+  /** The stored blocks of a storing job: as written (names pending), and once synced and named. */
+  private async stored(posted: {
+    reply: Promise<Reply>;
+    synced?: Promise<Reply>;
+  }): Promise<{ reply: Reply; synced: Promise<StoredBlock[]> }> {
+    const synced = posted.synced!.then((r) => r.stored!);
+    // Awaited by the caller's caller; a failure must not go unhandled before that.
+    synced.catch(() => undefined);
+    return { reply: await posted.reply, synced };
   }
 
   /**
@@ -308,7 +349,11 @@ export class ImportWorkers {
    * same worker; `stored` lists them (their chunks are durable, the directory entries not yet: see
    * ChunkWriter.noteWritten).
    */
-  async inflateAndStore(batch: InflateBatch, into?: Buffer, store?: StoreTarget): Promise<{ data: Buffer; stored?: StoredBlock[] }> {
+  async inflateAndStore(
+    batch: InflateBatch,
+    into?: Buffer,
+    store?: StoreTarget,
+  ): Promise<{ data: Buffer; stored?: StoredBlock[]; synced?: Promise<StoredBlock[]> }> {
     const outputBytes = batch.lengths.reduce((sum, n) => sum + n, 0);
     if (into && (!(into.buffer instanceof SharedArrayBuffer) || into.byteOffset !== 0 || into.buffer.byteLength < outputBytes)) {
       throw new Error(`inflate output must be a SharedArrayBuffer of at least ${outputBytes} bytes`);
@@ -317,28 +362,52 @@ export class ImportWorkers {
       const out = into ? into.subarray(0, outputBytes) : Buffer.alloc(outputBytes);
       const failed = inflateInto(zlib, batch, out);
       if (failed) throw new InflateError(failed);
-      return { data: out, stored: store ? await finishStored(fs, storeBlocks({ crypto, fs, path }, store, out)) : undefined };
+      if (!store) return { data: out };
+      const stored = await finishStored(fs, storeBlocks({ crypto, fs, path, pending: mainPending }, store, out), mainPending);
+      return { data: out, stored, synced: Promise.resolve(stored) };
     }
     const { sizes, lengths, grainBytes, raw } = batch;
     const input = batch.input.buffer instanceof SharedArrayBuffer ? batch.input : new Uint8Array(batch.input);
-    const reply = await this.send(
-      {
-        kind: 'inflate',
-        input: input.buffer,
-        inputOffset: input.byteOffset,
-        inputLength: input.byteLength,
-        out: into?.buffer,
-        sizes,
-        lengths,
-        grainBytes,
-        raw,
-        outputBytes,
-        store,
-      },
-      input === batch.input ? [] : [input.buffer as ArrayBuffer],
-    );
+    const message = {
+      kind: 'inflate',
+      input: input.buffer,
+      inputOffset: input.byteOffset,
+      inputLength: input.byteLength,
+      out: into?.buffer,
+      sizes,
+      lengths,
+      grainBytes,
+      raw,
+      outputBytes,
+      store,
+    };
+    const transfer = input === batch.input ? [] : [input.buffer as ArrayBuffer];
+    const posted = this.post(message, transfer, store !== undefined);
+    const { reply, synced } = store ? await this.stored(posted) : { reply: await posted.reply, synced: undefined };
     if (reply.failed) throw new InflateError(reply.failed);
-    return { data: Buffer.from(reply.out!, 0, outputBytes), stored: reply.stored };
+    return { data: Buffer.from(reply.out!, 0, outputBytes), stored: reply.stored, synced };
+  }
+
+  /**
+   * `length` bytes of `file` from `fileOffset`, read by a worker into the start of `into` (a Buffer over a
+   * SharedArrayBuffer, as for inflate) or a new SharedArrayBuffer, with every whole block stored as by
+   * inflateAndStore when `store` is given. Needs workers (size > 0). `short` is set when the file ended first.
+   */
+  async readAndStore(
+    file: string,
+    fileOffset: number,
+    length: number,
+    into?: Buffer,
+    store?: StoreTarget,
+  ): Promise<{ data: Buffer; stored?: StoredBlock[]; synced?: Promise<StoredBlock[]>; short?: number }> {
+    if (this.size === 0) throw new Error('readAndStore needs import workers');
+    if (into && (!(into.buffer instanceof SharedArrayBuffer) || into.byteOffset !== 0 || into.buffer.byteLength < length)) {
+      throw new Error(`read output must be a SharedArrayBuffer of at least ${length} bytes`);
+    }
+    const posted = this.post({ kind: 'read', file, fileOffset, outputBytes: length, out: into?.buffer, store }, [], store !== undefined);
+    const { reply, synced } = store ? await this.stored(posted) : { reply: await posted.reply, synced: undefined };
+    if (reply.short !== undefined) return { data: Buffer.alloc(0), short: reply.short };
+    return { data: Buffer.from(reply.out!, 0, length), stored: reply.stored, synced };
   }
 
   /** sha256 hex of `data`; read in place when it lives in a SharedArrayBuffer, otherwise from a copy. */
@@ -353,13 +422,13 @@ export class ImportWorkers {
   }
 
   async close(): Promise<void> {
-    this.closed = true;
-    const ws = this.workers.splice(0);
-    await Promise.all(ws.map((w) => w.worker.terminate()));
+    await this.pool?.close();
   }
 }
 
 let shared: ImportWorkers | undefined;
+/** Chunks being synced by the calling thread when there are no workers (see storeBlocks). */
+const mainPending = new Set<string>();
 
 /** One worker per core, none on a single core. */
 export function defaultImportWorkers(): number {

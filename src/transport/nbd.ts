@@ -1,5 +1,4 @@
 import type { DiskCheckpoint } from '../domain/vsphere';
-import { readDiskBlocks } from '../repository';
 import { parseDatastorePath, uploadDatastoreFile } from '../vsphere';
 import { ByteRateLimiter } from './throttle';
 import type { DiskTransport } from './transport';
@@ -19,6 +18,7 @@ export const nbd: DiskTransport = {
     const client = await job.session();
     const { datastore, path: rel } = parseDatastorePath(job.flatPath);
     let sent = 0;
+    let writtenVia = '';
     const limiter = new ByteRateLimiter(job.throttleBytesPerSecond);
     const zero = Buffer.alloc(rp.blockSize);
     const beat = setInterval(() => {
@@ -27,7 +27,7 @@ export const nbd: DiskTransport = {
     }, 1000);
     try {
       async function* body() {
-        for await (const b of readDiskBlocks(job.repositoryPath, rp, diskIndex, { concurrency: job.readConcurrency, signal })) {
+        for await (const b of job.repository.readDiskBlocks(rp, diskIndex, { concurrency: job.readConcurrency, signal })) {
           const data = b.data ?? zero.subarray(0, b.length);
           await limiter.take(b.length, signal);
           sent += b.length;
@@ -35,7 +35,7 @@ export const nbd: DiskTransport = {
           yield data;
         }
       }
-      await uploadDatastoreFile(client, {
+      const { url } = await uploadDatastoreFile(client, {
         datacenter: job.datacenter,
         datastore,
         path: rel,
@@ -43,9 +43,10 @@ export const nbd: DiskTransport = {
         body: body(),
         signal,
       });
+      writtenVia = url.origin + url.pathname;
     } finally {
       clearInterval(beat);
     }
-    return { resumedFromOffset: 0, bytesWritten: sent, bytesSkippedZero: 0 };
+    return { resumedFromOffset: 0, bytesWritten: sent, bytesSkippedZero: 0, writtenVia };
   },
 };

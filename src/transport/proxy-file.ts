@@ -1,15 +1,14 @@
 import { existsSync } from 'node:fs';
 import { FailureType, RestoreError } from '../domain/errors';
 import type { DiskCheckpoint, TransportMode } from '../domain/vsphere';
-import { readDiskBlocks } from '../repository';
 import { countedBlocks } from '../telemetry/metrics';
 import { parseDatastorePath } from '../vsphere';
 import { writeDiskToFile } from './disk-writer';
 import { pathInside } from './paths';
 import type { DiskWriteJob, DiskWriteOutcome } from './transport';
 
-/** Where the proxy sees the disk's flat extent: under its mount (SAN, NFS) or device directory (HotAdd). */
-function localTargetPath(job: DiskWriteJob, mode: TransportMode, mounts: Record<string, string> | undefined): string {
+/** Where the proxy sees the disk's flat extent under its mount of the datastore (NFS). */
+export function localTargetPath(job: DiskWriteJob, mode: TransportMode, mounts: Record<string, string> | undefined): string {
   const { datastore, path: rel } = parseDatastorePath(job.flatPath);
   const root = mounts?.[datastore];
   if (!root || !existsSync(root)) {
@@ -23,19 +22,12 @@ function localTargetPath(job: DiskWriteJob, mode: TransportMode, mounts: Record<
 
 /**
  * The hot path of the file modes: repository blocks read (each verified against its hash), then written
- * at their offsets into the flat extent the proxy sees, resuming from the last durable checkpoint.
- * `beforeWrite` runs once the target is known and before it is checked (HotAdd: is the disk attached?).
+ * at their offsets into `target` (the flat extent on the proxy's NFS mount, or the hot-added disk's
+ * device), resuming from the last durable checkpoint.
  */
-export async function writeThroughProxyFile(
-  job: DiskWriteJob,
-  mode: TransportMode,
-  mounts: Record<string, string> | undefined,
-  beforeWrite?: () => Promise<void>,
-): Promise<DiskWriteOutcome> {
+export async function writeToLocalTarget(job: DiskWriteJob, mode: TransportMode, target: string): Promise<DiskWriteOutcome> {
   const { disk, previous: prev } = job;
   const diskIndex = disk.diskIndex;
-  const target = localTargetPath(job, mode, mounts);
-  await beforeWrite?.();
   if (!existsSync(target)) {
     throw new RestoreError(
       FailureType.TransportUnavailable,
@@ -53,7 +45,7 @@ export async function writeThroughProxyFile(
       targetPath: target,
       capacityBytes: disk.capacityBytes,
       blocks: countedBlocks(
-        readDiskBlocks(job.repositoryPath, job.restorePoint, diskIndex, {
+        job.repository.readDiskBlocks(job.restorePoint, diskIndex, {
           fromOffset: resumeFrom,
           concurrency: job.readConcurrency,
           signal: job.signal,
@@ -76,7 +68,12 @@ export async function writeThroughProxyFile(
         job.heartbeat(last);
       },
     });
-    return { resumedFromOffset: resumeFrom, bytesWritten: progress.bytesWritten, bytesSkippedZero: progress.bytesSkippedZero };
+    return {
+      resumedFromOffset: resumeFrom,
+      bytesWritten: progress.bytesWritten,
+      bytesSkippedZero: progress.bytesSkippedZero,
+      writtenVia: target,
+    };
   } finally {
     clearInterval(beat);
   }

@@ -1,6 +1,6 @@
 import type { ProxyConfig } from '../config';
 import type { DiskCheckpoint, DiskPlan, TransportMode } from '../domain/vsphere';
-import type { RestorePoint } from '../repository';
+import type { RepositorySource, RestorePoint } from '../repository';
 import type { Vm, VSphereClient } from '../vsphere';
 
 /** Everything a transport needs to write one disk of a restore point; nothing of Temporal. */
@@ -13,12 +13,15 @@ export interface DiskWriteJob {
   proxy: ProxyConfig;
   /** The plan's proxy VM, for HotAdd. */
   proxyVmName?: string;
-  repositoryPath: string;
+  /** Where the disk's blocks come from: the local repository or the repository host's data mover. */
+  repository: RepositorySource;
   restorePoint: RestorePoint;
   readConcurrency: number;
   checkpointBytes: number;
   /** 0: unlimited. */
   throttleBytesPerSecond: number;
+  /** HotAdd: how long to wait for the attached disk's device to appear (default 60 s). */
+  deviceWaitMs?: number;
   /** The checkpoint of an earlier attempt, from the heartbeat. */
   previous?: DiskCheckpoint;
   signal: AbortSignal;
@@ -38,6 +41,8 @@ export interface DiskWriteOutcome {
   resumedFromOffset: number;
   bytesWritten: number;
   bytesSkippedZero: number;
+  /** The path the bytes went through: the LUN device, the NFS mount's file, the hot-added device, or the URL. */
+  writtenVia: string;
 }
 
 /** One way of getting a disk's bytes onto a datastore (the seed's transport modes). */

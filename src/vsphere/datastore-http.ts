@@ -132,9 +132,38 @@ export async function uploadDatastoreFile(client: VSphereSession, opts: UploadOp
   req.setTimeout(stallMs, () => req.destroy(new Error(`no bytes moved for ${stallMs} ms`)));
   const counter = new ByteCounter(opts.size, url);
   const source = opts.body instanceof Readable ? opts.body : Readable.from(opts.body, { objectMode: false });
+  const sent = pipeline(source, counter, req);
+  sent.catch(() => undefined);
   try {
-    await pipeline(source, counter, req);
+    // The server answers as soon as it has read the last byte. When that answer is parsed before this
+    // side's last write completes, Node never emits the request's 'finish' and the pipeline waits until
+    // the socket's idle timeout (the intermittent NBD stall under load: all bytes in the file, a 200 on
+    // the socket, the PUT failing 60 s later). A 2xx answer once the whole body was handed over ends the PUT.
+    const first = await Promise.race([
+      sent.then(() => 'sent' as const),
+      response.then(
+        () => 'answered' as const,
+        () => sent.then(() => 'sent' as const),
+      ),
+    ]);
+    if (first === 'answered') {
+      const res = await response;
+      const status = res.statusCode ?? 0;
+      if (status >= 200 && status < 300 && counter.bytes === opts.size) {
+        await readSmall(res);
+        // Without 'finish' the socket would never go back to the pool in a usable state.
+        req.destroy();
+        return { url, bytes: counter.bytes };
+      }
+      if (status >= 300) {
+        const text = await readSmall(res);
+        req.destroy();
+        throw httpError('PUT', url, status, res.statusMessage ?? '', text);
+      }
+    }
+    await sent;
   } catch (err) {
+    if (err instanceof VSphereFaultError || err instanceof VSphereNotFoundError) throw err;
     const early = await Promise.race([response, new Promise<undefined>((r) => setTimeout(r, 50, undefined))]).catch(() => undefined);
     if (early && (early.statusCode ?? 0) >= 300) {
       throw httpError('PUT', url, early.statusCode ?? 0, early.statusMessage ?? '', await readSmall(early));

@@ -17,6 +17,8 @@ export interface VmDiskInfo {
   diskMode: string;
   controllerKey: number;
   unitNumber: number;
+  /** backing.uuid, e.g. '6000C29A-…': the disk's SCSI identity inside a guest with disk.EnableUUID. */
+  uuid: string;
 }
 
 export interface VmNicInfo {
@@ -72,6 +74,7 @@ export function diskInfo(device: VimObject): VmDiskInfo {
     diskMode: str(backing.diskMode),
     controllerKey: num(device.controllerKey),
     unitNumber: num(device.unitNumber),
+    uuid: str(backing.uuid),
   };
 }
 

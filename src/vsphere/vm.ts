@@ -262,6 +262,14 @@ export class Vm {
     return true;
   }
 
+  /** The attached disk backed by `fileName`, or undefined when it is not attached. */
+  async attachedDisk(fileName: string): Promise<VmDiskInfo | undefined> {
+    return (await this.devices())
+      .filter(isDisk)
+      .map(diskInfo)
+      .find((d) => isSameFile(d.fileName, fileName));
+  }
+
   /** Descriptor paths of the attached disks, e.g. '[LocalDS_0] web01/web01.vmdk'. */
   async attachedDiskFiles(): Promise<string[]> {
     return (await this.devices()).filter(isDisk).map((d) => diskInfo(d).fileName);

@@ -12,7 +12,7 @@ import { FailureType } from '../../src/domain/errors';
 import { progressQuery, type RestoreProgress } from '../../src/domain/progress';
 import { proxyTaskQueue } from '../../src/domain/task-queues';
 import type { VSphereRestoreRequest, VSphereRestoreResult } from '../../src/domain/vsphere';
-import { labConfigFile, readLabState } from '../../src/lab';
+import { labConfigFile, labProxy, readLabState } from '../../src/lab';
 import { buildDataDiskImage } from '../../src/lab/demo';
 import { createProxyVm } from '../../src/lab/inventory';
 import type { VSphereClient } from '../../src/vsphere';
@@ -48,16 +48,7 @@ function writeConfig(maxTasks: number): string {
   const lab = readLabState();
   const v = lab.vsphere!;
   const base = labConfigFile(lab);
-  const proxy = (name: string, vmName: string) => ({
-    name,
-    vmName,
-    transports: ['direct-san', 'direct-nas', 'hotadd', 'nbd'],
-    nasMounts: v.datastorePaths,
-    sanMounts: v.datastorePaths,
-    hotaddDevices: v.datastorePaths,
-    profile: 'lab',
-    maxTasks,
-  });
+  const proxy = (name: string, vmName: string) => ({ ...labProxy(v, name, vmName), maxTasks, embeddedWorker: false });
   const file = path.join(tmp, `config-${maxTasks}.json`);
   const config = {
     ...base,

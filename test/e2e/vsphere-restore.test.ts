@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
+import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { WorkflowFailedError } from '@temporalio/client';
 import { getRestorePoint } from '../../src/repository';
@@ -8,6 +9,8 @@ import type { TransportRequest, VSphereRestoreResult } from '../../src/domain/vs
 import type { VSphereClient } from '../../src/vsphere';
 import { sha256File, sha256OfBackedUpDisk, type TestEnv, type WorkerProcess } from '../helpers/env';
 import { closeVSphereLab, localFlatFile, openVSphereLab } from '../helpers/vsphere';
+import { readLabState } from '../../src/lab';
+import { SAN_DATASTORE } from '../../src/lab/storage';
 
 let env: TestEnv;
 let worker: WorkerProcess;
@@ -20,9 +23,27 @@ async function expected(rpId: string, disk: number): Promise<string> {
   return expectedHash.get(key)!;
 }
 
-async function restore(rpId: string, vmName: string, transport: TransportRequest): Promise<VSphereRestoreResult> {
-  const handle = await startVSphereRestore(env.client, { restorePointId: rpId, vmName, transport }, { taskQueue: env.taskQueue });
+async function restore(rpId: string, vmName: string, transport: TransportRequest, datastore?: string): Promise<VSphereRestoreResult> {
+  const handle = await startVSphereRestore(
+    env.client,
+    { restorePointId: rpId, vmName, transport, datastore },
+    { taskQueue: env.taskQueue },
+  );
   return handle.result();
+}
+
+/** The path each mode must have written through: its own, never another mode's (src/lab/storage.ts). */
+function assertWrittenVia(transport: string, via: string | undefined, disk: number): void {
+  const storage = readLabState().vsphere?.storage;
+  const proxyDevices = storage?.proxyDevices ?? '';
+  const expected: Record<string, (v: string) => boolean> = {
+    'direct-san': (v) => v === storage?.san?.device,
+    'direct-nas': (v) => !!storage?.nasMounts.LocalDS_0 && v.startsWith(storage.nasMounts.LocalDS_0 + path.sep),
+    // The hot-added disk's device: a loop device (root) or, without loop devices, the link's target file.
+    hotadd: (v) => (storage?.loopDevices ? /^\/dev\/loop\d+$/.test(v) : !!proxyDevices),
+    nbd: (v) => /^https:\/\/127\.0\.0\.1:\d+\/folder\//.test(v),
+  };
+  assert.ok(via && expected[transport]?.(via), `disk ${disk} written via ${via}, which is not ${transport}'s path`);
 }
 
 async function checkRestoredVm(rpId: string, result: VSphereRestoreResult, transport: string): Promise<void> {
@@ -45,6 +66,7 @@ async function checkRestoredVm(rpId: string, result: VSphereRestoreResult, trans
     assert.equal(restored.thinProvisioned, d.provisioning === 'thin', `disk ${d.index} provisioning`);
     const r = result.disks[d.index];
     assert.equal(r.transport, transport, `disk ${d.index} transport`);
+    assertWrittenVia(transport, r.writtenVia, d.index);
     const file = localFlatFile(restored.fileName);
     assert.equal(await sha256File(file), await expected(rpId, d.index), `disk ${d.index} bytes (${file}) equal the backup`);
   }
@@ -60,13 +82,26 @@ describe('restore to vSphere (real Temporal + vcsim + repository)', () => {
     await closeVSphereLab({ env, worker, vs });
   });
 
+  // Direct SAN writes the LUN-backed datastore; the others the default (NFS) one.
   for (const transport of ['direct-san', 'direct-nas', 'hotadd', 'nbd'] as const) {
     it(`restores the two-thick-disk VM byte for byte through ${transport}`, async () => {
       const rpId = env.demo['demo-thick'];
-      const result = await restore(rpId, `t-thick-${transport}-${Date.now().toString(36)}`, transport);
+      const datastore = transport === 'direct-san' ? SAN_DATASTORE : undefined;
+      const result = await restore(rpId, `t-thick-${transport}-${Date.now().toString(36)}`, transport, datastore);
       await checkRestoredVm(rpId, result, transport);
     });
   }
+
+  it('refuses direct-san on the NFS datastore (no LUN behind it) and creates nothing', async () => {
+    const vmName = `t-thick-san-nfs-${Date.now().toString(36)}`;
+    const err = await restore(env.demo['demo-thick'], vmName, 'direct-san', 'LocalDS_0').then(
+      () => assert.fail('restore should fail'),
+      (e: unknown) => e,
+    );
+    assert.match(failureMessage(err), /no SAN access to datastore 'LocalDS_0'/);
+    const dc = await vs.datacenter('DC0');
+    assert.equal(await vs.findVmByName(dc, vmName), null, 'no VM was created');
+  });
 
   for (const transport of ['hotadd', 'nbd'] as const) {
     it(`restores the thin 8 GiB Linux VM byte for byte through ${transport}`, async () => {

@@ -287,7 +287,10 @@ describe('VSphereClient against vcsim', () => {
       );
       const dir = path.join(sim.datastoreDir('LocalDS_0'), 'restored-web01');
       assert.ok(existsSync(path.join(dir, 'restored-web01.vmdk')), 'descriptor created');
-      assert.equal(statSync(path.join(dir, 'restored-web01-flat.vmdk')).size, 0, 'vcsim leaves the extent empty');
+      // The lab's vcsim gives a new extent its capacity, as a datastore does; off the LUN it stays sparse.
+      const extent = statSync(path.join(dir, 'restored-web01-flat.vmdk'));
+      assert.equal(extent.size, cfg.disks[0].capacityBytes, 'the extent has the disk capacity');
+      assert.ok(extent.blocks * 512 < MiB, `the extent is sparse (${extent.blocks} blocks)`);
     });
 
     test('findVmsByExtraConfig finds the VM by its restore id', async () => {

@@ -4,6 +4,8 @@ import path from 'node:path';
 import { describe, it } from 'node:test';
 import { parse } from 'yaml';
 import { parseConfig } from '../../src/config';
+import { SEARCH_ATTRIBUTES } from '../../src/domain/search-attributes';
+import { TEMPORAL_SERVER_VERSION, TEMPORAL_UI_SERVER } from '../../src/lab/cluster/tools';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 type Service = {
@@ -36,6 +38,19 @@ describe('docker-compose.yml', () => {
     assert.match(s.azurite.image!, /azurite:3\.37\.0$/);
     assert.ok(s.worker.build, 'worker is built from the repo');
     assert.ok(existsSync(path.join(ROOT, 'Dockerfile')));
+  });
+
+  it('runs the Temporal server, UI and persistence that `npm run test:cluster` tests', () => {
+    const s = compose.services;
+    const version = TEMPORAL_SERVER_VERSION.replace(/^v/, '');
+    assert.equal(s.temporal.image, `temporalio/auto-setup:${version}`);
+    assert.equal(s['temporal-admin'].image, `temporalio/admin-tools:${version}`);
+    assert.equal(s['temporal-ui'].image, `temporalio/ui:${TEMPORAL_UI_SERVER.version.replace(/^v/, '')}`);
+    assert.equal(s.temporal.environment!.DB, 'postgres12');
+    // Debian 12's PostgreSQL, which the cluster suite runs on.
+    assert.equal(s.postgresql.image, 'postgres:15');
+    const register = JSON.stringify((s['temporal-admin'] as { command?: unknown }).command);
+    for (const name of Object.keys(SEARCH_ATTRIBUTES)) assert.ok(register.includes(name), `temporal-admin registers ${name}`);
   });
 
   it('wires every dependency, volume, secret and address to something defined', () => {

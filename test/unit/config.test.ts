@@ -69,6 +69,35 @@ describe('configuration', () => {
       /config restore\.diskConcurrency: expected an integer >= 1/,
     );
   });
+  it('reads the repository data mover settings and refuses literal tokens, plain http and half settings', () => {
+    const fp = 'AB:'.repeat(31) + 'AB';
+    const worker = parseConfig(
+      { repository: { url: 'https://repo01:8443/', tokenFile: 'repo.token', thumbprint: fp } },
+      't',
+      '/etc/vmrestore',
+    ).repository;
+    assert.deepEqual(worker, {
+      path: '/etc/vmrestore/.lab/repository',
+      url: 'https://repo01:8443',
+      tokenFile: '/etc/vmrestore/repo.token',
+      thumbprint: fp,
+    });
+    const host = parseConfig(
+      { repository: { path: '/srv/repo', tokenEnv: 'REPO_TOKEN', serve: { certFile: 'tls/repo.crt', keyFile: 'tls/repo.key' } } },
+      't',
+      '/etc/vmrestore',
+    );
+    assert.deepEqual(host.repository.serve, { certFile: '/etc/vmrestore/tls/repo.crt', keyFile: '/etc/vmrestore/tls/repo.key' });
+    assert.deepEqual(host.vsphere.profiles, {}, 'a repository host config needs no vCenter profile');
+    const bad = (repository: unknown, re: RegExp) => assert.throws(() => parseConfig({ repository }, 't', '/'), re);
+    bad({ url: 'https://r:1', token: 'secret-secret-secret' }, /config repository\.token: literal tokens are not accepted/);
+    bad({ url: 'http://r:1', tokenEnv: 'T' }, /config repository\.url: expected https:\/\/host:port/);
+    bad({ url: 'https://r:1' }, /config repository: url 'https:\/\/r:1' needs tokenFile or tokenEnv/);
+    bad({ url: 'https://r:1', tokenEnv: 'T', thumbprint: 'abc' }, /config repository\.thumbprint: expected a SHA-256 fingerprint/);
+    bad({ url: 'https://r:1', tokenEnv: 'T', tokenFile: 'f' }, /config repository\.tokenFile: give either tokenFile or tokenEnv/);
+    bad({ serve: { certFile: 'c' } }, /config repository\.serve\.keyFile: is required/);
+    bad({ pth: '/x' }, /config repository\.pth: unknown key/);
+  });
   it('reads helper appliances with their task queues', () => {
     const azure = {
       ...azureBase,

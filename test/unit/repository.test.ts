@@ -255,6 +255,34 @@ describe('reader pipeline', () => {
     assert.equal(hash.digest('hex'), sha256(image));
   });
 
+  it('reuses a block buffer only once the consumer released it; held buffers keep their bytes', async () => {
+    const repo = await freshDir('repo');
+    const vmDir = await freshDir('vm');
+    const blockSize = 4096;
+    const image = randomBytes(64 * blockSize);
+    const { vmJsonPath } = await writeVm(vmDir, [image]);
+    const { restorePointId } = await importRestorePoint(repo, vmJsonPath, { blockSize });
+    const rp = await getRestorePoint(repo, restorePointId);
+
+    // A consumer that releases each block once it is done with it: memory comes round again, bytes stay right.
+    const seen = new Set<ArrayBufferLike>();
+    const hash = createHash('sha256');
+    for await (const block of readDiskBlocks(repo, rp, 0, { concurrency: 4 })) {
+      assert.ok(block.data && block.release);
+      hash.update(block.data);
+      seen.add(block.data.buffer);
+      block.release();
+      block.release();
+    }
+    assert.equal(hash.digest('hex'), sha256(image));
+    assert.ok(seen.size <= 6, `${seen.size} buffers for 64 blocks read 4 ahead`);
+
+    // One that keeps every block and never releases: none of them is overwritten by a later read.
+    const held: Buffer[] = [];
+    for await (const block of readDiskBlocks(repo, rp, 0, { concurrency: 4 })) held.push(block.data!);
+    assert.equal(sha256(Buffer.concat(held)), sha256(image));
+  });
+
   it('stops with the abort reason when the signal fires', async () => {
     const repo = await freshDir('repo');
     const vmDir = await freshDir('vm');

@@ -3,7 +3,7 @@ import { helperTaskQueue } from '../../config';
 import type { AzurePlan, AzureRestoreRequest } from '../../domain/azure';
 import type { LeaseTarget } from '../../domain/lease';
 import { FailureType, RestoreError } from '../../domain/errors';
-import { diskLayout, getRestorePoint } from '../../repository';
+import { diskLayout, openRepository } from '../../repository';
 import { vhdBlobOwnership } from '../../azure/pageblob-ownership';
 import { assertAzureDiskSize } from '../../azure/vhd';
 import { blobUrlForRecord } from '../../azure/blob-url';
@@ -39,7 +39,7 @@ export function initializeActivities(c: AzureContext) {
           `restore id must be 1-${MAX_TAG_VALUE} characters (it is stored as an Azure tag value), got ${String(req.restoreId).length}`,
         );
       }
-      const rp = await getRestorePoint(config.repository.path, req.restorePointId);
+      const rp = await openRepository(config.repository).getRestorePoint(req.restorePointId);
       const osType = rp.vm.guestOs === 'windows' ? 'Windows' : 'Linux';
       validateAzureVmName(req.vmName, osType);
       if (req.skipGuestPreparation && !a.allowTestSwitches)

@@ -3,7 +3,7 @@ import { Context } from '@temporalio/activity';
 import { DiskProgressReporter } from '../progress-report';
 import type { AzureDiskResult, AzurePlan, UploadCheckpoint } from '../../domain/azure';
 import { FailureType, RestoreError } from '../../domain/errors';
-import { getRestorePoint, readDiskBlocks } from '../../repository';
+import { openRepository } from '../../repository';
 import { uploadFixedVhd } from '../../azure/pageblob';
 import { verifyUploadedVhd } from '../../azure/pageblob-verify';
 import { deltaCounter, uploadedBytes } from '../../telemetry/metrics';
@@ -20,7 +20,8 @@ export function uploadActivities(c: AzureContext) {
       const started = Date.now();
       const disk = plan.disks.find((d) => d.diskIndex === diskIndex);
       if (!disk) invalid(`disk ${diskIndex} is not in the plan`);
-      const rp = await getRestorePoint(config.repository.path, plan.restorePointId);
+      const repository = openRepository(config.repository);
+      const rp = await repository.getRestorePoint(plan.restorePointId);
       await blobs().createIfNotExists();
       const prev = ctx.info.heartbeatDetails as UploadCheckpoint | undefined;
       const resumeFrom = prev?.diskIndex === diskIndex ? prev.offset : 0;
@@ -39,7 +40,7 @@ export function uploadActivities(c: AzureContext) {
           blobClient,
           capacityBytes: disk.capacityBytes,
           blocks: (from) =>
-            readDiskBlocks(config.repository.path, rp, diskIndex, {
+            repository.readDiskBlocks(rp, diskIndex, {
               fromOffset: Math.min(from, disk.capacityBytes),
               concurrency: config.restore.readConcurrency,
               signal: ctx.cancellationSignal,

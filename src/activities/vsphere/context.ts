@@ -1,7 +1,7 @@
 import type { AppConfig, ProxyConfig } from '../../config';
 import { FailureType, RestoreError } from '../../domain/errors';
 import type { VSpherePlan } from '../../domain/vsphere';
-import { getRestorePoint, type RestorePoint } from '../../repository';
+import { openRepository, type RestorePoint } from '../../repository';
 import type { Vm, VSphereClient } from '../../vsphere';
 import { KeyedLock } from '../keyed-lock';
 import type { VSphereSessions } from './sessions';
@@ -34,7 +34,7 @@ export function createVSphereContext(deps: VSphereDeps): VSphereContext {
   const loadRestorePoint = (id: string) => {
     let rp = restorePoints.get(id);
     if (!rp) {
-      rp = getRestorePoint(config.repository.path, id);
+      rp = openRepository(config.repository).getRestorePoint(id);
       restorePoints.set(id, rp);
       rp.catch(() => restorePoints.delete(id));
     }

@@ -3,6 +3,7 @@ import type { DiskCheckpoint, DiskWriteResult, TransportMode, VSpherePlan } from
 import { restoredBytes } from '../../telemetry/metrics';
 import { TRANSPORTS } from '../../transport';
 import { flatFileName } from '../../vsphere';
+import { openRepository } from '../../repository';
 import { DiskProgressReporter } from '../progress-report';
 import { invalid, type VSphereContext } from './context';
 
@@ -35,7 +36,7 @@ export function createWriteDiskActivities(ctx: VSphereContext) {
         flatPath,
         proxy: proxyByName(plan.proxy),
         proxyVmName: plan.proxyVmName,
-        repositoryPath: config.repository.path,
+        repository: openRepository(config.repository),
         restorePoint,
         readConcurrency: config.restore.readConcurrency,
         checkpointBytes: config.restore.checkpointBytes,
@@ -56,6 +57,7 @@ export function createWriteDiskActivities(ctx: VSphereContext) {
         datastorePath: diskFile,
         flatPath,
         resumedFromOffset: outcome.resumedFromOffset,
+        writtenVia: outcome.writtenVia,
         seconds: (Date.now() - started) / 1000,
       };
     },

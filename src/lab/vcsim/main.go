@@ -1,6 +1,7 @@
 // The lab's vCenter: govmomi's simulator started exactly as govmomi's own vcsim command (v0.46.3) starts it,
 // plus VirtualMachine.ExportVm and OvfManager.CreateDescriptor (export.go, descriptor.go), which the
-// simulator lacks and `govc export.ovf` needs.
+// simulator lacks and `govc export.ovf` needs, and the host's side of the lab's transports (disks.go:
+// disks hot-added to proxy VMs appear as devices; san.go: block maps of LUN-backed datastores).
 package main
 
 import (
@@ -79,6 +80,9 @@ func main() {
 	stdinExit := flag.Bool("stdinexit", false, "Press any key to exit")
 	loadDir := flag.String("load", "", "Load model from directory")
 	qemuImg := flag.String("qemu-img", "qemu-img", "qemu-img used to make the stream-optimized VMDKs of ExportVm")
+	proxyDevices := flag.String("proxy-devices", "", "Folder where disks attached to proxy VMs appear, as <folder>/<vm>/by-id/wwn-0x<uuid> (disks.go)")
+	loopDevices := flag.Bool("loop-devices", true, "Back proxy VM disk links with loop devices (root); otherwise link the flat extents")
+	sanDatastores := flag.String("san-datastores", "", "Comma-separated LUN-backed datastores: thick disks allocated, SAN block maps served (san.go)")
 
 	flag.IntVar(&model.DelayConfig.Delay, "delay", model.DelayConfig.Delay, "Method response delay across all methods")
 	methodDelay := flag.String("method-delay", "", "Delay per method on the form 'method1:delay1,method2:delay2...'")
@@ -157,6 +161,9 @@ func main() {
 	simulator.Map.Put(exporter)
 	simulator.Map.Handler = exporter.route
 	http.DefaultServeMux.HandleFunc(exportPrefix, exporter.serveDisk)
+	disks := newDiskHost(*proxyDevices, *loopDevices, strings.Split(*sanDatastores, ","))
+	simulator.Map.AddHandler(disks)
+	http.DefaultServeMux.HandleFunc(sanPrefix, disks.serveSan)
 
 	model.Service.RegisterEndpoints = true
 	model.Service.Listen = u
@@ -220,6 +227,7 @@ func main() {
 	<-sig
 
 	exporter.removeAll()
+	disks.removeAll()
 	model.Remove()
 
 	if *traceFile != "" {

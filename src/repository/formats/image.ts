@@ -1,6 +1,7 @@
 import * as fs from 'node:fs/promises';
 import * as zlib from 'node:zlib';
 import { FailureType, RestoreError } from '../../domain/errors';
+import { sharedImportWorkers, type StoreTarget } from '../workers';
 
 /** Image formats we read; `vhd` is the Virtual PC / Hyper-V format qemu calls `vpc`. */
 export const DISK_IMAGE_FORMATS = ['raw', 'vmdk', 'qcow2', 'vhd', 'vhdx'] as const;
@@ -22,6 +23,11 @@ export interface Extent {
    * data and name; the consumer syncs the directory).
    */
   stored?: StoredBlock[];
+  /**
+   * With `stored`: the same blocks once their new chunks are synced and named, `written` then telling which
+   * were new. Until it resolves the chunks are not durable; a failure to store them rejects it.
+   */
+  synced?: Promise<StoredBlock[]>;
 }
 
 export interface StoredBlock {
@@ -145,6 +151,9 @@ interface Pending {
   length: number;
   bytes: number;
   data: Promise<Buffer | null>;
+  stored?: StoredBlock[];
+  synced?: Promise<StoredBlock[]>;
+  release?: () => void;
 }
 
 /** Inflates one compressed cluster or grain, refusing output larger than the cluster (a deflate bomb). */
@@ -171,13 +180,53 @@ export function inflateCluster(
 
 /**
  * Turns a map of pieces into extents: adjacent zeros merge, data contiguous in one file is read as one run,
- * and reads (and inflates) run ahead of the consumer within a fixed budget.
+ * and reads (and inflates) run ahead of the consumer within a fixed budget. With `store` (and import
+ * workers), each data run is read by a worker into a reused SharedArrayBuffer and its whole blocks are
+ * zero-checked, hashed and stored there too (see ImportWorkers.readAndStore): the run's bytes never pass
+ * through this thread, which only cuts the blocks at the run's edges.
  */
-export async function* readPieces(pieces: AsyncIterable<Piece>, format: string): AsyncGenerator<Extent, void, undefined> {
+export async function* readPieces(
+  pieces: AsyncIterable<Piece>,
+  format: string,
+  store?: StoreTarget,
+): AsyncGenerator<Extent, void, undefined> {
   const queue: Pending[] = [];
   let queuedBytes = 0;
   let run: DataPiece | null = null;
   let zero: { offset: number; length: number } | null = null;
+  const workers = store ? sharedImportWorkers() : null;
+  const storing = workers !== null && workers.size > 0;
+  // Runs stored on the workers: one per worker reading while the consumer takes the one before.
+  const readAhead = storing ? Math.max(READ_AHEAD_BYTES, (workers.size + 2) * MAX_RUN_BYTES) : READ_AHEAD_BYTES;
+  const freeRuns: Buffer[] = [];
+
+  /** A run read and stored by a worker: what the extent carries, the stored blocks set on the entry. */
+  const readStored = (r: DataPiece): Pending => {
+    if (!Number.isSafeInteger(r.fileOffset) || r.fileOffset < 0 || r.fileOffset + r.length > r.file.size) {
+      throw imageError(
+        r.file.path,
+        format,
+        r.field,
+        `points to ${r.fileOffset}..${r.fileOffset + r.length}, past the end of the file (${r.file.size} bytes)`,
+      );
+    }
+    const into = freeRuns.pop() ?? Buffer.from(new SharedArrayBuffer(MAX_RUN_BYTES));
+    const entry: Pending = { offset: r.offset, length: r.length, bytes: r.length, data: Promise.resolve(null) };
+    let released = false;
+    entry.release = () => {
+      if (released) return;
+      released = true;
+      freeRuns.push(into);
+    };
+    entry.data = workers!.readAndStore(r.file.path, r.fileOffset, r.length, into, { ...store!, offset: r.offset }).then((out) => {
+      if (out.short !== undefined)
+        throw imageError(r.file.path, format, r.field, `ends at ${r.fileOffset + out.short}: the file shrank while it was read`);
+      entry.stored = out.stored;
+      entry.synced = out.synced;
+      return out.data;
+    });
+    return entry;
+  };
 
   const push = (p: Pending): void => {
     p.data.catch(() => undefined);
@@ -187,8 +236,16 @@ export async function* readPieces(pieces: AsyncIterable<Piece>, format: string):
   const flushRun = (): void => {
     if (!run) return;
     const r = run;
-    push({ offset: r.offset, length: r.length, bytes: r.length, data: r.file.readAt(r.fileOffset, r.length, format, r.field) });
+    push(
+      storing
+        ? readStored(r)
+        : { offset: r.offset, length: r.length, bytes: r.length, data: r.file.readAt(r.fileOffset, r.length, format, r.field) },
+    );
     run = null;
+  };
+  const take = async (first: Pending): Promise<Extent> => {
+    const data = await first.data;
+    return { offset: first.offset, length: first.length, data, stored: first.stored, synced: first.synced, release: first.release };
   };
   const flushZero = (): void => {
     if (!zero) return;
@@ -212,10 +269,10 @@ export async function* readPieces(pieces: AsyncIterable<Piece>, format: string):
         const length = Math.min(MAX_RUN_BYTES, piece.length - at);
         run = { ...piece, offset: piece.offset + at, fileOffset: piece.fileOffset + at, length };
         flushRun();
-        while (queue.length > 1 && queuedBytes > READ_AHEAD_BYTES) {
+        while (queue.length > 1 && queuedBytes > readAhead) {
           const first = queue.shift()!;
           queuedBytes -= first.bytes;
-          yield { offset: first.offset, length: first.length, data: await first.data };
+          yield await take(first);
         }
       }
     } else if (piece.kind === 'data') {
@@ -250,17 +307,17 @@ export async function* readPieces(pieces: AsyncIterable<Piece>, format: string):
           }),
       });
     }
-    while (queue.length > 0 && (queuedBytes > READ_AHEAD_BYTES || queue.length > READ_AHEAD_ITEMS)) {
+    while (queue.length > 0 && (queuedBytes > readAhead || queue.length > READ_AHEAD_ITEMS)) {
       const first = queue.shift()!;
       queuedBytes -= first.bytes;
-      yield { offset: first.offset, length: first.length, data: await first.data };
+      yield await take(first);
     }
   }
   flushRun();
   flushZero();
   while (queue.length > 0) {
     const first = queue.shift()!;
-    yield { offset: first.offset, length: first.length, data: await first.data };
+    yield await take(first);
   }
 }
 
@@ -283,9 +340,10 @@ export function mappedImage(spec: {
     format: spec.format,
     subformat: spec.subformat,
     capacityBytes: spec.capacityBytes,
-    extents: (from?: number, to?: number) => {
+    extents: (from?: number, to?: number, opts?: ExtentOptions) => {
       const [start, end] = checkRange(image, from, to);
-      return readPieces(spec.map(start, end), spec.format);
+      const store = opts?.store && { ...opts.store, offset: 0, capacityBytes: spec.capacityBytes };
+      return readPieces(spec.map(start, end), spec.format, store);
     },
     map: spec.map,
     close: spec.close,

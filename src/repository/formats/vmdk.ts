@@ -180,7 +180,7 @@ export async function* readVmdkStream(
   // Runs of adjacent grains are inflated as one batch on the worker pool and come back as one extent, so a
   // consumer cutting 1 MiB blocks takes them without copying; holes between grains stay zero extents.
   const workers = sharedImportWorkers();
-  type Batch = { data: Buffer | null; stored?: StoredBlock[] };
+  type Batch = { data: Buffer | null; stored?: StoredBlock[]; synced?: Promise<StoredBlock[]> };
   const queue: { offset: number; length: number; bytes: number; data: Promise<Batch>; release?: () => void }[] = [];
   let queuedBytes = 0;
   const hole = Promise.resolve<Batch>({ data: null });
@@ -226,7 +226,7 @@ export async function* readVmdkStream(
     push(b.offset, b.length, data, b.length, release);
   };
   const clip = async (e: (typeof queue)[number]): Promise<Extent | null> => {
-    const { data, stored } = await e.data;
+    const { data, stored, synced } = await e.data;
     const start = Math.max(from, e.offset);
     const end = Math.min(to, e.offset + e.length);
     if (start >= end) {
@@ -234,7 +234,7 @@ export async function* readVmdkStream(
       return null;
     }
     const release = e.release;
-    if (start === e.offset && end === e.offset + e.length) return { offset: e.offset, length: e.length, data, release, stored };
+    if (start === e.offset && end === e.offset + e.length) return { offset: e.offset, length: e.length, data, release, stored, synced };
     // Clipped: stored blocks are only offered for whole extents, the consumer hashes the rest itself.
     return { offset: start, length: end - start, data: data && data.subarray(start - e.offset, end - e.offset), release };
   };
