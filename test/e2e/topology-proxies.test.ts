@@ -12,11 +12,12 @@ import { progressQuery } from '../../src/domain/progress';
 import { proxySlotTarget } from '../../src/domain/proxy-slots';
 import { proxyTaskQueue } from '../../src/domain/task-queues';
 import type { VSphereRestoreRequest, VSphereRestoreResult } from '../../src/domain/vsphere';
-import { readLabState } from '../../src/lab';
+import { labProxy, readLabState } from '../../src/lab';
 import { buildDataDiskImage } from '../../src/lab/demo';
 import { createProxyVm } from '../../src/lab/inventory';
 import type { VSphereClient } from '../../src/vsphere';
-import { importTestVm, openTestEnv, sha256File, sha256OfBackedUpDisk, type TestEnv, type WorkerProcess } from '../helpers/env';
+import { importTestVm, openTestEnv, ROOT, sha256File, sha256OfBackedUpDisk, type TestEnv, type WorkerProcess } from '../helpers/env';
+import { makeDataMoverCredentials } from '../helpers/data-mover';
 import { processTreeIo } from '../helpers/proc-io';
 import { buildTopology, noTopology, type Topology } from '../helpers/topology';
 import { labVSphere, localFlatFile } from '../helpers/vsphere';
@@ -27,12 +28,12 @@ import { historyEvents, type HistoryEvent } from '../helpers/workflow-env';
  * in proxy01's namespace and `--proxy proxy02` in proxy02's, each reading its own host's configuration.
  * One VM's disks spread over both, a proxy killed mid-disk, and a proxy's host cut off mid-disk.
  *
- * The proxies differ (proxy01 also has the datastore's NFS mount, for direct-nas); the tests ask for NBD
+ * The proxies differ (proxy01 also has the lab's NFS mount and LUN, for direct-nas and direct-san); the tests ask for NBD
  * or HotAdd, which both offer. A HotAdd disk moves from a lost proxy01 to proxy02 from its checkpoint (a
  * checkpoint resumes only on the transport that wrote it).
  *
- * In the lab a proxy's NFS mount and HotAdd device are vcsim's datastore folder on this machine's
- * filesystem, so direct-nas and HotAdd writes do not cross the proxy's link (only its heartbeats and
+ * In the lab a proxy's NFS mount, LUN and HotAdd device folder are on this machine's filesystem (the
+ * namespaces share it), so direct and HotAdd writes do not cross the proxy's link (only its heartbeats and
  * Temporal traffic do): the failover tests tell the hosts apart by the identities in the history and on
  * the server. NBD sends the data to vcsim on `backup`, across the proxy's link: the spread test uses it
  * and reads the links' counters.
@@ -51,26 +52,19 @@ const proxyEnv = new Map<ProxyName, NodeJS.ProcessEnv>();
 const proxies = new Map<ProxyName, WorkerProcess>();
 const figures: string[] = [];
 
-/** The two proxies as the control side knows them: proxy01 offers direct-nas, HotAdd and NBD; proxy02 HotAdd and NBD. */
+/**
+ * The two proxies as the control side knows them, each with the lab's paths for its VM: proxy01 offers
+ * every transport the lab has (its NFS mount and LUN too), proxy02 HotAdd and NBD.
+ */
 function proxyEntries(): Record<ProxyName, Record<string, unknown>> {
   const v = readLabState().vsphere!;
   return {
-    proxy01: {
-      name: 'proxy01',
-      vmName: v.proxyVmName,
-      transports: ['direct-nas', 'hotadd', 'nbd'],
-      nasMounts: v.datastorePaths,
-      hotaddDevices: v.datastorePaths,
-      profile: 'lab',
-      maxTasks: 2,
-      embeddedWorker: false,
-    },
+    proxy01: { ...labProxy(v, 'proxy01', v.proxyVmName), maxTasks: 2, embeddedWorker: false },
     proxy02: {
-      name: 'proxy02',
-      vmName: PROXY2_VM,
+      ...labProxy(v, 'proxy02', PROXY2_VM),
       transports: ['hotadd', 'nbd'],
-      hotaddDevices: v.datastorePaths,
-      profile: 'lab',
+      nasMounts: {},
+      sanLuns: {},
       maxTasks: 2,
       embeddedWorker: false,
     },
@@ -513,4 +507,108 @@ describe('proxies as hosts: control on backup, proxy workers in proxy01 and prox
       assertHandedOver(cutSeen.writes, cutSeen.staleId, cutSeen.survivorId);
     },
   );
+
+  it('proxy02 reads through the data mover on repo01: their link cut for 10 s and the data mover restarted mid-restore, the disk completes byte for byte', async () => {
+    const DISK = 192 * MiB;
+    const rpId = await importVm('repo', [DISK / MiB]);
+    const vmName = `t-trepo-${Date.now().toString(36)}`;
+    const creds = makeDataMoverCredentials(path.join(tmp, 'pki'));
+    const listen = `${topo.address('repo01')}:8443`;
+    // repo01 holds only the repository section: no vCenter, Temporal or Azure settings.
+    const repoEnv = topo.hostConfig('repo01', (c) => ({
+      repository: {
+        ...(c.repository as Record<string, unknown>),
+        tokenFile: creds.tokenFile,
+        serve: { certFile: creds.certFile, keyFile: creds.keyFile },
+      },
+    }));
+    const startMover = async () => {
+      const child = topo.spawn(
+        'repo01',
+        process.execPath,
+        [path.join(ROOT, 'bin', 'vmrestore.cjs'), 'repository', 'serve', '--listen', listen],
+        {
+          env: { ...process.env, ...repoEnv },
+        },
+      );
+      let out = '';
+      child.stderr!.on('data', (d) => (out += d));
+      await new Promise<void>((resolve, reject) => {
+        child.stdout!.on('data', (d) => {
+          out += d;
+          if (/listening at https:/.test(out)) resolve();
+        });
+        child.once('exit', (code) => reject(new Error(`repository serve on repo01 exited with ${code}:\n${out}`)));
+      });
+      return child;
+    };
+    let mover = await startMover();
+    // proxy02's host reads every chunk from repo01: its local repository path does not exist.
+    await proxies.get('proxy02')!.stop();
+    const entries = proxyEntries();
+    proxyEnv.set(
+      'proxy02',
+      topo.hostConfig('proxy02', (c) => ({
+        ...c,
+        proxies: [entries.proxy02],
+        verifier: { embeddedWorker: false },
+        repository: {
+          path: path.join(tmp, 'no-local-repository'),
+          url: `https://${listen}`,
+          tokenFile: creds.tokenFile,
+          thumbprint: creds.thumbprint,
+        },
+      })),
+    );
+    const reader = await startProxy('proxy02');
+    try {
+      const repo0 = topo.linkBytes('repo01');
+      const t0 = Date.now();
+      const handle = await restore(rpId, vmName, { transport: 'hotadd', throttleMBps: 8, proxy: 'proxy02' });
+      const past = async (bytes: number) => {
+        const deadline = Date.now() + 180_000;
+        while (Date.now() < deadline) {
+          const d = (await handle.query(progressQuery)).disks[0];
+          if (d?.state === 'writing' && d.bytesDone >= bytes) return d.bytesDone;
+          if (d?.state === 'done') throw new Error(`the disk was done before ${bytes} bytes were seen`);
+          await new Promise((r) => setTimeout(r, 200));
+        }
+        throw new Error(`the write did not pass ${bytes} bytes`);
+      };
+      const atCut = await past(32 * MiB);
+      const cut = await topo.cutLink('proxy02', { peer: 'repo01', forMs: 10_000 });
+      const { downMs } = await cut.restored;
+      const backAt = Date.now();
+      const atBack = (await handle.query(progressQuery)).disks[0].bytesDone;
+      const resumedAt = await past(atBack + 1);
+      const resumeSeconds = (Date.now() - backAt) / 1000;
+      const atRestart = resumedAt;
+      mover.kill('SIGKILL');
+      await new Promise<void>((r) => (mover.exitCode !== null || mover.signalCode !== null ? r() : mover.once('exit', () => r())));
+      await new Promise((r) => setTimeout(r, 2000));
+      mover = await startMover();
+      const result = (await handle.result()) as VSphereRestoreResult;
+      const seconds = (Date.now() - t0) / 1000;
+      const sent = topo.linkBytes('repo01').sent - repo0.sent;
+      const disk = result.disks[0];
+      assert.equal(disk.proxy, 'proxy02');
+      assert.equal(disk.workerIdentity, identityOf('proxy02', reader), 'the worker on proxy02 wrote the disk');
+      assert.ok(sent >= DISK, `repo01 sent at least the disk over its link (${sent} >= ${DISK}): the reads went through it`);
+      const events = await historyEvents(handle);
+      assert.deepEqual(writerIdentities(events).at(-1), identityOf('proxy02', reader));
+      assertControlOnBackup(events);
+      await checkInventoryAndRemove(rpId, result, vmName);
+      figures.push(
+        `through repo01 (HotAdd on proxy02, ${DISK / MiB} MiB at 8 MB/s): proxy02-repo01 cut at ${(atCut / MiB).toFixed(0)} MiB for ${(downMs / 1000).toFixed(1)} s, ` +
+          `progress again ${resumeSeconds.toFixed(1)} s after the link was back; data mover SIGKILLed at ${(atRestart / MiB).toFixed(0)} MiB and restarted 2 s later (${((DISK - atRestart) / MiB).toFixed(0)} MiB still to read); ` +
+          `restore ${seconds.toFixed(1)} s; repo01's link out ${(sent / MiB).toFixed(1)} MiB (${(sent / DISK).toFixed(3)} per byte of disk); ` +
+          `write attempts ${whoDidWhat(events)
+            .activities.filter((a) => a.type === 'writeDisk')
+            .map((a) => a.attempt)
+            .join(',')}`,
+      );
+    } finally {
+      mover.kill('SIGKILL');
+    }
+  });
 });
