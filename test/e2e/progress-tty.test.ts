@@ -140,9 +140,10 @@ describe('live restore progress (terminal bars, plain lines, status)', () => {
       text = t.stdout;
       st = JSON.parse(j.stdout.trim()) as { status: string; disks: Row[] };
       const row = st.disks.find((d) => d.diskIndex === 0);
-      if (st.status !== 'RUNNING' || (/disk 0 root \[nbd\] writing .*MB\/s/.test(text) && (row?.bytesPerSecond ?? 0) > 0)) break;
+      if (st.status !== 'RUNNING' || (/disk 0 root \[nbd on lab-proxy\] writing .*MB\/s/.test(text) && (row?.bytesPerSecond ?? 0) > 0))
+        break;
     }
-    assert.match(text, /disk 0 root \[nbd\] writing [\d.]+ MiB \/ 1\.00 GiB \(\d+%, [\d.]+ MB\/s, ETA (\d+m)?\d+s\)/, text);
+    assert.match(text, /disk 0 root \[nbd on lab-proxy\] writing [\d.]+ MiB \/ 1\.00 GiB \(\d+%, [\d.]+ MB\/s, ETA (\d+m)?\d+s\)/, text);
     assert.ok(st);
     assert.equal(st.status, 'RUNNING', 'the restore is still running while we look');
     const live = st.disks.find((d) => d.diskIndex === 0);

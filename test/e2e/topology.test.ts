@@ -9,7 +9,6 @@ import { defaultPayloadConverter } from '@temporalio/common';
 import type { WorkflowHandle } from '@temporalio/client';
 import { buildDataDiskImage } from '../../src/lab/demo';
 import { readLabState } from '../../src/lab';
-import { pidAlive } from '../../src/lab/net';
 import { startVSphereRestore } from '../../src/client/restore';
 import { RESTORE_ID_KEY } from '../../src/activities/vsphere';
 import type { DiskCheckpoint, TransportMode, VSphereRestoreResult } from '../../src/domain/vsphere';
@@ -17,7 +16,7 @@ import type { VSphereClient } from '../../src/vsphere';
 import { importTestVm, openTestEnv, ROOT, sha256File, sha256OfBackedUpDisk, type TestEnv, type WorkerProcess } from '../helpers/env';
 import { labVSphere, localFlatFile } from '../helpers/vsphere';
 import { processTreeIo } from '../helpers/proc-io';
-import { buildTopology, leftovers, noTopology, type Topology } from '../helpers/topology';
+import { buildTopology, leftovers, noTopology, running, type Topology } from '../helpers/topology';
 
 const MiB = 1024 * 1024;
 const DISK_BYTES = 192 * MiB;
@@ -136,8 +135,12 @@ describe('hosts for real: backup, repo01, proxy01, proxy02 as network namespaces
       const sent = link.sent - link0.sent;
       const who = await identities(handle);
       assert.ok(who.activities.length > 0 && who.workflowTasks.length > 0, 'the history has started tasks');
-      for (const id of [...who.activities, ...who.workflowTasks]) assert.match(id, /^\d+@proxy01$/, 'every task ran on proxy01');
-      assert.ok(who.activities.includes(`${worker.child.pid}@proxy01`), `the worker process ${worker.child.pid} started the activities`);
+      for (const id of [...who.activities, ...who.workflowTasks])
+        assert.match(id, /^\d+@proxy01(\/vmrestore-proxy-lab-proxy)?$/, 'every task ran on proxy01');
+      assert.ok(
+        who.activities.some((id) => id.startsWith(`${worker.child.pid}@proxy01`)),
+        `the worker process ${worker.child.pid} started the activities`,
+      );
       // NBD sends the whole extent to vcsim, which listens only in the backup namespace.
       assert.ok(sent >= DISK_BYTES, `proxy01 sent at least the disk over its link (${sent} >= ${DISK_BYTES})`);
       await checkRestoredVm(result, 'nbd');
@@ -185,7 +188,7 @@ describe('hosts for real: backup, repo01, proxy01, proxy02 as network namespaces
         const written = processTreeIo(worker.child.pid!).wchar;
         assert.equal(worker.child.exitCode, null, 'the worker lived through the cut');
         const who = await identities(handle);
-        for (const id of who.activities) assert.match(id, /^\d+@proxy01$/, 'every activity ran on proxy01');
+        for (const id of who.activities) assert.match(id, /^\d+@proxy01(\/vmrestore-proxy-lab-proxy)?$/, 'every activity ran on proxy01');
         const retried = who.attempts.some((a) => a >= 2);
         await checkRestoredVm(result, transport);
         const writtenAfterBack = written - writtenBeforeBack;
@@ -274,7 +277,7 @@ describe('hosts for real: backup, repo01, proxy01, proxy02 as network namespaces
     assert.ok(!netnsList.includes(`vmrestore-${process.pid}-`), `ip netns list shows none of ours:\n${netnsList}`);
     const { stdout: links } = await run('ip', ['-o', 'link', 'show']);
     assert.ok(!new RegExp(`\\bvmr${process.pid}\\b`).test(links), `ip link shows no bridge or veth of ours:\n${links}`);
-    for (const pid of inNamespaces) assert.equal(pidAlive(pid), false, `process ${pid} of a namespace is gone`);
+    for (const pid of inNamespaces) assert.equal(running(pid), false, `process ${pid} of a namespace is gone`);
     await assert.rejects(connect(bridgeAddress, port), 'the backup-side forwarder is closed with its address');
   });
 

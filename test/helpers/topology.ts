@@ -166,6 +166,16 @@ function linkNames(): string[] {
     .filter((n): n is string => !!n);
 }
 
+/** True while `pid` runs: a process that has exited but is not yet reaped (a zombie) does not count. */
+export function running(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
 function netnsPids(name: string): number[] {
   try {
     return execFileSync('ip', ['netns', 'pids', name], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
@@ -449,7 +459,11 @@ export async function buildTopology(opts: TopologyOptions = {}): Promise<Topolog
       return netnsPids(ns);
     },
     async teardown() {
+      const pids = [...nsName.values()].flatMap((ns) => netnsPids(ns));
+      for (const c of children) if (c.pid) pids.push(c.pid);
       teardownSync();
+      // SIGKILL is delivered at once but the process ends a moment later: wait until each has exited.
+      for (const end = Date.now() + 10_000; pids.some(running) && Date.now() < end; ) await new Promise((r) => setTimeout(r, 50));
     },
   };
 
