@@ -3,16 +3,9 @@ import path from 'node:path';
 import { ensureTool, TEMPORAL_CLI, VCSIM } from './binaries';
 import { envPort, httpStatus, pickPort, pidAlive, reuseOrStop, stopProcess, tlsFingerprint, waitFor } from './net';
 import { spawnDetached } from './spawn';
-import { ensureSearchAttributes, temporalReady } from './temporal-admin';
-import {
-  ensureClusterTools,
-  labTemporalKind,
-  restartClusterServer,
-  startClusterTemporal,
-  stopCluster,
-  type LabCluster,
-  type TemporalKind,
-} from './cluster';
+import { ensureSearchAttributes, temporalReady, type LabTemporal, type TemporalKind } from './temporal-admin';
+export type { LabTemporal } from './temporal-admin';
+import { ensureClusterTools, labTemporalKind, restartClusterServer, startClusterTemporal, stopCluster, type LabCluster } from './cluster';
 import { SEARCH_ATTRIBUTES } from '../domain/search-attributes';
 import { labConfigPath, labStateDir } from '../config';
 import { attachLabDatastores, prepareLabStorage, teardownLabStorage, type LabStorage } from './storage';
@@ -26,16 +19,6 @@ export const AZURITE_ACCOUNT = 'devstoreaccount1';
 // Azurite's documented well-known development key; it protects nothing outside the lab.
 export const AZURITE_KEY = 'Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==';
 
-export interface LabTemporal {
-  pid: number;
-  port: number;
-  uiPort: number;
-  address: string;
-  namespace: string;
-  ui: string;
-  /** The CLI's dev server (absent in state written before clusters existed), or the PostgreSQL cluster. */
-  kind?: TemporalKind;
-}
 export interface LabVSphere {
   pid: number;
   port: number;

@@ -2,6 +2,20 @@ import { Connection } from '@temporalio/client';
 import { temporal as proto } from '@temporalio/proto';
 import { SEARCH_ATTRIBUTES } from '../domain/search-attributes';
 
+/** Which Temporal the lab runs: the CLI's dev server, or the server built from source on PostgreSQL. */
+export type TemporalKind = 'dev' | 'cluster';
+
+export interface LabTemporal {
+  pid: number;
+  port: number;
+  uiPort: number;
+  address: string;
+  namespace: string;
+  ui: string;
+  /** The CLI's dev server (absent in state written before clusters existed), or the PostgreSQL cluster. */
+  kind?: TemporalKind;
+}
+
 export async function temporalReady(address: string, namespace: string): Promise<boolean> {
   const conn = await Connection.connect({ address, connectTimeout: 1000 });
   try {

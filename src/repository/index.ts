@@ -5,9 +5,8 @@
  * Workers on other hosts read it through the repository host's data mover (src/repository/remote).
  */
 export { DEFAULT_BLOCK_SIZE, type RestorePoint, type RestorePointDisk, type RestorePointSummary } from './format';
+export { importOvaRestorePoint, importOvfRestorePoint } from './import-ovf';
 export {
-  importOvaRestorePoint,
-  importOvfRestorePoint,
   importRestorePoint,
   importVm,
   type ImportSource,

@@ -14,7 +14,15 @@ import os from 'node:os';
 import * as path from 'node:path';
 import { WorkerPool, type PoolReply } from '../worker-pool';
 import * as zlib from 'node:zlib';
-import type { StoredBlock } from './formats/image';
+
+export interface StoredBlock {
+  blockIndex: number;
+  hash: string | null;
+  /** False when a chunk of that hash was already there (or another writer stored it first). */
+  written: boolean;
+  /** Inside the worker only: a new chunk in `temp`, not yet synced, `fd` open; `replace` a damaged one. */
+  unsynced?: { temp: string; fd: number; replace: boolean };
+}
 
 const { createHash } = crypto;
 /** New chunks a worker holds written but not yet synced; past it, it waits before taking the next batch to store. */

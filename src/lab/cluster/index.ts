@@ -5,9 +5,8 @@ import { msToTs } from '@temporalio/common/lib/time';
 import { FailureType, RestoreError } from '../../domain/errors';
 import { ensureTool } from '../binaries';
 import { httpStatus, isPortFree, pickPort, pidAlive, stopProcess, waitFor } from '../net';
-import type { LabTemporal } from '../lab';
 import { spawnDetached } from '../spawn';
-import { ensureSearchAttributes, temporalReady } from '../temporal-admin';
+import { ensureSearchAttributes, temporalReady, type LabTemporal, type TemporalKind } from '../temporal-admin';
 import { databaseExists, postgresPassword, startPostgres, stopPostgres, type LabPostgres } from './postgres';
 import { check, run } from './run';
 import { CONFIG_ENV, DATABASES, writeClusterConfig, type ClusterPorts } from './server-config';
@@ -24,7 +23,7 @@ export { psql, type LabPostgres } from './postgres';
 export { TEMPORAL_SERVER_VERSION } from './tools';
 
 /** Which Temporal the lab runs: the CLI's dev server (SQLite, the default) or the server built from source on PostgreSQL. */
-export type TemporalKind = 'dev' | 'cluster';
+export type { TemporalKind } from '../temporal-admin';
 
 /** The lab's Temporal cluster: its PostgreSQL, the server process (all services) and the Web UI server. */
 export interface LabCluster {

@@ -1,7 +1,7 @@
 import * as fs from 'node:fs/promises';
 import * as zlib from 'node:zlib';
 import { FailureType, RestoreError } from '../../domain/errors';
-import { sharedImportWorkers, type StoreTarget } from '../workers';
+import { sharedImportWorkers, type StoreTarget, type StoredBlock } from '../workers';
 
 /** Image formats we read; `vhd` is the Virtual PC / Hyper-V format qemu calls `vpc`. */
 export const DISK_IMAGE_FORMATS = ['raw', 'vmdk', 'qcow2', 'vhd', 'vhdx'] as const;
@@ -28,15 +28,6 @@ export interface Extent {
    * were new. Until it resolves the chunks are not durable; a failure to store them rejects it.
    */
   synced?: Promise<StoredBlock[]>;
-}
-
-export interface StoredBlock {
-  blockIndex: number;
-  hash: string | null;
-  /** False when a chunk of that hash was already there (or another writer stored it first). */
-  written: boolean;
-  /** Inside the worker only: a new chunk in `temp`, not yet synced, `fd` open; `replace` a damaged one. */
-  unsynced?: { temp: string; fd: number; replace: boolean };
 }
 
 /** Where a reader that inflates on the import workers may store whole blocks itself, saving a round trip each. */

@@ -13,9 +13,8 @@ import {
   type ExtentOptions,
   type MappedImage,
   type Piece,
-  type StoredBlock,
 } from './image';
-import { InflateError, sharedImportWorkers } from '../workers';
+import { InflateError, sharedImportWorkers, type StoredBlock } from '../workers';
 import { ByteReader } from './stream';
 
 const F = 'vmdk';
