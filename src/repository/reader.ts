@@ -51,6 +51,27 @@ export function diskLayout(restorePoint: RestorePoint, diskIndex: number): DiskL
   };
 }
 
+/** The disk a read names and its options, checked the same way for every source (local or the data mover). */
+export function checkedReadOptions(
+  rp: RestorePoint,
+  diskIndex: number,
+  opts: ReadDiskBlocksOptions,
+): { disk: ReturnType<typeof findDisk>; fromOffset: number; concurrency: number } {
+  const disk = findDisk(rp, diskIndex);
+  const fromOffset = opts.fromOffset ?? 0;
+  const concurrency = opts.concurrency ?? DEFAULT_READ_CONCURRENCY;
+  if (!Number.isSafeInteger(fromOffset) || fromOffset < 0 || fromOffset > disk.capacityBytes) {
+    throw new RestoreError(
+      FailureType.InvalidRequest,
+      `fromOffset ${fromOffset} is outside disk ${diskIndex} of restore point ${rp.id} (capacity ${disk.capacityBytes} bytes)`,
+    );
+  }
+  if (!Number.isSafeInteger(concurrency) || concurrency < 1) {
+    throw new RestoreError(FailureType.InvalidRequest, `concurrency ${concurrency} must be a positive integer`);
+  }
+  return { disk, fromOffset, concurrency };
+}
+
 /**
  * Streams a disk of a restore point in offset order, every chunk verified against its hash. Reads run
  * ahead of the consumer by at most `concurrency` chunks, so memory stays bounded whatever the disk size.
@@ -64,19 +85,8 @@ export async function* readDiskBlocks(
   diskIndex: number,
   opts: ReadDiskBlocksOptions = {},
 ): AsyncGenerator<DiskBlock, void, undefined> {
-  const disk = findDisk(restorePoint, diskIndex);
+  const { disk, fromOffset, concurrency } = checkedReadOptions(restorePoint, diskIndex, opts);
   const { blockSize } = restorePoint;
-  const fromOffset = opts.fromOffset ?? 0;
-  const concurrency = opts.concurrency ?? DEFAULT_READ_CONCURRENCY;
-  if (!Number.isSafeInteger(fromOffset) || fromOffset < 0 || fromOffset > disk.capacityBytes) {
-    throw new RestoreError(
-      FailureType.InvalidRequest,
-      `fromOffset ${fromOffset} is outside disk ${diskIndex} of restore point ${restorePoint.id} (capacity ${disk.capacityBytes} bytes)`,
-    );
-  }
-  if (!Number.isSafeInteger(concurrency) || concurrency < 1) {
-    throw new RestoreError(FailureType.InvalidRequest, `concurrency ${concurrency} must be a positive integer`);
-  }
   const { signal } = opts;
   const readers = sharedChunkReadWorkers();
   // Buffers the consumer released; at most one per read in flight plus one it holds are kept.

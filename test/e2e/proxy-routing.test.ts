@@ -13,11 +13,10 @@ import { progressQuery, type RestoreProgress } from '../../src/domain/progress';
 import { proxyTaskQueue } from '../../src/domain/task-queues';
 import type { VSphereRestoreRequest, VSphereRestoreResult } from '../../src/domain/vsphere';
 import { labConfigFile, labProxy, readLabState } from '../../src/lab';
-import { buildDataDiskImage } from '../../src/lab/demo';
 import { createProxyVm } from '../../src/lab/inventory';
 import type { VSphereClient } from '../../src/vsphere';
 import {
-  importTestVm,
+  importRandomThickVm,
   openTestEnv,
   runCli,
   sha256File,
@@ -89,14 +88,7 @@ async function startProxy(configFile: string, name: string): Promise<void> {
 }
 
 /** Disks of `sizes` MiB of random data, imported as a thick VM; returns its restore point. */
-async function importVm(name: string, sizes: number[]): Promise<string> {
-  const dir = mkdtempSync(path.join(tmp, `${name}-`));
-  sizes.forEach((s, i) => buildDataDiskImage(path.join(dir, `disk${i}.img`), s * MiB, [[0, s * MiB]], `${name}-${i}-${Date.now()}`));
-  return importTestVm(env.config.repository.path, dir, {
-    name,
-    disks: sizes.map((_, i) => ({ path: `disk${i}.img`, provisioning: 'thick' as const })),
-  });
-}
+const importVm = (name: string, sizes: number[]): Promise<string> => importRandomThickVm(env.config.repository.path, tmp, name, sizes);
 
 async function restore(rpId: string, vmName: string, extra: Partial<VSphereRestoreRequest>): Promise<WorkflowHandle> {
   return startVSphereRestore(env.client, { restorePointId: rpId, vmName, ...extra }, { taskQueue: env.taskQueue });

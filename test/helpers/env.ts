@@ -1,6 +1,6 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, openSync, readSync, closeSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createReadStream, openSync, readSync, closeSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import type { Client, Connection } from '@temporalio/client';
@@ -259,4 +259,12 @@ export async function runCli(taskQueue: string, args: string[], env: NodeJS.Proc
     const e = err as { code?: number; stdout?: string; stderr?: string };
     return { code: typeof e.code === 'number' ? e.code : -1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
   }
+}
+
+/** A thick VM whose disks hold `sizesMiB` MiB of seeded random data each, imported from images made under `parent`. */
+export async function importRandomThickVm(repo: string, parent: string, name: string, sizesMiB: number[]): Promise<string> {
+  const dir = mkdtempSync(path.join(parent, `${name}-`));
+  const MiB = 1024 * 1024;
+  sizesMiB.forEach((s, i) => buildDataDiskImage(path.join(dir, `disk${i}.img`), s * MiB, [[0, s * MiB]], `${name}-${i}-${Date.now()}`));
+  return importTestVm(repo, dir, { name, disks: sizesMiB.map((_, i) => ({ path: `disk${i}.img`, provisioning: 'thick' as const })) });
 }

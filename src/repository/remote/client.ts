@@ -7,7 +7,7 @@ import type { RepositoryConfig } from '../../config/schema';
 import { FailureType, RestoreError } from '../../domain/errors';
 import { createAgent, TLS_TRUST_ERROR_CODES } from '../../vsphere/tls';
 import { badChunkError, blockLength, findDisk, validateRestorePoint, type RestorePoint, type RestorePointSummary } from '../format';
-import { DEFAULT_READ_CONCURRENCY, type DiskBlock, type ReadDiskBlocksOptions } from '../reader';
+import { checkedReadOptions, type DiskBlock, type ReadDiskBlocksOptions } from '../reader';
 import { checkVmMatchesDisks } from '../restore-points';
 import type { RepositorySource } from '../source';
 import { startStreamThread } from './stream-thread';
@@ -141,19 +141,8 @@ export class RemoteRepository implements RepositorySource {
    * consumer. `concurrency` is only checked, for the contract of `readDiskBlocks`.
    */
   async *readDiskBlocks(rp: RestorePoint, diskIndex: number, opts: ReadDiskBlocksOptions = {}): AsyncGenerator<DiskBlock, void, undefined> {
-    const disk = findDisk(rp, diskIndex);
+    const { disk, fromOffset } = checkedReadOptions(rp, diskIndex, opts);
     const { blockSize } = rp;
-    const fromOffset = opts.fromOffset ?? 0;
-    const concurrency = opts.concurrency ?? DEFAULT_READ_CONCURRENCY;
-    if (!Number.isSafeInteger(fromOffset) || fromOffset < 0 || fromOffset > disk.capacityBytes) {
-      throw new RestoreError(
-        FailureType.InvalidRequest,
-        `fromOffset ${fromOffset} is outside disk ${diskIndex} of restore point ${rp.id} (capacity ${disk.capacityBytes} bytes)`,
-      );
-    }
-    if (!Number.isSafeInteger(concurrency) || concurrency < 1) {
-      throw new RestoreError(FailureType.InvalidRequest, `concurrency ${concurrency} must be a positive integer`);
-    }
     const total = disk.blocks.length;
     const first = fromOffset === disk.capacityBytes ? total : Math.floor(fromOffset / blockSize);
     const stop = new AbortController();
