@@ -278,11 +278,30 @@ export async function startLab(components: readonly LabHook[], log: (s: string) 
   const prev = readLabState();
   const taken = new Set<number>();
   for (const p of [prev.temporal?.port, prev.temporal?.uiPort, prev.vsphere?.port, prev.blob?.port]) if (p) taken.add(p);
-  const [{ temporal, cluster }, vsphere, blob] = await Promise.all([
+  // Every Go build first (minutes on a fresh machine, and synchronous): a build between one peer's start and
+  // its readiness check would block the event loop past that check's deadline.
+  if (labTemporalKind(prev.temporal ? (prev.temporal.kind ?? 'dev') : undefined) === 'dev') ensureTool(TEMPORAL_CLI, log);
+  ensureTool(VCSIM, log);
+  const started = await Promise.allSettled([
     startTemporalOfKind(prev, taken, log),
     startVcsim(prev.vsphere, taken, log),
     startAzurite(prev.blob, taken, log),
   ]);
+  const [t, v, b] = started;
+  const failed = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) {
+    // What did start is recorded, so that `lab down` (or the next `lab up`) finds it.
+    writeLabState({
+      ...prev,
+      ...(t.status === 'fulfilled' ? t.value : {}),
+      ...(v.status === 'fulfilled' ? { vsphere: v.value } : {}),
+      ...(b.status === 'fulfilled' ? { blob: b.value } : {}),
+    });
+    throw failed.reason;
+  }
+  const value = <T>(r: PromiseSettledResult<T>): T => (r as PromiseFulfilledResult<T>).value;
+  const { temporal, cluster } = value(t);
+  const [vsphere, blob] = [value(v), value(b)];
   let state: LabState = { ...prev, temporal, cluster, vsphere, blob };
   writeLabState(state);
   for (const hook of components) {

@@ -9,7 +9,7 @@ import type { RestoreVerification } from '../domain/verification';
 import { markVerification, verifyRestoredBoot } from './restore-verify';
 import { limitLeaseTarget } from '../domain/plan';
 import { acquireLimits, withLimits, type HeldLimit } from './limits';
-import { logUndoFailure, Saga, type Compensation } from './saga';
+import { allOrNone, logUndoFailure, Saga, type Compensation } from './saga';
 
 const control = proxyActivities<AzureActivities>(controlOptions('azure'));
 // Acquires may wait for other restores to free the appliance's slots.
@@ -101,8 +101,12 @@ export async function restoreToAzure(request: AzureRestoreRequest): Promise<Azur
     const uploads: AzureDiskResult[] = [];
     for (const disk of plan.disks)
       saga.add(`delete the VHD blob of disk ${disk.diskIndex}`, () => control.deleteVhdBlob({ plan, diskIndex: disk.diskIndex }));
-    await Promise.all(
-      plan.disks.map(async (disk) => {
+    // The first failed upload stops the others, and all settle before compensation deletes their blobs.
+    const together = patched('uploads-settle-before-compensation')
+      ? allOrNone
+      : (tasks: (() => Promise<void>)[]) => Promise.all(tasks.map((t) => t())).then(() => undefined);
+    await together(
+      plan.disks.map((disk) => async () => {
         const row = progress.disks[disk.diskIndex];
         row.state = 'writing';
         const upload = longRunning(`upload disk ${disk.diskIndex} (${disk.label}) as fixed VHD`, uploadsOn);

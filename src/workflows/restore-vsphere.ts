@@ -30,7 +30,7 @@ import type { RestoreVerification } from '../domain/verification';
 import { markVerification, verifyRestoredBoot } from './restore-verify';
 import { limitLeaseTarget } from '../domain/plan';
 import { withLimits, type HeldLimit } from './limits';
-import { Saga } from './saga';
+import { allOrNone, Saga } from './saga';
 
 const control = proxyActivities<VSphereActivities>(controlOptions('vsphere'));
 
@@ -110,19 +110,7 @@ export async function restoreToVSphere(request: VSphereRestoreRequest): Promise<
       }
     };
     // The first failed disk stops the others; all lanes settle before any compensation starts.
-    let firstError: unknown;
-    const writes = new CancellationScope();
-    await writes.run(() =>
-      Promise.all(
-        Array.from({ length: Math.min(plan.diskConcurrency, plan.disks.length) }, () =>
-          lane().catch((err: unknown) => {
-            firstError ??= err;
-            writes.cancel();
-          }),
-        ),
-      ),
-    );
-    if (firstError !== undefined) throw firstError;
+    await allOrNone(Array.from({ length: Math.min(plan.diskConcurrency, plan.disks.length) }, () => lane));
 
     setPhase('committing-snapshot');
     await control.commitSnapshot({ plan, vmRef: vm.vmRef });

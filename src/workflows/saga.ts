@@ -50,3 +50,25 @@ export class Saga {
 export function logUndoFailure(name: string, err: unknown): void {
   log.warn(`compensation '${name}' failed`, { error: err instanceof Error ? err.message : String(err) });
 }
+
+/**
+ * Runs transfers together: the first failure cancels the others, and every one has settled (cancelled
+ * transfers wait for their activity to stop) before that failure is rethrown, so compensation never
+ * deletes a disk or blob under a transfer that is still writing it.
+ */
+export async function allOrNone(tasks: (() => Promise<void>)[]): Promise<void> {
+  let failed = false;
+  let first: unknown;
+  const scope = new CancellationScope();
+  await scope.run(() =>
+    Promise.all(
+      tasks.map((task) =>
+        task().catch((err: unknown) => {
+          if (!failed) [failed, first] = [true, err];
+          scope.cancel();
+        }),
+      ),
+    ),
+  );
+  if (failed) throw first;
+}

@@ -755,6 +755,23 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
       uploads.every((e) => (e.activityTaskStartedEventAttributes!.attempt ?? 1) === 1),
       'corruption is not retried',
     );
+    // The good disk's upload had stopped (cancelled or finished) before compensation deleted any blob.
+    const scheduled = (name: string) =>
+      events.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === name).map((e) => Number(e.eventId));
+    const uploadIds = scheduled('uploadVhd');
+    const firstDelete = Math.min(...scheduled('deleteVhdBlob'));
+    assert.equal(uploadIds.length, 2, 'both disks were uploading');
+    for (const id of uploadIds) {
+      const closed = events.find((e) =>
+        [e.activityTaskCompletedEventAttributes, e.activityTaskFailedEventAttributes, e.activityTaskCanceledEventAttributes].some(
+          (a) => a && Number(a.scheduledEventId) === id,
+        ),
+      );
+      assert.ok(
+        closed && Number(closed.eventId) < firstDelete,
+        `upload ${id} closed (event ${closed?.eventId}) before the first blob delete (${firstDelete})`,
+      );
+    }
     const prefix = `${handle.workflowId.replace(/[^A-Za-z0-9-]/g, '-').toLowerCase()}-`;
     const left: string[] = [];
     for await (const b of labContainer().listBlobsFlat({ prefix })) left.push(b.name);
