@@ -9,6 +9,7 @@ import { promisify } from 'node:util';
 import { buildDataDiskImage } from '../../src/lab/demo';
 import { importTestVm, openTestEnv, ROOT, startWorkerProcess, type TestEnv, type WorkerProcess } from '../helpers/env';
 import { labVSphere } from '../helpers/vsphere';
+import { clearFaults, setFaults } from '../helpers/azure';
 import { startAzureRestore } from '../../src/client/restore';
 import { dashboardMetricNames, metricFamilies, sampleValue } from '../helpers/prometheus';
 
@@ -106,6 +107,7 @@ describe('worker metrics and traces (a real worker process, the lab, an OTLP rec
     metricsUrl = m;
   });
   after(async () => {
+    await clearFaults().catch(() => {});
     await worker?.stop();
     await env?.close();
     await otlp?.close();
@@ -227,6 +229,9 @@ describe('worker metrics and traces (a real worker process, the lab, an OTLP rec
   });
   it('counts Azure uploads, reads the helper appliance lease, and counts a failed restore under its failure type', async () => {
     const vmName = `tmetrics${Date.now().toString(36).slice(-7)}`;
+    // The helper is held from its attach until its detach, which the ARM simulator delays by 4 s here: a
+    // window no scrape misses, however slow scrapes are under load (without it the hold can be shorter).
+    await setFaults([{ kind: 'delay', method: 'POST', pathPattern: '/attachDetachDataDisks$', skip: 1, count: 1, delayMs: 4000 }]);
     const handle = await startAzureRestore(env.client, { restorePointId: env.demo['demo-linux'], vmName }, { taskQueue: env.taskQueue });
     let done = false;
     const result = handle.result().finally(() => (done = true));
@@ -248,6 +253,7 @@ describe('worker metrics and traces (a real worker process, the lab, an OTLP rec
       await new Promise((r) => setTimeout(r, 250));
     }
     const r = await result;
+    await clearFaults();
     const uploaded = r.disks.reduce((a, d) => a + d.bytesUploaded, 0);
     const text = await scrape(metricsUrl);
     assert.equal(sampleValue(text, 'vmrestore_uploaded_bytes_total', { target: 'azure', transport: 'page-blob' }), uploaded);

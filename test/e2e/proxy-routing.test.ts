@@ -61,7 +61,8 @@ function writeConfig(maxTasks: number): string {
 async function startControl(configFile: string): Promise<void> {
   await control?.stop();
   control = await startWorkerProcess(env.taskQueue, { VMRESTORE_CONFIG: configFile });
-  assert.doesNotMatch(control.output(), /proxy worker/, 'the control worker serves no proxy queue');
+  // vSphere proxy queues are '<queue>-proxy-NAME' (the lab's embedded Azure proxy polls '<queue>-azure-proxy-NAME').
+  assert.doesNotMatch(control.output(), new RegExp(`'${env.taskQueue}-proxy-`), 'the control worker serves no vSphere proxy queue');
 }
 
 /** Until a worker polls the proxy's activity queue (it then counts as live). */
