@@ -256,17 +256,19 @@ async function startTemporalOfKind(
   taken: Set<number>,
   log: (s: string) => void,
 ): Promise<{ temporal: LabTemporal; cluster?: LabCluster }> {
-  const recorded = prev.temporal ? (prev.temporal.kind ?? 'dev') : undefined;
-  const kind = labTemporalKind(recorded);
-  if (kind === 'cluster') {
-    // Before the first await: a first build takes minutes, and it must not eat the other peers' start timeouts.
-    ensureClusterTools(log);
+  const recorded = recordedTemporalKind(prev);
+  if (labTemporalKind(recorded) === 'cluster') {
     if (recorded === 'dev' && pidAlive(prev.temporal!.pid)) await stopProcess(prev.temporal!.pid, 'SIGTERM');
     const preferred = { frontend: envPort('TEMPORAL', 7233), ui: envPort('TEMPORAL_UI', 8233), postgres: envPort('POSTGRES', 5432) };
     return startClusterTemporal(prev.cluster, labDir(), preferred, taken, log);
   }
   if (prev.cluster) await stopCluster(prev.cluster, log);
   return { temporal: await startTemporal(recorded === 'dev' ? prev.temporal : undefined, taken, log) };
+}
+
+/** The Temporal server kind the lab state records (state written before clusters existed means dev). */
+function recordedTemporalKind(prev: LabState): TemporalKind | undefined {
+  return prev.temporal ? (prev.temporal.kind ?? 'dev') : undefined;
 }
 
 /** A part of the lab that `lab up` starts after Temporal, vcsim and Azurite (see `LAB_COMPONENTS` in index.ts). */
@@ -280,30 +282,25 @@ export async function startLab(components: readonly LabHook[], log: (s: string) 
   for (const p of [prev.temporal?.port, prev.temporal?.uiPort, prev.vsphere?.port, prev.blob?.port]) if (p) taken.add(p);
   // Every Go build first (minutes on a fresh machine, and synchronous): a build between one peer's start and
   // its readiness check would block the event loop past that check's deadline.
-  if (labTemporalKind(prev.temporal ? (prev.temporal.kind ?? 'dev') : undefined) === 'dev') ensureTool(TEMPORAL_CLI, log);
+  if (labTemporalKind(recordedTemporalKind(prev)) === 'cluster') ensureClusterTools(log);
+  else ensureTool(TEMPORAL_CLI, log);
   ensureTool(VCSIM, log);
-  const started = await Promise.allSettled([
+  const [t, v, b] = await Promise.allSettled([
     startTemporalOfKind(prev, taken, log),
     startVcsim(prev.vsphere, taken, log),
     startAzurite(prev.blob, taken, log),
   ]);
-  const [t, v, b] = started;
-  const failed = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-  if (failed) {
-    // What did start is recorded, so that `lab down` (or the next `lab up`) finds it.
-    writeLabState({
-      ...prev,
-      ...(t.status === 'fulfilled' ? t.value : {}),
-      ...(v.status === 'fulfilled' ? { vsphere: v.value } : {}),
-      ...(b.status === 'fulfilled' ? { blob: b.value } : {}),
-    });
-    throw failed.reason;
-  }
-  const value = <T>(r: PromiseSettledResult<T>): T => (r as PromiseFulfilledResult<T>).value;
-  const { temporal, cluster } = value(t);
-  const [vsphere, blob] = [value(v), value(b)];
-  let state: LabState = { ...prev, temporal, cluster, vsphere, blob };
+  const ok = <T>(r: PromiseSettledResult<T>): T | undefined => (r.status === 'fulfilled' ? r.value : undefined);
+  const started = ok(t);
+  let state: LabState = {
+    ...prev,
+    ...(started && { temporal: started.temporal, cluster: started.cluster }),
+    vsphere: ok(v) ?? prev.vsphere,
+    blob: ok(b) ?? prev.blob,
+  };
+  // Written also when a peer did not start, so that `lab down` (or the next `lab up`) finds the others.
   writeLabState(state);
+  for (const r of [t, v, b]) if (r.status === 'rejected') throw r.reason;
   for (const hook of components) {
     state = await hook(state, log, taken);
     writeLabState(state);

@@ -176,7 +176,7 @@ describe('lab guest boots', { concurrency: true }, () => {
       );
       assert.equal(report.verdict, 'failed', explain(report));
       assert.ok(['aborted', 'time-limit'].includes(report.stoppedBy), report.stoppedBy);
-      assert.ok(Date.now() - started >= Math.min(waitMs, 600_000) - 1000, 'stopped no earlier than its wait');
+      assert.ok(Date.now() - started >= waitMs - 1000, 'stopped no earlier than its wait');
       // It booted: what fails is the network.
       assert.equal(check(report, 'kernelStarted').status, 'passed', explain(report));
       const dhcp = check(report, 'dhcpLease');

@@ -24,6 +24,7 @@ import {
   startWorkerProcess,
   type TestEnv,
   type WorkerProcess,
+  assertServesNoVSphereProxyQueue,
 } from '../helpers/env';
 import { historyEvents, type HistoryEvent } from '../helpers/workflow-env';
 import { labVSphere, localFlatFile } from '../helpers/vsphere';
@@ -61,8 +62,7 @@ function writeConfig(maxTasks: number): string {
 async function startControl(configFile: string): Promise<void> {
   await control?.stop();
   control = await startWorkerProcess(env.taskQueue, { VMRESTORE_CONFIG: configFile });
-  // vSphere proxy queues are '<queue>-proxy-NAME' (the lab's embedded Azure proxy polls '<queue>-azure-proxy-NAME').
-  assert.doesNotMatch(control.output(), new RegExp(`'${env.taskQueue}-proxy-`), 'the control worker serves no vSphere proxy queue');
+  assertServesNoVSphereProxyQueue(control.output(), env.taskQueue);
 }
 
 /** Until a worker polls the proxy's activity queue (it then counts as live). */

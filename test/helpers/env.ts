@@ -1,3 +1,4 @@
+import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, openSync, readSync, closeSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -10,6 +11,7 @@ import type { AppConfig } from '../../src/config';
 import { connectClient } from '../../src/client/restore';
 import { getRestorePoint, importRestorePoint, readDiskBlocks, listRestorePoints } from '../../src/repository';
 import { chunkPath } from '../../src/repository/format';
+import { proxyTaskQueue } from '../../src/domain/task-queues';
 import { buildDataDiskImage, seedDemoRepository } from '../../src/lab/demo';
 import { launchedBy } from './proc-io';
 
@@ -267,4 +269,9 @@ export async function importRandomThickVm(repo: string, parent: string, name: st
   const MiB = 1024 * 1024;
   sizesMiB.forEach((s, i) => buildDataDiskImage(path.join(dir, `disk${i}.img`), s * MiB, [[0, s * MiB]], `${name}-${i}-${Date.now()}`));
   return importTestVm(repo, dir, { name, disks: sizesMiB.map((_, i) => ({ path: `disk${i}.img`, provisioning: 'thick' as const })) });
+}
+
+/** A worker's start-up lines name no vSphere proxy queue of `taskQueue` (the lab's embedded Azure proxy's may be there). */
+export function assertServesNoVSphereProxyQueue(output: string, taskQueue: string): void {
+  assert.doesNotMatch(output, new RegExp(`'${proxyTaskQueue(taskQueue, '')}`), 'the control worker serves no vSphere proxy queue');
 }
