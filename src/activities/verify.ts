@@ -2,7 +2,6 @@ import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { Readable } from 'node:stream';
 import { Context } from '@temporalio/activity';
 import { armClientsFor } from '../azure/credential';
 import { withManagedDiskRead } from '../azure/managed-disk-read';
@@ -17,6 +16,7 @@ import { downloadDatastoreFile, flatFileName, parseDatastorePath } from '../vsph
 import { withFailureMapping } from './failures';
 import { VSphereSessions } from './vsphere/sessions';
 import { MiB } from '../domain/units';
+import { copyRangesToSparseFile, copyToSparseFile } from '../sparse-file';
 
 /**
  * The `verifyBoot` activity: reads what the target holds back into local sparse files and boots it in the
@@ -53,61 +53,10 @@ export interface VerifyDeps {
   sessions: VSphereSessions;
 }
 
-/** Runs of zeros at least this long (and aligned) stay holes in the local copy. */
-const HOLE = 64 * 1024;
 const DEFAULT_TIMEOUT_S = 600;
 /** The temporary resource disk an Azure VM gets as its second disk; blank, like a new one. */
 const RESOURCE_DISK_BYTES = 4 * 1024 * MiB;
 const AZURE_OUI = '00:0d:3a';
-
-/** Copies `length` bytes of a stream into `file` from offset 0, leaving zero runs as holes; returns the bytes read. */
-export async function copyToSparseFile(
-  body: Readable | AsyncIterable<Buffer>,
-  file: string,
-  length: number,
-  onBytes?: (n: number) => void,
-): Promise<number> {
-  const fh = await fsp.open(file, 'w');
-  try {
-    await fh.truncate(length);
-    const block = Buffer.alloc(MiB);
-    let fill = 0;
-    let offset = 0;
-    const flush = async () => {
-      for (let at = 0; at < fill; at += HOLE) {
-        const end = Math.min(at + HOLE, fill);
-        let zero = true;
-        for (let i = at; i < end; i += 8) {
-          if (end - i >= 8 ? block.readBigUInt64LE(i) !== 0n : block.subarray(i, end).some((b) => b !== 0)) {
-            zero = false;
-            break;
-          }
-        }
-        if (!zero) await fh.write(block, at, end - at, offset + at);
-      }
-      offset += fill;
-      fill = 0;
-    };
-    for await (const chunk of body as AsyncIterable<Buffer>) {
-      let at = 0;
-      while (at < chunk.length) {
-        const n = Math.min(chunk.length - at, block.length - fill);
-        chunk.copy(block, fill, at, at + n);
-        fill += n;
-        at += n;
-        if (fill === block.length) await flush();
-      }
-      onBytes?.(chunk.length);
-    }
-    await flush();
-    if (offset !== length) {
-      throw new RestoreError(FailureType.VSphereFault, `read ${offset} bytes for ${path.basename(file)}, expected ${length}`, false);
-    }
-    return offset;
-  } finally {
-    await fh.close();
-  }
-}
 
 /** Serial log lines that look like credentials are dropped before the tail leaves the worker. */
 function scrubSerial(tail: string | undefined): string | undefined {
@@ -230,17 +179,18 @@ export function createVerifyActivities(deps: VerifyDeps) {
     );
     const read = async (d: (typeof ordered)[number], i: number): Promise<LocalDisk> => {
       const file = path.join(dir, `disk${i}.raw`);
-      const bytesRead = await withManagedDiskRead(
+      const { bytes, bytesRead } = await withManagedDiskRead(
         clients(),
         d.managedDiskId,
-        async (reader) => copyToSparseFile(await reader.stream(0, reader.dataSize), file, reader.dataSize, (n) => progress(n)),
+        // Only the written pages travel; the rest of the disk stays a hole in the local copy.
+        async (reader) => ({ bytes: reader.dataSize, bytesRead: await copyRangesToSparseFile(reader, file, (n) => progress(n)) }),
         { caCertPath: config.azure?.caCertPath, signal, durationSeconds: 3600 },
       );
       return {
         path: file,
         role: d.os ? ('os' as const) : ('data' as const),
         source: `managed disk ${d.managedDiskName}`,
-        bytes: bytesRead,
+        bytes,
         bytesRead,
       };
     };

@@ -13,6 +13,7 @@ import { labConfig, labDir, labUp, readLabState } from '../../src/lab';
 import { buildLinuxDiskImage } from '../../src/lab/images/linux-image';
 import { prepareLinuxDisk, readGuestFile } from '../../src/guest/linux/prep';
 import type { ArmClients } from '../../src/lab/armsim';
+import { copyRangesToSparseFile } from '../../src/sparse-file';
 import { labArm, labAzure, labContainer } from '../helpers/azure';
 
 const MiB = 1024 * 1024;
@@ -132,6 +133,36 @@ describe('managed disks in the lab keep their own data (Azure semantics)', () =>
     assert.equal(footer.cookie, 'conectix');
     assert.equal(footer.currentSize, DATA_SIZE);
     assert.equal((await arm.compute.disks.get(rg, diskName)).diskState, 'Unattached', 'the helper revoked its access');
+  });
+
+  it('lists the written pages of the export (Get Page Ranges), and a ranged copy reads only them, byte for byte', async () => {
+    const file = path.join(os.tmpdir(), `md-${run}-ranged.raw`);
+    try {
+      const { ranges, moved } = await withManagedDiskRead(
+        arm,
+        diskId,
+        async (r) => ({ ranges: await r.dataRanges(), moved: await copyRangesToSparseFile(r, file) }),
+        { caCertPath: labAzure().caCertPath, durationSeconds: 300 },
+      );
+      // Every written byte lies in a listed range; the 1 MiB hole after the first MiB and the tail are not listed.
+      const covered = (off: number) => ranges.some((x) => off >= x.offset && off < x.offset + x.length);
+      for (const off of [0, MiB - 1, 3 * MiB, 3.5 * MiB - 1, ...SCATTERED]) assert.ok(covered(off), `byte ${off} is in a listed range`);
+      for (const off of [1.1 * MiB, 2.5 * MiB, 3.75 * MiB])
+        assert.ok(!covered(Math.floor(off)), `byte ${off} (never written) is not listed`);
+      assert.ok(
+        ranges.every((x) => x.offset + x.length <= DATA_SIZE),
+        'the footer is not data',
+      );
+      const listed = ranges.reduce((a, x) => a + x.length, 0);
+      assert.equal(moved, listed, 'the copy moved exactly the listed bytes');
+      // 1.5 MiB written plus 16 sectors, listed in blocks of at most 64 KiB each.
+      assert.ok(moved <= 1.5 * MiB + 16 * 64 * 1024, `moved ${moved} of ${DATA_SIZE} bytes`);
+      const copy = fs.readFileSync(file);
+      assert.equal(copy.length, DATA_SIZE);
+      assert.ok(copy.equals(original), 'the ranged copy is the disk');
+    } finally {
+      fs.rmSync(file, { force: true });
+    }
   });
 
   it('serves a read SAS while access is granted and refuses it after revoke, on a bad signature and once expired', async () => {

@@ -1,5 +1,4 @@
 import { readFileSync } from 'node:fs';
-import { open } from 'node:fs/promises';
 import https from 'node:https';
 import { BlobServiceClient, type ContainerClient } from '@azure/storage-blob';
 import { labConfig, readLabState } from '../../src/lab';
@@ -7,6 +6,7 @@ import type { LabAzure } from '../../src/lab/azure';
 import type { ArmClients } from '../../src/lab/armsim';
 import { armClientsFor } from '../../src/azure/credential';
 import { withManagedDiskRead } from '../../src/azure/managed-disk-read';
+import { copyRangesToSparseFile } from '../../src/sparse-file';
 import type { FaultRule, RequestLogEntry } from '../../src/lab/armsim';
 
 export function labAzure(): LabAzure {
@@ -61,42 +61,15 @@ export async function armLog(): Promise<RequestLogEntry[]> {
 }
 
 /**
- * Reads a managed disk as one would on Azure (grant read access, read the VHD's data through the SAS,
- * revoke) into a local sparse raw image; all-zero MiBs are skipped. The disk must not be attached to a
- * running VM (deallocate it first).
+ * Reads a managed disk as one would on Azure (grant read access, list its written pages and read them
+ * through the SAS, revoke) into a local sparse raw image. The disk must not be attached to a running VM
+ * (deallocate it first).
  */
 export async function downloadManagedDisk(arm: ArmClients, diskId: string, imagePath: string): Promise<{ bytes: number; seconds: number }> {
   const started = Date.now();
-  const MiB = 1024 * 1024;
-  const bytes = await withManagedDiskRead(
-    arm,
-    diskId,
-    async (r) => {
-      const fh = await open(imagePath, 'w');
-      try {
-        await fh.truncate(r.dataSize);
-        const step = 16 * MiB;
-        const zero = Buffer.alloc(MiB);
-        let next = 0;
-        // A few reads in flight; zero MiBs stay holes in the local image.
-        const reader = async (): Promise<void> => {
-          while (next < r.dataSize) {
-            const off = next;
-            next += step;
-            const buf = await r.read(off, Math.min(step, r.dataSize - off));
-            for (let i = 0; i < buf.length; i += MiB) {
-              const piece = buf.subarray(i, i + MiB);
-              if (!piece.equals(zero.subarray(0, piece.length))) await fh.write(piece, 0, piece.length, off + i);
-            }
-          }
-        };
-        await Promise.all([reader(), reader(), reader()]);
-      } finally {
-        await fh.close();
-      }
-      return r.dataSize;
-    },
-    { caCertPath: labAzure().caCertPath || undefined, durationSeconds: 900 },
-  );
+  const bytes = await withManagedDiskRead(arm, diskId, (r) => copyRangesToSparseFile(r, imagePath), {
+    caCertPath: labAzure().caCertPath || undefined,
+    durationSeconds: 900,
+  });
   return { bytes, seconds: (Date.now() - started) / 1000 };
 }

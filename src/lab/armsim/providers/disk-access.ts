@@ -2,7 +2,8 @@
  * Disks - Grant Access / Revoke Access and the read SAS they hand out. The SAS URL points at the
  * simulator's own HTTPS listener (in the place of Azure's md-*.blob.storage.azure.net export host), with
  * the query shape Azure's disk SAS has (`sv`, `sr=b`, `si`, `sig`); it serves the disk as a fixed VHD
- * (data plus footer) with GET + Range and HEAD, and is refused once revoked, replaced or expired.
+ * (data plus footer) with GET + Range and HEAD, lists its data ranges with Get Page Ranges
+ * (`comp=pagelist`), and is refused once revoked, replaced or expired.
  */
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import fs from 'node:fs';
@@ -188,6 +189,10 @@ export async function serveDiskAccess(sim: SimContext, req: http.IncomingMessage
     return;
   }
   const total = exportedSize(d);
+  if (url.searchParams.get('comp') === 'pagelist') {
+    await servePageList(sim, d, g, req, res, total);
+    return;
+  }
   const headers: Record<string, string | number> = {
     'Accept-Ranges': 'bytes',
     'Content-Type': 'application/octet-stream',
@@ -235,4 +240,78 @@ async function sendDiskRange(sim: SimContext, d: DiskRec, start: number, end: nu
   } else {
     res.end();
   }
+}
+
+/** Granularity of the page ranges a disk export lists here: whole 64 KiB blocks that hold a non-zero byte. */
+const PAGE_LIST_BLOCK = 64 * 1024;
+const SCAN_READ = 4 * 1024 * 1024;
+/** Each grant's data ranges, found once: a disk cannot be written while it is exported. */
+const rangesByGrant = new Map<string, Promise<Array<{ start: number; end: number }>>>();
+
+/** The disk's data ranges (inclusive ends), from its stored bytes: what Azure lists as the pages written. */
+async function dataRanges(sim: SimContext, d: DiskRec, g: DiskAccessGrant): Promise<Array<{ start: number; end: number }>> {
+  for (const id of rangesByGrant.keys()) if (!Object.values(sim.state.disks).some((x) => x.access?.id === id)) rangesByGrant.delete(id);
+  let found = rangesByGrant.get(g.id);
+  if (!found) {
+    found = (async () => {
+      const out: Array<{ start: number; end: number }> = [];
+      const fh = await fs.promises.open(sim.disks.pathOf(d), 'r');
+      try {
+        const buf = Buffer.alloc(SCAN_READ);
+        const zero = Buffer.alloc(PAGE_LIST_BLOCK);
+        for (let at = 0; at < d.diskSizeBytes; at += SCAN_READ) {
+          const { bytesRead } = await fh.read(buf, 0, Math.min(SCAN_READ, d.diskSizeBytes - at), at);
+          for (let b = 0; b < bytesRead; b += PAGE_LIST_BLOCK) {
+            const n = Math.min(PAGE_LIST_BLOCK, bytesRead - b);
+            if (buf.subarray(b, b + n).equals(zero.subarray(0, n))) continue;
+            const last = out[out.length - 1];
+            if (last && last.end + 1 === at + b) last.end = at + b + n - 1;
+            else out.push({ start: at + b, end: at + b + n - 1 });
+          }
+        }
+      } finally {
+        await fh.close();
+      }
+      return out;
+    })();
+    rangesByGrant.set(g.id, found);
+    found.catch(() => rangesByGrant.delete(g.id));
+  }
+  return found;
+}
+
+/** Get Page Ranges on the export: the data ranges within `x-ms-range` (the whole VHD without one); the footer is a page too. */
+async function servePageList(
+  sim: SimContext,
+  d: DiskRec,
+  g: DiskAccessGrant,
+  req: http.IncomingMessage,
+  res: http.ServerResponse,
+  total: number,
+): Promise<void> {
+  if ((req.method ?? 'GET').toUpperCase() !== 'GET') {
+    storageError(res, 400, 'UnsupportedHttpVerb', "The resource doesn't support the specified HTTP verb.");
+    return;
+  }
+  const raw = (req.headers['x-ms-range'] as string | undefined) ?? req.headers.range;
+  const range = parseRange(raw, total);
+  if (range === 'bad' || (range && (range.start % 512 !== 0 || (range.end + 1) % 512 !== 0))) {
+    storageError(res, 416, 'InvalidRange', 'The range specified is invalid for the current size of the resource.');
+    return;
+  }
+  const { start, end } = range ?? { start: 0, end: total - 1 };
+  const ranges = [...(await dataRanges(sim, d, g)), { start: d.diskSizeBytes, end: total - 1 }]
+    .map((r) => ({ start: Math.max(r.start, start), end: Math.min(r.end, end) }))
+    .filter((r) => r.start <= r.end);
+  const body =
+    '<?xml version="1.0" encoding="utf-8"?><PageList>' +
+    ranges.map((r) => `<PageRange><Start>${r.start}</Start><End>${r.end}</End></PageRange>`).join('') +
+    '</PageList>';
+  res.writeHead(200, {
+    'Content-Type': 'application/xml',
+    'Content-Length': Buffer.byteLength(body),
+    'x-ms-blob-content-length': total,
+    'x-ms-version': SAS_VERSION,
+  });
+  res.end(body);
 }
