@@ -5,6 +5,7 @@ import {
   isCancellation,
   patched,
   proxyActivities,
+  sleep,
   workflowInfo,
   ActivityFailure,
   TimeoutFailure,
@@ -13,7 +14,7 @@ import type { VSphereActivities } from '../activities/vsphere';
 import type { ProxySlotActivities } from '../activities/vsphere/proxy-slots';
 import type { AzureActivities } from '../activities/azure';
 import { FailureType } from '../domain/errors';
-import { controlOptions, leaseWaitOptions, transferOptions } from './activity-options';
+import { controlOptions, leaseWaitOptions, NON_RETRYABLE, transferOptions } from './activity-options';
 import type { DiskProgress, RestorePhase } from '../domain/progress';
 import type {
   DiskCheckpoint,
@@ -49,11 +50,22 @@ const PROXY_START_TIMEOUT = '5 seconds';
 /** Proxies a disk may lose before its restore gives up. */
 const MAX_PROXY_LOSSES = 20;
 
-// The writer must have stopped before compensation deletes the disk under it (WAIT_CANCELLATION_COMPLETED).
-const diskWriter = (summary: string, proxy: string) =>
-  proxyActivities<VSphereActivities>(
-    transferOptions(summary, { taskQueue: proxyTaskQueue(workflowInfo().taskQueue, proxy), scheduleToStartTimeout: PROXY_START_TIMEOUT }),
-  );
+/** Failed writes (other than a lost proxy) the workflow retries, from the checkpoint the failure carries. */
+const WRITE_RETRIES = 10;
+
+/**
+ * The writer must have stopped before compensation deletes the disk under it (WAIT_CANCELLATION_COMPLETED).
+ * `once`: a single attempt, retried by the workflow: a server-side retry goes to the same proxy's queue,
+ * where a host that was cut off still holds long polls the server believes in, so the retry would wait
+ * for that host to come back instead of moving to a live proxy.
+ */
+const diskWriter = (summary: string, proxy: string, once: boolean) => {
+  const options = transferOptions(summary, {
+    taskQueue: proxyTaskQueue(workflowInfo().taskQueue, proxy),
+    scheduleToStartTimeout: PROXY_START_TIMEOUT,
+  });
+  return proxyActivities<VSphereActivities>(once ? { ...options, retry: { ...options.retry, maximumAttempts: 1 } } : options);
+};
 
 function failureType(err: unknown): string | undefined {
   const cause = err instanceof ActivityFailure ? err.cause : err;
@@ -162,10 +174,21 @@ function candidatesFor(plan: VSpherePlan, disk: DiskPlan): ProxyCandidate[] {
 }
 
 /** A disk write that ended because its proxy was lost (its worker stopped heartbeating or never started it). */
-function lostProxyCheckpoint(err: unknown): { lost: true; checkpoint?: DiskCheckpoint } | undefined {
+function lostProxyCheckpoint(err: unknown): { lost: true; silent: boolean; checkpoint?: DiskCheckpoint } | undefined {
   if (!(err instanceof ActivityFailure) || err.activityType !== 'writeDisk' || !(err.cause instanceof TimeoutFailure)) return undefined;
   const details = err.cause.lastHeartbeatDetails as DiskCheckpoint | undefined;
-  return { lost: true, checkpoint: details && typeof details.offset === 'number' ? details : undefined };
+  // Silent: the write started and stopped heartbeating (a dead worker, or a host cut off for a while).
+  const silent = err.cause.timeoutType !== 'SCHEDULE_TO_START';
+  return { lost: true, silent, checkpoint: details && typeof details.offset === 'number' ? details : undefined };
+}
+
+/** A disk write that failed in a way another attempt may fix, with the checkpoint it reached. */
+function retryableWrite(err: unknown): { checkpoint?: DiskCheckpoint } | undefined {
+  if (!(err instanceof ActivityFailure) || err.activityType !== 'writeDisk') return undefined;
+  const cause = err.cause;
+  if (!(cause instanceof ApplicationFailure) || cause.nonRetryable || NON_RETRYABLE.includes(cause.type ?? '')) return undefined;
+  const details = cause.details?.[0] as DiskCheckpoint | undefined;
+  return { checkpoint: details && typeof details.offset === 'number' ? details : undefined };
 }
 
 /**
@@ -176,6 +199,8 @@ function lostProxyCheckpoint(err: unknown): { lost: true; checkpoint?: DiskCheck
 class DiskLanes {
   private turn: Promise<void> = Promise.resolve();
   private waiting = 0;
+  /** Single-attempt writes, retried here: a heartbeat timeout moves the disk to a live proxy at once. */
+  private readonly ownRetries = patched('proxy-writes-retried-by-the-workflow');
 
   constructor(
     private readonly plan: VSpherePlan,
@@ -191,8 +216,13 @@ class DiskLanes {
     const lost: Record<string, number> = {};
     const failedOver: string[] = [];
     let previous: DiskCheckpoint | undefined;
+    let retries = 0;
+    /** A proxy that went silent: tried once more when no other is live, as a retry on its queue would be. */
+    let retrySame: string | undefined;
     for (;;) {
-      const proxy = await this.oneAtATime(() => this.takeSlot(disk, row, holder, lost));
+      if (retries > 0) await sleep(Math.min(30_000, 1000 * 2 ** (retries - 1)));
+      const proxy = await this.oneAtATime(() => this.takeSlot(disk, row, holder, lost, retrySame));
+      retrySame = undefined;
       const target = proxySlotTarget(proxy.name);
       try {
         row.state = 'writing';
@@ -204,8 +234,19 @@ class DiskLanes {
         return failedOver.length > 0 ? { ...result, failedOver } : result;
       } catch (err) {
         const loss = lostProxyCheckpoint(err);
+        const again = this.ownRetries && !loss && !isCancellation(err) ? retryableWrite(err) : undefined;
+        if (again && retries < WRITE_RETRIES) {
+          retries++;
+          previous = again.checkpoint ?? previous;
+          this.tracker.phase(
+            'writing-disks',
+            `disk ${disk.diskIndex} on proxy '${proxy.name}' failed (${(err as ActivityFailure).cause?.message ?? String(err)}); retry ${retries} from ${previous?.offset ?? 0} bytes`,
+          );
+          continue;
+        }
         if (!loss || isCancellation(err) || failedOver.length >= MAX_PROXY_LOSSES) throw err;
         lost[proxy.name] = Date.now();
+        if (this.ownRetries && loss.silent) retrySame = proxy.name;
         failedOver.push(proxy.name);
         previous = loss.checkpoint ?? previous;
         this.tracker.phase(
@@ -229,9 +270,19 @@ class DiskLanes {
   }
 
   /** Chooses a proxy (waiting while none is free) and takes one of its slots. */
-  private async takeSlot(disk: DiskPlan, row: DiskProgress, holder: string, lost: Record<string, number>): Promise<ProxyCandidate> {
+  private async takeSlot(
+    disk: DiskPlan,
+    row: DiskProgress,
+    holder: string,
+    lost: Record<string, number>,
+    retrySame?: string,
+  ): Promise<ProxyCandidate> {
     const proxies = candidatesFor(this.plan, disk);
     let choice = await proxyChoice.chooseProxy({ proxies, lost, holder });
+    // No other live proxy: the silent one once more (its worker may be back, or only slow); a dead one
+    // leaves the write unstarted, and the schedule-to-start timeout brings the disk back here.
+    const same = retrySame === undefined ? undefined : proxies.find((p) => p.name === retrySame);
+    if (!choice.proxy && same) choice = { ...choice, proxy: same };
     if (!choice.proxy) {
       row.state = 'waiting-for-proxy';
       this.waiting++;
@@ -275,7 +326,11 @@ class DiskLanes {
     let lastError: unknown;
     for (const transport of proxy.transports) {
       row.transport = transport;
-      const writer = diskWriter(`write disk ${diskIndex} (${row.label}) via ${transport} on proxy ${proxy.name}`, proxy.name);
+      const writer = diskWriter(
+        `write disk ${diskIndex} (${row.label}) via ${transport} on proxy ${proxy.name}`,
+        proxy.name,
+        this.ownRetries,
+      );
       const write = () =>
         withLimits(this.limits, holder, () => writer.writeDisk({ plan, vmRef: this.vmRef, diskIndex, diskFile, transport, previous }));
       try {

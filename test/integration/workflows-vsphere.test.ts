@@ -4,6 +4,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import type { WorkflowFailedError } from '@temporalio/client';
 import type {
   CreatedVm,
+  DiskCheckpoint,
   DiskWriteResult,
   ProxyCandidate,
   TransportMode,
@@ -38,6 +39,10 @@ interface Scenario {
   failWith?: Partial<Record<TransportMode, string>>;
   /** Milliseconds each writeDisk takes: lets concurrent restores overlap. */
   writeMs?: number;
+  /** The first this many writes fail with a retryable failure carrying a checkpoint 256 KiB further each time. */
+  transientFailures?: number;
+  /** Every writeDisk call's `previous` checkpoint offset, in order (filled in by the scenario). */
+  previousOffsets?: Array<number | undefined>;
 }
 
 function planFor(req: VSphereRestoreRequest & { restoreId: string }, s: Scenario): VSpherePlan {
@@ -77,7 +82,27 @@ function scenarioActivities(s: Scenario) {
     chooseProxy: async (req: { proxies: ProxyCandidate[] }) => ({ proxy: req.proxies[0], status: [] }),
     acquireLeaseActivity: ok,
     releaseLeaseActivity: ok,
-    writeDisk: async (args: { diskIndex: number; diskFile: string; transport: TransportMode }): Promise<DiskWriteResult> => {
+    writeDisk: async (args: {
+      diskIndex: number;
+      diskFile: string;
+      transport: TransportMode;
+      previous?: DiskCheckpoint;
+    }): Promise<DiskWriteResult> => {
+      const calls = (s.previousOffsets ??= []);
+      calls.push(args.previous?.offset);
+      if (calls.length <= (s.transientFailures ?? 0)) {
+        const checkpoint: DiskCheckpoint = {
+          diskIndex: args.diskIndex,
+          offset: calls.length * 256 * 1024,
+          bytes: calls.length * 256 * 1024,
+          transport: args.transport,
+        };
+        throw ApplicationFailure.create({
+          type: FailureType.VSphereFault,
+          message: 'the datastore went away for a moment',
+          details: [checkpoint],
+        });
+      }
       const type = s.failWith?.[args.transport];
       if (type) throw ApplicationFailure.create({ type, message: `${args.transport} refused by the scenario`, nonRetryable: true });
       if (s.writeMs) await new Promise((r) => setTimeout(r, s.writeMs));
@@ -180,6 +205,17 @@ describe('the vSphere restore workflow, read from its history', { timeout: 180_0
       'writeDisk',
       'commitSnapshot',
     ]);
+  });
+
+  it('retries a write that failed on a transient error itself, each time from the checkpoint the failure carries', async () => {
+    const s: Scenario = { transports: ['hotadd'], transientFailures: 2 };
+    const { acts, error, result } = await restore(s, request('transient'));
+    assert.equal(error, undefined, String(error));
+    assert.equal(result?.disks[0].transport, 'hotadd');
+    // Three single-attempt writes on the proxy's queue: the first from the start, then from each failure's checkpoint.
+    assert.deepEqual(writes(acts), ['hotadd', 'hotadd', 'hotadd']);
+    assert.deepEqual(s.previousOffsets, [undefined, 256 * 1024, 512 * 1024]);
+    assert.ok(types(acts).includes('commitSnapshot'));
   });
 
   it('does not fall back on any other failure: the restore fails and its VM is destroyed', async () => {

@@ -1,4 +1,4 @@
-import { Context } from '@temporalio/activity';
+import { ApplicationFailure, Context } from '@temporalio/activity';
 import type { DiskCheckpoint, DiskWriteResult, TransportMode, VSpherePlan } from '../../domain/vsphere';
 import { restoredBytes } from '../../telemetry/metrics';
 import { TRANSPORTS } from '../../transport';
@@ -6,6 +6,24 @@ import { flatFileName } from '../../vsphere';
 import { openRepository } from '../../repository';
 import { DiskProgressReporter } from '../progress-report';
 import { invalid, type VSphereContext } from './context';
+import { toFailure } from '../failures';
+
+/**
+ * A failed write as the workflow sees it: the same failure, carrying the disk's last checkpoint as its
+ * details, so that the workflow's own retry (on this proxy or another) continues from there.
+ */
+function withCheckpoint(err: unknown, checkpoint: DiskCheckpoint | undefined): unknown {
+  const f = toFailure(err);
+  if (!(f instanceof Error)) return f;
+  const app = f instanceof ApplicationFailure ? f : undefined;
+  return ApplicationFailure.create({
+    message: f.message,
+    type: (app ? app.type : f.name) ?? undefined,
+    nonRetryable: app?.nonRetryable ?? false,
+    details: checkpoint ? [checkpoint] : [],
+    cause: app ? undefined : f,
+  });
+}
 
 /** Seed step 4, disk data transport: one disk written on the proxy by the transport the plan chose. */
 export function createWriteDiskActivities(ctx: VSphereContext) {
@@ -29,26 +47,35 @@ export function createWriteDiskActivities(ctx: VSphereContext) {
       const restorePoint = await loadRestorePoint(plan.restorePointId);
       const flatPath = flatFileName(diskFile);
       const reporter = new DiskProgressReporter({ diskIndex, bytesTotal: disk.capacityBytes, transport });
-      const outcome = await TRANSPORTS[transport].write({
-        datacenter: plan.datacenter,
-        disk,
-        diskFile,
-        flatPath,
-        proxy: proxyByName(plan.proxy),
-        proxyVmName: plan.proxyVmName,
-        repository: openRepository(config.repository),
-        restorePoint,
-        readConcurrency: config.restore.readConcurrency,
-        checkpointBytes: config.restore.checkpointBytes,
-        throttleBytesPerSecond: plan.throttleMBps > 0 ? plan.throttleMBps * 1_000_000 : 0,
-        previous: (activity.info.heartbeatDetails as DiskCheckpoint | undefined) ?? args.previous,
-        signal: activity.cancellationSignal,
-        session: () => sessions.get(plan.profile),
-        proxyVm: async () => proxyVm(await sessions.get(plan.profile), plan),
-        heartbeat: (checkpoint) => activity.heartbeat(checkpoint),
-        rate: (bytesDone) => reporter.update(bytesDone),
-        counted: (bytes) => restoredBytes.inc({ target: 'vsphere', transport }, bytes),
-      });
+      const from = (activity.info.heartbeatDetails as DiskCheckpoint | undefined) ?? args.previous;
+      let last = from;
+      const outcome = await TRANSPORTS[transport]
+        .write({
+          datacenter: plan.datacenter,
+          disk,
+          diskFile,
+          flatPath,
+          proxy: proxyByName(plan.proxy),
+          proxyVmName: plan.proxyVmName,
+          repository: openRepository(config.repository),
+          restorePoint,
+          readConcurrency: config.restore.readConcurrency,
+          checkpointBytes: config.restore.checkpointBytes,
+          throttleBytesPerSecond: plan.throttleMBps > 0 ? plan.throttleMBps * 1_000_000 : 0,
+          previous: from,
+          signal: activity.cancellationSignal,
+          session: () => sessions.get(plan.profile),
+          proxyVm: async () => proxyVm(await sessions.get(plan.profile), plan),
+          heartbeat: (checkpoint) => {
+            last = checkpoint;
+            activity.heartbeat(checkpoint);
+          },
+          rate: (bytesDone) => reporter.update(bytesDone),
+          counted: (bytes) => restoredBytes.inc({ target: 'vsphere', transport }, bytes),
+        })
+        .catch((err: unknown) => {
+          throw activity.cancellationSignal.aborted ? err : withCheckpoint(err, last);
+        });
       return {
         diskIndex,
         transport,
