@@ -7,7 +7,7 @@ import { FailureType, RestoreError } from './domain/errors';
 const HOLE = 64 * 1024;
 const ZEROS = Buffer.alloc(HOLE);
 const BLOCK = 1024 * 1024;
-/** A ranged copy asks for at most this much in one request, so one lost connection re-reads little. */
+/** A ranged copy asks for at most this much in one request, so no response is held open for long. */
 const RANGE_PIECE = 64 * 1024 * 1024;
 
 /**
@@ -70,10 +70,16 @@ export async function copyToSparseFile(
   }
 }
 
+/** Bytes `offset` to `offset + length` of a disk. */
+export interface DataRange {
+  offset: number;
+  length: number;
+}
+
 /** A source that lists where its data is and reads ranges of it (a managed disk's export, say). */
 export interface RangedSource {
   readonly dataSize: number;
-  dataRanges(): Promise<Array<{ offset: number; length: number }>>;
+  dataRanges(): Promise<DataRange[]>;
   stream(offset: number, length: number): Promise<Readable>;
 }
 

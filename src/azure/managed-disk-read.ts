@@ -11,6 +11,7 @@ import type { Readable } from 'node:stream';
 import { azureFailure, FailureType, isTransientAzureStatus, RestoreError } from '../domain/errors';
 import type { ArmClients } from './arm-clients';
 import { VHD_FOOTER_SIZE } from './vhd';
+import type { DataRange } from '../sparse-file';
 
 export interface ManagedDiskRef {
   subscriptionId: string;
@@ -55,11 +56,6 @@ export interface ManagedDiskReader {
    * a time), merged, within the data (the footer left out); everything else reads as zeros.
    */
   dataRanges(): Promise<DataRange[]>;
-}
-
-export interface DataRange {
-  offset: number;
-  length: number;
 }
 
 /** Get Page Ranges asks for at most this much of the disk at once: a fragmented disk's list stays small. */

@@ -217,10 +217,13 @@ class DiskLanes {
     const failedOver: string[] = [];
     let previous: DiskCheckpoint | undefined;
     let retries = 0;
+    /** Backoff before the next try, after a failed write (not after a lost proxy). */
+    let pauseMs = 0;
     /** A proxy that went silent: tried once more when no other is live, as a retry on its queue would be. */
     let retrySame: string | undefined;
     for (;;) {
-      if (retries > 0) await sleep(Math.min(30_000, 1000 * 2 ** (retries - 1)));
+      if (pauseMs > 0) await sleep(pauseMs);
+      pauseMs = 0;
       const proxy = await this.oneAtATime(() => this.takeSlot(disk, row, holder, lost, retrySame));
       retrySame = undefined;
       const target = proxySlotTarget(proxy.name);
@@ -237,6 +240,7 @@ class DiskLanes {
         const again = this.ownRetries && !loss && !isCancellation(err) ? retryableWrite(err) : undefined;
         if (again && retries < WRITE_RETRIES) {
           retries++;
+          pauseMs = Math.min(30_000, 1000 * 2 ** (retries - 1));
           previous = again.checkpoint ?? previous;
           this.tracker.phase(
             'writing-disks',

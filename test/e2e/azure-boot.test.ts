@@ -248,7 +248,7 @@ describe('Debian guests restored to Azure boot from their managed disks', { conc
       t.diagnostic(`negative control boot limit ${(limit / 1000).toFixed(0)} s`);
       const { report } = await bootOnAzureLayout(t, bios, 'bios-gen1-unprepared', r, 1, azureMac(4), limit);
       assert.equal(report.verdict, 'failed', explain(report));
-      assert.ok(['aborted', 'time-limit'].includes(report.stoppedBy), report.stoppedBy);
+      assert.equal(report.stoppedBy, 'time-limit', explain(report));
       assert.ok(report.durationMs >= limit - 1000, `ran its whole limit (${report.durationMs} ms)`);
       // It booted: what fails is the network (the VMware NIC name and static address, on a foreign MAC).
       assert.equal(check(report, 'bootLoader').status, 'passed', explain(report));
@@ -259,7 +259,7 @@ describe('Debian guests restored to Azure boot from their managed disks', { conc
       assert.match(dhcp.detail, /no frame from the guest|no DHCP request/);
       assert.equal(report.traffic.dhcp.filter((d) => d.type === 'ack').length, 0);
       assert.equal(check(report, 'sshBanner').status, 'failed');
-      assert.match(check(report, 'sshBanner').detail, /time limit|aborted before/);
+      assert.match(check(report, 'sshBanner').detail, /time limit/);
       assert.equal(report.recoveryTimeMs, undefined);
       assert.ok(report.serialTail !== undefined, 'a failed verification carries the serial log tail');
       // No console=ttyS0 in the unprepared guest: Azure's serial console would show nothing either.

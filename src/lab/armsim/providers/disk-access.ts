@@ -248,32 +248,36 @@ const SCAN_READ = 4 * 1024 * 1024;
 /** Each grant's data ranges, found once: a disk cannot be written while it is exported. */
 const rangesByGrant = new Map<string, Promise<Array<{ start: number; end: number }>>>();
 
-/** The disk's data ranges (inclusive ends), from its stored bytes: what Azure lists as the pages written. */
-async function dataRanges(sim: SimContext, d: DiskRec, g: DiskAccessGrant): Promise<Array<{ start: number; end: number }>> {
-  for (const id of rangesByGrant.keys()) if (!Object.values(sim.state.disks).some((x) => x.access?.id === id)) rangesByGrant.delete(id);
+/** The blocks of `file` that hold a non-zero byte, merged into ranges with inclusive ends. */
+async function scanDataRanges(file: string, size: number): Promise<Array<{ start: number; end: number }>> {
+  const out: Array<{ start: number; end: number }> = [];
+  const fh = await fs.promises.open(file, 'r');
+  try {
+    const buf = Buffer.alloc(SCAN_READ);
+    const zero = Buffer.alloc(PAGE_LIST_BLOCK);
+    for (let at = 0; at < size; at += SCAN_READ) {
+      const { bytesRead } = await fh.read(buf, 0, Math.min(SCAN_READ, size - at), at);
+      for (let b = 0; b < bytesRead; b += PAGE_LIST_BLOCK) {
+        const n = Math.min(PAGE_LIST_BLOCK, bytesRead - b);
+        if (buf.subarray(b, b + n).equals(zero.subarray(0, n))) continue;
+        const last = out.at(-1);
+        if (last && last.end + 1 === at + b) last.end = at + b + n - 1;
+        else out.push({ start: at + b, end: at + b + n - 1 });
+      }
+    }
+  } finally {
+    await fh.close();
+  }
+  return out;
+}
+
+/** The disk's data ranges, from its stored bytes: what Azure lists as the pages written. Found once per grant. */
+function dataRanges(sim: SimContext, d: DiskRec, g: DiskAccessGrant): Promise<Array<{ start: number; end: number }>> {
+  const active = new Set(Object.values(sim.state.disks).map((x) => x.access?.id));
+  for (const id of rangesByGrant.keys()) if (!active.has(id)) rangesByGrant.delete(id);
   let found = rangesByGrant.get(g.id);
   if (!found) {
-    found = (async () => {
-      const out: Array<{ start: number; end: number }> = [];
-      const fh = await fs.promises.open(sim.disks.pathOf(d), 'r');
-      try {
-        const buf = Buffer.alloc(SCAN_READ);
-        const zero = Buffer.alloc(PAGE_LIST_BLOCK);
-        for (let at = 0; at < d.diskSizeBytes; at += SCAN_READ) {
-          const { bytesRead } = await fh.read(buf, 0, Math.min(SCAN_READ, d.diskSizeBytes - at), at);
-          for (let b = 0; b < bytesRead; b += PAGE_LIST_BLOCK) {
-            const n = Math.min(PAGE_LIST_BLOCK, bytesRead - b);
-            if (buf.subarray(b, b + n).equals(zero.subarray(0, n))) continue;
-            const last = out[out.length - 1];
-            if (last && last.end + 1 === at + b) last.end = at + b + n - 1;
-            else out.push({ start: at + b, end: at + b + n - 1 });
-          }
-        }
-      } finally {
-        await fh.close();
-      }
-      return out;
-    })();
+    found = scanDataRanges(sim.disks.pathOf(d), d.diskSizeBytes);
     rangesByGrant.set(g.id, found);
     found.catch(() => rangesByGrant.delete(g.id));
   }
