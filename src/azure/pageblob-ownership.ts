@@ -78,21 +78,30 @@ export async function vhdBlobOwnership(
 
 /**
  * Deletes the blob only when this restore disk made it (read, check the uuid, delete if the etag is
- * unchanged): compensation never removes a blob the uploader refused as foreign.
+ * unchanged): compensation never removes a blob the uploader refused as foreign. A write of ours that
+ * the server was still applying when its upload was cancelled changes the etag between the read and the
+ * delete; the blob is then read again, and deleted if it is still ours.
  */
 export async function deleteOwnedVhdBlob(
-  blobClient: Pick<PageBlobClient, 'getProperties' | 'deleteIfExists'>,
+  blobClient: Pick<PageBlobClient, 'getProperties' | 'deleteIfExists' | 'url'>,
   restoreId: string,
   diskIndex: number,
+  attempts = 5,
 ): Promise<OwnedBlobState> {
-  const o = await vhdBlobOwnership(blobClient, restoreId, diskIndex);
-  if (o.state !== 'ours') return o.state;
-  try {
-    await blobClient.deleteIfExists({ conditions: { ifMatch: o.etag }, deleteSnapshots: 'include' });
-  } catch (err) {
-    // Replaced since we read it: no longer ours to delete.
-    if ((err as { statusCode?: number }).statusCode === 412) return 'foreign';
-    throw err;
+  for (let i = 0; i < attempts; i++) {
+    const o = await vhdBlobOwnership(blobClient, restoreId, diskIndex);
+    if (o.state !== 'ours') return o.state;
+    try {
+      await blobClient.deleteIfExists({ conditions: { ifMatch: o.etag }, deleteSnapshots: 'include' });
+      return 'ours';
+    } catch (err) {
+      // Changed since we read it: read again, it may no longer be ours.
+      if ((err as { statusCode?: number }).statusCode !== 412) throw err;
+    }
   }
-  return 'ours';
+  throw new RestoreError(
+    FailureType.AzureTransient,
+    `page blob ${blobUrlForRecord(blobClient.url)} changed ${attempts} times while being deleted; it is left for a retry`,
+    false,
+  );
 }

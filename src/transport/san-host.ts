@@ -20,7 +20,8 @@ export interface SanBlockMap {
 /**
  * What a SAN proxy asks the host for (VDDK does this through the host in a real product): the flat
  * extent's block map, the zeroing of lazy-zeroed blocks before their first write, and that the host drop
- * its cached view of the file once the LUN was written. The lab's vcsim serves these (src/lab/vcsim/san.go).
+ * its cached view of the file once the LUN was written. The lab's vcsim serves these within a session
+ * (src/lab/vcsim/san.go); `offered` tells whether a vCenter does.
  */
 export class SanHost {
   constructor(
@@ -29,21 +30,24 @@ export class SanHost {
     private readonly path: string,
   ) {}
 
+  /**
+   * Whether the vCenter offers the host requests below in this session. The lab's vcsim does; a real
+   * vCenter has no such service (a real SAN proxy reads the VMFS block map through VDDK's SAN transport,
+   * which this build does not include), so direct SAN is not planned there and the restore takes the next
+   * transport.
+   */
+  static async offered(client: VSphereSession, signal?: AbortSignal): Promise<boolean> {
+    const { status } = await request(client, 'GET', new URL('/vmrestore/san/service', client.url), signal).catch((err: Error) => {
+      if (err.name === 'AbortError') throw err;
+      throw new RestoreError(FailureType.TransportUnavailable, `direct-san: asking ${client.url.host} for its SAN service: ${err.message}`);
+    });
+    return status === 200;
+  }
+
   private async call(method: 'GET' | 'POST', op: string, extra: Record<string, string> = {}, signal?: AbortSignal): Promise<string> {
     const url = new URL(`/vmrestore/san/${op}`, this.client.url);
     url.search = new URLSearchParams({ dsName: this.datastore, path: this.path, ...extra }).toString();
-    const mod = url.protocol === 'https:' ? https : http;
-    const { status, body } = await new Promise<{ status: number; body: string }>((resolve, reject) => {
-      const req = mod.request(url, { method, agent: this.client.agent, headers: { Cookie: this.client.sessionCookie }, signal }, (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }));
-        res.on('error', reject);
-      });
-      req.setTimeout(60_000, () => req.destroy(new Error('no answer in 60 s')));
-      req.on('error', reject);
-      req.end();
-    }).catch((err: Error) => {
+    const { status, body } = await request(this.client, method, url, signal).catch((err: Error) => {
       if (err.name === 'AbortError') throw err;
       throw new RestoreError(
         FailureType.TransportUnavailable,
@@ -70,6 +74,27 @@ export class SanHost {
   async release(signal?: AbortSignal): Promise<void> {
     await this.call('POST', 'release', {}, signal);
   }
+}
+
+/** One request to the host within the session; the body as text. */
+function request(
+  client: VSphereSession,
+  method: 'GET' | 'POST',
+  url: URL,
+  signal?: AbortSignal,
+): Promise<{ status: number; body: string }> {
+  const mod = url.protocol === 'https:' ? https : http;
+  return new Promise((resolve, reject) => {
+    const req = mod.request(url, { method, agent: client.agent, headers: { Cookie: client.sessionCookie }, signal }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }));
+      res.on('error', reject);
+    });
+    req.setTimeout(60_000, () => req.destroy(new Error('no answer in 60 s')));
+    req.on('error', reject);
+    req.end();
+  });
 }
 
 /** The LUN ranges holding file bytes [offset, offset + length), in order; undefined where a byte is not allocated. */

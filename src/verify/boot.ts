@@ -112,7 +112,18 @@ class Gate {
   }
 }
 
-const gate = new Gate(() => Number(process.env.VMRESTORE_VERIFY_PARALLEL ?? 2) || 2);
+const parallelBoots = () => Number(process.env.VMRESTORE_VERIFY_PARALLEL ?? 2) || 2;
+const gate = new Gate(parallelBoots);
+
+/**
+ * vCPUs per guest unless the request says: the host's cores shared by the boots that may run at once, one
+ * to two each. Under TCG every vCPU is a host thread; more vCPU threads than cores make every boot slower
+ * (three guests of two vCPUs on two cores took 173 s to SSH, of one vCPU 132 s; one two-vCPU guest of a
+ * loaded host hung in a soft lockup).
+ */
+export function defaultBootCpus(cores = os.availableParallelism(), parallel = parallelBoots()): number {
+  return Math.max(1, Math.min(2, Math.floor(cores / parallel)));
+}
 
 /** Boots the disks and runs the checks; at most VMRESTORE_VERIFY_PARALLEL (default 2) boots at once. */
 export async function verifyBoot(req: BootRequest): Promise<BootReport> {
@@ -145,7 +156,7 @@ async function bootOnce(req: BootRequest): Promise<BootReport> {
   const args = qemuArgs({
     firmware: req.firmware,
     ovmf,
-    cpus: req.cpus ?? 2,
+    cpus: req.cpus ?? defaultBootCpus(),
     memoryMiB: req.memoryMiB ?? 2048,
     disks: req.disks.map((d) => ({ path: path.resolve(d.path), format: d.format ?? 'raw' })),
     scsiController: req.scsiController ?? 'virtio-scsi',

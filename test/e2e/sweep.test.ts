@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { WorkflowHandle } from '@temporalio/client';
+import { temporal } from '@temporalio/proto';
 import { buildDataDiskImage } from '../../src/lab/demo';
 import { sweepScheduleId, type SweepReport } from '../../src/domain/sweep';
 import { VHD_RESTORE_ID_METADATA_KEY } from '../../src/azure/pageblob';
@@ -31,8 +32,11 @@ async function until<T>(what: string, timeoutMs: number, probe: () => Promise<T 
   }
 }
 
+/** The activity has started on a worker (scheduled is not enough: a terminate before the start would leave nothing). */
 const pending = async (handle: WorkflowHandle, name: string) =>
-  (await handle.describe()).raw.pendingActivities?.some((p) => p.activityType?.name === name);
+  (await handle.describe()).raw.pendingActivities?.some(
+    (p) => p.activityType?.name === name && p.state === temporal.api.enums.v1.PendingActivityState.PENDING_ACTIVITY_STATE_STARTED,
+  );
 const blobPrefix = (restoreId: string) => restoreId.replace(/[^A-Za-z0-9-]/g, '-').toLowerCase();
 
 function cli(args: string[]): Promise<{ code: number | null; out: string }> {
@@ -161,6 +165,8 @@ describe('the sweeper removes what closed restores left behind, and nothing else
       { taskQueue: env.taskQueue },
     );
     await until('the VM create', 180_000, () => pending(azVm, 'createAzureVm'));
+    // Its PUT is on the wire (held by the simulator for 8 s) before the workflow goes.
+    await sleep(1000);
     await azVm.terminate('test: leave the restore behind');
     await until(
       'the VM the delayed create makes',

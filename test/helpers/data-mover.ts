@@ -67,7 +67,11 @@ export async function startDataMoverProcess(opts: {
   dir: string;
   creds: DataMoverCredentials;
   port?: number;
+  /** The address to listen on (default 127.0.0.1): a topology host's own, say. */
+  host?: string;
   args?: string[];
+  /** Runs the command elsewhere, e.g. on a topology host: `(cmd, args) => topo.command('repo01', cmd, args)`. */
+  wrap?: (cmd: string, args: string[]) => { command: string; args: string[] };
 }): Promise<DataMoverProcess> {
   const configFile = path.join(opts.dir, 'repository-host.config.json');
   writeFileSync(
@@ -82,11 +86,15 @@ export async function startDataMoverProcess(opts: {
   );
   const env: NodeJS.ProcessEnv = { ...process.env, VMRESTORE_CONFIG: configFile };
   delete env.VMRESTORE_REPOSITORY;
-  const child = spawn(
-    process.execPath,
-    [path.join(ROOT, 'bin', 'vmrestore.cjs'), 'repository', 'serve', '--listen', `127.0.0.1:${opts.port ?? 0}`, ...(opts.args ?? [])],
-    { env, stdio: ['ignore', 'pipe', 'pipe'] },
-  );
+  const argv = [
+    path.join(ROOT, 'bin', 'vmrestore.cjs'),
+    'repository',
+    'serve',
+    '--listen',
+    `${opts.host ?? '127.0.0.1'}:${opts.port ?? 0}`,
+  ];
+  const run = (opts.wrap ?? ((command, args) => ({ command, args })))(process.execPath, [...argv, ...(opts.args ?? [])]);
+  const child = spawn(run.command, run.args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   child.stdout!.on('data', (d) => (out += d));
   child.stderr!.on('data', (d) => (out += d));

@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { existsSync, mkdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -15,6 +17,8 @@ import { getRestorePoint, localRepository, type RestorePoint } from '../../src/r
 import { seedDemoRepository } from '../../src/lab/demo';
 import { TRANSPORTS, type DiskWriteJob } from '../../src/transport';
 import { deviceNamesForDiskUuid } from '../../src/transport/hotadd';
+import { SanHost } from '../../src/transport/san-host';
+import type { VSphereSession } from '../../src/vsphere/session';
 import { flatFileName, parseDatastorePath, type VSphereClient, type Vm } from '../../src/vsphere';
 import type { CreateVmSpec } from '../../src/vsphere/finder';
 import { labUp } from '../../src/lab';
@@ -255,6 +259,30 @@ describe('each transport writes through its own path in the lab (real vcsim, LUN
       /does not see LUN \/dev\/no-such-lun/,
     );
     await unavailable(TRANSPORTS['direct-san'].write(job('direct-san', diskFile, { sanLuns: {} })), /has no LUN for datastore/);
+
+    // The lab's vCenter offers the SAN host requests; a server without them (as a real vCenter) does not.
+    assert.equal(await SanHost.offered(vs), true);
+    const plain = http.createServer((_req, res) => {
+      res.statusCode = 404;
+      res.end('Not Found');
+    });
+    await new Promise<void>((r) => plain.listen(0, '127.0.0.1', r));
+    try {
+      const url = new URL(`http://127.0.0.1:${(plain.address() as AddressInfo).port}/sdk`);
+      assert.equal(await SanHost.offered({ url, agent: new http.Agent(), sessionCookie: '' } as unknown as VSphereSession), false);
+    } finally {
+      plain.close();
+    }
+    // The host answers block-map, zero and release requests only within a live vCenter session.
+    const rel = parseDatastorePath(flatFileName(diskFile)).path;
+    const withCookie = (sessionCookie: string) =>
+      new SanHost({ url: vs.url, agent: vs.agent, sessionCookie } as unknown as VSphereSession, san.datastore, rel);
+    assert.ok((await withCookie(vs.sessionCookie).blockMap()).extents.length > 0, 'the session of the restore gets the map');
+    for (const cookie of ['', 'vmware_soap_session="00000000-0000-0000-0000-000000000000"']) {
+      for (const call of [(h: SanHost) => h.blockMap(), (h: SanHost) => h.zero(0, 4096), (h: SanHost) => h.release()]) {
+        await unavailable(call(withCookie(cookie)), /HTTP 401: not authenticated/);
+      }
+    }
   });
 
   it('direct-san: a thin disk has no blocks on the LUN, and a datastore without a LUN has none either', async (t) => {

@@ -10,6 +10,7 @@ import { readVmJson } from '../../src/repository/vm-json';
 import { readGuestTraffic, resolveNetwork, verifyBoot } from '../../src/verify';
 import { verifyRequestFromArgs } from '../../src/cli/verify-command';
 import { qemuArgs } from '../../src/verify/qemu';
+import { defaultBootCpus } from '../../src/verify/boot';
 
 const GUEST = '00:50:56:a1:5e:01';
 const SLIRP = '52:55:0a:00:02:02';
@@ -164,6 +165,15 @@ describe('verification network and qemu command line', () => {
     assert.ok(args.includes('if=none,id=disk2,file=/d/data.vhd,format=vpc,snapshot=on,cache=unsafe'));
     assert.ok(args.includes(`vmxnet3,netdev=net0,mac=${GUEST}`));
     assert.ok(args.includes('user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-10.0.2.15:22'));
+  });
+
+  it('gives each guest its share of the host cores, one or two vCPUs', () => {
+    assert.equal(defaultBootCpus(2, 2), 1, 'two boots on two cores: one vCPU thread per core');
+    assert.equal(defaultBootCpus(1, 2), 1);
+    assert.equal(defaultBootCpus(3, 2), 1);
+    assert.equal(defaultBootCpus(4, 2), 2);
+    assert.equal(defaultBootCpus(64, 2), 2, 'at most two');
+    assert.equal(defaultBootCpus(2, 1), 2);
   });
 
   it('refuses a boot without disks, with a missing image or a multicast MAC, naming the input', async () => {

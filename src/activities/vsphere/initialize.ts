@@ -12,6 +12,7 @@ import {
 import { DEFAULT_PROXY_MAX_TASKS } from '../../config';
 import { diskLayout } from '../../repository';
 import { TRANSPORT_ORDER, TRANSPORTS } from '../../transport';
+import { SanHost } from '../../transport/san-host';
 import { invalid, RESTORE_ID_KEY, type VSphereContext } from './context';
 
 function fmtGiB(bytes: number): string {
@@ -91,9 +92,15 @@ export function createInitializeActivities(ctx: VSphereContext) {
       const wanted = transport === 'auto' ? TRANSPORT_ORDER : [transport];
       const usable: ProxyCandidate[] = [];
       const reasons: string[] = [];
+      // Direct SAN needs the host's block map of the flat extent; asked once, and only when a proxy could use it.
+      const sanCandidate = wanted.includes('direct-san') && candidates.some((p) => !TRANSPORTS['direct-san'].cannot(p, ds.name, anyThin));
+      const noSanService =
+        sanCandidate && !(await SanHost.offered(client))
+          ? `direct-san: vCenter ${client.url.host} offers no block map of a disk's LUN blocks (a real vSphere needs VDDK's SAN transport, which this build does not include)`
+          : undefined;
       for (const proxy of candidates) {
         const modes = wanted.filter((m) => {
-          const why = TRANSPORTS[m].cannot(proxy, ds.name, anyThin);
+          const why = (m === 'direct-san' ? noSanService : undefined) ?? TRANSPORTS[m].cannot(proxy, ds.name, anyThin);
           if (why) reasons.push(why);
           return !why;
         });

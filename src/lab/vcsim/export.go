@@ -73,6 +73,7 @@ func (e *exporter) Reference() types.ManagedObjectReference { return e.Self }
 // exporter by naming it; the request body keeps the real _this. Lease completion and abort release the
 // lease's files and go on to the simulator's HttpNfcLease.
 func (e *exporter) route(ctx *simulator.Context, m *simulator.Method) (mo.Reference, types.BaseMethodFault) {
+	noteSession(ctx)
 	switch {
 	case m.Name == "ExportVm" && m.This.Type == "VirtualMachine",
 		m.Name == "CreateDescriptor" && m.This.Type == "OvfManager":

@@ -9,6 +9,9 @@ package main
 //	GET  /vmrestore/san/map?dsName=DS&path=P                    → JSON block map of P's flat extent
 //	POST /vmrestore/san/zero?dsName=DS&path=P&offset=O&length=N → zeroes [O, O+N) through the host
 //	POST /vmrestore/san/release?dsName=DS&path=P                → host drops its cached pages of P
+//	GET  /vmrestore/san/service                                 → 200: this host serves the above
+//
+// Every request needs a live session's cookie.
 
 import (
 	"encoding/json"
@@ -18,10 +21,14 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"unsafe"
 
 	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/methods"
+	"github.com/vmware/govmomi/vim25/soap"
+	"github.com/vmware/govmomi/vim25/types"
 )
 
 const sanPrefix = "/vmrestore/san/"
@@ -38,7 +45,42 @@ type sanMap struct {
 	Extents  []sanExtent `json:"extents"`
 }
 
+// sessionUsers maps the key of each session seen on a SOAP call to its user: what SessionIsActive asks.
+var sessionUsers sync.Map
+
+// noteSession records the calling session (from the SOAP route, which sees every method call).
+func noteSession(ctx *simulator.Context) {
+	if ctx.Session != nil && ctx.Session.Key != "" {
+		sessionUsers.Store(ctx.Session.Key, ctx.Session.UserName)
+	}
+}
+
+// sanSession reports whether the request carries the cookie of a live session, as every host request of
+// a SAN proxy does: the map names LUN blocks, and zero and release change them.
+func sanSession(r *http.Request) bool {
+	c, err := r.Cookie(soap.SessionCookieName)
+	if err != nil || c.Value == "" {
+		return false
+	}
+	user, ok := sessionUsers.Load(c.Value)
+	if !ok {
+		return false
+	}
+	res := simulator.Map.SessionManager().SessionIsActive(simulator.SpoofContext(), &types.SessionIsActive{SessionID: c.Value, UserName: user.(string)})
+	body, ok := res.(*methods.SessionIsActiveBody)
+	return ok && body.Res != nil && body.Res.Returnval
+}
+
 func (h *diskHost) serveSan(w http.ResponseWriter, r *http.Request) {
+	if !sanSession(r) {
+		http.Error(w, "not authenticated: a vCenter session cookie is required", http.StatusUnauthorized)
+		return
+	}
+	if r.Method == http.MethodGet && r.URL.Path == sanPrefix+"service" {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"blockMap":true,"zero":true,"release":true}` + "\n"))
+		return
+	}
 	file, status, err := h.sanFile(r)
 	if err != nil {
 		http.Error(w, err.Error(), status)
