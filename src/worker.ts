@@ -128,7 +128,7 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
       ...telemetry.workerOptions,
     } as const;
     const workers: Worker[] = [];
-    const { writeDisk } = createMappedVSphereActivities({ config, sessions });
+    const { writeDisk } = createMappedVSphereActivities({ config, sessions, client });
     for (const p of proxies) {
       const queue = proxyTaskQueue(taskQueue, p.name);
       const identity = `${process.pid}@${hostname()}/vmrestore-proxy-${p.name}`;

@@ -22,6 +22,8 @@ export const FailureType = {
   GuestPreparation: 'GuestPreparation',
   /** No proxy worker was live for longer than the restore's proxy wait. */
   NoProxyAvailable: 'NoProxyAvailable',
+  /** A disk writer that lost the server found another attempt writing its disk, and stopped. */
+  Superseded: 'Superseded',
 } as const;
 export type FailureType = (typeof FailureType)[keyof typeof FailureType];
 

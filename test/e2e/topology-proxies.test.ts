@@ -490,6 +490,16 @@ describe('proxies as hosts: control on backup, proxy workers in proxy01 and prox
     assertControlOnBackup(events);
     // Nothing writes the disk after the restore is done (the VM may be in use from then on).
     assert.ok(proxy01AfterDone < MiB, `proxy01 wrote ${proxy01AfterDone} bytes after the restore was done`);
+    // Fenced: cut off from the server, proxy01 stops issuing blocks after half a heartbeat timeout (5 s; 8 s
+    // with the writes in flight), before the server can give the disk to proxy02; once the disk has moved,
+    // it never writes again.
+    const fencedAt = cut.at + 8_000;
+    const duringCut = bytesAt(backAt) - bytesAt(fencedAt);
+    assert.ok(duringCut < MiB, `proxy01 wrote ${duringCut} bytes from 8 s after the cut until the link was back`);
+    if (finisher === 'proxy02') {
+      const afterFence = bytesAt(Infinity) - bytesAt(fencedAt);
+      assert.ok(afterFence < MiB, `proxy01 wrote ${afterFence} bytes after it was fenced, the disk being proxy02's`);
+    }
     // Bytes compared after any stale attempt had its chance to write on.
     await checkInventoryAndRemove(rpId, result, vmName);
   });

@@ -1,3 +1,4 @@
+import type { Client } from '@temporalio/client';
 import type { AppConfig, ProxyConfig } from '../../config';
 import { FailureType, RestoreError } from '../../domain/errors';
 import type { VSpherePlan } from '../../domain/vsphere';
@@ -12,6 +13,8 @@ export const RESTORE_ID_KEY = 'vmrestore.restoreId';
 export interface VSphereDeps {
   config: AppConfig;
   sessions: VSphereSessions;
+  /** On a proxy worker: asks the server whether a disk write is still current (writer-fence.ts). */
+  client?: Client;
 }
 
 /** What the vSphere activities of one worker share: its config, sessions, restore points and proxy locks. */

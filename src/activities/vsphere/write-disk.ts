@@ -7,6 +7,7 @@ import { openRepository } from '../../repository';
 import { DiskProgressReporter } from '../progress-report';
 import { invalid, type VSphereContext } from './context';
 import { toFailure } from '../failures';
+import { fencedRepository, serverProbe, WriterFence } from './writer-fence';
 
 /**
  * A failed write as the workflow sees it: the same failure, carrying the disk's last checkpoint as its
@@ -27,7 +28,7 @@ function withCheckpoint(err: unknown, checkpoint: DiskCheckpoint | undefined): u
 
 /** Seed step 4, disk data transport: one disk written on the proxy by the transport the plan chose. */
 export function createWriteDiskActivities(ctx: VSphereContext) {
-  const { config, sessions, loadRestorePoint, proxyByName, proxyVm } = ctx;
+  const { config, sessions, loadRestorePoint, proxyByName, proxyVm, client } = ctx;
   return {
     /** Streams one disk from the repository to the datastore; resumes from the last heartbeat. */
     async writeDisk(args: {
@@ -49,6 +50,18 @@ export function createWriteDiskActivities(ctx: VSphereContext) {
       const reporter = new DiskProgressReporter({ diskIndex, bytesTotal: disk.capacityBytes, transport });
       const from = (activity.info.heartbeatDetails as DiskCheckpoint | undefined) ?? args.previous;
       let last = from;
+      // On a proxy: no block goes out once the server has been silent for half a heartbeat timeout.
+      const { info } = activity;
+      const hb = info.heartbeatTimeoutMs;
+      const fence =
+        client && hb && info.workflowExecution
+          ? new WriterFence(
+              serverProbe(client, { ...info, workflowExecution: info.workflowExecution }),
+              Math.max(2000, hb / 2),
+              Math.max(500, hb / 6),
+            )
+          : undefined;
+      const repository = openRepository(config.repository);
       const outcome = await TRANSPORTS[transport]
         .write({
           datacenter: plan.datacenter,
@@ -57,7 +70,7 @@ export function createWriteDiskActivities(ctx: VSphereContext) {
           flatPath,
           proxy: proxyByName(plan.proxy),
           proxyVmName: plan.proxyVmName,
-          repository: openRepository(config.repository),
+          repository: fence ? fencedRepository(repository, fence) : repository,
           restorePoint,
           readConcurrency: config.restore.readConcurrency,
           checkpointBytes: config.restore.checkpointBytes,
@@ -75,7 +88,8 @@ export function createWriteDiskActivities(ctx: VSphereContext) {
         })
         .catch((err: unknown) => {
           throw activity.cancellationSignal.aborted ? err : withCheckpoint(err, last);
-        });
+        })
+        .finally(() => fence?.stop());
       return {
         diskIndex,
         transport,
