@@ -5,7 +5,6 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { AzureRestoreResult } from '../../src/domain/azure';
 import { startAzureRestore } from '../../src/client/restore';
-import { leaseWorkflowId } from '../../src/domain/lease';
 import { getRestorePoint } from '../../src/repository';
 import { openTestEnv, sha256File, sha256OfBackedUpDisk, type TestEnv, type WorkerProcess } from '../helpers/env';
 import { downloadManagedDisk, labArm, labAzure } from '../helpers/azure';
@@ -125,10 +124,13 @@ describe('the Azure proxy on a host of its own: azproxy01 uploads what repo01 se
     const dataDisk = path.join(tmp, `${vmName}-datadisk1.img`);
     await downloadManagedDisk(labArm(), result.disks[1].managedDiskId, dataDisk);
     assert.equal(await sha256File(dataDisk), await sha256OfBackedUpDisk(env.config.repository.path, rpId, 1), 'data disk bytes');
-    await env.client.workflow
-      .getHandle(leaseWorkflowId({ kind: 'proxy', name: PROXY }, queue))
-      .terminate('test done')
-      .catch(() => {});
+    // The proxy's and the helper's lease workflows on this queue go with it: nothing of the test stays running.
+    for await (const w of env.client.workflow.list({ query: `TaskQueue = '${queue}' AND ExecutionStatus = 'Running'` })) {
+      await env.client.workflow
+        .getHandle(w.workflowId)
+        .terminate('test done')
+        .catch(() => {});
+    }
     const rp = await getRestorePoint(env.config.repository.path, rpId);
     console.log(
       `azproxy01: ${(uploaded / MiB).toFixed(1)} MiB uploaded for ${rp.vm.disks.length} disks; ` +

@@ -59,8 +59,21 @@ describe('Temporal Web UI shows restores', () => {
     }
     assert.ok(listed, `the UI lists ${handle.workflowId} for query RestoreVm="${vmName}"`);
     await page.goto(`${ui}/namespaces/default/workflows/${encodeURIComponent(handle.workflowId)}`, { waitUntil: 'networkidle' });
-    await page.getByText(`Restore ${vmName} to vSphere`, { exact: false }).first().waitFor({ timeout: 15_000 });
-    await page.getByText('Completed', { exact: false }).first().waitFor({ timeout: 15_000 });
+    // The page renders in a headless browser that shares two cores with the other lane's restores and boots.
+    await page.getByText('Completed', { exact: false }).first().waitFor({ timeout: 60_000 });
+    // The summary and the current details are on the User Metadata tab (History is the page's first tab).
+    await page.getByText('User Metadata', { exact: true }).first().click({ timeout: 60_000 });
+    await page.getByText('Current Details', { exact: false }).first().waitFor({ timeout: 60_000 });
+    // The UI renders the summary's and details' markdown in frames of their own.
+    const summary = `Restore ${vmName} to vSphere`;
+    const framesWith = async (text: string) =>
+      (await Promise.all(page.frames().map((f) => f.content().catch(() => '')))).filter((c) => c.includes(text)).length;
+    let shown = 0;
+    for (const deadline = Date.now() + 60_000; shown === 0 && Date.now() < deadline; ) {
+      shown = await framesWith(summary);
+      if (shown === 0) await new Promise((r) => setTimeout(r, 500));
+    }
+    assert.ok(shown > 0, `the User Metadata tab shows the summary '${summary}'`);
     const body = await page.content();
     assert.ok(body.includes(vmName));
     await page.screenshot({ path: path.join(os.tmpdir(), 'vmrestore-ui.png') });
