@@ -21,7 +21,7 @@ export interface SanBlockMap {
  * What a SAN proxy asks the host for (VDDK does this through the host in a real product): the flat
  * extent's block map, the zeroing of lazy-zeroed blocks before their first write, and that the host drop
  * its cached view of the file once the LUN was written. The lab's vcsim serves these within a session
- * (src/lab/vcsim/san.go); `offered` tells whether a vCenter does.
+ * (src/lab/vcsim/san.go); `unavailable` tells whether a vCenter does.
  */
 export class SanHost {
   constructor(
@@ -31,17 +31,22 @@ export class SanHost {
   ) {}
 
   /**
-   * Whether the vCenter offers the host requests below in this session. The lab's vcsim does; a real
-   * vCenter has no such service (a real SAN proxy reads the VMFS block map through VDDK's SAN transport,
-   * which this build does not include), so direct SAN is not planned there and the restore takes the next
-   * transport.
+   * Why the vCenter does not offer the host requests below in this session, or undefined when it does. The
+   * lab's vcsim does; a real vCenter has no such service (a real SAN proxy reads the VMFS block map through
+   * VDDK's SAN transport, which this build does not include), so direct SAN is not planned there and the
+   * restore takes the next transport. A vCenter that does not answer the question is not offering it either:
+   * the other transports may still do.
    */
-  static async offered(client: VSphereSession, signal?: AbortSignal): Promise<boolean> {
-    const { status } = await request(client, 'GET', new URL('/vmrestore/san/service', client.url), signal).catch((err: Error) => {
-      if (err.name === 'AbortError') throw err;
-      throw new RestoreError(FailureType.TransportUnavailable, `direct-san: asking ${client.url.host} for its SAN service: ${err.message}`);
-    });
-    return status === 200;
+  static async unavailable(client: VSphereSession, signal?: AbortSignal): Promise<string | undefined> {
+    const host = client.url.host;
+    try {
+      const { status } = await request(client, 'GET', new URL('/vmrestore/san/service', client.url), signal);
+      if (status === 200) return undefined;
+      return `direct-san: vCenter ${host} offers no block map of a disk's LUN blocks (HTTP ${status}; a real vSphere needs VDDK's SAN transport, which this build does not include)`;
+    } catch (err) {
+      if ((err as Error).name === 'AbortError') throw err;
+      return `direct-san: vCenter ${host} did not say whether it offers a block map of a disk's LUN blocks: ${(err as Error).message}`;
+    }
   }
 
   private async call(method: 'GET' | 'POST', op: string, extra: Record<string, string> = {}, signal?: AbortSignal): Promise<string> {

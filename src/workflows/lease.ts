@@ -99,7 +99,7 @@ export async function resourceLease(initial: LeaseState): Promise<void> {
   });
 
   // Holders that died without releasing: checked while any holder names its execution.
-  const watched = () => state.holders.filter((h) => owners[h] !== undefined);
+  const watched = () => state.holders.filter((h) => owners[h] !== undefined).map((holder) => ({ holder, owner: owners[holder] }));
   // The holders to check are those watched when the interval began. What happens after the timer must not
   // depend on updates the same activation brings: a worker replaying cold may see the timer's firing and a
   // later acquire or release in one activation, where the original execution saw them in two.
@@ -107,9 +107,9 @@ export async function resourceLease(initial: LeaseState): Promise<void> {
   const checkHolders = async (): Promise<void> => {
     for (;;) {
       await condition(() => watched().length > 0);
-      const atStart = watched().map((holder) => ({ holder, owner: owners[holder] }));
+      const atStart = watched();
       await sleep(state.target.holderCheckMs ?? DEFAULT_HOLDER_CHECK_MS);
-      const list = snapshotAtStart ? atStart : watched().map((holder) => ({ holder, owner: owners[holder] }));
+      const list = snapshotAtStart ? atStart : watched();
       if (list.length === 0) continue;
       try {
         const closed = await holders.reapLeaseHolders({ target: state.target, holders: list });

@@ -549,52 +549,42 @@ describe('page blob upload against Azurite', () => {
   });
 
   it('compensation deletes its blob although a late write of the cancelled upload changes it between read and delete', async () => {
-    const target = blob();
-    await target.create(20 * MiB + 512, { metadata: { [VHD_UUID_METADATA_KEY]: vhdOwnerUuid('r-late-write', 0) } });
-    let landed = 0;
-    // The server applies a Put Page of ours after compensation read the blob: the etag it read is stale.
-    const late: Parameters<typeof deleteOwnedVhdBlob>[0] = {
-      url: target.url,
-      getProperties: (o) => target.getProperties(o),
-      deleteIfExists: async (o) => {
-        if (landed++ === 0) await target.uploadPages(Buffer.alloc(MiB, 0x5a), 4 * MiB, MiB);
-        return target.deleteIfExists(o);
-      },
+    /** A blob of restore `restoreId`'s disk 0, and a client on it that runs `meanwhile` between the read and each delete. */
+    const interposed = async (restoreId: string, meanwhile: (b: PageBlobClient, deletes: number) => Promise<unknown>) => {
+      const b = blob();
+      await b.create(20 * MiB + 512, { metadata: { [VHD_UUID_METADATA_KEY]: vhdOwnerUuid(restoreId, 0) } });
+      let deletes = 0;
+      const client: Parameters<typeof deleteOwnedVhdBlob>[0] = {
+        url: b.url,
+        getProperties: (o) => b.getProperties(o),
+        deleteIfExists: async (o) => {
+          await meanwhile(b, deletes++);
+          return b.deleteIfExists(o);
+        },
+      };
+      return { b, client, deletes: () => deletes };
     };
-    assert.equal(await deleteOwnedVhdBlob(late, 'r-late-write', 0), 'ours');
-    assert.equal(landed, 2, 'read again and deleted on the second try');
-    assert.equal(await target.exists(), false);
+
+    // The server applies a Put Page of ours after compensation read the blob: the etag it read is stale.
+    const late = await interposed('r-late-write', async (b, n) => {
+      if (n === 0) await b.uploadPages(Buffer.alloc(MiB, 0x5a), 4 * MiB, MiB);
+    });
+    assert.equal(await deleteOwnedVhdBlob(late.client, 'r-late-write', 0), 'ours');
+    assert.equal(late.deletes(), 2, 'read again and deleted on the second try');
+    assert.equal(await late.b.exists(), false);
 
     // Replaced by someone else between the read and the delete: left alone.
-    const replaced = blob();
-    await replaced.create(20 * MiB + 512, { metadata: { [VHD_UUID_METADATA_KEY]: vhdOwnerUuid('r-replaced', 0) } });
-    const intruder: Parameters<typeof deleteOwnedVhdBlob>[0] = {
-      url: replaced.url,
-      getProperties: (o) => replaced.getProperties(o),
-      deleteIfExists: async (o) => {
-        await replaced.setMetadata({ owner: 'someone-else' });
-        return replaced.deleteIfExists(o);
-      },
-    };
-    assert.equal(await deleteOwnedVhdBlob(intruder, 'r-replaced', 0), 'foreign');
-    assert.deepEqual((await replaced.getProperties()).metadata, { owner: 'someone-else' });
+    const replaced = await interposed('r-replaced', (b) => b.setMetadata({ owner: 'someone-else' }));
+    assert.equal(await deleteOwnedVhdBlob(replaced.client, 'r-replaced', 0), 'foreign');
+    assert.deepEqual((await replaced.b.getProperties()).metadata, { owner: 'someone-else' });
 
     // A blob that keeps changing is not deleted blindly: a retryable failure naming it.
-    const busy = blob();
-    await busy.create(20 * MiB + 512, { metadata: { [VHD_UUID_METADATA_KEY]: vhdOwnerUuid('r-busy', 0) } });
-    const churning: Parameters<typeof deleteOwnedVhdBlob>[0] = {
-      url: busy.url,
-      getProperties: (o) => busy.getProperties(o),
-      deleteIfExists: async (o) => {
-        await busy.uploadPages(Buffer.alloc(512, 1), 0, 512);
-        return busy.deleteIfExists(o);
-      },
-    };
+    const busy = await interposed('r-busy', (b) => b.uploadPages(Buffer.alloc(512, 1), 0, 512));
     await assert.rejects(
-      deleteOwnedVhdBlob(churning, 'r-busy', 0, 3),
+      deleteOwnedVhdBlob(busy.client, 'r-busy', 0, 3),
       (err: unknown) => err instanceof RestoreError && !err.nonRetryable && /changed 3 times while being deleted/.test(err.message),
     );
-    assert.equal(await busy.exists(), true);
+    assert.equal(await busy.b.exists(), true);
   });
 
   it('starts over when asked to resume but the blob is gone', async () => {

@@ -261,7 +261,7 @@ describe('each transport writes through its own path in the lab (real vcsim, LUN
     await unavailable(TRANSPORTS['direct-san'].write(job('direct-san', diskFile, { sanLuns: {} })), /has no LUN for datastore/);
 
     // The lab's vCenter offers the SAN host requests; a server without them (as a real vCenter) does not.
-    assert.equal(await SanHost.offered(vs), true);
+    assert.equal(await SanHost.unavailable(vs), undefined);
     const plain = http.createServer((_req, res) => {
       res.statusCode = 404;
       res.end('Not Found');
@@ -269,7 +269,10 @@ describe('each transport writes through its own path in the lab (real vcsim, LUN
     await new Promise<void>((r) => plain.listen(0, '127.0.0.1', r));
     try {
       const url = new URL(`http://127.0.0.1:${(plain.address() as AddressInfo).port}/sdk`);
-      assert.equal(await SanHost.offered({ url, agent: new http.Agent(), sessionCookie: '' } as unknown as VSphereSession), false);
+      assert.match(
+        (await SanHost.unavailable({ url, agent: new http.Agent(), sessionCookie: '' } as unknown as VSphereSession)) ?? '(offered)',
+        /offers no block map of a disk's LUN blocks \(HTTP 404/,
+      );
     } finally {
       plain.close();
     }

@@ -94,10 +94,7 @@ export function createInitializeActivities(ctx: VSphereContext) {
       const reasons: string[] = [];
       // Direct SAN needs the host's block map of the flat extent; asked once, and only when a proxy could use it.
       const sanCandidate = wanted.includes('direct-san') && candidates.some((p) => !TRANSPORTS['direct-san'].cannot(p, ds.name, anyThin));
-      const noSanService =
-        sanCandidate && !(await SanHost.offered(client))
-          ? `direct-san: vCenter ${client.url.host} offers no block map of a disk's LUN blocks (a real vSphere needs VDDK's SAN transport, which this build does not include)`
-          : undefined;
+      const noSanService = sanCandidate ? await SanHost.unavailable(client) : undefined;
       for (const proxy of candidates) {
         const modes = wanted.filter((m) => {
           const why = (m === 'direct-san' ? noSanService : undefined) ?? TRANSPORTS[m].cannot(proxy, ds.name, anyThin);

@@ -11,14 +11,7 @@ import type { Info } from '@temporalio/activity';
 import { FailureType, RestoreError } from '../../domain/errors';
 import type { DiskBlock, ReadDiskBlocksOptions, RepositorySource, RestorePoint } from '../../repository';
 
-export interface FenceState {
-  /** When the server last answered. */
-  lastContact: number;
-  /** Set once the server said this attempt is no longer the disk's writer. */
-  superseded?: string;
-}
-
-/** Whether the activity is still pending on its workflow with this attempt; undefined on no answer. */
+/** Whether the activity is still pending on its workflow with this attempt; rejects when the server does not answer. */
 export type AttemptProbe = (timeoutMs: number) => Promise<{ current: boolean; why?: string }>;
 
 /** The probe through the workflow service: the activity among the workflow's pending ones, same attempt. */
@@ -41,7 +34,10 @@ export function serverProbe(client: Client, info: Info & Required<Pick<Info, 'wo
 }
 
 export class WriterFence {
-  readonly state: FenceState = { lastContact: Date.now() };
+  /** When the server last answered. */
+  private lastContact = Date.now();
+  /** Set once the server said this attempt is no longer the disk's writer. */
+  private superseded: string | undefined;
   private timer: NodeJS.Timeout | undefined;
   private probing = false;
 
@@ -51,7 +47,7 @@ export class WriterFence {
    */
   constructor(
     private readonly probe: AttemptProbe,
-    readonly staleMs: number,
+    private readonly staleMs: number,
     private readonly everyMs: number,
   ) {
     this.timer = setInterval(() => void this.ask(), everyMs);
@@ -59,12 +55,12 @@ export class WriterFence {
   }
 
   private async ask(): Promise<void> {
-    if (this.probing || this.state.superseded) return;
+    if (this.probing || this.superseded) return;
     this.probing = true;
     try {
       const r = await this.probe(this.everyMs);
-      this.state.lastContact = Date.now();
-      if (!r.current) this.state.superseded = r.why ?? 'another attempt writes the disk';
+      this.lastContact = Date.now();
+      if (!r.current) this.superseded = r.why ?? 'another attempt writes the disk';
     } catch {
       // No answer: lastContact stays where it was.
     } finally {
@@ -75,10 +71,10 @@ export class WriterFence {
   /** Resolves while the writer may go on; waits while the server is silent; throws once superseded. */
   async ready(signal?: AbortSignal): Promise<void> {
     for (;;) {
-      if (this.state.superseded) {
-        throw new RestoreError(FailureType.Superseded, `the disk writer stopped: ${this.state.superseded}`);
+      if (this.superseded) {
+        throw new RestoreError(FailureType.Superseded, `the disk writer stopped: ${this.superseded}`);
       }
-      if (Date.now() - this.state.lastContact < this.staleMs) return;
+      if (Date.now() - this.lastContact < this.staleMs) return;
       signal?.throwIfAborted();
       await new Promise((r) => setTimeout(r, Math.min(250, this.everyMs)));
     }
