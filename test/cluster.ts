@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import path from 'node:path';
+import { BOOT_FILES, CLUSTER_TEST } from './suites';
 
 /**
  * `npm run test:cluster`: the end-to-end files again, on the Temporal server built from source with
@@ -13,8 +14,6 @@ import path from 'node:path';
  * `npm test` runs them on the dev server. `npm run test:cluster -- <files>` runs only those files.
  */
 const ROOT = path.resolve(__dirname, '..');
-const BOOT_FILES = ['test/e2e/azure-boot.test.ts', 'test/e2e/verify-restore.test.ts', 'test/e2e/boot.test.ts'];
-const CLUSTER_TEST = 'test/integration/temporal-cluster.test.ts';
 
 function node(args: string[], env: NodeJS.ProcessEnv): Promise<number | null> {
   return new Promise((resolve) => {

@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { ensureGuestImage } from '../src/lab/guests';
+import { BOOT_FILES, CLUSTER_TEST } from './suites';
 
 /**
  * `npm test`: the three layers of tests, each file in its own `node --test` process, spread over
@@ -16,12 +17,11 @@ import { ensureGuestImage } from '../src/lab/guests';
  *
  * A file's whole output is printed when it ends, so the lanes never interleave; a summary with every
  * file's time follows. `npm test -- <files>` runs only those files; VMRESTORE_TEST_LANES=1 runs
- * everything in one lane on the default lab.
+ * everything in one lane on the default lab. The Temporal cluster's own test is left to
+ * `npm run test:cluster` (test/suites.ts).
  */
 
 const ROOT = path.resolve(__dirname, '..');
-/** Longest first within each list: the lane that takes the qemu boots, on the default lab. */
-const BOOT_LANE = ['test/e2e/verify-restore.test.ts', 'test/e2e/azure-boot.test.ts', 'test/e2e/boot.test.ts'];
 const LAYERS = ['test/unit', 'test/integration', 'test/e2e'] as const;
 /** Makes a test/unit file fail as soon as it starts a child process. */
 const NO_PROCESS = path.join(ROOT, 'test', 'helpers', 'no-process.ts');
@@ -137,13 +137,14 @@ function summary(results: FileResult[], wallSeconds: number): string {
 async function main(): Promise<void> {
   const started = Date.now();
   const requested = process.argv.slice(2).map((f) => path.relative(ROOT, path.resolve(f)));
-  const all = requested.length ? requested : LAYERS.flatMap(listFiles);
+  // The cluster's own test runs in `npm run test:cluster`, on the cluster it builds and starts.
+  const all = requested.length ? requested : LAYERS.flatMap(listFiles).filter((f) => f !== CLUSTER_TEST);
   for (const f of all) if (!existsSync(path.join(ROOT, f))) throw new Error(`no test file ${f}`);
   const laneCount = Number(process.env.VMRESTORE_TEST_LANES ?? 2);
   const defaultLab = process.env.VMRESTORE_LAB_DIR ?? path.join(ROOT, '.lab');
 
-  const lanes: Lane[] = [{ name: 'boot', labDir: defaultLab, own: all.filter((f) => BOOT_LANE.includes(f)) }];
-  const shared = all.filter((f) => !BOOT_LANE.includes(f));
+  const lanes: Lane[] = [{ name: 'boot', labDir: defaultLab, own: all.filter((f) => BOOT_FILES.includes(f)) }];
+  const shared = all.filter((f) => !BOOT_FILES.includes(f));
   // Whole restores first, then the single-peer files, then the lab-free unit files, which fill the gaps.
   const rank = (f: string): number => -LAYERS.findIndex((l) => f.startsWith(`${l}/`));
   shared.sort((a, b) => rank(a) - rank(b));
@@ -152,10 +153,10 @@ async function main(): Promise<void> {
   } else {
     lanes[0].own.push(...shared.splice(0));
   }
-  lanes[0].own.sort((a, b) => BOOT_LANE.indexOf(a) - BOOT_LANE.indexOf(b));
+  lanes[0].own.sort((a, b) => BOOT_FILES.indexOf(a) - BOOT_FILES.indexOf(b));
 
   // The qemu guests every boot test uses, built once before the lanes start (minutes cold, cached after).
-  if (all.some((f) => BOOT_LANE.includes(f) || /uefi-bios|verify/.test(f))) {
+  if (all.some((f) => BOOT_FILES.includes(f) || /uefi-bios|verify/.test(f))) {
     process.stdout.write('# building or finding the lab guest images\n');
     await Promise.all([ensureGuestImage('debian12-bios'), ensureGuestImage('debian12-uefi')]);
   }

@@ -25,15 +25,8 @@ import { runSweep } from '../../src/client/sweep';
 import type { VSphereClient } from '../../src/vsphere';
 import { leaseStateQuery, leaseWorkflowId } from '../../src/workflows';
 import { labArm, labAzure, labContainer } from '../helpers/azure';
-import {
-  importTestVm,
-  openTestEnv,
-  sha256File,
-  sha256OfBackedUpDisk,
-  startWorkerProcess,
-  type TestEnv,
-  type WorkerProcess,
-} from '../helpers/env';
+import { importTestVm, openTestEnv, startWorkerProcess, type TestEnv, type WorkerProcess } from '../helpers/env';
+import { backedUpDiskDigest, diskDigest } from '../helpers/disk-digest';
 import { labVSphere, localFlatFile } from '../helpers/vsphere';
 import { materializeVhdBlob } from '../../src/azure/blob-image-read';
 
@@ -368,11 +361,11 @@ export function median(xs: number[]): number {
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 }
 
-async function sha256OfVhdBlob(blobName: string, capacityBytes: number, tmp: string): Promise<string> {
+async function digestOfVhdBlob(blobName: string, capacityBytes: number, tmp: string): Promise<string> {
   const raw = path.join(tmp, `${createHash('sha1').update(blobName).digest('hex')}.raw`);
   await materializeVhdBlob(labContainer().getPageBlobClient(blobName), { capacityBytes, imagePath: raw });
   try {
-    return await sha256File(raw);
+    return await diskDigest(raw);
   } finally {
     rmSync(raw, { force: true });
   }
@@ -425,8 +418,8 @@ async function check(env: TestEnv, vs: VSphereClient, restores: Restore[], repor
       const cfg = await vm.config();
       for (const d of cfg.disks) if (proxyFiles.has(d.fileName)) report.leaked.push(`HotAdd attachment ${d.fileName}`);
       for (const [i, d] of cfg.disks.entries()) {
-        const got = await sha256File(localFlatFile(d.fileName));
-        if (got !== (await sha256OfBackedUpDisk(repo, r.restorePointId, i)))
+        const got = await diskDigest(localFlatFile(d.fileName));
+        if (got !== (await backedUpDiskDigest(repo, r.restorePointId, i)))
           report.problems.push(`${id} disk ${i}: datastore bytes differ from the restore point`);
       }
       if (result.disks.length !== rp.vm.disks.length) report.problems.push(`${id}: ${result.disks.length} disks written`);
@@ -441,8 +434,8 @@ async function check(env: TestEnv, vs: VSphereClient, restores: Restore[], repor
       // Data disks are byte for byte the backup (the OS disk carries the guest preparation).
       for (const d of result.disks.filter((x) => x.diskIndex > 0)) {
         const name = decodeURIComponent(new URL(d.blobUrl).pathname.split('/').slice(3).join('/'));
-        const got = await sha256OfVhdBlob(name, rp.vm.disks[d.diskIndex].capacityBytes, tmp);
-        if (got !== (await sha256OfBackedUpDisk(repo, r.restorePointId, d.diskIndex)))
+        const got = await digestOfVhdBlob(name, rp.vm.disks[d.diskIndex].capacityBytes, tmp);
+        if (got !== (await backedUpDiskDigest(repo, r.restorePointId, d.diskIndex)))
           report.problems.push(`${id} disk ${d.diskIndex}: VHD bytes differ`);
       }
     }

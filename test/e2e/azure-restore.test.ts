@@ -28,17 +28,17 @@ import {
 } from '../../src/workflows';
 import { RestoreKind, RestorePhaseKey, RestoreVm } from '../../src/domain/search-attributes';
 import {
+  importSmallLinuxVm,
   importTestVm,
   importVmWithCorruptChunk,
   openTestEnv,
   replayFinished,
-  sha256File,
-  sha256OfBackedUpDisk,
   startWorkerProcess,
   type TestEnv,
   type WorkerProcess,
   writeZeroRestorePoint as writeZeroRp,
 } from '../helpers/env';
+import { backedUpDiskDigest, diskDigest } from '../helpers/disk-digest';
 import { processTreeIo } from '../helpers/proc-io';
 import { assertLinuxChangesOnDisk, assertWindowsChangesOnDisk } from '../helpers/guest-changes';
 import { armLog, clearFaults, downloadManagedDisk, labArm, labAzure, labContainer, setFaults } from '../helpers/azure';
@@ -132,20 +132,20 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
     // The data disk is untouched by preparation: byte for byte the backup.
     const data = await checkVhd(result.disks[1].blobUrl, rp.vm.disks[1].capacityBytes);
     assert.equal(
-      await sha256File(data.raw),
-      await sha256OfBackedUpDisk(env.config.repository.path, rpId, 1),
+      await diskDigest(data.raw),
+      await backedUpDiskDigest(env.config.repository.path, rpId, 1),
       'data disk VHD holds the backed-up bytes',
     );
     // The preparation edited the managed disk attached to the helper: the uploaded blob is still the backup.
     const osBlob = await checkVhd(result.disks[0].blobUrl, rp.vm.disks[0].capacityBytes);
-    const backedUpOs = await sha256OfBackedUpDisk(env.config.repository.path, rpId, 0);
-    assert.equal(await sha256File(osBlob.raw), backedUpOs, 'the OS disk blob is the unprepared disk');
+    const backedUpOs = await backedUpDiskDigest(env.config.repository.path, rpId, 0);
+    assert.equal(await diskDigest(osBlob.raw), backedUpOs, 'the OS disk blob is the unprepared disk');
     // The managed disk carries the guest changes: read as on Azure, through a read SAS, once the VM is deallocated.
     const { compute: arm } = labArm();
     await arm.virtualMachines.deallocate(labAzure().resourceGroup, vmName);
     const managedOs = path.join(tmp, `${vmName}-osdisk.img`);
     await downloadManagedDisk(labArm(), result.disks[0].managedDiskId, managedOs);
-    assert.notEqual(await sha256File(managedOs), backedUpOs, 'the managed OS disk is prepared');
+    assert.notEqual(await diskDigest(managedOs), backedUpOs, 'the managed OS disk is prepared');
     const table = await readPartitionTable(managedOs);
     const root = table.partitions.find((p) => p.type === 'linux')!;
     const fstab = await readGuestFile(managedOs, root.startBytes, '/etc/fstab');
@@ -157,8 +157,8 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
     const managedData = path.join(tmp, `${vmName}-datadisk1.img`);
     await downloadManagedDisk(labArm(), result.disks[1].managedDiskId, managedData);
     assert.equal(
-      await sha256File(managedData),
-      await sha256OfBackedUpDisk(env.config.repository.path, rpId, 1),
+      await diskDigest(managedData),
+      await backedUpDiskDigest(env.config.repository.path, rpId, 1),
       'the data disk is only read',
     );
     await arm.virtualMachines.start(labAzure().resourceGroup, vmName);
@@ -308,12 +308,12 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
       await labArm().compute.virtualMachines.deallocate(a.resourceGroup, vmName);
       const managedData = path.join(tmp, `${vmName}-datadisk1.img`);
       await downloadManagedDisk(labArm(), result.disks[1].managedDiskId, managedData);
-      assert.equal(await sha256File(managedData), await sha256OfBackedUpDisk(env.config.repository.path, rpId, 1));
+      assert.equal(await diskDigest(managedData), await backedUpDiskDigest(env.config.repository.path, rpId, 1));
       const osBlob = await checkVhd(
         result.disks[0].blobUrl,
         (await getRestorePoint(env.config.repository.path, rpId)).vm.disks[0].capacityBytes,
       );
-      assert.equal(await sha256File(osBlob.raw), await sha256OfBackedUpDisk(env.config.repository.path, rpId, 0), 'OS disk VHD');
+      assert.equal(await diskDigest(osBlob.raw), await backedUpDiskDigest(env.config.repository.path, rpId, 0), 'OS disk VHD');
       // Released after the transfer, the proxy goes off once its idle timeout has passed.
       const lease = env.client.workflow.getHandle(leaseWorkflowId({ kind: 'proxy', name: 'lab-azure-proxy' }, queue));
       let state = await lease.query(leaseStateQuery);
@@ -336,25 +336,19 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
   });
 
   it('restores a UEFI Linux VM as Generation 2 on request', async () => {
-    const dir = path.join(tmp, 'uefi-vm');
-    mkdirSync(dir, { recursive: true });
-    await buildLinuxDiskImage(path.join(dir, 'disk0.img'), {
-      sizeBytes: 256 * MiB,
-      scheme: 'gpt',
-      hostname: 'uefi',
-      networkStyle: 'netplan',
-      firewall: 'ufw',
-      usedMiB: 8,
-      // A guest preparation warning must reach the restore result and `status --json`.
-      customize: async (root) => {
-        const rules = path.join(root, 'etc/ufw/user6.rules');
-        writeFileSync(rules, readFileSync(rules, 'utf8').replace('### END RULES ###\n', ''));
-      },
-    });
-    const restorePointId = await importTestVm(env.config.repository.path, dir, {
-      name: 'uefi-linux',
+    const restorePointId = await importSmallLinuxVm(env.config.repository.path, tmp, 'uefi-linux', {
       firmware: 'efi',
-      disks: [{ path: 'disk0.img', provisioning: 'thin' }],
+      image: {
+        sizeBytes: 256 * MiB,
+        scheme: 'gpt',
+        hostname: 'uefi',
+        usedMiB: 8,
+        // A guest preparation warning must reach the restore result and `status --json`.
+        customize: async (root) => {
+          const rules = path.join(root, 'etc/ufw/user6.rules');
+          writeFileSync(rules, readFileSync(rules, 'utf8').replace('### END RULES ###\n', ''));
+        },
+      },
     });
     const vmName = `t-gen2-${Date.now().toString(36)}`;
     const handle = await startAzureRestore(env.client, { restorePointId, vmName, generation: 2 }, { taskQueue: env.taskQueue });
@@ -379,6 +373,24 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
     const root = table.partitions.find((p) => p.type === 'linux')!;
     assert.match((await readGuestFile(osd, root.startBytes, '/etc/default/grub'))!, /console=ttyS0/);
     await assertLinuxChangesOnDisk(osd, [root.startBytes], result.guestChanges);
+  });
+
+  it('skipGuestPreparation (a test switch) restores the disks untouched: no changes, a warning, the managed OS disk is the backup', async () => {
+    const restorePointId = await importSmallLinuxVm(env.config.repository.path, tmp, 'unprepared-linux');
+    const vmName = `t-raw-${Date.now().toString(36)}`;
+    const handle = await startAzureRestore(
+      env.client,
+      { restorePointId, vmName, generation: 1, skipGuestPreparation: true },
+      { taskQueue: env.taskQueue },
+    );
+    const result = await handle.result();
+    assert.deepEqual(result.guestChanges, []);
+    assert.match(result.guestWarnings.join('\n'), /skipped \(test switch skipGuestPreparation\)/);
+    const { compute } = labArm();
+    await compute.virtualMachines.deallocate(labAzure().resourceGroup, vmName);
+    const osd = path.join(tmp, `${vmName}-osdisk.img`);
+    await downloadManagedDisk(labArm(), result.disks[0].managedDiskId, osd);
+    assert.equal(await diskDigest(osd), await backedUpDiskDigest(env.config.repository.path, restorePointId, 0), 'the backed-up bytes');
   });
 
   it('restores a Windows VM: registry changes in every ControlSet, agent staged, VM running with the agent ready', async () => {
@@ -851,6 +863,6 @@ describe('restore to Azure (Temporal + Azurite + ARM simulator)', () => {
       `sent ${resent} bytes beyond the missing part <= ${window} + ${other}: resumed, not restarted (${extentAtCrash} in the blob at the crash)`,
     );
     const data = await checkVhd(disk.blobUrl, 512 * MiB);
-    assert.equal(await sha256File(data.raw), await sha256OfBackedUpDisk(env.config.repository.path, restorePointId, 1));
+    assert.equal(await diskDigest(data.raw), await backedUpDiskDigest(env.config.repository.path, restorePointId, 1));
   });
 });

@@ -6,7 +6,7 @@
  * real workflows create nothing and leave the worker running.
  */
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -18,14 +18,20 @@ import { VSphereSessions } from '../../src/activities/vsphere/sessions';
 import type { AzureRestoreRequest, AzureRestoreResult } from '../../src/domain/azure';
 import { FailureType } from '../../src/domain/errors';
 import type { VSphereRestoreRequest, VSphereRestoreResult } from '../../src/domain/vsphere';
-import { buildLinuxDiskImage } from '../../src/lab/images/linux-image';
 import { failureMessage, startAzureRestore, startVSphereRestore } from '../../src/client/restore';
 import type { VSphereClient } from '../../src/vsphere';
 import { restorePlan, restoreToAzure, restoreToVSphere } from '../../src/workflows';
 import type { RestorePlanRequest } from '../../src/workflows/restore-plan';
 import { AZURE_FIELDS, VSPHERE_FIELDS, badRequest } from '../helpers/bad-requests';
 import { armLog, clearFaults, labArm, labAzure, labContainer, setFaults } from '../helpers/azure';
-import { importTestVm, openTestEnv, startWorkerProcess, writeZeroRestorePoint, type TestEnv, type WorkerProcess } from '../helpers/env';
+import {
+  importSmallLinuxVm,
+  openTestEnv,
+  startWorkerProcess,
+  writeZeroRestorePoint,
+  type TestEnv,
+  type WorkerProcess,
+} from '../helpers/env';
 import { labVSphere } from '../helpers/vsphere';
 
 const MiB = 1024 * 1024;
@@ -146,20 +152,7 @@ describe('a restore never takes over or deletes what it did not create', () => {
     vs = await labVSphere(env.config);
     await labContainer().createIfNotExists();
     tmp = mkdtempSync(path.join(os.tmpdir(), 'vmrestore-ownership-'));
-    const dir = path.join(tmp, 'small-linux');
-    mkdirSync(dir, { recursive: true });
-    await buildLinuxDiskImage(path.join(dir, 'disk0.img'), {
-      sizeBytes: 128 * MiB,
-      scheme: 'mbr',
-      hostname: 'owner',
-      networkStyle: 'netplan',
-      firewall: 'ufw',
-      usedMiB: 4,
-    });
-    linuxRp = await importTestVm(env.config.repository.path, dir, {
-      name: 'ownership-linux',
-      disks: [{ path: 'disk0.img', provisioning: 'thin' }],
-    });
+    linuxRp = await importSmallLinuxVm(env.config.repository.path, tmp, 'ownership-linux', { image: { hostname: 'owner' } });
     zeroRp = writeZeroRestorePoint(env.config.repository.path, 'ownership-zero', [64 * MiB], [{ network: 'VM Network' }]).id;
   });
   after(async () => {

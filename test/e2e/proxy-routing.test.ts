@@ -19,13 +19,12 @@ import {
   importRandomThickVm,
   openTestEnv,
   runCli,
-  sha256File,
-  sha256OfBackedUpDisk,
   startWorkerProcess,
   type TestEnv,
   type WorkerProcess,
   assertServesNoVSphereProxyQueue,
 } from '../helpers/env';
+import { backedUpDiskDigest, diskDigest } from '../helpers/disk-digest';
 import { historyEvents, type HistoryEvent } from '../helpers/workflow-env';
 import { labVSphere, localFlatFile } from '../helpers/vsphere';
 
@@ -104,8 +103,8 @@ async function checkAndRemove(rpId: string, result: VSphereRestoreResult): Promi
   for (const d of result.disks) {
     const file = localFlatFile(cfg.disks[d.diskIndex].fileName);
     assert.equal(
-      await sha256File(file),
-      await sha256OfBackedUpDisk(env.config.repository.path, rpId, d.diskIndex),
+      await diskDigest(file),
+      await backedUpDiskDigest(env.config.repository.path, rpId, d.diskIndex),
       `disk ${d.diskIndex} bytes`,
     );
   }

@@ -8,15 +8,8 @@ import { labConfigPath } from '../../src/config';
 import { getRestorePoint } from '../../src/repository';
 import type { VSphereClient } from '../../src/vsphere';
 import { makeDataMoverCredentials, startDataMoverProcess, type DataMoverCredentials, type DataMoverProcess } from '../helpers/data-mover';
-import {
-  importVmWithCorruptChunk,
-  openTestEnv,
-  sha256File,
-  sha256OfBackedUpDisk,
-  startWorkerProcess,
-  type TestEnv,
-  type WorkerProcess,
-} from '../helpers/env';
+import { importVmWithCorruptChunk, openTestEnv, startWorkerProcess, type TestEnv, type WorkerProcess } from '../helpers/env';
+import { backedUpDiskDigest, diskDigest } from '../helpers/disk-digest';
 import { labVSphere, localFlatFile } from '../helpers/vsphere';
 
 let env: TestEnv;
@@ -80,8 +73,8 @@ describe('restore to vSphere with the worker reading through the repository data
       assert.equal(result.disks[d.index].transport, 'direct-nas');
       const file = localFlatFile(cfg.disks[d.index].fileName);
       assert.equal(
-        await sha256File(file),
-        await sha256OfBackedUpDisk(env.config.repository.path, rpId, d.index),
+        await diskDigest(file),
+        await backedUpDiskDigest(env.config.repository.path, rpId, d.index),
         `disk ${d.index} bytes (${file}) equal the backup`,
       );
     }

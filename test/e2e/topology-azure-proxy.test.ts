@@ -6,7 +6,8 @@ import { after, before, describe, it } from 'node:test';
 import type { AzureRestoreResult } from '../../src/domain/azure';
 import { startAzureRestore } from '../../src/client/restore';
 import { getRestorePoint } from '../../src/repository';
-import { openTestEnv, sha256File, sha256OfBackedUpDisk, type TestEnv, type WorkerProcess } from '../helpers/env';
+import { openTestEnv, type TestEnv, type WorkerProcess } from '../helpers/env';
+import { backedUpDiskDigest, diskDigest } from '../helpers/disk-digest';
 import { downloadManagedDisk, labArm, labAzure } from '../helpers/azure';
 import { makeDataMoverCredentials, startDataMoverProcess, type DataMoverProcess } from '../helpers/data-mover';
 import { buildTopology, noTopology, type Topology } from '../helpers/topology';
@@ -123,7 +124,7 @@ describe('the Azure proxy on a host of its own: azproxy01 uploads what repo01 se
     await labArm().compute.virtualMachines.deallocate(a.resourceGroup, vmName);
     const dataDisk = path.join(tmp, `${vmName}-datadisk1.img`);
     await downloadManagedDisk(labArm(), result.disks[1].managedDiskId, dataDisk);
-    assert.equal(await sha256File(dataDisk), await sha256OfBackedUpDisk(env.config.repository.path, rpId, 1), 'data disk bytes');
+    assert.equal(await diskDigest(dataDisk), await backedUpDiskDigest(env.config.repository.path, rpId, 1), 'data disk bytes');
     // The proxy's and the helper's lease workflows on this queue go with it: nothing of the test stays running.
     for await (const w of env.client.workflow.list({ query: `TaskQueue = '${queue}' AND ExecutionStatus = 'Running'` })) {
       await env.client.workflow

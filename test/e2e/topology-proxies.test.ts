@@ -15,16 +15,8 @@ import type { VSphereRestoreRequest, VSphereRestoreResult } from '../../src/doma
 import { labProxy, readLabState } from '../../src/lab';
 import { createProxyVm } from '../../src/lab/inventory';
 import type { VSphereClient } from '../../src/vsphere';
-import {
-  assertServesNoVSphereProxyQueue,
-  importRandomThickVm,
-  openTestEnv,
-  ROOT,
-  sha256File,
-  sha256OfBackedUpDisk,
-  type TestEnv,
-  type WorkerProcess,
-} from '../helpers/env';
+import { assertServesNoVSphereProxyQueue, importRandomThickVm, openTestEnv, ROOT, type TestEnv, type WorkerProcess } from '../helpers/env';
+import { backedUpDiskDigest, diskDigest } from '../helpers/disk-digest';
 import { makeDataMoverCredentials } from '../helpers/data-mover';
 import { processTreeIo } from '../helpers/proc-io';
 import { buildTopology, noTopology, type Topology } from '../helpers/topology';
@@ -124,8 +116,8 @@ async function checkInventoryAndRemove(rpId: string, result: VSphereRestoreResul
   for (const d of result.disks) {
     const file = localFlatFile(cfg.disks[d.diskIndex].fileName);
     assert.equal(
-      await sha256File(file),
-      await sha256OfBackedUpDisk(env.config.repository.path, rpId, d.diskIndex),
+      await diskDigest(file),
+      await backedUpDiskDigest(env.config.repository.path, rpId, d.diskIndex),
       `disk ${d.diskIndex} bytes`,
     );
   }

@@ -12,7 +12,8 @@ import { startVSphereRestore } from '../../src/client/restore';
 import { RESTORE_ID_KEY } from '../../src/activities/vsphere';
 import type { DiskCheckpoint, TransportMode, VSphereRestoreResult } from '../../src/domain/vsphere';
 import type { VSphereClient } from '../../src/vsphere';
-import { importTestVm, openTestEnv, ROOT, sha256File, sha256OfBackedUpDisk, type TestEnv, type WorkerProcess } from '../helpers/env';
+import { importTestVm, openTestEnv, ROOT, type TestEnv, type WorkerProcess } from '../helpers/env';
+import { backedUpDiskDigest, diskDigest } from '../helpers/disk-digest';
 import { labVSphere, localFlatFile } from '../helpers/vsphere';
 import { processTreeIo } from '../helpers/proc-io';
 import { buildTopology, leftovers, noTopology, running, type Topology } from '../helpers/topology';
@@ -51,7 +52,7 @@ async function checkRestoredVm(result: VSphereRestoreResult, transport: Transpor
   const vms = await vs.findVmsByExtraConfig(dc, RESTORE_ID_KEY, result.restoreId);
   assert.equal(vms.length, 1, 'exactly one VM for the restore');
   const file = localFlatFile((await vms[0].config()).disks[0].fileName);
-  assert.equal(await sha256File(file), expectedHash, `disk bytes (${file}) equal the backup`);
+  assert.equal(await diskDigest(file), expectedHash, `disk bytes (${file}) equal the backup`);
   assert.deepEqual(await vms[0].snapshots(), [], 'no restore snapshot remains');
   await vms[0].destroy();
 }
@@ -97,7 +98,7 @@ describe('hosts for real: backup, repo01, proxy01, proxy02 as network namespaces
       name: 'topology-vm',
       disks: [{ path: 'disk0.img', provisioning: 'thick' }],
     });
-    expectedHash = await sha256OfBackedUpDisk(env.config.repository.path, rpId, 0);
+    expectedHash = await backedUpDiskDigest(env.config.repository.path, rpId, 0);
     const t0 = Date.now();
     topo = await buildTopology();
     figures.push(`topology of ${topo.hosts.join(', ')} on ${topo.subnet} built in ${((Date.now() - t0) / 1000).toFixed(1)} s`);

@@ -9,7 +9,8 @@ import type { DiskCheckpoint } from '../../src/domain/vsphere';
 import { startVSphereRestore } from '../../src/client/restore';
 import { RESTORE_ID_KEY } from '../../src/activities/vsphere';
 import type { VSphereClient } from '../../src/vsphere';
-import { importTestVm, openTestEnv, readBytes, sha256File, sha256OfBackedUpDisk, startWorkerProcess, type TestEnv } from '../helpers/env';
+import { importTestVm, openTestEnv, readBytes, startWorkerProcess, type TestEnv } from '../helpers/env';
+import { backedUpDiskDigest, diskDigest } from '../helpers/disk-digest';
 import { labVSphere, localFlatFile } from '../helpers/vsphere';
 import { processTreeIo } from '../helpers/proc-io';
 
@@ -94,7 +95,7 @@ describe('crash during a disk write', () => {
         rewritten <= bound && rewritten < extentAtCrash,
         `re-written ${rewritten} bytes <= ${bound}: the retry resumed from a checkpoint, not from zero (${extentAtCrash} written before the crash)`,
       );
-      assert.equal(await sha256File(file), await sha256OfBackedUpDisk(env.config.repository.path, rpId, 0), 'disk is byte-identical');
+      assert.equal(await diskDigest(file), await backedUpDiskDigest(env.config.repository.path, rpId, 0), 'disk is byte-identical');
       const vms = await vs.findVmsByExtraConfig(dc, RESTORE_ID_KEY, result.restoreId);
       assert.equal(vms.length, 1, 'exactly one VM for the restore');
       const history = await handle.fetchHistory();

@@ -7,7 +7,8 @@ import { getRestorePoint } from '../../src/repository';
 import { startVSphereRestore, failureMessage } from '../../src/client/restore';
 import type { TransportRequest, VSphereRestoreResult } from '../../src/domain/vsphere';
 import type { VSphereClient } from '../../src/vsphere';
-import { sha256File, sha256OfBackedUpDisk, type TestEnv, type WorkerProcess } from '../helpers/env';
+import { type TestEnv, type WorkerProcess } from '../helpers/env';
+import { backedUpDiskDigest, diskDigest } from '../helpers/disk-digest';
 import { closeVSphereLab, localFlatFile, openVSphereLab } from '../helpers/vsphere';
 import { readLabState } from '../../src/lab';
 import { SAN_DATASTORE } from '../../src/lab/storage';
@@ -19,7 +20,7 @@ const expectedHash = new Map<string, string>();
 
 async function expected(rpId: string, disk: number): Promise<string> {
   const key = `${rpId}/${disk}`;
-  if (!expectedHash.has(key)) expectedHash.set(key, await sha256OfBackedUpDisk(env.config.repository.path, rpId, disk));
+  if (!expectedHash.has(key)) expectedHash.set(key, await backedUpDiskDigest(env.config.repository.path, rpId, disk));
   return expectedHash.get(key)!;
 }
 
@@ -68,7 +69,7 @@ async function checkRestoredVm(rpId: string, result: VSphereRestoreResult, trans
     assert.equal(r.transport, transport, `disk ${d.index} transport`);
     assertWrittenVia(transport, r.writtenVia, d.index);
     const file = localFlatFile(restored.fileName);
-    assert.equal(await sha256File(file), await expected(rpId, d.index), `disk ${d.index} bytes (${file}) equal the backup`);
+    assert.equal(await diskDigest(file), await expected(rpId, d.index), `disk ${d.index} bytes (${file}) equal the backup`);
   }
   assert.deepEqual(await vm.snapshots(), [], 'no restore snapshot remains');
   await vm.destroy();

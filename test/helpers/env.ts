@@ -14,6 +14,7 @@ import { chunkPath } from '../../src/repository/format';
 import { proxyTaskQueue } from '../../src/domain/task-queues';
 import { buildDataDiskImage, seedDemoRepository } from '../../src/lab/demo';
 import { launchedBy } from './proc-io';
+import { buildLinuxDiskImage, type LinuxImageOptions } from '../../src/lab/images/linux-image';
 
 export const ROOT = path.resolve(__dirname, '..', '..');
 
@@ -199,6 +200,30 @@ export async function importTestVm(
     JSON.stringify({ guestOs: 'linux', firmware: 'bios', cpus: 1, memoryMiB: 1024, nics: [{ network: 'VM Network' }], ...vm }),
   );
   return (await importRestorePoint(repoDir, file)).restorePointId;
+}
+
+/**
+ * A small one-disk Linux VM (128 MiB thin MBR disk, ext4 root, netplan and ufw, 4 MiB used) built in
+ * `dir/name` and imported; `image` overrides the disk's options, `firmware` the VM's.
+ */
+export async function importSmallLinuxVm(
+  repoDir: string,
+  dir: string,
+  name: string,
+  opts: { image?: Partial<LinuxImageOptions>; firmware?: 'bios' | 'efi' } = {},
+): Promise<string> {
+  const vmDir = path.join(dir, name);
+  mkdirSync(vmDir, { recursive: true });
+  await buildLinuxDiskImage(path.join(vmDir, 'disk0.img'), {
+    sizeBytes: 128 * 1024 * 1024,
+    scheme: 'mbr',
+    hostname: name.slice(0, 15),
+    networkStyle: 'netplan',
+    firewall: 'ufw',
+    usedMiB: 4,
+    ...opts.image,
+  });
+  return importTestVm(repoDir, vmDir, { name, firmware: opts.firmware ?? 'bios', disks: [{ path: 'disk0.img', provisioning: 'thin' }] });
 }
 
 /**

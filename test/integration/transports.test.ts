@@ -22,7 +22,8 @@ import type { VSphereSession } from '../../src/vsphere/session';
 import { flatFileName, parseDatastorePath, type VSphereClient, type Vm } from '../../src/vsphere';
 import type { CreateVmSpec } from '../../src/vsphere/finder';
 import { labUp } from '../../src/lab';
-import { sha256File, sha256OfBackedUpDisk } from '../helpers/env';
+import {} from '../helpers/env';
+import { backedUpDiskDigest, diskDigest } from '../helpers/disk-digest';
 import { labVSphere, localFlatFile } from '../helpers/vsphere';
 
 const run = promisify(execFile);
@@ -153,7 +154,7 @@ describe('each transport writes through its own path in the lab (real vcsim, LUN
     const demo = await seedDemoRepository(config().repository.path);
     rpId = demo['demo-thick'];
     rp = await getRestorePoint(config().repository.path, rpId);
-    expected = await sha256OfBackedUpDisk(config().repository.path, rpId, DISK);
+    expected = await backedUpDiskDigest(config().repository.path, rpId, DISK);
   });
   after(async () => {
     const proxy = await proxyVm(config().proxies[0].vmName!).catch(() => undefined);
@@ -209,7 +210,7 @@ describe('each transport writes through its own path in the lab (real vcsim, LUN
     const flat = localFlatFile(diskFile);
     const { stdout } = await run('losetup', ['--list', '--noheadings', '--output', 'BACK-FILE', device]);
     assert.equal(path.resolve(stdout.trim()), path.resolve(flat), 'the device is the disk');
-    assert.equal(await sha256File(flat), expected, 'bytes equal the backup');
+    assert.equal(await diskDigest(flat), expected, 'bytes equal the backup');
 
     await proxy.detachDisk(diskFile);
     await waitFor('links removed on detach', () => !existsSync(link) && !existsSync(path.join(byIdDir(proxyName), scsi)));
@@ -230,16 +231,16 @@ describe('each transport writes through its own path in the lab (real vcsim, LUN
     const { diskFile } = await targetVm(`t-san-${tag}`, san.datastore, false);
     const flat = localFlatFile(diskFile);
     // Read through the datastore first, so the host's page cache holds the old (zero) pages.
-    assert.notEqual(await sha256File(flat), expected);
+    assert.notEqual(await diskDigest(flat), expected);
     const out = await TRANSPORTS['direct-san'].write(job('direct-san', diskFile));
     assert.equal(out.writtenVia, san.device, 'written to the LUN');
     assert.ok(out.bytesSkippedZero > 0 && out.bytesWritten > 0);
-    assert.equal(await sha256File(flat), expected, 'bytes equal the backup, read through the datastore');
+    assert.equal(await diskDigest(flat), expected, 'bytes equal the backup, read through the datastore');
     // And through vCenter's datastore file API, with govc: the host serves the new bytes.
     const copy = path.join(os.tmpdir(), `vmrestore-san-${tag}.img`);
     try {
       await govc(['datastore.download', '-ds', san.datastore, parseDatastorePath(flatFileName(diskFile)).path, copy]);
-      assert.equal(await sha256File(copy), expected, 'govc datastore.download reads the bytes written to the LUN');
+      assert.equal(await diskDigest(copy), expected, 'govc datastore.download reads the bytes written to the LUN');
     } finally {
       rmSync(copy, { force: true });
     }
@@ -303,7 +304,7 @@ describe('each transport writes through its own path in the lab (real vcsim, LUN
     const { diskFile } = await targetVm(`t-nas-${tag}`, 'LocalDS_0', false);
     const out = await TRANSPORTS['direct-nas'].write(job('direct-nas', diskFile));
     assert.ok(out.writtenVia.startsWith(nasMount + path.sep), `${out.writtenVia} is on the NFS mount ${nasMount}`);
-    assert.equal(await sha256File(localFlatFile(diskFile)), expected);
+    assert.equal(await diskDigest(localFlatFile(diskFile)), expected);
     // The NFS mount gone (an empty mount point): refused, though the datastore is still there for the other modes.
     const notMounted = path.join(path.dirname(nasMount), `unmounted-${tag}`);
     mkdirSync(notMounted, { recursive: true });
