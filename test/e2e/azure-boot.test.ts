@@ -80,7 +80,8 @@ interface AzureDisks {
   osDisk: string;
   resourceDisk: string;
   dataDisk: string;
-  seconds: { restore: number; download: number };
+  /** Only for restored disks: the restore's and the managed disks' read times. */
+  seconds?: { restore: number; download: number };
 }
 
 interface Restored extends AzureDisks {
@@ -139,7 +140,6 @@ async function asBackedUp(image: GuestImage, label: string): Promise<AzureDisks>
     osDisk: image.osDisk,
     resourceDisk: await resourceDisk(work),
     dataDisk: image.dataDisk,
-    seconds: { restore: 0, download: 0 },
   };
 }
 
@@ -184,7 +184,7 @@ async function bootOnAzureLayout(
   });
   recovery[label] = report.recoveryTimeMs;
   t.diagnostic(
-    `${label}: restore ${r.seconds.restore.toFixed(0)} s, managed disks read ${r.seconds.download.toFixed(0)} s; ` +
+    `${label}: ${r.seconds ? `restore ${r.seconds.restore.toFixed(0)} s, managed disks read ${r.seconds.download.toFixed(0)} s` : 'the backed-up disks'}; ` +
       `boot stopped by ${report.stoppedBy}, SSH banner after ${report.recoveryTimeMs === undefined ? '-' : (report.recoveryTimeMs / 1000).toFixed(1)} s (TCG)`,
   );
   return { report, inside };

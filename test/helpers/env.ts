@@ -14,6 +14,7 @@ import { chunkPath } from '../../src/repository/format';
 import { proxyTaskQueue } from '../../src/domain/task-queues';
 import { buildDataDiskImage, seedDemoRepository } from '../../src/lab/demo';
 import { launchedBy } from './proc-io';
+import { MiB } from '../../src/domain/units';
 import { buildLinuxDiskImage, type LinuxImageOptions } from '../../src/lab/images/linux-image';
 
 export const ROOT = path.resolve(__dirname, '..', '..');
@@ -215,7 +216,7 @@ export async function importSmallLinuxVm(
   const vmDir = path.join(dir, name);
   mkdirSync(vmDir, { recursive: true });
   await buildLinuxDiskImage(path.join(vmDir, 'disk0.img'), {
-    sizeBytes: 128 * 1024 * 1024,
+    sizeBytes: 128 * MiB,
     scheme: 'mbr',
     hostname: name.slice(0, 15),
     networkStyle: 'netplan',
